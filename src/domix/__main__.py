@@ -1,0 +1,3 @@
+from domix.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,86 @@
+"""Atomic writes: a reader sees the old file or the new one, never half of one."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _replace_from_temp(path: Path, write: Callable[[Path], None]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes files private
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    text = json.dumps(obj, indent=2, sort_keys=False) + "\n"
+    _replace_from_temp(Path(path), lambda tmp: tmp.write_text(text))
+
+
+def torch_save(path: Path, obj: Any) -> None:
+    _replace_from_temp(Path(path), lambda tmp: torch.save(obj, tmp))
+
+
+def replace_dir(target: Path, fill: Callable[[Path], None]) -> None:
+    """Build a folder under a temporary name with ``fill``, then swap it in for ``target``.
+
+    The swap is two renames (old aside, new in place), so ``target`` is always either the
+    complete old folder or the complete new one; a crash in between leaves the old one
+    under ``.<name>.old`` where :func:`recover_dir` puts it back.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    recover_dir(target)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes folders private
+    try:
+        fill(tmp)
+        old = target.with_name(f".{target.name}.old")
+        if target.exists():
+            os.replace(target, old)
+        os.replace(tmp, target)
+        if old.exists():
+            shutil.rmtree(old)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+def recover_dir(target: Path) -> None:
+    """Undo a swap that :func:`replace_dir` did not finish."""
+    old = Path(target).with_name(f".{Path(target).name}.old")
+    if old.exists():
+        if Path(target).exists():
+            shutil.rmtree(old)
+        else:
+            os.replace(old, target)
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except json.JSONDecodeError as err:
+        from domix.errors import DomixError
+
+        raise DomixError(f"{path} is not valid JSON ({err.msg}); it was damaged or written by something else") from None

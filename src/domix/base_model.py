@@ -1,0 +1,208 @@
+"""Loading the frozen base model: any Hugging Face name, local folder or GGUF file.
+
+Also answers the questions every method asks of a base: which pre-training objective it
+has (masked or causal LM), which layers LoRA targets by default, and a fingerprint of its
+weights so modules trained on another base are refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+
+from domix.errors import DomixError
+
+Objective = Literal["mlm", "clm"]
+
+# Elements sampled from each tensor for the fingerprint: enough to tell models apart,
+# cheap enough for an 8B model.
+_FINGERPRINT_SAMPLES = 4096
+
+
+@dataclass
+class BaseModel:
+    """A loaded base model with what domix needs to know about it."""
+
+    name: str  # as the user gave it: hub name, folder or .gguf file
+    model: nn.Module
+    tokenizer: object
+    objective: Objective
+
+
+def _source(name: str) -> tuple[str, dict]:
+    """Where transformers should look, and the extra arguments (a GGUF file)."""
+    path = Path(name)
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise DomixError(f"model file {name} does not exist; give an existing .gguf file")
+        return str(path.parent), {"gguf_file": path.name}
+    return name, {}
+
+
+def _load_failed(name: str, err: Exception) -> DomixError:
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return DomixError(
+        f"cannot load model {name!r} ({first}); give a local model folder, a .gguf file, "
+        "or a Hugging Face model name that is already in the local cache"
+    )
+
+
+def detect_objective(config) -> Objective:
+    """Masked LM for encoders, causal LM for decoders, read off the model's config."""
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
+    for arch in getattr(config, "architectures", None) or []:
+        if arch.endswith("ForMaskedLM"):
+            return "mlm"
+        if arch.endswith("ForCausalLM"):
+            return "clm"
+    if config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES and not getattr(config, "is_decoder", False):
+        return "mlm"
+    if config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        return "clm"
+    raise DomixError(
+        f"model type {config.model_type!r} has neither a masked-LM nor a causal-LM head in transformers; "
+        "use an encoder (BERT, RoBERTa, ...) or a decoder (Llama, GPT-2, ...)"
+    )
+
+
+def load_base_model(
+    name: str, objective: str = "auto", dtype: torch.dtype = torch.float32
+) -> BaseModel:
+    """Load a base model with its language-model head and its tokenizer, offline-friendly."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
+
+    where, extra = _source(name)
+    try:
+        config = AutoConfig.from_pretrained(where, **extra)
+    except (OSError, ValueError, KeyError) as err:
+        raise _load_failed(name, err) from None
+    if objective == "auto":
+        objective = detect_objective(config)
+    elif objective not in ("mlm", "clm"):
+        raise DomixError(f"unknown objective {objective!r}; use mlm, clm or auto")
+    auto_cls = AutoModelForMaskedLM if objective == "mlm" else AutoModelForCausalLM
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(where, **extra)
+        model = auto_cls.from_pretrained(where, dtype=dtype, **extra)
+    except (OSError, ValueError, KeyError) as err:
+        raise _load_failed(name, err) from None
+    if objective == "mlm" and tokenizer.mask_token_id is None:
+        raise DomixError(f"the tokenizer of {name!r} has no mask token, so it cannot train a masked LM; use --objective clm")
+    model.name_or_path = name  # recorded by PEFT in adapter_config.json
+    return BaseModel(name=name, model=model, tokenizer=tokenizer, objective=objective)
+
+
+def convert_gguf(gguf_file: str, out_dir: str) -> None:
+    """De-quantise a GGUF model once into a plain safetensors folder (fast to load later)."""
+    from domix.atomic import replace_dir
+
+    if not str(gguf_file).endswith(".gguf"):
+        raise DomixError(f"{gguf_file} is not a .gguf file")
+    base = load_base_model(gguf_file)
+    config = base.model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config  # the weights are de-quantised now
+    plain = type(base.model)(config)
+    plain.load_state_dict(base.model.state_dict())
+
+    def fill(tmp: Path) -> None:
+        plain.save_pretrained(tmp)
+        base.tokenizer.save_pretrained(tmp)
+
+    replace_dir(Path(out_dir), fill)
+
+
+def weights_fingerprint(model: nn.Module) -> str:
+    """A hash of the model's parameters, equal for fp32/bf16 copies of the same weights.
+
+    Values are rounded to bfloat16 before hashing, and each tensor contributes a fixed,
+    evenly spaced sample of its elements (and its name and shape).
+    """
+    digest = hashlib.sha256()
+    for name, param in sorted(model.named_parameters(), key=lambda kv: kv[0]):
+        flat = param.detach().reshape(-1)
+        if flat.numel() > _FINGERPRINT_SAMPLES:
+            idx = torch.arange(_FINGERPRINT_SAMPLES, device=flat.device) * (flat.numel() - 1) // (_FINGERPRINT_SAMPLES - 1)
+            flat = flat[idx]
+        sample = flat.to(torch.bfloat16).view(torch.int16).cpu().numpy().tobytes()
+        digest.update(f"{name}:{tuple(param.shape)}:".encode())
+        digest.update(sample)
+    return digest.hexdigest()[:16]
+
+
+def _is_linear(module: nn.Module) -> bool:
+    from transformers.pytorch_utils import Conv1D
+
+    return isinstance(module, (nn.Linear, Conv1D))
+
+
+def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """The model's stack of transformer blocks: its longest ModuleList of same-type modules."""
+    best: tuple[str, nn.ModuleList] | None = None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) > 0:
+            if len({type(child) for child in module}) == 1 and (best is None or len(module) > len(best[1])):
+                best = (name, module)
+    if best is None:
+        raise DomixError("cannot find the transformer blocks of this model; pass --target-modules explicitly")
+    return best
+
+
+def default_target_modules(model: nn.Module) -> str:
+    """A PEFT regex for every linear layer inside every transformer block (not heads, not poolers)."""
+    prefix, blocks = find_blocks(model)
+    leaves = sorted({n.rsplit(".", 1)[-1] for n, m in blocks.named_modules() if n and _is_linear(m)})
+    if not leaves:
+        raise DomixError("the transformer blocks of this model hold no linear layers; pass --target-modules")
+    return rf"{re.escape(prefix)}\.\d+\.(?:.*\.)?(?:{'|'.join(map(re.escape, leaves))})"
+
+
+def resolve_target_modules(model: nn.Module, spec: list[str] | str | None) -> tuple[list[str] | str, list[str]]:
+    """Turn the user's choice into PEFT's ``target_modules`` and the full names it matches.
+
+    ``spec`` is None (every linear layer of every block), a list of layer names matched as
+    PEFT does (the name or its dotted suffix), or a regex string matched in full.
+    """
+    if spec is None or spec == "all-blocks":
+        spec = default_target_modules(model)
+    linear_names = [n for n, m in model.named_modules() if _is_linear(m)]
+
+    if isinstance(spec, str):
+        matched = [n for n in linear_names if re.fullmatch(spec, n)]
+    else:
+        matched = [n for n in linear_names if any(n == t or n.endswith("." + t) for t in spec)]
+        missing = [t for t in spec if not any(n == t or n.endswith("." + t) for n in linear_names)]
+        if missing and matched:
+            raise DomixError(
+                f"target modules {missing} match no linear layer of this model; "
+                f"its linear layers are named {_leaf_names(linear_names)}"
+            )
+    if not matched:
+        raise DomixError(
+            f"target modules {spec!r} match no linear layer of this model; "
+            f"its linear layers are named {_leaf_names(linear_names)}"
+        )
+    return spec, matched
+
+
+def _leaf_names(names: list[str]) -> str:
+    return ", ".join(sorted({n.rsplit(".", 1)[-1] for n in names}))
+
+
+def head_module_name(model: nn.Module) -> str:
+    """The top-level child holding the LM head's output layer (``cls``, ``lm_head``, ...)."""
+    out = model.get_output_embeddings()
+    for name, child in model.named_children():
+        if child is out or any(m is out for m in child.modules()):
+            return name
+    raise DomixError("cannot find this model's language-model head, so --train-head is not available for it")

@@ -1,0 +1,109 @@
+"""The ``domix`` command: ``domix pretrain``, ``domix modules``, ``domix convert-gguf``.
+
+Each subcommand parses its flags and calls the library function of the same job; a
+:class:`DomixError` becomes one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from domix.errors import DomixError
+
+
+def _domain(text: str) -> tuple[str, str]:
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"expected NAME=PATH, got {text!r}")
+    return name, path
+
+
+def _add_pretrain(sub) -> None:
+    p = sub.add_parser("pretrain", help="train one LoRA domain module per corpus (domain-adaptive pre-training)",
+                       description="Train one LoRA module per domain corpus on a frozen base model. "
+                                   "Flags override the settings of --config; unset flags keep them.")
+    p.add_argument("--config", help="YAML file of settings (keys as the flags, with _ or -)")
+    p.add_argument("--model", help="base model: a local folder, a .gguf file, or a Hugging Face name")
+    p.add_argument("--domain", dest="domains", action="append", type=_domain, metavar="NAME=PATH",
+                   help="a domain and its corpus (.txt a passage a line, .jsonl with 'text', or a folder); repeat per domain")
+    p.add_argument("--out", help="output folder: the module store")
+    p.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
+    p.add_argument("--objective", choices=["auto", "mlm", "clm"], help="default: auto (masked LM for encoders, causal for decoders)")
+    p.add_argument("--rank", type=int, help="LoRA rank (default 8)")
+    p.add_argument("--alpha", type=float, help="LoRA alpha (default 16)")
+    p.add_argument("--dropout", type=float, help="LoRA dropout (default 0)")
+    p.add_argument("--target-modules", help="comma-separated layer names or a regex (default: every linear layer of every block)")
+    p.add_argument("--train-head", action=argparse.BooleanOptionalAction, default=None, help="also train the LM head (default: no)")
+    p.add_argument("--lr", type=float, help="AdamW learning rate (default 5e-4)")
+    p.add_argument("--weight-decay", type=float, help="AdamW weight decay (default 0)")
+    p.add_argument("--warmup-ratio", type=float, help="linear warm-up share of the steps (default 0.1)")
+    p.add_argument("--epochs", type=int, help="passes over each corpus (default 1)")
+    p.add_argument("--steps", type=int, help="steps per domain; overrides --epochs")
+    p.add_argument("--batch-size", type=int, help="sequences per step (default 16)")
+    p.add_argument("--seq-len", type=int, help="tokens per sequence (default 128)")
+    p.add_argument("--max-grad-norm", type=float, help="gradient clipping (default 1.0)")
+    p.add_argument("--seed", type=int, help="random seed (default 42)")
+    p.add_argument("--heldout-fraction", type=float, help="share of each corpus held out for evaluation (default 0.05)")
+    p.add_argument("--heldout-max-blocks", type=int, help="cap on held-out sequences (default 256)")
+    p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default 100)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="base model dtype (default float32)")
+    p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
+
+
+def _run_pretrain(args: argparse.Namespace) -> None:
+    from domix.pretrain.config import FIELDS, build_config
+    from domix.pretrain.run import pretrain
+
+    overrides = {k: v for k, v in vars(args).items() if k in FIELDS}
+    if overrides.get("domains"):
+        overrides["domains"] = dict(overrides["domains"])
+    if isinstance(overrides.get("target_modules"), str) and not any(c in overrides["target_modules"] for c in "\\*()[]|"):
+        overrides["target_modules"] = [t.strip() for t in overrides["target_modules"].split(",") if t.strip()]
+    pretrain(build_config(args.config, overrides), overwrite=args.overwrite)
+
+
+def _run_modules(args: argparse.Namespace) -> None:
+    from domix.store import load_store
+
+    for module in load_store(args.store):
+        m = module.manifest or {}
+        held = m.get("heldout", {})
+        print(f"{module.name}: rank {module.rank}, {len(module.lora_A)} layers, base {m.get('base_model', {}).get('name')} "
+              f"({module.base_fingerprint}), {m.get('training', {}).get('steps')} steps, held-out loss "
+              f"{held.get('loss_before')} -> {held.get('loss_after')}")
+
+
+def _run_convert(args: argparse.Namespace) -> None:
+    from domix.base_model import convert_gguf
+
+    convert_gguf(args.gguf_file, args.out)
+    print(f"domix: wrote {args.out}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="domix", description="Modular domain adaptation of pretrained language models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_pretrain(sub)
+    p = sub.add_parser("modules", help="list the domain modules of a store")
+    p.add_argument("store", help="a domix pretrain output folder")
+    p = sub.add_parser("convert-gguf", help="de-quantise a GGUF model file once into a safetensors model folder")
+    p.add_argument("gguf_file")
+    p.add_argument("out")
+    return parser
+
+
+COMMANDS = {"pretrain": _run_pretrain, "modules": _run_modules, "convert-gguf": _run_convert}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        COMMANDS[args.command](args)
+    except DomixError as err:
+        print(f"domix: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("domix: interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)
+        return 130
+    return 0

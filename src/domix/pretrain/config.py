@@ -1,0 +1,115 @@
+"""Settings of a domain pre-training run: defaults (METHODS.md), a YAML file, then flags."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from domix.errors import DomixError
+
+
+@dataclass
+class PretrainConfig:
+    model: str = ""
+    domains: dict[str, str] = field(default_factory=dict)  # name -> corpus path
+    out: str = ""
+    objective: str = "auto"  # mlm, clm or auto (from the model)
+    # LoRA: r 8, alpha 16, no dropout, every linear layer of every block (DoMIX reference)
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: list[str] | str | None = None
+    train_head: bool = False
+    # optimisation: AdamW 5e-4, linear schedule, 10% warm-up, one epoch
+    lr: float = 5e-4
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.1
+    epochs: int = 1
+    steps: int | None = None  # if set, overrides epochs
+    batch_size: int = 16
+    seq_len: int = 128
+    max_grad_norm: float = 1.0
+    mlm_probability: float = 0.15
+    seed: int = 42
+    heldout_fraction: float = 0.05
+    heldout_max_blocks: int = 256
+    checkpoint_every: int = 100
+    dtype: str = "float32"  # float32, bfloat16 or float16
+    device: str = "auto"  # auto, cpu, cuda, cuda:1, ...
+
+    def validate(self) -> "PretrainConfig":
+        if not self.model:
+            raise DomixError("no base model given; pass --model NAME_OR_PATH (a folder, a .gguf file or a hub name)")
+        if not self.domains:
+            raise DomixError("no domain corpus given; pass --domain NAME=PATH once per domain")
+        if not self.out:
+            raise DomixError("no output folder given; pass --out DIR")
+        for name in self.domains:
+            if not name or "/" in name or name.startswith("."):
+                raise DomixError(f"domain name {name!r} cannot be a folder name; use letters, digits, '-' or '_'")
+        checks = [
+            (self.rank >= 1, "--rank must be at least 1"),
+            (self.alpha > 0, "--alpha must be positive"),
+            (0 <= self.dropout < 1, "--dropout must be in [0, 1)"),
+            (self.lr > 0, "--lr must be positive"),
+            (0 <= self.warmup_ratio < 1, "--warmup-ratio must be in [0, 1)"),
+            (self.epochs >= 1, "--epochs must be at least 1"),
+            (self.steps is None or self.steps >= 1, "--steps must be at least 1"),
+            (self.batch_size >= 1, "--batch-size must be at least 1"),
+            (self.seq_len >= 2, "--seq-len must be at least 2"),
+            (0 < self.mlm_probability < 1, "--mlm-probability must be in (0, 1)"),
+            (0 <= self.heldout_fraction < 1, "--heldout-fraction must be in [0, 1)"),
+            (self.checkpoint_every >= 1, "--checkpoint-every must be at least 1"),
+            (self.dtype in ("float32", "bfloat16", "float16"), "--dtype must be float32, bfloat16 or float16"),
+            (self.objective in ("auto", "mlm", "clm"), "--objective must be auto, mlm or clm"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise DomixError(message)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    # Settings that do not change the trained modules, so a resumed run may differ in them.
+    RESUME_FREE = ("checkpoint_every", "device", "out")
+
+
+FIELDS = {f.name for f in dataclasses.fields(PretrainConfig)}
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise DomixError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise DomixError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise DomixError(f"config file {path} must hold a mapping of setting: value")
+    data = {k.replace("-", "_"): v for k, v in data.items()}
+    unknown = sorted(set(data) - FIELDS)
+    if unknown:
+        raise DomixError(f"config file {path} has unknown settings {unknown}; known: {sorted(FIELDS)}")
+    if "domains" in data:
+        if not isinstance(data["domains"], dict):
+            raise DomixError(f"'domains' in {path} must map a domain name to a corpus path")
+        data["domains"] = {str(k): str(v) for k, v in data["domains"].items()}
+    return data
+
+
+def build_config(yaml_path: str | None, overrides: dict[str, Any]) -> PretrainConfig:
+    """Defaults, then the YAML file, then the command-line values that were given."""
+    values: dict[str, Any] = load_yaml(yaml_path) if yaml_path else {}
+    for key, value in overrides.items():
+        if value is not None:
+            values[key] = {**values.get("domains", {}), **value} if key == "domains" else value
+    try:
+        return PretrainConfig(**values).validate()
+    except TypeError as err:
+        raise DomixError(f"bad setting: {err}") from None

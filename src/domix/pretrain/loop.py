@@ -1,0 +1,161 @@
+"""The training loop of one domain module: batches, steps, checkpoints, evaluation.
+
+Every step is a pure function of (seed, step, weights, optimizer state): the data order
+comes from a per-epoch permutation, the masks and dropout from a per-step seed. So a run
+that resumes from a checkpoint ends with exactly the module an uninterrupted run makes.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from domix import atomic
+from domix.batches import IGNORE_INDEX, lm_batch
+from domix.errors import DomixError
+from domix.pretrain.config import PretrainConfig
+
+StepHook = Callable[[str, int, float], None]
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    tokens_seen: int
+    losses: list[float] = field(default_factory=list)  # one per step
+    train_seconds: float = 0.0
+
+
+def _step_seed(seed: int, step: int) -> int:
+    return (seed * 1_000_003 + step) % (2**63)
+
+
+def total_steps(cfg: PretrainConfig, n_train: int) -> int:
+    return cfg.steps if cfg.steps is not None else cfg.epochs * math.ceil(n_train / cfg.batch_size)
+
+
+def batch_rows(n_train: int, batch_size: int, seed: int, step: int) -> torch.Tensor:
+    """Indices of the training blocks in ``step``'s batch: a fresh shuffle every epoch."""
+    per_epoch = math.ceil(n_train / batch_size)
+    epoch, i = divmod(step, per_epoch)
+    perm = torch.randperm(n_train, generator=torch.Generator().manual_seed(_step_seed(seed, -1 - epoch)))
+    return perm[i * batch_size : (i + 1) * batch_size]
+
+
+def _predicted_tokens(labels: torch.Tensor, objective: str) -> int:
+    if objective == "clm":
+        labels = labels[:, 1:]  # the model shifts: the first token is never predicted
+    return int((labels != IGNORE_INDEX).sum())
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, blocks: torch.Tensor, objective: str, tokenizer, cfg: PretrainConfig, device) -> float:
+    """Mean loss per predicted token over ``blocks``, with fixed masks (same before and after)."""
+    was_training = model.training
+    model.eval()
+    generator = torch.Generator().manual_seed(_step_seed(cfg.seed, -(10**6)))
+    total, count = 0.0, 0
+    for start in range(0, blocks.shape[0], cfg.batch_size):
+        batch = lm_batch(blocks[start : start + cfg.batch_size], objective, tokenizer, generator, cfg.mlm_probability)
+        n = _predicted_tokens(batch["labels"], objective)
+        loss = model(**{k: v.to(device) for k, v in batch.items()}).loss
+        total += float(loss) * n
+        count += n
+    model.train(was_training)
+    return total / max(count, 1)
+
+
+def _trainable(model: nn.Module) -> dict[str, nn.Parameter]:
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
+def train_domain(
+    model: nn.Module,
+    domain: str,
+    train_blocks: torch.Tensor,
+    objective: str,
+    tokenizer,
+    cfg: PretrainConfig,
+    device: torch.device,
+    checkpoint_path: Path,
+    on_step: StepHook | None = None,
+    writer=None,
+) -> TrainResult:
+    """Train the trainable parameters of ``model`` on one domain, resuming from a checkpoint."""
+    params = _trainable(model)
+    optimizer = torch.optim.AdamW(params.values(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    from transformers import get_linear_schedule_with_warmup
+
+    n_steps = total_steps(cfg, train_blocks.shape[0])
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * n_steps), n_steps)
+    result = TrainResult(steps=0, tokens_seen=0)
+
+    if checkpoint_path.exists():
+        state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+        with torch.no_grad():
+            for name, value in state["params"].items():
+                params[name].copy_(value)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        result = state["result"]
+        print(f"domix: resuming domain {domain!r} from step {result.steps} ({checkpoint_path})")
+
+    model.train()
+    bar = tqdm(total=n_steps, initial=result.steps, desc=domain, unit="step", dynamic_ncols=True, disable=None, mininterval=1.0)
+    session_start, session_tokens = time.perf_counter(), 0
+    while result.steps < n_steps:
+        step = result.steps
+        blocks = train_blocks[batch_rows(train_blocks.shape[0], cfg.batch_size, cfg.seed, step)]
+        batch = lm_batch(blocks, objective, tokenizer, torch.Generator().manual_seed(_step_seed(cfg.seed, step)), cfg.mlm_probability)
+        torch.manual_seed(_step_seed(cfg.seed, step))  # LoRA and model dropout
+        t0 = time.perf_counter()
+        loss = model(**{k: v.to(device) for k, v in batch.items()}).loss
+        if not torch.isfinite(loss):
+            raise DomixError(_non_finite(domain, step + 1, "loss", checkpoint_path, cfg))
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params.values(), cfg.max_grad_norm)
+        if not torch.isfinite(grad_norm):
+            raise DomixError(_non_finite(domain, step + 1, "gradient", checkpoint_path, cfg))
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+
+        result.steps += 1
+        result.tokens_seen += blocks.numel()
+        loss_value = loss.item()
+        result.losses.append(loss_value)
+        result.train_seconds += time.perf_counter() - t0
+        session_tokens += blocks.numel()
+        tokens_per_s = session_tokens / max(time.perf_counter() - session_start, 1e-9)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{tokens_per_s:,.0f}")
+        if writer is not None:
+            writer.add_scalar("train/loss", loss_value, result.steps)
+            writer.add_scalar("train/lr", scheduler.get_last_lr()[0], result.steps)
+            writer.add_scalar("train/tokens_per_s", tokens_per_s, result.steps)
+        if result.steps % cfg.checkpoint_every == 0 and result.steps < n_steps:
+            atomic.torch_save(checkpoint_path, {
+                "params": {n: p.detach().cpu() for n, p in params.items()},
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "result": result,
+            })
+        if on_step is not None:
+            on_step(domain, result.steps, loss_value)
+    bar.close()
+    return result
+
+
+def _non_finite(domain: str, step: int, what: str, checkpoint_path: Path, cfg: PretrainConfig) -> str:
+    kept = f"the last good checkpoint is kept at {checkpoint_path}" if checkpoint_path.exists() else "no checkpoint was written yet"
+    return (
+        f"non-finite {what} at step {step} of domain {domain!r}; training stopped and {kept}. "
+        f"Lower --lr (now {cfg.lr:g}) or check the base model and corpus, then rerun"
+    )

@@ -1,0 +1,187 @@
+"""A domain pre-training run: one base, several corpora, one PEFT LoRA module per domain.
+
+The output folder (the module store) holds ``run.json`` (settings and status), one
+subfolder per finished domain (a plain PEFT adapter plus ``domix_manifest.json``),
+and ``checkpoints/`` while a domain is in progress.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from domix import atomic
+from domix.base_model import BaseModel, head_module_name, load_base_model, resolve_target_modules, weights_fingerprint
+from domix.corpus import Corpus, read_corpus, split_heldout, tokenize_blocks
+from domix.errors import DomixError
+from domix.pretrain.config import PretrainConfig
+from domix.pretrain.loop import StepHook, evaluate, train_domain
+from domix.store import MANIFEST_NAME, RUN_FILE, versions
+from domix.system import peak_memory_mb, reset_peak_memory, resolve_device
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _prepare_out(cfg: PretrainConfig, overwrite: bool) -> Path:
+    """Refuse to clobber a finished run or resume one made with other settings."""
+    out = Path(cfg.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".domix-write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as err:
+        raise DomixError(f"cannot write to output folder {out} ({err.strerror}); choose a folder you can write to") from None
+    run_file = out / RUN_FILE
+    if run_file.exists():
+        previous = atomic.read_json(run_file)
+        if overwrite:
+            for child in out.iterdir():
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+        elif previous.get("status") == "finished":
+            raise DomixError(f"{out} holds a finished run; pass --overwrite to replace it or choose another --out")
+        else:
+            differing = _differing(previous.get("config", {}), cfg.to_dict())
+            if differing:
+                raise DomixError(
+                    f"{out} holds an unfinished run with other settings ({', '.join(differing)}); "
+                    "rerun it with the same settings to resume, or pass --overwrite to start over"
+                )
+    elif any(p.name != ".domix-write-test" for p in out.iterdir()) and not overwrite:
+        raise DomixError(f"output folder {out} is not empty and holds no domix run; choose an empty or new folder")
+    return out
+
+
+def _differing(old: dict, new: dict) -> list[str]:
+    keys = (set(old) | set(new)) - set(PretrainConfig.RESUME_FREE)
+    return sorted(k for k in keys if old.get(k) != new.get(k))
+
+
+def pretrain(cfg: PretrainConfig, overwrite: bool = False, on_step: StepHook | None = None) -> dict[str, dict]:
+    """Train one LoRA module per domain of ``cfg``; returns each domain's manifest."""
+    cfg.validate()
+    out = _prepare_out(cfg, overwrite)
+    corpora = {name: read_corpus(name, path) for name, path in cfg.domains.items()}  # fail fast, before the model
+    device = resolve_device(cfg.device)
+    base = load_base_model(cfg.model, cfg.objective, DTYPES[cfg.dtype])
+    base.model.to(device)
+    fingerprint = weights_fingerprint(base.model)
+    target_modules, matched = resolve_target_modules(base.model, cfg.target_modules)
+    run_file = out / RUN_FILE
+    run = {"status": "running", "config": cfg.to_dict(), "base_fingerprint": fingerprint, "domains": list(cfg.domains)}
+    atomic.write_json(run_file, run)
+    print(f"domix: base {cfg.model} ({base.objective}, fingerprint {fingerprint}); LoRA r={cfg.rank} on {len(matched)} layers")
+
+    manifests = {}
+    for name, corpus in corpora.items():
+        if (out / name / MANIFEST_NAME).exists():
+            manifests[name] = atomic.read_json(out / name / MANIFEST_NAME)
+            print(f"domix: domain {name!r} already finished, kept")
+            continue
+        manifests[name] = _pretrain_domain(base, corpus, cfg, target_modules, fingerprint, out, device, on_step)
+
+    run["status"] = "finished"
+    run["summary"] = {n: {k: m["heldout"][k] for k in ("loss_before", "loss_after")} for n, m in manifests.items()}
+    atomic.write_json(run_file, run)
+    print(format_summary(manifests))
+    return manifests
+
+
+def _pretrain_domain(
+    base: BaseModel, corpus: Corpus, cfg: PretrainConfig, target_modules, fingerprint: str,
+    out: Path, device: torch.device, on_step: StepHook | None,
+) -> dict:
+    from peft import LoraConfig, get_peft_model
+
+    started = time.perf_counter()
+    reset_peak_memory(device)
+    blocks = tokenize_blocks(corpus, base.tokenizer, cfg.seq_len, append_eos=base.objective == "clm")
+    train, heldout = split_heldout(blocks, cfg.heldout_fraction, cfg.heldout_max_blocks, cfg.seed, corpus.name)
+    lora = LoraConfig(
+        r=cfg.rank,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=target_modules,
+        modules_to_save=[head_module_name(base.model)] if cfg.train_head else None,
+        bias="none",
+    )
+    torch.manual_seed(cfg.seed)  # LoRA A's Kaiming init
+    model = get_peft_model(base.model, lora)
+    checkpoint = out / "checkpoints" / f"{corpus.name}.pt"
+    writer = _tensorboard(out / "tensorboard" / corpus.name)
+    try:
+        loss_before = evaluate(model, heldout, base.objective, base.tokenizer, cfg, device) if len(heldout) else None
+        print(f"domix: domain {corpus.name!r}: {len(train)} training and {len(heldout)} held-out sequences of {cfg.seq_len} tokens")
+        result = train_domain(model, corpus.name, train, base.objective, base.tokenizer, cfg, device, checkpoint, on_step, writer)
+        loss_after = evaluate(model, heldout, base.objective, base.tokenizer, cfg, device) if len(heldout) else None
+        manifest = {
+            "name": corpus.name,
+            "kind": "domix-domain-module",
+            "corpus": {"path": corpus.path, "fingerprint": corpus.fingerprint, "passages": len(corpus.passages), "tokens": int(blocks.numel())},
+            "base_model": {"name": cfg.model, "fingerprint": fingerprint, "model_type": base.model.config.model_type},
+            "objective": base.objective,
+            "lora": {"r": cfg.rank, "alpha": cfg.alpha, "dropout": cfg.dropout, "target_modules": target_modules, "train_head": cfg.train_head},
+            "training": {
+                "steps": result.steps, "tokens_seen": result.tokens_seen, "batch_size": cfg.batch_size,
+                "seq_len": cfg.seq_len, "lr": cfg.lr, "warmup_ratio": cfg.warmup_ratio, "seed": cfg.seed,
+                "dtype": cfg.dtype, "device": str(device),
+                "loss_curve": _downsample(result.losses, 200),
+            },
+            "heldout": {"sequences": len(heldout), "tokens": int(heldout.numel()), "loss_before": loss_before, "loss_after": loss_after},
+            "wall_time_s": round(time.perf_counter() - started, 2),
+            "train_time_s": round(result.train_seconds, 2),
+            "peak_memory_mb": peak_memory_mb(device),
+            "versions": versions(),
+        }
+        if writer is not None:
+            for tag, value in (("heldout/loss_before", loss_before), ("heldout/loss_after", loss_after)):
+                if value is not None:
+                    writer.add_scalar(tag, value, result.steps)
+
+        def fill(tmp: Path) -> None:
+            model.save_pretrained(tmp)
+            atomic.write_json(tmp / MANIFEST_NAME, manifest)
+
+        atomic.replace_dir(out / corpus.name, fill)
+        checkpoint.unlink(missing_ok=True)
+        return manifest
+    finally:
+        if writer is not None:
+            writer.close()
+        base.model = model.unload()  # the base without LoRA layers, weights untouched
+
+
+def _downsample(values: list[float], points: int) -> list[list[float]]:
+    """[step, mean loss] over at most ``points`` equal windows of the steps."""
+    if not values:
+        return []
+    width = max(1, -(-len(values) // points))
+    return [[min(i + width, len(values)), round(sum(values[i : i + width]) / len(values[i : i + width]), 5)] for i in range(0, len(values), width)]
+
+
+def _tensorboard(logdir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is optional
+        return None
+    return SummaryWriter(str(logdir))
+
+
+def format_summary(manifests: dict[str, dict]) -> str:
+    rows = [("domain", "steps", "tokens", "held-out before", "held-out after", "change", "time (s)", "peak MB")]
+    for name, m in manifests.items():
+        before, after = m["heldout"]["loss_before"], m["heldout"]["loss_after"]
+        change = f"{after - before:+.3f}" if before is not None else "-"
+        rows.append((
+            name, str(m["training"]["steps"]), f"{m['training']['tokens_seen']:,}",
+            f"{before:.3f}" if before is not None else "-", f"{after:.3f}" if after is not None else "-",
+            change, f"{m['wall_time_s']:.0f}", f"{m['peak_memory_mb']:.0f}",
+        ))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

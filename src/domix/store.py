@@ -1,0 +1,148 @@
+"""The module store: reading domain modules back from a pre-training run's folder.
+
+A domain module is a plain PEFT LoRA adapter (``adapter_config.json`` and
+``adapter_model.safetensors``); domix adds ``domix_manifest.json`` beside them. Any PEFT
+LoRA adapter without a manifest loads too (its base fingerprint is then unknown).
+"""
+
+from __future__ import annotations
+
+import platform
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from domix import atomic
+from domix.errors import DomixError
+
+MANIFEST_NAME = "domix_manifest.json"
+RUN_FILE = "run.json"
+_LORA_KEY = re.compile(r"^base_model\.model\.(?P<layer>.+)\.lora_(?P<part>[AB])\.weight$")
+_PREFIX = "base_model.model."
+
+
+def versions() -> dict[str, str]:
+    import peft
+    import transformers
+
+    import domix
+
+    return {"domix": domix.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "peft": peft.__version__, "python": platform.python_version()}
+
+
+@dataclass
+class DomainModule:
+    """One domain's LoRA pairs, keyed by the base model's layer names."""
+
+    name: str
+    path: Path
+    adapter_config: dict
+    manifest: dict | None
+    lora_A: dict[str, torch.Tensor]  # layer -> (r, d_in)
+    lora_B: dict[str, torch.Tensor]  # layer -> (d_out, r)
+    other: dict[str, torch.Tensor]  # trained non-LoRA weights (e.g. an MLM head), by model key
+    scaling: float
+
+    @property
+    def rank(self) -> int:
+        return next(iter(self.lora_A.values())).shape[0]
+
+    @property
+    def base_fingerprint(self) -> str | None:
+        return (self.manifest or {}).get("base_model", {}).get("fingerprint")
+
+    def delta(self, layer: str) -> torch.Tensor:
+        """The module's weight update of ``layer``: s · B A, shaped like the layer's weight."""
+        update = self.scaling * (self.lora_B[layer].double() @ self.lora_A[layer].double())
+        return update.T if self.adapter_config.get("fan_in_fan_out") else update
+
+
+def load_module(path: str | Path, name: str | None = None) -> DomainModule:
+    """Read a domain module (or any PEFT LoRA adapter) from its folder."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    config_file, weights_file = path / "adapter_config.json", path / "adapter_model.safetensors"
+    if not config_file.is_file() or not weights_file.is_file():
+        raise DomixError(f"{path} is not a LoRA module: it needs adapter_config.json and adapter_model.safetensors")
+    config = atomic.read_json(config_file)
+    if config.get("peft_type") != "LORA" or config.get("use_dora"):
+        raise DomixError(f"{path} holds a {config.get('peft_type')}{' (DoRA)' if config.get('use_dora') else ''} adapter; domain modules must be plain LoRA adapters")
+    if config.get("alpha_pattern") or config.get("rank_pattern"):
+        raise DomixError(f"{path} uses per-layer rank or alpha patterns, which domix does not read yet; train it with one rank and alpha")
+    weights = load_file(str(weights_file))
+    lora_A, lora_B, other = {}, {}, {}
+    for key, tensor in weights.items():
+        match = _LORA_KEY.match(key)
+        if match:
+            (lora_A if match["part"] == "A" else lora_B)[match["layer"]] = tensor
+        else:
+            other[key.removeprefix(_PREFIX)] = tensor
+    if not lora_A or set(lora_A) != set(lora_B):
+        raise DomixError(f"{weights_file} does not hold matching lora_A/lora_B pairs; the module is damaged")
+    r, alpha = config["r"], config["lora_alpha"]
+    manifest_file = path / MANIFEST_NAME
+    return DomainModule(
+        name=name or path.name,
+        path=path,
+        adapter_config=config,
+        manifest=atomic.read_json(manifest_file) if manifest_file.is_file() else None,
+        lora_A=lora_A,
+        lora_B=lora_B,
+        other=other,
+        scaling=alpha / (r**0.5) if config.get("use_rslora") else alpha / r,
+    )
+
+
+def load_store(path: str | Path, domains: list[str] | None = None) -> list[DomainModule]:
+    """The modules of a store folder (all finished domains, or the named ones, in that order)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise DomixError(f"module store {path} does not exist; give the --out folder of a domix pretrain run")
+    available = sorted(p.name for p in path.iterdir() if (p / MANIFEST_NAME).is_file())
+    if not available:
+        raise DomixError(f"module store {path} holds no finished domain module; run domix pretrain into it first")
+    chosen = domains or available
+    missing = [d for d in chosen if d not in available]
+    if missing:
+        raise DomixError(f"module store {path} has no domain {missing}; it has {available}")
+    return [load_module(path / d) for d in chosen]
+
+
+def check_base(modules: list[DomainModule], fingerprint: str) -> None:
+    """Refuse modules trained on a base other than the one with ``fingerprint``."""
+    for module in modules:
+        if module.base_fingerprint is not None and module.base_fingerprint != fingerprint:
+            trained_on = module.manifest["base_model"]["name"]
+            raise DomixError(
+                f"domain module {module.name!r} was trained on another base model ({trained_on}, fingerprint "
+                f"{module.base_fingerprint}) than the one given (fingerprint {fingerprint}); use that base model "
+                "or retrain the module on this one"
+            )
+
+
+@torch.no_grad()
+def merge_into(model: nn.Module, module: DomainModule) -> nn.Module:
+    """Fold a module into a base model in place: W' = W + s · B A (and its trained head, if any)."""
+    named = dict(model.named_modules())
+    for layer in module.lora_A:
+        if layer not in named:
+            raise DomixError(f"module {module.name!r} adapts layer {layer!r}, which this base model does not have; it was trained on another architecture")
+        weight = named[layer].weight
+        delta = module.delta(layer)
+        if delta.shape != weight.shape:
+            raise DomixError(f"module {module.name!r} has shape {tuple(delta.shape)} for layer {layer!r}, but the base layer is {tuple(weight.shape)}")
+        weight.add_(delta.to(weight.dtype))
+    for key, tensor in module.other.items():
+        owner_name, _, attr = key.replace(".modules_to_save.default", "").rpartition(".")
+        owner = named.get(owner_name)
+        if owner is None or not isinstance(getattr(owner, attr, None), nn.Parameter):
+            raise DomixError(f"module {module.name!r} holds weight {key!r}, which this base model does not have")
+        old = getattr(owner, attr)
+        # a new Parameter, not a copy: the head may be tied to the input embeddings
+        setattr(owner, attr, nn.Parameter(tensor.to(old.dtype).clone(), requires_grad=old.requires_grad))
+    return model
