@@ -22,7 +22,8 @@ from domix.batches import IGNORE_INDEX, lm_batch
 from domix.errors import DomixError
 from domix.pretrain.config import PretrainConfig
 
-StepHook = Callable[[str, int, float], None]
+# Called after every step with (domain, steps done, loss, model); tests use it to look inside.
+StepHook = Callable[[str, int, float, nn.Module], None]
 
 
 @dataclass
@@ -148,7 +149,7 @@ def train_domain(
                 "result": result,
             })
         if on_step is not None:
-            on_step(domain, result.steps, loss_value)
+            on_step(domain, result.steps, loss_value, model)
     bar.close()
     return result
 

@@ -1,0 +1,215 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
+
+from domix import atomic
+from domix.cli import main
+from domix.errors import DomixError
+from domix.pretrain.config import PretrainConfig
+from domix.pretrain.loop import batch_rows
+from domix.pretrain.run import pretrain
+from domix.store import load_module, load_store, merge_into
+
+AUTO = {"mlm": AutoModelForMaskedLM, "clm": AutoModelForCausalLM}
+
+
+def config(model: Path, corpora: dict, out: Path, **kw) -> PretrainConfig:
+    settings = dict(steps=30, batch_size=8, seq_len=32, lr=5e-3, checkpoint_every=10, heldout_fraction=0.1)
+    settings.update(kw)
+    return PretrainConfig(model=str(model), domains={k: str(v) for k, v in corpora.items()}, out=str(out), **settings)
+
+
+def adapter(out: Path, domain: str) -> dict[str, torch.Tensor]:
+    return load_file(str(out / domain / "adapter_model.safetensors"))
+
+
+def test_loss_falls_and_the_base_stays_bit_identical(tiny_model, corpora, tmp_path):
+    cfg = config(tiny_model, corpora, tmp_path / "run", steps=40)
+    manifests = pretrain(cfg)
+    for name, m in manifests.items():
+        assert m["heldout"]["loss_after"] < m["heldout"]["loss_before"] - 0.02, name
+        n_train = m["corpus"]["tokens"] // 32 - m["heldout"]["sequences"]
+        rows = sum(len(batch_rows(n_train, 8, cfg.seed, step)) for step in range(40))
+        assert m["training"]["steps"] == 40 and m["training"]["tokens_seen"] == rows * 32
+        curve = m["training"]["loss_curve"]
+        assert curve[-1][1] < curve[0][1]
+    # the base on disk and the base after training hold the same weights
+    objective = manifests["food"]["objective"]
+    fresh = AUTO[objective].from_pretrained(tiny_model)
+    from domix.base_model import weights_fingerprint
+
+    assert manifests["food"]["base_model"]["fingerprint"] == weights_fingerprint(fresh)
+
+
+def test_training_does_not_touch_base_weights(tiny_llama, corpora, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    from domix.base_model import load_base_model
+    from domix.pretrain.loop import train_domain
+
+    base = load_base_model(str(tiny_llama))
+    before = {k: v.clone() for k, v in base.model.state_dict().items()}
+    model = get_peft_model(base.model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    blocks = torch.randint(3, 30, (16, 16))
+    train_domain(model, "x", blocks, "clm", base.tokenizer, PretrainConfig(steps=5, batch_size=4, lr=1e-2), torch.device("cpu"), tmp_path / "c.pt")
+    after = model.unload().state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_store_is_plain_peft_and_loaders_agree(tiny_model, corpora, tmp_path):
+    from peft import PeftModel
+
+    out = tmp_path / "run"
+    manifests = pretrain(config(tiny_model, corpora, out, steps=15))
+    objective = manifests["food"]["objective"]
+    ids = torch.randint(5, 30, (2, 12))
+    for domain in corpora:
+        peft_model = PeftModel.from_pretrained(AUTO[objective].from_pretrained(tiny_model), out / domain).eval()
+        merged = merge_into(AUTO[objective].from_pretrained(tiny_model), load_module(out / domain)).eval()
+        plain = AUTO[objective].from_pretrained(tiny_model).eval()
+        with torch.no_grad():
+            a, b, c = peft_model(ids).logits, merged(ids).logits, plain(ids).logits
+        assert torch.allclose(a, b, atol=1e-5, rtol=0), (a - b).abs().max()
+        assert (a - c).abs().max() > 1e-3  # the module changes the model
+    manifest = atomic.read_json(out / "food" / "domix_manifest.json")
+    for key in ("name", "corpus", "base_model", "training", "heldout", "wall_time_s", "peak_memory_mb", "versions"):
+        assert key in manifest
+    assert manifest["corpus"]["fingerprint"] and manifest["base_model"]["fingerprint"]
+    assert [m.name for m in load_store(out)] == ["bio", "food"]
+    assert atomic.read_json(out / "run.json")["status"] == "finished"
+    assert not (out / "checkpoints" / "food.pt").exists()
+
+
+def test_peft_round_trip_gives_the_trained_logits(tiny_model, corpora, tmp_path):
+    """The module on disk is the module that was trained: same logits to 1e-6."""
+    from peft import PeftModel
+
+    ids = torch.randint(5, 30, (2, 12))
+    trained = {}
+
+    def capture(domain, step, loss, model):
+        if step == 12:
+            model.eval()
+            with torch.no_grad():
+                trained[domain] = model(input_ids=ids).logits
+            model.train()
+
+    out = tmp_path / "run"
+    manifests = pretrain(config(tiny_model, corpora, out, steps=12), on_step=capture)
+    auto = AUTO[manifests["food"]["objective"]]
+    for domain in corpora:
+        loaded = PeftModel.from_pretrained(auto.from_pretrained(tiny_model), out / domain).eval()
+        with torch.no_grad():
+            assert torch.allclose(loaded(ids).logits, trained[domain], atol=1e-6, rtol=0)
+
+
+class Crash(Exception):
+    pass
+
+
+def test_interrupted_run_resumes_to_the_same_modules(tiny_model, corpora, tmp_path):
+    reference = tmp_path / "reference"
+    pretrain(config(tiny_model, corpora, reference, steps=25, dropout=0.1))
+
+    def crash(domain, step, loss, model):
+        if domain == "bio" and step == 17:  # in the second domain, after the checkpoint at 10
+            raise Crash
+
+    out = tmp_path / "interrupted"
+    with pytest.raises(Crash):
+        pretrain(config(tiny_model, corpora, out, steps=25, dropout=0.1), on_step=crash)
+    assert (out / "food" / "domix_manifest.json").exists() and (out / "checkpoints" / "bio.pt").exists()
+    assert not (out / "bio").exists()
+    steps_seen = []
+    pretrain(config(tiny_model, corpora, out, steps=25, dropout=0.1), on_step=lambda d, s, l, m: steps_seen.append((d, s)))
+    assert steps_seen[0] == ("bio", 11) and steps_seen[-1] == ("bio", 25)  # food kept, bio resumed at 10
+    for domain in corpora:
+        a, b = adapter(reference, domain), adapter(out, domain)
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a), domain
+    ref_manifest = atomic.read_json(reference / "bio" / "domix_manifest.json")
+    manifest = atomic.read_json(out / "bio" / "domix_manifest.json")
+    assert manifest["heldout"] == ref_manifest["heldout"]
+    assert manifest["training"]["loss_curve"] == ref_manifest["training"]["loss_curve"]
+
+
+def test_killed_process_resumes_to_the_same_module(tiny_llama, corpora, tmp_path):
+    args = [sys.executable, "-m", "domix", "pretrain", "--model", str(tiny_llama), "--domain", f"food={corpora['food']}",
+            "--steps", "150", "--batch-size", "8", "--seq-len", "32", "--checkpoint-every", "5", "--lr", "5e-3"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    subprocess.run(args + ["--out", str(tmp_path / "reference")], check=True, env=env, capture_output=True)
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(args + ["--out", str(out)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = out / "checkpoints" / "food.pt"
+    deadline = time.time() + 120
+    while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "food").exists(), "the run finished before it could be killed"
+    done = subprocess.run(args + ["--out", str(out)], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "resuming domain 'food' from step" in done.stdout
+    a, b = adapter(tmp_path / "reference", "food"), adapter(out, "food")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_finished_run_is_never_overwritten_silently(tiny_llama, corpora, tmp_path):
+    out = tmp_path / "run"
+    pretrain(config(tiny_llama, corpora, out, steps=3))
+    before = adapter(out, "food")
+    with pytest.raises(DomixError, match="holds a finished run; pass --overwrite"):
+        pretrain(config(tiny_llama, corpora, out, steps=3))
+    assert all(torch.equal(before[k], adapter(out, "food")[k]) for k in before)
+    pretrain(config(tiny_llama, corpora, out, steps=5), overwrite=True)
+    assert atomic.read_json(out / "food" / "domix_manifest.json")["training"]["steps"] == 5
+
+
+def test_unfinished_run_with_other_settings_is_refused(tiny_llama, corpora, tmp_path):
+    out = tmp_path / "run"
+
+    def crash(domain, step, loss, model):
+        if step == 12:
+            raise Crash
+
+    with pytest.raises(Crash):
+        pretrain(config(tiny_llama, corpora, out), on_step=crash)
+    with pytest.raises(DomixError, match=r"unfinished run with other settings \(lr\)"):
+        pretrain(config(tiny_llama, corpora, out, lr=1e-3))
+
+
+def test_train_head_option_trains_a_copy_of_the_head(tiny_bert, corpora, tmp_path):
+    from peft import PeftModel
+
+    out = tmp_path / "run"
+    pretrain(config(tiny_bert, {"food": corpora["food"]}, out, steps=10, train_head=True))
+    module = load_module(out / "food")
+    assert any(k.startswith("cls.") for k in module.other)
+    ids = torch.randint(5, 30, (2, 12))
+    peft_model = PeftModel.from_pretrained(AutoModelForMaskedLM.from_pretrained(tiny_bert), out / "food").eval()
+    merged = merge_into(AutoModelForMaskedLM.from_pretrained(tiny_bert), module).eval()
+    with torch.no_grad():
+        assert torch.allclose(peft_model(ids).logits, merged(ids).logits, atol=1e-5, rtol=0)
+
+
+def test_yaml_config_with_command_line_overrides(tiny_llama, corpora, tmp_path, capsys):
+    cfg_file = tmp_path / "pretrain.yaml"
+    cfg_file.write_text(
+        f"model: {tiny_llama}\nout: {tmp_path / 'run'}\nsteps: 4\nbatch-size: 4\nseq_len: 16\nrank: 4\n"
+        f"domains:\n  food: {corpora['food']}\n"
+    )
+    assert main(["pretrain", "--config", str(cfg_file), "--rank", "2", "--domain", f"bio={corpora['bio']}"]) == 0
+    store = {m.name: m for m in load_store(tmp_path / "run")}
+    assert set(store) == {"food", "bio"}
+    assert store["food"].rank == 2 and store["food"].manifest["training"]["steps"] == 4
+    assert "held-out before" in capsys.readouterr().out
