@@ -75,29 +75,41 @@ def detect_objective(config) -> Objective:
     )
 
 
-def load_base_model(
-    name: str, objective: str = "auto", dtype: torch.dtype = torch.float32
-) -> BaseModel:
-    """Load a base model with its language-model head and its tokenizer, offline-friendly."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
+def load_tokenizer(name: str, objective: str = "auto"):
+    """The base model's tokenizer and training objective, read without loading the weights."""
+    from transformers import AutoConfig, AutoTokenizer
 
     where, extra = _source(name)
     try:
         config = AutoConfig.from_pretrained(where, **extra)
+        tokenizer = AutoTokenizer.from_pretrained(where, **extra)
     except (OSError, ValueError, KeyError) as err:
         raise _load_failed(name, err) from None
     if objective == "auto":
         objective = detect_objective(config)
     elif objective not in ("mlm", "clm"):
         raise DomixError(f"unknown objective {objective!r}; use mlm, clm or auto")
+    if objective == "mlm" and tokenizer.mask_token_id is None:
+        raise DomixError(f"the tokenizer of {name!r} has no mask token, so it cannot train a masked LM; use --objective clm")
+    return tokenizer, objective
+
+
+def load_base_model(
+    name: str, objective: str = "auto", dtype: torch.dtype = torch.float32, tokenizer=None
+) -> BaseModel:
+    """Load a base model with its language-model head (and its tokenizer, unless given)."""
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
+
+    if tokenizer is None:
+        tokenizer, objective = load_tokenizer(name, objective)
+    elif objective not in ("mlm", "clm"):
+        raise ValueError("give the objective that load_tokenizer resolved along with its tokenizer")
     auto_cls = AutoModelForMaskedLM if objective == "mlm" else AutoModelForCausalLM
+    where, extra = _source(name)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(where, **extra)
         model = auto_cls.from_pretrained(where, dtype=dtype, **extra)
     except (OSError, ValueError, KeyError) as err:
         raise _load_failed(name, err) from None
-    if objective == "mlm" and tokenizer.mask_token_id is None:
-        raise DomixError(f"the tokenizer of {name!r} has no mask token, so it cannot train a masked LM; use --objective clm")
     model.name_or_path = name  # recorded by PEFT in adapter_config.json
     return BaseModel(name=name, model=model, tokenizer=tokenizer, objective=objective)
 

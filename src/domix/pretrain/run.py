@@ -10,12 +10,20 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from domix import atomic
-from domix.base_model import BaseModel, head_module_name, load_base_model, resolve_target_modules, weights_fingerprint
+from domix.base_model import (
+    BaseModel,
+    head_module_name,
+    load_base_model,
+    load_tokenizer,
+    resolve_target_modules,
+    weights_fingerprint,
+)
 from domix.corpus import Corpus, read_corpus, split_heldout, tokenize_blocks
 from domix.errors import DomixError
 from domix.pretrain.config import PretrainConfig
@@ -65,24 +73,28 @@ def pretrain(cfg: PretrainConfig, overwrite: bool = False, on_step: StepHook | N
     """Train one LoRA module per domain of ``cfg``; returns each domain's manifest."""
     cfg.validate()
     out = _prepare_out(cfg, overwrite)
-    corpora = {name: read_corpus(name, path) for name, path in cfg.domains.items()}  # fail fast, before the model
+    corpora = {name: read_corpus(name, path) for name, path in cfg.domains.items()}
+    tokenizer, objective = load_tokenizer(cfg.model, cfg.objective)
+    pending = [name for name in corpora if not (out / name / MANIFEST_NAME).exists()]
+    # all data is checked before the (possibly large) model is loaded
+    data = {name: DomainData.build(corpora[name], tokenizer, objective, cfg) for name in pending}
     device = resolve_device(cfg.device)
-    base = load_base_model(cfg.model, cfg.objective, DTYPES[cfg.dtype])
+    base = load_base_model(cfg.model, objective, DTYPES[cfg.dtype], tokenizer)
     base.model.to(device)
     fingerprint = weights_fingerprint(base.model)
     target_modules, matched = resolve_target_modules(base.model, cfg.target_modules)
     run_file = out / RUN_FILE
     run = {"status": "running", "config": cfg.to_dict(), "base_fingerprint": fingerprint, "domains": list(cfg.domains)}
     atomic.write_json(run_file, run)
-    print(f"domix: base {cfg.model} ({base.objective}, fingerprint {fingerprint}); LoRA r={cfg.rank} on {len(matched)} layers")
+    print(f"domix: base {cfg.model} ({objective}, fingerprint {fingerprint}); LoRA r={cfg.rank} on {len(matched)} layers")
 
     manifests = {}
-    for name, corpus in corpora.items():
-        if (out / name / MANIFEST_NAME).exists():
+    for name in corpora:
+        if name in data:
+            manifests[name] = _pretrain_domain(base, data[name], cfg, target_modules, fingerprint, out, device, on_step)
+        else:
             manifests[name] = atomic.read_json(out / name / MANIFEST_NAME)
             print(f"domix: domain {name!r} already finished, kept")
-            continue
-        manifests[name] = _pretrain_domain(base, corpus, cfg, target_modules, fingerprint, out, device, on_step)
 
     run["status"] = "finished"
     run["summary"] = {n: {k: m["heldout"][k] for k in ("loss_before", "loss_after")} for n, m in manifests.items()}
@@ -91,16 +103,29 @@ def pretrain(cfg: PretrainConfig, overwrite: bool = False, on_step: StepHook | N
     return manifests
 
 
+@dataclass
+class DomainData:
+    corpus: Corpus
+    tokens: int
+    train: torch.Tensor  # (sequences, seq_len) token ids
+    heldout: torch.Tensor
+
+    @classmethod
+    def build(cls, corpus: Corpus, tokenizer, objective: str, cfg: PretrainConfig) -> "DomainData":
+        blocks = tokenize_blocks(corpus, tokenizer, cfg.seq_len, append_eos=objective == "clm")
+        train, heldout = split_heldout(blocks, cfg.heldout_fraction, cfg.heldout_max_blocks, cfg.seed, corpus.name)
+        return cls(corpus=corpus, tokens=blocks.numel(), train=train, heldout=heldout)
+
+
 def _pretrain_domain(
-    base: BaseModel, corpus: Corpus, cfg: PretrainConfig, target_modules, fingerprint: str,
+    base: BaseModel, data: DomainData, cfg: PretrainConfig, target_modules, fingerprint: str,
     out: Path, device: torch.device, on_step: StepHook | None,
 ) -> dict:
     from peft import LoraConfig, get_peft_model
 
     started = time.perf_counter()
     reset_peak_memory(device)
-    blocks = tokenize_blocks(corpus, base.tokenizer, cfg.seq_len, append_eos=base.objective == "clm")
-    train, heldout = split_heldout(blocks, cfg.heldout_fraction, cfg.heldout_max_blocks, cfg.seed, corpus.name)
+    corpus, train, heldout = data.corpus, data.train, data.heldout
     lora = LoraConfig(
         r=cfg.rank,
         lora_alpha=cfg.alpha,
@@ -121,7 +146,7 @@ def _pretrain_domain(
         manifest = {
             "name": corpus.name,
             "kind": "domix-domain-module",
-            "corpus": {"path": corpus.path, "fingerprint": corpus.fingerprint, "passages": len(corpus.passages), "tokens": int(blocks.numel())},
+            "corpus": {"path": corpus.path, "fingerprint": corpus.fingerprint, "passages": len(corpus.passages), "tokens": data.tokens},
             "base_model": {"name": cfg.model, "fingerprint": fingerprint, "model_type": base.model.config.model_type},
             "objective": base.objective,
             "lora": {"r": cfg.rank, "alpha": cfg.alpha, "dropout": cfg.dropout, "target_modules": target_modules, "train_head": cfg.train_head},

@@ -1,0 +1,109 @@
+"""Every bad input gives one clear line on stderr and exit status 2, never a traceback."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from domix.cli import main
+from domix.errors import DomixError
+from domix.pretrain.config import PretrainConfig
+from domix.pretrain.loop import train_domain
+
+
+def run_cli(args, capsys) -> str:
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("domix: error: ")]
+    assert len(errors) == 1 and "Traceback" not in err, err
+    return errors[0]
+
+
+def pretrain_args(model, out, *domains, extra=()):
+    args = ["pretrain", "--model", str(model), "--out", str(out), "--steps", "2", "--batch-size", "2", "--seq-len", "16"]
+    for d in domains:
+        args += ["--domain", d]
+    return args + list(extra)
+
+
+def test_missing_corpus(tiny_llama, tmp_path, capsys):
+    line = run_cli(pretrain_args(tiny_llama, tmp_path / "o", f"food={tmp_path / 'nope.txt'}"), capsys)
+    assert "corpus of domain 'food' not found" in line and "nope.txt" in line
+
+
+def test_empty_corpus(tiny_llama, tmp_path, capsys):
+    (tmp_path / "empty.txt").write_text("\n \n")
+    line = run_cli(pretrain_args(tiny_llama, tmp_path / "o", f"food={tmp_path / 'empty.txt'}"), capsys)
+    assert "has no text" in line
+
+
+def test_corpus_too_short_for_one_sequence(tiny_llama, tmp_path, capsys):
+    (tmp_path / "short.txt").write_text("the food\n")
+    line = run_cli(pretrain_args(tiny_llama, tmp_path / "o", f"food={tmp_path / 'short.txt'}"), capsys)
+    assert "too short for one sequence of 16" in line and "--seq-len" in line
+
+
+def test_unknown_model(corpora, tmp_path, capsys):
+    line = run_cli(pretrain_args(tmp_path / "no-such-model", tmp_path / "o", f"food={corpora['food']}"), capsys)
+    assert "cannot load model" in line
+
+
+def test_target_modules_that_match_nothing(tiny_llama, corpora, tmp_path, capsys):
+    line = run_cli(pretrain_args(tiny_llama, tmp_path / "o", f"food={corpora['food']}", extra=["--target-modules", "query,value"]), capsys)
+    assert "match no linear layer" in line and "q_proj" in line
+
+
+def test_unwritable_output_folder(tiny_llama, corpora, tmp_path, capsys):
+    (tmp_path / "a-file").write_text("x")
+    line = run_cli(pretrain_args(tiny_llama, tmp_path / "a-file" / "out", f"food={corpora['food']}"), capsys)
+    assert "cannot write to output folder" in line
+
+
+def test_non_finite_loss_stops_the_run(tiny_llama, corpora, tmp_path, capsys):
+    broken = tmp_path / "broken"
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    with torch.no_grad():
+        model.model.layers[0].mlp.up_proj.weight.fill_(float("nan"))
+    model.save_pretrained(broken)
+    AutoTokenizer.from_pretrained(tiny_llama).save_pretrained(broken)
+    line = run_cli(pretrain_args(broken, tmp_path / "o", f"food={corpora['food']}"), capsys)
+    assert "non-finite loss at step 1 of domain 'food'" in line and "--lr" in line
+
+
+def test_non_finite_loss_keeps_the_last_good_checkpoint(tiny_llama, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    from domix.base_model import load_base_model
+
+    base = load_base_model(str(tiny_llama))
+    model = get_peft_model(base.model, LoraConfig(r=4, target_modules=["q_proj"]))
+
+    def poison(domain, step, loss, model):
+        if step == 3:
+            with torch.no_grad():
+                next(p for n, p in model.named_parameters() if "lora_B" in n).fill_(float("nan"))
+
+    checkpoint = tmp_path / "c.pt"
+    cfg = PretrainConfig(steps=10, batch_size=4, checkpoint_every=2, lr=1e-2)
+    with pytest.raises(DomixError, match=r"non-finite loss at step 4 .* last good checkpoint is kept"):
+        train_domain(model, "x", torch.randint(3, 30, (16, 16)), "clm", base.tokenizer, cfg, torch.device("cpu"), checkpoint, poison)
+    state = torch.load(checkpoint, weights_only=False)
+    assert state["result"].steps == 2
+    assert all(torch.isfinite(v).all() for v in state["params"].values())
+
+
+def test_bad_settings(tiny_llama, corpora, tmp_path, capsys):
+    assert "--rank must be at least 1" in run_cli(pretrain_args(tiny_llama, tmp_path / "o", f"food={corpora['food']}", extra=["--rank", "0"]), capsys)
+    assert "no domain corpus given" in run_cli(pretrain_args(tiny_llama, tmp_path / "o"), capsys)
+    (tmp_path / "c.yaml").write_text("rnak: 4\n")
+    assert "unknown settings ['rnak']" in run_cli(["pretrain", "--config", str(tmp_path / "c.yaml")], capsys)
+
+
+def test_the_installed_command_prints_no_traceback(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "domix", "pretrain", "--model", str(tmp_path / "nothing"),
+                           "--domain", f"a={tmp_path / 'a.txt'}", "--out", str(tmp_path / "o")],
+                          capture_output=True, text=True)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [f"domix: error: corpus of domain 'a' not found: {tmp_path / 'a.txt'} does not exist"]
