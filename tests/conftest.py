@@ -12,6 +12,7 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the hub in tests
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+torch.set_num_threads(1)  # tiny models: threads only add contention
 
 WORDS = ("the food service staff menu pasta pizza wine table price protein cell gene enzyme binds inhibits "
          "model data network paper method results learning training neural task dataset we propose show").split()
