@@ -175,17 +175,36 @@ def test_finished_run_is_never_overwritten_silently(tiny_llama, corpora, tmp_pat
     assert atomic.read_json(out / "food" / "domix_manifest.json")["training"]["steps"] == 5
 
 
-def test_unfinished_run_with_other_settings_is_refused(tiny_llama, corpora, tmp_path):
+def test_unfinished_run_with_other_settings_or_data_is_refused(tiny_llama, corpora, tmp_path):
     out = tmp_path / "run"
+    bio = tmp_path / "bio.txt"
+    bio.write_text(Path(corpora["bio"]).read_text())
+    mine = {"food": corpora["food"], "bio": bio}
 
     def crash(domain, step, loss, model):
         if step == 12:
             raise Crash
 
     with pytest.raises(Crash):
-        pretrain(config(tiny_llama, corpora, out), on_step=crash)
+        pretrain(config(tiny_llama, mine, out), on_step=crash)
     with pytest.raises(DomixError, match=r"unfinished run with other settings \(lr\)"):
-        pretrain(config(tiny_llama, corpora, out, lr=1e-3))
+        pretrain(config(tiny_llama, mine, out, lr=1e-3))
+    bio.write_text(bio.read_text() + "the food\n")
+    with pytest.raises(DomixError, match=r"corpus of domain\(s\) \['bio'\] changed"):
+        pretrain(config(tiny_llama, mine, out))
+
+
+def test_overwrite_keeps_the_old_run_until_the_new_inputs_check_out(tiny_llama, corpora, tmp_path):
+    out = tmp_path / "run"
+    pretrain(config(tiny_llama, {"food": corpora["food"]}, out, steps=3))
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(DomixError, match="has no text"):
+        pretrain(config(tiny_llama, {"food": tmp_path / "empty.txt"}, out, steps=3), overwrite=True)
+    assert (out / "food" / "adapter_model.safetensors").exists()
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(DomixError, match="not empty and holds no domix run"):
+        pretrain(config(tiny_llama, corpora, tmp_path / "mine"), overwrite=True)
 
 
 def test_train_head_option_trains_a_copy_of_the_head(tiny_bert, corpora, tmp_path):

@@ -34,8 +34,11 @@ from domix.system import peak_memory_mb, reset_peak_memory, resolve_device
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def _prepare_out(cfg: PretrainConfig, overwrite: bool) -> Path:
-    """Refuse to clobber a finished run or resume one made with other settings."""
+def _check_out(cfg: PretrainConfig, overwrite: bool) -> dict | None:
+    """Refuse to clobber a finished run or resume one made with other settings.
+
+    Returns the folder's previous run record (None for a new folder).
+    """
     out = Path(cfg.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -45,23 +48,28 @@ def _prepare_out(cfg: PretrainConfig, overwrite: bool) -> Path:
     except OSError as err:
         raise DomixError(f"cannot write to output folder {out} ({err.strerror}); choose a folder you can write to") from None
     run_file = out / RUN_FILE
-    if run_file.exists():
-        previous = atomic.read_json(run_file)
-        if overwrite:
-            for child in out.iterdir():
-                shutil.rmtree(child) if child.is_dir() else child.unlink()
-        elif previous.get("status") == "finished":
-            raise DomixError(f"{out} holds a finished run; pass --overwrite to replace it or choose another --out")
-        else:
-            differing = _differing(previous.get("config", {}), cfg.to_dict())
-            if differing:
-                raise DomixError(
-                    f"{out} holds an unfinished run with other settings ({', '.join(differing)}); "
-                    "rerun it with the same settings to resume, or pass --overwrite to start over"
-                )
-    elif any(p.name != ".domix-write-test" for p in out.iterdir()) and not overwrite:
-        raise DomixError(f"output folder {out} is not empty and holds no domix run; choose an empty or new folder")
-    return out
+    if not run_file.exists():
+        if any(out.iterdir()):
+            raise DomixError(f"output folder {out} is not empty and holds no domix run; choose an empty or new folder")
+        return None
+    previous = atomic.read_json(run_file)
+    if overwrite:
+        return previous
+    if previous.get("status") == "finished":
+        raise DomixError(f"{out} holds a finished run; pass --overwrite to replace it or choose another --out")
+    differing = _differing(previous.get("config", {}), cfg.to_dict())
+    if differing:
+        raise DomixError(
+            f"{out} holds an unfinished run with other settings ({', '.join(differing)}); "
+            "rerun it with the same settings to resume, or pass --overwrite to start over"
+        )
+    return previous
+
+
+def _clear(out: Path) -> None:
+    """Remove what a previous run wrote (only called for --overwrite, once the new run's inputs checked out)."""
+    for child in out.iterdir():
+        shutil.rmtree(child) if child.is_dir() else child.unlink()
 
 
 def _differing(old: dict, new: dict) -> list[str]:
@@ -72,10 +80,18 @@ def _differing(old: dict, new: dict) -> list[str]:
 def pretrain(cfg: PretrainConfig, overwrite: bool = False, on_step: StepHook | None = None) -> dict[str, dict]:
     """Train one LoRA module per domain of ``cfg``; returns each domain's manifest."""
     cfg.validate()
-    out = _prepare_out(cfg, overwrite)
+    out = Path(cfg.out)
+    previous = _check_out(cfg, overwrite)
     corpora = {name: read_corpus(name, path) for name, path in cfg.domains.items()}
+    fingerprints = {name: c.fingerprint for name, c in corpora.items()}
+    resuming = previous is not None and not overwrite
+    if resuming:
+        changed = [n for n, fp in previous.get("corpora", {}).items() if fingerprints.get(n) != fp]
+        if changed:
+            raise DomixError(f"the corpus of domain(s) {changed} changed since this unfinished run began; "
+                             "restore it, or pass --overwrite to start over")
     tokenizer, objective = load_tokenizer(cfg.model, cfg.objective)
-    pending = [name for name in corpora if not (out / name / MANIFEST_NAME).exists()]
+    pending = [n for n in corpora if not (resuming and (out / n / MANIFEST_NAME).exists())]
     # all data is checked before the (possibly large) model is loaded
     data = {name: DomainData.build(corpora[name], tokenizer, objective, cfg) for name in pending}
     device = resolve_device(cfg.device)
@@ -83,8 +99,14 @@ def pretrain(cfg: PretrainConfig, overwrite: bool = False, on_step: StepHook | N
     base.model.to(device)
     fingerprint = weights_fingerprint(base.model)
     target_modules, matched = resolve_target_modules(base.model, cfg.target_modules)
+    if resuming and previous.get("base_fingerprint") != fingerprint:
+        raise DomixError(f"the weights of base model {cfg.model} changed since this unfinished run began; "
+                         "use the same model, or pass --overwrite to start over")
+    if previous is not None and overwrite:
+        _clear(out)
     run_file = out / RUN_FILE
-    run = {"status": "running", "config": cfg.to_dict(), "base_fingerprint": fingerprint, "domains": list(cfg.domains)}
+    run = {"status": "running", "config": cfg.to_dict(), "base_fingerprint": fingerprint,
+           "corpora": fingerprints, "domains": list(cfg.domains)}
     atomic.write_json(run_file, run)
     print(f"domix: base {cfg.model} ({objective}, fingerprint {fingerprint}); LoRA r={cfg.rank} on {len(matched)} layers")
 
