@@ -232,3 +232,15 @@ def test_yaml_config_with_command_line_overrides(tiny_llama, corpora, tmp_path, 
     assert set(store) == {"food", "bio"}
     assert store["food"].rank == 2 and store["food"].manifest["training"]["steps"] == 4
     assert "held-out before" in capsys.readouterr().out
+    assert main(["modules", str(tmp_path / "run")]) == 0
+    listing = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in listing] == ["bio", "food"] and "rank 2, 14 layers" in listing[0]
+
+
+def test_bfloat16_base_trains_and_keeps_the_fingerprint(tiny_llama, corpora, tmp_path):
+    fp32 = pretrain(config(tiny_llama, {"food": corpora["food"]}, tmp_path / "fp32", steps=20))["food"]
+    bf16 = pretrain(config(tiny_llama, {"food": corpora["food"]}, tmp_path / "bf16", steps=20, dtype="bfloat16"))["food"]
+    assert bf16["base_model"]["fingerprint"] == fp32["base_model"]["fingerprint"]
+    assert bf16["heldout"]["loss_after"] < bf16["heldout"]["loss_before"] - 0.05
+    assert abs(bf16["heldout"]["loss_after"] - fp32["heldout"]["loss_after"]) < 0.05
+    assert load_file(str(tmp_path / "bf16" / "food" / "adapter_model.safetensors"))["base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"].dtype == torch.float32
