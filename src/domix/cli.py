@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
 from domix.errors import DomixError
 
@@ -97,6 +98,8 @@ COMMANDS = {"pretrain": _run_pretrain, "modules": _run_modules, "convert-gguf": 
 
 
 def main(argv: list[str] | None = None) -> int:
+    # PEFT calls a transformers API that warns of its own deprecation on every model it wraps
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     args = build_parser().parse_args(argv)
     try:
         COMMANDS[args.command](args)
