@@ -41,10 +41,13 @@ def test_named_targets_and_targets_that_match_nothing(tiny_llama):
         resolve_target_modules(llama, ["q_proj", "qproj"])
 
 
-def test_fingerprint_ignores_precision_and_sees_changes(tiny_llama):
+def test_fingerprint_ignores_precision_and_head_and_sees_changes(tiny_llama):
+    from transformers import AutoModelForSequenceClassification
+
     model = AutoModelForCausalLM.from_pretrained(tiny_llama)
     fp = weights_fingerprint(model)
     assert weights_fingerprint(AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.bfloat16)) == fp
+    assert weights_fingerprint(AutoModelForSequenceClassification.from_pretrained(tiny_llama, num_labels=3)) == fp
     with torch.no_grad():
         model.model.layers[0].mlp.up_proj.weight[3, 5] += 0.5
     assert weights_fingerprint(model) != fp

@@ -135,13 +135,16 @@ def convert_gguf(gguf_file: str, out_dir: str) -> None:
 
 
 def weights_fingerprint(model: nn.Module) -> str:
-    """A hash of the model's parameters, equal for fp32/bf16 copies of the same weights.
+    """A hash of the weights of the model's transformer blocks.
 
-    Values are rounded to bfloat16 before hashing, and each tensor contributes a fixed,
-    evenly spaced sample of its elements (and its name and shape).
+    Only the blocks count, so the same backbone fingerprints alike under any head (masked LM,
+    causal LM, classification). Values are rounded to bfloat16 before hashing, so fp32 and
+    bf16 copies agree, and each tensor contributes its name, shape and an evenly spaced
+    sample of its elements, so the cost stays small for an 8B model.
     """
+    _, blocks = find_blocks(model)
     digest = hashlib.sha256()
-    for name, param in sorted(model.named_parameters(), key=lambda kv: kv[0]):
+    for name, param in sorted(blocks.named_parameters(), key=lambda kv: kv[0]):
         flat = param.detach().reshape(-1)
         if flat.numel() > _FINGERPRINT_SAMPLES:
             idx = torch.arange(_FINGERPRINT_SAMPLES, device=flat.device) * (flat.numel() - 1) // (_FINGERPRINT_SAMPLES - 1)
