@@ -100,3 +100,54 @@ def corpora(tmp_path_factory) -> dict[str, Path]:
 
 def leaf(name: str) -> str:
     return re.sub(r"\W", "_", name)
+
+
+def make_task(root: Path, seed: int = 0, sizes=(96, 32, 32), pairs: bool = False) -> Path:
+    """A 3-class task a tiny model can learn: the label is the topic of most words."""
+    import json
+
+    rng = random.Random(seed)
+    topics = {"food": WORDS[:8], "bio": WORDS[10:16], "cs": WORDS[18:26]}
+    root.mkdir(parents=True, exist_ok=True)
+    for split, n in zip(("train", "dev", "test"), sizes):
+        lines = []
+        for i in range(n):
+            label = list(topics)[i % 3]
+            words = [rng.choice(topics[label]) for _ in range(rng.randint(4, 9))] + [rng.choice(WORDS) for _ in range(2)]
+            rng.shuffle(words)
+            row = {"text": " ".join(words), "label": label}
+            if pairs:
+                row["text_pair"] = " ".join(rng.choice(WORDS) for _ in range(3))
+            lines.append(json.dumps(row))
+        (root / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+    return root
+
+
+@pytest.fixture(scope="session")
+def task(tmp_path_factory) -> Path:
+    return make_task(tmp_path_factory.mktemp("task"))
+
+
+def _store(root: Path, model: Path, corpora: dict, ranks=(4, 4)) -> Path:
+    from domix.pretrain.config import PretrainConfig
+    from domix.pretrain.run import pretrain
+
+    for (name, path), rank in zip(corpora.items(), ranks):
+        pretrain(PretrainConfig(model=str(model), domains={name: str(path)}, out=str(root / name), rank=rank,
+                                steps=8, batch_size=8, seq_len=32, lr=5e-3))
+    store = root / "store"
+    store.mkdir()
+    for name in corpora:
+        (root / name / name).rename(store / name)
+    return store
+
+
+@pytest.fixture(scope="session")
+def llama_store(tmp_path_factory, tiny_llama, corpora) -> Path:
+    """Modules of ranks 4 and 2 on the tiny Llama (trained in separate runs, gathered in one store)."""
+    return _store(tmp_path_factory.mktemp("llama-store"), tiny_llama, corpora, ranks=(4, 2))
+
+
+@pytest.fixture(scope="session")
+def bert_store(tmp_path_factory, tiny_bert, corpora) -> Path:
+    return _store(tmp_path_factory.mktemp("bert-store"), tiny_bert, corpora)

@@ -34,7 +34,10 @@ def _replace_from_temp(path: Path, write: Callable[[Path], None]) -> None:
 
 
 def write_json(path: Path, obj: Any) -> None:
-    text = json.dumps(obj, indent=2, sort_keys=False) + "\n"
+    write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def write_text(path: Path, text: str) -> None:
     _replace_from_temp(Path(path), lambda tmp: tmp.write_text(text))
 
 

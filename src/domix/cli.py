@@ -53,15 +53,74 @@ def _add_pretrain(sub) -> None:
 
 
 def _run_pretrain(args: argparse.Namespace) -> None:
-    from domix.pretrain.config import FIELDS, build_config
+    from domix.pretrain.config import FIELDS, PretrainConfig
     from domix.pretrain.run import pretrain
+    from domix.settings import build_config
 
     overrides = {k: v for k, v in vars(args).items() if k in FIELDS}
     if overrides.get("domains"):
         overrides["domains"] = dict(overrides["domains"])
     if isinstance(overrides.get("target_modules"), str) and not any(c in overrides["target_modules"] for c in "\\*()[]|"):
         overrides["target_modules"] = [t.strip() for t in overrides["target_modules"].split(",") if t.strip()]
-    pretrain(build_config(args.config, overrides), overwrite=args.overwrite)
+    pretrain(build_config(PretrainConfig, args.config, overrides), overwrite=args.overwrite)
+
+
+def _add_finetune(sub) -> None:
+    p = sub.add_parser("finetune", help="fine-tune an end task on composed domain modules (DoMIX) or plain LoRA",
+                       description="Fine-tune a sequence classifier: the domain modules concatenated with a trainable "
+                                   "bridge (DoMIX), or a PEFT LoRA baseline. Flags override the settings of --config.")
+    p.add_argument("--config", help="YAML file of settings (keys as the flags)")
+    p.add_argument("--task", help="folder with train.jsonl, dev.jsonl, test.jsonl ('text', optional 'text_pair', 'label')")
+    p.add_argument("--train", help="train file (overrides the task folder's)")
+    p.add_argument("--dev", help="dev file")
+    p.add_argument("--test", help="test file")
+    p.add_argument("--modules", help="module store: the --out folder of domix pretrain")
+    p.add_argument("--domains", type=lambda s: [d for d in s.split(",") if d], help="comma-separated modules to compose, in order (default: all)")
+    p.add_argument("--model", help="base model (default: the one the modules were trained on)")
+    p.add_argument("--out", help="output folder")
+    p.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
+    p.add_argument("--method", choices=["domix", "lora"], help="domix (default) or lora (PEFT LoRA of the same total rank)")
+    p.add_argument("--lora-rank", type=int, help="rank for --method lora (default: the modules' total rank)")
+    p.add_argument("--p-init", help="bridge init: scaled_identity (default, 1/Σr), identity, or a number")
+    p.add_argument("--p-lr", type=float, help="learning rate of the bridge (default: --lr)")
+    p.add_argument("--p-weight-decay", type=float, help="weight decay of the bridge (default 0)")
+    p.add_argument("--lr", type=float, help="learning rate of B_cat and the head (default 3e-5)")
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--warmup-ratio", type=float, help="(default 0: linear decay from the start)")
+    p.add_argument("--epochs", type=int, help="(default 5)")
+    p.add_argument("--batch-size", type=int, help="(default 16)")
+    p.add_argument("--max-length", type=int, help="tokens per example (default 128)")
+    p.add_argument("--max-grad-norm", type=float)
+    p.add_argument("--select-metric", choices=["accuracy", "macro_f1", "micro_f1"], help="dev metric that picks the kept epoch")
+    p.add_argument("--train-limit", type=int, help="use a seeded sample of this many training examples")
+    p.add_argument("--eval-limit", type=int, help="use a seeded sample of this many dev and test examples")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--checkpoint-every", type=int)
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16", "float64"])
+    p.add_argument("--device")
+
+
+def _run_finetune(args: argparse.Namespace) -> None:
+    from domix.finetune.config import FIELDS, FinetuneConfig
+    from domix.finetune.run import finetune
+    from domix.settings import build_config
+
+    overrides = {k: v for k, v in vars(args).items() if k in FIELDS}
+    finetune(build_config(FinetuneConfig, args.config, overrides), overwrite=args.overwrite)
+
+
+def _run_export(args: argparse.Namespace) -> None:
+    from domix.finetune.model import export
+
+    export(args.task_model, args.out)
+    print(f"domix: wrote {args.out} (loads with AutoModelForSequenceClassification.from_pretrained)")
+
+
+def _run_evaluate(args: argparse.Namespace) -> None:
+    from domix.finetune.evaluate import evaluate_file
+
+    scores = evaluate_file(args.model, args.data, args.predictions, args.max_length)
+    print(" ".join(f"{k} {v:.4f}" for k, v in scores.items()))
 
 
 def _run_modules(args: argparse.Namespace) -> None:
@@ -86,6 +145,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="domix", description="Modular domain adaptation of pretrained language models.")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_pretrain(sub)
+    _add_finetune(sub)
+    p = sub.add_parser("export", help="fold a task model into a plain transformers model folder")
+    p.add_argument("task_model", help="the model/ folder of a domix finetune run")
+    p.add_argument("out")
+    p = sub.add_parser("evaluate", help="score a task model (or an exported folder) on a jsonl file")
+    p.add_argument("model", help="a task model folder or an exported folder")
+    p.add_argument("data", help="jsonl with 'text', optional 'text_pair', 'label'")
+    p.add_argument("--predictions", help="write one prediction a line to this jsonl file")
+    p.add_argument("--max-length", type=int, default=128, help="for exported folders (task models know theirs)")
     p = sub.add_parser("modules", help="list the domain modules of a store")
     p.add_argument("store", help="a domix pretrain output folder")
     p = sub.add_parser("convert-gguf", help="de-quantise a GGUF model file once into a safetensors model folder")
@@ -94,7 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMANDS = {"pretrain": _run_pretrain, "modules": _run_modules, "convert-gguf": _run_convert}
+COMMANDS = {"pretrain": _run_pretrain, "finetune": _run_finetune, "export": _run_export, "evaluate": _run_evaluate,
+            "modules": _run_modules, "convert-gguf": _run_convert}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,7 +19,6 @@ from domix import atomic
 from domix.errors import DomixError
 
 MANIFEST_NAME = "domix_manifest.json"
-RUN_FILE = "run.json"
 _LORA_KEY = re.compile(r"^base_model\.model\.(?P<layer>.+)\.lora_(?P<part>[AB])\.weight$")
 _PREFIX = "base_model.model."
 

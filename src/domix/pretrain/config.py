@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
-
-import yaml
 
 from domix.errors import DomixError
 
@@ -80,36 +77,3 @@ class PretrainConfig:
 
 
 FIELDS = {f.name for f in dataclasses.fields(PretrainConfig)}
-
-
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise DomixError(f"config file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise DomixError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
-    if not isinstance(data, dict):
-        raise DomixError(f"config file {path} must hold a mapping of setting: value")
-    data = {k.replace("-", "_"): v for k, v in data.items()}
-    unknown = sorted(set(data) - FIELDS)
-    if unknown:
-        raise DomixError(f"config file {path} has unknown settings {unknown}; known: {sorted(FIELDS)}")
-    if "domains" in data:
-        if not isinstance(data["domains"], dict):
-            raise DomixError(f"'domains' in {path} must map a domain name to a corpus path")
-        data["domains"] = {str(k): str(v) for k, v in data["domains"].items()}
-    return data
-
-
-def build_config(yaml_path: str | None, overrides: dict[str, Any]) -> PretrainConfig:
-    """Defaults, then the YAML file, then the command-line values that were given."""
-    values: dict[str, Any] = load_yaml(yaml_path) if yaml_path else {}
-    for key, value in overrides.items():
-        if value is not None:
-            values[key] = {**values.get("domains", {}), **value} if key == "domains" else value
-    try:
-        return PretrainConfig(**values).validate()
-    except TypeError as err:
-        raise DomixError(f"bad setting: {err}") from None

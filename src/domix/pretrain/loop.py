@@ -34,7 +34,7 @@ class TrainResult:
     train_seconds: float = 0.0
 
 
-def _step_seed(seed: int, step: int) -> int:
+def step_seed(seed: int, step: int) -> int:
     return (seed * 1_000_003 + step) % (2**63)
 
 
@@ -46,7 +46,7 @@ def batch_rows(n_train: int, batch_size: int, seed: int, step: int) -> torch.Ten
     """Indices of the training blocks in ``step``'s batch: a fresh shuffle every epoch."""
     per_epoch = math.ceil(n_train / batch_size)
     epoch, i = divmod(step, per_epoch)
-    perm = torch.randperm(n_train, generator=torch.Generator().manual_seed(_step_seed(seed, -1 - epoch)))
+    perm = torch.randperm(n_train, generator=torch.Generator().manual_seed(step_seed(seed, -1 - epoch)))
     return perm[i * batch_size : (i + 1) * batch_size]
 
 
@@ -61,7 +61,7 @@ def evaluate(model: nn.Module, blocks: torch.Tensor, objective: str, tokenizer, 
     """Mean loss per predicted token over ``blocks``, with fixed masks (same before and after)."""
     was_training = model.training
     model.eval()
-    generator = torch.Generator().manual_seed(_step_seed(cfg.seed, -(10**6)))
+    generator = torch.Generator().manual_seed(step_seed(cfg.seed, -(10**6)))
     total, count = 0.0, 0
     for start in range(0, blocks.shape[0], cfg.batch_size):
         batch = lm_batch(blocks[start : start + cfg.batch_size], objective, tokenizer, generator, cfg.mlm_probability)
@@ -114,8 +114,8 @@ def train_domain(
     while result.steps < n_steps:
         step = result.steps
         blocks = train_blocks[batch_rows(train_blocks.shape[0], cfg.batch_size, cfg.seed, step)]
-        batch = lm_batch(blocks, objective, tokenizer, torch.Generator().manual_seed(_step_seed(cfg.seed, step)), cfg.mlm_probability)
-        torch.manual_seed(_step_seed(cfg.seed, step))  # LoRA and model dropout
+        batch = lm_batch(blocks, objective, tokenizer, torch.Generator().manual_seed(step_seed(cfg.seed, step)), cfg.mlm_probability)
+        torch.manual_seed(step_seed(cfg.seed, step))  # LoRA and model dropout
         t0 = time.perf_counter()
         loss = model(**{k: v.to(device) for k, v in batch.items()}).loss
         if not torch.isfinite(loss):

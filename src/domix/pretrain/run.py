@@ -7,8 +7,6 @@ and ``checkpoints/`` while a domain is in progress.
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,60 +26,18 @@ from domix.corpus import Corpus, read_corpus, split_heldout, tokenize_blocks
 from domix.errors import DomixError
 from domix.pretrain.config import PretrainConfig
 from domix.pretrain.loop import StepHook, evaluate, train_domain
-from domix.store import MANIFEST_NAME, RUN_FILE, versions
+from domix.runfolder import RUN_FILE, check_out, clear
+from domix.store import MANIFEST_NAME, versions
 from domix.system import peak_memory_mb, reset_peak_memory, resolve_device
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def _check_out(cfg: PretrainConfig, overwrite: bool) -> dict | None:
-    """Refuse to clobber a finished run or resume one made with other settings.
-
-    Returns the folder's previous run record (None for a new folder).
-    """
-    out = Path(cfg.out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".domix-write-test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as err:
-        raise DomixError(f"cannot write to output folder {out} ({err.strerror}); choose a folder you can write to") from None
-    run_file = out / RUN_FILE
-    if not run_file.exists():
-        if any(out.iterdir()):
-            raise DomixError(f"output folder {out} is not empty and holds no domix run; choose an empty or new folder")
-        return None
-    previous = atomic.read_json(run_file)
-    if overwrite:
-        return previous
-    if previous.get("status") == "finished":
-        raise DomixError(f"{out} holds a finished run; pass --overwrite to replace it or choose another --out")
-    differing = _differing(previous.get("config", {}), cfg.to_dict())
-    if differing:
-        raise DomixError(
-            f"{out} holds an unfinished run with other settings ({', '.join(differing)}); "
-            "rerun it with the same settings to resume, or pass --overwrite to start over"
-        )
-    return previous
-
-
-def _clear(out: Path) -> None:
-    """Remove what a previous run wrote (only called for --overwrite, once the new run's inputs checked out)."""
-    for child in out.iterdir():
-        shutil.rmtree(child) if child.is_dir() else child.unlink()
-
-
-def _differing(old: dict, new: dict) -> list[str]:
-    keys = (set(old) | set(new)) - set(PretrainConfig.RESUME_FREE)
-    return sorted(k for k in keys if old.get(k) != new.get(k))
 
 
 def pretrain(cfg: PretrainConfig, overwrite: bool = False, on_step: StepHook | None = None) -> dict[str, dict]:
     """Train one LoRA module per domain of ``cfg``; returns each domain's manifest."""
     cfg.validate()
     out = Path(cfg.out)
-    previous = _check_out(cfg, overwrite)
+    previous = check_out(out, cfg.to_dict(), PretrainConfig.RESUME_FREE, overwrite)
     corpora = {name: read_corpus(name, path) for name, path in cfg.domains.items()}
     fingerprints = {name: c.fingerprint for name, c in corpora.items()}
     resuming = previous is not None and not overwrite
@@ -103,7 +59,7 @@ def pretrain(cfg: PretrainConfig, overwrite: bool = False, on_step: StepHook | N
         raise DomixError(f"the weights of base model {cfg.model} changed since this unfinished run began; "
                          "use the same model, or pass --overwrite to start over")
     if previous is not None and overwrite:
-        _clear(out)
+        clear(out)
     run_file = out / RUN_FILE
     run = {"status": "running", "config": cfg.to_dict(), "base_fingerprint": fingerprint,
            "corpora": fingerprints, "domains": list(cfg.domains)}

@@ -1,0 +1,75 @@
+"""The bridged linear layer: y = W x + b + B_cat diag(s) P A_cat x.
+
+A_cat (frozen) stacks the domain modules' A matrices, B_cat (trainable) sets their B
+matrices side by side, P (trainable, Σr × Σr) is the bridge, and s holds each domain's
+LoRA scale (alpha / r) per column, so modules of different ranks and alphas compose.
+
+The LoRA path runs in a custom autograd function that saves only u = A_cat x (Σr numbers
+per token) for the backward pass, never the layer input x (d_in numbers per token): with
+A frozen, every gradient can be computed from u, P, B_cat and s. This is where DoMIX's
+memory advantage over plain LoRA comes from.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class _BridgePath(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, A, P, B, s):
+        u = x @ A.t()  # (..., R)
+        out = ((u @ P.t()) * s) @ B.t()
+        ctx.save_for_backward(u, A, P, B, s)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        u, A, P, B, s = ctx.saved_tensors
+        g = grad_out.reshape(-1, grad_out.shape[-1]).to(B.dtype)
+        u2 = u.reshape(-1, u.shape[-1])
+        h = u2 @ P.t()  # recomputed: cheaper than keeping it
+        grad_hs = g @ B  # d(loss)/d(h·s)
+        grad_h = grad_hs * s
+        grad_B = g.t() @ (h * s) if ctx.needs_input_grad[3] else None
+        grad_P = grad_h.t() @ u2 if ctx.needs_input_grad[2] else None
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            grad_x = ((grad_h @ P) @ A).reshape(*grad_out.shape[:-1], A.shape[1])
+        return grad_x, None, grad_P, grad_B, None
+
+
+class BridgedLinear(nn.Module):
+    """A frozen linear layer plus the bridged path of N domain modules."""
+
+    def __init__(
+        self, base: nn.Linear, A: torch.Tensor, B: torch.Tensor, scales: torch.Tensor, p_scale: float,
+        dtype: torch.dtype = torch.float32,
+    ):
+        super().__init__()
+        rank = A.shape[0]
+        if A.shape[1] != base.in_features or B.shape != (base.out_features, rank) or scales.shape != (rank,):
+            raise ValueError(f"bridge shapes A {tuple(A.shape)}, B {tuple(B.shape)} do not fit a layer {base.in_features}->{base.out_features}")
+        self.base_layer = base
+        self.register_buffer("lora_A", A.detach().to(dtype).clone())
+        self.register_buffer("scales", scales.detach().to(dtype).clone())
+        self.lora_B = nn.Parameter(B.detach().to(dtype).clone())
+        self.bridge = nn.Parameter(torch.eye(rank, dtype=dtype) * p_scale)
+
+    @property
+    def rank(self) -> int:
+        return self.lora_A.shape[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base_layer(x)
+        path = _BridgePath.apply(x.to(self.lora_A.dtype), self.lora_A, self.bridge, self.lora_B, self.scales)
+        return y + path.to(y.dtype)
+
+    def delta_weight(self) -> torch.Tensor:
+        """The layer's whole update, B_cat diag(s) P A_cat, shaped like W."""
+        return (self.lora_B * self.scales) @ self.bridge @ self.lora_A
+
+    def extra_repr(self) -> str:
+        return f"rank={self.rank}"

@@ -1,0 +1,65 @@
+"""Putting bridged layers into a model, and folding them back into plain weights."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from domix.bridge.config import BridgeConfig
+from domix.bridge.layer import BridgedLinear
+from domix.errors import DomixError
+from domix.store import DomainModule
+
+
+def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
+
+
+def compose(model: nn.Module, modules: list[DomainModule], config: BridgeConfig | None = None) -> list[str]:
+    """Replace every layer the modules adapt with a :class:`BridgedLinear`, in place.
+
+    A layer's A_cat and B_cat take the modules that adapt it, in the order given. The
+    whole model is frozen except B_cat and P; the caller unfreezes the task head.
+    Returns the names of the bridged layers.
+    """
+    if not modules:
+        raise DomixError("no domain module to compose; give a store with at least one module")
+    config = config or BridgeConfig()
+    dtype = torch.float64 if next(model.parameters()).dtype == torch.float64 else torch.float32
+    named = dict(model.named_modules())
+    layers = sorted({layer for m in modules for layer in m.lora_A})
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for layer in layers:
+        base = named.get(layer)
+        if not isinstance(base, nn.Linear):
+            raise DomixError(f"domain modules adapt layer {layer!r}, which is not a linear layer of this model; "
+                             "they were trained on another architecture")
+        owners = [m for m in modules if layer in m.lora_A]
+        A = torch.cat([m.lora_A[layer] for m in owners], dim=0)
+        B = torch.cat([m.lora_B[layer] for m in owners], dim=1)
+        if A.shape[1] != base.in_features or B.shape[0] != base.out_features:
+            raise DomixError(f"domain modules have shape {B.shape[0]}x{A.shape[1]} for layer {layer!r}, "
+                             f"but this model's layer is {base.out_features}x{base.in_features}; they belong to another base model")
+        scales = torch.cat([torch.full((m.lora_A[layer].shape[0],), m.scaling) for m in owners])
+        bridged = BridgedLinear(base, A, B, scales, config.initial_scale(A.shape[0]), dtype=dtype)
+        _set_submodule(model, layer, bridged.to(base.weight.device))
+    return layers
+
+
+def bridged_layers(model: nn.Module) -> dict[str, BridgedLinear]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, BridgedLinear)}
+
+
+@torch.no_grad()
+def fold(model: nn.Module) -> nn.Module:
+    """Fold every bridged layer into its weight, W' = W + B_cat diag(s) P A_cat, in place.
+
+    The result is the plain model class again (no domix layers), ready for save_pretrained.
+    """
+    for name, layer in bridged_layers(model).items():
+        base = layer.base_layer
+        base.weight.add_(layer.delta_weight().to(base.weight.dtype))
+        _set_submodule(model, name, base)
+    return model

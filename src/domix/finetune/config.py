@@ -1,0 +1,78 @@
+"""Settings of an end-task fine-tuning run."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from domix.errors import DomixError
+
+METHODS = ("domix", "lora")
+
+
+@dataclass
+class FinetuneConfig:
+    task: str | None = None  # a folder with train/dev/test.jsonl
+    train: str | None = None  # or explicit files (they win over the folder's)
+    dev: str | None = None
+    test: str | None = None
+    modules: str | None = None  # the module store (domix pretrain --out)
+    domains: list[str] | None = None  # which modules, in this order (default: all)
+    model: str | None = None  # default: the base the modules were trained on
+    out: str = ""
+    method: str = "domix"  # domix (bridged modules) or lora (PEFT LoRA from the base, rank = Σr)
+    lora_rank: int | None = None  # for method lora; default: the modules' total rank
+    # bridge
+    p_init: str | float = "scaled_identity"
+    p_lr: float | None = None
+    p_weight_decay: float = 0.0
+    # optimisation (reference: AdamW 3e-5, batch 16, linear decay)
+    lr: float = 3e-5
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.0
+    epochs: int = 5
+    batch_size: int = 16
+    max_length: int = 128
+    max_grad_norm: float = 1.0
+    select_metric: str = "macro_f1"  # dev metric that picks the kept epoch
+    train_limit: int | None = None  # subsample the splits (seeded), for quick runs
+    eval_limit: int | None = None
+    seed: int = 42
+    checkpoint_every: int = 200
+    dtype: str = "float32"
+    device: str = "auto"
+
+    RESUME_FREE = ("checkpoint_every", "device", "out")
+
+    def validate(self) -> "FinetuneConfig":
+        if not self.out:
+            raise DomixError("no output folder given; pass --out DIR")
+        if self.task is None and None in (self.train, self.dev, self.test):
+            raise DomixError("no task given; pass --task FOLDER (with train/dev/test.jsonl) or --train, --dev and --test files")
+        if self.method not in METHODS:
+            raise DomixError(f"unknown method {self.method!r}; use one of {', '.join(METHODS)}")
+        if self.method == "domix" and not self.modules:
+            raise DomixError("method domix needs domain modules; pass --modules STORE (a domix pretrain output folder)")
+        if self.method == "lora" and not (self.modules or self.model):
+            raise DomixError("method lora needs a base model; pass --model (or --modules to take theirs)")
+        checks = [
+            (self.lr > 0, "--lr must be positive"),
+            (self.epochs >= 1, "--epochs must be at least 1"),
+            (self.batch_size >= 1, "--batch-size must be at least 1"),
+            (self.max_length >= 2, "--max-length must be at least 2"),
+            (self.select_metric in ("accuracy", "macro_f1", "micro_f1"), "--select-metric must be accuracy, macro_f1 or micro_f1"),
+            (self.dtype in ("float32", "bfloat16", "float16", "float64"), "--dtype must be float32, bfloat16, float16 or float64"),
+            (self.train_limit is None or self.train_limit >= 2, "--train-limit must be at least 2"),
+            (self.eval_limit is None or self.eval_limit >= 1, "--eval-limit must be at least 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise DomixError(message)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+FIELDS = {f.name for f in dataclasses.fields(FinetuneConfig)}

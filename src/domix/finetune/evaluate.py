@@ -1,0 +1,48 @@
+"""Scoring a task model (domix's folder or an exported transformers folder) on a jsonl file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from domix import atomic
+from domix.errors import DomixError
+from domix.finetune.model import TASK_FILE, load_task_model
+from domix.finetune.run import predict
+from domix.metrics import classification_scores
+from domix.tasks import encode, read_split
+
+
+def load_any(folder: str | Path, device: str = "cpu"):
+    """(model, tokenizer, labels, max_length) from a task model folder or an exported one."""
+    folder = Path(folder)
+    if (folder / TASK_FILE).is_file():
+        model, tokenizer, record = load_task_model(folder, device)
+        return model, tokenizer, record["labels"], record["max_length"]
+    if not (folder / "config.json").is_file():
+        raise DomixError(f"{folder} is neither a domix task model nor an exported model folder")
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(folder).to(device).eval()
+    labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    return model, AutoTokenizer.from_pretrained(folder), labels, None
+
+
+def evaluate_file(folder: str | Path, data: str | Path, predictions: str | Path | None = None,
+                  max_length: int = 128, batch_size: int = 32) -> dict[str, float]:
+    model, tokenizer, labels, trained_length = load_any(folder)
+    split = read_split(data, "evaluation")
+    unseen = sorted(set(split.labels) - set(labels))
+    if unseen:
+        raise DomixError(f"{data} has label(s) {unseen} that the model does not know; it knows {labels}")
+    rows = encode(split, tokenizer, trained_length or max_length)
+    logits = predict(model, rows, tokenizer.pad_token_id, batch_size, "cpu")
+    predicted = logits.argmax(-1)
+    gold = torch.tensor([labels.index(label) for label in split.labels])
+    scores = classification_scores(predicted, gold, len(labels))
+    if predictions:
+        lines = [json.dumps({"text": t, "label": g, "prediction": labels[p]}) for t, g, p in zip(split.texts, split.labels, predicted.tolist())]
+        atomic.write_text(Path(predictions), "\n".join(lines) + "\n")
+    return scores

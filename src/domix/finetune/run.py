@@ -1,0 +1,208 @@
+"""An end-task fine-tuning run: task data, model, epochs with dev selection, test scores.
+
+Like pre-training, every step is a pure function of (seed, step, state), checkpoints are
+atomic, and rerunning the same command resumes. The epoch with the best dev score is kept.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from domix import atomic
+from domix.base_model import resolve_target_modules, weights_fingerprint
+from domix.bridge.model import bridged_layers
+from domix.errors import DomixError
+from domix.finetune.config import FinetuneConfig
+from domix.finetune.model import (
+    DTYPES, build, build_lora, classification_model, load_tokenizer_for, save_task_model, trainable_state,
+)
+from domix.metrics import classification_scores
+from domix.pretrain.loop import batch_rows, step_seed
+from domix.runfolder import RUN_FILE, check_out, clear
+from domix.store import check_base, load_store
+from domix.system import peak_memory_mb, reset_peak_memory, resolve_device
+from domix.tasks import Task, encode, pad_batch, read_task
+
+StepHook = Callable[[int, float, nn.Module], None]
+
+
+@torch.no_grad()
+def predict(model: nn.Module, rows: list[list[int]], pad_id: int, batch_size: int, device) -> torch.Tensor:
+    """Logits for tokenized examples, in order."""
+    was_training = model.training
+    model.eval()
+    out = []
+    for start in range(0, len(rows), batch_size):
+        batch = pad_batch(rows[start : start + batch_size], pad_id)
+        out.append(model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu())
+    model.train(was_training)
+    return torch.cat(out)
+
+
+def _subsample(task: Task, split: str, limit: int | None, seed: int) -> None:
+    s = task.splits[split]
+    if limit is None or limit >= len(s.texts):
+        return
+    keep = torch.randperm(len(s.texts), generator=torch.Generator().manual_seed(seed))[:limit].sort().values.tolist()
+    s.texts = [s.texts[i] for i in keep]
+    s.labels = [s.labels[i] for i in keep]
+    if s.pairs is not None:
+        s.pairs = [s.pairs[i] for i in keep]
+
+
+def finetune(cfg: FinetuneConfig, overwrite: bool = False, on_step: StepHook | None = None) -> dict:
+    """Fine-tune a task model; returns its record (scores, trainable share, memory, time)."""
+    cfg.validate()
+    out = Path(cfg.out)
+    previous = check_out(out, cfg.to_dict(), FinetuneConfig.RESUME_FREE, overwrite)
+    task = read_task(cfg.task, train=cfg.train, dev=cfg.dev, test=cfg.test)
+    _subsample(task, "train", cfg.train_limit, cfg.seed)
+    for split in ("dev", "test"):
+        _subsample(task, split, cfg.eval_limit, cfg.seed)
+    modules = load_store(cfg.modules, cfg.domains) if cfg.modules else []
+    base_name = cfg.model or (modules[0].manifest or {}).get("base_model", {}).get("name")
+    if not base_name:
+        raise DomixError("the modules do not say which base model they were trained on; pass --model")
+    device = resolve_device(cfg.device)
+    reset_peak_memory(device)
+    started = time.perf_counter()
+
+    model, head = classification_model(base_name, task.labels, DTYPES[cfg.dtype], cfg.seed)
+    tokenizer = load_tokenizer_for(base_name, model)
+    fingerprint = weights_fingerprint(model)
+    check_base(modules, fingerprint)
+    total_params = sum(p.numel() for p in model.parameters())
+    if cfg.method == "domix":
+        groups = build("domix", model, head, modules, cfg)
+    else:
+        rank = cfg.lora_rank or (sum(m.rank for m in modules) if modules else 8)
+        targets = sorted({layer for m in modules for layer in m.lora_A}) or resolve_target_modules(model, None)[0]
+        model, groups = build_lora(model, head, targets, rank, cfg)
+    model.to(device)
+    trainable = sum(p.numel() for g in groups for p in g["params"])
+    if previous is not None and overwrite:
+        clear(out)
+    run = {"status": "running", "config": cfg.to_dict()}
+    atomic.write_json(out / RUN_FILE, run)
+    print(f"domix: {cfg.method} on task {task.name!r} ({len(task.labels)} labels; {len(task.splits['train'].texts)} train, "
+          f"{len(task.splits['dev'].texts)} dev, {len(task.splits['test'].texts)} test); trainable {trainable:,} "
+          f"of {total_params:,} parameters ({100 * trainable / total_params:.2f}%)")
+
+    rows = {s: encode(task.splits[s], tokenizer, cfg.max_length) for s in ("train", "dev", "test")}
+    labels = {s: task.label_ids(s) for s in ("train", "dev", "test")}
+    state = _train(model, groups, rows, labels, task, cfg, tokenizer.pad_token_id, device, out / "checkpoint", on_step)
+
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in state["best_state"].items():
+            params[name].copy_(value)
+    test_logits = predict(model, rows["test"], tokenizer.pad_token_id, cfg.batch_size, device)
+    test_scores = classification_scores(test_logits.argmax(-1), labels["test"], len(task.labels))
+    record = {
+        "method": cfg.method,
+        "task": task.name,
+        "labels": task.labels,
+        "base_model": {"name": base_name, "fingerprint": fingerprint},
+        "modules": [{"name": m.name, "path": str(m.path), "rank": m.rank, "base_fingerprint": m.base_fingerprint} for m in modules],
+        "head": head,
+        "layers": sorted(bridged_layers(model)) if cfg.method == "domix" else None,
+        "dtype": cfg.dtype,
+        "max_length": cfg.max_length,
+        "bridge": {"p_init": cfg.p_init, "p_lr": cfg.p_lr, "p_weight_decay": cfg.p_weight_decay} if cfg.method == "domix" else None,
+        "dev_history": state["history"],
+        "best_epoch": state["best_epoch"],
+        "dev": state["history"][state["best_epoch"] - 1],
+        "test": test_scores,
+        "trainable_parameters": trainable,
+        "total_parameters": total_params,
+        "trainable_percent": round(100 * trainable / total_params, 3),
+        "steps": state["steps"],
+        "train_time_s": round(state["train_seconds"], 2),
+        "wall_time_s": round(time.perf_counter() - started, 2),
+        "peak_memory_mb": peak_memory_mb(device),
+    }
+    save_task_model(model, tokenizer, record, out / "model")
+    shutil.rmtree(out / "checkpoint", ignore_errors=True)
+    run.update(status="finished", test=test_scores, best_epoch=state["best_epoch"])
+    atomic.write_json(out / RUN_FILE, run)
+    print(format_record(record))
+    return record
+
+
+def _train(model, groups, rows, labels, task: Task, cfg: FinetuneConfig, pad_id: int, device, ckpt_dir: Path, on_step) -> dict:
+    from transformers import get_linear_schedule_with_warmup
+
+    optimizer = torch.optim.AdamW(groups)
+    per_epoch = math.ceil(len(rows["train"]) / cfg.batch_size)
+    total = per_epoch * cfg.epochs
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total), total)
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    state = {"steps": 0, "history": [], "best_epoch": 0, "best_score": -1.0, "train_seconds": 0.0, "best_state": None}
+    ckpt = ckpt_dir / "state.pt"
+    if ckpt.exists():
+        saved = torch.load(ckpt, map_location="cpu", weights_only=False)
+        with torch.no_grad():
+            for name, value in saved["params"].items():
+                params[name].copy_(value)
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        state = saved["state"]
+        print(f"domix: resuming from step {state['steps']} ({ckpt})")
+
+    def save_checkpoint() -> None:
+        atomic.torch_save(ckpt, {"params": trainable_state(model), "optimizer": optimizer.state_dict(),
+                                 "scheduler": scheduler.state_dict(), "state": state})
+
+    model.train()
+    bar = tqdm(total=total, initial=state["steps"], desc=task.name, unit="step", dynamic_ncols=True, disable=None, mininterval=1.0)
+    while state["steps"] < total:
+        step = state["steps"]
+        idx = batch_rows(len(rows["train"]), cfg.batch_size, cfg.seed, step).tolist()
+        batch = pad_batch([rows["train"][i] for i in idx], pad_id)
+        batch["labels"] = labels["train"][idx]
+        torch.manual_seed(step_seed(cfg.seed, step))  # dropout
+        t0 = time.perf_counter()
+        loss = model(**{k: v.to(device) for k, v in batch.items()}).loss
+        if not torch.isfinite(loss):
+            raise DomixError(f"non-finite loss at step {step + 1}; training stopped and the last checkpoint is kept in "
+                             f"{ckpt_dir}. Lower --lr (now {cfg.lr:g}) and rerun")
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], cfg.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        state["steps"] += 1
+        state["train_seconds"] += time.perf_counter() - t0
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+        if on_step is not None:
+            on_step(state["steps"], loss.item(), model)
+        if state["steps"] % per_epoch == 0:  # end of an epoch: dev scores, keep the best
+            logits = predict(model, rows["dev"], pad_id, cfg.batch_size, device)
+            scores = classification_scores(logits.argmax(-1), labels["dev"], len(task.labels))
+            state["history"].append(scores)
+            epoch = len(state["history"])
+            if scores[cfg.select_metric] > state["best_score"]:
+                state.update(best_epoch=epoch, best_score=scores[cfg.select_metric], best_state=trainable_state(model))
+            bar.write(f"domix: epoch {epoch}: dev accuracy {scores['accuracy']:.4f}, macro-F1 {scores['macro_f1']:.4f}")
+            save_checkpoint()
+        elif state["steps"] % cfg.checkpoint_every == 0:
+            save_checkpoint()
+    bar.close()
+    return state
+
+
+def format_record(record: dict) -> str:
+    t, d = record["test"], record["dev"]
+    return (f"domix: {record['method']} on {record['task']}: best epoch {record['best_epoch']} "
+            f"(dev macro-F1 {d['macro_f1']:.4f}); test accuracy {t['accuracy']:.4f}, macro-F1 {t['macro_f1']:.4f}, "
+            f"micro-F1 {t['micro_f1']:.4f}; trainable {record['trainable_percent']:.2f}%, "
+            f"peak memory {record['peak_memory_mb']:.0f} MB, {record['wall_time_s']:.0f} s")

@@ -1,0 +1,24 @@
+"""Classification metrics: accuracy, macro-F1 and micro-F1."""
+
+from __future__ import annotations
+
+import torch
+
+
+def classification_scores(predictions: torch.Tensor, labels: torch.Tensor, num_labels: int) -> dict[str, float]:
+    """Accuracy, macro-F1 over the labels that occur in gold or predictions, and micro-F1.
+
+    For single-label classification micro-F1 equals accuracy; both are reported because
+    papers name one or the other (ChemProt's "micro-F1" is accuracy).
+    """
+    predictions, labels = predictions.long().cpu(), labels.long().cpu()
+    f1s = []
+    for c in range(num_labels):
+        tp = int(((predictions == c) & (labels == c)).sum())
+        fp = int(((predictions == c) & (labels != c)).sum())
+        fn = int(((predictions != c) & (labels == c)).sum())
+        if tp + fp + fn == 0:
+            continue  # the class occurs nowhere: it has no F1
+        f1s.append(2 * tp / (2 * tp + fp + fn))
+    accuracy = float((predictions == labels).float().mean()) if len(labels) else 0.0
+    return {"accuracy": accuracy, "macro_f1": sum(f1s) / len(f1s) if f1s else 0.0, "micro_f1": accuracy}

@@ -1,0 +1,48 @@
+"""Run settings: dataclass defaults, then a YAML file, then the command line."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from domix.errors import DomixError
+
+T = TypeVar("T")
+
+
+def load_yaml(path: str | Path, fields: set[str]) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise DomixError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise DomixError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise DomixError(f"config file {path} must hold a mapping of setting: value")
+    data = {k.replace("-", "_"): v for k, v in data.items()}
+    unknown = sorted(set(data) - fields)
+    if unknown:
+        raise DomixError(f"config file {path} has unknown settings {unknown}; known: {sorted(fields)}")
+    if "domains" in data and isinstance(data["domains"], dict):
+        data["domains"] = {str(k): str(v) for k, v in data["domains"].items()}
+    return data
+
+
+def build_config(cls: type[T], yaml_path: str | None, overrides: dict[str, Any]) -> T:
+    """Defaults, then the YAML file, then the command-line values that were given."""
+    fields = {f.name for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = load_yaml(yaml_path, fields) if yaml_path else {}
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if key == "domains" and isinstance(value, dict):
+            value = {**values.get("domains", {}), **value}
+        values[key] = value
+    try:
+        return cls(**values).validate()
+    except TypeError as err:
+        raise DomixError(f"bad setting: {err}") from None
