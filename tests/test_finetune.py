@@ -101,6 +101,7 @@ def test_interrupted_finetune_resumes_to_the_same_model(llama_store, task, tmp_p
         finetune(cfg(llama_store, task, tmp_path / "run", checkpoint_every=4), on_step=crash)
     resumed = finetune(cfg(llama_store, task, tmp_path / "run", checkpoint_every=4))
     assert resumed["test"] == reference["test"] and resumed["dev_history"] == reference["dev_history"]
+    assert main(["report", str(tmp_path / "reference"), str(tmp_path / "run")]) == 0
     a = load_file(str(tmp_path / "reference" / "model" / "task_model.safetensors"))
     b = load_file(str(tmp_path / "run" / "model" / "task_model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)

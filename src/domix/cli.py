@@ -123,6 +123,12 @@ def _run_evaluate(args: argparse.Namespace) -> None:
     print(" ".join(f"{k} {v:.4f}" for k, v in scores.items()))
 
 
+def _run_report(args: argparse.Namespace) -> None:
+    from domix.finetune.run import format_table
+
+    print(format_table(args.runs))
+
+
 def _run_modules(args: argparse.Namespace) -> None:
     from domix.store import load_store
 
@@ -154,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", help="jsonl with 'text', optional 'text_pair', 'label'")
     p.add_argument("--predictions", help="write one prediction a line to this jsonl file")
     p.add_argument("--max-length", type=int, default=128, help="for exported folders (task models know theirs)")
+    p = sub.add_parser("report", help="a table of finished finetune runs, side by side")
+    p.add_argument("runs", nargs="+", help="finetune --out folders")
     p = sub.add_parser("modules", help="list the domain modules of a store")
     p.add_argument("store", help="a domix pretrain output folder")
     p = sub.add_parser("convert-gguf", help="de-quantise a GGUF model file once into a safetensors model folder")
@@ -163,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 COMMANDS = {"pretrain": _run_pretrain, "finetune": _run_finetune, "export": _run_export, "evaluate": _run_evaluate,
-            "modules": _run_modules, "convert-gguf": _run_convert}
+            "report": _run_report,            "modules": _run_modules, "convert-gguf": _run_convert}
 
 
 def main(argv: list[str] | None = None) -> int:

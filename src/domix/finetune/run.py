@@ -206,3 +206,22 @@ def format_record(record: dict) -> str:
             f"(dev macro-F1 {d['macro_f1']:.4f}); test accuracy {t['accuracy']:.4f}, macro-F1 {t['macro_f1']:.4f}, "
             f"micro-F1 {t['micro_f1']:.4f}; trainable {record['trainable_percent']:.2f}%, "
             f"peak memory {record['peak_memory_mb']:.0f} MB, {record['wall_time_s']:.0f} s")
+
+
+def format_table(run_folders: list[str]) -> str:
+    """Test scores, trainable share, memory and time of finished runs, one row each."""
+    from domix.finetune.model import TASK_FILE
+
+    header = ("run", "method", "task", "test acc", "macro-F1", "trainable %", "peak MB", "time s")
+    rows = [header]
+    for folder in run_folders:
+        record_file = Path(folder) / "model" / TASK_FILE
+        if not record_file.is_file():
+            raise DomixError(f"{folder} holds no finished finetune run (no model/{TASK_FILE})")
+        r = atomic.read_json(record_file)
+        rows.append((str(folder), r["method"], r["task"], f"{r['test']['accuracy']:.4f}", f"{r['test']['macro_f1']:.4f}",
+                     f"{r['trainable_percent']:.2f}", f"{r['peak_memory_mb']:.0f}", f"{r['wall_time_s']:.0f}"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
