@@ -89,3 +89,14 @@ def test_masking_always_predicts_at_least_one_token(tiny_bert):
     for seed in range(50):
         batch = masked_batch(words, tok, torch.Generator().manual_seed(seed))
         assert (batch["labels"] != IGNORE_INDEX).sum() >= 1
+
+
+def test_pairs_use_the_separator_or_two_lines(tiny_bert, tiny_llama, tmp_path):
+    from domix.tasks import encode, read_split
+
+    (tmp_path / "s.jsonl").write_text(json.dumps({"text": "food", "text_pair": "the menu", "label": "x"}) + "\n")
+    split = read_split(tmp_path / "s.jsonl", "train")
+    bert = AutoTokenizer.from_pretrained(tiny_bert)
+    assert bert.convert_ids_to_tokens(encode(split, bert, 16)[0]) == ["[CLS]", "food", "[SEP]", "the", "menu", "[SEP]"]
+    llama = AutoTokenizer.from_pretrained(tiny_llama)
+    assert encode(split, llama, 16)[0] == llama("food\nthe menu")["input_ids"]

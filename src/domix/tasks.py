@@ -89,9 +89,17 @@ def read_task(path: str | Path | None = None, name: str | None = None, **files: 
 
 
 def encode(split: Split, tokenizer, max_length: int) -> list[list[int]]:
-    """Token ids of each example (a pair becomes the tokenizer's pair encoding), truncated."""
-    args = (split.texts, split.pairs) if split.pairs is not None else (split.texts,)
-    return tokenizer(*args, truncation=True, max_length=max_length)["input_ids"]
+    """Token ids of each example, truncated.
+
+    A pair becomes the tokenizer's pair encoding ([CLS] a [SEP] b [SEP] for BERT); tokenizers
+    without a separator token (most decoders) get the two texts on two lines instead.
+    """
+    if split.pairs is None:
+        return tokenizer(split.texts, truncation=True, max_length=max_length)["input_ids"]
+    if tokenizer.sep_token is None:
+        joined = [f"{a}\n{b}" for a, b in zip(split.texts, split.pairs)]
+        return tokenizer(joined, truncation=True, max_length=max_length)["input_ids"]
+    return tokenizer(split.texts, split.pairs, truncation="longest_first", max_length=max_length)["input_ids"]
 
 
 def pad_batch(rows: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
