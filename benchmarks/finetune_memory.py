@@ -25,7 +25,7 @@ import torch
 
 
 def measure(method: str, args) -> dict:
-    from domix.finetune.model import build, build_lora, classification_model
+    from domix.finetune.model import build_domix, build_lora, classification_model
     from domix.store import load_store
     from domix.system import peak_memory_mb, resolve_device
 
@@ -37,7 +37,7 @@ def measure(method: str, args) -> dict:
     model.config.pad_token_id = 0
     hp = SimpleNamespace(p_init="scaled_identity", p_lr=None, p_weight_decay=0.0, lr=1e-4, weight_decay=0.0, seed=0)
     if method == "domix":
-        groups = build("domix", model, head, modules, hp)
+        groups = build_domix(model, head, modules, hp)
     else:
         targets = sorted({layer for m in modules for layer in m.lora_A})
         model, groups = build_lora(model, head, targets, sum(m.rank for m in modules), hp)

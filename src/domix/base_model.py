@@ -35,7 +35,7 @@ class BaseModel:
     objective: Objective
 
 
-def _source(name: str) -> tuple[str, dict]:
+def model_source(name: str) -> tuple[str, dict]:
     """Where transformers should look, and the extra arguments (a GGUF file)."""
     path = Path(name)
     if path.suffix == ".gguf":
@@ -45,7 +45,7 @@ def _source(name: str) -> tuple[str, dict]:
     return name, {}
 
 
-def _load_failed(name: str, err: Exception) -> DomixError:
+def load_failed(name: str, err: Exception) -> DomixError:
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     return DomixError(
         f"cannot load model {name!r} ({first}); give a local model folder, a .gguf file, "
@@ -79,12 +79,12 @@ def load_tokenizer(name: str, objective: str = "auto"):
     """The base model's tokenizer and training objective, read without loading the weights."""
     from transformers import AutoConfig, AutoTokenizer
 
-    where, extra = _source(name)
+    where, extra = model_source(name)
     try:
         config = AutoConfig.from_pretrained(where, **extra)
         tokenizer = AutoTokenizer.from_pretrained(where, **extra)
     except (OSError, ValueError, KeyError) as err:
-        raise _load_failed(name, err) from None
+        raise load_failed(name, err) from None
     if objective == "auto":
         objective = detect_objective(config)
     elif objective not in ("mlm", "clm"):
@@ -105,11 +105,11 @@ def load_base_model(
     elif objective not in ("mlm", "clm"):
         raise ValueError("give the objective that load_tokenizer resolved along with its tokenizer")
     auto_cls = AutoModelForMaskedLM if objective == "mlm" else AutoModelForCausalLM
-    where, extra = _source(name)
+    where, extra = model_source(name)
     try:
         model = auto_cls.from_pretrained(where, dtype=dtype, **extra)
     except (OSError, ValueError, KeyError) as err:
-        raise _load_failed(name, err) from None
+        raise load_failed(name, err) from None
     model.name_or_path = name  # recorded by PEFT in adapter_config.json
     return BaseModel(name=name, model=model, tokenizer=tokenizer, objective=objective)
 

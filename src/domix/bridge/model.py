@@ -11,7 +11,7 @@ from domix.errors import DomixError
 from domix.store import DomainModule
 
 
-def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
 
@@ -44,7 +44,7 @@ def compose(model: nn.Module, modules: list[DomainModule], config: BridgeConfig 
                              f"but this model's layer is {base.out_features}x{base.in_features}; they belong to another base model")
         scales = torch.cat([torch.full((m.lora_A[layer].shape[0],), m.scaling) for m in owners])
         bridged = BridgedLinear(base, A, B, scales, config.initial_scale(A.shape[0]), dtype=dtype)
-        _set_submodule(model, layer, bridged.to(base.weight.device))
+        set_submodule(model, layer, bridged.to(base.weight.device))
     return layers
 
 
@@ -61,5 +61,5 @@ def fold(model: nn.Module) -> nn.Module:
     for name, layer in bridged_layers(model).items():
         base = layer.base_layer
         base.weight.add_(layer.delta_weight().to(base.weight.dtype))
-        _set_submodule(model, name, base)
+        set_submodule(model, name, base)
     return model

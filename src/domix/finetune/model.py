@@ -14,14 +14,14 @@ import torch
 from torch import nn
 
 from domix import atomic
-from domix.base_model import _load_failed, _source, weights_fingerprint
+from domix.base_model import load_failed, model_source, weights_fingerprint
 from domix.bridge import BridgeConfig, BridgedLinear, compose, fold
-from domix.bridge.model import _set_submodule, bridged_layers
+from domix.bridge.model import set_submodule, bridged_layers
 from domix.errors import DomixError
+from domix.system import DTYPES
 
 TASK_FILE = "domix_task.json"
 WEIGHTS_FILE = "task_model.safetensors"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 
 
 def classification_model(base: str, labels: list[str], dtype: torch.dtype, seed: int) -> tuple[nn.Module, list[str]]:
@@ -31,7 +31,7 @@ def classification_model(base: str, labels: list[str], dtype: torch.dtype, seed:
     """
     from transformers import AutoModelForSequenceClassification
 
-    where, extra = _source(base)
+    where, extra = model_source(base)
     torch.manual_seed(seed)  # the head's initialisation
     try:
         model, info = AutoModelForSequenceClassification.from_pretrained(
@@ -39,7 +39,7 @@ def classification_model(base: str, labels: list[str], dtype: torch.dtype, seed:
             dtype=dtype, output_loading_info=True, **extra,
         )
     except (OSError, ValueError, KeyError) as err:
-        raise _load_failed(base, err) from None
+        raise load_failed(base, err) from None
     head = sorted(info["missing_keys"])
     return model, head
 
@@ -47,7 +47,7 @@ def classification_model(base: str, labels: list[str], dtype: torch.dtype, seed:
 def load_tokenizer_for(base: str, model: nn.Module):
     from transformers import AutoTokenizer
 
-    where, extra = _source(base)
+    where, extra = model_source(base)
     tokenizer = AutoTokenizer.from_pretrained(where, **extra)
     if tokenizer.pad_token_id is None:  # decoders: pad with end-of-sequence, read the last real token
         tokenizer.pad_token = tokenizer.eos_token
@@ -55,20 +55,18 @@ def load_tokenizer_for(base: str, model: nn.Module):
     return tokenizer
 
 
-def build(method: str, model: nn.Module, head: list[str], modules, cfg) -> list[dict]:
-    """Make ``model`` a DoMIX (or LoRA) task model in place; returns optimizer parameter groups."""
-    if method == "domix":
-        compose(model, modules, BridgeConfig(cfg.p_init, cfg.p_lr, cfg.p_weight_decay))
-        params = dict(model.named_parameters())
-        for name in head:
-            params[name].requires_grad_(True)
-        bridges = [m.bridge for m in bridged_layers(model).values()]
-        rest = [m.lora_B for m in bridged_layers(model).values()] + [params[n] for n in head]
-        return [
-            {"params": bridges, "lr": cfg.p_lr or cfg.lr, "weight_decay": cfg.p_weight_decay},
-            {"params": rest, "lr": cfg.lr, "weight_decay": cfg.weight_decay},
-        ]
-    raise AssertionError(method)  # lora models are built by build_lora
+def build_domix(model: nn.Module, head: list[str], modules, cfg) -> list[dict]:
+    """Bridge the modules into ``model`` in place; returns the optimizer's parameter groups (P, then B_cat and head)."""
+    compose(model, modules, BridgeConfig(cfg.p_init, cfg.p_lr, cfg.p_weight_decay))
+    params = dict(model.named_parameters())
+    for name in head:
+        params[name].requires_grad_(True)
+    bridges = [m.bridge for m in bridged_layers(model).values()]
+    rest = [m.lora_B for m in bridged_layers(model).values()] + [params[n] for n in head]
+    return [
+        {"params": bridges, "lr": cfg.p_lr or cfg.lr, "weight_decay": cfg.p_weight_decay},
+        {"params": rest, "lr": cfg.lr, "weight_decay": cfg.weight_decay},
+    ]
 
 
 def build_lora(model: nn.Module, head: list[str], targets, rank: int, cfg):
@@ -133,7 +131,7 @@ def load_task_model(folder: str | Path, device: torch.device | str = "cpu") -> t
             layer = BridgedLinear(named[name], get("lora_A"), get("lora_B"), get("scales"), 0.0, dtype=get("lora_A").dtype)
             with torch.no_grad():
                 layer.bridge.copy_(get("bridge"))
-            _set_submodule(model, name, layer)
+            set_submodule(model, name, layer)
         params = dict(model.named_parameters())
         with torch.no_grad():
             for name in record["head"]:

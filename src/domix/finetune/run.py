@@ -22,13 +22,13 @@ from domix.bridge.model import bridged_layers
 from domix.errors import DomixError
 from domix.finetune.config import FinetuneConfig
 from domix.finetune.model import (
-    DTYPES, build, build_lora, classification_model, load_tokenizer_for, save_task_model, trainable_state,
+    build_domix, build_lora, classification_model, load_tokenizer_for, save_task_model, trainable_state,
 )
 from domix.metrics import classification_scores
 from domix.pretrain.loop import batch_rows, step_seed
 from domix.runfolder import RUN_FILE, check_out, clear
 from domix.store import check_base, load_store
-from domix.system import peak_memory_mb, reset_peak_memory, resolve_device
+from domix.system import DTYPES, peak_memory_mb, reset_peak_memory, resolve_device
 from domix.tasks import Task, encode, pad_batch, read_task
 
 StepHook = Callable[[int, float, nn.Module], None]
@@ -81,7 +81,7 @@ def finetune(cfg: FinetuneConfig, overwrite: bool = False, on_step: StepHook | N
     check_base(modules, fingerprint)
     total_params = sum(p.numel() for p in model.parameters())
     if cfg.method == "domix":
-        groups = build("domix", model, head, modules, cfg)
+        groups = build_domix(model, head, modules, cfg)
     else:
         rank = cfg.lora_rank or (sum(m.rank for m in modules) if modules else 8)
         targets = sorted({layer for m in modules for layer in m.lora_A}) or resolve_target_modules(model, None)[0]

@@ -28,9 +28,7 @@ from domix.pretrain.config import PretrainConfig
 from domix.pretrain.loop import StepHook, evaluate, train_domain
 from domix.runfolder import RUN_FILE, check_out, clear
 from domix.store import MANIFEST_NAME, versions
-from domix.system import peak_memory_mb, reset_peak_memory, resolve_device
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from domix.system import DTYPES, peak_memory_mb, reset_peak_memory, resolve_device
 
 
 def pretrain(cfg: PretrainConfig, overwrite: bool = False, on_step: StepHook | None = None) -> dict[str, dict]:
