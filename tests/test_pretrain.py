@@ -1,3 +1,4 @@
+import json
 import os
 import signal
 import subprocess
@@ -104,7 +105,7 @@ def test_peft_round_trip_gives_the_trained_logits(tiny_model, corpora, tmp_path)
             model.train()
 
     out = tmp_path / "run"
-    manifests = pretrain(config(tiny_model, corpora, out, steps=12), on_step=capture)
+    manifests = pretrain(config(tiny_model, corpora, out, steps=12, fused=False), on_step=capture)
     auto = AUTO[manifests["food"]["objective"]]
     for domain in corpora:
         loaded = PeftModel.from_pretrained(auto.from_pretrained(tiny_model), out / domain).eval()
@@ -116,22 +117,27 @@ class Crash(Exception):
     pass
 
 
-def test_interrupted_run_resumes_to_the_same_modules(tiny_model, corpora, tmp_path):
+@pytest.mark.parametrize("fused", [True, False])
+def test_interrupted_run_resumes_to_the_same_modules(tiny_model, corpora, tmp_path, fused):
     reference = tmp_path / "reference"
-    pretrain(config(tiny_model, corpora, reference, steps=25, dropout=0.1))
+    pretrain(config(tiny_model, corpora, reference, steps=25, dropout=0.1, fused=fused))
 
     def crash(domain, step, loss, model):
-        if domain == "bio" and step == 17:  # in the second domain, after the checkpoint at 10
+        if domain == "bio" and step == 17:  # after the checkpoint at 10 (in the second domain, when not fused)
             raise Crash
 
     out = tmp_path / "interrupted"
     with pytest.raises(Crash):
-        pretrain(config(tiny_model, corpora, out, steps=25, dropout=0.1), on_step=crash)
-    assert (out / "food" / "domix_manifest.json").exists() and (out / "checkpoints" / "bio.pt").exists()
+        pretrain(config(tiny_model, corpora, out, steps=25, dropout=0.1, fused=fused), on_step=crash)
+    if fused:
+        assert (out / "checkpoints" / "fused.pt").exists() and not (out / "food").exists()
+    else:
+        assert (out / "food" / "domix_manifest.json").exists() and (out / "checkpoints" / "bio.pt").exists()
     assert not (out / "bio").exists()
     steps_seen = []
-    pretrain(config(tiny_model, corpora, out, steps=25, dropout=0.1), on_step=lambda d, s, l, m: steps_seen.append((d, s)))
-    assert steps_seen[0] == ("bio", 11) and steps_seen[-1] == ("bio", 25)  # food kept, bio resumed at 10
+    pretrain(config(tiny_model, corpora, out, steps=25, dropout=0.1, fused=fused), on_step=lambda d, s, l, m: steps_seen.append((d, s)))
+    first = ("food", 11) if fused else ("bio", 11)  # resumed at the checkpoint of step 10; food kept when not fused
+    assert steps_seen[0] == first and steps_seen[-1] == ("bio", 25)
     for domain in corpora:
         a, b = adapter(reference, domain), adapter(out, domain)
         assert a.keys() == b.keys()
@@ -140,6 +146,26 @@ def test_interrupted_run_resumes_to_the_same_modules(tiny_model, corpora, tmp_pa
     manifest = atomic.read_json(out / "bio" / "domix_manifest.json")
     assert manifest["heldout"] == ref_manifest["heldout"]
     assert manifest["training"]["loss_curve"] == ref_manifest["training"]["loss_curve"]
+
+
+def test_fused_training_makes_the_modules_of_separate_runs(tiny_llama, corpora, tmp_path):
+    """Domains of different sizes (so different step counts), fused vs one after another, float64."""
+    small = tmp_path / "small.txt"
+    small.write_text("\n".join(Path(corpora["bio"]).read_text().splitlines()[:90]) + "\n")
+    domains = {"food": corpora["food"], "bio": small}
+    fused = pretrain(config(tiny_llama, domains, tmp_path / "fused", steps=None, epochs=2, dtype="float64"))
+    separate = pretrain(config(tiny_llama, domains, tmp_path / "separate", steps=None, epochs=2, dtype="float64", fused=False))
+    assert fused["food"]["training"]["steps"] != fused["bio"]["training"]["steps"]
+    for domain in domains:
+        assert fused[domain]["training"]["steps"] == separate[domain]["training"]["steps"]
+        assert fused[domain]["training"]["fused_with"] == ["food", "bio"]
+        a, b = adapter(tmp_path / "fused", domain), adapter(tmp_path / "separate", domain)
+        assert a.keys() == b.keys()
+        for key in a:
+            assert torch.allclose(a[key], b[key], rtol=1e-5, atol=1e-7), key
+        assert fused[domain]["heldout"]["loss_after"] == pytest.approx(separate[domain]["heldout"]["loss_after"], rel=1e-5)
+        config_files = [json.loads((tmp_path / run / domain / "adapter_config.json").read_text()) for run in ("fused", "separate")]
+        assert config_files[0] == config_files[1]  # fused modules are written as PEFT writes them
 
 
 def test_killed_process_resumes_to_the_same_module(tiny_llama, corpora, tmp_path):

@@ -48,7 +48,9 @@ def _add_pretrain(sub) -> None:
     p.add_argument("--heldout-fraction", type=float, help="share of each corpus held out for evaluation (default 0.05)")
     p.add_argument("--heldout-max-blocks", type=int, help="cap on held-out sequences (default 256)")
     p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default 100)")
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="base model dtype (default float32)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16", "float64"], help="base model dtype (default float32)")
+    p.add_argument("--fused", action=argparse.BooleanOptionalAction, default=None,
+                   help="train several domains at once over one base (default: yes); --no-fused trains them one after another")
     p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
 
 

@@ -35,6 +35,7 @@ class PretrainConfig:
     heldout_fraction: float = 0.05
     heldout_max_blocks: int = 256
     checkpoint_every: int = 100
+    fused: bool = True  # several domains train at once over one base (not with train_head)
     dtype: str = "float32"  # float32, bfloat16 or float16
     device: str = "auto"  # auto, cpu, cuda, cuda:1, ...
 
@@ -61,7 +62,7 @@ class PretrainConfig:
             (0 < self.mlm_probability < 1, "--mlm-probability must be in (0, 1)"),
             (0 <= self.heldout_fraction < 1, "--heldout-fraction must be in [0, 1)"),
             (self.checkpoint_every >= 1, "--checkpoint-every must be at least 1"),
-            (self.dtype in ("float32", "bfloat16", "float16"), "--dtype must be float32, bfloat16 or float16"),
+            (self.dtype in ("float32", "bfloat16", "float16", "float64"), "--dtype must be float32, bfloat16, float16 or float64"),
             (self.objective in ("auto", "mlm", "clm"), "--objective must be auto, mlm or clm"),
         ]
         for ok, message in checks:

@@ -25,7 +25,8 @@ from domix.base_model import (
 from domix.corpus import Corpus, read_corpus, split_heldout, tokenize_blocks
 from domix.errors import DomixError
 from domix.pretrain.config import PretrainConfig
-from domix.pretrain.loop import StepHook, evaluate, train_domain
+from domix.pretrain.fused import train_fused
+from domix.pretrain.loop import StepHook, TrainResult, evaluate, train_domain
 from domix.runfolder import RUN_FILE, check_out, clear
 from domix.store import MANIFEST_NAME, versions
 from domix.system import DTYPES, peak_memory_mb, reset_peak_memory, resolve_device
@@ -64,13 +65,15 @@ def pretrain(cfg: PretrainConfig, overwrite: bool = False, on_step: StepHook | N
     atomic.write_json(run_file, run)
     print(f"domix: base {cfg.model} ({objective}, fingerprint {fingerprint}); LoRA r={cfg.rank} on {len(matched)} layers")
 
-    manifests = {}
     for name in corpora:
-        if name in data:
-            manifests[name] = _pretrain_domain(base, data[name], cfg, target_modules, fingerprint, out, device, on_step)
-        else:
-            manifests[name] = atomic.read_json(out / name / MANIFEST_NAME)
+        if name not in data:
             print(f"domix: domain {name!r} already finished, kept")
+    if cfg.fused and len(data) > 1 and not cfg.train_head:
+        _pretrain_fused(base, data, cfg, target_modules, fingerprint, out, device, on_step)
+    else:
+        for name in data:
+            _pretrain_domain(base, data[name], cfg, target_modules, fingerprint, out, device, on_step)
+    manifests = {name: atomic.read_json(out / name / MANIFEST_NAME) for name in corpora}
 
     run["status"] = "finished"
     run["summary"] = {n: {k: m["heldout"][k] for k in ("loss_before", "loss_after")} for n, m in manifests.items()}
@@ -93,16 +96,10 @@ class DomainData:
         return cls(corpus=corpus, tokens=blocks.numel(), train=train, heldout=heldout)
 
 
-def _pretrain_domain(
-    base: BaseModel, data: DomainData, cfg: PretrainConfig, target_modules, fingerprint: str,
-    out: Path, device: torch.device, on_step: StepHook | None,
-) -> dict:
-    from peft import LoraConfig, get_peft_model
+def _lora_config(base: BaseModel, cfg: PretrainConfig, target_modules):
+    from peft import LoraConfig
 
-    started = time.perf_counter()
-    reset_peak_memory(device)
-    corpus, train, heldout = data.corpus, data.train, data.heldout
-    lora = LoraConfig(
+    return LoraConfig(
         r=cfg.rank,
         lora_alpha=cfg.alpha,
         lora_dropout=cfg.dropout,
@@ -110,8 +107,52 @@ def _pretrain_domain(
         modules_to_save=[head_module_name(base.model)] if cfg.train_head else None,
         bias="none",
     )
+
+
+def _manifest(base: BaseModel, data: DomainData, cfg: PretrainConfig, target_modules, fingerprint: str, device,
+              result: TrainResult, loss_before: float | None, loss_after: float | None, started: float, fused_with: list[str]) -> dict:
+    corpus, heldout = data.corpus, data.heldout
+    return {
+        "name": corpus.name,
+        "kind": "domix-domain-module",
+        "corpus": {"path": corpus.path, "fingerprint": corpus.fingerprint, "passages": len(corpus.passages), "tokens": data.tokens},
+        "base_model": {"name": cfg.model, "fingerprint": fingerprint, "model_type": base.model.config.model_type},
+        "objective": base.objective,
+        "lora": {"r": cfg.rank, "alpha": cfg.alpha, "dropout": cfg.dropout, "target_modules": target_modules, "train_head": cfg.train_head},
+        "training": {
+            "steps": result.steps, "tokens_seen": result.tokens_seen, "batch_size": cfg.batch_size,
+            "seq_len": cfg.seq_len, "lr": cfg.lr, "warmup_ratio": cfg.warmup_ratio, "seed": cfg.seed,
+            "dtype": cfg.dtype, "device": str(device), "fused_with": fused_with,
+            "loss_curve": _downsample(result.losses, 200),
+        },
+        "heldout": {"sequences": len(heldout), "tokens": int(heldout.numel()), "loss_before": loss_before, "loss_after": loss_after},
+        "wall_time_s": round(time.perf_counter() - started, 2),
+        "train_time_s": round(result.train_seconds, 2),
+        "peak_memory_mb": peak_memory_mb(device),
+        "versions": versions(),
+    }
+
+
+def _log_heldout(out: Path, name: str, steps: int, before: float | None, after: float | None) -> None:
+    writer = _tensorboard(out / "tensorboard" / name)
+    if writer is not None:
+        for tag, value in (("heldout/loss_before", before), ("heldout/loss_after", after)):
+            if value is not None:
+                writer.add_scalar(tag, value, steps)
+        writer.close()
+
+
+def _pretrain_domain(
+    base: BaseModel, data: DomainData, cfg: PretrainConfig, target_modules, fingerprint: str,
+    out: Path, device: torch.device, on_step: StepHook | None,
+) -> None:
+    from peft import get_peft_model
+
+    started = time.perf_counter()
+    reset_peak_memory(device)
+    corpus, train, heldout = data.corpus, data.train, data.heldout
     torch.manual_seed(cfg.seed)  # LoRA A's Kaiming init
-    model = get_peft_model(base.model, lora)
+    model = get_peft_model(base.model, _lora_config(base, cfg, target_modules))
     checkpoint = out / "checkpoints" / f"{corpus.name}.pt"
     writer = _tensorboard(out / "tensorboard" / corpus.name)
     try:
@@ -119,29 +160,7 @@ def _pretrain_domain(
         print(f"domix: domain {corpus.name!r}: {len(train)} training and {len(heldout)} held-out sequences of {cfg.seq_len} tokens")
         result = train_domain(model, corpus.name, train, base.objective, base.tokenizer, cfg, device, checkpoint, on_step, writer)
         loss_after = evaluate(model, heldout, base.objective, base.tokenizer, cfg, device) if len(heldout) else None
-        manifest = {
-            "name": corpus.name,
-            "kind": "domix-domain-module",
-            "corpus": {"path": corpus.path, "fingerprint": corpus.fingerprint, "passages": len(corpus.passages), "tokens": data.tokens},
-            "base_model": {"name": cfg.model, "fingerprint": fingerprint, "model_type": base.model.config.model_type},
-            "objective": base.objective,
-            "lora": {"r": cfg.rank, "alpha": cfg.alpha, "dropout": cfg.dropout, "target_modules": target_modules, "train_head": cfg.train_head},
-            "training": {
-                "steps": result.steps, "tokens_seen": result.tokens_seen, "batch_size": cfg.batch_size,
-                "seq_len": cfg.seq_len, "lr": cfg.lr, "warmup_ratio": cfg.warmup_ratio, "seed": cfg.seed,
-                "dtype": cfg.dtype, "device": str(device),
-                "loss_curve": _downsample(result.losses, 200),
-            },
-            "heldout": {"sequences": len(heldout), "tokens": int(heldout.numel()), "loss_before": loss_before, "loss_after": loss_after},
-            "wall_time_s": round(time.perf_counter() - started, 2),
-            "train_time_s": round(result.train_seconds, 2),
-            "peak_memory_mb": peak_memory_mb(device),
-            "versions": versions(),
-        }
-        if writer is not None:
-            for tag, value in (("heldout/loss_before", loss_before), ("heldout/loss_after", loss_after)):
-                if value is not None:
-                    writer.add_scalar(tag, value, result.steps)
+        manifest = _manifest(base, data, cfg, target_modules, fingerprint, device, result, loss_before, loss_after, started, [])
 
         def fill(tmp: Path) -> None:
             model.save_pretrained(tmp)
@@ -149,11 +168,72 @@ def _pretrain_domain(
 
         atomic.replace_dir(out / corpus.name, fill)
         checkpoint.unlink(missing_ok=True)
-        return manifest
     finally:
         if writer is not None:
             writer.close()
         base.model = model.unload()  # the base without LoRA layers, weights untouched
+    _log_heldout(out, corpus.name, result.steps, loss_before, loss_after)
+
+
+def _initial_pairs(base: BaseModel, cfg: PretrainConfig, target_modules) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """The LoRA pairs PEFT initialises with this seed: fused training starts where a separate run would."""
+    from peft import get_peft_model
+    from peft.tuners.lora import LoraLayer
+
+    torch.manual_seed(cfg.seed)
+    model = get_peft_model(base.model, _lora_config(base, cfg, target_modules))
+    pairs = {name.removeprefix("base_model.model."): (m.lora_A["default"].weight.detach().clone(), m.lora_B["default"].weight.detach().clone())
+             for name, m in model.named_modules() if isinstance(m, LoraLayer)}
+    base.model = model.unload()
+    return pairs
+
+
+def _write_module(folder: Path, lora_config, base: BaseModel, base_name: str, pairs: dict[str, tuple[torch.Tensor, torch.Tensor]],
+                  manifest: dict) -> None:
+    """Write a domain module as a PEFT adapter folder (the format PeftModel.save_pretrained writes)."""
+    from safetensors.torch import save_file
+
+    lora_config.base_model_name_or_path = base_name
+    lora_config.inference_mode = True
+    tensors = {}
+    for layer, (A, B) in pairs.items():
+        tensors[f"base_model.model.{layer}.lora_A.weight"] = A.contiguous()
+        tensors[f"base_model.model.{layer}.lora_B.weight"] = B.contiguous()
+
+    def fill(tmp: Path) -> None:
+        # as PeftModel.save_pretrained records it for a model without a task type
+        auto_mapping = {"base_model_class": type(base.model).__name__, "parent_library": type(base.model).__module__}
+        lora_config.save_pretrained(tmp, auto_mapping_dict=auto_mapping)
+        save_file(tensors, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
+        atomic.write_json(tmp / MANIFEST_NAME, manifest)
+
+    atomic.replace_dir(folder, fill)
+
+
+def _pretrain_fused(
+    base: BaseModel, data: dict[str, DomainData], cfg: PretrainConfig, target_modules, fingerprint: str,
+    out: Path, device: torch.device, on_step: StepHook | None,
+) -> None:
+    started = time.perf_counter()
+    reset_peak_memory(device)
+    names = list(data)
+    initial = {n: _initial_pairs(base, cfg, target_modules) for n in names}
+    before = {}
+    for n in names:
+        heldout = data[n].heldout
+        before[n] = evaluate(base.model, heldout, base.objective, base.tokenizer, cfg, device) if len(heldout) else None
+        print(f"domix: domain {n!r}: {len(data[n].train)} training and {len(heldout)} held-out sequences of {cfg.seq_len} tokens")
+    print(f"domix: training {len(names)} domains fused in one pass over the base")
+    checkpoint = out / "checkpoints" / "fused.pt"
+
+    def done(name: str, pairs, result: TrainResult, after: float | None) -> None:
+        manifest = _manifest(base, data[name], cfg, target_modules, fingerprint, device, result, before[name], after, started, names)
+        _write_module(out / name, _lora_config(base, cfg, target_modules), base, cfg.model, pairs, manifest)
+        _log_heldout(out, name, result.steps, before[name], after)
+
+    train_fused(base.model, initial, {n: data[n].train for n in names}, {n: data[n].heldout for n in names},
+                base.objective, base.tokenizer, cfg, device, checkpoint, done, on_step)
+    checkpoint.unlink(missing_ok=True)
 
 
 def _downsample(values: list[float], points: int) -> list[list[float]]:

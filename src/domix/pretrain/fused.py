@@ -1,0 +1,187 @@
+"""Fused domain pre-training: K domain LoRA modules trained at once over one frozen base.
+
+Each step's batch stacks rows of every unfinished domain. Every targeted layer runs the
+base weight once over the whole batch and each domain's LoRA pair over that domain's rows
+only. Each domain keeps its own loss, optimizer, schedule, gradient clipping, data order
+and masks, so its module is the one a separate run makes (tested to 1e-5 in float64; the
+base model's own dropout, where it has any, draws its masks over the fused batch).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from domix import atomic
+from domix.batches import lm_batch
+from domix.bridge.model import set_submodule
+from domix.errors import DomixError
+from domix.pretrain.config import PretrainConfig
+from domix.pretrain.loop import StepHook, TrainResult, batch_rows, evaluate, step_seed, total_steps
+
+
+class RowSegments:
+    """Which rows of the current batch belong to which domain: [(domain index, start, end)]."""
+
+    def __init__(self) -> None:
+        self.spans: list[tuple[int, int, int | None]] = []
+
+    def only(self, k: int) -> None:
+        self.spans = [(k, 0, None)]  # the whole batch is domain k (evaluation)
+
+
+class FusedLoRALinear(nn.Module):
+    """A frozen linear layer with one LoRA pair per domain, each applied to its own rows."""
+
+    def __init__(self, base: nn.Linear, pairs: list[tuple[torch.Tensor, torch.Tensor]], scaling: float,
+                 dropout: float, segments: RowSegments):
+        super().__init__()
+        self.base_layer = base
+        self.lora_A = nn.ParameterList([nn.Parameter(a.detach().clone()) for a, _ in pairs])
+        self.lora_B = nn.ParameterList([nn.Parameter(b.detach().clone()) for _, b in pairs])
+        self.scaling = scaling
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.segments = segments
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base_layer(x)
+        if not self.segments.spans:
+            return y
+        parts = []
+        for k, start, end in self.segments.spans:
+            rows = self.dropout(x[start:end].to(self.lora_A[k].dtype))
+            parts.append((rows @ self.lora_A[k].t() @ self.lora_B[k].t()) * self.scaling)
+        return y + torch.cat(parts).to(y.dtype)
+
+
+def lm_loss(logits: torch.Tensor, labels: torch.Tensor, objective: str) -> torch.Tensor:
+    """The loss transformers computes for one domain's rows (mean over predicted tokens)."""
+    if objective == "clm":
+        logits, labels = logits[:, :-1], labels[:, 1:]
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1).to(logits.device), ignore_index=-100)
+
+
+def install(model: nn.Module, initial: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]], scaling: float,
+            dropout: float) -> tuple[RowSegments, dict[str, FusedLoRALinear]]:
+    """Replace each adapted layer with a fused one holding every domain's pair (in ``initial``'s order)."""
+    segments = RowSegments()
+    names = list(initial)
+    layers = {}
+    for layer in initial[names[0]]:
+        base = model.get_submodule(layer)
+        fused = FusedLoRALinear(base, [initial[n][layer] for n in names], scaling, dropout, segments)
+        set_submodule(model, layer, fused.to(base.weight.device))
+        layers[layer] = fused
+    return segments, layers
+
+
+def uninstall(model: nn.Module, layers: dict[str, FusedLoRALinear]) -> None:
+    for name, layer in layers.items():
+        set_submodule(model, name, layer.base_layer)
+
+
+def train_fused(
+    model: nn.Module,
+    initial: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]],
+    train: dict[str, torch.Tensor],
+    heldout: dict[str, torch.Tensor],
+    objective: str,
+    tokenizer,
+    cfg: PretrainConfig,
+    device: torch.device,
+    checkpoint_path: Path,
+    on_done: Callable[[str, dict[str, tuple[torch.Tensor, torch.Tensor]], TrainResult, float | None], None],
+    on_step: StepHook | None = None,
+) -> None:
+    """Train the domains of ``initial`` (name -> layer -> (A, B)) together on ``model``.
+
+    ``on_done(name, pairs, result, heldout_loss_after)`` is called as each domain finishes.
+    """
+    names = list(initial)
+    segments, layers = install(model, initial, cfg.alpha / cfg.rank, cfg.dropout)
+    try:
+        params = {n: [p for layer in layers.values() for p in (layer.lora_A[k], layer.lora_B[k])] for k, n in enumerate(names)}
+        from transformers import get_linear_schedule_with_warmup
+
+        steps = {n: total_steps(cfg, train[n].shape[0]) for n in names}
+        optimizers = {n: torch.optim.AdamW(params[n], lr=cfg.lr, weight_decay=cfg.weight_decay) for n in names}
+        schedulers = {n: get_linear_schedule_with_warmup(optimizers[n], int(cfg.warmup_ratio * steps[n]), steps[n]) for n in names}
+        results = {n: TrainResult(steps=0, tokens_seen=0) for n in names}
+        step = 0
+        if checkpoint_path.exists():
+            state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+            step = state["step"]
+            for n in names:
+                saved = state["domains"][n]
+                with torch.no_grad():
+                    for p, value in zip(params[n], saved["params"]):
+                        p.copy_(value)
+                optimizers[n].load_state_dict(saved["optimizer"])
+                schedulers[n].load_state_dict(saved["scheduler"])
+                results[n] = saved["result"]
+            print(f"domix: resuming fused domains {names} from step {step} ({checkpoint_path})")
+
+        model.train()
+        bar = tqdm(total=max(steps.values()), initial=step, desc="+".join(names), unit="step", dynamic_ncols=True, disable=None, mininterval=1.0)
+        started, tokens = time.perf_counter(), 0
+        while any(results[n].steps < steps[n] for n in names):
+            active = [k for k, n in enumerate(names) if results[n].steps < steps[n]]
+            batches, spans, start = [], [], 0
+            for k in active:
+                n = names[k]
+                own = results[n].steps  # a domain's data order and masks follow its own step count
+                blocks = train[n][batch_rows(train[n].shape[0], cfg.batch_size, cfg.seed, own)]
+                generator = torch.Generator().manual_seed(step_seed(cfg.seed, own))
+                batches.append(lm_batch(blocks, objective, tokenizer, generator, cfg.mlm_probability))
+                spans.append((k, start, start + blocks.shape[0]))
+                start += blocks.shape[0]
+            segments.spans = spans
+            torch.manual_seed(step_seed(cfg.seed, step))  # dropout
+            t0 = time.perf_counter()
+            input_ids = torch.cat([b["input_ids"] for b in batches]).to(device)
+            logits = model(input_ids=input_ids).logits
+            losses = [lm_loss(logits[s:e], b["labels"], objective) for (k, s, e), b in zip(spans, batches)]
+            for (k, _, _), loss in zip(spans, losses):
+                if not torch.isfinite(loss):
+                    raise DomixError(f"non-finite loss at step {step + 1} of domain {names[k]!r}; training stopped "
+                                     f"and the last checkpoint is kept at {checkpoint_path}. Lower --lr (now {cfg.lr:g}) and rerun")
+            torch.stack(losses).sum().backward()  # domain k's parameters see only loss k
+            elapsed = time.perf_counter() - t0
+            for (k, s, e), loss in zip(spans, losses):
+                n = names[k]
+                torch.nn.utils.clip_grad_norm_(params[n], cfg.max_grad_norm)
+                optimizers[n].step()
+                schedulers[n].step()
+                optimizers[n].zero_grad(set_to_none=True)
+                results[n].steps += 1
+                results[n].tokens_seen += (e - s) * cfg.seq_len
+                results[n].losses.append(loss.item())
+                results[n].train_seconds += elapsed * (e - s) / start  # the shared step, split by rows
+            step += 1
+            tokens += start * cfg.seq_len
+            bar.update(1)
+            bar.set_postfix(loss=" ".join(f"{l.item():.3f}" for l in losses), tok_s=f"{tokens / (time.perf_counter() - started):,.0f}")
+            if on_step is not None:
+                for (k, _, _), loss in zip(spans, losses):
+                    on_step(names[k], results[names[k]].steps, loss.item(), model)
+            for k in active:
+                n = names[k]
+                if results[n].steps == steps[n]:
+                    segments.only(k)
+                    after = evaluate(model, heldout[n], objective, tokenizer, cfg, device) if len(heldout[n]) else None
+                    model.train()
+                    pairs = {name: (layer.lora_A[k].detach().cpu().clone(), layer.lora_B[k].detach().cpu().clone()) for name, layer in layers.items()}
+                    on_done(n, pairs, results[n], after)
+            if step % cfg.checkpoint_every == 0 and any(results[n].steps < steps[n] for n in names):
+                atomic.torch_save(checkpoint_path, {"step": step, "domains": {n: {
+                    "params": [p.detach().cpu() for p in params[n]], "optimizer": optimizers[n].state_dict(),
+                    "scheduler": schedulers[n].state_dict(), "result": results[n]} for n in names}})
+        bar.close()
+    finally:
+        uninstall(model, layers)
