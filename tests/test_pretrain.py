@@ -130,7 +130,7 @@ def test_interrupted_run_resumes_to_the_same_modules(tiny_model, corpora, tmp_pa
     with pytest.raises(Crash):
         pretrain(config(tiny_model, corpora, out, steps=25, dropout=0.1, fused=fused), on_step=crash)
     if fused:
-        assert (out / "checkpoints" / "fused.pt").exists() and not (out / "food").exists()
+        assert (out / "checkpoints" / "fused-food+bio.pt").exists() and not (out / "food").exists()
     else:
         assert (out / "food" / "domix_manifest.json").exists() and (out / "checkpoints" / "bio.pt").exists()
     assert not (out / "bio").exists()
@@ -270,3 +270,38 @@ def test_bfloat16_base_trains_and_keeps_the_fingerprint(tiny_llama, corpora, tmp
     assert bf16["heldout"]["loss_after"] < bf16["heldout"]["loss_before"] - 0.05
     assert abs(bf16["heldout"]["loss_after"] - fp32["heldout"]["loss_after"]) < 0.05
     assert load_file(str(tmp_path / "bf16" / "food" / "adapter_model.safetensors"))["base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"].dtype == torch.float32
+
+
+def test_two_processes_train_the_modules_of_one(tiny_llama, corpora, tmp_path):
+    """torchrun with 2 CPU processes (gloo): each trains one domain; the modules equal one process's."""
+    common = ["--model", str(tiny_llama), "--domain", f"food={corpora['food']}", "--domain", f"bio={corpora['bio']}",
+              "--steps", "12", "--batch-size", "8", "--seq-len", "32", "--lr", "5e-3", "--dtype", "float64"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, "-m", "domix", "pretrain", *common, "--out", str(tmp_path / "one")],
+                         env=env, capture_output=True, text=True)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "domix", "pretrain", *common, "--out", str(tmp_path / "two")], env=env, capture_output=True, text=True)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "process 1 of 2 trains ['bio']" in two.stdout
+    assert atomic.read_json(tmp_path / "two" / "run.json")["status"] == "finished"
+    for domain in ("food", "bio"):
+        a, b = adapter(tmp_path / "one", domain), adapter(tmp_path / "two", domain)
+        assert all(torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-7) for k in a), domain
+
+
+def test_more_processes_than_domains_train_data_parallel(tiny_llama, corpora, tmp_path):
+    """3 processes, 2 domains: 'food' is shared by ranks 0 and 2; the modules equal one process's."""
+    common = ["--model", str(tiny_llama), "--domain", f"food={corpora['food']}", "--domain", f"bio={corpora['bio']}",
+              "--steps", "10", "--batch-size", "8", "--seq-len", "32", "--lr", "5e-3", "--dtype", "float64", "--no-fused"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, "-m", "domix", "pretrain", *common, "--out", str(tmp_path / "one")],
+                         env=env, capture_output=True, text=True)
+    assert one.returncode == 0, one.stderr
+    three = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "3",
+                            "-m", "domix", "pretrain", *common, "--out", str(tmp_path / "three")], env=env, capture_output=True, text=True)
+    assert three.returncode == 0, three.stderr[-3000:]
+    assert "process 2 of 3 trains ['food'], data-parallel with 1 other process(es)" in three.stdout
+    for domain in ("food", "bio"):
+        a, b = adapter(tmp_path / "one", domain), adapter(tmp_path / "three", domain)
+        assert all(torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-7) for k in a), domain

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -16,14 +17,14 @@ def check_out(out: Path, settings: dict, resume_free: tuple[str, ...], overwrite
     out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".domix-write-test"
+        probe = out / f".domix-write-test-{os.getpid()}"  # one per process: several may check at once
         probe.write_text("ok")
         probe.unlink()
     except OSError as err:
         raise DomixError(f"cannot write to output folder {out} ({err.strerror}); choose a folder you can write to") from None
     run_file = out / RUN_FILE
     if not run_file.exists():
-        if any(out.iterdir()):
+        if any(not p.name.startswith(".domix-write-test") for p in out.iterdir()):
             raise DomixError(f"output folder {out} is not empty and holds no domix run; choose an empty or new folder")
         return None
     previous = atomic.read_json(run_file)

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from domix import atomic
 from domix.batches import IGNORE_INDEX, lm_batch
+from domix.distributed import DataParallel
 from domix.errors import DomixError
 from domix.pretrain.config import PretrainConfig
 
@@ -88,8 +89,14 @@ def train_domain(
     checkpoint_path: Path,
     on_step: StepHook | None = None,
     writer=None,
+    dp: DataParallel | None = None,
 ) -> TrainResult:
-    """Train the trainable parameters of ``model`` on one domain, resuming from a checkpoint."""
+    """Train the trainable parameters of ``model`` on one domain, resuming from a checkpoint.
+
+    With ``dp``, this process takes its slice of every batch; the loss is normalised by the
+    whole batch's token count and gradients are summed over the group, so every process of
+    the group takes the step a single process would.
+    """
     params = _trainable(model)
     optimizer = torch.optim.AdamW(params.values(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     from transformers import get_linear_schedule_with_warmup
@@ -117,10 +124,19 @@ def train_domain(
         batch = lm_batch(blocks, objective, tokenizer, torch.Generator().manual_seed(step_seed(cfg.seed, step)), cfg.mlm_probability)
         torch.manual_seed(step_seed(cfg.seed, step))  # LoRA and model dropout
         t0 = time.perf_counter()
-        loss = model(**{k: v.to(device) for k, v in batch.items()}).loss
+        if dp is None:
+            loss = model(**{k: v.to(device) for k, v in batch.items()}).loss
+        else:
+            loss = _slice_loss(model, batch, objective, dp, device)
         if not torch.isfinite(loss):
             raise DomixError(_non_finite(domain, step + 1, "loss", checkpoint_path, cfg))
         loss.backward()
+        if dp is not None:
+            for p in params.values():
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                dp.all_reduce_(p.grad)
+            loss = dp.all_reduce_(loss.detach())  # the whole batch's loss
         grad_norm = torch.nn.utils.clip_grad_norm_(params.values(), cfg.max_grad_norm)
         if not torch.isfinite(grad_norm):
             raise DomixError(_non_finite(domain, step + 1, "gradient", checkpoint_path, cfg))
@@ -141,7 +157,7 @@ def train_domain(
             writer.add_scalar("train/loss", loss_value, result.steps)
             writer.add_scalar("train/lr", scheduler.get_last_lr()[0], result.steps)
             writer.add_scalar("train/tokens_per_s", tokens_per_s, result.steps)
-        if result.steps % cfg.checkpoint_every == 0 and result.steps < n_steps:
+        if result.steps % cfg.checkpoint_every == 0 and result.steps < n_steps and (dp is None or dp.is_leader):
             atomic.torch_save(checkpoint_path, {
                 "params": {n: p.detach().cpu() for n, p in params.items()},
                 "optimizer": optimizer.state_dict(),
@@ -152,6 +168,22 @@ def train_domain(
             on_step(domain, result.steps, loss_value, model)
     bar.close()
     return result
+
+
+def _slice_loss(model: nn.Module, batch: dict[str, torch.Tensor], objective: str, dp: DataParallel, device) -> torch.Tensor:
+    """This process's share of the batch loss: its rows' token losses over the batch's token count."""
+    import torch.nn.functional as F
+
+    count = _predicted_tokens(batch["labels"], objective)
+    ids, labels = batch["input_ids"][dp.index :: dp.size], batch["labels"][dp.index :: dp.size]
+    if ids.shape[0] == 0:  # a short last batch can leave a process without rows
+        return torch.zeros((), device=device, requires_grad=True)
+    logits = model(input_ids=ids.to(device)).logits
+    if objective == "clm":
+        logits, labels = logits[:, :-1], labels[:, 1:]
+    total = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1).to(device),
+                            ignore_index=IGNORE_INDEX, reduction="sum")
+    return total / max(count, 1)
 
 
 def _non_finite(domain: str, step: int, what: str, checkpoint_path: Path, cfg: PretrainConfig) -> str:

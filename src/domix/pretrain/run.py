@@ -23,6 +23,7 @@ from domix.base_model import (
     weights_fingerprint,
 )
 from domix.corpus import Corpus, read_corpus, split_heldout, tokenize_blocks
+from domix.distributed import DataParallel, process_group
 from domix.errors import DomixError
 from domix.pretrain.config import PretrainConfig
 from domix.pretrain.fused import train_fused
@@ -49,7 +50,10 @@ def pretrain(cfg: PretrainConfig, overwrite: bool = False, on_step: StepHook | N
     pending = [n for n in corpora if not (resuming and (out / n / MANIFEST_NAME).exists())]
     # all data is checked before the (possibly large) model is loaded
     data = {name: DomainData.build(corpora[name], tokenizer, objective, cfg) for name in pending}
+    ranks = process_group()
     device = resolve_device(cfg.device)
+    if device.type == "cuda" and ranks.world > 1:
+        device = torch.device("cuda", ranks.local_rank)
     base = load_base_model(cfg.model, objective, DTYPES[cfg.dtype], tokenizer)
     base.model.to(device)
     fingerprint = weights_fingerprint(base.model)
@@ -57,23 +61,34 @@ def pretrain(cfg: PretrainConfig, overwrite: bool = False, on_step: StepHook | N
     if resuming and previous.get("base_fingerprint") != fingerprint:
         raise DomixError(f"the weights of base model {cfg.model} changed since this unfinished run began; "
                          "use the same model, or pass --overwrite to start over")
-    if previous is not None and overwrite:
-        clear(out)
     run_file = out / RUN_FILE
     run = {"status": "running", "config": cfg.to_dict(), "base_fingerprint": fingerprint,
            "corpora": fingerprints, "domains": list(cfg.domains)}
-    atomic.write_json(run_file, run)
-    print(f"domix: base {cfg.model} ({objective}, fingerprint {fingerprint}); LoRA r={cfg.rank} on {len(matched)} layers")
+    ranks.barrier()  # every process has checked the folder and the inputs
+    if ranks.is_main:
+        if previous is not None and overwrite:
+            clear(out)
+        atomic.write_json(run_file, run)
+        print(f"domix: base {cfg.model} ({objective}, fingerprint {fingerprint}); LoRA r={cfg.rank} on {len(matched)} layers")
+        for name in corpora:
+            if name not in data:
+                print(f"domix: domain {name!r} already finished, kept")
+    ranks.barrier()
 
-    for name in corpora:
-        if name not in data:
-            print(f"domix: domain {name!r} already finished, kept")
-    if cfg.fused and len(data) > 1 and not cfg.train_head:
-        _pretrain_fused(base, data, cfg, target_modules, fingerprint, out, device, on_step)
+    names, dp = ranks.share(list(data))
+    mine = {name: data[name] for name in names}
+    if ranks.world > 1:
+        shared = f", data-parallel with {dp.size - 1} other process(es)" if dp else ""
+        print(f"domix: process {ranks.rank} of {ranks.world} trains {list(mine) or 'nothing'}{shared}")
+    if cfg.fused and len(mine) > 1 and not cfg.train_head:
+        _pretrain_fused(base, mine, cfg, target_modules, fingerprint, out, device, on_step)
     else:
-        for name in data:
-            _pretrain_domain(base, data[name], cfg, target_modules, fingerprint, out, device, on_step)
+        for name in mine:
+            _pretrain_domain(base, mine[name], cfg, target_modules, fingerprint, out, device, on_step, dp)
+    ranks.barrier()
     manifests = {name: atomic.read_json(out / name / MANIFEST_NAME) for name in corpora}
+    if not ranks.is_main:
+        return manifests
 
     run["status"] = "finished"
     run["summary"] = {n: {k: m["heldout"][k] for k in ("loss_before", "loss_after")} for n, m in manifests.items()}
@@ -144,7 +159,7 @@ def _log_heldout(out: Path, name: str, steps: int, before: float | None, after: 
 
 def _pretrain_domain(
     base: BaseModel, data: DomainData, cfg: PretrainConfig, target_modules, fingerprint: str,
-    out: Path, device: torch.device, on_step: StepHook | None,
+    out: Path, device: torch.device, on_step: StepHook | None, dp: DataParallel | None = None,
 ) -> None:
     from peft import get_peft_model
 
@@ -158,16 +173,19 @@ def _pretrain_domain(
     try:
         loss_before = evaluate(model, heldout, base.objective, base.tokenizer, cfg, device) if len(heldout) else None
         print(f"domix: domain {corpus.name!r}: {len(train)} training and {len(heldout)} held-out sequences of {cfg.seq_len} tokens")
-        result = train_domain(model, corpus.name, train, base.objective, base.tokenizer, cfg, device, checkpoint, on_step, writer)
+        result = train_domain(model, corpus.name, train, base.objective, base.tokenizer, cfg, device, checkpoint, on_step, writer, dp)
         loss_after = evaluate(model, heldout, base.objective, base.tokenizer, cfg, device) if len(heldout) else None
         manifest = _manifest(base, data, cfg, target_modules, fingerprint, device, result, loss_before, loss_after, started, [])
+        if dp is not None:
+            manifest["training"]["data_parallel_processes"] = dp.size
 
         def fill(tmp: Path) -> None:
             model.save_pretrained(tmp)
             atomic.write_json(tmp / MANIFEST_NAME, manifest)
 
-        atomic.replace_dir(out / corpus.name, fill)
-        checkpoint.unlink(missing_ok=True)
+        if dp is None or dp.is_leader:
+            atomic.replace_dir(out / corpus.name, fill)
+            checkpoint.unlink(missing_ok=True)
     finally:
         if writer is not None:
             writer.close()
@@ -224,7 +242,7 @@ def _pretrain_fused(
         before[n] = evaluate(base.model, heldout, base.objective, base.tokenizer, cfg, device) if len(heldout) else None
         print(f"domix: domain {n!r}: {len(data[n].train)} training and {len(heldout)} held-out sequences of {cfg.seq_len} tokens")
     print(f"domix: training {len(names)} domains fused in one pass over the base")
-    checkpoint = out / "checkpoints" / "fused.pt"
+    checkpoint = out / "checkpoints" / f"fused-{'+'.join(names)}.pt"
 
     def done(name: str, pairs, result: TrainResult, after: float | None) -> None:
         manifest = _manifest(base, data[name], cfg, target_modules, fingerprint, device, result, before[name], after, started, names)
