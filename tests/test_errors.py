@@ -90,7 +90,7 @@ def test_non_finite_loss_keeps_the_last_good_checkpoint(tiny_llama, tmp_path):
     with pytest.raises(DomixError, match=r"non-finite loss at step 4 .* last good checkpoint is kept"):
         train_domain(model, "x", torch.randint(3, 30, (16, 16)), "clm", base.tokenizer, cfg, torch.device("cpu"), checkpoint, poison)
     state = torch.load(checkpoint, weights_only=False)
-    assert state["result"].steps == 2
+    assert state["progress"].steps == 2
     assert all(torch.isfinite(v).all() for v in state["params"].values())
 
 

@@ -13,6 +13,13 @@ from domix.errors import DomixError
 T = TypeVar("T")
 
 
+def check(rules: list[tuple[bool, str]]) -> None:
+    """Raise the message of the first rule that does not hold."""
+    for ok, message in rules:
+        if not ok:
+            raise DomixError(message)
+
+
 def load_yaml(path: str | Path, fields: set[str]) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():

@@ -13,7 +13,6 @@ memory advantage over plain LoRA comes from.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from domix.errors import DomixError
+from domix.settings import check
 
 METHODS = ("domix", "lora")
 
@@ -56,7 +57,7 @@ class FinetuneConfig:
             raise DomixError("method domix needs domain modules; pass --modules STORE (a domix pretrain output folder)")
         if self.method == "lora" and not (self.modules or self.model):
             raise DomixError("method lora needs a base model; pass --model (or --modules to take theirs)")
-        checks = [
+        check([
             (self.lr > 0, "--lr must be positive"),
             (self.epochs >= 1, "--epochs must be at least 1"),
             (self.batch_size >= 1, "--batch-size must be at least 1"),
@@ -65,10 +66,7 @@ class FinetuneConfig:
             (self.dtype in ("float32", "bfloat16", "float16", "float64"), "--dtype must be float32, bfloat16, float16 or float64"),
             (self.train_limit is None or self.train_limit >= 2, "--train-limit must be at least 2"),
             (self.eval_limit is None or self.eval_limit >= 1, "--eval-limit must be at least 1"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise DomixError(message)
+        ])
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from domix import atomic
+from domix import atomic, checkpoint
 from domix.base_model import resolve_target_modules, weights_fingerprint
 from domix.bridge.model import bridged_layers
 from domix.errors import DomixError
@@ -145,21 +145,15 @@ def _train(model, groups, rows, labels, task: Task, cfg: FinetuneConfig, pad_id:
     total = per_epoch * cfg.epochs
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total), total)
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    state = {"steps": 0, "history": [], "best_epoch": 0, "best_score": -1.0, "train_seconds": 0.0, "best_state": None}
     ckpt = ckpt_dir / "state.pt"
-    if ckpt.exists():
-        saved = torch.load(ckpt, map_location="cpu", weights_only=False)
-        with torch.no_grad():
-            for name, value in saved["params"].items():
-                params[name].copy_(value)
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        state = saved["state"]
+    state = checkpoint.restore(ckpt, params, optimizer, scheduler)
+    if state is None:
+        state = {"steps": 0, "history": [], "best_epoch": 0, "best_score": -1.0, "train_seconds": 0.0, "best_state": None}
+    else:
         print(f"domix: resuming from step {state['steps']} ({ckpt})")
 
     def save_checkpoint() -> None:
-        atomic.torch_save(ckpt, {"params": trainable_state(model), "optimizer": optimizer.state_dict(),
-                                 "scheduler": scheduler.state_dict(), "state": state})
+        checkpoint.save(ckpt, params, optimizer, scheduler, state)
 
     model.train()
     bar = tqdm(total=total, initial=state["steps"], desc=task.name, unit="step", dynamic_ncols=True, disable=None, mininterval=1.0)

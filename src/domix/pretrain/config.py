@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from domix.errors import DomixError
+from domix.settings import check
 
 
 @dataclass
@@ -49,7 +50,7 @@ class PretrainConfig:
         for name in self.domains:
             if not name or "/" in name or name.startswith("."):
                 raise DomixError(f"domain name {name!r} cannot be a folder name; use letters, digits, '-' or '_'")
-        checks = [
+        check([
             (self.rank >= 1, "--rank must be at least 1"),
             (self.alpha > 0, "--alpha must be positive"),
             (0 <= self.dropout < 1, "--dropout must be in [0, 1)"),
@@ -64,10 +65,7 @@ class PretrainConfig:
             (self.checkpoint_every >= 1, "--checkpoint-every must be at least 1"),
             (self.dtype in ("float32", "bfloat16", "float16", "float64"), "--dtype must be float32, bfloat16, float16 or float64"),
             (self.objective in ("auto", "mlm", "clm"), "--objective must be auto, mlm or clm"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise DomixError(message)
+        ])
         return self
 
     def to_dict(self) -> dict[str, Any]:

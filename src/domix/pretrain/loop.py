@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from domix import atomic
+from domix import checkpoint
 from domix.batches import IGNORE_INDEX, lm_batch
 from domix.distributed import DataParallel
 from domix.errors import DomixError
@@ -103,16 +103,10 @@ def train_domain(
 
     n_steps = total_steps(cfg, train_blocks.shape[0])
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * n_steps), n_steps)
-    result = TrainResult(steps=0, tokens_seen=0)
-
-    if checkpoint_path.exists():
-        state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
-        with torch.no_grad():
-            for name, value in state["params"].items():
-                params[name].copy_(value)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        result = state["result"]
+    result = checkpoint.restore(checkpoint_path, params, optimizer, scheduler)
+    if result is None:
+        result = TrainResult(steps=0, tokens_seen=0)
+    else:
         print(f"domix: resuming domain {domain!r} from step {result.steps} ({checkpoint_path})")
 
     model.train()
@@ -158,12 +152,7 @@ def train_domain(
             writer.add_scalar("train/lr", scheduler.get_last_lr()[0], result.steps)
             writer.add_scalar("train/tokens_per_s", tokens_per_s, result.steps)
         if result.steps % cfg.checkpoint_every == 0 and result.steps < n_steps and (dp is None or dp.is_leader):
-            atomic.torch_save(checkpoint_path, {
-                "params": {n: p.detach().cpu() for n, p in params.items()},
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "result": result,
-            })
+            checkpoint.save(checkpoint_path, params, optimizer, scheduler, result)
         if on_step is not None:
             on_step(domain, result.steps, loss_value, model)
     bar.close()
