@@ -20,5 +20,5 @@ def classification_scores(predictions: torch.Tensor, labels: torch.Tensor, num_l
         if tp + fp + fn == 0:
             continue  # the class occurs nowhere: it has no F1
         f1s.append(2 * tp / (2 * tp + fp + fn))
-    accuracy = float((predictions == labels).float().mean()) if len(labels) else 0.0
+    accuracy = float((predictions == labels).double().mean()) if len(labels) else 0.0
     return {"accuracy": accuracy, "macro_f1": sum(f1s) / len(f1s) if f1s else 0.0, "micro_f1": accuracy}
