@@ -14,12 +14,11 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
 from domix import atomic
-from domix.batches import lm_batch
+from domix.batches import lm_batch, lm_loss
 from domix.bridge.model import set_submodule
 from domix.errors import DomixError
 from domix.pretrain.config import PretrainConfig
@@ -58,13 +57,6 @@ class FusedLoRALinear(nn.Module):
             rows = self.dropout(x[start:end].to(self.lora_A[k].dtype))
             parts.append((rows @ self.lora_A[k].t() @ self.lora_B[k].t()) * self.scaling)
         return y + torch.cat(parts).to(y.dtype)
-
-
-def lm_loss(logits: torch.Tensor, labels: torch.Tensor, objective: str) -> torch.Tensor:
-    """The loss transformers computes for one domain's rows (mean over predicted tokens)."""
-    if objective == "clm":
-        logits, labels = logits[:, :-1], labels[:, 1:]
-    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1).to(logits.device), ignore_index=-100)
 
 
 def install(model: nn.Module, initial: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]], scaling: float,

@@ -18,7 +18,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from domix import checkpoint
-from domix.batches import IGNORE_INDEX, lm_batch
+from domix.batches import IGNORE_INDEX, lm_batch, lm_loss
 from domix.distributed import DataParallel
 from domix.errors import DomixError
 from domix.pretrain.config import PretrainConfig
@@ -161,18 +161,12 @@ def train_domain(
 
 def _slice_loss(model: nn.Module, batch: dict[str, torch.Tensor], objective: str, dp: DataParallel, device) -> torch.Tensor:
     """This process's share of the batch loss: its rows' token losses over the batch's token count."""
-    import torch.nn.functional as F
-
     count = _predicted_tokens(batch["labels"], objective)
     ids, labels = batch["input_ids"][dp.index :: dp.size], batch["labels"][dp.index :: dp.size]
     if ids.shape[0] == 0:  # a short last batch can leave a process without rows
         return torch.zeros((), device=device, requires_grad=True)
     logits = model(input_ids=ids.to(device)).logits
-    if objective == "clm":
-        logits, labels = logits[:, :-1], labels[:, 1:]
-    total = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1).to(device),
-                            ignore_index=IGNORE_INDEX, reduction="sum")
-    return total / max(count, 1)
+    return lm_loss(logits, labels, objective, reduction="sum") / max(count, 1)
 
 
 def _non_finite(domain: str, step: int, what: str, checkpoint_path: Path, cfg: PretrainConfig) -> str:
