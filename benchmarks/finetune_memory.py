@@ -25,7 +25,7 @@ import torch
 
 
 def measure(method: str, args) -> dict:
-    from domix.finetune.model import build_domix, build_lora, classification_model
+    from domix.finetune.model import build_domix, build_peft, classification_model
     from domix.store import load_store
     from domix.system import peak_memory_mb, resolve_device
 
@@ -35,12 +35,12 @@ def measure(method: str, args) -> dict:
     base = args.model or modules[0].manifest["base_model"]["name"]
     model, head = classification_model(base, ["a", "b", "c"], dtype, seed=0)
     model.config.pad_token_id = 0
-    hp = SimpleNamespace(p_init="scaled_identity", p_lr=None, p_weight_decay=0.0, lr=1e-4, weight_decay=0.0, seed=0)
+    hp = SimpleNamespace(method=method, p_init="scaled_identity", p_lr=None, p_weight_decay=0.0, lr=1e-4, weight_decay=0.0, seed=0)
     if method == "domix":
         groups = build_domix(model, head, modules, hp)
     else:
         targets = sorted({layer for m in modules for layer in m.lora_A})
-        model, groups = build_lora(model, head, targets, sum(m.rank for m in modules), hp)
+        model, groups = build_peft(model, head, targets, hp, sum(m.rank for m in modules))
     model.to(device).train()
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable()

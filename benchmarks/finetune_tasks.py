@@ -39,7 +39,7 @@ def main() -> None:
     for task in args.tasks:
         for method in args.methods:
             out = Path(args.out) / f"{task}-{method}"
-            record_file = out / "model" / "domix_task.json"
+            record_file = out / "result.json"
             if not record_file.is_file():
                 cmd = [sys.executable, "-m", "domix", "finetune", "--modules", args.modules, "--task", f"{args.data}/{task}",
                        "--method", method, "--out", str(out), "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),

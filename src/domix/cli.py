@@ -1,4 +1,4 @@
-"""The ``domix`` command: ``domix pretrain``, ``domix modules``, ``domix convert-gguf``.
+"""The ``domix`` command: pretrain, finetune, export, evaluate, report, compare, modules, convert-gguf.
 
 Each subcommand parses its flags and calls the library function of the same job; a
 :class:`DomixError` becomes one line on stderr and exit status 2.
@@ -31,6 +31,10 @@ def _add_pretrain(sub) -> None:
     p.add_argument("--out", help="output folder: the module store")
     p.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
     p.add_argument("--objective", choices=["auto", "mlm", "clm"], help="default: auto (masked LM for encoders, causal for decoders)")
+    p.add_argument("--method", choices=["domix", "ncl_lora", "joint_lora", "ncl_full"],
+                   help="domix (default): one module per domain. Baselines, one model for all domains, in one process: "
+                        "ncl_lora, one LoRA trained on the domains in --domain order (OUT/ncl/); joint_lora, one LoRA on "
+                        "the domains mixed (OUT/joint/); ncl_full, the whole model in --domain order (OUT/ncl-full/)")
     p.add_argument("--rank", type=int, help="LoRA rank (default 8)")
     p.add_argument("--alpha", type=float, help="LoRA alpha (default 16)")
     p.add_argument("--dropout", type=float, help="LoRA dropout (default 0)")
@@ -50,7 +54,8 @@ def _add_pretrain(sub) -> None:
     p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default 100)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16", "float64"], help="base model dtype (default float32)")
     p.add_argument("--fused", action=argparse.BooleanOptionalAction, default=None,
-                   help="train several domains at once over one base (default: yes); --no-fused trains them one after another")
+                   help="train several domains at once over one base (default: yes); --no-fused trains them one after another; "
+                        "ignored by the baseline methods")
     p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
 
 
@@ -68,9 +73,10 @@ def _run_pretrain(args: argparse.Namespace) -> None:
 
 
 def _add_finetune(sub) -> None:
-    p = sub.add_parser("finetune", help="fine-tune an end task on composed domain modules (DoMIX) or plain LoRA",
+    p = sub.add_parser("finetune", help="fine-tune an end task on composed domain modules (DoMIX) or a baseline",
                        description="Fine-tune a sequence classifier: the domain modules concatenated with a trainable "
-                                   "bridge (DoMIX), or a PEFT LoRA baseline. Flags override the settings of --config.")
+                                   "bridge (DoMIX), or a baseline (fixed bridge, PEFT LoRA/DoRA, full fine-tuning). "
+                                   "Flags override the settings of --config.")
     p.add_argument("--config", help="YAML file of settings (keys as the flags)")
     p.add_argument("--task", help="folder with train.jsonl, dev.jsonl, test.jsonl ('text', optional 'text_pair', 'label')")
     p.add_argument("--train", help="train file (overrides the task folder's)")
@@ -81,8 +87,13 @@ def _add_finetune(sub) -> None:
     p.add_argument("--model", help="base model (default: the one the modules were trained on)")
     p.add_argument("--out", help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
-    p.add_argument("--method", choices=["domix", "lora"], help="domix (default) or lora (PEFT LoRA of the same total rank)")
-    p.add_argument("--lora-rank", type=int, help="rank for --method lora (default: the modules' total rank)")
+    p.add_argument("--method", choices=["domix", "cat", "lora", "dora", "full"],
+                   help="domix (default): modules + trainable bridge; cat: modules with the bridge frozen at I; "
+                        "lora / dora: PEFT adapters; full: every weight trains")
+    p.add_argument("--lora-rank", type=int, help="rank for lora/dora from the base (default: the modules' total rank, else 8)")
+    p.add_argument("--init-module", help="lora/dora: start from this module of --modules (its rank, alpha and weights)")
+    p.add_argument("--save-model", action=argparse.BooleanOptionalAction, default=None,
+                   help="write the task model (default: yes); --no-save-model keeps only result.json")
     p.add_argument("--p-init", help="bridge init: scaled_identity (default, 1/Σr), identity, or a number")
     p.add_argument("--p-lr", type=float, help="learning rate of the bridge (default: --lr)")
     p.add_argument("--p-weight-decay", type=float, help="weight decay of the bridge (default 0)")
@@ -96,7 +107,8 @@ def _add_finetune(sub) -> None:
     p.add_argument("--select-metric", choices=["accuracy", "macro_f1", "micro_f1"], help="dev metric that picks the kept epoch")
     p.add_argument("--train-limit", type=int, help="use a seeded sample of this many training examples")
     p.add_argument("--eval-limit", type=int, help="use a seeded sample of this many dev and test examples")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=int, help="head init, batch order and dropout (default 42)")
+    p.add_argument("--sample-seed", type=int, help="seed of the --train-limit/--eval-limit samples (default 0, the same for every --seed)")
     p.add_argument("--checkpoint-every", type=int)
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16", "float64"])
     p.add_argument("--device")
@@ -129,6 +141,17 @@ def _run_report(args: argparse.Namespace) -> None:
     from domix.finetune.run import format_table
 
     print(format_table(args.runs))
+
+
+def _run_compare(args: argparse.Namespace) -> None:
+    import shlex
+
+    from domix.compare.config import CompareConfig
+    from domix.compare.run import compare
+
+    cfg = CompareConfig.from_yaml(args.config, out=args.out)
+    command = shlex.join(["domix", "compare", args.config] + (["--out", args.out] if args.out else []))
+    compare(cfg, overwrite=args.overwrite, dry_run=args.dry_run, command=command)
 
 
 def _run_modules(args: argparse.Namespace) -> None:
@@ -164,6 +187,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-length", type=int, default=128, help="for exported folders (task models know theirs)")
     p = sub.add_parser("report", help="a table of finished finetune runs, side by side")
     p.add_argument("runs", nargs="+", help="finetune --out folders")
+    p = sub.add_parser("compare", help="run methods x tasks x seeds (x domain orders) and write a report",
+                       description="Run every method of a comparison config on the same tasks, seeds and domain orders "
+                                   "(resumable: finished runs are reused), then write results.json, report.md and report.html.")
+    p.add_argument("config", help="comparison YAML (see configs/compare-reference.yaml)")
+    p.add_argument("--out", help="output folder (overrides the config's out)")
+    p.add_argument("--overwrite", action="store_true", help="rerun jobs whose finished runs have other settings")
+    p.add_argument("--dry-run", action="store_true", help="list the jobs and whether each is finished, run nothing")
     p = sub.add_parser("modules", help="list the domain modules of a store")
     p.add_argument("store", help="a domix pretrain output folder")
     p = sub.add_parser("convert-gguf", help="de-quantise a GGUF model file once into a safetensors model folder")
@@ -173,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 COMMANDS = {"pretrain": _run_pretrain, "finetune": _run_finetune, "export": _run_export, "evaluate": _run_evaluate,
-            "report": _run_report,            "modules": _run_modules, "convert-gguf": _run_convert}
+            "report": _run_report, "compare": _run_compare, "modules": _run_modules, "convert-gguf": _run_convert}
 
 
 def main(argv: list[str] | None = None) -> int:

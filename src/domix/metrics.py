@@ -1,4 +1,4 @@
-"""Classification metrics: accuracy, macro-F1 and micro-F1."""
+"""Classification metrics (accuracy, macro-F1, micro-F1) and loss curves for records."""
 
 from __future__ import annotations
 
@@ -22,3 +22,11 @@ def classification_scores(predictions: torch.Tensor, labels: torch.Tensor, num_l
         f1s.append(2 * tp / (2 * tp + fp + fn))
     accuracy = float((predictions == labels).double().mean()) if len(labels) else 0.0
     return {"accuracy": accuracy, "macro_f1": sum(f1s) / len(f1s) if f1s else 0.0, "micro_f1": accuracy}
+
+
+def downsample_curve(values: list[float], points: int) -> list[list[float]]:
+    """[step, mean loss] over at most ``points`` equal windows of the steps (a loss curve for a record)."""
+    if not values:
+        return []
+    width = max(1, -(-len(values) // points))
+    return [[min(i + width, len(values)), round(sum(values[i : i + width]) / len(values[i : i + width]), 5)] for i in range(0, len(values), width)]

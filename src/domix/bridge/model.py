@@ -44,12 +44,36 @@ def compose(model: nn.Module, modules: list[DomainModule], config: BridgeConfig 
                              f"but this model's layer is {base.out_features}x{base.in_features}; they belong to another base model")
         scales = torch.cat([torch.full((m.lora_A[layer].shape[0],), m.scaling) for m in owners])
         bridged = BridgedLinear(base, A, B, scales, config.initial_scale(A.shape[0]), dtype=dtype)
+        bridged.blocks = [(m.name, m.lora_A[layer].shape[0]) for m in owners]  # which columns are whose
         set_submodule(model, layer, bridged.to(base.weight.device))
     return layers
 
 
 def bridged_layers(model: nn.Module) -> dict[str, BridgedLinear]:
     return {n: m for n, m in model.named_modules() if isinstance(m, BridgedLinear)}
+
+
+@torch.no_grad()
+def bridge_usage(model: nn.Module) -> dict:
+    """How much each domain's subspace feeds each bridged layer.
+
+    For layer l and domain j: the Frobenius norm of B_cat diag(s) P[:, j] A_j, the part of the
+    layer's weight update that reads domain j's subspace. Returns
+    ``{"domains": [...], "layers": [...], "norms": [[one per domain] per layer]}``.
+    """
+    layers = bridged_layers(model)
+    domains = list(dict.fromkeys(name for m in layers.values() for name, _ in m.blocks))
+    norms = []
+    for m in layers.values():
+        left = ((m.lora_B * m.scales) @ m.bridge).double()  # (d_out, Σr)
+        A = m.lora_A.double()
+        row, start = [0.0] * len(domains), 0
+        for name, rank in m.blocks:
+            M, A_j = left[:, start : start + rank], A[start : start + rank]
+            row[domains.index(name)] = float(((M @ (A_j @ A_j.T)) * M).sum().clamp_min(0).sqrt())  # ‖M A_j‖_F
+            start += rank
+        norms.append(row)
+    return {"domains": domains, "layers": list(layers), "norms": norms}
 
 
 @torch.no_grad()

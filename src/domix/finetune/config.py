@@ -9,7 +9,11 @@ from typing import Any
 from domix.errors import DomixError
 from domix.settings import check
 
-METHODS = ("domix", "lora")
+# domix: the modules concatenated with a trainable bridge P; cat: the same with P frozen at I (PEFT's
+# add_weighted_adapter "cat"); lora / dora: PEFT from the base (or from one module, init_module);
+# full: every weight trains.
+METHODS = ("domix", "cat", "lora", "dora", "full")
+MODULE_METHODS = ("domix", "cat")
 
 
 @dataclass
@@ -22,8 +26,10 @@ class FinetuneConfig:
     domains: list[str] | None = None  # which modules, in this order (default: all)
     model: str | None = None  # default: the base the modules were trained on
     out: str = ""
-    method: str = "domix"  # domix (bridged modules) or lora (PEFT LoRA from the base, rank = Σr)
-    lora_rank: int | None = None  # for method lora; default: the modules' total rank
+    method: str = "domix"  # see METHODS
+    lora_rank: int | None = None  # for lora/dora from the base; default: the modules' total rank (else 8)
+    init_module: str | None = None  # for lora/dora: start from this module of --modules (its rank and alpha)
+    save_model: bool = True  # False: keep only the scores (result.json), e.g. for full fine-tuning in a comparison
     # bridge
     p_init: str | float = "scaled_identity"
     p_lr: float | None = None
@@ -39,12 +45,13 @@ class FinetuneConfig:
     select_metric: str = "macro_f1"  # dev metric that picks the kept epoch
     train_limit: int | None = None  # subsample the splits (seeded), for quick runs
     eval_limit: int | None = None
-    seed: int = 42
+    seed: int = 42  # head init, batch order, dropout
+    sample_seed: int = 0  # which examples --train-limit/--eval-limit keep: fixed, so every seed and method sees the same
     checkpoint_every: int = 200
     dtype: str = "float32"
     device: str = "auto"
 
-    RESUME_FREE = ("checkpoint_every", "device", "out")
+    RESUME_FREE = ("checkpoint_every", "device", "out", "save_model")
 
     def validate(self) -> "FinetuneConfig":
         if not self.out:
@@ -53,10 +60,15 @@ class FinetuneConfig:
             raise DomixError("no task given; pass --task FOLDER (with train/dev/test.jsonl) or --train, --dev and --test files")
         if self.method not in METHODS:
             raise DomixError(f"unknown method {self.method!r}; use one of {', '.join(METHODS)}")
-        if self.method == "domix" and not self.modules:
-            raise DomixError("method domix needs domain modules; pass --modules STORE (a domix pretrain output folder)")
-        if self.method == "lora" and not (self.modules or self.model):
-            raise DomixError("method lora needs a base model; pass --model (or --modules to take theirs)")
+        if self.method in MODULE_METHODS and not self.modules:
+            raise DomixError(f"method {self.method} needs domain modules; pass --modules STORE (a domix pretrain output folder)")
+        if self.method not in MODULE_METHODS and not (self.modules or self.model):
+            raise DomixError(f"method {self.method} needs a base model; pass --model (or --modules to take theirs)")
+        if self.init_module is not None:
+            if self.method not in ("lora", "dora"):
+                raise DomixError(f"--init-module starts a LoRA or DoRA from a module; it does not apply to method {self.method}")
+            if not self.modules:
+                raise DomixError("--init-module names a module of a store; pass --modules STORE too")
         check([
             (self.lr > 0, "--lr must be positive"),
             (self.epochs >= 1, "--epochs must be at least 1"),

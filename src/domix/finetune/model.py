@@ -1,8 +1,8 @@
 """Task models: a sequence classifier on the frozen base with DoMIX bridges (or a PEFT LoRA).
 
 On disk a task model is a folder with ``domix_task.json`` (what it is and how it scored),
-``task_model.safetensors`` (A_cat, B_cat, P and s of every bridged layer, and the head) or,
-for the LoRA baseline, a PEFT adapter, plus the tokenizer. It reloads from the base model
+``task_model.safetensors`` (A_cat, B_cat, P and s of every bridged layer, and the head), or a
+PEFT adapter (LoRA, DoRA), or the whole model (full fine-tuning), plus the tokenizer. It reloads from the base model
 alone: the module store is not needed any more.
 """
 
@@ -18,10 +18,12 @@ from domix.base_model import load_failed, model_source, weights_fingerprint
 from domix.bridge import BridgeConfig, BridgedLinear, compose, fold
 from domix.bridge.model import set_submodule, bridged_layers
 from domix.errors import DomixError
+from domix.store import DomainModule
 from domix.system import DTYPES
 
 TASK_FILE = "domix_task.json"
 WEIGHTS_FILE = "task_model.safetensors"
+PEFT_METHODS = ("lora", "dora")
 
 
 def classification_model(base: str, labels: list[str], dtype: torch.dtype, seed: int) -> tuple[nn.Module, list[str]]:
@@ -55,29 +57,72 @@ def load_tokenizer_for(base: str, model: nn.Module):
     return tokenizer
 
 
-def build_domix(model: nn.Module, head: list[str], modules, cfg) -> list[dict]:
-    """Bridge the modules into ``model`` in place; returns the optimizer's parameter groups (P, then B_cat and head)."""
-    compose(model, modules, BridgeConfig(cfg.p_init, cfg.p_lr, cfg.p_weight_decay))
+def build_domix(model: nn.Module, head: list[str], modules: list[DomainModule], cfg) -> list[dict]:
+    """Bridge the modules into ``model`` in place; returns the optimizer's parameter groups.
+
+    Method ``domix`` trains P (its own group), B_cat and the head. Method ``cat`` keeps P frozen at
+    the identity: PEFT's ``add_weighted_adapter(..., combination_type="cat")`` with weights 1, so the
+    comparison shows what training the bridge buys.
+    """
+    fixed = cfg.method == "cat"
+    compose(model, modules, BridgeConfig("identity" if fixed else cfg.p_init, cfg.p_lr, cfg.p_weight_decay))
     params = dict(model.named_parameters())
     for name in head:
         params[name].requires_grad_(True)
-    bridges = [m.bridge for m in bridged_layers(model).values()]
-    rest = [m.lora_B for m in bridged_layers(model).values()] + [params[n] for n in head]
-    return [
-        {"params": bridges, "lr": cfg.p_lr or cfg.lr, "weight_decay": cfg.p_weight_decay},
-        {"params": rest, "lr": cfg.lr, "weight_decay": cfg.weight_decay},
-    ]
+    layers = bridged_layers(model).values()
+    rest = {"params": [m.lora_B for m in layers] + [params[n] for n in head], "lr": cfg.lr, "weight_decay": cfg.weight_decay}
+    if fixed:
+        for m in layers:
+            m.bridge.requires_grad_(False)
+        return [rest]
+    return [{"params": [m.bridge for m in layers], "lr": cfg.p_lr or cfg.lr, "weight_decay": cfg.p_weight_decay}, rest]
 
 
-def build_lora(model: nn.Module, head: list[str], targets, rank: int, cfg):
-    """The plain-LoRA baseline through PEFT: same layers, rank Σr, alpha 2r, head trained."""
+def build_peft(model: nn.Module, head: list[str], targets: list[str], cfg, rank: int, init: DomainModule | None = None):
+    """LoRA or DoRA (``cfg.method``) through PEFT on ``targets``, head trained.
+
+    From the base: rank ``rank``, alpha 2·rank, B zero. From a module (``init``): its rank, alpha
+    and trained pairs, so training starts at the base plus that module (for DoRA the magnitude is
+    re-initialised to the norm of the merged weight, as DoRA does for a fresh adapter).
+    """
     from peft import LoraConfig, get_peft_model
 
     head_modules = sorted({n.rsplit(".", 1)[0] for n in head})
+    alpha = 2 * rank
+    if init is not None:
+        targets, rank, alpha = sorted(init.lora_A), init.rank, init.adapter_config["lora_alpha"]
     torch.manual_seed(cfg.seed)
-    peft_model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=targets, modules_to_save=head_modules))
+    peft_model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets, modules_to_save=head_modules,
+                                                  use_dora=cfg.method == "dora", use_rslora=bool(init and init.adapter_config.get("use_rslora"))))
+    if init is not None:
+        _load_pairs(peft_model, init)
     groups = [{"params": [p for p in peft_model.parameters() if p.requires_grad], "lr": cfg.lr, "weight_decay": cfg.weight_decay}]
     return peft_model, groups
+
+
+@torch.no_grad()
+def _load_pairs(peft_model: nn.Module, module: DomainModule) -> None:
+    named = dict(peft_model.base_model.model.named_modules())
+    for layer, A in module.lora_A.items():
+        target = named.get(layer)
+        if target is None or not hasattr(target, "lora_A"):
+            raise DomixError(f"module {module.name!r} adapts layer {layer!r}, which this model does not have; it was trained on another base model")
+        weight_A, weight_B = target.lora_A["default"].weight, target.lora_B["default"].weight
+        if weight_A.shape != A.shape or weight_B.shape != module.lora_B[layer].shape:
+            raise DomixError(f"module {module.name!r} has shape {tuple(module.lora_B[layer].shape[:1]) + tuple(A.shape[1:])} "
+                             f"for layer {layer!r}, which does not fit this model; it belongs to another base model")
+        weight_A.copy_(A)
+        weight_B.copy_(module.lora_B[layer])
+        if getattr(target, "lora_magnitude_vector", None):
+            target.lora_magnitude_vector["default"].update_layer(
+                base_layer=target.get_base_layer(), lora_A=weight_A, lora_B=weight_B, scaling=target.scaling["default"])
+
+
+def build_full(model: nn.Module, cfg) -> list[dict]:
+    """Full fine-tuning: every weight trains."""
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return [{"params": list(model.parameters()), "lr": cfg.lr, "weight_decay": cfg.weight_decay}]
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -89,7 +134,7 @@ def save_task_model(model: nn.Module, tokenizer, record: dict, folder: Path) -> 
     from safetensors.torch import save_file
 
     def fill(tmp: Path) -> None:
-        if record["method"] == "lora":
+        if record["method"] in PEFT_METHODS + ("full",):
             model.save_pretrained(tmp)
         else:
             tensors = {}
@@ -109,17 +154,21 @@ def save_task_model(model: nn.Module, tokenizer, record: dict, folder: Path) -> 
 def load_task_model(folder: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, object, dict]:
     """Rebuild a task model from its folder and the base model: (model, tokenizer, record)."""
     from safetensors.torch import load_file
-    from transformers import AutoTokenizer
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     folder = Path(folder)
     if not (folder / TASK_FILE).is_file():
         raise DomixError(f"{folder} is not a domix task model (no {TASK_FILE}); give the --out folder of domix finetune")
     record = atomic.read_json(folder / TASK_FILE)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if record["method"] == "full":  # every weight is in the folder
+        model = AutoModelForSequenceClassification.from_pretrained(folder, dtype=DTYPES[record["dtype"]])
+        return model.to(device).eval(), tokenizer, record
     model, _ = classification_model(record["base_model"]["name"], record["labels"], DTYPES[record["dtype"]], seed=0)
     if weights_fingerprint(model) != record["base_model"]["fingerprint"]:
         raise DomixError(f"the base model {record['base_model']['name']} is not the one this task model was trained on "
                          "(its weights' fingerprint differs); use that base model")
-    if record["method"] == "lora":
+    if record["method"] in PEFT_METHODS:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, folder)
@@ -136,14 +185,16 @@ def load_task_model(folder: str | Path, device: torch.device | str = "cpu") -> t
         with torch.no_grad():
             for name in record["head"]:
                 params[name].copy_(tensors[name])
-    tokenizer = AutoTokenizer.from_pretrained(folder)
     return model.to(device).eval(), tokenizer, record
 
 
 def export(folder: str | Path, out: str | Path) -> None:
     """Fold a task model into a plain transformers folder (no domix needed to load it)."""
     model, tokenizer, record = load_task_model(folder)
-    plain = model.merge_and_unload() if record["method"] == "lora" else fold(model)
+    if record["method"] in PEFT_METHODS:
+        plain = model.merge_and_unload()
+    else:
+        plain = model if record["method"] == "full" else fold(model)
     plain.name_or_path = record["base_model"]["name"]
 
     def fill(tmp: Path) -> None:

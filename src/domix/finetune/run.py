@@ -18,20 +18,21 @@ from tqdm.auto import tqdm
 
 from domix import atomic, checkpoint
 from domix.base_model import resolve_target_modules, weights_fingerprint
-from domix.bridge.model import bridged_layers
+from domix.bridge.model import bridge_usage, bridged_layers
 from domix.errors import DomixError
-from domix.finetune.config import FinetuneConfig
+from domix.finetune.config import MODULE_METHODS, FinetuneConfig
 from domix.finetune.model import (
-    build_domix, build_lora, classification_model, load_tokenizer_for, save_task_model, trainable_state,
+    build_domix, build_full, build_peft, classification_model, load_tokenizer_for, save_task_model, trainable_state,
 )
-from domix.metrics import classification_scores
+from domix.metrics import classification_scores, downsample_curve
 from domix.pretrain.loop import batch_rows, step_seed
 from domix.runfolder import RUN_FILE, check_out, clear
-from domix.store import check_base, load_store
+from domix.store import DomainModule, check_base, load_store
 from domix.system import DTYPES, peak_memory_mb, reset_peak_memory, resolve_device
 from domix.tasks import Task, encode, pad_batch, read_task
 
 StepHook = Callable[[int, float, nn.Module], None]
+RESULT_FILE = "result.json"  # the run's record: scores, trainable share, memory, time
 
 
 @torch.no_grad()
@@ -58,16 +59,25 @@ def _subsample(task: Task, split: str, limit: int | None, seed: int) -> None:
         s.pairs = [s.pairs[i] for i in keep]
 
 
+def _modules(cfg: FinetuneConfig) -> list[DomainModule]:
+    """The modules a run uses: the ones it composes, the one it starts from, or (for a rank and layers) all."""
+    if not cfg.modules:
+        return []
+    if cfg.init_module:
+        return load_store(cfg.modules, [cfg.init_module])
+    return load_store(cfg.modules, cfg.domains)
+
+
 def finetune(cfg: FinetuneConfig, overwrite: bool = False, on_step: StepHook | None = None) -> dict:
     """Fine-tune a task model; returns its record (scores, trainable share, memory, time)."""
     cfg.validate()
     out = Path(cfg.out)
     previous = check_out(out, cfg.to_dict(), FinetuneConfig.RESUME_FREE, overwrite)
     task = read_task(cfg.task, train=cfg.train, dev=cfg.dev, test=cfg.test)
-    _subsample(task, "train", cfg.train_limit, cfg.seed)
+    _subsample(task, "train", cfg.train_limit, cfg.sample_seed)
     for split in ("dev", "test"):
-        _subsample(task, split, cfg.eval_limit, cfg.seed)
-    modules = load_store(cfg.modules, cfg.domains) if cfg.modules else []
+        _subsample(task, split, cfg.eval_limit, cfg.sample_seed)
+    modules = _modules(cfg)
     base_name = cfg.model or (modules[0].manifest or {}).get("base_model", {}).get("name")
     if not base_name:
         raise DomixError("the modules do not say which base model they were trained on; pass --model")
@@ -78,14 +88,17 @@ def finetune(cfg: FinetuneConfig, overwrite: bool = False, on_step: StepHook | N
     model, head = classification_model(base_name, task.labels, DTYPES[cfg.dtype], cfg.seed)
     tokenizer = load_tokenizer_for(base_name, model)
     fingerprint = weights_fingerprint(model)
-    check_base(modules, fingerprint)
+    if cfg.method != "full":
+        check_base(modules, fingerprint)
     total_params = sum(p.numel() for p in model.parameters())
-    if cfg.method == "domix":
+    if cfg.method in MODULE_METHODS:
         groups = build_domix(model, head, modules, cfg)
+    elif cfg.method == "full":
+        groups = build_full(model, cfg)
     else:
         rank = cfg.lora_rank or (sum(m.rank for m in modules) if modules else 8)
         targets = sorted({layer for m in modules for layer in m.lora_A}) or resolve_target_modules(model, None)[0]
-        model, groups = build_lora(model, head, targets, rank, cfg)
+        model, groups = build_peft(model, head, targets, cfg, rank, init=modules[0] if cfg.init_module else None)
     model.to(device)
     trainable = sum(p.numel() for g in groups for p in g["params"])
     if previous is not None and overwrite:
@@ -112,11 +125,14 @@ def finetune(cfg: FinetuneConfig, overwrite: bool = False, on_step: StepHook | N
         "labels": task.labels,
         "base_model": {"name": base_name, "fingerprint": fingerprint},
         "modules": [{"name": m.name, "path": str(m.path), "rank": m.rank, "base_fingerprint": m.base_fingerprint} for m in modules],
+        "init_module": cfg.init_module,
         "head": head,
-        "layers": sorted(bridged_layers(model)) if cfg.method == "domix" else None,
+        "layers": sorted(bridged_layers(model)) if cfg.method in MODULE_METHODS else None,
         "dtype": cfg.dtype,
         "max_length": cfg.max_length,
         "bridge": {"p_init": cfg.p_init, "p_lr": cfg.p_lr, "p_weight_decay": cfg.p_weight_decay} if cfg.method == "domix" else None,
+        "bridge_usage": bridge_usage(model) if cfg.method in MODULE_METHODS else None,
+        "loss_curve": downsample_curve(state["losses"], 200),
         "dev_history": state["history"],
         "best_epoch": state["best_epoch"],
         "dev": state["history"][state["best_epoch"] - 1],
@@ -128,8 +144,11 @@ def finetune(cfg: FinetuneConfig, overwrite: bool = False, on_step: StepHook | N
         "train_time_s": round(state["train_seconds"], 2),
         "wall_time_s": round(time.perf_counter() - started, 2),
         "peak_memory_mb": peak_memory_mb(device),
+        "saved_model": cfg.save_model,
     }
-    save_task_model(model, tokenizer, record, out / "model")
+    if cfg.save_model:
+        save_task_model(model, tokenizer, record, out / "model")
+    atomic.write_json(out / RESULT_FILE, record)
     shutil.rmtree(out / "checkpoint", ignore_errors=True)
     run.update(status="finished", test=test_scores, best_epoch=state["best_epoch"])
     atomic.write_json(out / RUN_FILE, run)
@@ -148,7 +167,7 @@ def _train(model, groups, rows, labels, task: Task, cfg: FinetuneConfig, pad_id:
     ckpt = ckpt_dir / "state.pt"
     state = checkpoint.restore(ckpt, params, optimizer, scheduler)
     if state is None:
-        state = {"steps": 0, "history": [], "best_epoch": 0, "best_score": -1.0, "train_seconds": 0.0, "best_state": None}
+        state = {"steps": 0, "history": [], "best_epoch": 0, "best_score": -1.0, "train_seconds": 0.0, "best_state": None, "losses": []}
     else:
         print(f"domix: resuming from step {state['steps']} ({ckpt})")
 
@@ -175,6 +194,7 @@ def _train(model, groups, rows, labels, task: Task, cfg: FinetuneConfig, pad_id:
         optimizer.zero_grad(set_to_none=True)
         state["steps"] += 1
         state["train_seconds"] += time.perf_counter() - t0
+        state["losses"].append(loss.item())
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.3f}")
         if on_step is not None:
@@ -204,14 +224,12 @@ def format_record(record: dict) -> str:
 
 def format_table(run_folders: list[str]) -> str:
     """Test scores, trainable share, memory and time of finished runs, one row each."""
-    from domix.finetune.model import TASK_FILE
-
     header = ("run", "method", "task", "test acc", "macro-F1", "trainable %", "peak MB", "time s")
     rows = [header]
     for folder in run_folders:
-        record_file = Path(folder) / "model" / TASK_FILE
+        record_file = Path(folder) / RESULT_FILE
         if not record_file.is_file():
-            raise DomixError(f"{folder} holds no finished finetune run (no model/{TASK_FILE})")
+            raise DomixError(f"{folder} holds no finished finetune run (no {RESULT_FILE})")
         r = atomic.read_json(record_file)
         rows.append((str(folder), r["method"], r["task"], f"{r['test']['accuracy']:.4f}", f"{r['test']['macro_f1']:.4f}",
                      f"{r['trainable_percent']:.2f}", f"{r['peak_memory_mb']:.0f}", f"{r['wall_time_s']:.0f}"))

@@ -9,6 +9,10 @@ from typing import Any
 from domix.errors import DomixError
 from domix.settings import check
 
+# domix: one module per domain. The baselines (METHODS.md §4) train one model over all domains:
+# ncl_lora / ncl_full in sequence (naive continual learning), joint_lora on the corpora mixed.
+METHODS = ("domix", "ncl_lora", "joint_lora", "ncl_full")
+
 
 @dataclass
 class PretrainConfig:
@@ -16,6 +20,7 @@ class PretrainConfig:
     domains: dict[str, str] = field(default_factory=dict)  # name -> corpus path
     out: str = ""
     objective: str = "auto"  # mlm, clm or auto (from the model)
+    method: str = "domix"  # one of METHODS
     # LoRA: r 8, alpha 16, no dropout, every linear layer of every block (DoMIX reference)
     rank: int = 8
     alpha: float = 16.0
@@ -51,6 +56,7 @@ class PretrainConfig:
             if not name or "/" in name or name.startswith("."):
                 raise DomixError(f"domain name {name!r} cannot be a folder name; use letters, digits, '-' or '_'")
         check([
+            (self.method in METHODS, f"unknown --method {self.method!r}; choose one of {', '.join(METHODS)}"),
             (self.rank >= 1, "--rank must be at least 1"),
             (self.alpha > 0, "--alpha must be positive"),
             (0 <= self.dropout < 1, "--dropout must be in [0, 1)"),

@@ -25,6 +25,7 @@ from domix.base_model import (
 from domix.corpus import Corpus, read_corpus, split_heldout, tokenize_blocks
 from domix.distributed import DataParallel, process_group
 from domix.errors import DomixError
+from domix.metrics import downsample_curve
 from domix.pretrain.config import PretrainConfig
 from domix.pretrain.fused import train_fused
 from domix.pretrain.loop import StepHook, TrainResult, evaluate, train_domain
@@ -34,8 +35,16 @@ from domix.system import DTYPES, peak_memory_mb, reset_peak_memory, resolve_devi
 
 
 def pretrain(cfg: PretrainConfig, overwrite: bool = False, on_step: StepHook | None = None) -> dict[str, dict]:
-    """Train one LoRA module per domain of ``cfg``; returns each domain's manifest."""
+    """Train one LoRA module per domain of ``cfg``; returns each domain's manifest.
+
+    With a baseline ``cfg.method`` (ncl_lora, joint_lora, ncl_full) it trains the baseline's
+    one model instead and returns {its folder name: its manifest}.
+    """
     cfg.validate()
+    if cfg.method != "domix":
+        from domix.pretrain.baselines import pretrain_baseline  # imports this module
+
+        return pretrain_baseline(cfg, overwrite, on_step)
     out = Path(cfg.out)
     previous = check_out(out, cfg.to_dict(), PretrainConfig.RESUME_FREE, overwrite)
     corpora = {name: read_corpus(name, path) for name, path in cfg.domains.items()}
@@ -62,7 +71,7 @@ def pretrain(cfg: PretrainConfig, overwrite: bool = False, on_step: StepHook | N
         raise DomixError(f"the weights of base model {cfg.model} changed since this unfinished run began; "
                          "use the same model, or pass --overwrite to start over")
     run_file = out / RUN_FILE
-    run = {"status": "running", "config": cfg.to_dict(), "base_fingerprint": fingerprint,
+    run = {"status": "running", "method": cfg.method, "config": cfg.to_dict(), "base_fingerprint": fingerprint,
            "corpora": fingerprints, "domains": list(cfg.domains)}
     ranks.barrier()  # every process has checked the folder and the inputs
     if ranks.is_main:
@@ -138,7 +147,7 @@ def _manifest(base: BaseModel, data: DomainData, cfg: PretrainConfig, target_mod
             "steps": result.steps, "tokens_seen": result.tokens_seen, "batch_size": cfg.batch_size,
             "seq_len": cfg.seq_len, "lr": cfg.lr, "warmup_ratio": cfg.warmup_ratio, "seed": cfg.seed,
             "dtype": cfg.dtype, "device": str(device), "fused_with": fused_with,
-            "loss_curve": _downsample(result.losses, 200),
+            "loss_curve": downsample_curve(result.losses, 200),
         },
         "heldout": {"sequences": len(heldout), "tokens": int(heldout.numel()), "loss_before": loss_before, "loss_after": loss_after},
         "wall_time_s": round(time.perf_counter() - started, 2),
@@ -252,14 +261,6 @@ def _pretrain_fused(
     train_fused(base.model, initial, {n: data[n].train for n in names}, {n: data[n].heldout for n in names},
                 base.objective, base.tokenizer, cfg, device, checkpoint, done, on_step)
     checkpoint.unlink(missing_ok=True)
-
-
-def _downsample(values: list[float], points: int) -> list[list[float]]:
-    """[step, mean loss] over at most ``points`` equal windows of the steps."""
-    if not values:
-        return []
-    width = max(1, -(-len(values) // points))
-    return [[min(i + width, len(values)), round(sum(values[i : i + width]) / len(values[i : i + width]), 5)] for i in range(0, len(values), width)]
 
 
 def _tensorboard(logdir: Path):

@@ -1,0 +1,1 @@
+"""Comparing fine-tuning methods: running them, then reporting the results."""

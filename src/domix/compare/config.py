@@ -1,0 +1,149 @@
+"""Settings of a comparison: which methods, tasks, seeds and domain orders, on which data.
+
+A comparison is one YAML file::
+
+    model: .cache/smollm2-135m
+    out: runs/compare
+    domains: {restaurant: corpora/restaurant.txt, biomed: corpora/biomed.txt, cs: corpora/cs.txt}
+    tasks:                      # a task folder and the domain it belongs to (for methods starting from one module)
+      restaurant: {path: tasks/restaurant, domain: restaurant}
+    methods: [full, lora, domix]
+    seeds: [1, 2]
+    orders: 2                   # or a list of domain orders
+    pretrain: {steps: 20}       # domix pretrain settings shared by every pre-training run
+    finetune: {epochs: 2}       # domix finetune settings shared by every fine-tuning run
+    method_settings: {full: {lr: 2.0e-5}}   # per-method finetune overrides
+    pretrain_method_settings: {ncl_full: {lr: 1.0e-4}}   # per pre-training method overrides
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from domix.errors import DomixError
+from domix.finetune.config import FIELDS as FINETUNE_FIELDS
+from domix.pretrain.config import FIELDS as PRETRAIN_FIELDS
+
+
+@dataclass(frozen=True)
+class Method:
+    """How a compared method runs: its fine-tuning method, the pre-training it needs, where it starts."""
+
+    finetune: str  # domix finetune --method
+    pretrain: str | None = None  # domix pretrain --method whose output it uses (None: from the base)
+    init: str | None = None  # lora/dora start from: "task_domain" (the task's own module) or a store module name
+    ordered: bool = False  # its result may depend on the domain order, so it runs once per order
+
+
+METHODS: dict[str, Method] = {
+    "full": Method("full"),
+    "lora": Method("lora"),
+    "dora": Method("dora"),
+    "lora_module": Method("lora", pretrain="domix", init="task_domain"),
+    "dora_module": Method("dora", pretrain="domix", init="task_domain"),
+    "ncl_full": Method("full", pretrain="ncl_full", ordered=True),
+    "ncl_lora": Method("lora", pretrain="ncl_lora", init="ncl", ordered=True),
+    "joint_lora": Method("lora", pretrain="joint_lora", init="joint"),
+    "cat": Method("cat", pretrain="domix"),  # P = I is exactly permutation-equivariant: one order says all
+    "domix": Method("domix", pretrain="domix", ordered=True),
+}
+
+
+@dataclass
+class Task:
+    name: str
+    path: str
+    domain: str
+
+
+@dataclass
+class CompareConfig:
+    model: str
+    domains: dict[str, str]
+    tasks: list[Task]
+    out: str = "runs/compare"
+    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    seeds: list[int] = field(default_factory=lambda: [1, 2])
+    orders: list[list[str]] = field(default_factory=list)  # filled from an int by from_yaml
+    pretrain: dict[str, Any] = field(default_factory=dict)
+    finetune: dict[str, Any] = field(default_factory=dict)
+    method_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    pretrain_method_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, out: str | None = None) -> "CompareConfig":
+        path = Path(path)
+        if not path.is_file():
+            raise DomixError(f"comparison config {path} does not exist")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise DomixError(f"comparison config {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise DomixError(f"comparison config {path} has unknown keys {unknown}; known: {sorted(known)}")
+        for key in ("model", "domains", "tasks"):
+            if not data.get(key):
+                raise DomixError(f"comparison config {path} needs {key!r}")
+        if out:
+            data["out"] = out
+        data["domains"] = {str(k): str(v) for k, v in data["domains"].items()}
+        data["tasks"] = [_task(name, spec, path) for name, spec in data["tasks"].items()]
+        data["orders"] = domain_orders(list(data["domains"]), data.get("orders", 2))
+        return cls(**data).validate()
+
+    def validate(self) -> "CompareConfig":
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown:
+            raise DomixError(f"unknown method(s) {unknown} in the comparison; choose from {list(METHODS)}")
+        for task in self.tasks:
+            if task.domain not in self.domains:
+                raise DomixError(f"task {task.name!r} belongs to domain {task.domain!r}, which is not among the domains {list(self.domains)}")
+        if not self.seeds:
+            raise DomixError("the comparison needs at least one seed")
+        _known_keys("pretrain", self.pretrain, PRETRAIN_FIELDS - {"model", "domains", "out", "method"})
+        _known_keys("finetune", self.finetune, FINETUNE_FIELDS - {"task", "modules", "domains", "model", "out", "method", "seed", "init_module"})
+        for method, settings in self.method_settings.items():
+            if method not in METHODS:
+                raise DomixError(f"method_settings names unknown method {method!r}; choose from {list(METHODS)}")
+            _known_keys(f"method_settings.{method}", settings, FINETUNE_FIELDS - {"task", "modules", "domains", "model", "out", "method", "seed"})
+        pretrain_methods = {m.pretrain for m in METHODS.values() if m.pretrain}
+        for method, settings in self.pretrain_method_settings.items():
+            if method not in pretrain_methods:
+                raise DomixError(f"pretrain_method_settings names {method!r}, which is not a pre-training method; choose from {sorted(pretrain_methods)}")
+            _known_keys(f"pretrain_method_settings.{method}", settings, PRETRAIN_FIELDS - {"model", "domains", "out", "method"})
+        return self
+
+
+def _task(name: str, spec: Any, config_path: Path) -> Task:
+    if not isinstance(spec, dict) or "path" not in spec or "domain" not in spec:
+        raise DomixError(f"task {name!r} in {config_path} needs a mapping with 'path' (the task folder) and 'domain'")
+    return Task(str(name), str(spec["path"]), str(spec["domain"]))
+
+
+def _known_keys(where: str, settings: dict, allowed: set[str]) -> None:
+    unknown = sorted(set(settings) - allowed)
+    if unknown:
+        raise DomixError(f"the comparison's {where} settings have unknown or reserved keys {unknown}; allowed: {sorted(allowed)}")
+
+
+def domain_orders(domains: list[str], orders: int | list[list[str]]) -> list[list[str]]:
+    """The domain orders to run: a given list (each a permutation of the domains), or the first n of
+    the given order, its reverse, then the remaining permutations."""
+    if isinstance(orders, int):
+        candidates = [domains, domains[::-1]] + [list(p) for p in itertools.permutations(domains)]
+        unique = list(dict.fromkeys(tuple(c) for c in candidates))
+        if not 1 <= orders <= len(unique):
+            raise DomixError(f"orders must be between 1 and {len(unique)} for {len(domains)} domains, not {orders}")
+        return [list(o) for o in unique[:orders]]
+    for order in orders:
+        if sorted(order) != sorted(domains):
+            raise DomixError(f"domain order {order} is not a permutation of the domains {domains}")
+    return [list(o) for o in orders]

@@ -1,0 +1,517 @@
+"""A comparison's results as a table, a Markdown report and a self-contained HTML page with plots.
+
+The input is the content of a comparison's ``results.json``: ``methods``, ``tasks`` and ``domains``
+(the order to show), ``settings``, ``runs`` (one per finished fine-tuning run) and ``pretraining``
+(the domain pre-training runs the methods depend on). Scores in the summary rows stay fractions as
+recorded; the table and the report show them as percentages. Every std is the sample std (ddof=1),
+0 for a single value.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import re
+import statistics
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+from domix import atomic
+from domix.errors import DomixError
+
+METRICS = ("accuracy", "macro_f1")
+BRIDGE_METHOD = "domix"  # whose bridge usage the heatmaps show; another method's only where it has none
+DPI = 100
+HEATMAP_TITLE = "norm of the weight update each domain's subspace feeds into each layer"
+
+HOW_TO_READ = (
+    "Scores are test-set percentages: mean ± std, the std being the sample std (ddof=1; 0 for a single "
+    "value) over seeds and, for methods that depend on a domain order, over orders too. The average over "
+    "tasks is computed for each (seed, order) combination first, only over combinations that have every "
+    "task, then given as mean ± std over those combinations. The order spread is max − min over domain "
+    "orders of the mean macro-F1 (over seeds and tasks), in F1 points; '-' where a method has no order or "
+    "a single one. Trainable % is the mean share of trainable parameters; FT peak MB is the highest "
+    "fine-tuning peak memory of any run; FT time s is the mean wall time of one fine-tuning run. DAP time s "
+    "is the domain pre-training a method depends on: order-free pre-training runs in full plus the "
+    "order-specific ones divided by the number of orders they cover (the cost of one pipeline); DAP peak MB "
+    "is the highest peak memory among them. '-' means not available."
+)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Summary rows
+
+
+def summarise(results: dict) -> list[dict]:
+    """One row per method (in ``methods`` order, methods without runs left out) of scores and costs.
+
+    Row keys: ``method``, ``n_runs``, ``n_seeds``, ``n_orders`` (distinct domain orders, 0 for an
+    order-free method); ``tasks``: task -> ``{accuracy_mean, accuracy_std, macro_f1_mean, macro_f1_std,
+    n_runs}`` or None; ``avg_accuracy_mean/_std``, ``avg_macro_f1_mean/_std`` and ``n_combinations``
+    (the average over tasks per (seed, order) combination having every task; None where none has);
+    ``order_means``: order -> ``{accuracy, macro_f1}``; ``order_spread`` (macro-F1) and
+    ``order_spread_accuracy`` (max − min over orders, None for fewer than two orders);
+    ``trainable_percent``, ``ft_peak_memory_mb``, ``ft_time_s``, ``dap_time_s``, ``dap_peak_memory_mb``.
+    Scores are fractions. Methods or tasks that runs name but the lists do not are appended.
+    """
+    runs = _runs(results)
+    tasks = _tasks(results, runs)
+    by_method = _by_method(runs)
+    pretraining = results.get("pretraining") or []
+    return [_method_row(method, by_method[method], tasks, pretraining) for method in _methods(results, runs) if by_method[method]]
+
+
+def _runs(results: Any) -> list[dict]:
+    """The runs, checked for the keys every summary needs."""
+    if not isinstance(results, dict):
+        raise DomixError("comparison results must be a JSON object with 'methods', 'tasks' and 'runs'")
+    runs = results.get("runs") or []
+    for i, run in enumerate(runs):
+        missing = [key for key in ("method", "task", "seed", "test") if key not in run]
+        missing += [f"test.{m}" for m in METRICS if "test" in run and m not in run["test"]]
+        if missing:
+            raise DomixError(f"run {i} of the comparison results lacks {', '.join(missing)}; "
+                             "rerun the comparison to rewrite its results.json")
+    return runs
+
+
+def _unique(values) -> list:
+    return list(dict.fromkeys(values))
+
+
+def _methods(results: dict, runs: list[dict]) -> list[str]:
+    return _unique([*(results.get("methods") or []), *(run["method"] for run in runs)])
+
+
+def _tasks(results: dict, runs: list[dict]) -> list[str]:
+    return _unique([*(results.get("tasks") or []), *(run["task"] for run in runs)])
+
+
+def _by_method(runs: list[dict]) -> defaultdict[str, list[dict]]:
+    grouped = defaultdict(list)
+    for run in runs:
+        grouped[run["method"]].append(run)
+    return grouped
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def _mean(values) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.fmean(present) if present else None
+
+
+def _max(values) -> float | None:
+    present = [v for v in values if v is not None]
+    return max(present) if present else None
+
+
+def _orders(runs: list[dict]) -> list[str]:
+    return _unique(run["order"] for run in runs if run.get("order") is not None)
+
+
+def _method_row(method: str, runs: list[dict], tasks: list[str], pretraining: list[dict]) -> dict:
+    orders = _orders(runs)
+    row = {"method": method, "n_runs": len(runs), "n_seeds": len(_unique(run["seed"] for run in runs)), "n_orders": len(orders),
+           "tasks": {task: _task_stats([run for run in runs if run["task"] == task]) for task in tasks}}
+    row.update(_average_over_tasks(runs, tasks))
+    row.update(_order_spread(runs, orders))
+    row.update(trainable_percent=_mean(run.get("trainable_percent") for run in runs),
+               ft_peak_memory_mb=_max(run.get("peak_memory_mb") for run in runs),
+               ft_time_s=_mean(run.get("wall_time_s") for run in runs))
+    row.update(_pretraining_cost(method, pretraining))
+    return row
+
+
+def _task_stats(runs: list[dict]) -> dict | None:
+    if not runs:
+        return None
+    stats = {"n_runs": len(runs)}
+    for metric in METRICS:
+        stats[f"{metric}_mean"], stats[f"{metric}_std"] = _mean_std([run["test"][metric] for run in runs])
+    return stats
+
+
+def _average_over_tasks(runs: list[dict], tasks: list[str]) -> dict:
+    """Mean over tasks within each (seed, order) combination, then mean ± std over complete combinations.
+
+    Averaging within a combination first keeps a combination that misses a task from shifting the
+    average towards the tasks it has.
+    """
+    combos: defaultdict[tuple, defaultdict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    for run in runs:
+        combos[(run["seed"], run.get("order"))][run["task"]].append(run)
+    complete = [by_task for by_task in combos.values() if all(task in by_task for task in tasks)]
+    out: dict[str, Any] = {"n_combinations": len(complete)}
+    for metric in METRICS:
+        averages = [statistics.fmean(statistics.fmean(run["test"][metric] for run in by_task[task]) for task in tasks)
+                    for by_task in complete]
+        out[f"avg_{metric}_mean"], out[f"avg_{metric}_std"] = _mean_std(averages) if averages else (None, None)
+    return out
+
+
+def _order_spread(runs: list[dict], orders: list[str]) -> dict:
+    """Each order's mean score over all its runs (seeds and tasks), and max − min over orders."""
+    means = {order: {metric: statistics.fmean(run["test"][metric] for run in runs if run.get("order") == order) for metric in METRICS}
+             for order in orders}
+
+    def spread(metric: str) -> float | None:
+        values = [m[metric] for m in means.values()]
+        return max(values) - min(values) if len(values) > 1 else None
+
+    return {"order_means": means, "order_spread": spread("macro_f1"), "order_spread_accuracy": spread("accuracy")}
+
+
+def _pretraining_cost(method: str, pretraining: list[dict]) -> dict:
+    """Pre-training time of one pipeline and the highest peak memory among the runs a method uses.
+
+    Order-free runs (a domain module each) count in full; runs made for a domain order count divided
+    by the number of orders they cover, since one fine-tuned model depends on one order's runs only.
+    """
+    used = [p for p in pretraining if method in (p.get("used_by") or [])]
+    if not used:
+        return {"dap_time_s": None, "dap_peak_memory_mb": None}
+    shared = sum(p.get("wall_time_s") or 0.0 for p in used if p.get("order") is None)
+    ordered = [p for p in used if p.get("order") is not None]
+    per_order = sum(p.get("wall_time_s") or 0.0 for p in ordered) / max(len(_unique(p["order"] for p in ordered)), 1)
+    return {"dap_time_s": shared + per_order, "dap_peak_memory_mb": _max(p.get("peak_memory_mb") for p in used)}
+
+
+# ---------------------------------------------------------------------------------------------------
+# The table
+
+
+def _pct(mean: float | None, std: float | None) -> str:
+    return "-" if mean is None else f"{100 * mean:.1f}±{100 * std:.1f}"
+
+
+def _num(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _table_cells(rows: list[dict], tasks: list[str]) -> tuple[list[str], list[list[str]]]:
+    """Header and body cells, shared by the console table and the Markdown/HTML one."""
+    header = ["method", *(f"{task} acc/F1" for task in tasks), "avg acc", "avg F1", "order spread F1",
+              "trainable %", "FT peak MB", "FT time s", "DAP time s", "DAP peak MB"]
+    body = []
+    for row in rows:
+        per_task = []
+        for task in tasks:
+            s = row["tasks"].get(task)
+            per_task.append("-" if s is None else
+                            f"{_pct(s['accuracy_mean'], s['accuracy_std'])}/{_pct(s['macro_f1_mean'], s['macro_f1_std'])}")
+        spread = row["order_spread"]
+        body.append([row["method"], *per_task,
+                     _pct(row["avg_accuracy_mean"], row["avg_accuracy_std"]), _pct(row["avg_macro_f1_mean"], row["avg_macro_f1_std"]),
+                     _num(None if spread is None else 100 * spread, 1), _num(row["trainable_percent"], 2),
+                     _num(row["ft_peak_memory_mb"], 0), _num(row["ft_time_s"], 1), _num(row["dap_time_s"], 1),
+                     _num(row["dap_peak_memory_mb"], 0)])
+    return header, body
+
+
+def format_table(rows: list[dict], tasks: list[str]) -> str:
+    """A fixed-width plain-text table of :func:`summarise`'s rows, scores as percentages (mean±std)."""
+    header, body = _table_cells(rows, tasks)
+    widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        # method names left-aligned, numbers right-aligned
+        return "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(cells, widths)))
+
+    return "\n".join([line(header), "  ".join("-" * w for w in widths), *(line(cells) for cells in body)])
+
+
+# ---------------------------------------------------------------------------------------------------
+# Bridge usage
+
+
+def bridge_usage(results: dict, task: str) -> dict | None:
+    """The bridge usage of a task averaged over runs, or None where no run of the task has any.
+
+    Uses the ``domix`` method's runs (another method's, in ``methods`` order, where domix has none).
+    Columns are put in the ``domains`` order (other domains by name) so that runs whose orders differ
+    average; where runs disagree on the domains or layers, the largest group of agreeing runs is used.
+    Returns ``{method, layers, domains, norms (a list of rows, one per layer), n_runs}``.
+    """
+    runs = _runs(results)
+    by_method = _by_method(runs)
+    for method in _unique([BRIDGE_METHOD, *_methods(results, runs)]):
+        usages = [run["bridge_usage"] for run in by_method[method] if run["task"] == task and run.get("bridge_usage")]
+        if usages:
+            return {"method": method, **_average_usage(usages, results.get("domains") or [])}
+    return None
+
+
+def _average_usage(usages: list[dict], domain_order: list[str]) -> dict:
+    import numpy as np
+
+    rank = {domain: i for i, domain in enumerate(domain_order)}
+    groups: dict[tuple, list] = defaultdict(list)
+    for usage in usages:
+        domains, layers, norms = usage["domains"], usage["layers"], np.asarray(usage["norms"], dtype=float)
+        if norms.shape != (len(layers), len(domains)):
+            raise DomixError(f"bridge usage with {len(layers)} layers and {len(domains)} domains has norms of shape "
+                             f"{norms.shape}; rerun the comparison to rewrite its results.json")
+        columns = sorted(range(len(domains)), key=lambda i: (rank.get(domains[i], len(rank)), domains[i]))
+        groups[(tuple(domains[i] for i in columns), tuple(layers))].append(norms[:, columns])
+    (domains, layers), _ = Counter({key: len(group) for key, group in groups.items()}).most_common(1)[0]
+    group = groups[(domains, layers)]
+    return {"layers": list(layers), "domains": list(domains), "norms": np.mean(group, axis=0).tolist(), "n_runs": len(group)}
+
+
+def _compact_labels(names: list[str]) -> list[str]:
+    """Layer names without the dotted parts that every name shares at its start or end."""
+    parts = [name.split(".") for name in names]
+    if len(parts) < 2:
+        return list(names)
+    lead = trail = 0
+    while all(len(p) > lead + 1 for p in parts) and len({p[lead] for p in parts}) == 1:
+        lead += 1
+    while all(len(p) > lead + trail + 1 for p in parts) and len({p[-1 - trail] for p in parts}) == 1:
+        trail += 1
+    return [".".join(p[lead:len(p) - trail]) for p in parts]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Plots
+
+
+def _figure(width: float, height: float):
+    """A figure drawn by the Agg canvas directly.
+
+    Not through pyplot: ``matplotlib.use("Agg")`` would switch the whole process's backend (a
+    notebook's inline plots included), and pyplot keeps every figure until it is closed. A bare
+    figure needs no display and is freed with its last reference.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=DPI)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _png(fig) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def _legend(ax) -> None:
+    # outside the axes, right of them: never over a bar or a line (savefig's tight box keeps it)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+
+
+def _grouped_bars(labels: list[str], series: dict[str, tuple[list, list | None]], ylabel: str, title: str) -> bytes:
+    """Side-by-side bars per label (method), one per series; error bars where given; None draws no bar."""
+    import numpy as np
+
+    def array(values: list) -> np.ndarray:
+        return np.array([np.nan if v is None else v for v in values], dtype=float)
+
+    fig = _figure(max(6.0, 0.8 * len(labels) + 2.0), 4.5)
+    ax = fig.add_subplot()
+    x = np.arange(len(labels))
+    width = 0.8 / len(series)
+    for i, (name, (values, errors)) in enumerate(series.items()):
+        ax.bar(x + (i - (len(series) - 1) / 2) * width, array(values), width, label=name,
+               yerr=None if errors is None else array(errors), capsize=3)
+    ax.set_xticks(x, labels, rotation=30, ha="right")
+    ax.set_xlabel("method")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    _legend(ax)
+    return _png(fig)
+
+
+def _scaled(values: list[float | None]) -> list[float | None]:
+    return [None if v is None else 100 * v for v in values]
+
+
+def _score_plots(rows: list[dict], tasks: list[str]) -> dict[str, tuple[bytes, str]]:
+    methods = [row["method"] for row in rows]
+
+    def by_task(task: str, key: str) -> list[float | None]:
+        return _scaled([(row["tasks"].get(task) or {}).get(key) for row in rows])
+
+    averages = {label: (_scaled([row[f"avg_{metric}_mean"] for row in rows]), _scaled([row[f"avg_{metric}_std"] for row in rows]))
+                for label, metric in (("accuracy", "accuracy"), ("macro-F1", "macro_f1"))}
+    per_task = {task: (by_task(task, "macro_f1_mean"), by_task(task, "macro_f1_std")) for task in tasks}
+    return {
+        "scores.png": (_grouped_bars(methods, averages, "test score (%)", "Average over tasks (mean ± std)"),
+                       "Average test accuracy and macro-F1 over tasks per method, error bars one std."),
+        "scores_by_task.png": (_grouped_bars(methods, per_task, "test macro-F1 (%)", "Macro-F1 per task (mean ± std)"),
+                               "Test macro-F1 per task and method, error bars one std."),
+    }
+
+
+def _cost_plots(rows: list[dict]) -> dict[str, tuple[bytes, str]]:
+    methods = [row["method"] for row in rows]
+
+    def series(*pairs: tuple[str, str]) -> dict[str, tuple[list, None]]:
+        return {label: ([row[key] for row in rows], None) for label, key in pairs}
+
+    return {
+        "memory.png": (_grouped_bars(methods, series(("fine-tuning", "ft_peak_memory_mb"), ("pre-training", "dap_peak_memory_mb")),
+                                     "peak memory (MB)", "Peak memory"),
+                       "Peak memory of fine-tuning (highest over runs) and of the domain pre-training each method uses."),
+        "time.png": (_grouped_bars(methods, series(("fine-tuning (per run)", "ft_time_s"), ("pre-training (per pipeline)", "dap_time_s")),
+                                   "wall time (s)", "Time"),
+                     "Wall time of one fine-tuning run and of the domain pre-training one pipeline of each method needs."),
+    }
+
+
+def _heatmap(task: str, usage: dict) -> bytes:
+    layers, domains = usage["layers"], usage["domains"]
+    fig = _figure(max(5.0, 1.2 * len(domains) + 3.0), min(max(3.5, 0.2 * len(layers) + 1.5), 30.0))
+    ax = fig.add_subplot()
+    image = ax.imshow(usage["norms"], aspect="auto", cmap="viridis")
+    ax.set_xticks(range(len(domains)), domains)
+    ax.set_yticks(range(len(layers)), _compact_labels(layers), fontsize=8 if len(layers) <= 40 else 6)
+    ax.set_xlabel("domain")
+    ax.set_ylabel("layer")
+    ax.set_title(f"Bridge usage, {task}\n{HEATMAP_TITLE}", fontsize=9)
+    fig.colorbar(image, ax=ax, label="norm")
+    return _png(fig)
+
+
+def _loss_plot(task: str, methods: list[str], by_method: dict[str, list[dict]]) -> bytes | None:
+    """One line per method: its run of the task with the lowest seed (the first listed among those)."""
+    fig = _figure(7.0, 4.5)
+    ax = fig.add_subplot()
+    drawn = False
+    for method in methods:
+        candidates = [run for run in by_method[method] if run["task"] == task and run.get("loss_curve")]
+        if candidates:
+            steps, losses = zip(*min(candidates, key=lambda run: run["seed"])["loss_curve"])
+            ax.plot(steps, losses, label=method, linewidth=1.2)
+            drawn = True
+    if not drawn:
+        return None
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.set_title(f"Training loss, {task}")
+    ax.grid(alpha=0.3)
+    _legend(ax)
+    return _png(fig)
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+def _plots(results: dict, rows: list[dict], tasks: list[str]) -> dict[str, tuple[bytes, str]]:
+    """File name -> (PNG bytes, caption) for every plot the results allow."""
+    if not rows:
+        return {}
+    runs = _runs(results)
+    methods = [row["method"] for row in rows]
+    by_method = _by_method(runs)
+    images = {**_score_plots(rows, tasks), **_cost_plots(rows)}
+    for task in tasks:
+        usage = bridge_usage(results, task)
+        if usage:
+            images[f"bridge_{_slug(task)}.png"] = (
+                _heatmap(task, usage), f"Bridge usage on {task}: {usage['method']}, averaged over {usage['n_runs']} run(s).")
+    for task in tasks:
+        png = _loss_plot(task, methods, by_method)
+        if png:
+            images[f"loss_{_slug(task)}.png"] = (png, f"Training loss on {task}: each method's run with the lowest seed.")
+    return images
+
+
+# ---------------------------------------------------------------------------------------------------
+# The report: a list of blocks rendered to Markdown and to HTML, so the two never drift apart.
+# Blocks: ("h1" | "h2" | "p", text), ("list", [items]), ("table", header, body), ("image", file name, caption).
+
+
+def _blocks(results: dict, rows: list[dict], tasks: list[str], images: dict[str, tuple[bytes, str]]) -> list[tuple]:
+    settings = results.get("settings") or {}
+    items = [f"{key}: {_plain(settings[key])}" for key in ("model", "seeds", "orders") if key in settings]
+    items += [f"tasks: {_plain(tasks)}", f"domains: {_plain(results.get('domains') or [])}",
+              f"runs: {len(results.get('runs') or [])} fine-tuning, {len(results.get('pretraining') or [])} pre-training"]
+    blocks: list[tuple] = [("h1", "Comparison report"), ("h2", "Settings"), ("list", items), ("h2", "Results")]
+    if not rows:
+        return [*blocks, ("p", "No finished runs yet.")]
+    blocks += [("table", *_table_cells(rows, tasks)), ("h2", "How to read"), ("p", HOW_TO_READ), ("h2", "Plots")]
+    return blocks + [("image", name, caption) for name, (_, caption) in images.items()]
+
+
+def _plain(value: Any) -> str:
+    return ", ".join(str(v) for v in value) if isinstance(value, (list, tuple)) else str(value)
+
+
+def _markdown(blocks: list[tuple]) -> str:
+    out = []
+    for kind, *content in blocks:
+        if kind in ("h1", "h2"):
+            out.append(f"{'#' * int(kind[1])} {content[0]}")
+        elif kind == "p":
+            out.append(content[0])
+        elif kind == "list":
+            out.append("\n".join(f"- {item}" for item in content[0]))
+        elif kind == "table":
+            header, body = content
+            cells = [[cell.replace("|", "\\|") for cell in line] for line in [header, *body]]
+            align = ["---", *(["---:"] * (len(header) - 1))]
+            out.append("\n".join(f"| {' | '.join(line)} |" for line in [cells[0], align, *cells[1:]]))
+        elif kind == "image":
+            name, caption = content
+            out.append(f"![{caption}](plots/{name})\n\n*{caption}*")
+    return "\n\n".join(out) + "\n"
+
+
+CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;font-size:0.9em}th,td{border:1px solid #ccc;padding:0.3em 0.6em}
+td{text-align:right}td:first-child{text-align:left}th{background:#f3f3f3}
+figure{margin:1.5em 0}img{max-width:100%}figcaption{color:#555;font-size:0.9em}"""
+
+
+def _html(blocks: list[tuple], images: dict[str, tuple[bytes, str]]) -> str:
+    esc = html.escape
+    out = []
+    for kind, *content in blocks:
+        if kind in ("h1", "h2", "p"):
+            out.append(f"<{kind}>{esc(content[0])}</{kind}>")
+        elif kind == "list":
+            out.append("<ul>" + "".join(f"<li>{esc(item)}</li>" for item in content[0]) + "</ul>")
+        elif kind == "table":
+            header, body = content
+            rows = ["<tr>" + "".join(f"<th>{esc(cell)}</th>" for cell in header) + "</tr>"]
+            rows += ["<tr>" + "".join(f"<td>{esc(cell)}</td>" for cell in line) + "</tr>" for line in body]
+            out.append("<table>" + "".join(rows) + "</table>")
+        elif kind == "image":
+            name, caption = content
+            data = base64.b64encode(images[name][0]).decode("ascii")
+            out.append(f'<figure><img src="data:image/png;base64,{data}" alt="{esc(caption)}">'
+                       f"<figcaption>{esc(caption)}</figcaption></figure>")
+    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head><meta charset=\"utf-8\"><title>Comparison report</title>"
+            f"<style>{CSS}</style></head>\n<body>\n" + "\n".join(out) + "\n</body>\n</html>\n")
+
+
+def write_report(results: dict, out_dir: Path) -> dict[str, Path]:
+    """Write ``report.md``, ``plots/*.png`` and a self-contained ``report.html`` into ``out_dir``.
+
+    Every file is written atomically; ``plots/`` is replaced as a whole, so plots that no longer
+    apply do not linger. Returns the written paths keyed by their path relative to ``out_dir``.
+    """
+    out_dir = Path(out_dir)
+    rows = summarise(results)
+    tasks = _tasks(results, _runs(results))
+    images = _plots(results, rows, tasks)
+
+    def fill(folder: Path) -> None:
+        for name, (png, _) in images.items():
+            (folder / name).write_bytes(png)
+
+    atomic.replace_dir(out_dir / "plots", fill)  # before report.md, which refers to them
+    blocks = _blocks(results, rows, tasks, images)
+    atomic.write_text(out_dir / "report.md", _markdown(blocks))
+    atomic.write_text(out_dir / "report.html", _html(blocks, images))
+    return {"report.md": out_dir / "report.md", "report.html": out_dir / "report.html",
+            **{f"plots/{name}": out_dir / "plots" / name for name in images}}

@@ -1,0 +1,211 @@
+"""``domix compare``: every chosen method on the same tasks, seeds and domain orders, one report.
+
+The comparison is planned as jobs, each an ordinary ``domix pretrain`` or ``domix finetune``
+command with its settings written to ``OUT/configs/<job>.yaml``, run in its own process (so
+each peak memory is its own) with its output in ``OUT/logs/<job>.log``:
+
+    OUT/pretrain/domix                 one module per domain (shared by domix, cat, lora_module, ...)
+    OUT/pretrain/ncl_lora-<order>      one LoRA through the domains in that order
+    OUT/pretrain/ncl_full-<order>      the full model through the domains in that order
+    OUT/pretrain/joint_lora            one LoRA on all corpora mixed
+    OUT/finetune/<method>/<task>/seed<s>[-<order>]
+
+Finished jobs are reused, so rerunning the command resumes an interrupted comparison; a job
+finished with other settings is refused unless ``--overwrite``. At the end the results of all
+runs go to ``OUT/results.json`` and the report to ``OUT/report.md`` and ``OUT/report.html``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from domix import atomic
+from domix.compare.config import METHODS, CompareConfig, Task
+from domix.errors import DomixError
+from domix.finetune.config import FinetuneConfig
+from domix.finetune.run import RESULT_FILE
+from domix.pretrain.config import PretrainConfig
+from domix.runfolder import RUN_FILE
+
+TIMES_FILE = "job_times.json"  # wall seconds of each job's command, as the comparison measured it
+# where each pre-training method leaves what fine-tuning uses, inside its run folder
+PRETRAIN_OUTPUT = {"ncl_full": "ncl-full", "ncl_lora": "ncl", "joint_lora": "joint"}
+
+
+@dataclass
+class Job:
+    kind: str  # pretrain or finetune
+    name: str  # also its path under OUT/configs and OUT/logs
+    settings: dict  # the command's settings (PretrainConfig or FinetuneConfig fields)
+    info: dict  # method, task, seed, order: how the results table files it
+
+    @property
+    def out(self) -> Path:
+        return Path(self.settings["out"])
+
+    def config(self):
+        cls = PretrainConfig if self.kind == "pretrain" else FinetuneConfig
+        return cls(**self.settings)
+
+    def finished(self) -> bool:
+        run = self.out / RUN_FILE
+        return run.is_file() and atomic.read_json(run).get("status") == "finished"
+
+
+def slug(order: list[str]) -> str:
+    return "-".join(order)
+
+
+def plan(cfg: CompareConfig) -> list[Job]:
+    """Every pre-training job the chosen methods need (once each), then every fine-tuning job."""
+    out = Path(cfg.out)
+    methods = [METHODS[m] for m in cfg.methods]
+    pretrain_jobs: dict[tuple[str, str | None], Job] = {}
+
+    def pretrain_job(method: str, order: list[str] | None) -> Job:
+        key = (method, slug(order) if order else None)
+        if key not in pretrain_jobs:
+            name = f"pretrain/{method}" + (f"-{key[1]}" if order else "")
+            domains = {d: cfg.domains[d] for d in (order or cfg.domains)}
+            settings = {**cfg.pretrain, **cfg.pretrain_method_settings.get(method, {}),
+                        "model": cfg.model, "domains": domains, "out": str(out / name), "method": method}
+            users = [n for n in cfg.methods if METHODS[n].pretrain == method]
+            pretrain_jobs[key] = Job("pretrain", name, settings, {"method": method, "order": ">".join(order) if order else None, "used_by": users})
+        return pretrain_jobs[key]
+
+    jobs = []
+    for name, method in zip(cfg.methods, methods):
+        orders = cfg.orders if method.ordered else [None]
+        for task in cfg.tasks:
+            for seed in cfg.seeds:
+                for order in orders:
+                    source = None
+                    if method.pretrain is not None:
+                        # a sequential pre-training depends on the order; the domix modules do not
+                        source = pretrain_job(method.pretrain, order if method.pretrain in ("ncl_full", "ncl_lora") else None)
+                    jobs.append(_finetune_job(cfg, name, task, seed, order, source))
+    return list(pretrain_jobs.values()) + jobs
+
+
+def _finetune_job(cfg: CompareConfig, name: str, task: Task, seed: int, order: list[str] | None, source: Job | None) -> Job:
+    method = METHODS[name]
+    folder = f"finetune/{name}/{task.name}/seed{seed}" + (f"-{slug(order)}" if order else "")
+    settings = {"save_model": False, **cfg.finetune, **cfg.method_settings.get(name, {}),
+                "task": task.path, "out": str(Path(cfg.out) / folder), "method": method.finetune, "seed": seed}
+    if source is None:
+        settings["model"] = cfg.model
+        if method.finetune in ("lora", "dora"):  # the same total rank as the composed modules
+            settings.setdefault("lora_rank", cfg.pretrain.get("rank", PretrainConfig.rank) * len(cfg.domains))
+    elif method.pretrain == "ncl_full":
+        settings["model"] = str(source.out / PRETRAIN_OUTPUT["ncl_full"])
+    else:
+        settings["modules"] = str(source.out)
+        if method.init == "task_domain":
+            settings["init_module"] = task.domain
+        elif method.init is not None:
+            settings["init_module"] = PRETRAIN_OUTPUT[method.pretrain]
+        else:
+            settings["domains"] = order
+    info = {"method": name, "task": task.name, "seed": seed, "order": ">".join(order) if order else None}
+    return Job("finetune", folder, settings, info)
+
+
+def compare(cfg: CompareConfig, overwrite: bool = False, dry_run: bool = False, command: str | None = None,
+            in_process: bool = False) -> dict | None:
+    """Run (or resume) every job of the comparison, then write results.json and the report.
+
+    ``in_process`` runs the jobs in this process instead of one process each: faster to start
+    (tests use it), but peak memory then accumulates over the jobs.
+    """
+    jobs = plan(cfg)
+    out = Path(cfg.out)
+    for job in jobs:  # every job's settings are checked before anything runs
+        job.config().validate()
+    if dry_run:
+        for job in jobs:
+            state = "finished" if job.finished() else "to run"
+            print(f"{state:9} domix {job.kind} --config {out / 'configs' / (job.name + '.yaml')}")
+        return None
+    times = atomic.read_json(out / TIMES_FILE) if (out / TIMES_FILE).is_file() else {}
+    pending = [j for j in jobs if not _reusable(j, overwrite)]
+    print(f"domix: comparison of {len(cfg.methods)} methods on {len(cfg.tasks)} tasks: {len(jobs)} jobs, "
+          f"{len(jobs) - len(pending)} already finished")
+    for i, job in enumerate(pending, 1):
+        print(f"domix: [{i}/{len(pending)}] {job.kind} {job.name}", flush=True)
+        times[job.name] = _run(job, out, overwrite, in_process)
+        atomic.write_json(out / TIMES_FILE, times)
+    results = collect(cfg, jobs, times, command)
+    atomic.write_json(out / "results.json", results)
+    from domix.compare.report import format_table, summarise, write_report
+
+    written = write_report(results, out)
+    print(format_table(summarise(results), [t.name for t in cfg.tasks]))
+    print(f"domix: wrote {out / 'results.json'}, " + ", ".join(str(p) for p in written.values() if p.suffix in (".md", ".html")))
+    return results
+
+
+def _reusable(job: Job, overwrite: bool) -> bool:
+    """A finished job with the planned settings is reused; one with other settings is refused."""
+    if not job.finished():
+        return False
+    done = atomic.read_json(job.out / RUN_FILE).get("config", {})
+    planned = job.config().to_dict()
+    differing = sorted(k for k in planned if k not in type(job.config()).RESUME_FREE and done.get(k) != planned[k])
+    if differing and not overwrite:
+        raise DomixError(f"{job.out} holds a finished {job.kind} run with other settings ({', '.join(differing)}); "
+                         "pass --overwrite to rerun it, or choose another out folder")
+    return not differing
+
+
+def _run(job: Job, out: Path, overwrite: bool, in_process: bool) -> float:
+    config_file = out / "configs" / f"{job.name}.yaml"
+    atomic.write_text(config_file, yaml.safe_dump(job.settings, sort_keys=False))
+    started = time.perf_counter()
+    if in_process:
+        from domix.finetune.run import finetune
+        from domix.pretrain.run import pretrain
+
+        (pretrain if job.kind == "pretrain" else finetune)(job.config(), overwrite=overwrite)
+        return round(time.perf_counter() - started, 2)
+    log = out / "logs" / f"{job.name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "domix", job.kind, "--config", str(config_file)] + (["--overwrite"] if overwrite else [])
+    with open(log, "a") as sink:
+        sink.write("$ " + " ".join(command) + "\n")
+        sink.flush()
+        code = subprocess.run(command, stdout=sink, stderr=subprocess.STDOUT).returncode
+    if code != 0:
+        tail = "".join(log.read_text().splitlines(keepends=True)[-5:])
+        raise DomixError(f"job {job.name} failed (exit {code}); its log is {log}:\n{tail}\n"
+                         "fix the cause and rerun the same command to go on from there")
+    return round(time.perf_counter() - started, 2)
+
+
+def collect(cfg: CompareConfig, jobs: list[Job], times: dict[str, float], command: str | None = None) -> dict:
+    """The results of finished jobs, in the schema the report reads."""
+    runs, pretraining = [], []
+    for job in jobs:
+        if job.kind == "finetune":
+            record = atomic.read_json(job.out / RESULT_FILE)
+            runs.append({**job.info, **{k: record[k] for k in ("test", "dev", "trainable_percent", "peak_memory_mb", "wall_time_s",
+                                                                  "train_time_s", "loss_curve", "bridge_usage")}})
+        else:
+            manifests = [atomic.read_json(p) for p in sorted(job.out.glob("*/domix_*.json"))]
+            pretraining.append({
+                "name": job.name, **job.info,
+                "peak_memory_mb": max((m.get("peak_memory_mb", 0) for m in manifests), default=None),
+                "train_time_s": round(sum(m.get("train_time_s", 0) for m in manifests), 2),
+                "wall_time_s": times.get(job.name),
+                "heldout": {m.get("name", "?"): m.get("heldout") for m in manifests},
+            })
+    settings = dataclasses.asdict(cfg)
+    settings["command"] = command  # what reproduces it
+    return {"settings": settings, "methods": cfg.methods, "tasks": [t.name for t in cfg.tasks], "domains": list(cfg.domains),
+            "runs": runs, "pretraining": pretraining}

@@ -1,0 +1,117 @@
+"""domix compare: the plan of jobs, an end-to-end run of every method, resuming, and its errors."""
+
+import json
+
+import pytest
+import yaml
+
+from domix.cli import main
+from domix.compare.config import METHODS, CompareConfig, domain_orders
+from domix.compare.run import compare, plan
+from domix.errors import DomixError
+
+
+def write_config(path, tiny_llama, corpora, task, **kw):
+    config = {
+        "model": str(tiny_llama),
+        "out": str(path.parent / "out"),
+        "domains": {name: str(p) for name, p in corpora.items()},
+        "tasks": {"topics": {"path": str(task), "domain": "food"}},
+        "methods": list(METHODS),
+        "seeds": [1],
+        "orders": 2,
+        "pretrain": {"steps": 4, "batch_size": 8, "seq_len": 32, "rank": 2, "lr": 5e-3, "heldout_max_blocks": 4},
+        "finetune": {"epochs": 1, "batch_size": 16, "lr": 5e-3, "max_length": 32, "dtype": "float64"},
+        "method_settings": {"full": {"lr": 1e-3}, "ncl_full": {"lr": 1e-3}},
+        "pretrain_method_settings": {"ncl_full": {"lr": 1e-3}},
+    }
+    config.update(kw)
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def test_plan_shares_pretraining_and_runs_ordered_methods_once_per_order(tmp_path, tiny_llama, corpora, task):
+    cfg = CompareConfig.from_yaml(write_config(tmp_path / "c.yaml", tiny_llama, corpora, task, seeds=[1, 2]))
+    jobs = plan(cfg)
+    pretrain = sorted(j.name for j in jobs if j.kind == "pretrain")
+    assert pretrain == ["pretrain/domix", "pretrain/joint_lora", "pretrain/ncl_full-bio-food", "pretrain/ncl_full-food-bio",
+                        "pretrain/ncl_lora-bio-food", "pretrain/ncl_lora-food-bio"]
+    finetune = [j for j in jobs if j.kind == "finetune"]
+    assert len(finetune) == 7 * 2 + 3 * 2 * 2  # order-free methods x seeds + ordered methods x orders x seeds
+    by_name = {j.name: j.settings for j in finetune}
+    assert by_name["finetune/domix/topics/seed1-bio-food"]["domains"] == ["bio", "food"]
+    assert by_name["finetune/lora_module/topics/seed2"]["init_module"] == "food"  # the task's own domain
+    assert by_name["finetune/lora/topics/seed1"]["lora_rank"] == 4  # rank 2 x 2 domains
+    assert by_name["finetune/ncl_full/topics/seed1-bio-food"]["model"].endswith("pretrain/ncl_full-bio-food/ncl-full")
+    assert by_name["finetune/full/topics/seed1"]["lr"] == 1e-3 and by_name["finetune/domix/topics/seed1-bio-food"]["lr"] == 5e-3
+    assert all(j.settings["seed"] in (1, 2) for j in finetune)
+    lrs = {j.name: j.settings["lr"] for j in jobs if j.kind == "pretrain"}
+    assert lrs["pretrain/ncl_full-food-bio"] == 1e-3 and lrs["pretrain/domix"] == 5e-3
+
+
+def test_compare_runs_every_method_and_resumes(tmp_path, tiny_llama, corpora, task, capsys):
+    config = write_config(tmp_path / "c.yaml", tiny_llama, corpora, task)
+    results = compare(CompareConfig.from_yaml(config), in_process=True)
+    out = tmp_path / "out"
+    assert {r["method"] for r in results["runs"]} == set(METHODS) and len(results["runs"]) == 7 + 3 * 2
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["runs"] == results["runs"]
+    domix = {r["order"]: r for r in results["runs"] if r["method"] == "domix"}
+    assert set(domix) == {"food>bio", "bio>food"}
+    # order robustness through the whole pipeline (float64): the same scores in either order
+    assert domix["food>bio"]["test"] == domix["bio>food"]["test"]
+    assert domix["food>bio"]["bridge_usage"]["domains"] == ["food", "bio"]
+    ncl = {r["order"]: r for r in results["runs"] if r["method"] == "ncl_lora"}
+    assert ncl["food>bio"]["loss_curve"] != ncl["bio>food"]["loss_curve"]  # sequential pre-training does depend on order
+    full = next(r for r in results["runs"] if r["method"] == "full")
+    assert full["trainable_percent"] == 100.0 and full["bridge_usage"] is None
+    pretraining = {p["name"]: p for p in results["pretraining"]}
+    assert pretraining["pretrain/domix"]["used_by"] == ["lora_module", "dora_module", "cat", "domix"]
+    assert all(p["peak_memory_mb"] > 0 and p["wall_time_s"] > 0 for p in results["pretraining"])
+    for name in ("report.md", "report.html"):
+        assert (out / name).is_file()
+    assert "domix" in capsys.readouterr().out
+
+    times = (out / "job_times.json").read_text()
+    again = compare(CompareConfig.from_yaml(config), in_process=True)  # everything finished: nothing reruns
+    assert "19 jobs, 19 already finished" in capsys.readouterr().out
+    assert (out / "job_times.json").read_text() == times and again["runs"] == results["runs"]
+
+    changed = write_config(tmp_path / "c2.yaml", tiny_llama, corpora, task, finetune={"epochs": 2, "max_length": 32})
+    with pytest.raises(DomixError, match="holds a finished finetune run with other settings"):
+        compare(CompareConfig.from_yaml(changed), in_process=True)
+
+
+def test_compare_command_runs_jobs_in_their_own_processes(tmp_path, tiny_llama, corpora, task, capsys):
+    config = write_config(tmp_path / "c.yaml", tiny_llama, corpora, task, methods=["domix"], orders=1)
+    assert main(["compare", str(config), "--dry-run"]) == 0
+    assert capsys.readouterr().out.count("to run") == 2
+    assert main(["compare", str(config)]) == 0
+    out = tmp_path / "out"
+    log = (out / "logs" / "finetune" / "domix" / "topics" / "seed1-food-bio.log").read_text()
+    assert "domix finetune --config" in log and "test accuracy" in log
+    results = json.loads((out / "results.json").read_text())
+    assert results["settings"]["command"].startswith("domix compare ")
+    assert [r["method"] for r in results["runs"]] == ["domix"]
+    capsys.readouterr()
+    assert main(["compare", str(config), "--dry-run"]) == 0
+    assert capsys.readouterr().out.count("finished") == 2
+
+
+def test_bad_comparison_configs_are_refused(tmp_path, tiny_llama, corpora, task):
+    with pytest.raises(DomixError, match=r"unknown method\(s\) \['lasso'\]"):
+        CompareConfig.from_yaml(write_config(tmp_path / "a.yaml", tiny_llama, corpora, task, methods=["lasso"]))
+    with pytest.raises(DomixError, match="not among the domains"):
+        CompareConfig.from_yaml(write_config(tmp_path / "b.yaml", tiny_llama, corpora, task, tasks={"t": {"path": str(task), "domain": "law"}}))
+    with pytest.raises(DomixError, match="not a permutation"):
+        CompareConfig.from_yaml(write_config(tmp_path / "c.yaml", tiny_llama, corpora, task, orders=[["food"]]))
+    with pytest.raises(DomixError, match="reserved keys"):
+        CompareConfig.from_yaml(write_config(tmp_path / "d.yaml", tiny_llama, corpora, task, finetune={"method": "lora"}))
+    with pytest.raises(DomixError, match="does not exist"):
+        CompareConfig.from_yaml(tmp_path / "missing.yaml")
+
+
+def test_default_orders_are_the_given_one_its_reverse_then_the_rest():
+    assert domain_orders(["a", "b", "c"], 3) == [["a", "b", "c"], ["c", "b", "a"], ["a", "c", "b"]]
+    with pytest.raises(DomixError, match="between 1 and 2"):
+        domain_orders(["a", "b"], 3)
