@@ -2,7 +2,8 @@
 
   fused       K domains in one process, one pass over the shared frozen base (domix's default)
   sequential  the same PEFT LoRA runs one after another in one process (--no-fused)
-  concurrent  one PEFT LoRA process per domain, all at once (peak memory summed)
+  concurrent  one PEFT LoRA process per domain, all at once (peak memory summed; each process gets
+              cores/3 threads, at least one, so they do not oversubscribe the machine)
   ncl         the full model trained with the same objective over the domains in sequence
 
 Same steps, batch and sequence length for all. Each variant runs in its own process(es), so
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -50,13 +52,15 @@ def flops_per_token(model_dir: str, full: bool) -> float:
     return (6 if full else 4) * n
 
 
-def domix_run(args, domains: dict[str, str], fused: bool, out: Path) -> subprocess.Popen:
+def domix_run(args, domains: dict[str, str], fused: bool, out: Path, processes: int = 1) -> subprocess.Popen:
+    """A domix pretrain process; with several at once each gets its share of the cores, as a user would set it."""
     cmd = [sys.executable, "-m", "domix", "pretrain", "--model", args.model, "--out", str(out), "--steps", str(args.steps),
            "--batch-size", str(args.batch_size), "--seq-len", str(args.seq_len), "--heldout-max-blocks", "1",
            "--fused" if fused else "--no-fused", "--checkpoint-every", "100000"]
     for name, path in domains.items():
         cmd += ["--domain", f"{name}={path}"]
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // processes))}
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
 
 
 def summarise(outs: list[Path], procs: list[subprocess.Popen], started: float) -> dict:
@@ -84,7 +88,7 @@ def run_variant(name: str, args, root: Path) -> dict:
         outs = [out]
     elif name == "concurrent":
         outs = [root / f"concurrent-{d}" for d in DOMAINS]
-        procs = [domix_run(args, {d: p}, False, o) for (d, p), o in zip(DOMAINS.items(), outs)]
+        procs = [domix_run(args, {d: p}, False, o, processes=len(DOMAINS)) for (d, p), o in zip(DOMAINS.items(), outs)]
     else:
         out = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--ncl-child"], capture_output=True, text=True)
         if out.returncode != 0:

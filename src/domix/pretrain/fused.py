@@ -22,7 +22,7 @@ from domix.batches import lm_batch, lm_loss
 from domix.bridge.model import set_submodule
 from domix.errors import DomixError
 from domix.pretrain.config import PretrainConfig
-from domix.pretrain.loop import StepHook, TrainResult, batch_rows, evaluate, step_seed, total_steps
+from domix.pretrain.loop import StepHook, TrainResult, batch_rows, evaluate, predicted_tokens, step_seed, total_steps
 
 
 class RowSegments:
@@ -50,13 +50,14 @@ class FusedLoRALinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base_layer(x)
-        if not self.segments.spans:
+        spans = self.segments.spans
+        if not spans:
             return y
-        parts = []
-        for k, start, end in self.segments.spans:
-            rows = self.dropout(x[start:end].to(self.lora_A[k].dtype))
-            parts.append((rows @ self.lora_A[k].t() @ self.lora_B[k].t()) * self.scaling)
-        return y + torch.cat(parts).to(y.dtype)
+        # split, not slicing: the backward of a slice writes a full-size zero gradient per domain
+        chunks = x.split([(end if end is not None else x.shape[0]) - start for _, start, end in spans])
+        parts = [(self.dropout(rows.to(self.lora_A[k].dtype)) @ self.lora_A[k].t() @ self.lora_B[k].t()) * self.scaling
+                 for (k, _, _), rows in zip(spans, chunks)]
+        return y + (parts[0] if len(parts) == 1 else torch.cat(parts)).to(y.dtype)
 
 
 def install(model: nn.Module, initial: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]], scaling: float,
@@ -138,7 +139,10 @@ def train_fused(
             t0 = time.perf_counter()
             input_ids = torch.cat([b["input_ids"] for b in batches]).to(device)
             logits = model(input_ids=input_ids).logits
-            losses = [lm_loss(logits[s:e], b["labels"], objective) for (k, s, e), b in zip(spans, batches)]
+            # one cross-entropy over the fused batch, then each domain's mean over its own rows
+            labels = torch.cat([b["labels"] for b in batches])
+            token_losses = lm_loss(logits, labels, objective, reduction="none").view(labels.shape[0], -1)
+            losses = [token_losses[s:e].sum() / max(predicted_tokens(labels[s:e], objective), 1) for _, s, e in spans]
             for (k, _, _), loss in zip(spans, losses):
                 if not torch.isfinite(loss):
                     raise DomixError(f"non-finite loss at step {step + 1} of domain {names[k]!r}; training stopped "

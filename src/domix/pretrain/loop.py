@@ -51,7 +51,7 @@ def batch_rows(n_train: int, batch_size: int, seed: int, step: int) -> torch.Ten
     return perm[i * batch_size : (i + 1) * batch_size]
 
 
-def _predicted_tokens(labels: torch.Tensor, objective: str) -> int:
+def predicted_tokens(labels: torch.Tensor, objective: str) -> int:
     if objective == "clm":
         labels = labels[:, 1:]  # the model shifts: the first token is never predicted
     return int((labels != IGNORE_INDEX).sum())
@@ -66,7 +66,7 @@ def evaluate(model: nn.Module, blocks: torch.Tensor, objective: str, tokenizer, 
     total, count = 0.0, 0
     for start in range(0, blocks.shape[0], cfg.batch_size):
         batch = lm_batch(blocks[start : start + cfg.batch_size], objective, tokenizer, generator, cfg.mlm_probability)
-        n = _predicted_tokens(batch["labels"], objective)
+        n = predicted_tokens(batch["labels"], objective)
         loss = model(**{k: v.to(device) for k, v in batch.items()}).loss
         total += float(loss) * n
         count += n
@@ -161,7 +161,7 @@ def train_domain(
 
 def _slice_loss(model: nn.Module, batch: dict[str, torch.Tensor], objective: str, dp: DataParallel, device) -> torch.Tensor:
     """This process's share of the batch loss: its rows' token losses over the batch's token count."""
-    count = _predicted_tokens(batch["labels"], objective)
+    count = predicted_tokens(batch["labels"], objective)
     ids, labels = batch["input_ids"][dp.index :: dp.size], batch["labels"][dp.index :: dp.size]
     if ids.shape[0] == 0:  # a short last batch can leave a process without rows
         return torch.zeros((), device=device, requires_grad=True)
