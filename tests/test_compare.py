@@ -83,19 +83,20 @@ def test_compare_runs_every_method_and_resumes(tmp_path, tiny_llama, corpora, ta
 
 
 def test_compare_command_runs_jobs_in_their_own_processes(tmp_path, tiny_llama, corpora, task, capsys):
-    config = write_config(tmp_path / "c.yaml", tiny_llama, corpora, task, methods=["domix"], orders=1)
+    config = write_config(tmp_path / "c.yaml", tiny_llama, corpora, task, methods=["domix"], jobs=2)
     assert main(["compare", str(config), "--dry-run"]) == 0
-    assert capsys.readouterr().out.count("to run") == 2
-    assert main(["compare", str(config)]) == 0
+    assert capsys.readouterr().out.count("to run") == 3
+    assert main(["compare", str(config)]) == 0  # the two orders' fine-tuning jobs run at once
     out = tmp_path / "out"
-    log = (out / "logs" / "finetune" / "domix" / "topics" / "seed1-food-bio.log").read_text()
-    assert "domix finetune --config" in log and "test accuracy" in log
+    for order in ("food-bio", "bio-food"):
+        log = (out / "logs" / "finetune" / "domix" / "topics" / f"seed1-{order}.log").read_text()
+        assert "domix finetune --config" in log and "test accuracy" in log
     results = json.loads((out / "results.json").read_text())
     assert results["settings"]["command"].startswith("domix compare ")
-    assert [r["method"] for r in results["runs"]] == ["domix"]
+    assert [r["method"] for r in results["runs"]] == ["domix", "domix"]
     capsys.readouterr()
     assert main(["compare", str(config), "--dry-run"]) == 0
-    assert capsys.readouterr().out.count("finished") == 2
+    assert capsys.readouterr().out.count("finished") == 3
 
 
 def test_bad_comparison_configs_are_refused(tmp_path, tiny_llama, corpora, task):
@@ -107,6 +108,8 @@ def test_bad_comparison_configs_are_refused(tmp_path, tiny_llama, corpora, task)
         CompareConfig.from_yaml(write_config(tmp_path / "c.yaml", tiny_llama, corpora, task, orders=[["food"]]))
     with pytest.raises(DomixError, match="reserved keys"):
         CompareConfig.from_yaml(write_config(tmp_path / "d.yaml", tiny_llama, corpora, task, finetune={"method": "lora"}))
+    with pytest.raises(DomixError, match="jobs must be a whole number"):
+        CompareConfig.from_yaml(write_config(tmp_path / "e.yaml", tiny_llama, corpora, task, jobs=0))
     with pytest.raises(DomixError, match="does not exist"):
         CompareConfig.from_yaml(tmp_path / "missing.yaml")
 

@@ -20,20 +20,26 @@ def check(rules: list[tuple[bool, str]]) -> None:
             raise DomixError(message)
 
 
-def load_yaml(path: str | Path, fields: set[str]) -> dict[str, Any]:
+def read_yaml_mapping(path: str | Path, fields: set[str], what: str = "config file") -> dict[str, Any]:
+    """A YAML file's mapping (keys with - read as _), refusing a missing file, bad YAML and unknown keys."""
     path = Path(path)
     if not path.is_file():
-        raise DomixError(f"config file {path} does not exist")
+        raise DomixError(f"{what} {path} does not exist")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
-        raise DomixError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+        raise DomixError(f"{what} {path} is not valid YAML: {str(err).splitlines()[0]}") from None
     if not isinstance(data, dict):
-        raise DomixError(f"config file {path} must hold a mapping of setting: value")
-    data = {k.replace("-", "_"): v for k, v in data.items()}
+        raise DomixError(f"{what} {path} must hold a mapping of setting: value")
+    data = {str(k).replace("-", "_"): v for k, v in data.items()}
     unknown = sorted(set(data) - fields)
     if unknown:
-        raise DomixError(f"config file {path} has unknown settings {unknown}; known: {sorted(fields)}")
+        raise DomixError(f"{what} {path} has unknown settings {unknown}; known: {sorted(fields)}")
+    return data
+
+
+def load_yaml(path: str | Path, fields: set[str]) -> dict[str, Any]:
+    data = read_yaml_mapping(path, fields)
     if "domains" in data and isinstance(data["domains"], dict):
         data["domains"] = {str(k): str(v) for k, v in data["domains"].items()}
     return data

@@ -14,6 +14,7 @@ A comparison is one YAML file::
     finetune: {epochs: 2}       # domix finetune settings shared by every fine-tuning run
     method_settings: {full: {lr: 2.0e-5}}   # per-method finetune overrides
     pretrain_method_settings: {ncl_full: {lr: 1.0e-4}}   # per pre-training method overrides
+    jobs: 2                     # fine-tuning jobs at once
 """
 
 from __future__ import annotations
@@ -24,11 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from domix.errors import DomixError
 from domix.finetune.config import FIELDS as FINETUNE_FIELDS
 from domix.pretrain.config import FIELDS as PRETRAIN_FIELDS
+from domix.settings import read_yaml_mapping
 
 
 @dataclass(frozen=True)
@@ -75,20 +75,12 @@ class CompareConfig:
     finetune: dict[str, Any] = field(default_factory=dict)
     method_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
     pretrain_method_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    jobs: int = 1  # fine-tuning jobs at once (each its own process with cores/jobs threads)
 
     @classmethod
     def from_yaml(cls, path: str | Path, out: str | None = None) -> "CompareConfig":
         path = Path(path)
-        if not path.is_file():
-            raise DomixError(f"comparison config {path} does not exist")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise DomixError(f"comparison config {path} is not valid YAML: {str(err).splitlines()[0]}") from None
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise DomixError(f"comparison config {path} has unknown keys {unknown}; known: {sorted(known)}")
+        data = read_yaml_mapping(path, {f.name for f in dataclasses.fields(cls)}, what="comparison config")
         for key in ("model", "domains", "tasks"):
             if not data.get(key):
                 raise DomixError(f"comparison config {path} needs {key!r}")
@@ -108,6 +100,8 @@ class CompareConfig:
                 raise DomixError(f"task {task.name!r} belongs to domain {task.domain!r}, which is not among the domains {list(self.domains)}")
         if not self.seeds:
             raise DomixError("the comparison needs at least one seed")
+        if not isinstance(self.jobs, int) or self.jobs < 1:
+            raise DomixError(f"jobs must be a whole number of at least 1, not {self.jobs!r}")
         _known_keys("pretrain", self.pretrain, PRETRAIN_FIELDS - {"model", "domains", "out", "method"})
         _known_keys("finetune", self.finetune, FINETUNE_FIELDS - {"task", "modules", "domains", "model", "out", "method", "seed", "init_module"})
         for method, settings in self.method_settings.items():

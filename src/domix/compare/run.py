@@ -10,6 +10,10 @@ each peak memory is its own) with its output in ``OUT/logs/<job>.log``:
     OUT/pretrain/joint_lora            one LoRA on all corpora mixed
     OUT/finetune/<method>/<task>/seed<s>[-<order>]
 
+With ``jobs: N`` in the config, N fine-tuning jobs run at once, each with its share of the
+CPU cores (on GPUs, give each process its device with CUDA_VISIBLE_DEVICES as usual); every job
+is still its own process, so each peak memory stays its own.
+
 Finished jobs are reused, so rerunning the command resumes an interrupted comparison; a job
 finished with other settings is refused unless ``--overwrite``. At the end the results of all
 runs go to ``OUT/results.json`` and the report to ``OUT/report.md`` and ``OUT/report.html``.
@@ -18,9 +22,12 @@ runs go to ``OUT/results.json`` and the report to ``OUT/report.md`` and ``OUT/re
 from __future__ import annotations
 
 import dataclasses
+import os
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -136,11 +143,26 @@ def compare(cfg: CompareConfig, overwrite: bool = False, dry_run: bool = False, 
     times = atomic.read_json(out / TIMES_FILE) if (out / TIMES_FILE).is_file() else {}
     pending = [j for j in jobs if not _reusable(j, overwrite)]
     print(f"domix: comparison of {len(cfg.methods)} methods on {len(cfg.tasks)} tasks: {len(jobs)} jobs, "
-          f"{len(jobs) - len(pending)} already finished")
-    for i, job in enumerate(pending, 1):
-        print(f"domix: [{i}/{len(pending)}] {job.kind} {job.name}", flush=True)
-        times[job.name] = _run(job, out, overwrite, in_process)
-        atomic.write_json(out / TIMES_FILE, times)
+          f"{len(jobs) - len(pending)} already finished" + (f"; {cfg.jobs} at a time" if cfg.jobs > 1 else ""))
+    lock, started = threading.Lock(), iter(range(1, len(pending) + 1))
+
+    def run(job: Job) -> None:
+        with lock:
+            print(f"domix: [{next(started)}/{len(pending)}] {job.kind} {job.name}", flush=True)
+        seconds = _run(job, out, overwrite, in_process, threads=_threads(cfg.jobs))
+        with lock:
+            times[job.name] = seconds
+            atomic.write_json(out / TIMES_FILE, times)
+
+    for job in (j for j in pending if j.kind == "pretrain"):  # fine-tuning needs them finished
+        run(job)
+    finetune_jobs = [j for j in pending if j.kind == "finetune"]
+    if cfg.jobs == 1 or in_process:
+        for job in finetune_jobs:
+            run(job)
+    else:
+        with ThreadPoolExecutor(cfg.jobs) as pool:
+            list(pool.map(run, finetune_jobs))  # list(): re-raises a failed job's error
     results = collect(cfg, jobs, times, command)
     atomic.write_json(out / "results.json", results)
     from domix.compare.report import format_table, summarise, write_report
@@ -164,7 +186,12 @@ def _reusable(job: Job, overwrite: bool) -> bool:
     return not differing
 
 
-def _run(job: Job, out: Path, overwrite: bool, in_process: bool) -> float:
+def _threads(jobs: int) -> int | None:
+    """Threads per job when several run at once: the cores shared out (None: torch's default)."""
+    return max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
+
+
+def _run(job: Job, out: Path, overwrite: bool, in_process: bool, threads: int | None = None) -> float:
     config_file = out / "configs" / f"{job.name}.yaml"
     atomic.write_text(config_file, yaml.safe_dump(job.settings, sort_keys=False))
     started = time.perf_counter()
@@ -180,7 +207,8 @@ def _run(job: Job, out: Path, overwrite: bool, in_process: bool) -> float:
     with open(log, "a") as sink:
         sink.write("$ " + " ".join(command) + "\n")
         sink.flush()
-        code = subprocess.run(command, stdout=sink, stderr=subprocess.STDOUT).returncode
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)} if threads else None
+        code = subprocess.run(command, stdout=sink, stderr=subprocess.STDOUT, env=env).returncode
     if code != 0:
         tail = "".join(log.read_text().splitlines(keepends=True)[-5:])
         raise DomixError(f"job {job.name} failed (exit {code}); its log is {log}:\n{tail}\n"
