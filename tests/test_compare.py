@@ -1,6 +1,7 @@
 """domix compare: the plan of jobs, an end-to-end run of every method, resuming, and its errors."""
 
 import json
+import re
 
 import pytest
 import yaml
@@ -24,6 +25,7 @@ def write_config(path, tiny_llama, corpora, task, **kw):
         "finetune": {"epochs": 1, "batch_size": 16, "lr": 5e-3, "max_length": 32, "dtype": "float64"},
         "method_settings": {"full": {"lr": 1e-3}, "ncl_full": {"lr": 1e-3}},
         "pretrain_method_settings": {"ncl_full": {"lr": 1e-3}},
+        "general": str(corpora["bio"]),  # MixDA's retention text (any text will do for the plumbing)
     }
     config.update(kw)
     path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -34,10 +36,10 @@ def test_plan_shares_pretraining_and_runs_ordered_methods_once_per_order(tmp_pat
     cfg = CompareConfig.from_yaml(write_config(tmp_path / "c.yaml", tiny_llama, corpora, task, seeds=[1, 2]))
     jobs = plan(cfg)
     pretrain = sorted(j.name for j in jobs if j.kind == "pretrain")
-    assert pretrain == ["pretrain/domix", "pretrain/joint_lora", "pretrain/ncl_full-bio-food", "pretrain/ncl_full-food-bio",
-                        "pretrain/ncl_lora-bio-food", "pretrain/ncl_lora-food-bio"]
+    assert pretrain == ["pretrain/domix", "pretrain/joint_lora", "pretrain/mixda", "pretrain/mode", "pretrain/ncl_full-bio-food",
+                        "pretrain/ncl_full-food-bio", "pretrain/ncl_lora-bio-food", "pretrain/ncl_lora-food-bio"]
     finetune = [j for j in jobs if j.kind == "finetune"]
-    assert len(finetune) == 7 * 2 + 3 * 2 * 2  # order-free methods x seeds + ordered methods x orders x seeds
+    assert len(finetune) == 9 * 2 + 3 * 2 * 2  # order-free methods x seeds + ordered methods x orders x seeds
     by_name = {j.name: j.settings for j in finetune}
     assert by_name["finetune/domix/topics/seed1-bio-food"]["domains"] == ["bio", "food"]
     assert by_name["finetune/lora_module/topics/seed2"]["init_module"] == "food"  # the task's own domain
@@ -47,13 +49,15 @@ def test_plan_shares_pretraining_and_runs_ordered_methods_once_per_order(tmp_pat
     assert all(j.settings["seed"] in (1, 2) for j in finetune)
     lrs = {j.name: j.settings["lr"] for j in jobs if j.kind == "pretrain"}
     assert lrs["pretrain/ncl_full-food-bio"] == 1e-3 and lrs["pretrain/domix"] == 5e-3
+    general = {j.name: j.settings.get("general") for j in jobs if j.kind == "pretrain"}
+    assert general["pretrain/mixda"] == str(corpora["bio"]) and general["pretrain/domix"] is None
 
 
 def test_compare_runs_every_method_and_resumes(tmp_path, tiny_llama, corpora, task, capsys):
     config = write_config(tmp_path / "c.yaml", tiny_llama, corpora, task)
     results = compare(CompareConfig.from_yaml(config), in_process=True)
     out = tmp_path / "out"
-    assert {r["method"] for r in results["runs"]} == set(METHODS) and len(results["runs"]) == 7 + 3 * 2
+    assert {r["method"] for r in results["runs"]} == set(METHODS) and len(results["runs"]) == 9 + 3 * 2
     saved = json.loads((out / "results.json").read_text())
     assert saved["runs"] == results["runs"]
     domix = {r["order"]: r for r in results["runs"] if r["method"] == "domix"}
@@ -74,12 +78,22 @@ def test_compare_runs_every_method_and_resumes(tmp_path, tiny_llama, corpora, ta
 
     times = (out / "job_times.json").read_text()
     again = compare(CompareConfig.from_yaml(config), in_process=True)  # everything finished: nothing reruns
-    assert "19 jobs, 19 already finished" in capsys.readouterr().out
+    assert "23 jobs, 23 already finished" in capsys.readouterr().out
     assert (out / "job_times.json").read_text() == times and again["runs"] == results["runs"]
+
+    # a run made before a setting existed ran with its default: still reused
+    run_file = out / "finetune" / "lora" / "topics" / "seed1" / "run.json"
+    run = json.loads(run_file.read_text())
+    del run["config"]["general_blocks"]
+    run_file.write_text(json.dumps(run))
+    compare(CompareConfig.from_yaml(config), in_process=True)
+    assert "23 already finished" in capsys.readouterr().out
 
     changed = write_config(tmp_path / "c2.yaml", tiny_llama, corpora, task, finetune={"epochs": 2, "max_length": 32})
     with pytest.raises(DomixError, match="holds a finished finetune run with other settings"):
         compare(CompareConfig.from_yaml(changed), in_process=True)
+    compare(CompareConfig.from_yaml(changed), dry_run=True)
+    assert re.search(r"finished with other [a-z_, ]*epochs[a-z_, ]* \(--overwrite reruns it\)", capsys.readouterr().out)
 
 
 def test_compare_command_runs_jobs_in_their_own_processes(tmp_path, tiny_llama, corpora, task, capsys):

@@ -7,7 +7,7 @@ import statistics
 
 import pytest
 
-from domix.compare.report import _compact_labels, bridge_usage, format_table, summarise, write_report
+from domix.compare.report import _compact_labels, bridge_usage, format_table, gate_weights, retention_rows, summarise, write_report
 from domix.errors import DomixError
 
 TASKS = ["t1", "t2"]
@@ -189,6 +189,28 @@ def test_bridge_usage_uses_the_largest_agreeing_group():
     odd["bridge_usage"] = {"domains": ["a", "b"], "layers": ["other"], "norms": [[9.0, 9.0]]}
     got = bridge_usage(results, "t1")
     assert got["n_runs"] == 3 and got["layers"] == LAYERS
+
+
+def gates(labels: list[str], seed: int) -> dict:
+    """Gate weights per layer: branch a 0.2 (+0.1 per seed), b 0.3, backbone the rest; listed in ``labels`` order."""
+    weights = {"a": 0.2 + 0.1 * seed, "b": 0.3, "backbone": 0.5 - 0.1 * seed}
+    return {"layers": LAYERS, "labels": labels, "weights": [[weights[label] for label in labels] for _ in LAYERS]}
+
+
+def test_gate_weights_average_runs_in_the_domains_order_and_retention_rows(tmp_path):
+    results = make_results()
+    results["runs"] += [run("mode", "t1", seed, None, gate_weights=gates(labels, seed),
+                            retention={"lm_loss_base": 2.0, "lm_loss_after": 2.0 + 0.1 * seed})
+                        for seed, labels in ((1, ["a", "b", "backbone"]), (2, ["backbone", "b", "a"]))]
+    got = gate_weights(results, "mode", "t1")
+    assert got["labels"] == ["b", "a", "backbone"] and got["n_runs"] == 2  # domains order b, a; then the rest
+    assert all(row == pytest.approx([0.3, 0.35, 0.35]) for row in got["weights"]) and len(got["weights"]) == 2
+    assert gate_weights(results, "mode", "t2") is None and gate_weights(results, "domix", "t1") is None
+    assert retention_rows(results) == [["mode", "2.0000", "2.1500", "+0.1500", "+7.50%", "2"]]
+    written = write_report(results, tmp_path)
+    assert "plots/gates_mode_t1.png" in written
+    markdown = written["report.md"].read_text()
+    assert "## Retention" in markdown and "| mode | 2.0000 | 2.1500 | +0.1500 | +7.50% | 2 |" in markdown
 
 
 def test_compact_layer_labels():

@@ -1,4 +1,5 @@
-"""The ``domix`` command: pretrain, finetune, export, evaluate, report, compare, modules, convert-gguf.
+"""The ``domix`` command: pretrain, finetune, export, evaluate, report, compare, modules, convert-gguf,
+and for causal LMs instruct, eval-choice, generate (their flags in domix/llm/cli.py).
 
 Each subcommand parses its flags and calls the library function of the same job; a
 :class:`DomixError` becomes one line on stderr and exit status 2.
@@ -11,6 +12,10 @@ import sys
 import warnings
 
 from domix.errors import DomixError
+from domix.finetune.config import METHODS as FINETUNE_METHODS
+from domix.llm.cli import COMMANDS as LLM_COMMANDS
+from domix.llm.cli import add_parsers as add_llm_parsers
+from domix.pretrain.config import METHODS as PRETRAIN_METHODS
 
 
 def _domain(text: str) -> tuple[str, str]:
@@ -31,10 +36,23 @@ def _add_pretrain(sub) -> None:
     p.add_argument("--out", help="output folder: the module store")
     p.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
     p.add_argument("--objective", choices=["auto", "mlm", "clm"], help="default: auto (masked LM for encoders, causal for decoders)")
-    p.add_argument("--method", choices=["domix", "ncl_lora", "joint_lora", "ncl_full"],
+    p.add_argument("--method", choices=PRETRAIN_METHODS,
                    help="domix (default): one module per domain. Baselines, one model for all domains, in one process: "
                         "ncl_lora, one LoRA trained on the domains in --domain order (OUT/ncl/); joint_lora, one LoRA on "
-                        "the domains mixed (OUT/joint/); ncl_full, the whole model in --domain order (OUT/ncl-full/)")
+                        "the domains mixed (OUT/joint/); ncl_full, the whole model in --domain order (OUT/ncl-full/). "
+                        "Other composers: mixda, one FFN adapter per domain (stage 1 of MixDA, needs --general); "
+                        "mode, expert layers per domain (stage 1 of MoDE)")
+    p.add_argument("--general", help="a general-domain corpus (as --domain's PATH): MixDA's retention loss trains on it")
+    p.add_argument("--mixda-layers", help="mixda: comma-separated block indices to adapt, 0 = the first "
+                                          "(default: the block at 2/3 of the stack and the last, e.g. 7,11 of 12)")
+    p.add_argument("--mixda-reduction", type=int, help="mixda: domain adapter bottleneck = FFN width / this (default 16)")
+    p.add_argument("--mode-block-size", type=int, help="mode: consecutive backbone layers per block (default 6)")
+    p.add_argument("--mode-expert-layers", type=int,
+                   help="mode: layers of a domain's expert per block, copies of the block's last ones (default 1; the block size = full copies)")
+    p.add_argument("--mode-blocks", help="mode: comma-separated block numbers that get experts, 0 = the first (default: all)")
+    p.add_argument("--mode-backbone-prior", type=float, help="mode: the gates' starting weight on the backbone (default 0.99)")
+    p.add_argument("--mode-device-map", help="mode: where experts run, e.g. experts=cuda:1 or bio=cuda:1,law=cuda:2 "
+                                             "(backbone=DEVICE moves the rest; default: all on --device)")
     p.add_argument("--rank", type=int, help="LoRA rank (default 8)")
     p.add_argument("--alpha", type=float, help="LoRA alpha (default 16)")
     p.add_argument("--dropout", type=float, help="LoRA dropout (default 0)")
@@ -87,9 +105,12 @@ def _add_finetune(sub) -> None:
     p.add_argument("--model", help="base model (default: the one the modules were trained on)")
     p.add_argument("--out", help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
-    p.add_argument("--method", choices=["domix", "cat", "lora", "dora", "full"],
+    p.add_argument("--method", choices=FINETUNE_METHODS,
                    help="domix (default): modules + trainable bridge; cat: modules with the bridge frozen at I; "
-                        "lora / dora: PEFT adapters; full: every weight trains")
+                        "lora / dora: PEFT adapters; full: every weight trains; mixda / mode: a gate over the domain "
+                        "adapters / experts of domix pretrain --method mixda / mode")
+    p.add_argument("--general", help="a general-domain corpus: the record gives the language-model loss on it before and after (retention)")
+    p.add_argument("--general-blocks", type=int, help="sequences of --max-length tokens of --general that retention scores (default 64)")
     p.add_argument("--lora-rank", type=int, help="rank for lora/dora from the base (default: the modules' total rank, else 8)")
     p.add_argument("--init-module", help="lora/dora: start from this module of --modules (its rank, alpha and weights)")
     p.add_argument("--save-model", action=argparse.BooleanOptionalAction, default=None,
@@ -97,6 +118,10 @@ def _add_finetune(sub) -> None:
     p.add_argument("--p-init", help="bridge init: scaled_identity (default, 1/Σr), identity, or a number")
     p.add_argument("--p-lr", type=float, help="learning rate of the bridge (default: --lr)")
     p.add_argument("--p-weight-decay", type=float, help="weight decay of the bridge (default 0)")
+    p.add_argument("--mode-train-experts", action=argparse.BooleanOptionalAction, default=None,
+                   help="mode: train the domain experts too (default: no, only the gates and the head)")
+    p.add_argument("--mode-gate-lr", type=float, help="mode: learning rate of the gates (default: --lr)")
+    p.add_argument("--mode-device-map", help="mode: where experts run, e.g. experts=cuda:1 (as in pretrain)")
     p.add_argument("--lr", type=float, help="learning rate of B_cat and the head (default 3e-5)")
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--warmup-ratio", type=float, help="(default 0: linear decay from the start)")
@@ -125,7 +150,12 @@ def _run_finetune(args: argparse.Namespace) -> None:
 
 def _run_export(args: argparse.Namespace) -> None:
     from domix.finetune.model import export
+    from domix.llm.model import export_causal, is_causal_task_model
 
+    if is_causal_task_model(args.task_model):  # a domix instruct model
+        export_causal(args.task_model, args.out)
+        print(f"domix: wrote {args.out} (loads with AutoModelForCausalLM.from_pretrained)")
+        return
     export(args.task_model, args.out)
     print(f"domix: wrote {args.out} (loads with AutoModelForSequenceClassification.from_pretrained)")
 
@@ -177,8 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_pretrain(sub)
     _add_finetune(sub)
+    add_llm_parsers(sub)  # instruct, eval-choice, generate
     p = sub.add_parser("export", help="fold a task model into a plain transformers model folder")
-    p.add_argument("task_model", help="the model/ folder of a domix finetune run")
+    p.add_argument("task_model", help="the model/ folder of a domix finetune or domix instruct run")
     p.add_argument("out")
     p = sub.add_parser("evaluate", help="score a task model (or an exported folder) on a jsonl file")
     p.add_argument("model", help="a task model folder or an exported folder")
@@ -203,7 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 COMMANDS = {"pretrain": _run_pretrain, "finetune": _run_finetune, "export": _run_export, "evaluate": _run_evaluate,
-            "report": _run_report, "compare": _run_compare, "modules": _run_modules, "convert-gguf": _run_convert}
+            "report": _run_report, "compare": _run_compare, "modules": _run_modules, "convert-gguf": _run_convert,
+            **LLM_COMMANDS}
 
 
 def main(argv: list[str] | None = None) -> int:

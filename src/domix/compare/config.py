@@ -15,6 +15,9 @@ A comparison is one YAML file::
     method_settings: {full: {lr: 2.0e-5}}   # per-method finetune overrides
     pretrain_method_settings: {ncl_full: {lr: 1.0e-4}}   # per pre-training method overrides
     jobs: 2                     # fine-tuning jobs at once
+    general: corpora/general.txt   # general-domain text for MixDA's retention loss
+    # a fine-tuning run given general text also scores retention (LM loss on it before and after):
+    # finetune: {general: corpora/general.txt} for every method, or method_settings: {mode: {general: ...}}
 """
 
 from __future__ import annotations
@@ -41,6 +44,9 @@ class Method:
     ordered: bool = False  # its result may depend on the domain order, so it runs once per order
 
 
+# pre-training methods whose output depends on the domain order (they run once per order)
+PRETRAIN_ORDERED = {"ncl_full", "ncl_lora"}
+
 METHODS: dict[str, Method] = {
     "full": Method("full"),
     "lora": Method("lora"),
@@ -52,6 +58,9 @@ METHODS: dict[str, Method] = {
     "joint_lora": Method("lora", pretrain="joint_lora", init="joint"),
     "cat": Method("cat", pretrain="domix"),  # P = I is exactly permutation-equivariant: one order says all
     "domix": Method("domix", pretrain="domix", ordered=True),
+    # the domain order only decides which of the gate's seeded output rows faces which domain
+    "mixda": Method("mixda", pretrain="mixda"),
+    "mode": Method("mode", pretrain="mode"),
 }
 
 
@@ -76,6 +85,7 @@ class CompareConfig:
     method_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
     pretrain_method_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
     jobs: int = 1  # fine-tuning jobs at once (each its own process with cores/jobs threads)
+    general: str | None = None  # general-domain corpus for MixDA's pre-training (retention scores: finetune: {general: ...})
 
     @classmethod
     def from_yaml(cls, path: str | Path, out: str | None = None) -> "CompareConfig":
@@ -102,7 +112,7 @@ class CompareConfig:
             raise DomixError("the comparison needs at least one seed")
         if not isinstance(self.jobs, int) or self.jobs < 1:
             raise DomixError(f"jobs must be a whole number of at least 1, not {self.jobs!r}")
-        _known_keys("pretrain", self.pretrain, PRETRAIN_FIELDS - {"model", "domains", "out", "method"})
+        _known_keys("pretrain", self.pretrain, PRETRAIN_FIELDS - {"model", "domains", "out", "method", "general"})
         _known_keys("finetune", self.finetune, FINETUNE_FIELDS - {"task", "modules", "domains", "model", "out", "method", "seed", "init_module"})
         for method, settings in self.method_settings.items():
             if method not in METHODS:

@@ -247,20 +247,61 @@ def bridge_usage(results: dict, task: str) -> dict | None:
 
 
 def _average_usage(usages: list[dict], domain_order: list[str]) -> dict:
+    layers, domains, norms, n = _average_grid([(u["layers"], u["domains"], u["norms"]) for u in usages], domain_order, "bridge usage")
+    return {"layers": layers, "domains": domains, "norms": norms, "n_runs": n}
+
+
+def _average_grid(grids: list[tuple[list, list, list]], column_order: list[str], what: str) -> tuple[list, list, list, int]:
+    """The mean of (rows, columns, values) grids whose columns are put in ``column_order`` (others by
+    name); where grids disagree on their rows or columns, the largest group of agreeing ones is used.
+    Returns (rows, columns, mean values, number of grids averaged)."""
     import numpy as np
 
-    rank = {domain: i for i, domain in enumerate(domain_order)}
+    rank = {name: i for i, name in enumerate(column_order)}
     groups: dict[tuple, list] = defaultdict(list)
-    for usage in usages:
-        domains, layers, norms = usage["domains"], usage["layers"], np.asarray(usage["norms"], dtype=float)
-        if norms.shape != (len(layers), len(domains)):
-            raise DomixError(f"bridge usage with {len(layers)} layers and {len(domains)} domains has norms of shape "
-                             f"{norms.shape}; rerun the comparison to rewrite its results.json")
-        columns = sorted(range(len(domains)), key=lambda i: (rank.get(domains[i], len(rank)), domains[i]))
-        groups[(tuple(domains[i] for i in columns), tuple(layers))].append(norms[:, columns])
-    (domains, layers), _ = Counter({key: len(group) for key, group in groups.items()}).most_common(1)[0]
-    group = groups[(domains, layers)]
-    return {"layers": list(layers), "domains": list(domains), "norms": np.mean(group, axis=0).tolist(), "n_runs": len(group)}
+    for rows, columns, values in grids:
+        values = np.asarray(values, dtype=float)
+        if values.shape != (len(rows), len(columns)):
+            raise DomixError(f"{what} with {len(rows)} rows and {len(columns)} columns has values of shape "
+                             f"{values.shape}; rerun the comparison to rewrite its results.json")
+        order = sorted(range(len(columns)), key=lambda i: (rank.get(columns[i], len(rank)), columns[i]))
+        groups[(tuple(columns[i] for i in order), tuple(rows))].append(values[:, order])
+    (columns, rows), _ = Counter({key: len(group) for key, group in groups.items()}).most_common(1)[0]
+    group = groups[(columns, rows)]
+    return list(rows), list(columns), np.mean(group, axis=0).tolist(), len(group)
+
+
+def gate_weights(results: dict, method: str, task: str) -> dict | None:
+    """A method's mean gate weights on a task, averaged over its runs (MixDA, MoDE), or None.
+
+    Returns ``{layers, labels, weights (a row per layer), n_runs}``; labels in the ``domains``
+    order, then the backbone's own branch ("ffn" or "backbone").
+    """
+    grids = [(g["layers"], g["labels"], g["weights"]) for run in _by_method(_runs(results))[method]
+             if run["task"] == task and (g := run.get("gate_weights"))]
+    if not grids:
+        return None
+    layers, labels, weights, n = _average_grid(grids, results.get("domains") or [], "gate weights")
+    return {"layers": layers, "labels": labels, "weights": weights, "n_runs": n}
+
+
+def retention_rows(results: dict) -> list[list[str]]:
+    """Per method with retention scores: the general-text LM loss of the base and after fine-tuning (means over runs)."""
+    out = []
+    for method, runs in _by_method(_runs(results)).items():
+        scored = [run["retention"] for run in runs if run.get("retention")]
+        if scored:
+            base, after = _mean(r["lm_loss_base"] for r in scored), _mean(r["lm_loss_after"] for r in scored)
+            out.append([method, f"{base:.4f}", f"{after:.4f}", f"{after - base:+.4f}", f"{100 * (after - base) / base:+.2f}%", str(len(scored))])
+    return out
+
+
+RETENTION_HEADER = ["method", "general LM loss, base", "after fine-tuning", "change", "change %", "runs"]
+RETENTION_TEXT = (
+    "Retention: the language-model loss on the general corpus of each fine-tuned model's backbone under the base "
+    "checkpoint's own LM head, against the base model's loss on the same sequences (means over runs). A method "
+    "that leaves the backbone alone keeps the base loss; a rise is general ability lost to adaptation."
+)
 
 
 def _compact_labels(names: list[str]) -> list[str]:
@@ -366,17 +407,16 @@ def _cost_plots(rows: list[dict]) -> dict[str, tuple[bytes, str]]:
     }
 
 
-def _heatmap(task: str, usage: dict) -> bytes:
-    layers, domains = usage["layers"], usage["domains"]
-    fig = _figure(max(5.0, 1.2 * len(domains) + 3.0), min(max(3.5, 0.2 * len(layers) + 1.5), 30.0))
+def _heatmap(values: list, rows: list[str], columns: list[str], xlabel: str, title: str, colorbar: str) -> bytes:
+    fig = _figure(max(5.0, 1.2 * len(columns) + 3.0), min(max(3.5, 0.2 * len(rows) + 1.5), 30.0))
     ax = fig.add_subplot()
-    image = ax.imshow(usage["norms"], aspect="auto", cmap="viridis")
-    ax.set_xticks(range(len(domains)), domains)
-    ax.set_yticks(range(len(layers)), _compact_labels(layers), fontsize=8 if len(layers) <= 40 else 6)
-    ax.set_xlabel("domain")
+    image = ax.imshow(values, aspect="auto", cmap="viridis")
+    ax.set_xticks(range(len(columns)), columns)
+    ax.set_yticks(range(len(rows)), _compact_labels(rows), fontsize=8 if len(rows) <= 40 else 6)
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("layer")
-    ax.set_title(f"Bridge usage, {task}\n{HEATMAP_TITLE}", fontsize=9)
-    fig.colorbar(image, ax=ax, label="norm")
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(image, ax=ax, label=colorbar)
     return _png(fig)
 
 
@@ -417,7 +457,16 @@ def _plots(results: dict, rows: list[dict], tasks: list[str]) -> dict[str, tuple
         usage = bridge_usage(results, task)
         if usage:
             images[f"bridge_{_slug(task)}.png"] = (
-                _heatmap(task, usage), f"Bridge usage on {task}: {usage['method']}, averaged over {usage['n_runs']} run(s).")
+                _heatmap(usage["norms"], usage["layers"], usage["domains"], "domain", f"Bridge usage, {task}\n{HEATMAP_TITLE}", "norm"),
+                f"Bridge usage on {task}: {usage['method']}, averaged over {usage['n_runs']} run(s).")
+    for method in methods:
+        for task in tasks:
+            gates = gate_weights(results, method, task)
+            if gates:
+                images[f"gates_{_slug(method)}_{_slug(task)}.png"] = (
+                    _heatmap(gates["weights"], gates["layers"], gates["labels"], "branch",
+                             f"{method} gate weights, {task}\nmean softmax weight of each branch over the test set", "weight"),
+                    f"{method}'s mean gate weights on {task} per adapted layer or block, averaged over {gates['n_runs']} run(s).")
     for task in tasks:
         png = _loss_plot(task, methods, by_method)
         if png:
@@ -438,7 +487,11 @@ def _blocks(results: dict, rows: list[dict], tasks: list[str], images: dict[str,
     blocks: list[tuple] = [("h1", "Comparison report"), ("h2", "Settings"), ("list", items), ("h2", "Results")]
     if not rows:
         return [*blocks, ("p", "No finished runs yet.")]
-    blocks += [("table", *_table_cells(rows, tasks)), ("h2", "How to read"), ("p", HOW_TO_READ), ("h2", "Plots")]
+    blocks += [("table", *_table_cells(rows, tasks)), ("h2", "How to read"), ("p", HOW_TO_READ)]
+    retained = retention_rows(results)
+    if retained:
+        blocks += [("h2", "Retention"), ("table", RETENTION_HEADER, retained), ("p", RETENTION_TEXT)]
+    blocks.append(("h2", "Plots"))
     return blocks + [("image", name, caption) for name, (_, caption) in images.items()]
 
 

@@ -34,7 +34,7 @@ from pathlib import Path
 import yaml
 
 from domix import atomic
-from domix.compare.config import METHODS, CompareConfig, Task
+from domix.compare.config import METHODS, PRETRAIN_ORDERED, CompareConfig, Task
 from domix.errors import DomixError
 from domix.finetune.config import FinetuneConfig
 from domix.finetune.run import RESULT_FILE
@@ -43,6 +43,8 @@ from domix.runfolder import RUN_FILE
 
 TIMES_FILE = "job_times.json"  # wall seconds of each job's command, as the comparison measured it
 # where each pre-training method leaves what fine-tuning uses, inside its run folder
+# what some methods' records add: DoMIX's bridge usage, MixDA's and MoDE's gate weights, retention
+OPTIONAL_RECORD_KEYS = ("bridge_usage", "gate_weights", "retention")
 PRETRAIN_OUTPUT = {"ncl_full": "ncl-full", "ncl_lora": "ncl", "joint_lora": "joint"}
 
 
@@ -70,6 +72,11 @@ def slug(order: list[str]) -> str:
     return "-".join(order)
 
 
+def order_label(order: list[str] | None) -> str | None:
+    """How results and reports name a domain order."""
+    return ">".join(order) if order else None
+
+
 def plan(cfg: CompareConfig) -> list[Job]:
     """Every pre-training job the chosen methods need (once each), then every fine-tuning job."""
     out = Path(cfg.out)
@@ -83,8 +90,10 @@ def plan(cfg: CompareConfig) -> list[Job]:
             domains = {d: cfg.domains[d] for d in (order or cfg.domains)}
             settings = {**cfg.pretrain, **cfg.pretrain_method_settings.get(method, {}),
                         "model": cfg.model, "domains": domains, "out": str(out / name), "method": method}
+            if method == "mixda":  # its retention loss needs general text
+                settings["general"] = cfg.general
             users = [n for n in cfg.methods if METHODS[n].pretrain == method]
-            pretrain_jobs[key] = Job("pretrain", name, settings, {"method": method, "order": ">".join(order) if order else None, "used_by": users})
+            pretrain_jobs[key] = Job("pretrain", name, settings, {"method": method, "order": order_label(order), "used_by": users})
         return pretrain_jobs[key]
 
     jobs = []
@@ -96,7 +105,7 @@ def plan(cfg: CompareConfig) -> list[Job]:
                     source = None
                     if method.pretrain is not None:
                         # a sequential pre-training depends on the order; the domix modules do not
-                        source = pretrain_job(method.pretrain, order if method.pretrain in ("ncl_full", "ncl_lora") else None)
+                        source = pretrain_job(method.pretrain, order if method.pretrain in PRETRAIN_ORDERED else None)
                     jobs.append(_finetune_job(cfg, name, task, seed, order, source))
     return list(pretrain_jobs.values()) + jobs
 
@@ -120,7 +129,7 @@ def _finetune_job(cfg: CompareConfig, name: str, task: Task, seed: int, order: l
             settings["init_module"] = PRETRAIN_OUTPUT[method.pretrain]
         else:
             settings["domains"] = order
-    info = {"method": name, "task": task.name, "seed": seed, "order": ">".join(order) if order else None}
+    info = {"method": name, "task": task.name, "seed": seed, "order": order_label(order)}
     return Job("finetune", folder, settings, info)
 
 
@@ -137,7 +146,8 @@ def compare(cfg: CompareConfig, overwrite: bool = False, dry_run: bool = False, 
         job.config().validate()
     if dry_run:
         for job in jobs:
-            state = "finished" if job.finished() else "to run"
+            differing = _changed_settings(job)
+            state = "to run" if differing is None else f"finished with other {', '.join(differing)} (--overwrite reruns it)" if differing else "finished"
             print(f"{state:9} domix {job.kind} --config {out / 'configs' / (job.name + '.yaml')}")
         return None
     times = atomic.read_json(out / TIMES_FILE) if (out / TIMES_FILE).is_file() else {}
@@ -173,13 +183,23 @@ def compare(cfg: CompareConfig, overwrite: bool = False, dry_run: bool = False, 
     return results
 
 
+def _changed_settings(job: Job) -> list[str] | None:
+    """The settings a finished job ran with other values of; None if it has not finished."""
+    if not job.finished():
+        return None
+    done = atomic.read_json(job.out / RUN_FILE).get("config", {})
+    config = job.config()
+    planned = config.to_dict()
+    # a setting the finished run does not record came after it: it ran with that setting's default
+    defaults = type(config)().to_dict()
+    return sorted(k for k in planned if k not in type(config).RESUME_FREE and done.get(k, defaults[k]) != planned[k])
+
+
 def _reusable(job: Job, overwrite: bool) -> bool:
     """A finished job with the planned settings is reused; one with other settings is refused."""
-    if not job.finished():
+    differing = _changed_settings(job)
+    if differing is None:
         return False
-    done = atomic.read_json(job.out / RUN_FILE).get("config", {})
-    planned = job.config().to_dict()
-    differing = sorted(k for k in planned if k not in type(job.config()).RESUME_FREE and done.get(k) != planned[k])
     if differing and not overwrite:
         raise DomixError(f"{job.out} holds a finished {job.kind} run with other settings ({', '.join(differing)}); "
                          "pass --overwrite to rerun it, or choose another out folder")
@@ -223,7 +243,8 @@ def collect(cfg: CompareConfig, jobs: list[Job], times: dict[str, float], comman
         if job.kind == "finetune":
             record = atomic.read_json(job.out / RESULT_FILE)
             runs.append({**job.info, **{k: record[k] for k in ("test", "dev", "trainable_percent", "peak_memory_mb", "wall_time_s",
-                                                                  "train_time_s", "loss_curve", "bridge_usage")}})
+                                                                  "train_time_s", "loss_curve")},
+                         **{k: record.get(k) for k in OPTIONAL_RECORD_KEYS}})
         else:
             manifests = [atomic.read_json(p) for p in sorted(job.out.glob("*/domix_*.json"))]
             pretraining.append({

@@ -11,9 +11,10 @@ from domix.settings import check
 
 # domix: the modules concatenated with a trainable bridge P; cat: the same with P frozen at I (PEFT's
 # add_weighted_adapter "cat"); lora / dora: PEFT from the base (or from one module, init_module);
-# full: every weight trains.
-METHODS = ("domix", "cat", "lora", "dora", "full")
-MODULE_METHODS = ("domix", "cat")
+# full: every weight trains; mixda / mode: a gate over the stage-1 domain adapters / experts of
+# domix pretrain --method mixda / mode (domix/mixda/, domix/mode/).
+METHODS = ("domix", "cat", "lora", "dora", "full", "mixda", "mode")
+MODULE_METHODS = ("domix", "cat")  # the DoMIX bridge over LoRA modules
 
 
 @dataclass
@@ -29,11 +30,18 @@ class FinetuneConfig:
     method: str = "domix"  # see METHODS
     lora_rank: int | None = None  # for lora/dora from the base; default: the modules' total rank (else 8)
     init_module: str | None = None  # for lora/dora: start from this module of --modules (its rank and alpha)
+    general: str | None = None  # a general-domain corpus: the record gives the LM loss on it before and after (retention)
+    general_blocks: int = 64  # sequences of max_length tokens of it that retention scores
     save_model: bool = True  # False: keep only the scores (result.json), e.g. for full fine-tuning in a comparison
     # bridge
     p_init: str | float = "scaled_identity"
     p_lr: float | None = None
     p_weight_decay: float = 0.0
+    # MoDE (method mode): gates and head train; the experts too with mode_train_experts; the gates' learning
+    # rate (default: lr); mode_device_map places experts as in pre-training ({"experts": "cuda:1"}, ...)
+    mode_train_experts: bool = False
+    mode_gate_lr: float | None = None
+    mode_device_map: dict[str, str] | None = None
     # optimisation (reference: AdamW 3e-5, batch 16, linear decay)
     lr: float = 3e-5
     weight_decay: float = 0.0
@@ -62,6 +70,11 @@ class FinetuneConfig:
             raise DomixError(f"unknown method {self.method!r}; use one of {', '.join(METHODS)}")
         if self.method in MODULE_METHODS and not self.modules:
             raise DomixError(f"method {self.method} needs domain modules; pass --modules STORE (a domix pretrain output folder)")
+        if self.method == "mixda" and not self.modules:
+            raise DomixError("method mixda needs the domain adapters of domix pretrain --method mixda; pass --modules STORE")
+        from domix.mode.config import normalise_settings
+
+        normalise_settings(self)
         if self.method not in MODULE_METHODS and not (self.modules or self.model):
             raise DomixError(f"method {self.method} needs a base model; pass --model (or --modules to take theirs)")
         if self.init_module is not None:
@@ -78,6 +91,7 @@ class FinetuneConfig:
             (self.dtype in ("float32", "bfloat16", "float16", "float64"), "--dtype must be float32, bfloat16, float16 or float64"),
             (self.train_limit is None or self.train_limit >= 2, "--train-limit must be at least 2"),
             (self.eval_limit is None or self.eval_limit >= 1, "--eval-limit must be at least 1"),
+            (self.general_blocks >= 1, "--general-blocks must be at least 1"),
         ])
         return self
 

@@ -18,6 +18,8 @@ from domix.base_model import load_failed, model_source, weights_fingerprint
 from domix.bridge import BridgeConfig, BridgedLinear, compose, fold
 from domix.bridge.model import set_submodule, bridged_layers
 from domix.errors import DomixError
+from domix.mixda import model as mixda_model
+from domix.mode import model as mode_model
 from domix.store import DomainModule
 from domix.system import DTYPES
 
@@ -136,6 +138,10 @@ def save_task_model(model: nn.Module, tokenizer, record: dict, folder: Path) -> 
     def fill(tmp: Path) -> None:
         if record["method"] in PEFT_METHODS + ("full",):
             model.save_pretrained(tmp)
+        elif record["method"] == "mixda":  # adapters, gates, task adapters and head
+            save_file(mixda_model.task_tensors(model, record["head"]), str(tmp / WEIGHTS_FILE))
+        elif record["method"] == "mode":  # experts, gates and head
+            save_file(mode_model.task_tensors(model, record["head"]), str(tmp / WEIGHTS_FILE))
         else:
             tensors = {}
             for name, layer in bridged_layers(model).items():
@@ -172,6 +178,10 @@ def load_task_model(folder: str | Path, device: torch.device | str = "cpu") -> t
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, folder)
+    elif record["method"] == "mixda":
+        mixda_model.load_task_tensors(model, record, load_file(str(folder / WEIGHTS_FILE)))
+    elif record["method"] == "mode":
+        mode_model.rebuild_task_model(model, record, load_file(str(folder / WEIGHTS_FILE)), folder)
     else:
         tensors = load_file(str(folder / WEIGHTS_FILE))
         named = dict(model.named_modules())
@@ -191,6 +201,14 @@ def load_task_model(folder: str | Path, device: torch.device | str = "cpu") -> t
 def export(folder: str | Path, out: str | Path) -> None:
     """Fold a task model into a plain transformers folder (no domix needed to load it)."""
     model, tokenizer, record = load_task_model(folder)
+    if record["method"] == "mixda":
+        raise DomixError("a MixDA task model cannot be exported as a plain transformers model: its gates weigh the domain "
+                         "adapters per input, which no fixed weight can hold; use the task model folder itself "
+                         "(domix evaluate, or domix.finetune.model.load_task_model)")
+    if record["method"] == "mode":
+        raise DomixError("a MoDE task model cannot be exported as a plain transformers model: its blocks add expert layers "
+                         "beside the backbone's and mix them per token, which no plain model of the base's architecture holds; "
+                         "use the task model folder itself (domix evaluate, or domix.finetune.model.load_task_model)")
     if record["method"] in PEFT_METHODS:
         plain = model.merge_and_unload()
     else:

@@ -19,13 +19,19 @@ from tqdm.auto import tqdm
 from domix import atomic, checkpoint
 from domix.base_model import resolve_target_modules, weights_fingerprint
 from domix.bridge.model import bridge_usage, bridged_layers
+from domix.corpus import read_corpus
 from domix.errors import DomixError
 from domix.finetune.config import MODULE_METHODS, FinetuneConfig
 from domix.finetune.model import (
     build_domix, build_full, build_peft, classification_model, load_tokenizer_for, save_task_model, trainable_state,
 )
 from domix.metrics import classification_scores, downsample_curve
+from domix.mixda.model import build_mixda, load_adapters, mixda_record, recording_gates
+from domix.mixda.model import check_base as check_adapters_base
+from domix.mode.model import build_task_model as build_mode, check_base as check_experts_base, load_expert_store
+from domix.mode.model import place as place_experts, task_record as mode_record
 from domix.pretrain.loop import batch_rows, step_seed
+from domix.retention import retention
 from domix.runfolder import RUN_FILE, check_out, clear
 from domix.store import DomainModule, check_base, load_store
 from domix.system import DTYPES, peak_memory_mb, reset_peak_memory, resolve_device
@@ -61,7 +67,7 @@ def _subsample(task: Task, split: str, limit: int | None, seed: int) -> None:
 
 def _modules(cfg: FinetuneConfig) -> list[DomainModule]:
     """The modules a run uses: the ones it composes, the one it starts from, or (for a rank and layers) all."""
-    if not cfg.modules:
+    if not cfg.modules or cfg.method in ("mixda", "mode"):  # no LoRA modules: mixda.model.load_adapters, mode.model.load_expert_store
         return []
     if cfg.init_module:
         return load_store(cfg.modules, [cfg.init_module])
@@ -77,8 +83,12 @@ def finetune(cfg: FinetuneConfig, overwrite: bool = False, on_step: StepHook | N
     _subsample(task, "train", cfg.train_limit, cfg.sample_seed)
     for split in ("dev", "test"):
         _subsample(task, split, cfg.eval_limit, cfg.sample_seed)
+    if cfg.general:  # fail before training, not after
+        read_corpus("general", cfg.general)
     modules = _modules(cfg)
-    base_name = cfg.model or (modules[0].manifest or {}).get("base_model", {}).get("name")
+    adapters = load_adapters(cfg.modules, cfg.domains) if cfg.method == "mixda" else []
+    experts = load_expert_store(cfg.modules, cfg.domains) if cfg.method == "mode" else []
+    base_name = cfg.model or ((modules or adapters or experts)[0].manifest or {}).get("base_model", {}).get("name")
     if not base_name:
         raise DomixError("the modules do not say which base model they were trained on; pass --model")
     device = resolve_device(cfg.device)
@@ -95,11 +105,19 @@ def finetune(cfg: FinetuneConfig, overwrite: bool = False, on_step: StepHook | N
         groups = build_domix(model, head, modules, cfg)
     elif cfg.method == "full":
         groups = build_full(model, cfg)
+    elif cfg.method == "mixda":
+        check_adapters_base(adapters, fingerprint)
+        groups = build_mixda(model, head, adapters, cfg)
+    elif cfg.method == "mode":
+        check_experts_base(experts, fingerprint)
+        groups = build_mode(model, head, experts, cfg)
     else:
         rank = cfg.lora_rank or (sum(m.rank for m in modules) if modules else 8)
         targets = sorted({layer for m in modules for layer in m.lora_A}) or resolve_target_modules(model, None)[0]
         model, groups = build_peft(model, head, targets, cfg, rank, init=modules[0] if cfg.init_module else None)
     model.to(device)
+    if cfg.method == "mode":
+        place_experts(model, cfg.mode_device_map)  # experts on their own devices, if a map says so
     trainable = sum(p.numel() for g in groups for p in g["params"])
     if previous is not None and overwrite:
         clear(out)
@@ -119,6 +137,16 @@ def finetune(cfg: FinetuneConfig, overwrite: bool = False, on_step: StepHook | N
             params[name].copy_(value)
     test_logits = predict(model, rows["test"], tokenizer.pad_token_id, cfg.batch_size, device)
     test_scores = classification_scores(test_logits.argmax(-1), labels["test"], len(task.labels))
+    gate_weights = None
+    if cfg.method == "mixda":  # the mean gate weights over the test examples
+        with recording_gates(model, [a.name for a in adapters]) as gate_weights:
+            predict(model, rows["test"], tokenizer.pad_token_id, cfg.batch_size, device)
+    if cfg.method == "mode":  # the blocks, the experts and the mean gate weights over the test set's real tokens
+        mode_extras = mode_record(model, experts, cfg, rows["test"], tokenizer.pad_token_id, device)
+    peak_mb = peak_memory_mb(device)  # of training and testing: retention below loads a second copy of the base
+    retained = None
+    if cfg.general:
+        retained = retention(model, base_name, cfg.general, cfg.max_length, cfg.general_blocks, cfg.batch_size, device)
     record = {
         "method": cfg.method,
         "task": task.name,
@@ -143,9 +171,14 @@ def finetune(cfg: FinetuneConfig, overwrite: bool = False, on_step: StepHook | N
         "steps": state["steps"],
         "train_time_s": round(state["train_seconds"], 2),
         "wall_time_s": round(time.perf_counter() - started, 2),
-        "peak_memory_mb": peak_memory_mb(device),
+        "peak_memory_mb": peak_mb,
+        "retention": retained,
         "saved_model": cfg.save_model,
     }
+    if cfg.method == "mixda":
+        record.update(mixda_record(model, adapters, gate_weights))
+    if cfg.method == "mode":
+        record.update(mode_extras)
     if cfg.save_model:
         save_task_model(model, tokenizer, record, out / "model")
     atomic.write_json(out / RESULT_FILE, record)

@@ -11,7 +11,9 @@ from domix.settings import check
 
 # domix: one module per domain. The baselines (METHODS.md §4) train one model over all domains:
 # ncl_lora / ncl_full in sequence (naive continual learning), joint_lora on the corpora mixed.
-METHODS = ("domix", "ncl_lora", "joint_lora", "ncl_full")
+# mixda (METHODS.md §2): one bottleneck adapter per domain beside the FFN of a few layers (domix/mixda/);
+# mode (METHODS.md §3): one stack of expert layers per domain beside each block of layers (domix/mode/).
+METHODS = ("domix", "ncl_lora", "joint_lora", "ncl_full", "mixda", "mode")
 
 
 @dataclass
@@ -21,6 +23,7 @@ class PretrainConfig:
     out: str = ""
     objective: str = "auto"  # mlm, clm or auto (from the model)
     method: str = "domix"  # one of METHODS
+    general: str | None = None  # a general-domain corpus: MixDA's retention loss trains on it
     # LoRA: r 8, alpha 16, no dropout, every linear layer of every block (DoMIX reference)
     rank: int = 8
     alpha: float = 16.0
@@ -44,6 +47,18 @@ class PretrainConfig:
     fused: bool = True  # several domains train at once over one base (not with train_head)
     dtype: str = "float32"  # float32, bfloat16 or float16
     device: str = "auto"  # auto, cpu, cuda, cuda:1, ...
+    # MixDA (method mixda): domain adapters beside the FFN output projection of these block indices
+    # (default: the block at 2/3 of the stack and the last), bottleneck d_ff / mixda_reduction
+    mixda_layers: list[int] | None = None
+    mixda_reduction: int = 16
+    # MoDE (method mode): the layers cut into blocks of mode_block_size; each domain's expert beside a block is a
+    # copy of its last mode_expert_layers layers; mode_blocks picks blocks by number (default: all);
+    # mode_device_map places experts: {"experts": "cuda:1"}, per domain {"bio": "cuda:2"}, {"backbone": "cuda:0"}
+    mode_block_size: int = 6
+    mode_expert_layers: int = 1
+    mode_blocks: list[int] | None = None
+    mode_backbone_prior: float = 0.99  # the two-way gates start at this weight on the backbone (the rest on the expert)
+    mode_device_map: dict[str, str] | None = None
 
     def validate(self) -> "PretrainConfig":
         if not self.model:
@@ -55,6 +70,13 @@ class PretrainConfig:
         for name in self.domains:
             if not name or "/" in name or name.startswith("."):
                 raise DomixError(f"domain name {name!r} cannot be a folder name; use letters, digits, '-' or '_'")
+        if isinstance(self.mixda_layers, (str, int)):  # "7,11" from a flag or YAML
+            from domix.mixda.config import parse_layers
+
+            self.mixda_layers = parse_layers(str(self.mixda_layers))
+        from domix.mode.config import normalise_settings
+
+        normalise_settings(self)
         check([
             (self.method in METHODS, f"unknown --method {self.method!r}; choose one of {', '.join(METHODS)}"),
             (self.rank >= 1, "--rank must be at least 1"),
@@ -71,6 +93,13 @@ class PretrainConfig:
             (self.checkpoint_every >= 1, "--checkpoint-every must be at least 1"),
             (self.dtype in ("float32", "bfloat16", "float16", "float64"), "--dtype must be float32, bfloat16, float16 or float64"),
             (self.objective in ("auto", "mlm", "clm"), "--objective must be auto, mlm or clm"),
+            (self.mixda_reduction >= 1, "--mixda-reduction must be at least 1"),
+            (self.mixda_layers is None or (isinstance(self.mixda_layers, list) and len(self.mixda_layers) > 0
+                                           and all(isinstance(i, int) and i >= 0 for i in self.mixda_layers)
+                                           and len(set(self.mixda_layers)) == len(self.mixda_layers)),
+             f"--mixda-layers must list distinct block indices (0 = the first block), e.g. 7,11; got {self.mixda_layers!r}"),
+            (self.method != "mixda" or bool(self.general),
+             "--method mixda needs general-domain text for its retention loss; pass --general PATH (a file or folder of text)"),
         ])
         return self
 

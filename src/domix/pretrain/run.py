@@ -41,6 +41,14 @@ def pretrain(cfg: PretrainConfig, overwrite: bool = False, on_step: StepHook | N
     one model instead and returns {its folder name: its manifest}.
     """
     cfg.validate()
+    if cfg.method == "mixda":
+        from domix.mixda.pretrain import pretrain_mixda
+
+        return pretrain_mixda(cfg, overwrite, on_step)
+    if cfg.method == "mode":
+        from domix.mode.pretrain import pretrain_mode  # imports this module
+
+        return pretrain_mode(cfg, overwrite, on_step)
     if cfg.method != "domix":
         from domix.pretrain.baselines import pretrain_baseline  # imports this module
 

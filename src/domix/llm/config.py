@@ -1,0 +1,88 @@
+"""Settings of an instruction fine-tuning run of a causal LM (``domix instruct``)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from domix.errors import DomixError
+from domix.llm.data import TEMPLATES
+from domix.settings import check
+
+# domix: LoRA modules (a store's, or any PEFT LoRA adapter folders) concatenated with a trainable
+# bridge; lora / dora: a PEFT adapter from the base; full: every weight trains.
+METHODS = ("domix", "lora", "dora", "full")
+DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]  # the paper's LLM setting
+DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16", "float64")
+
+
+@dataclass
+class InstructConfig:
+    train: str | None = None  # jsonl: prompt/response or instruction/input/output
+    dev: str | None = None  # default: a seeded dev_fraction of train
+    dev_fraction: float = 0.05
+    modules: str | None = None  # a module store (domix pretrain --out) ...
+    domains: list[str] | None = None  # ... which of its modules, in this order (default: all)
+    adapters: list[str] | None = None  # and/or PEFT LoRA adapter folders (trained anywhere)
+    model: str | None = None  # default: the base the modules were trained on
+    out: str = ""
+    method: str = "domix"  # see METHODS
+    target_modules: list[str] | None = None  # lora/dora: the layers adapted (default DEFAULT_TARGETS)
+    lora_rank: int | None = None  # lora/dora: default the modules' total rank if any are given, else 16
+    template: str = "alpaca"  # see llm/data.py
+    # bridge
+    p_init: str | float = "scaled_identity"
+    p_lr: float | None = None
+    p_weight_decay: float = 0.0
+    # optimisation
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.03
+    epochs: int = 2
+    batch_size: int = 8
+    max_length: int = 256
+    max_grad_norm: float = 1.0
+    gradient_checkpointing: bool = False
+    train_limit: int | None = None  # a seeded sample of the training examples
+    seed: int = 42  # batch order, dropout, LoRA init
+    sample_seed: int = 0  # which examples train_limit and the dev hold-out take
+    checkpoint_every: int = 200
+    dtype: str = "auto"  # auto: bfloat16 on a GPU that has it, else float32
+    device: str = "auto"
+    save_model: bool = True
+
+    RESUME_FREE = ("checkpoint_every", "device", "out", "save_model")
+
+    def validate(self) -> "InstructConfig":
+        if not self.out:
+            raise DomixError("no output folder given; pass --out DIR")
+        if not self.train:
+            raise DomixError("no training data given; pass --train FILE (jsonl of prompt/response or instruction/output rows)")
+        if self.method not in METHODS:
+            raise DomixError(f"unknown method {self.method!r}; use one of {', '.join(METHODS)}")
+        if self.method == "domix" and not (self.modules or self.adapters):
+            raise DomixError("method domix composes LoRA modules; pass --modules STORE and/or --adapter PATH (repeat)")
+        if self.method != "domix" and not (self.model or self.modules or self.adapters):
+            raise DomixError(f"method {self.method} needs a base model; pass --model")
+        if self.domains and not self.modules:
+            raise DomixError("--domains picks modules of a store; pass --modules STORE too")
+        check([
+            (self.template in TEMPLATES, f"--template must be one of {', '.join(TEMPLATES)}"),
+            (self.lr > 0, "--lr must be positive"),
+            (self.epochs >= 1, "--epochs must be at least 1"),
+            (self.batch_size >= 1, "--batch-size must be at least 1"),
+            (self.max_length >= 2, "--max-length must be at least 2"),
+            (0 < self.dev_fraction < 1, "--dev-fraction must be between 0 and 1"),
+            (self.lora_rank is None or self.lora_rank >= 1, "--lora-rank must be at least 1"),
+            (self.train_limit is None or self.train_limit >= 2, "--train-limit must be at least 2"),
+            (self.checkpoint_every >= 1, "--checkpoint-every must be at least 1"),
+            (self.dtype in DTYPE_CHOICES, f"--dtype must be one of {', '.join(DTYPE_CHOICES)}"),
+        ])
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+FIELDS = {f.name for f in dataclasses.fields(InstructConfig)}

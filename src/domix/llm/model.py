@@ -1,0 +1,165 @@
+"""Causal-LM task models: build (DoMIX bridge, PEFT LoRA/DoRA, full), save, reload, fold and export.
+
+A saved model is a folder like finetune's (``domix_task.json`` with ``"kind": "causal-lm"``, the
+bridged tensors A_cat, B_cat, P, s in ``task_model.safetensors``, or a PEFT adapter, or the whole
+model, plus the tokenizer) and reloads from the base model alone. :func:`export_causal` folds it
+into a plain folder that ``AutoModelForCausalLM.from_pretrained`` loads and ``generate()``s with.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from domix import atomic
+from domix.base_model import load_base_model, resolve_target_modules, weights_fingerprint
+from domix.bridge import BridgedLinear, fold
+from domix.bridge.model import set_submodule
+from domix.errors import DomixError
+from domix.finetune.model import PEFT_METHODS, TASK_FILE, WEIGHTS_FILE, build_domix, build_full, build_peft, save_task_model
+from domix.llm.config import DEFAULT_TARGETS, InstructConfig
+from domix.store import DomainModule, load_module, load_store
+from domix.system import DTYPES
+
+CAUSAL_KIND = "causal-lm"
+EXPORT_FILE = "domix_export.json"  # in an exported folder: where it came from, its prompt template
+__all__ = ["CAUSAL_KIND", "build", "export_causal", "gather_modules", "is_causal_task_model", "load_causal",
+           "load_causal_task_model", "load_for_eval", "resolve_dtype", "save_task_model"]
+
+
+def resolve_dtype(name: str, device: torch.device) -> str:
+    """``auto``: bfloat16 on a GPU that supports it, float32 otherwise."""
+    if name != "auto":
+        return name
+    return "bfloat16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
+
+
+def load_causal(name: str, dtype: str) -> tuple[nn.Module, object]:
+    """A causal LM and its tokenizer (padding with EOS when it has no pad token)."""
+    base = load_base_model(name, "clm", DTYPES[dtype])
+    tokenizer = base.tokenizer
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    base.model.config.pad_token_id = tokenizer.pad_token_id
+    return base.model, tokenizer
+
+
+def gather_modules(modules: str | None, domains: list[str] | None, adapters: list[str] | None) -> list[DomainModule]:
+    """The LoRA modules to compose: a store's (or the named ones), then each adapter folder, in order."""
+    found = load_store(modules, domains) if modules else []
+    for path in adapters or []:
+        found.append(load_module(path))
+    seen: dict[str, int] = {}
+    for m in found:  # two folders may share a name (adapter/, adapter/): keep the bridge's blocks apart
+        seen[m.name] = seen.get(m.name, 0) + 1
+        if seen[m.name] > 1:
+            m.name = f"{m.name}#{seen[m.name]}"
+    return found
+
+
+def enable_gradient_checkpointing(model: nn.Module) -> None:
+    """Recompute each block's activations in backward instead of keeping them (non-reentrant, so a
+    frozen embedding layer needs no input gradient)."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5's name
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    model.config.use_cache = False
+
+
+def build(model: nn.Module, modules: list[DomainModule], cfg: InstructConfig) -> tuple[nn.Module, list[dict], list[str] | None]:
+    """Make ``model`` trainable the way ``cfg.method`` says: (model, optimizer groups, adapted layers).
+
+    domix: the modules concatenated with the bridge, only B_cat and P train (the LM head and the
+    embeddings stay frozen). lora / dora: PEFT on ``cfg.target_modules`` (default q, k, v, up and
+    down projections), rank ``cfg.lora_rank`` (default the modules' total rank, else 16), alpha 2·rank.
+    """
+    if cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    if cfg.method == "domix":
+        groups = build_domix(model, [], modules, cfg)
+        return model, groups, None
+    if cfg.method == "full":
+        return model, build_full(model, cfg), None
+    _, targets = resolve_target_modules(model, cfg.target_modules or DEFAULT_TARGETS)
+    rank = cfg.lora_rank or (sum(m.rank for m in modules) if modules else 16)
+    peft_model, groups = build_peft(model, [], targets, cfg, rank)
+    return peft_model, groups, targets
+
+
+def is_causal_task_model(folder: str | Path) -> bool:
+    file = Path(folder) / TASK_FILE
+    return file.is_file() and atomic.read_json(file).get("kind") == CAUSAL_KIND
+
+
+def load_causal_task_model(folder: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, object, dict]:
+    """Rebuild a ``domix instruct`` model from its folder and the base model: (model, tokenizer, record)."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = Path(folder)
+    if not is_causal_task_model(folder):
+        raise DomixError(f"{folder} is not a domix instruct model (no {TASK_FILE} of kind {CAUSAL_KIND}); "
+                         "give the model/ folder of a domix instruct run")
+    record = atomic.read_json(folder / TASK_FILE)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    dtype = DTYPES[record["dtype"]]
+    if record["method"] == "full":
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+        return model.to(device).eval(), tokenizer, record
+    model, _ = load_causal(record["base_model"]["name"], record["dtype"])
+    if weights_fingerprint(model) != record["base_model"]["fingerprint"]:
+        raise DomixError(f"the base model {record['base_model']['name']} is not the one this model was trained on "
+                         "(its weights' fingerprint differs); use that base model")
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if record["method"] in PEFT_METHODS:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, folder)
+    else:
+        tensors = load_file(str(folder / WEIGHTS_FILE))
+        named = dict(model.named_modules())
+        for name in record["layers"]:
+            part = lambda p: tensors[f"{name}.{p}"]  # noqa: E731
+            layer = BridgedLinear(named[name], part("lora_A"), part("lora_B"), part("scales"), 0.0, dtype=part("lora_A").dtype)
+            with torch.no_grad():
+                layer.bridge.copy_(part("bridge"))
+            set_submodule(model, name, layer)
+    return model.to(device).eval(), tokenizer, record
+
+
+def load_for_eval(source: str, device: torch.device | str = "cpu", dtype: str = "auto") -> tuple[nn.Module, object, str | None]:
+    """A model to evaluate or generate with: a domix instruct model folder, an exported folder, or any
+    causal LM (name or folder). Returns (model, tokenizer, the template it was trained with or None)."""
+    if is_causal_task_model(source):
+        model, tokenizer, record = load_causal_task_model(source, device)
+        return model, tokenizer, record["template"]
+    if (Path(source) / TASK_FILE).is_file():
+        raise DomixError(f"{source} is a sequence-classification task model (domix finetune), not a causal LM; "
+                         "use domix evaluate for it")
+    model, tokenizer = load_causal(source, resolve_dtype(dtype, torch.device(device)))
+    exported = Path(source) / EXPORT_FILE
+    template = atomic.read_json(exported)["template"] if exported.is_file() else None
+    return model.to(device).eval(), tokenizer, template
+
+
+def export_causal(folder: str | Path, out: str | Path) -> None:
+    """Fold a ``domix instruct`` model into a plain causal-LM folder (W' = W + B_cat diag(s) P A_cat)."""
+    model, tokenizer, record = load_causal_task_model(folder)
+    if record["method"] in PEFT_METHODS:
+        plain = model.merge_and_unload()
+    else:
+        plain = model if record["method"] == "full" else fold(model)
+    plain.name_or_path = record["base_model"]["name"]
+    plain.config.use_cache = True
+
+    def fill(tmp: Path) -> None:
+        plain.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        atomic.write_json(tmp / EXPORT_FILE, {"from": str(folder), "method": record["method"],
+                                                      "template": record["template"], "base_model": record["base_model"]})
+
+    atomic.replace_dir(Path(out), fill)

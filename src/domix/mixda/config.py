@@ -1,0 +1,45 @@
+"""Where MixDA's adapters go and how big they are.
+
+Layer rule: two blocks by default, the one at two thirds of the stack (index round(2L/3) - 1) and
+the last (index L - 1); for a 12-block model that is blocks 7 and 11, the reference's choice for
+RoBERTa. ``--mixda-layers`` names others. An adapter's bottleneck is d_ff / reduction (16).
+"""
+
+from __future__ import annotations
+
+from domix.errors import DomixError
+
+REDUCTION = 16  # bottleneck d_ff / 16 (domain adapters) and d_model / 16 (the task adapter)
+LM_WEIGHT = 0.5  # stage 1: 0.5 x the language-model loss + the retention MSE on general text
+KIND = "domix-mixda-adapter"  # a stage-1 domain folder's manifest kind
+WEIGHTS_FILE = "mixda_adapter.safetensors"
+
+
+def parse_layers(text: str) -> list[int]:
+    """``"7,11"`` -> [7, 11]."""
+    try:
+        layers = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise DomixError(f"--mixda-layers takes comma-separated block indices such as 7,11, not {text!r}") from None
+    if not layers:
+        raise DomixError("--mixda-layers names no block; give indices such as 7,11")
+    return layers
+
+
+def default_layers(n_blocks: int) -> list[int]:
+    """The block at two thirds of the stack and the last one (one block if they coincide)."""
+    return sorted({max(round(2 * n_blocks / 3) - 1, 0), n_blocks - 1})
+
+
+def choose_layers(n_blocks: int, chosen: list[int] | None) -> list[int]:
+    """The adapted block indices, sorted; refuses indices the model does not have."""
+    if chosen is None:
+        return default_layers(n_blocks)
+    outside = [i for i in chosen if not 0 <= i < n_blocks]
+    if outside:
+        raise DomixError(f"--mixda-layers {outside} do not exist: this model has {n_blocks} blocks (0 to {n_blocks - 1})")
+    return sorted(chosen)
+
+
+def bottleneck(width: int, reduction: int) -> int:
+    return max(width // reduction, 1)

@@ -1,0 +1,293 @@
+"""MixDA stage 1: one set of domain adapters per domain on the frozen base (``domix pretrain --method mixda``).
+
+Domain k's loss at each step is LM_WEIGHT (0.5) x the language-model loss (masked or causal, as the
+base) of its adapters on a batch of its corpus, plus the retention term: the MSE between the adapted
+FFN output W2 h + DA_k(h) and the plain one W2 h at each adapted block (mean over blocks), on a batch
+of general text fed through the backbone. The published code compares a tensor with itself there.
+
+Several domains train fused, as DoMIX's modules do (pretrain/fused.py): the batch stacks every
+unfinished domain's rows, each domain's adapters see only its rows, and each domain keeps its own
+loss, optimizer, schedule, clipping, data order and masks, so its adapters equal a separate run's.
+Data order, masks and dropout come from per-step seeds (pretrain/loop.py), checkpoints are atomic, and
+a rerun resumes to the adapters an uninterrupted run makes.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from domix import atomic
+from domix.base_model import BaseModel, load_base_model, load_tokenizer, weights_fingerprint
+from domix.batches import lm_batch, lm_loss
+from domix.corpus import read_corpus, tokenize_blocks
+from domix.errors import DomixError
+from domix.metrics import downsample_curve
+from domix.mixda.config import KIND, LM_WEIGHT
+from domix.mixda.layer import Segments, adapter_dtype
+from domix.mixda.model import Site, adapter_sites, adapter_tensors, install_domain_adapters, new_adapters, uninstall, widths, write_domain
+from domix.pretrain.config import PretrainConfig
+from domix.pretrain.loop import StepHook, TrainResult, batch_rows, evaluate, predicted_tokens, step_seed, total_steps
+from domix.pretrain.run import DomainData, _log_heldout, format_summary
+from domix.runfolder import RUN_FILE, check_out, clear
+from domix.store import MANIFEST_NAME, versions
+from domix.system import DTYPES, peak_memory_mb, reset_peak_memory, resolve_device
+
+GENERAL = "general"  # the general corpus's name in messages and records
+
+
+@dataclass
+class MixDAResult(TrainResult):
+    lm_losses: list[float] = field(default_factory=list)  # the language-model term, one per step
+    retention_losses: list[float] = field(default_factory=list)  # the retention MSE, one per step
+    general_tokens_seen: int = 0
+
+
+@dataclass
+class Setup:
+    """What every group of domains trains with."""
+
+    cfg: PretrainConfig
+    out: Path
+    base: BaseModel
+    sites: list[Site]
+    general: torch.Tensor  # (sequences, seq_len) token ids of the general corpus
+    general_info: dict
+    fingerprint: str
+    device: torch.device
+
+
+def pretrain_mixda(cfg: PretrainConfig, overwrite: bool = False, on_step: StepHook | None = None) -> dict[str, dict]:
+    """Train MixDA domain adapters for every domain of ``cfg``; returns each domain's manifest."""
+    cfg.validate()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise DomixError("--method mixda trains its domains fused in one process; launch it without torchrun or accelerate")
+    out = Path(cfg.out)
+    previous = check_out(out, cfg.to_dict(), PretrainConfig.RESUME_FREE, overwrite)
+    resuming = previous is not None and not overwrite
+    if not Path(cfg.general).exists():
+        raise DomixError(f"general-domain corpus {cfg.general} (--general) does not exist; give a text file or folder of general text")
+    corpora = {name: read_corpus(name, path) for name, path in cfg.domains.items()}
+    general = read_corpus(GENERAL, cfg.general)
+    fingerprints = {name: c.fingerprint for name, c in corpora.items()}
+    if resuming:
+        changed = [n for n, fp in previous.get("corpora", {}).items() if fingerprints.get(n) != fp]
+        if previous.get("general_corpus") != general.fingerprint:
+            changed.append(GENERAL)
+        if changed:
+            raise DomixError(f"the corpus of {changed} changed since this unfinished run began; restore it, or pass --overwrite to start over")
+    tokenizer, objective = load_tokenizer(cfg.model, cfg.objective)
+    pending = [n for n in corpora if not (resuming and (out / n / MANIFEST_NAME).exists())]
+    # all data is checked before the (possibly large) model is loaded
+    data = {name: DomainData.build(corpora[name], tokenizer, objective, cfg) for name in pending}
+    general_blocks = tokenize_blocks(general, tokenizer, cfg.seq_len, append_eos=objective == "clm")
+    device = resolve_device(cfg.device)
+    base = load_base_model(cfg.model, objective, DTYPES[cfg.dtype], tokenizer)
+    base.model.to(device)
+    fingerprint = weights_fingerprint(base.model)
+    if resuming and previous.get("base_fingerprint") != fingerprint:
+        raise DomixError(f"the weights of base model {cfg.model} changed since this unfinished run began; "
+                         "use the same model, or pass --overwrite to start over")
+    sites = adapter_sites(base.model, cfg.mixda_layers)
+    for p in base.model.parameters():
+        p.requires_grad_(False)
+    run = {"status": "running", "method": cfg.method, "config": cfg.to_dict(), "base_fingerprint": fingerprint,
+           "corpora": fingerprints, "general_corpus": general.fingerprint, "domains": list(cfg.domains),
+           "layers": [s.index for s in sites]}
+    if previous is not None and overwrite:
+        clear(out)
+    atomic.write_json(out / RUN_FILE, run)
+    print(f"domix: mixda: base {cfg.model} ({objective}, fingerprint {fingerprint}); domain adapters "
+          f"(bottleneck {widths(sites[0], cfg.mixda_reduction)['adapter']}) beside {', '.join(s.name for s in sites)}")
+    for name in corpora:
+        if name not in data:
+            print(f"domix: domain {name!r} already finished, kept")
+    general_info = {"path": general.path, "fingerprint": general.fingerprint, "passages": len(general.passages),
+                    "tokens": int(general_blocks.numel())}
+    setup = Setup(cfg, out, base, sites, general_blocks, general_info, fingerprint, device)
+    groups = ([pending] if cfg.fused else [[n] for n in pending]) if pending else []
+    for names in groups:
+        _train_group(setup, {n: data[n] for n in names}, on_step)
+    manifests = {name: atomic.read_json(out / name / MANIFEST_NAME) for name in corpora}
+    try:
+        (out / "checkpoints").rmdir()
+    except OSError:  # absent, or holding other files
+        pass
+    run["status"] = "finished"
+    run["summary"] = {n: {k: m["heldout"][k] for k in ("loss_before", "loss_after")} for n, m in manifests.items()}
+    atomic.write_json(out / RUN_FILE, run)
+    print(format_summary(manifests))
+    return manifests
+
+
+def _train_group(s: Setup, data: dict[str, DomainData], on_step: StepHook | None) -> None:
+    """Train the domains of ``data`` together (one domain: a separate run), writing each as it finishes."""
+    cfg, base, device = s.cfg, s.base, s.device
+    model, objective, tokenizer = base.model, base.objective, base.tokenizer
+    started = time.perf_counter()
+    reset_peak_memory(device)
+    names = list(data)
+    before = {}
+    for n in names:
+        heldout = data[n].heldout
+        before[n] = evaluate(model, heldout, objective, tokenizer, cfg, device) if len(heldout) else None
+        print(f"domix: domain {n!r}: {len(data[n].train)} training and {len(heldout)} held-out sequences of {cfg.seq_len} tokens")
+    if len(names) > 1:
+        print(f"domix: training {len(names)} domains fused in one pass over the base")
+    dtype = adapter_dtype(next(model.parameters()).dtype)
+    adapters = [new_adapters(s.sites, cfg.mixda_reduction, cfg.seed, dtype) for _ in names]
+    segments, layers = install_domain_adapters(model, s.sites, adapters)
+    checkpoint = s.out / "checkpoints" / ("mixda-fused.pt" if cfg.fused else f"mixda-{names[0]}.pt")
+    try:
+        from transformers import get_linear_schedule_with_warmup
+
+        params = {n: [p for a in adapters[k] for p in a.parameters()] for k, n in enumerate(names)}
+        steps = {n: total_steps(cfg, data[n].train.shape[0]) for n in names}
+        optimizers = {n: torch.optim.AdamW(params[n], lr=cfg.lr, weight_decay=cfg.weight_decay) for n in names}
+        schedulers = {n: get_linear_schedule_with_warmup(optimizers[n], int(cfg.warmup_ratio * steps[n]), steps[n]) for n in names}
+        results = {n: MixDAResult(steps=0, tokens_seen=0) for n in names}
+        step = _restore(checkpoint, names, params, optimizers, schedulers, results)
+        model.train()
+        while any(results[n].steps < steps[n] for n in names):
+            active = [k for k, n in enumerate(names) if results[n].steps < steps[n]]
+            torch.manual_seed(step_seed(cfg.seed, step))  # the base's dropout
+            t0 = time.perf_counter()
+            lm, retention, spans, general_rows = _step_losses(s, segments, data, names, active, results)
+            losses = [LM_WEIGHT * a + b for a, b in zip(lm, retention)]
+            for k, loss in zip(active, losses):
+                if not torch.isfinite(loss):
+                    raise DomixError(f"non-finite loss at step {results[names[k]].steps + 1} of domain {names[k]!r}; training "
+                                     f"stopped and the last checkpoint is kept at {checkpoint}. Lower --lr (now {cfg.lr:g}) and rerun")
+            torch.stack(losses).sum().backward()  # domain k's adapters see only loss k
+            elapsed = time.perf_counter() - t0
+            rows = sum(e - b for _, b, e in spans)
+            finished = []
+            for (k, b, e), loss, a, r, g in zip(spans, losses, lm, retention, general_rows):
+                n = names[k]
+                torch.nn.utils.clip_grad_norm_(params[n], cfg.max_grad_norm)
+                optimizers[n].step()
+                schedulers[n].step()
+                optimizers[n].zero_grad(set_to_none=True)
+                res = results[n]
+                res.steps += 1
+                res.tokens_seen += (e - b) * cfg.seq_len
+                res.general_tokens_seen += g * cfg.seq_len
+                res.losses.append(loss.item())
+                res.lm_losses.append(a.item())
+                res.retention_losses.append(r.item())
+                res.train_seconds += elapsed * (e - b) / rows  # the shared step, split by rows
+                if res.steps == steps[n]:
+                    finished.append(k)
+            step += 1
+            if on_step is not None:
+                for k, loss in zip(active, losses):
+                    on_step(names[k], results[names[k]].steps, loss.item(), model)
+            for k in finished:
+                n = names[k]
+                segments.only(k)
+                after = evaluate(model, data[n].heldout, objective, tokenizer, cfg, device) if len(data[n].heldout) else None
+                model.train()
+                manifest = _manifest(s, data[n], results[n], before[n], after, started, names)
+                write_domain(s.out / n, adapter_tensors(s.sites, adapters[k]), manifest)
+                _log_heldout(s.out, n, results[n].steps, before[n], after)
+            unfinished = any(results[n].steps < steps[n] for n in names)
+            # also when a domain finished: a resumed run then goes on with the same domains in its batch
+            if unfinished and (step % cfg.checkpoint_every == 0 or finished):
+                atomic.torch_save(checkpoint, {"step": step, "domains": {n: {
+                    "params": [p.detach().cpu() for p in params[n]], "optimizer": optimizers[n].state_dict(),
+                    "scheduler": schedulers[n].state_dict(), "result": results[n]} for n in names}})
+        checkpoint.unlink(missing_ok=True)
+    finally:
+        uninstall(model, s.sites)
+
+
+def _step_losses(s: Setup, segments: Segments, data: dict[str, DomainData], names: list[str], active: list[int],
+                 results: dict[str, MixDAResult]) -> tuple[list[torch.Tensor], list[torch.Tensor], list[tuple[int, int, int]], list[int]]:
+    """Each active domain's language-model loss and retention term at this step, its rows of the
+    domain batch (domain index, start, end) and its number of general-text rows."""
+    cfg, model, device = s.cfg, s.base.model, s.device
+    batches, general, spans, start = [], [], [], 0
+    for k in active:
+        own = results[names[k]].steps  # a domain's data order and masks follow its own step count
+        train = data[names[k]].train
+        blocks = train[batch_rows(train.shape[0], cfg.batch_size, cfg.seed, own)]
+        batches.append(lm_batch(blocks, s.base.objective, s.base.tokenizer, torch.Generator().manual_seed(step_seed(cfg.seed, own)),
+                                cfg.mlm_probability))
+        general.append(s.general[batch_rows(s.general.shape[0], cfg.batch_size, cfg.seed, own)])
+        spans.append((k, start, start + blocks.shape[0]))
+        start += blocks.shape[0]
+    # the domain corpus: one cross-entropy over the fused batch, then each domain's mean over its rows
+    segments.spans = spans
+    labels = torch.cat([b["labels"] for b in batches])
+    logits = model(input_ids=torch.cat([b["input_ids"] for b in batches]).to(device)).logits
+    token_losses = lm_loss(logits, labels, s.base.objective, reduction="none").view(labels.shape[0], -1)
+    lm = [token_losses[b:e].sum() / max(predicted_tokens(labels[b:e], s.base.objective), 1) for _, b, e in spans]
+    ends = torch.tensor([g.shape[0] for g in general]).cumsum(0).tolist()
+    general_spans = [(k, end - g.shape[0], end) for k, g, end in zip(active, general, ends)]
+    retention = retention_terms(model, segments, torch.cat(general).to(device), general_spans)
+    return lm, retention, spans, [g.shape[0] for g in general]
+
+
+def retention_terms(model: torch.nn.Module, segments: Segments, general_ids: torch.Tensor,
+                    spans: list[tuple[int, int, int]]) -> list[torch.Tensor]:
+    """Each span's retention term on its rows of general text: MSE(W2 h + DA_k(h), W2 h) at every adapted
+    block, averaged over the blocks. Only the backbone runs (no LM head)."""
+    segments.spans = spans
+    segments.retention = {k: [] for k, _, _ in spans}
+    try:
+        model.base_model(input_ids=general_ids)
+        return [torch.stack(segments.retention[k]).mean() for k, _, _ in spans]
+    finally:
+        segments.retention = None
+
+
+def _restore(checkpoint: Path, names: list[str], params, optimizers, schedulers, results) -> int:
+    """Load a checkpoint's state for ``names`` (a domain it lacks starts afresh); the group step it was at."""
+    if not checkpoint.exists():
+        return 0
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    for n in names:
+        saved = state["domains"].get(n)
+        if saved is None:
+            continue
+        with torch.no_grad():
+            for p, value in zip(params[n], saved["params"]):
+                p.copy_(value)
+        optimizers[n].load_state_dict(saved["optimizer"])
+        schedulers[n].load_state_dict(saved["scheduler"])
+        results[n] = saved["result"]
+    print(f"domix: resuming MixDA domains {names} from step {state['step']} ({checkpoint})")
+    return state["step"]
+
+
+def _manifest(s: Setup, data: DomainData, result: MixDAResult, loss_before: float | None, loss_after: float | None,
+              started: float, fused_with: list[str]) -> dict:
+    cfg, corpus, heldout = s.cfg, data.corpus, data.heldout
+    return {
+        "name": corpus.name,
+        "kind": KIND,
+        "method": "mixda",
+        "corpus": {"path": corpus.path, "fingerprint": corpus.fingerprint, "passages": len(corpus.passages), "tokens": data.tokens},
+        "general_corpus": s.general_info,
+        "base_model": {"name": cfg.model, "fingerprint": s.fingerprint, "model_type": s.base.model.config.model_type},
+        "objective": s.base.objective,
+        "mixda": {"layers": [site.index for site in s.sites], "layer_names": [site.name for site in s.sites],
+                  "reduction": cfg.mixda_reduction, **widths(s.sites[0], cfg.mixda_reduction), "lm_weight": LM_WEIGHT},
+        "training": {
+            "steps": result.steps, "tokens_seen": result.tokens_seen, "general_tokens_seen": result.general_tokens_seen,
+            "batch_size": cfg.batch_size, "seq_len": cfg.seq_len, "lr": cfg.lr, "warmup_ratio": cfg.warmup_ratio,
+            "seed": cfg.seed, "dtype": cfg.dtype, "device": str(s.device), "fused_with": fused_with if len(fused_with) > 1 else [],
+            "loss_curve": downsample_curve(result.losses, 200),
+            "lm_loss_curve": downsample_curve(result.lm_losses, 200),
+            "retention_curve": downsample_curve(result.retention_losses, 200),
+        },
+        "heldout": {"sequences": len(heldout), "tokens": int(heldout.numel()), "loss_before": loss_before, "loss_after": loss_after},
+        "wall_time_s": round(time.perf_counter() - started, 2),
+        "train_time_s": round(result.train_seconds, 2),
+        "peak_memory_mb": peak_memory_mb(s.device),
+        "versions": versions(),
+    }

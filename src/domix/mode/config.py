@@ -1,0 +1,115 @@
+"""MoDE's architecture settings (METHODS.md §3): how the backbone is cut into blocks, how big an expert is.
+
+Defaults are sized for a 30-layer SmolLM2 on a CPU: blocks of 6 layers (5 blocks), each domain's
+expert one layer per block, a copy of the block's last layer, so a domain adds 5 layers (1/6 of the
+backbone's). ``expert_layers = block_size`` gives the paper's full-copy experts, which start equal
+to the backbone. With fewer layers an expert starts as another function, so the stage-1 gates start at
+``mode_backbone_prior`` (0.99) on the backbone: the model starts at the base's loss (an even mix would
+ruin it), and the gates learn how much of the expert to take. Stage-2 gates start from the stage-1 ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from domix.errors import DomixError
+
+DEFAULT_BLOCK_SIZE = 6
+DEFAULT_EXPERT_LAYERS = 1
+
+
+@dataclass(frozen=True)
+class BlockPlan:
+    """One block of consecutive backbone layers and the layers its experts are copied from."""
+
+    index: int  # the block's number (0 = the first ``block_size`` layers)
+    layers: tuple[int, ...]  # the backbone layers the block runs
+    source_layers: tuple[int, ...]  # the backbone layers an expert of this block starts as (the block's last ones)
+
+    def to_dict(self) -> dict:
+        return {"index": self.index, "layers": list(self.layers), "source_layers": list(self.source_layers)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "BlockPlan":
+        return cls(int(d["index"]), tuple(d["layers"]), tuple(d["source_layers"]))
+
+
+def plan_blocks(n_layers: int, block_size: int = DEFAULT_BLOCK_SIZE, expert_layers: int = DEFAULT_EXPERT_LAYERS,
+                blocks: list[int] | None = None) -> list[BlockPlan]:
+    """The blocks that get experts: ``n_layers`` cut into runs of ``block_size`` (the last may be shorter).
+
+    ``blocks`` picks some of them by number (default: all). An expert has ``expert_layers`` layers
+    (at most the block's length), copied from the block's last layers.
+    """
+    check_settings(block_size, expert_layers, blocks)
+    starts = list(range(0, n_layers, block_size))
+    chosen = list(range(len(starts))) if blocks is None else sorted(blocks)
+    beyond = [b for b in chosen if b >= len(starts)]
+    if beyond:
+        raise DomixError(f"--mode-blocks {beyond} do not exist: {n_layers} layers in blocks of {block_size} make "
+                         f"blocks 0..{len(starts) - 1}; choose among those")
+    plans = []
+    for b in chosen:
+        layers = tuple(range(starts[b], min(starts[b] + block_size, n_layers)))
+        plans.append(BlockPlan(b, layers, layers[-min(expert_layers, len(layers)):]))
+    return plans
+
+
+def check_settings(block_size: int, expert_layers: int, blocks: list[int] | None) -> None:
+    if not isinstance(block_size, int) or block_size < 1:
+        raise DomixError(f"--mode-block-size must be a whole number of at least 1, not {block_size!r}")
+    if not isinstance(expert_layers, int) or not 1 <= expert_layers <= block_size:
+        raise DomixError(f"--mode-expert-layers must be between 1 and the block size {block_size}, not {expert_layers!r}")
+    if blocks is not None:
+        if not blocks or not all(isinstance(b, int) and b >= 0 for b in blocks) or len(set(blocks)) != len(blocks):
+            raise DomixError(f"--mode-blocks must list distinct block numbers (0, 1, ...), not {blocks!r}")
+
+
+def check_device_map(device_map: dict | None) -> None:
+    """A placement: {"backbone": DEVICE, "experts": DEVICE, DOMAIN: DEVICE}, every key optional."""
+    if device_map is None:
+        return
+    if not isinstance(device_map, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in device_map.items()):
+        raise DomixError(f"--mode-device-map must map names to devices (backbone=cuda:0,experts=cuda:1 or DOMAIN=cuda:2), "
+                         f"not {device_map!r}")
+    import torch
+
+    for key, value in device_map.items():
+        try:
+            torch.device(value)
+        except RuntimeError:
+            raise DomixError(f"--mode-device-map gives {key!r} the unknown device {value!r}; use cpu, cuda or cuda:N") from None
+
+
+def parse_device_map(text: str) -> dict[str, str]:
+    """``backbone=cuda:0,experts=cuda:1`` (the command line's form) as a mapping."""
+    out = {}
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise DomixError(f"--mode-device-map expects NAME=DEVICE items separated by commas, got {item!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def normalise_settings(cfg) -> None:
+    """Check a run config's ``mode_*`` settings in place, reading the text forms of a flag or YAML file."""
+    if isinstance(cfg.mode_device_map, str):
+        cfg.mode_device_map = parse_device_map(cfg.mode_device_map)
+    check_device_map(cfg.mode_device_map)
+    if hasattr(cfg, "mode_blocks"):  # pre-training: the architecture
+        if isinstance(cfg.mode_blocks, (str, int)):
+            try:
+                cfg.mode_blocks = [int(b) for b in str(cfg.mode_blocks).split(",") if b.strip()]
+            except ValueError:
+                raise DomixError(f"--mode-blocks must list block numbers separated by commas (e.g. 0,2), not {cfg.mode_blocks!r}") from None
+        check_settings(cfg.mode_block_size, cfg.mode_expert_layers, cfg.mode_blocks)
+        if not 0 < cfg.mode_backbone_prior < 1:
+            raise DomixError(f"--mode-backbone-prior must be between 0 and 1 (exclusive), not {cfg.mode_backbone_prior!r}")
+    else:  # fine-tuning
+        if cfg.mode_gate_lr is not None and not cfg.mode_gate_lr > 0:
+            raise DomixError(f"--mode-gate-lr must be positive, not {cfg.mode_gate_lr!r}")
+        if cfg.method != "mode" and (cfg.mode_train_experts or cfg.mode_gate_lr is not None or cfg.mode_device_map):
+            raise DomixError(f"--mode-train-experts, --mode-gate-lr and --mode-device-map apply to --method mode, not {cfg.method}")
+        if cfg.method == "mode" and not cfg.modules:
+            raise DomixError("method mode needs the domain experts of domix pretrain --method mode; pass --modules STORE")
