@@ -5,6 +5,8 @@
   concurrent  one PEFT LoRA process per domain, all at once (peak memory summed; each process gets
               cores/3 threads, at least one, so they do not oversubscribe the machine)
   ncl         the full model trained with the same objective over the domains in sequence
+  fused-ckpt  fused with --gradient-checkpointing (activations recomputed in backward), run only
+              when named in --variants: the memory-for-compute trade a user can make
 
 Same steps, batch and sequence length for all. Each variant runs in its own process(es), so
 peak resident memory is its own; every variant is repeated and the median reported.
@@ -52,11 +54,11 @@ def flops_per_token(model_dir: str, full: bool) -> float:
     return (6 if full else 4) * n
 
 
-def domix_run(args, domains: dict[str, str], fused: bool, out: Path, processes: int = 1) -> subprocess.Popen:
+def domix_run(args, domains: dict[str, str], fused: bool, out: Path, processes: int = 1, checkpointing: bool = False) -> subprocess.Popen:
     """A domix pretrain process; with several at once each gets its share of the cores, as a user would set it."""
     cmd = [sys.executable, "-m", "domix", "pretrain", "--model", args.model, "--out", str(out), "--steps", str(args.steps),
            "--batch-size", str(args.batch_size), "--seq-len", str(args.seq_len), "--heldout-max-blocks", "1",
-           "--fused" if fused else "--no-fused", "--checkpoint-every", "100000"]
+           "--fused" if fused else "--no-fused", "--checkpoint-every", "100000"] + (["--gradient-checkpointing"] if checkpointing else [])
     for name, path in domains.items():
         cmd += ["--domain", f"{name}={path}"]
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // processes))}
@@ -82,9 +84,9 @@ def summarise(outs: list[Path], procs: list[subprocess.Popen], started: float) -
 
 def run_variant(name: str, args, root: Path) -> dict:
     t0 = time.perf_counter()
-    if name in ("fused", "sequential"):
+    if name in ("fused", "sequential", "fused-ckpt"):
         out = root / name
-        procs = [domix_run(args, DOMAINS, name == "fused", out)]
+        procs = [domix_run(args, DOMAINS, name != "sequential", out, checkpointing=name == "fused-ckpt")]
         outs = [out]
     elif name == "concurrent":
         outs = [root / f"concurrent-{d}" for d in DOMAINS]

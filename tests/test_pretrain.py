@@ -168,6 +168,19 @@ def test_fused_training_makes_the_modules_of_separate_runs(tiny_llama, corpora, 
         assert config_files[0] == config_files[1]  # fused modules are written as PEFT writes them
 
 
+@pytest.mark.parametrize("fused", [True, False])
+def test_gradient_checkpointing_trains_the_same_modules(tiny_model, corpora, tmp_path, fused):
+    """Activations recomputed in backward (with the same dropout and masks) give the same modules, float64."""
+    settings = dict(steps=6, dtype="float64", dropout=0.1, fused=fused)
+    plain = pretrain(config(tiny_model, corpora, tmp_path / "plain", **settings))
+    recomputed = pretrain(config(tiny_model, corpora, tmp_path / "ckpt", gradient_checkpointing=True, **settings))
+    for domain in corpora:
+        a, b = adapter(tmp_path / "plain", domain), adapter(tmp_path / "ckpt", domain)
+        assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], rtol=1e-9, atol=1e-12) for k in a)
+        losses = [[loss for _, loss in run[domain]["training"]["loss_curve"]] for run in (plain, recomputed)]
+        assert len(losses[0]) == 6 and losses[1] == pytest.approx(losses[0], rel=1e-9)
+
+
 def test_killed_process_resumes_to_the_same_module(tiny_llama, corpora, tmp_path):
     args = [sys.executable, "-m", "domix", "pretrain", "--model", str(tiny_llama), "--domain", f"food={corpora['food']}",
             "--steps", "150", "--batch-size", "8", "--seq-len", "32", "--checkpoint-every", "5", "--lr", "5e-3"]

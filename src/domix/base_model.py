@@ -114,6 +114,21 @@ def load_base_model(
     return BaseModel(name=name, model=model, tokenizer=tokenizer, objective=objective)
 
 
+def set_gradient_checkpointing(model: nn.Module, enabled: bool) -> None:
+    """Recompute each block's activations in backward instead of keeping them, or stop doing so.
+
+    Non-reentrant, so a frozen embedding layer needs no input gradient; transformers 5 names it
+    activation checkpointing, older versions gradient checkpointing.
+    """
+    new_name = hasattr(model, "activation_checkpointing_enable")
+    if not enabled:
+        (model.activation_checkpointing_disable if new_name else model.gradient_checkpointing_disable)()
+    elif new_name:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 def convert_gguf(gguf_file: str, out_dir: str) -> None:
     """De-quantise a GGUF model once into a plain safetensors folder (fast to load later)."""
     from domix.atomic import replace_dir

@@ -74,6 +74,9 @@ def _add_pretrain(sub) -> None:
     p.add_argument("--fused", action=argparse.BooleanOptionalAction, default=None,
                    help="train several domains at once over one base (default: yes); --no-fused trains them one after another; "
                         "ignored by the baseline methods")
+    p.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None,
+                   help="recompute activations in backward instead of keeping them: far less memory, about a third more "
+                        "compute (default: no)")
     p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
 
 

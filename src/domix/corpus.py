@@ -7,13 +7,13 @@ A corpus is a text file with one passage a line, a jsonl file whose objects have
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from domix.errors import DomixError
+from domix.jsonl import jsonl_rows
 
 TEXT_SUFFIXES = {".txt", ".text"}
 JSONL_SUFFIXES = {".jsonl", ".json"}
@@ -34,19 +34,12 @@ def _read_file(path: Path) -> list[str]:
             return [line.strip() for line in f if line.strip()]
     if suffix in JSONL_SUFFIXES:
         passages = []
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise DomixError(f"{path}:{lineno} is not valid JSON ({err.msg}); write one JSON object a line") from None
-                if not isinstance(obj, dict) or "text" not in obj:
-                    raise DomixError(f"{path}:{lineno} has no 'text' field; each line must be an object like {{\"text\": \"...\"}}")
-                text = str(obj["text"]).strip()
-                if text:
-                    passages.append(text)
+        for lineno, obj in jsonl_rows(path):
+            if "text" not in obj:
+                raise DomixError(f"{path}:{lineno} has no 'text' field; each line must be an object like {{\"text\": \"...\"}}")
+            text = str(obj["text"]).strip()
+            if text:
+                passages.append(text)
         return passages
     raise DomixError(f"corpus file {path} has an unsupported type {suffix or '(none)'}; use .txt (a passage a line) or .jsonl (a 'text' field)")
 

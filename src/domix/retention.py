@@ -10,6 +10,8 @@ alone keeps the base's loss exactly; the rise is what adaptation cost.
 
 from __future__ import annotations
 
+import time
+
 import torch
 from torch import nn
 
@@ -38,6 +40,7 @@ def backbone(model: nn.Module) -> nn.Module:
 def retention(task_model: nn.Module, base_name: str, general: str, seq_len: int, max_blocks: int,
               batch_size: int, device: torch.device | str) -> dict:
     """LM loss on general text of the base model and of ``task_model``'s backbone under the base's LM head."""
+    started = time.perf_counter()
     tokenizer, objective = load_tokenizer(base_name)
     blocks = general_blocks(general, tokenizer, objective, seq_len, max_blocks)
     dtype = next(task_model.parameters()).dtype
@@ -56,4 +59,5 @@ def retention(task_model: nn.Module, base_name: str, general: str, seq_len: int,
         setattr(lm, prefix, base_backbone)
         head.weight = base_head_weight
     return {"corpus": general, "sequences": int(blocks.shape[0]), "seq_len": seq_len, "objective": objective,
-            "lm_loss_base": round(before, 6), "lm_loss_after": round(after, 6), "change": round(after - before, 6)}
+            "lm_loss_base": round(before, 6), "lm_loss_after": round(after, 6), "change": round(after - before, 6),
+            "seconds": round(time.perf_counter() - started, 2)}

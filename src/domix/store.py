@@ -112,15 +112,19 @@ def load_store(path: str | Path, domains: list[str] | None = None) -> list[Domai
     return [load_module(path / d) for d in chosen]
 
 
-def check_base(modules: list[DomainModule], fingerprint: str) -> None:
-    """Refuse modules trained on a base other than the one with ``fingerprint``."""
-    for module in modules:
-        if module.base_fingerprint is not None and module.base_fingerprint != fingerprint:
-            trained_on = module.manifest["base_model"]["name"]
+def check_base(pieces: list, fingerprint: str, what: str = "domain module") -> None:
+    """Refuse pieces trained on a base other than the one with ``fingerprint``.
+
+    A piece is anything with ``name``, ``manifest`` and ``base_fingerprint``: a LoRA domain module,
+    MixDA's adapters, MoDE's experts. One without a recorded base (a plain PEFT adapter) passes.
+    """
+    for piece in pieces:
+        if piece.base_fingerprint is not None and piece.base_fingerprint != fingerprint:
+            trained_on = piece.manifest["base_model"]["name"]
             raise DomixError(
-                f"domain module {module.name!r} was trained on another base model ({trained_on}, fingerprint "
-                f"{module.base_fingerprint}) than the one given (fingerprint {fingerprint}); use that base model "
-                "or retrain the module on this one"
+                f"{what} {piece.name!r} was trained on another base model ({trained_on}, fingerprint "
+                f"{piece.base_fingerprint}) than the one given (fingerprint {fingerprint}); use that base model "
+                "or retrain it on this one"
             )
 
 

@@ -6,13 +6,13 @@ The label set is taken from train; dev and test may not hold a label train never
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from domix.errors import DomixError
+from domix.jsonl import jsonl_rows
 
 SPLITS = ("train", "dev", "test")
 
@@ -42,20 +42,13 @@ def read_split(path: str | Path, name: str) -> Split:
     if not path.is_file():
         raise DomixError(f"the {name} split {path} does not exist; give train, dev and test files (or a folder holding train.jsonl, dev.jsonl, test.jsonl)")
     texts, pairs, labels = [], [], []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DomixError(f"{path}:{lineno} is not valid JSON ({err.msg}); write one JSON object a line") from None
-            for column in ("text", "label"):
-                if column not in row:
-                    raise DomixError(f"{path}:{lineno} has no {column!r} column; each line needs 'text' and 'label' (and may have 'text_pair')")
-            texts.append(str(row["text"]))
-            pairs.append(row.get("text_pair"))
-            labels.append(str(row["label"]))
+    for lineno, row in jsonl_rows(path):
+        for column in ("text", "label"):
+            if column not in row:
+                raise DomixError(f"{path}:{lineno} has no {column!r} column; each line needs 'text' and 'label' (and may have 'text_pair')")
+        texts.append(str(row["text"]))
+        pairs.append(row.get("text_pair"))
+        labels.append(str(row["label"]))
     if not texts:
         raise DomixError(f"the {name} split {path} holds no example")
     has_pair = [p is not None for p in pairs]

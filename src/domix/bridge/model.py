@@ -16,6 +16,26 @@ def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
 
 
+BRIDGE_PARTS = ("lora_A", "lora_B", "bridge", "scales")  # what a saved task model keeps of each bridged layer
+
+
+def bridge_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every bridged layer's A_cat, B_cat, P and s, keyed ``{layer}.{part}``: what a task model saves."""
+    return {f"{name}.{part}": getattr(layer, part).detach().cpu().contiguous()
+            for name, layer in bridged_layers(model).items() for part in BRIDGE_PARTS}
+
+
+def restore_bridges(model: nn.Module, tensors: dict[str, torch.Tensor], layers: list[str]) -> None:
+    """Put back, in place, the bridged ``layers`` that :func:`bridge_tensors` saved."""
+    named = dict(model.named_modules())
+    for name in layers:
+        part = {p: tensors[f"{name}.{p}"] for p in BRIDGE_PARTS}
+        layer = BridgedLinear(named[name], part["lora_A"], part["lora_B"], part["scales"], 0.0, dtype=part["lora_A"].dtype)
+        with torch.no_grad():
+            layer.bridge.copy_(part["bridge"])
+        set_submodule(model, name, layer)
+
+
 def compose(model: nn.Module, modules: list[DomainModule], config: BridgeConfig | None = None) -> list[str]:
     """Replace every layer the modules adapt with a :class:`BridgedLinear`, in place.
 

@@ -15,8 +15,8 @@ from torch import nn
 
 from domix import atomic
 from domix.base_model import load_failed, model_source, weights_fingerprint
-from domix.bridge import BridgeConfig, BridgedLinear, compose, fold
-from domix.bridge.model import set_submodule, bridged_layers
+from domix.bridge import BridgeConfig, compose, fold
+from domix.bridge.model import bridge_tensors, bridged_layers, restore_bridges
 from domix.errors import DomixError
 from domix.mixda import model as mixda_model
 from domix.mode import model as mode_model
@@ -143,10 +143,7 @@ def save_task_model(model: nn.Module, tokenizer, record: dict, folder: Path) -> 
         elif record["method"] == "mode":  # experts, gates and head
             save_file(mode_model.task_tensors(model, record["head"]), str(tmp / WEIGHTS_FILE))
         else:
-            tensors = {}
-            for name, layer in bridged_layers(model).items():
-                for part in ("lora_A", "lora_B", "bridge", "scales"):
-                    tensors[f"{name}.{part}"] = getattr(layer, part).detach().cpu().contiguous()
+            tensors = bridge_tensors(model)
             params = dict(model.named_parameters())
             for name in record["head"]:
                 tensors[name] = params[name].detach().cpu().contiguous()
@@ -184,13 +181,7 @@ def load_task_model(folder: str | Path, device: torch.device | str = "cpu") -> t
         mode_model.rebuild_task_model(model, record, load_file(str(folder / WEIGHTS_FILE)), folder)
     else:
         tensors = load_file(str(folder / WEIGHTS_FILE))
-        named = dict(model.named_modules())
-        for name in record["layers"]:
-            get = lambda part: tensors[f"{name}.{part}"]  # noqa: E731
-            layer = BridgedLinear(named[name], get("lora_A"), get("lora_B"), get("scales"), 0.0, dtype=get("lora_A").dtype)
-            with torch.no_grad():
-                layer.bridge.copy_(get("bridge"))
-            set_submodule(model, name, layer)
+        restore_bridges(model, tensors, record["layers"])
         params = dict(model.named_parameters())
         with torch.no_grad():
             for name in record["head"]:

@@ -27,8 +27,7 @@ from domix.finetune.model import (
 )
 from domix.metrics import classification_scores, downsample_curve
 from domix.mixda.model import build_mixda, load_adapters, mixda_record, recording_gates
-from domix.mixda.model import check_base as check_adapters_base
-from domix.mode.model import build_task_model as build_mode, check_base as check_experts_base, load_expert_store
+from domix.mode.model import build_task_model as build_mode, load_expert_store
 from domix.mode.model import place as place_experts, task_record as mode_record
 from domix.pretrain.loop import batch_rows, step_seed
 from domix.retention import retention
@@ -106,10 +105,10 @@ def finetune(cfg: FinetuneConfig, overwrite: bool = False, on_step: StepHook | N
     elif cfg.method == "full":
         groups = build_full(model, cfg)
     elif cfg.method == "mixda":
-        check_adapters_base(adapters, fingerprint)
+        check_base(adapters, fingerprint, "MixDA adapters of domain")
         groups = build_mixda(model, head, adapters, cfg)
     elif cfg.method == "mode":
-        check_experts_base(experts, fingerprint)
+        check_base(experts, fingerprint, "MoDE experts of domain")
         groups = build_mode(model, head, experts, cfg)
     else:
         rank = cfg.lora_rank or (sum(m.rank for m in modules) if modules else 8)
@@ -143,7 +142,8 @@ def finetune(cfg: FinetuneConfig, overwrite: bool = False, on_step: StepHook | N
             predict(model, rows["test"], tokenizer.pad_token_id, cfg.batch_size, device)
     if cfg.method == "mode":  # the blocks, the experts and the mean gate weights over the test set's real tokens
         mode_extras = mode_record(model, experts, cfg, rows["test"], tokenizer.pad_token_id, device)
-    peak_mb = peak_memory_mb(device)  # of training and testing: retention below loads a second copy of the base
+    # the run's cost is that of training and testing: retention below loads a second copy of the base
+    peak_mb, wall_s = peak_memory_mb(device), time.perf_counter() - started
     retained = None
     if cfg.general:
         retained = retention(model, base_name, cfg.general, cfg.max_length, cfg.general_blocks, cfg.batch_size, device)
@@ -170,7 +170,7 @@ def finetune(cfg: FinetuneConfig, overwrite: bool = False, on_step: StepHook | N
         "trainable_percent": round(100 * trainable / total_params, 3),
         "steps": state["steps"],
         "train_time_s": round(state["train_seconds"], 2),
-        "wall_time_s": round(time.perf_counter() - started, 2),
+        "wall_time_s": round(wall_s, 2),
         "peak_memory_mb": peak_mb,
         "retention": retained,
         "saved_model": cfg.save_model,

@@ -30,7 +30,6 @@ generic         context, choices (list of strings), label (index)
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +38,7 @@ import torch
 from torch import nn
 
 from domix.errors import DomixError
+from domix.jsonl import jsonl_rows
 
 PROTOCOLS = ("loglikelihood", "generate")
 FORMATS = ("boolq", "piqa", "siqa", "hellaswag", "winogrande", "arc", "openbookqa", "generic")
@@ -163,27 +163,18 @@ def read_questions(path: str | Path, fmt: str = "auto", limit: int | None = None
     if fmt != "auto" and fmt not in FORMATS:
         raise DomixError(f"unknown task format {fmt!r}; use auto or one of {', '.join(FORMATS)}")
     questions = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            if limit is not None and len(questions) >= limit:
-                break
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DomixError(f"{path}:{lineno} is not valid JSON ({err.msg}); write one JSON object a line") from None
-            if not isinstance(row, dict):
-                raise DomixError(f"{path}:{lineno} is not a JSON object; write one object a line")
-            if fmt == "auto":
-                fmt = detect_format(row)
-            try:
-                questions.append(_question(fmt, row))
-            except KeyError as err:
-                raise DomixError(f"{path}:{lineno} has no {err.args[0]!r} field, which the {fmt} format needs "
-                                 f"({', '.join(_REQUIRED[fmt])})") from None
-            except (ValueError, TypeError, AttributeError) as err:
-                raise DomixError(f"{path}:{lineno}: {err} ({fmt} format)") from None
+    for lineno, row in jsonl_rows(path):
+        if limit is not None and len(questions) >= limit:
+            break
+        if fmt == "auto":
+            fmt = detect_format(row)
+        try:
+            questions.append(_question(fmt, row))
+        except KeyError as err:
+            raise DomixError(f"{path}:{lineno} has no {err.args[0]!r} field, which the {fmt} format needs "
+                             f"({', '.join(_REQUIRED[fmt])})") from None
+        except (ValueError, TypeError, AttributeError) as err:
+            raise DomixError(f"{path}:{lineno}: {err} ({fmt} format)") from None
     if not questions:
         raise DomixError(f"task file {path} holds no question")
     return fmt, questions

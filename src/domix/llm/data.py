@@ -31,7 +31,6 @@ tokens (and EOS) and the prompt is the token sequence the model sees at generati
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +38,7 @@ import torch
 
 from domix.batches import IGNORE_INDEX
 from domix.errors import DomixError
+from domix.jsonl import jsonl_rows
 
 TEMPLATES = ("alpaca", "chat", "plain")
 _ALPACA_INPUT = ("Below is an instruction that describes a task, paired with an input that provides further context. "
@@ -61,28 +61,19 @@ def read_examples(path: str | Path, name: str = "train") -> list[Example]:
     if not path.is_file():
         raise DomixError(f"the {name} file {path} does not exist; give a jsonl file of prompt/response or instruction/output rows")
     examples = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DomixError(f"{path}:{lineno} is not valid JSON ({err.msg}); write one JSON object a line") from None
-            if not isinstance(row, dict):
-                raise DomixError(f"{path}:{lineno} is not a JSON object; write one object a line")
-            if "prompt" in row or "response" in row:
-                if "prompt" not in row or "response" not in row:
-                    missing = "response" if "prompt" in row else "prompt"
-                    raise DomixError(f"{path}:{lineno} has no {missing!r} field; a row needs 'prompt' and 'response' "
-                                     "(or 'instruction', optional 'input', and 'output')")
-                examples.append(Example(str(row["prompt"]), "", str(row["response"])))
-            elif "instruction" in row and "output" in row:
-                examples.append(Example(str(row["instruction"]), str(row.get("input") or ""), str(row["output"])))
-            else:
-                missing = "output" if "instruction" in row else "instruction"
+    for lineno, row in jsonl_rows(path):
+        if "prompt" in row or "response" in row:
+            if "prompt" not in row or "response" not in row:
+                missing = "response" if "prompt" in row else "prompt"
                 raise DomixError(f"{path}:{lineno} has no {missing!r} field; a row needs 'prompt' and 'response' "
                                  "(or 'instruction', optional 'input', and 'output')")
+            examples.append(Example(str(row["prompt"]), "", str(row["response"])))
+        elif "instruction" in row and "output" in row:
+            examples.append(Example(str(row["instruction"]), str(row.get("input") or ""), str(row["output"])))
+        else:
+            missing = "output" if "instruction" in row else "instruction"
+            raise DomixError(f"{path}:{lineno} has no {missing!r} field; a row needs 'prompt' and 'response' "
+                             "(or 'instruction', optional 'input', and 'output')")
     if not examples:
         raise DomixError(f"the {name} file {path} holds no example")
     return examples

@@ -14,9 +14,9 @@ import torch
 from torch import nn
 
 from domix import atomic
-from domix.base_model import load_base_model, resolve_target_modules, weights_fingerprint
-from domix.bridge import BridgedLinear, fold
-from domix.bridge.model import set_submodule
+from domix.base_model import load_base_model, resolve_target_modules, set_gradient_checkpointing, weights_fingerprint
+from domix.bridge import fold
+from domix.bridge.model import restore_bridges
 from domix.errors import DomixError
 from domix.finetune.model import PEFT_METHODS, TASK_FILE, WEIGHTS_FILE, build_domix, build_full, build_peft, save_task_model
 from domix.llm.config import DEFAULT_TARGETS, InstructConfig
@@ -62,11 +62,7 @@ def gather_modules(modules: str | None, domains: list[str] | None, adapters: lis
 def enable_gradient_checkpointing(model: nn.Module) -> None:
     """Recompute each block's activations in backward instead of keeping them (non-reentrant, so a
     frozen embedding layer needs no input gradient)."""
-    kwargs = {"use_reentrant": False}
-    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5's name
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-    else:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    set_gradient_checkpointing(model, True)
     model.config.use_cache = False
 
 
@@ -120,14 +116,7 @@ def load_causal_task_model(folder: str | Path, device: torch.device | str = "cpu
 
         model = PeftModel.from_pretrained(model, folder)
     else:
-        tensors = load_file(str(folder / WEIGHTS_FILE))
-        named = dict(model.named_modules())
-        for name in record["layers"]:
-            part = lambda p: tensors[f"{name}.{p}"]  # noqa: E731
-            layer = BridgedLinear(named[name], part("lora_A"), part("lora_B"), part("scales"), 0.0, dtype=part("lora_A").dtype)
-            with torch.no_grad():
-                layer.bridge.copy_(part("bridge"))
-            set_submodule(model, name, layer)
+        restore_bridges(model, load_file(str(folder / WEIGHTS_FILE)), record["layers"])
     return model.to(device).eval(), tokenizer, record
 
 

@@ -148,15 +148,6 @@ def load_adapters(store: str | Path, domains: list[str] | None = None) -> list[D
     return loaded
 
 
-def check_base(adapters: list[DomainAdapters], fingerprint: str) -> None:
-    """Refuse adapters trained on a base other than the one with ``fingerprint``."""
-    for a in adapters:
-        if a.base_fingerprint != fingerprint:
-            raise DomixError(f"the MixDA adapters of {a.name!r} were trained on another base model "
-                             f"({a.manifest['base_model']['name']}, fingerprint {a.base_fingerprint}) than the one given "
-                             f"(fingerprint {fingerprint}); use that base model or retrain the adapters on this one")
-
-
 # ---- stage 2 -------------------------------------------------------------------------------------
 
 def build_mixda(model: nn.Module, head: list[str], adapters: list[DomainAdapters], cfg) -> list[dict]:

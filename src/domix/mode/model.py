@@ -288,14 +288,6 @@ def load_expert_store(path: str | Path, domains: list[str] | None = None) -> lis
     return out
 
 
-def check_base(experts: list[DomainExperts], fingerprint: str) -> None:
-    for e in experts:
-        if e.base_fingerprint != fingerprint:
-            raise DomixError(f"the experts of domain {e.name!r} were trained on another base model "
-                             f"({e.manifest.get('base_model', {}).get('name')}, fingerprint {e.base_fingerprint}) than the one "
-                             f"given (fingerprint {fingerprint}); use that base model or retrain the experts on this one")
-
-
 # --- stage 2 ------------------------------------------------------------------------------------------
 
 def build_task_model(model: nn.Module, head: list[str], experts: list[DomainExperts], cfg) -> list[dict]:

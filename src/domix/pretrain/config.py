@@ -45,6 +45,7 @@ class PretrainConfig:
     heldout_max_blocks: int = 256
     checkpoint_every: int = 100
     fused: bool = True  # several domains train at once over one base (not with train_head)
+    gradient_checkpointing: bool = False  # recompute activations in backward: far less memory, ~1/3 more compute
     dtype: str = "float32"  # float32, bfloat16 or float16
     device: str = "auto"  # auto, cpu, cuda, cuda:1, ...
     # MixDA (method mixda): domain adapters beside the FFN output projection of these block indices
@@ -107,7 +108,7 @@ class PretrainConfig:
         return dataclasses.asdict(self)
 
     # Settings that do not change the trained modules, so a resumed run may differ in them.
-    RESUME_FREE = ("checkpoint_every", "device", "out")
+    RESUME_FREE = ("checkpoint_every", "device", "out", "gradient_checkpointing")
 
 
 FIELDS = {f.name for f in dataclasses.fields(PretrainConfig)}

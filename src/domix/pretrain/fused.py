@@ -22,7 +22,9 @@ from domix.batches import lm_batch, lm_loss
 from domix.bridge.model import set_submodule
 from domix.errors import DomixError
 from domix.pretrain.config import PretrainConfig
-from domix.pretrain.loop import StepHook, TrainResult, batch_rows, evaluate, predicted_tokens, step_seed, total_steps
+from domix.pretrain.loop import (
+    StepHook, TrainResult, batch_rows, checkpointed, evaluate, predicted_tokens, step_seed, total_steps,
+)
 
 
 class RowSegments:
@@ -120,64 +122,65 @@ def train_fused(
                 results[n] = saved["result"]
             print(f"domix: resuming fused domains {names} from step {step} ({checkpoint_path})")
 
-        model.train()
-        bar = tqdm(total=max(steps.values()), initial=step, desc="+".join(names), unit="step", dynamic_ncols=True, disable=None, mininterval=1.0)
-        started, tokens = time.perf_counter(), 0
-        while any(results[n].steps < steps[n] for n in names):
-            active = [k for k, n in enumerate(names) if results[n].steps < steps[n]]
-            batches, spans, start = [], [], 0
-            for k in active:
-                n = names[k]
-                own = results[n].steps  # a domain's data order and masks follow its own step count
-                blocks = train[n][batch_rows(train[n].shape[0], cfg.batch_size, cfg.seed, own)]
-                generator = torch.Generator().manual_seed(step_seed(cfg.seed, own))
-                batches.append(lm_batch(blocks, objective, tokenizer, generator, cfg.mlm_probability))
-                spans.append((k, start, start + blocks.shape[0]))
-                start += blocks.shape[0]
-            segments.spans = spans
-            torch.manual_seed(step_seed(cfg.seed, step))  # dropout
-            t0 = time.perf_counter()
-            input_ids = torch.cat([b["input_ids"] for b in batches]).to(device)
-            logits = model(input_ids=input_ids).logits
-            # one cross-entropy over the fused batch, then each domain's mean over its own rows
-            labels = torch.cat([b["labels"] for b in batches])
-            token_losses = lm_loss(logits, labels, objective, reduction="none").view(labels.shape[0], -1)
-            losses = [token_losses[s:e].sum() / max(predicted_tokens(labels[s:e], objective), 1) for _, s, e in spans]
-            for (k, _, _), loss in zip(spans, losses):
-                if not torch.isfinite(loss):
-                    raise DomixError(f"non-finite loss at step {step + 1} of domain {names[k]!r}; training stopped "
-                                     f"and the last checkpoint is kept at {checkpoint_path}. Lower --lr (now {cfg.lr:g}) and rerun")
-            torch.stack(losses).sum().backward()  # domain k's parameters see only loss k
-            elapsed = time.perf_counter() - t0
-            for (k, s, e), loss in zip(spans, losses):
-                n = names[k]
-                torch.nn.utils.clip_grad_norm_(params[n], cfg.max_grad_norm)
-                optimizers[n].step()
-                schedulers[n].step()
-                optimizers[n].zero_grad(set_to_none=True)
-                results[n].steps += 1
-                results[n].tokens_seen += (e - s) * cfg.seq_len
-                results[n].losses.append(loss.item())
-                results[n].train_seconds += elapsed * (e - s) / start  # the shared step, split by rows
-            step += 1
-            tokens += start * cfg.seq_len
-            bar.update(1)
-            bar.set_postfix(loss=" ".join(f"{l.item():.3f}" for l in losses), tok_s=f"{tokens / (time.perf_counter() - started):,.0f}")
-            if on_step is not None:
+        with checkpointed(model, cfg.gradient_checkpointing):
+            model.train()
+            bar = tqdm(total=max(steps.values()), initial=step, desc="+".join(names), unit="step", dynamic_ncols=True, disable=None, mininterval=1.0)
+            started, tokens = time.perf_counter(), 0
+            while any(results[n].steps < steps[n] for n in names):
+                active = [k for k, n in enumerate(names) if results[n].steps < steps[n]]
+                batches, spans, start = [], [], 0
+                for k in active:
+                    n = names[k]
+                    own = results[n].steps  # a domain's data order and masks follow its own step count
+                    blocks = train[n][batch_rows(train[n].shape[0], cfg.batch_size, cfg.seed, own)]
+                    generator = torch.Generator().manual_seed(step_seed(cfg.seed, own))
+                    batches.append(lm_batch(blocks, objective, tokenizer, generator, cfg.mlm_probability))
+                    spans.append((k, start, start + blocks.shape[0]))
+                    start += blocks.shape[0]
+                segments.spans = spans
+                torch.manual_seed(step_seed(cfg.seed, step))  # dropout
+                t0 = time.perf_counter()
+                input_ids = torch.cat([b["input_ids"] for b in batches]).to(device)
+                logits = model(input_ids=input_ids).logits
+                # one cross-entropy over the fused batch, then each domain's mean over its own rows
+                labels = torch.cat([b["labels"] for b in batches])
+                token_losses = lm_loss(logits, labels, objective, reduction="none").view(labels.shape[0], -1)
+                losses = [token_losses[s:e].sum() / max(predicted_tokens(labels[s:e], objective), 1) for _, s, e in spans]
                 for (k, _, _), loss in zip(spans, losses):
-                    on_step(names[k], results[names[k]].steps, loss.item(), model)
-            for k in active:
-                n = names[k]
-                if results[n].steps == steps[n]:
-                    segments.only(k)
-                    after = evaluate(model, heldout[n], objective, tokenizer, cfg, device) if len(heldout[n]) else None
-                    model.train()
-                    pairs = {name: (layer.lora_A[k].detach().cpu().clone(), layer.lora_B[k].detach().cpu().clone()) for name, layer in layers.items()}
-                    on_done(n, pairs, results[n], after)
-            if step % cfg.checkpoint_every == 0 and any(results[n].steps < steps[n] for n in names):
-                atomic.torch_save(checkpoint_path, {"step": step, "domains": {n: {
-                    "params": [p.detach().cpu() for p in params[n]], "optimizer": optimizers[n].state_dict(),
-                    "scheduler": schedulers[n].state_dict(), "result": results[n]} for n in names}})
-        bar.close()
+                    if not torch.isfinite(loss):
+                        raise DomixError(f"non-finite loss at step {step + 1} of domain {names[k]!r}; training stopped "
+                                         f"and the last checkpoint is kept at {checkpoint_path}. Lower --lr (now {cfg.lr:g}) and rerun")
+                torch.stack(losses).sum().backward()  # domain k's parameters see only loss k
+                elapsed = time.perf_counter() - t0
+                for (k, s, e), loss in zip(spans, losses):
+                    n = names[k]
+                    torch.nn.utils.clip_grad_norm_(params[n], cfg.max_grad_norm)
+                    optimizers[n].step()
+                    schedulers[n].step()
+                    optimizers[n].zero_grad(set_to_none=True)
+                    results[n].steps += 1
+                    results[n].tokens_seen += (e - s) * cfg.seq_len
+                    results[n].losses.append(loss.item())
+                    results[n].train_seconds += elapsed * (e - s) / start  # the shared step, split by rows
+                step += 1
+                tokens += start * cfg.seq_len
+                bar.update(1)
+                bar.set_postfix(loss=" ".join(f"{l.item():.3f}" for l in losses), tok_s=f"{tokens / (time.perf_counter() - started):,.0f}")
+                if on_step is not None:
+                    for (k, _, _), loss in zip(spans, losses):
+                        on_step(names[k], results[names[k]].steps, loss.item(), model)
+                for k in active:
+                    n = names[k]
+                    if results[n].steps == steps[n]:
+                        segments.only(k)
+                        after = evaluate(model, heldout[n], objective, tokenizer, cfg, device) if len(heldout[n]) else None
+                        model.train()
+                        pairs = {name: (layer.lora_A[k].detach().cpu().clone(), layer.lora_B[k].detach().cpu().clone()) for name, layer in layers.items()}
+                        on_done(n, pairs, results[n], after)
+                if step % cfg.checkpoint_every == 0 and any(results[n].steps < steps[n] for n in names):
+                    atomic.torch_save(checkpoint_path, {"step": step, "domains": {n: {
+                        "params": [p.detach().cpu() for p in params[n]], "optimizer": optimizers[n].state_dict(),
+                        "scheduler": schedulers[n].state_dict(), "result": results[n]} for n in names}})
+            bar.close()
     finally:
         uninstall(model, layers)

@@ -1,0 +1,137 @@
+"""Instruction fine-tuning of a causal LM: DoMIX (two LoRA adapters bridged) vs PEFT LoRA and DoRA.
+
+The same model, data, batch and sequence length for all; LoRA and DoRA get the adapters' total rank
+on the same layers (q, k, v, up, down projections). Each method runs in its own process, so its peak
+memory (peak RSS on CPU, peak allocated on CUDA) is its own; step time is the median over the timed
+steps after one warm-up step; methods are interleaved over repeats and the medians reported.
+
+The data is real text: the restaurant aspect-sentiment task of ../shared/data as instructions
+("Sentence: ... Aspect: ... Sentiment:" -> the label). The two adapters are trained here by
+``domix pretrain`` (restaurant and biomed corpora, rank 16, a few steps: their values do not matter
+for memory or time, their shapes do).
+
+    python benchmarks/instruct_memory.py --model .cache/smollm2-135m --batch-size 8 --max-length 128
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+TARGETS = "q_proj,k_proj,v_proj,up_proj,down_proj"
+TASK = Path("../shared/data/tasks/restaurant/train.jsonl")
+CORPORA = {"restaurant": "../shared/data/corpora/restaurant.txt", "biomed": "../shared/data/corpora/biomed.txt"}
+
+
+def write_instructions(path: Path, limit: int) -> None:
+    rows = []
+    for line in TASK.read_text().splitlines()[:limit]:
+        r = json.loads(line)
+        rows.append({"prompt": f"Sentence: {r['text_pair']}\nAspect: {r['text']}\nSentiment of the aspect:", "response": r["label"]})
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+
+
+def make_adapters(args, store: Path) -> None:
+    cmd = [sys.executable, "-m", "domix", "pretrain", "--model", args.model, "--out", str(store), "--rank", str(args.rank),
+           "--alpha", str(2 * args.rank), "--target-modules", TARGETS, "--steps", "2", "--batch-size", "2", "--seq-len", "64",
+           "--heldout-max-blocks", "1"]
+    for name, path in CORPORA.items():
+        cmd += ["--domain", f"{name}={path}"]
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+
+
+def child(args) -> dict:
+    """One method: build through domix instruct's own code path, then time training steps."""
+    from domix.llm.config import InstructConfig
+    from domix.llm.data import collate
+    from domix.llm.train import prepare
+    from domix.system import peak_memory_mb
+
+    cfg = InstructConfig(train=args.train, model=args.model, method=args.method, out="unused", batch_size=args.batch_size,
+                         max_length=args.max_length, gradient_checkpointing=args.gradient_checkpointing, dtype=args.dtype,
+                         device=args.device, modules=args.store if args.method == "domix" else None,
+                         lora_rank=None if args.method == "domix" else 2 * args.rank,
+                         target_modules=None if args.method == "domix" else TARGETS.split(","))
+    run = prepare(cfg)
+    model, device, groups = run["model"], run["device"], run["groups"]
+    optimizer = torch.optim.AdamW(groups, lr=1e-4)
+    pad_id = run["tokenizer"].pad_token_id
+    model.train()
+    times = []
+    for step in range(args.steps + 1):
+        batch = collate(run["train"][step * args.batch_size:(step + 1) * args.batch_size], pad_id)
+        t0 = time.perf_counter()
+        model(**{k: v.to(device) for k, v in batch.items()}).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if step:  # the first step warms up
+            times.append(time.perf_counter() - t0)
+    trainable = sum(p.numel() for g in groups for p in g["params"])
+    return {"step_s": statistics.median(times), "peak_mb": peak_memory_mb(device), "trainable": trainable,
+            "total": run["total_params"], "dtype": str(run["dtype"]).removeprefix("torch."), "device": str(device)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=".cache/smollm2-135m")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--rank", type=int, default=16, help="each adapter's rank (LoRA/DoRA get twice it)")
+    parser.add_argument("--steps", type=int, default=4, help="timed steps per run (after one warm-up step)")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--methods", nargs="+", default=["domix", "lora", "dora"])
+    parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--dtype", default="auto", help="auto: bfloat16 on a GPU that has it, float32 otherwise")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--json", default="benchmarks/results/instruct_memory.json")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--method", help=argparse.SUPPRESS)
+    parser.add_argument("--store", help=argparse.SUPPRESS)
+    parser.add_argument("--train", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(args)))
+        return
+
+    runs = {m: [] for m in args.methods}
+    with tempfile.TemporaryDirectory() as root:
+        root = Path(root)
+        train = root / "train.jsonl"
+        write_instructions(train, 40 * args.batch_size)
+        if "domix" in args.methods:
+            make_adapters(args, root / "store")
+        for _ in range(args.repeats):
+            for method in args.methods:  # interleaved: a drift of a shared machine hits every method alike
+                cmd = [sys.executable, __file__, *sys.argv[1:], "--child", "--method", method, "--store", str(root / "store"),
+                       "--train", str(train)]
+                out = subprocess.run(cmd, capture_output=True, text=True)
+                if out.returncode != 0:
+                    sys.exit(out.stderr)
+                runs[method].append(json.loads(out.stdout.strip().splitlines()[-1]))
+    rows = {m: {"step_s": statistics.median(r["step_s"] for r in rs), "peak_mb": statistics.median(r["peak_mb"] for r in rs),
+                "trainable": rs[0]["trainable"], "total": rs[0]["total"], "runs": rs} for m, rs in runs.items()}
+    first = next(iter(runs.values()))[0]
+    print(f"{args.model}: batch {args.batch_size} x {args.max_length} tokens, {first['dtype']} on {first['device']}, "
+          f"gradient checkpointing {'on' if args.gradient_checkpointing else 'off'}; median of {args.repeats} runs x {args.steps} steps")
+    ref = rows.get("dora")
+    print(f"{'method':7} {'trainable':>11} {'%':>6} {'peak MB':>8} {'step s':>7} {'peak vs DoRA':>13} {'step vs DoRA':>13}")
+    for m, r in rows.items():
+        vs = f"{r['peak_mb'] / ref['peak_mb']:>13.2f} {r['step_s'] / ref['step_s']:>13.2f}" if ref else ""
+        print(f"{m:7} {r['trainable']:>11,} {100 * r['trainable'] / r['total']:>6.2f} {r['peak_mb']:>8.0f} {r['step_s']:>7.2f} {vs}")
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps({"settings": {k: v for k, v in vars(args).items() if k not in ("child", "method", "store", "train")},
+                                           "rows": rows}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
