@@ -424,3 +424,12 @@ def test_compare_runs_mixda(tiny_llama, corpora, general, task, tmp_path):
     (pre,) = results["pretraining"]
     assert pre["name"] == "pretrain/mixda" and pre["peak_memory_mb"] > 0
     assert (tmp_path / "out" / "report.md").is_file()
+
+
+def test_modules_command_lists_the_adapters(mixda_store, capsys):
+    from domix.cli import main
+
+    assert main(["modules", str(mixda_store)]) == 0
+    listing = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in listing] == ["bio", "food"]
+    assert all("MixDA adapters at blocks [0, 1], bottleneck 4" in line and "held-out loss" in line for line in listing)

@@ -385,3 +385,12 @@ def test_compare_runs_mode(tmp_path, tiny_llama, corpora, task):
     (pre,) = results["pretraining"]
     assert pre["name"] == "pretrain/mode" and pre["peak_memory_mb"] > 0
     assert (tmp_path / "out" / "report.md").is_file()
+
+
+def test_modules_command_lists_the_experts(mode_stores, capsys):
+    from domix.cli import main
+
+    assert main(["modules", str(mode_stores["llama"])]) == 0
+    listing = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in listing] == ["bio", "food"]
+    assert all("MoDE experts beside the blocks of layers 0-0, 1-1, 1 layer(s) each" in line and "8 steps" in line for line in listing)

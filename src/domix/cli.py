@@ -188,14 +188,9 @@ def _run_compare(args: argparse.Namespace) -> None:
 
 
 def _run_modules(args: argparse.Namespace) -> None:
-    from domix.store import load_store
+    from domix.store import describe_store
 
-    for module in load_store(args.store):
-        m = module.manifest or {}
-        held = m.get("heldout", {})
-        print(f"{module.name}: rank {module.rank}, {len(module.lora_A)} layers, base {m.get('base_model', {}).get('name')} "
-              f"({module.base_fingerprint}), {m.get('training', {}).get('steps')} steps, held-out loss "
-              f"{held.get('loss_before')} -> {held.get('loss_after')}")
+    print("\n".join(describe_store(args.store)))
 
 
 def _run_convert(args: argparse.Namespace) -> None:
@@ -228,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (overrides the config's out)")
     p.add_argument("--overwrite", action="store_true", help="rerun jobs whose finished runs have other settings")
     p.add_argument("--dry-run", action="store_true", help="list the jobs and whether each is finished, run nothing")
-    p = sub.add_parser("modules", help="list the domain modules of a store")
+    p = sub.add_parser("modules", help="list the domain modules of a store (LoRA modules, MixDA adapters or MoDE experts)")
     p.add_argument("store", help="a domix pretrain output folder")
     p = sub.add_parser("convert-gguf", help="de-quantise a GGUF model file once into a safetensors model folder")
     p.add_argument("gguf_file")

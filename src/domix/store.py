@@ -112,6 +112,35 @@ def load_store(path: str | Path, domains: list[str] | None = None) -> list[Domai
     return [load_module(path / d) for d in chosen]
 
 
+def describe_store(path: str | Path) -> list[str]:
+    """A line per finished domain of a store of any method: what it holds, its base, training and held-out loss."""
+    path = Path(path)
+    folders = [p for p in sorted(path.iterdir()) if (p / MANIFEST_NAME).is_file()] if path.is_dir() else []
+    if not folders:
+        load_store(path)  # raises the store's own error: missing, or nothing finished yet
+    lines = []
+    for folder in folders:
+        m = atomic.read_json(folder / MANIFEST_NAME)
+        if "mixda" in m:
+            a = m["mixda"]
+            what = f"MixDA adapters at blocks {a['layers']}, bottleneck {a['adapter']}"
+        elif "mode" in m:
+            e = m["mode"]
+            spans = ", ".join(f"{b['layers'][0]}-{b['layers'][-1]}" for b in e["blocks"])
+            what = (f"MoDE experts beside the blocks of layers {spans}, {e['expert_layers']} "
+                    f"layer(s) each ({e['expert_parameters']:,} parameters)")
+        elif (folder / "adapter_config.json").is_file():
+            module = load_module(folder)
+            what = f"LoRA rank {module.rank}, {len(module.lora_A)} layers"
+        else:
+            what = m.get("kind", "model")
+        held, base = m.get("heldout", {}), m.get("base_model", {})
+        change = " -> ".join("-" if held.get(k) is None else f"{held[k]:.4f}" for k in ("loss_before", "loss_after"))
+        lines.append(f"{folder.name}: {what}, base {base.get('name')} ({base.get('fingerprint')}), "
+                     f"{m.get('training', {}).get('steps')} steps, held-out loss {change}")
+    return lines
+
+
 def check_base(pieces: list, fingerprint: str, what: str = "domain module") -> None:
     """Refuse pieces trained on a base other than the one with ``fingerprint``.
 
