@@ -39,9 +39,8 @@ from torch import nn
 
 from domix.errors import DomixError
 from domix.jsonl import jsonl_rows
+from domix.llm.config import FORMATS, PROTOCOLS
 
-PROTOCOLS = ("loglikelihood", "generate")
-FORMATS = ("boolq", "piqa", "siqa", "hellaswag", "winogrande", "arc", "openbookqa", "generic")
 _REQUIRED = {  # detection order: the first format whose fields a row has
     "hellaswag": ("activity_label", "ctx_a", "ctx_b", "endings", "label"),
     "winogrande": ("sentence", "option1", "option2", "answer"),

@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 
 from domix.errors import DomixError
-from domix.llm.choice import FORMATS, PROTOCOLS
-from domix.llm.config import DTYPE_CHOICES, METHODS
-from domix.llm.data import TEMPLATES
+from domix.llm.config import DTYPE_CHOICES, FORMATS, METHODS, PROTOCOLS, TEMPLATES
 
 
 def _named_file(text: str) -> tuple[str, str]:

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from domix.errors import DomixError
-from domix.llm.data import TEMPLATES
 from domix.settings import check
 
 # domix: LoRA modules (a store's, or any PEFT LoRA adapter folders) concatenated with a trainable
@@ -15,6 +14,10 @@ from domix.settings import check
 METHODS = ("domix", "lora", "dora", "full")
 DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]  # the paper's LLM setting
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16", "float64")
+# the names the command line offers, kept here (no torch import) so that `domix --help` stays fast
+TEMPLATES = ("alpaca", "chat", "plain")  # prompt templates: see llm/data.py
+PROTOCOLS = ("loglikelihood", "generate")  # multiple-choice scoring: see llm/choice.py
+FORMATS = ("boolq", "piqa", "siqa", "hellaswag", "winogrande", "arc", "openbookqa", "generic")  # task files: llm/choice.py
 
 
 @dataclass

@@ -39,8 +39,8 @@ import torch
 from domix.batches import IGNORE_INDEX
 from domix.errors import DomixError
 from domix.jsonl import jsonl_rows
+from domix.llm.config import TEMPLATES
 
-TEMPLATES = ("alpaca", "chat", "plain")
 _ALPACA_INPUT = ("Below is an instruction that describes a task, paired with an input that provides further context. "
                  "Write a response that appropriately completes the request.\n\n"
                  "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n")
