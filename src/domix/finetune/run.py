@@ -26,7 +26,7 @@ from domix.finetune.model import (
     build_domix, build_full, build_peft, classification_model, load_tokenizer_for, save_task_model, trainable_state,
 )
 from domix.metrics import classification_scores, downsample_curve
-from domix.mixda.model import build_mixda, load_adapters, mixda_record, recording_gates
+from domix.mixda.model import build_mixda, load_adapters, task_record as mixda_record
 from domix.mode.model import build_task_model as build_mode, load_expert_store
 from domix.mode.model import place as place_experts, task_record as mode_record
 from domix.pretrain.loop import batch_rows, step_seed
@@ -136,12 +136,11 @@ def finetune(cfg: FinetuneConfig, overwrite: bool = False, on_step: StepHook | N
             params[name].copy_(value)
     test_logits = predict(model, rows["test"], tokenizer.pad_token_id, cfg.batch_size, device)
     test_scores = classification_scores(test_logits.argmax(-1), labels["test"], len(task.labels))
-    gate_weights = None
-    if cfg.method == "mixda":  # the mean gate weights over the test examples
-        with recording_gates(model, [a.name for a in adapters]) as gate_weights:
-            predict(model, rows["test"], tokenizer.pad_token_id, cfg.batch_size, device)
-    if cfg.method == "mode":  # the blocks, the experts and the mean gate weights over the test set's real tokens
-        mode_extras = mode_record(model, experts, cfg, rows["test"], tokenizer.pad_token_id, device)
+    extras = {}  # what the gated composers add: their pieces, layers and mean gate weights over the test set
+    if cfg.method == "mixda":
+        extras = mixda_record(model, adapters, cfg, rows["test"], tokenizer.pad_token_id, device)
+    elif cfg.method == "mode":
+        extras = mode_record(model, experts, cfg, rows["test"], tokenizer.pad_token_id, device)
     # the run's cost is that of training and testing: retention below loads a second copy of the base
     peak_mb, wall_s = peak_memory_mb(device), time.perf_counter() - started
     retained = None
@@ -175,10 +174,7 @@ def finetune(cfg: FinetuneConfig, overwrite: bool = False, on_step: StepHook | N
         "retention": retained,
         "saved_model": cfg.save_model,
     }
-    if cfg.method == "mixda":
-        record.update(mixda_record(model, adapters, gate_weights))
-    if cfg.method == "mode":
-        record.update(mode_extras)
+    record.update(extras)
     if cfg.save_model:
         save_task_model(model, tokenizer, record, out / "model")
     atomic.write_json(out / RESULT_FILE, record)

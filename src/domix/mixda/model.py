@@ -267,8 +267,12 @@ def recording_gates(model: nn.Module, labels: list[str]):
             m.log = None
 
 
-def mixda_record(model: nn.Module, adapters: list[DomainAdapters], gate_weights: dict | None) -> dict:
-    """A stage-2 run record's MixDA entries (finetune/run.py adds them to its record)."""
+def task_record(model: nn.Module, adapters: list[DomainAdapters], cfg, rows, pad_id: int, device) -> dict:
+    """What a MixDA run adds to result.json: the adapters, the mixture layers and the test set's mean gate weights."""
+    from domix.finetune.run import predict
+
+    with recording_gates(model, [a.name for a in adapters]) as gate_weights:
+        predict(model, rows, pad_id, cfg.batch_size, device)
     return {
         "modules": [{"name": a.name, "path": str(a.path), "base_fingerprint": a.base_fingerprint} for a in adapters],
         "layers": mixture_names(model),
