@@ -240,4 +240,4 @@ def test_method_from_the_command_line_and_yaml(tiny_llama, corpora, tmp_path, ca
     assert "held-out before" in capsys.readouterr().out
     assert atomic.read_json(tmp_path / "run" / "run.json")["method"] == "joint_lora"
     assert main(["modules", str(tmp_path / "run")]) == 0
-    assert capsys.readouterr().out.startswith("joint: rank 8")
+    assert capsys.readouterr().out.startswith("joint: LoRA rank 8")
