@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from domix.errors import DomixError
+
 
 @dataclass
 class DataParallel:
@@ -54,6 +56,13 @@ class Ranks:
     def barrier(self) -> None:
         if self.world > 1:
             dist.barrier()
+
+
+def require_one_process(method: str, why: str) -> None:
+    """Refuse a launch over several processes (torchrun, accelerate) of a method that runs in one."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise DomixError(f"--method {method} {why} and runs in one process; launch it without torchrun or accelerate "
+                         "(only --method domix spreads domains over processes)")
 
 
 def process_group() -> Ranks:

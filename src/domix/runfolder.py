@@ -12,6 +12,14 @@ from domix.errors import DomixError
 RUN_FILE = "run.json"
 
 
+def check_corpora_unchanged(recorded: dict[str, str | None], fingerprints: dict[str, str]) -> None:
+    """Refuse to resume when a corpus an unfinished run recorded (name -> fingerprint) now reads otherwise."""
+    changed = [n for n, fp in recorded.items() if fingerprints.get(n) != fp]
+    if changed:
+        raise DomixError(f"the corpus of domain(s) {changed} changed since this unfinished run began; "
+                         "restore it, or pass --overwrite to start over")
+
+
 def check_out(out: Path, settings: dict, resume_free: tuple[str, ...], overwrite: bool) -> dict | None:
     """Check ``out`` can take this run; return its previous run record (None for a new folder)."""
     out = Path(out)

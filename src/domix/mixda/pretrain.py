@@ -14,7 +14,6 @@ a rerun resumes to the adapters an uninterrupted run makes.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,15 +24,17 @@ from domix import atomic
 from domix.base_model import BaseModel, load_base_model, load_tokenizer, weights_fingerprint
 from domix.batches import lm_batch, lm_loss
 from domix.corpus import read_corpus, tokenize_blocks
+from domix.distributed import require_one_process
 from domix.errors import DomixError
 from domix.metrics import downsample_curve
 from domix.mixda.config import KIND, LM_WEIGHT
 from domix.mixda.layer import Segments, adapter_dtype
 from domix.mixda.model import Site, adapter_sites, adapter_tensors, install_domain_adapters, new_adapters, uninstall, widths, write_domain
 from domix.pretrain.config import PretrainConfig
+from domix.pretrain.fused import restore_domains, save_domains
 from domix.pretrain.loop import StepHook, TrainResult, batch_rows, evaluate, predicted_tokens, step_seed, total_steps
 from domix.pretrain.run import DomainData, _log_heldout, format_summary
-from domix.runfolder import RUN_FILE, check_out, clear
+from domix.runfolder import RUN_FILE, check_corpora_unchanged, check_out, clear
 from domix.store import MANIFEST_NAME, versions
 from domix.system import DTYPES, peak_memory_mb, reset_peak_memory, resolve_device
 
@@ -64,8 +65,7 @@ class Setup:
 def pretrain_mixda(cfg: PretrainConfig, overwrite: bool = False, on_step: StepHook | None = None) -> dict[str, dict]:
     """Train MixDA domain adapters for every domain of ``cfg``; returns each domain's manifest."""
     cfg.validate()
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise DomixError("--method mixda trains its domains fused in one process; launch it without torchrun or accelerate")
+    require_one_process(cfg.method, "trains its domains fused")
     out = Path(cfg.out)
     previous = check_out(out, cfg.to_dict(), PretrainConfig.RESUME_FREE, overwrite)
     resuming = previous is not None and not overwrite
@@ -75,11 +75,8 @@ def pretrain_mixda(cfg: PretrainConfig, overwrite: bool = False, on_step: StepHo
     general = read_corpus(GENERAL, cfg.general)
     fingerprints = {name: c.fingerprint for name, c in corpora.items()}
     if resuming:
-        changed = [n for n, fp in previous.get("corpora", {}).items() if fingerprints.get(n) != fp]
-        if previous.get("general_corpus") != general.fingerprint:
-            changed.append(GENERAL)
-        if changed:
-            raise DomixError(f"the corpus of {changed} changed since this unfinished run began; restore it, or pass --overwrite to start over")
+        check_corpora_unchanged({**previous.get("corpora", {}), GENERAL: previous.get("general_corpus")},
+                                {**fingerprints, GENERAL: general.fingerprint})
     tokenizer, objective = load_tokenizer(cfg.model, cfg.objective)
     pending = [n for n in corpora if not (resuming and (out / n / MANIFEST_NAME).exists())]
     # all data is checked before the (possibly large) model is loaded
@@ -150,7 +147,7 @@ def _train_group(s: Setup, data: dict[str, DomainData], on_step: StepHook | None
         optimizers = {n: torch.optim.AdamW(params[n], lr=cfg.lr, weight_decay=cfg.weight_decay) for n in names}
         schedulers = {n: get_linear_schedule_with_warmup(optimizers[n], int(cfg.warmup_ratio * steps[n]), steps[n]) for n in names}
         results = {n: MixDAResult(steps=0, tokens_seen=0) for n in names}
-        step = _restore(checkpoint, names, params, optimizers, schedulers, results)
+        step = restore_domains(checkpoint, names, params, optimizers, schedulers, results, label="MixDA")
         model.train()
         while any(results[n].steps < steps[n] for n in names):
             active = [k for k, n in enumerate(names) if results[n].steps < steps[n]]
@@ -197,9 +194,7 @@ def _train_group(s: Setup, data: dict[str, DomainData], on_step: StepHook | None
             unfinished = any(results[n].steps < steps[n] for n in names)
             # also when a domain finished: a resumed run then goes on with the same domains in its batch
             if unfinished and (step % cfg.checkpoint_every == 0 or finished):
-                atomic.torch_save(checkpoint, {"step": step, "domains": {n: {
-                    "params": [p.detach().cpu() for p in params[n]], "optimizer": optimizers[n].state_dict(),
-                    "scheduler": schedulers[n].state_dict(), "result": results[n]} for n in names}})
+                save_domains(checkpoint, step, names, params, optimizers, schedulers, results)
         checkpoint.unlink(missing_ok=True)
     finally:
         uninstall(model, s.sites)
@@ -243,25 +238,6 @@ def retention_terms(model: torch.nn.Module, segments: Segments, general_ids: tor
         return [torch.stack(segments.retention[k]).mean() for k, _, _ in spans]
     finally:
         segments.retention = None
-
-
-def _restore(checkpoint: Path, names: list[str], params, optimizers, schedulers, results) -> int:
-    """Load a checkpoint's state for ``names`` (a domain it lacks starts afresh); the group step it was at."""
-    if not checkpoint.exists():
-        return 0
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    for n in names:
-        saved = state["domains"].get(n)
-        if saved is None:
-            continue
-        with torch.no_grad():
-            for p, value in zip(params[n], saved["params"]):
-                p.copy_(value)
-        optimizers[n].load_state_dict(saved["optimizer"])
-        schedulers[n].load_state_dict(saved["scheduler"])
-        results[n] = saved["result"]
-    print(f"domix: resuming MixDA domains {names} from step {state['step']} ({checkpoint})")
-    return state["step"]
 
 
 def _manifest(s: Setup, data: DomainData, result: MixDAResult, loss_before: float | None, loss_after: float | None,

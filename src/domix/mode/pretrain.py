@@ -18,17 +18,17 @@ import torch
 from domix import atomic
 from domix.base_model import BaseModel, find_blocks, load_base_model, load_tokenizer, weights_fingerprint
 from domix.corpus import read_corpus
+from domix.distributed import require_one_process
 from domix.errors import DomixError
 from domix.metrics import downsample_curve
 from domix.mode.config import BlockPlan, plan_blocks
 from domix.mode.model import (
     EXPERTS_FILE, KIND, add_domain, block_tensors, init_stage1_gates, insert_blocks, place, remove_blocks, set_trainable,
 )
-from domix.pretrain.baselines import _check_corpora_unchanged, _refuse_several_processes
 from domix.pretrain.config import PretrainConfig
 from domix.pretrain.loop import StepHook, TrainResult, evaluate, train_domain
 from domix.pretrain.run import DomainData, _log_heldout, _tensorboard, format_summary
-from domix.runfolder import RUN_FILE, check_out, clear
+from domix.runfolder import RUN_FILE, check_corpora_unchanged, check_out, clear
 from domix.store import MANIFEST_NAME, versions
 from domix.system import DTYPES, peak_memory_mb, reset_peak_memory, resolve_device
 
@@ -36,14 +36,14 @@ from domix.system import DTYPES, peak_memory_mb, reset_peak_memory, resolve_devi
 def pretrain_mode(cfg: PretrainConfig, overwrite: bool = False, on_step: StepHook | None = None) -> dict[str, dict]:
     """Train every domain's experts of ``cfg``; returns each domain's manifest."""
     cfg.validate()
-    _refuse_several_processes(cfg.method)
+    require_one_process(cfg.method, "trains its domains one after another")
     out = Path(cfg.out)
     previous = check_out(out, cfg.to_dict(), PretrainConfig.RESUME_FREE, overwrite)
     resuming = previous is not None and not overwrite
     corpora = {name: read_corpus(name, path) for name, path in cfg.domains.items()}
     fingerprints = {name: c.fingerprint for name, c in corpora.items()}
     if resuming:
-        _check_corpora_unchanged(previous, fingerprints)
+        check_corpora_unchanged(previous.get("corpora", {}), fingerprints)
     unknown = sorted(set(cfg.mode_device_map or {}) - set(corpora) - {"backbone", "experts"})
     if unknown:
         raise DomixError(f"--mode-device-map names {unknown}, which are neither 'backbone', 'experts' nor a domain ({list(corpora)})")

@@ -18,7 +18,6 @@ one from its step checkpoint, so it ends with the weights an uninterrupted run m
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ from domix.base_model import (
     weights_fingerprint,
 )
 from domix.corpus import read_corpus
+from domix.distributed import require_one_process
 from domix.errors import DomixError
 from domix.metrics import downsample_curve
 from domix.pretrain.config import PretrainConfig
@@ -47,7 +47,7 @@ from domix.pretrain.loop import (
     train_domain,
 )
 from domix.pretrain.run import DomainData, _lora_config, _tensorboard
-from domix.runfolder import RUN_FILE, check_out, clear
+from domix.runfolder import RUN_FILE, check_corpora_unchanged, check_out, clear
 from domix.store import MANIFEST_NAME, versions
 from domix.system import DTYPES, peak_memory_mb, reset_peak_memory, resolve_device
 
@@ -93,7 +93,7 @@ def manifest_name(method: str) -> str:
 def pretrain_baseline(cfg: PretrainConfig, overwrite: bool = False, on_step: StepHook | None = None) -> dict[str, dict]:
     """Train the baseline ``cfg.method`` over all of ``cfg.domains``; returns {folder name: manifest}."""
     cfg.validate()
-    _refuse_several_processes(cfg.method)
+    require_one_process(cfg.method, "trains one model over all the domains")
     out = Path(cfg.out)
     folder_name = FOLDERS[cfg.method]
     previous = check_out(out, cfg.to_dict(), PretrainConfig.RESUME_FREE, overwrite)
@@ -101,7 +101,7 @@ def pretrain_baseline(cfg: PretrainConfig, overwrite: bool = False, on_step: Ste
     corpora = {name: read_corpus(name, path) for name, path in cfg.domains.items()}
     fingerprints = {name: c.fingerprint for name, c in corpora.items()}
     if resuming:
-        _check_corpora_unchanged(previous, fingerprints)
+        check_corpora_unchanged(previous.get("corpora", {}), fingerprints)
     tokenizer, objective = load_tokenizer(cfg.model, cfg.objective)
     # all data is checked before the (possibly large) model is loaded
     data = {name: DomainData.build(corpus, tokenizer, objective, cfg) for name, corpus in corpora.items()}
@@ -115,19 +115,6 @@ def pretrain_baseline(cfg: PretrainConfig, overwrite: bool = False, on_step: Ste
     atomic.write_json(out / RUN_FILE, run)
     print(format_baseline_summary(manifest))
     return {folder_name: manifest}
-
-
-def _refuse_several_processes(method: str) -> None:
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise DomixError(f"--method {method} trains one model over all the domains and runs in one process; "
-                         "launch it without torchrun or accelerate (only --method domix spreads domains over processes)")
-
-
-def _check_corpora_unchanged(previous: dict, fingerprints: dict[str, str]) -> None:
-    changed = [n for n, fp in previous.get("corpora", {}).items() if fingerprints.get(n) != fp]
-    if changed:
-        raise DomixError(f"the corpus of domain(s) {changed} changed since this unfinished run began; "
-                         "restore it, or pass --overwrite to start over")
 
 
 def _train_baseline(cfg: PretrainConfig, out: Path, previous: dict | None, overwrite: bool, data: dict[str, DomainData],

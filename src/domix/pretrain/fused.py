@@ -62,6 +62,33 @@ class FusedLoRALinear(nn.Module):
         return y + (parts[0] if len(parts) == 1 else torch.cat(parts)).to(y.dtype)
 
 
+def save_domains(path: Path, step: int, names: list[str], params, optimizers, schedulers, results) -> None:
+    """Checkpoint a fused run: the group step, and every domain's weights, optimizer, schedule and progress."""
+    atomic.torch_save(path, {"step": step, "domains": {n: {
+        "params": [p.detach().cpu() for p in params[n]], "optimizer": optimizers[n].state_dict(),
+        "scheduler": schedulers[n].state_dict(), "result": results[n]} for n in names}})
+
+
+def restore_domains(path: Path, names: list[str], params, optimizers, schedulers, results, label: str = "fused") -> int:
+    """Load a :func:`save_domains` checkpoint into ``names`` (a domain it lacks starts afresh); the group
+    step it was at, 0 without a checkpoint."""
+    if not path.exists():
+        return 0
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    for n in names:
+        saved = state["domains"].get(n)
+        if saved is None:
+            continue
+        with torch.no_grad():
+            for p, value in zip(params[n], saved["params"]):
+                p.copy_(value)
+        optimizers[n].load_state_dict(saved["optimizer"])
+        schedulers[n].load_state_dict(saved["scheduler"])
+        results[n] = saved["result"]
+    print(f"domix: resuming {label} domains {names} from step {state['step']} ({path})")
+    return state["step"]
+
+
 def install(model: nn.Module, initial: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]], scaling: float,
             dropout: float) -> tuple[RowSegments, dict[str, FusedLoRALinear]]:
     """Replace each adapted layer with a fused one holding every domain's pair (in ``initial``'s order)."""
@@ -108,19 +135,7 @@ def train_fused(
         optimizers = {n: torch.optim.AdamW(params[n], lr=cfg.lr, weight_decay=cfg.weight_decay) for n in names}
         schedulers = {n: get_linear_schedule_with_warmup(optimizers[n], int(cfg.warmup_ratio * steps[n]), steps[n]) for n in names}
         results = {n: TrainResult(steps=0, tokens_seen=0) for n in names}
-        step = 0
-        if checkpoint_path.exists():
-            state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
-            step = state["step"]
-            for n in names:
-                saved = state["domains"][n]
-                with torch.no_grad():
-                    for p, value in zip(params[n], saved["params"]):
-                        p.copy_(value)
-                optimizers[n].load_state_dict(saved["optimizer"])
-                schedulers[n].load_state_dict(saved["scheduler"])
-                results[n] = saved["result"]
-            print(f"domix: resuming fused domains {names} from step {step} ({checkpoint_path})")
+        step = restore_domains(checkpoint_path, names, params, optimizers, schedulers, results)
 
         with checkpointed(model, cfg.gradient_checkpointing):
             model.train()
@@ -178,9 +193,7 @@ def train_fused(
                         pairs = {name: (layer.lora_A[k].detach().cpu().clone(), layer.lora_B[k].detach().cpu().clone()) for name, layer in layers.items()}
                         on_done(n, pairs, results[n], after)
                 if step % cfg.checkpoint_every == 0 and any(results[n].steps < steps[n] for n in names):
-                    atomic.torch_save(checkpoint_path, {"step": step, "domains": {n: {
-                        "params": [p.detach().cpu() for p in params[n]], "optimizer": optimizers[n].state_dict(),
-                        "scheduler": schedulers[n].state_dict(), "result": results[n]} for n in names}})
+                    save_domains(checkpoint_path, step, names, params, optimizers, schedulers, results)
             bar.close()
     finally:
         uninstall(model, layers)

@@ -29,7 +29,7 @@ from domix.metrics import downsample_curve
 from domix.pretrain.config import PretrainConfig
 from domix.pretrain.fused import train_fused
 from domix.pretrain.loop import StepHook, TrainResult, evaluate, train_domain
-from domix.runfolder import RUN_FILE, check_out, clear
+from domix.runfolder import RUN_FILE, check_corpora_unchanged, check_out, clear
 from domix.store import MANIFEST_NAME, versions
 from domix.system import DTYPES, peak_memory_mb, reset_peak_memory, resolve_device
 
@@ -59,10 +59,7 @@ def pretrain(cfg: PretrainConfig, overwrite: bool = False, on_step: StepHook | N
     fingerprints = {name: c.fingerprint for name, c in corpora.items()}
     resuming = previous is not None and not overwrite
     if resuming:
-        changed = [n for n, fp in previous.get("corpora", {}).items() if fingerprints.get(n) != fp]
-        if changed:
-            raise DomixError(f"the corpus of domain(s) {changed} changed since this unfinished run began; "
-                             "restore it, or pass --overwrite to start over")
+        check_corpora_unchanged(previous.get("corpora", {}), fingerprints)
     tokenizer, objective = load_tokenizer(cfg.model, cfg.objective)
     pending = [n for n in corpora if not (resuming and (out / n / MANIFEST_NAME).exists())]
     # all data is checked before the (possibly large) model is loaded
