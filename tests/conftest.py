@@ -54,18 +54,18 @@ def _tokenizer(kind: str):
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="</s>")
 
 
-def make_tiny_model(path: Path, kind: str, seed: int = 0) -> Path:
+def make_tiny_model(path: Path, kind: str, seed: int = 0, hidden_size: int = 32, intermediate_size: int = 64) -> Path:
     from transformers import BertConfig, BertForMaskedLM, LlamaConfig, LlamaForCausalLM
 
     tokenizer = _tokenizer(kind)
     torch.manual_seed(seed)
     if kind == "bert":
-        config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                            intermediate_size=64, max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id)
+        config = BertConfig(vocab_size=len(tokenizer), hidden_size=hidden_size, num_hidden_layers=2, num_attention_heads=2,
+                            intermediate_size=intermediate_size, max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id)
         model = BertForMaskedLM(config)
     else:
-        config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                             num_key_value_heads=1, intermediate_size=64, max_position_embeddings=128,
+        config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden_size, num_hidden_layers=2, num_attention_heads=2,
+                             num_key_value_heads=1, intermediate_size=intermediate_size, max_position_embeddings=128,
                              bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                              pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
         model = LlamaForCausalLM(config)

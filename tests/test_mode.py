@@ -1,6 +1,7 @@
 """MoDE (domix.mode): the gated block, both stages, placement, round trips, and its place in domix compare."""
 
 import copy
+import inspect
 import json
 
 import pytest
@@ -101,6 +102,29 @@ def test_block_output_is_the_per_token_softmax_mix_of_backbone_and_expert(kind, 
     assert not torch.allclose(h_expert, h_backbone, atol=1e-3)  # the two branches differ, so the mix is tested
     assert a[..., 0].std() > 0.01  # per token, not one weight for all
     torch.testing.assert_close(y, expected, rtol=0, atol=1e-12)
+
+
+def test_expert_layers_keep_no_state_in_the_backbone_cache(tiny_llama):
+    """Expert copies keep their backbone layer's index: handed the model's key/value cache (whatever the
+    layer loop's keyword for it), they would write a second set of keys into that layer's slot."""
+    from transformers import DynamicCache
+
+    base = lm(tiny_llama)
+    ids, mask = batch()
+    insert_blocks(base, plan_blocks(2, block_size=1, expert_layers=1))
+    add_domain(base, "bio")
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():  # an expert unlike its backbone layer, and a gate that uses both
+        for block in expert_blocks(base):
+            for p in block.experts["bio"].parameters():
+                p.add_(0.05 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+            block.gate.bias.copy_(torch.tensor([0.2, -0.1], dtype=torch.float64))
+    uncached = base(input_ids=ids, attention_mask=mask, use_cache=False).logits
+    cache = DynamicCache(config=base.config)
+    keyword = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+    out = base(input_ids=ids, attention_mask=mask, use_cache=True, **{keyword: cache})
+    torch.testing.assert_close(out.logits, uncached, rtol=0, atol=1e-12)
+    assert [cache.get_seq_length(layer) for layer in range(2)] == [ids.shape[1]] * 2  # the backbone's keys only
 
 
 def test_full_copy_experts_start_as_the_backbone_and_removal_restores_it(tiny_model):
@@ -326,7 +350,8 @@ def test_task_model_backbone_works_as_a_language_model(mode_stores, tiny_llama, 
     out = head(input_ids=ids, labels=ids, use_cache=True)
     assert torch.isfinite(out.loss)
     with pytest.raises(DomixError, match="cannot continue a cached generation"):
-        head(input_ids=ids[:, -1:], past_key_values=out.past_key_values, use_cache=True)
+        keyword = "cache" if "cache" in inspect.signature(head.forward).parameters else "past_key_values"
+        head(input_ids=ids[:, -1:], use_cache=True, **{keyword: out.past_key_values})
 
 
 def test_stage2_refuses_experts_of_another_base_and_a_missing_store(mode_stores, task, tmp_path):

@@ -109,18 +109,22 @@ def _add_finetune(sub) -> None:
     p.add_argument("--out", help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
     p.add_argument("--method", choices=FINETUNE_METHODS,
-                   help="domix (default): modules + trainable bridge; cat: modules with the bridge frozen at I; "
-                        "lora / dora: PEFT adapters; full: every weight trains; mixda / mode: a gate over the domain "
-                        "adapters / experts of domix pretrain --method mixda / mode")
+                   help="domix (default): modules + trainable bridge; domix_fixed: the bridge frozen at its init; "
+                        "cat: the bridge frozen at I; lora / dora: PEFT adapters; lora_fa: a fresh LoRA with A frozen "
+                        "(DoMIX's trainable shape without domain modules); full: every weight trains; head: only the "
+                        "classification head; mixda / mode: a gate over the domain adapters / experts of domix "
+                        "pretrain --method mixda / mode")
     p.add_argument("--general", help="a general-domain corpus: the record gives the language-model loss on it before and after (retention)")
     p.add_argument("--general-blocks", type=int, help="sequences of --max-length tokens of --general that retention scores (default 64)")
     p.add_argument("--lora-rank", type=int, help="rank for lora/dora from the base (default: the modules' total rank, else 8)")
     p.add_argument("--init-module", help="lora/dora: start from this module of --modules (its rank, alpha and weights)")
     p.add_argument("--save-model", action=argparse.BooleanOptionalAction, default=None,
                    help="write the task model (default: yes); --no-save-model keeps only result.json")
-    p.add_argument("--p-init", help="bridge init: scaled_identity (default, 1/Σr), identity, or a number")
-    p.add_argument("--p-lr", type=float, help="learning rate of the bridge (default: --lr)")
-    p.add_argument("--p-weight-decay", type=float, help="weight decay of the bridge (default 0)")
+    p.add_argument("--p-init", help="bridge init c·I: scaled_identity (default, c = 1/Σr, as published), average "
+                                    "(c = 1/N modules), identity (c = 1), or a number c")
+    p.add_argument("--p-lr", type=float, help="learning rate of the bridge, which trains in its own optimizer group as in "
+                                              "the published code (default: --lr)")
+    p.add_argument("--p-weight-decay", type=float, help="weight decay of the bridge (default 0.01, the published code's)")
     p.add_argument("--mode-train-experts", action=argparse.BooleanOptionalAction, default=None,
                    help="mode: train the domain experts too (default: no, only the gates and the head)")
     p.add_argument("--mode-gate-lr", type=float, help="mode: learning rate of the gates (default: --lr)")

@@ -157,6 +157,32 @@ def check_base(pieces: list, fingerprint: str, what: str = "domain module") -> N
             )
 
 
+SHARED_INIT_COS = 0.9  # |cos| of two domains' A for one layer above which they started alike
+
+
+@torch.no_grad()
+def shared_initialisation(modules: list[DomainModule]) -> str | None:
+    """A one-line warning if two of ``modules`` started from the same initial weights, else None.
+
+    Modules seeded alike keep nearly parallel A matrices after a short pre-training (|cos| near 1 in
+    most layers, where independent draws give about 1/sqrt(r·d_in)), so a composition of them spans
+    one module's subspace instead of one per domain. domix pretrain wrote such stores before it gave
+    each domain its own seed.
+    """
+    for i, first in enumerate(modules):
+        for second in modules[i + 1 :]:
+            layers = [l for l in first.lora_A if second.lora_A.get(l) is not None and second.lora_A[l].shape == first.lora_A[l].shape]
+            close = sum(
+                abs(float(torch.nn.functional.cosine_similarity(first.lora_A[l].double().flatten(),
+                                                                 second.lora_A[l].double().flatten(), dim=0))) > SHARED_INIT_COS
+                for l in layers)
+            if layers and close > len(layers) / 2:
+                return (f"domix: warning: modules {first.name!r} and {second.name!r} started from the same weights "
+                        f"(A at |cos| > {SHARED_INIT_COS} in {close} of {len(layers)} layers), so composing them spans one "
+                        "subspace instead of one per domain; retrain them with this domix pretrain, which seeds each domain apart")
+    return None
+
+
 @torch.no_grad()
 def merge_into(model: nn.Module, module: DomainModule) -> nn.Module:
     """Fold a module into a base model in place: W' = W + s · B A (and its trained head, if any)."""

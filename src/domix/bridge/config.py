@@ -9,18 +9,20 @@ from domix.errors import DomixError
 
 @dataclass
 class BridgeConfig:
-    # P's initial value: "scaled_identity" (diag 1/Σr, the published default), "identity",
-    # or a number c for c·I.
+    # P's initial value c·I: "scaled_identity" c = 1/Σr (the published default), "average" c = 1/N
+    # (the N modules' mean update at full strength), "identity" c = 1 (their sum), or a number c.
     p_init: str | float = "scaled_identity"
     p_lr: float | None = None  # None: the same learning rate as B_cat and the head
-    p_weight_decay: float = 0.0
+    p_weight_decay: float = 0.01
 
-    def initial_scale(self, total_rank: int) -> float:
+    def initial_scale(self, total_rank: int, n_modules: int) -> float:
         if self.p_init == "scaled_identity":
             return 1.0 / total_rank
+        if self.p_init == "average":
+            return 1.0 / n_modules
         if self.p_init == "identity":
             return 1.0
         try:
             return float(self.p_init)
         except (TypeError, ValueError):
-            raise DomixError(f"unknown bridge init {self.p_init!r}; use scaled_identity, identity or a number") from None
+            raise DomixError(f"unknown bridge init {self.p_init!r}; use average, scaled_identity, identity or a number") from None

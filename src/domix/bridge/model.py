@@ -63,7 +63,7 @@ def compose(model: nn.Module, modules: list[DomainModule], config: BridgeConfig 
             raise DomixError(f"domain modules have shape {B.shape[0]}x{A.shape[1]} for layer {layer!r}, "
                              f"but this model's layer is {base.out_features}x{base.in_features}; they belong to another base model")
         scales = torch.cat([torch.full((m.lora_A[layer].shape[0],), m.scaling) for m in owners])
-        bridged = BridgedLinear(base, A, B, scales, config.initial_scale(A.shape[0]), dtype=dtype)
+        bridged = BridgedLinear(base, A, B, scales, config.initial_scale(A.shape[0], len(owners)), dtype=dtype)
         bridged.blocks = [(m.name, m.lora_A[layer].shape[0]) for m in owners]  # which columns are whose
         set_submodule(model, layer, bridged.to(base.weight.device))
     return layers

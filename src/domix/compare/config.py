@@ -56,7 +56,10 @@ METHODS: dict[str, Method] = {
     "ncl_full": Method("full", pretrain="ncl_full", ordered=True),
     "ncl_lora": Method("lora", pretrain="ncl_lora", init="ncl", ordered=True),
     "joint_lora": Method("lora", pretrain="joint_lora", init="joint"),
+    "lora_fa": Method("lora_fa"),  # DoMIX's trainable shape (A frozen) without domain modules
+    "head": Method("head"),  # only the classification head: what the frozen base's features give
     "cat": Method("cat", pretrain="domix"),  # P = I is exactly permutation-equivariant: one order says all
+    "domix_fixed": Method("domix_fixed", pretrain="domix"),  # P = c·I frozen: permutation-equivariant too
     "domix": Method("domix", pretrain="domix", ordered=True),
     # the domain order only decides which of the gate's seeded output rows faces which domain
     "mixda": Method("mixda", pretrain="mixda"),

@@ -60,7 +60,23 @@ def summarise(results: dict) -> list[dict]:
     tasks = _tasks(results, runs)
     by_method = _by_method(runs)
     pretraining = results.get("pretraining") or []
-    return [_method_row(method, by_method[method], tasks, pretraining) for method in _methods(results, runs) if by_method[method]]
+    rows = [_method_row(method, by_method[method], tasks, pretraining) for method in _methods(results, runs) if by_method[method]]
+    baseline = _majority_runs(runs)
+    return ([_method_row(MAJORITY, baseline, tasks, [])] if baseline else []) + rows
+
+
+MAJORITY = "majority"  # the first row: always the training set's most frequent label, what learning nothing scores
+
+
+def _majority_runs(runs: list[dict]) -> list[dict]:
+    """One pseudo-run per task and seed of the majority-class scores the runs recorded (the same for every
+    method of a task, since all see the same examples)."""
+    seen = {}
+    for run in runs:
+        if run.get("majority") and (run["task"], run["seed"]) not in seen:
+            seen[(run["task"], run["seed"])] = {"method": MAJORITY, "task": run["task"], "seed": run["seed"],
+                                               "test": run["majority"]["test"]}
+    return list(seen.values())
 
 
 def _runs(results: Any) -> list[dict]:

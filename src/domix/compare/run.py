@@ -43,8 +43,8 @@ from domix.runfolder import RUN_FILE
 
 TIMES_FILE = "job_times.json"  # wall seconds of each job's command, as the comparison measured it
 # where each pre-training method leaves what fine-tuning uses, inside its run folder
-# what some methods' records add: DoMIX's bridge usage, MixDA's and MoDE's gate weights, retention
-OPTIONAL_RECORD_KEYS = ("bridge_usage", "gate_weights", "retention")
+# what some records add: DoMIX's bridge usage, MixDA's and MoDE's gate weights, retention, the majority-class scores
+OPTIONAL_RECORD_KEYS = ("bridge_usage", "gate_weights", "retention", "majority")
 PRETRAIN_OUTPUT = {"ncl_full": "ncl-full", "ncl_lora": "ncl", "joint_lora": "joint"}
 
 
@@ -117,7 +117,7 @@ def _finetune_job(cfg: CompareConfig, name: str, task: Task, seed: int, order: l
                 "task": task.path, "out": str(Path(cfg.out) / folder), "method": method.finetune, "seed": seed}
     if source is None:
         settings["model"] = cfg.model
-        if method.finetune in ("lora", "dora"):  # the same total rank as the composed modules
+        if method.finetune in ("lora", "lora_fa", "dora"):  # the same total rank as the composed modules
             settings.setdefault("lora_rank", cfg.pretrain.get("rank", PretrainConfig.rank) * len(cfg.domains))
     elif method.pretrain == "ncl_full":
         settings["model"] = str(source.out / PRETRAIN_OUTPUT["ncl_full"])

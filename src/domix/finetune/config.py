@@ -9,12 +9,15 @@ from typing import Any
 from domix.errors import DomixError
 from domix.settings import check
 
-# domix: the modules concatenated with a trainable bridge P; cat: the same with P frozen at I (PEFT's
+# domix: the modules concatenated with a trainable bridge P; domix_fixed: the same with P frozen at its
+# initial value (the published code's frozen-bridge ablation); cat: P frozen at I (PEFT's
 # add_weighted_adapter "cat"); lora / dora: PEFT from the base (or from one module, init_module);
-# full: every weight trains; mixda / mode: a gate over the stage-1 domain adapters / experts of
-# domix pretrain --method mixda / mode (domix/mixda/, domix/mode/).
-METHODS = ("domix", "cat", "lora", "dora", "full", "mixda", "mode")
-MODULE_METHODS = ("domix", "cat")  # the DoMIX bridge over LoRA modules
+# lora_fa: a fresh LoRA with A frozen at its random init, only B trains (DoMIX's trainable shape without
+# the domain modules); full: every weight trains; head: only the classification head trains;
+# mixda / mode: a gate over the stage-1 domain adapters / experts of domix pretrain --method mixda / mode.
+METHODS = ("domix", "domix_fixed", "cat", "lora", "lora_fa", "dora", "full", "head", "mixda", "mode")
+MODULE_METHODS = ("domix", "domix_fixed", "cat")  # the DoMIX bridge over LoRA modules
+P_INITS = ("average", "scaled_identity", "identity")  # or a number c for c·I (bridge/config.py)
 
 
 @dataclass
@@ -36,7 +39,7 @@ class FinetuneConfig:
     # bridge
     p_init: str | float = "scaled_identity"
     p_lr: float | None = None
-    p_weight_decay: float = 0.0
+    p_weight_decay: float = 0.01  # the published code's: its bridge group falls back to weight decay 0.01
     # MoDE (method mode): gates and head train; the experts too with mode_train_experts; the gates' learning
     # rate (default: lr); mode_device_map places experts as in pre-training ({"experts": "cuda:1"}, ...)
     mode_train_experts: bool = False
@@ -79,11 +82,19 @@ class FinetuneConfig:
             raise DomixError(f"method {self.method} needs a base model; pass --model (or --modules to take theirs)")
         if self.init_module is not None:
             if self.method not in ("lora", "dora"):
-                raise DomixError(f"--init-module starts a LoRA or DoRA from a module; it does not apply to method {self.method}")
+                raise DomixError(f"--init-module starts a LoRA or DoRA from a module; it does not apply to method {self.method}"
+                                 + (" (its A stays at a random init by definition)" if self.method == "lora_fa" else ""))
             if not self.modules:
                 raise DomixError("--init-module names a module of a store; pass --modules STORE too")
+        if isinstance(self.p_init, str) and self.p_init not in P_INITS:
+            try:
+                self.p_init = float(self.p_init)
+            except ValueError:
+                raise DomixError(f"unknown --p-init {self.p_init!r}; use {', '.join(P_INITS)} or a number") from None
         check([
             (self.lr > 0, "--lr must be positive"),
+            (self.p_lr is None or self.p_lr > 0, "--p-lr must be positive"),
+            (self.p_weight_decay >= 0, "--p-weight-decay must be zero or positive"),
             (self.epochs >= 1, "--epochs must be at least 1"),
             (self.batch_size >= 1, "--batch-size must be at least 1"),
             (self.max_length >= 2, "--max-length must be at least 2"),

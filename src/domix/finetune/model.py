@@ -25,7 +25,7 @@ from domix.system import DTYPES
 
 TASK_FILE = "domix_task.json"
 WEIGHTS_FILE = "task_model.safetensors"
-PEFT_METHODS = ("lora", "dora")
+PEFT_METHODS = ("lora", "lora_fa", "dora")
 
 
 def classification_model(base: str, labels: list[str], dtype: torch.dtype, seed: int) -> tuple[nn.Module, list[str]]:
@@ -62,12 +62,13 @@ def load_tokenizer_for(base: str, model: nn.Module):
 def build_domix(model: nn.Module, head: list[str], modules: list[DomainModule], cfg) -> list[dict]:
     """Bridge the modules into ``model`` in place; returns the optimizer's parameter groups.
 
-    Method ``domix`` trains P (its own group), B_cat and the head. Method ``cat`` keeps P frozen at
-    the identity: PEFT's ``add_weighted_adapter(..., combination_type="cat")`` with weights 1, so the
-    comparison shows what training the bridge buys.
+    Method ``domix`` trains P (its own group, with its own learning rate and weight decay, as the
+    published code does), B_cat and the head. ``domix_fixed`` keeps P frozen at its initial value, and
+    ``cat`` keeps it frozen at the identity: PEFT's ``add_weighted_adapter(..., combination_type="cat")``
+    with weights 1. The comparison of the three shows what training the bridge buys.
     """
-    fixed = cfg.method == "cat"
-    compose(model, modules, BridgeConfig("identity" if fixed else cfg.p_init, cfg.p_lr, cfg.p_weight_decay))
+    fixed = cfg.method != "domix"
+    compose(model, modules, BridgeConfig("identity" if cfg.method == "cat" else cfg.p_init, cfg.p_lr, cfg.p_weight_decay))
     params = dict(model.named_parameters())
     for name in head:
         params[name].requires_grad_(True)
@@ -81,9 +82,10 @@ def build_domix(model: nn.Module, head: list[str], modules: list[DomainModule], 
 
 
 def build_peft(model: nn.Module, head: list[str], targets: list[str], cfg, rank: int, init: DomainModule | None = None):
-    """LoRA or DoRA (``cfg.method``) through PEFT on ``targets``, head trained.
+    """LoRA, LoRA-FA or DoRA (``cfg.method``) through PEFT on ``targets``, head trained.
 
-    From the base: rank ``rank``, alpha 2·rank, B zero. From a module (``init``): its rank, alpha
+    From the base: rank ``rank``, alpha 2·rank, B zero. LoRA-FA freezes A at its random init, so only
+    B and the head train: DoMIX's trainable shape without any domain knowledge in A. From a module (``init``): its rank, alpha
     and trained pairs, so training starts at the base plus that module (for DoRA the magnitude is
     re-initialised to the norm of the merged weight, as DoRA does for a fresh adapter).
     """
@@ -98,6 +100,10 @@ def build_peft(model: nn.Module, head: list[str], targets: list[str], cfg, rank:
                                                   use_dora=cfg.method == "dora", use_rslora=bool(init and init.adapter_config.get("use_rslora"))))
     if init is not None:
         _load_pairs(peft_model, init)
+    if cfg.method == "lora_fa":
+        for name, p in peft_model.named_parameters():
+            if ".lora_A." in name:
+                p.requires_grad_(False)
     groups = [{"params": [p for p in peft_model.parameters() if p.requires_grad], "lr": cfg.lr, "weight_decay": cfg.weight_decay}]
     return peft_model, groups
 
@@ -118,6 +124,16 @@ def _load_pairs(peft_model: nn.Module, module: DomainModule) -> None:
         if getattr(target, "lora_magnitude_vector", None):
             target.lora_magnitude_vector["default"].update_layer(
                 base_layer=target.get_base_layer(), lora_A=weight_A, lora_B=weight_B, scaling=target.scaling["default"])
+
+
+def build_head(model: nn.Module, head: list[str], cfg) -> list[dict]:
+    """Only the classification head trains: what a task gets from the frozen base's features alone."""
+    params = dict(model.named_parameters())
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for name in head:
+        params[name].requires_grad_(True)
+    return [{"params": [params[n] for n in head], "lr": cfg.lr, "weight_decay": cfg.weight_decay}]
 
 
 def build_full(model: nn.Module, cfg) -> list[dict]:
@@ -142,7 +158,7 @@ def save_task_model(model: nn.Module, tokenizer, record: dict, folder: Path) -> 
             save_file(mixda_model.task_tensors(model, record["head"]), str(tmp / WEIGHTS_FILE))
         elif record["method"] == "mode":  # experts, gates and head
             save_file(mode_model.task_tensors(model, record["head"]), str(tmp / WEIGHTS_FILE))
-        else:
+        else:  # the bridged methods and head: every bridged layer (none for head) and the head
             tensors = bridge_tensors(model)
             params = dict(model.named_parameters())
             for name in record["head"]:

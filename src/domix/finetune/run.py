@@ -23,7 +23,7 @@ from domix.corpus import read_corpus
 from domix.errors import DomixError
 from domix.finetune.config import MODULE_METHODS, FinetuneConfig
 from domix.finetune.model import (
-    build_domix, build_full, build_peft, classification_model, load_tokenizer_for, save_task_model, trainable_state,
+    build_domix, build_full, build_head, build_peft, classification_model, load_tokenizer_for, save_task_model, trainable_state,
 )
 from domix.metrics import classification_scores, downsample_curve
 from domix.mixda.model import build_mixda, load_adapters, task_record as mixda_record
@@ -32,7 +32,7 @@ from domix.mode.model import place as place_experts, task_record as mode_record
 from domix.pretrain.loop import batch_rows, step_seed
 from domix.retention import retention
 from domix.runfolder import RUN_FILE, check_out, clear
-from domix.store import DomainModule, check_base, load_store
+from domix.store import DomainModule, check_base, load_store, shared_initialisation
 from domix.system import DTYPES, peak_memory_mb, reset_peak_memory, resolve_device
 from domix.tasks import Task, encode, pad_batch, read_task
 
@@ -101,9 +101,14 @@ def finetune(cfg: FinetuneConfig, overwrite: bool = False, on_step: StepHook | N
         check_base(modules, fingerprint)
     total_params = sum(p.numel() for p in model.parameters())
     if cfg.method in MODULE_METHODS:
+        warning = shared_initialisation(modules)
+        if warning:
+            print(warning)
         groups = build_domix(model, head, modules, cfg)
     elif cfg.method == "full":
         groups = build_full(model, cfg)
+    elif cfg.method == "head":
+        groups = build_head(model, head, cfg)
     elif cfg.method == "mixda":
         check_base(adapters, fingerprint, "MixDA adapters of domain")
         groups = build_mixda(model, head, adapters, cfg)
@@ -154,16 +159,18 @@ def finetune(cfg: FinetuneConfig, overwrite: bool = False, on_step: StepHook | N
         "modules": [{"name": m.name, "path": str(m.path), "rank": m.rank, "base_fingerprint": m.base_fingerprint} for m in modules],
         "init_module": cfg.init_module,
         "head": head,
-        "layers": sorted(bridged_layers(model)) if cfg.method in MODULE_METHODS else None,
+        "layers": sorted(bridged_layers(model)) if cfg.method in MODULE_METHODS + ("head",) else None,
         "dtype": cfg.dtype,
         "max_length": cfg.max_length,
-        "bridge": {"p_init": cfg.p_init, "p_lr": cfg.p_lr, "p_weight_decay": cfg.p_weight_decay} if cfg.method == "domix" else None,
+        "bridge": ({"p_init": cfg.p_init, "p_lr": cfg.p_lr, "p_weight_decay": cfg.p_weight_decay, "trained": cfg.method == "domix"}
+                   if cfg.method in ("domix", "domix_fixed") else None),
         "bridge_usage": bridge_usage(model) if cfg.method in MODULE_METHODS else None,
         "loss_curve": downsample_curve(state["losses"], 200),
         "dev_history": state["history"],
         "best_epoch": state["best_epoch"],
         "dev": state["history"][state["best_epoch"] - 1],
         "test": test_scores,
+        "majority": majority_scores(labels, len(task.labels)),
         "trainable_parameters": trainable,
         "total_parameters": total_params,
         "trainable_percent": round(100 * trainable / total_params, 3),
@@ -183,6 +190,13 @@ def finetune(cfg: FinetuneConfig, overwrite: bool = False, on_step: StepHook | N
     atomic.write_json(out / RUN_FILE, run)
     print(format_record(record))
     return record
+
+
+def majority_scores(labels: dict[str, torch.Tensor], num_labels: int) -> dict:
+    """The scores of always answering the training set's most frequent label: what learning nothing gets."""
+    label = int(torch.bincount(labels["train"], minlength=num_labels).argmax())
+    return {"label": label, **{split: classification_scores(torch.full_like(labels[split], label), labels[split], num_labels)
+                               for split in ("dev", "test")}}
 
 
 def _train(model, groups, rows, labels, task: Task, cfg: FinetuneConfig, pad_id: int, device, ckpt_dir: Path, on_step) -> dict:
@@ -244,23 +258,25 @@ def _train(model, groups, rows, labels, task: Task, cfg: FinetuneConfig, pad_id:
 
 
 def format_record(record: dict) -> str:
-    t, d = record["test"], record["dev"]
+    t, d, m = record["test"], record["dev"], record["majority"]["test"]
     return (f"domix: {record['method']} on {record['task']}: best epoch {record['best_epoch']} "
             f"(dev macro-F1 {d['macro_f1']:.4f}); test accuracy {t['accuracy']:.4f}, macro-F1 {t['macro_f1']:.4f}, "
-            f"micro-F1 {t['micro_f1']:.4f}; trainable {record['trainable_percent']:.2f}%, "
+            f"micro-F1 {t['micro_f1']:.4f} (majority class: {m['accuracy']:.4f}, {m['macro_f1']:.4f}); trainable {record['trainable_percent']:.2f}%, "
             f"peak memory {record['peak_memory_mb']:.0f} MB, {record['wall_time_s']:.0f} s")
 
 
 def format_table(run_folders: list[str]) -> str:
     """Test scores, trainable share, memory and time of finished runs, one row each."""
-    header = ("run", "method", "task", "test acc", "macro-F1", "trainable %", "peak MB", "time s")
+    header = ("run", "method", "task", "test acc", "macro-F1", "majority F1", "trainable %", "peak MB", "time s")
     rows = [header]
     for folder in run_folders:
         record_file = Path(folder) / RESULT_FILE
         if not record_file.is_file():
             raise DomixError(f"{folder} holds no finished finetune run (no {RESULT_FILE})")
         r = atomic.read_json(record_file)
+        majority = r.get("majority", {}).get("test")  # runs before it was recorded have none
         rows.append((str(folder), r["method"], r["task"], f"{r['test']['accuracy']:.4f}", f"{r['test']['macro_f1']:.4f}",
+                     f"{majority['macro_f1']:.4f}" if majority else "-",
                      f"{r['trainable_percent']:.2f}", f"{r['peak_memory_mb']:.0f}", f"{r['wall_time_s']:.0f}"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in rows]

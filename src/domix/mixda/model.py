@@ -58,7 +58,7 @@ def widths(site: Site, reduction: int) -> dict[str, int]:
 
 
 def new_adapters(sites: list[Site], reduction: int, seed: int, dtype: torch.dtype) -> list[BottleneckAdapter]:
-    """A domain's initial adapters, one per site: every domain starts alike, fused or not."""
+    """A domain's initial adapters, one per site, from ``seed`` (the domain's own: pretrain.loop.domain_seed)."""
     torch.manual_seed(seed)
     return [BottleneckAdapter(s.linear.in_features, s.linear.out_features, bottleneck(s.linear.in_features, reduction), dtype)
             .to(s.linear.weight.device) for s in sites]

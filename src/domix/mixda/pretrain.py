@@ -32,7 +32,9 @@ from domix.mixda.layer import Segments, adapter_dtype
 from domix.mixda.model import Site, adapter_sites, adapter_tensors, install_domain_adapters, new_adapters, uninstall, widths, write_domain
 from domix.pretrain.config import PretrainConfig
 from domix.pretrain.fused import restore_domains, save_domains
-from domix.pretrain.loop import StepHook, TrainResult, batch_rows, evaluate, predicted_tokens, step_seed, total_steps
+from domix.pretrain.loop import (
+    StepHook, TrainResult, batch_rows, domain_seed, evaluate, predicted_tokens, step_seed, total_steps,
+)
 from domix.pretrain.run import DomainData, _log_heldout, format_summary
 from domix.runfolder import RUN_FILE, check_corpora_unchanged, check_out, clear
 from domix.store import MANIFEST_NAME, versions
@@ -136,7 +138,7 @@ def _train_group(s: Setup, data: dict[str, DomainData], on_step: StepHook | None
     if len(names) > 1:
         print(f"domix: training {len(names)} domains fused in one pass over the base")
     dtype = adapter_dtype(next(model.parameters()).dtype)
-    adapters = [new_adapters(s.sites, cfg.mixda_reduction, cfg.seed, dtype) for _ in names]
+    adapters = [new_adapters(s.sites, cfg.mixda_reduction, domain_seed(cfg.seed, n), dtype) for n in names]
     segments, layers = install_domain_adapters(model, s.sites, adapters)
     checkpoint = s.out / "checkpoints" / ("mixda-fused.pt" if cfg.fused else f"mixda-{names[0]}.pt")
     try:
@@ -256,7 +258,8 @@ def _manifest(s: Setup, data: DomainData, result: MixDAResult, loss_before: floa
         "training": {
             "steps": result.steps, "tokens_seen": result.tokens_seen, "general_tokens_seen": result.general_tokens_seen,
             "batch_size": cfg.batch_size, "seq_len": cfg.seq_len, "lr": cfg.lr, "warmup_ratio": cfg.warmup_ratio,
-            "seed": cfg.seed, "dtype": cfg.dtype, "device": str(s.device), "fused_with": fused_with if len(fused_with) > 1 else [],
+            "seed": cfg.seed, "init_seed": domain_seed(cfg.seed, corpus.name), "dtype": cfg.dtype, "device": str(s.device),
+            "fused_with": fused_with if len(fused_with) > 1 else [],
             "loss_curve": downsample_curve(result.losses, 200),
             "lm_loss_curve": downsample_curve(result.lm_losses, 200),
             "retention_curve": downsample_curve(result.retention_losses, 200),

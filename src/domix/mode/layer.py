@@ -14,10 +14,30 @@ from typing import Any
 import torch
 from torch import nn
 
+from transformers.cache_utils import Cache
+
 from domix.errors import DomixError
 
 BACKBONE = "backbone"  # the gate's label of the backbone branch (its output 0)
-_CACHE_KEYS = ("past_key_values", "past_key_value")
+
+
+def _is_cache(value: Any) -> bool:
+    """A key/value cache object, found by its type rather than by the keyword the model's layer loop
+    happens to use for it (``past_key_value`` in older transformers, ``past_key_values``, ``cache`` since 5.x)."""
+    return isinstance(value, Cache)
+
+
+def _without_caches(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """The layer inputs an expert copy gets: every cache replaced by None and ``use_cache`` off.
+
+    An expert layer is a copy of a backbone layer and keeps its layer index, so handed the model's cache
+    it would write its keys and values into the backbone layer's slot (the attention then sees twice the
+    keys). Experts keep no cache at all; only the backbone's layers fill the model's cache."""
+    args = tuple(None if _is_cache(a) else a for a in args)
+    kwargs = {k: (None if _is_cache(v) else v) for k, v in kwargs.items()}
+    if "use_cache" in kwargs:
+        kwargs["use_cache"] = False
+    return args, kwargs
 
 
 def hidden_of(output: Any) -> torch.Tensor:
@@ -90,19 +110,18 @@ class ExpertBlock(nn.Module):
         self.gate = gate
 
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
-        _refuse_cached_decoding(kwargs, self.first_layer)
+        _refuse_cached_decoding(args, kwargs, self.first_layer)
         device = hidden_states.device
         # the experts first: on another device they run while the backbone does
-        expert_kwargs = {k: (None if k in _CACHE_KEYS else v) for k, v in kwargs.items()}
-        if "use_cache" in expert_kwargs:
-            expert_kwargs["use_cache"] = False  # expert copies share the backbone layers' cache slots; they keep none
+        expert_args, expert_kwargs = _without_caches(args, kwargs)
         outputs = []
         for layers in self.experts.values():
             where = _device_of(layers)
             if where == device:
-                out, _ = _run_layers(layers, hidden_states, args, expert_kwargs)
+                out, _ = _run_layers(layers, hidden_states, expert_args, expert_kwargs)
             else:
-                out, _ = _run_layers(layers, to_device(hidden_states, where), to_device(args, where), to_device(expert_kwargs, where))
+                out, _ = _run_layers(layers, to_device(hidden_states, where), to_device(expert_args, where),
+                                     to_device(expert_kwargs, where))
             outputs.append(out)
         backbone_out, self.returns_tuple = _run_layers(self.backbone, hidden_states, args, kwargs)
         logits = self.gate(hidden_states)
@@ -142,9 +161,8 @@ def _device_of(layers: nn.Module) -> torch.device:
     return param.device if param is not None else torch.device("cpu")
 
 
-def _refuse_cached_decoding(kwargs: dict, layer: int) -> None:
-    for key in _CACHE_KEYS:
-        cache = kwargs.get(key)
-        if cache is not None and hasattr(cache, "get_seq_length") and cache.get_seq_length(layer) > 0:
+def _refuse_cached_decoding(args: tuple, kwargs: dict, layer: int) -> None:
+    for cache in (*args, *kwargs.values()):
+        if _is_cache(cache) and cache.get_seq_length(layer) > 0:
             raise DomixError("MoDE expert layers keep no key/value cache, so they cannot continue a cached generation; "
                              "generate with use_cache=False")

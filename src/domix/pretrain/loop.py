@@ -7,6 +7,7 @@ that resumes from a checkpoint ends with exactly the module an uninterrupted run
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from contextlib import contextmanager
@@ -39,6 +40,18 @@ class TrainResult:
 
 def step_seed(seed: int, step: int) -> int:
     return (seed * 1_000_003 + step) % (2**63)
+
+
+def domain_seed(seed: int, domain: str) -> int:
+    """The seed of ``domain``'s initial weights, derived from (run seed, domain name).
+
+    Each domain's module must hold its own subspace: seeded alike, every domain's A would start (and,
+    after a short pre-training, stay) nearly equal, and a composition of them would span one domain's
+    rank. Derived from the name, not the domain's position, so a domain starts the same alone, fused
+    with others, in any order, or on another process.
+    """
+    digest = hashlib.sha256(f"domix-init:{seed}:{domain}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") % (2**63)
 
 
 def total_steps(cfg: PretrainConfig, n_train: int) -> int:

@@ -28,7 +28,7 @@ from domix.errors import DomixError
 from domix.metrics import downsample_curve
 from domix.pretrain.config import PretrainConfig
 from domix.pretrain.fused import train_fused
-from domix.pretrain.loop import StepHook, TrainResult, evaluate, train_domain
+from domix.pretrain.loop import StepHook, TrainResult, domain_seed, evaluate, train_domain
 from domix.runfolder import RUN_FILE, check_corpora_unchanged, check_out, clear
 from domix.store import MANIFEST_NAME, versions
 from domix.system import DTYPES, peak_memory_mb, reset_peak_memory, resolve_device
@@ -151,6 +151,7 @@ def _manifest(base: BaseModel, data: DomainData, cfg: PretrainConfig, target_mod
         "training": {
             "steps": result.steps, "tokens_seen": result.tokens_seen, "batch_size": cfg.batch_size,
             "seq_len": cfg.seq_len, "lr": cfg.lr, "warmup_ratio": cfg.warmup_ratio, "seed": cfg.seed,
+            "init_seed": domain_seed(cfg.seed, corpus.name),  # the domain's own initialisation (pretrain.loop.domain_seed)
             "dtype": cfg.dtype, "device": str(device), "fused_with": fused_with,
             "loss_curve": downsample_curve(result.losses, 200),
         },
@@ -180,7 +181,7 @@ def _pretrain_domain(
     started = time.perf_counter()
     reset_peak_memory(device)
     corpus, train, heldout = data.corpus, data.train, data.heldout
-    torch.manual_seed(cfg.seed)  # LoRA A's Kaiming init
+    torch.manual_seed(domain_seed(cfg.seed, corpus.name))  # LoRA A's Kaiming init: the domain's own
     model = get_peft_model(base.model, _lora_config(base, cfg, target_modules))
     checkpoint = out / "checkpoints" / f"{corpus.name}.pt"
     writer = _tensorboard(out / "tensorboard" / corpus.name)
@@ -207,12 +208,12 @@ def _pretrain_domain(
     _log_heldout(out, corpus.name, result.steps, loss_before, loss_after)
 
 
-def _initial_pairs(base: BaseModel, cfg: PretrainConfig, target_modules) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """The LoRA pairs PEFT initialises with this seed: fused training starts where a separate run would."""
+def _initial_pairs(base: BaseModel, cfg: PretrainConfig, target_modules, domain: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """The LoRA pairs PEFT initialises for ``domain``: fused training starts where a separate run would."""
     from peft import get_peft_model
     from peft.tuners.lora import LoraLayer
 
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(domain_seed(cfg.seed, domain))
     model = get_peft_model(base.model, _lora_config(base, cfg, target_modules))
     pairs = {name.removeprefix("base_model.model."): (m.lora_A["default"].weight.detach().clone(), m.lora_B["default"].weight.detach().clone())
              for name, m in model.named_modules() if isinstance(m, LoraLayer)}
@@ -249,7 +250,7 @@ def _pretrain_fused(
     started = time.perf_counter()
     reset_peak_memory(device)
     names = list(data)
-    initial = {n: _initial_pairs(base, cfg, target_modules) for n in names}
+    initial = {n: _initial_pairs(base, cfg, target_modules, n) for n in names}
     before = {}
     for n in names:
         heldout = data[n].heldout
