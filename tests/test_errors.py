@@ -107,3 +107,36 @@ def test_the_installed_command_prints_no_traceback(tmp_path):
                           capture_output=True, text=True)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [f"domix: error: corpus of domain 'a' not found: {tmp_path / 'a.txt'} does not exist"]
+
+
+def tree(folder) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_export_never_replaces_a_folder_or_file_nor_its_own_input(tiny_llama, task, tmp_path, capsys):
+    from domix.finetune.config import FinetuneConfig
+    from domix.finetune.run import finetune
+
+    finetune(FinetuneConfig(model=str(tiny_llama), task=str(task), out=str(tmp_path / "run"), method="head", epochs=1,
+                            batch_size=16, max_length=32))
+    model = tmp_path / "run" / "model"
+    kept = tmp_path / "store"
+    kept.mkdir()
+    (kept / "module.txt").write_text("a user's file")
+    (tmp_path / "notes.txt").write_text("notes")
+    before = tree(tmp_path)
+    line = run_cli(["export", str(model), str(kept)], capsys)
+    assert "exists and is not empty; pass --overwrite" in line
+    assert "is a file" in run_cli(["export", str(model), str(tmp_path / "notes.txt")], capsys)
+    for own in (model, tmp_path / "run", model / "sub"):  # the input itself, a folder holding it, a folder inside it
+        assert "which writing it would destroy" in run_cli(["export", str(model), str(own), "--overwrite"], capsys)
+    assert tree(tmp_path) == before  # nothing was touched
+    assert main(["export", str(model), str(kept), "--overwrite"]) == 0  # asked for: replaced
+    assert (kept / "config.json").is_file() and not (kept / "module.txt").exists()
+
+
+def test_convert_gguf_refuses_an_existing_folder(tmp_path, capsys):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "x").write_text("x")
+    (tmp_path / "m.gguf").write_bytes(b"GGUF")
+    assert "exists and is not empty" in run_cli(["convert-gguf", str(tmp_path / "m.gguf"), str(tmp_path / "out")], capsys)

@@ -1,4 +1,4 @@
-"""The pre-training baselines: NCL with one LoRA, joint LoRA, NCL of the whole model (METHODS.md §4)."""
+"""The pre-training baselines: NCL with one LoRA, joint LoRA, NCL of the whole model (docs/methods.md §4)."""
 
 import math
 from pathlib import Path

@@ -158,7 +158,9 @@ def _run_finetune(args: argparse.Namespace) -> None:
 def _run_export(args: argparse.Namespace) -> None:
     from domix.finetune.model import export
     from domix.llm.model import export_causal, is_causal_task_model
+    from domix.runfolder import check_new_output
 
+    check_new_output(args.out, [args.task_model], args.overwrite)
     if is_causal_task_model(args.task_model):  # a domix instruct model
         export_causal(args.task_model, args.out)
         print(f"domix: wrote {args.out} (loads with AutoModelForCausalLM.from_pretrained)")
@@ -199,7 +201,9 @@ def _run_modules(args: argparse.Namespace) -> None:
 
 def _run_convert(args: argparse.Namespace) -> None:
     from domix.base_model import convert_gguf
+    from domix.runfolder import check_new_output
 
+    check_new_output(args.out, [args.gguf_file], args.overwrite)
     convert_gguf(args.gguf_file, args.out)
     print(f"domix: wrote {args.out}")
 
@@ -212,7 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_llm_parsers(sub)  # instruct, eval-choice, generate
     p = sub.add_parser("export", help="fold a task model into a plain transformers model folder")
     p.add_argument("task_model", help="the model/ folder of a domix finetune or domix instruct run")
-    p.add_argument("out")
+    p.add_argument("out", help="a new folder for the plain transformers model")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing folder at OUT (never the task model itself)")
     p = sub.add_parser("evaluate", help="score a task model (or an exported folder) on a jsonl file")
     p.add_argument("model", help="a task model folder or an exported folder")
     p.add_argument("data", help="jsonl with 'text', optional 'text_pair', 'label'")
@@ -231,7 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("store", help="a domix pretrain output folder")
     p = sub.add_parser("convert-gguf", help="de-quantise a GGUF model file once into a safetensors model folder")
     p.add_argument("gguf_file")
-    p.add_argument("out")
+    p.add_argument("out", help="a new folder for the safetensors model")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing folder at OUT")
     return parser
 
 

@@ -50,6 +50,31 @@ def check_out(out: Path, settings: dict, resume_free: tuple[str, ...], overwrite
     return previous
 
 
+def check_new_output(out: str | Path, inputs: list[str | Path], overwrite: bool) -> None:
+    """Check, before any compute, that a command may put a new folder at ``out``.
+
+    Refused: something already there (unless ``overwrite``; a file never: it is not a folder this
+    command made), any of the command's own ``inputs`` or a folder holding or inside one (even with
+    ``overwrite``: replacing it would delete the input), and a place the user cannot write.
+    """
+    out = Path(out)
+    target = out.resolve()
+    for given in inputs:
+        source = Path(given).resolve()
+        if target == source or target in source.parents or source in target.parents:
+            raise DomixError(f"the output {out} is, holds or lies inside the input {given}, which writing it would destroy; "
+                             "choose another output folder")
+    if out.is_file() or out.is_symlink() and not out.is_dir():
+        raise DomixError(f"the output {out} is a file; choose a new folder name")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise DomixError(f"the output folder {out} exists and is not empty; pass --overwrite to replace it or choose another")
+    parent = target.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise DomixError(f"cannot write the output {out}: {parent} is not writable; choose a folder you can write to")
+
+
 def clear(out: Path) -> None:
     """Remove what a previous run wrote (for --overwrite, once the new run's inputs checked out)."""
     for child in Path(out).iterdir():

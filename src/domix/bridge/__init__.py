@@ -1,4 +1,4 @@
-"""DoMIX stage 2: domain modules concatenated with a trainable bridge (METHODS.md, section 1)."""
+"""DoMIX stage 2: domain modules concatenated with a trainable bridge (docs/methods.md §1)."""
 
 from domix.bridge.config import BridgeConfig
 from domix.bridge.layer import BridgedLinear

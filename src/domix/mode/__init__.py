@@ -1,4 +1,4 @@
-"""MoDE (METHODS.md §3): per-domain expert layers beside blocks of the frozen backbone, mixed by per-token gates."""
+"""MoDE (docs/methods.md §3): per-domain expert layers beside blocks of the frozen backbone, mixed by per-token gates."""
 
 from domix.mode.config import BlockPlan, plan_blocks
 from domix.mode.layer import ExpertBlock, PassThrough

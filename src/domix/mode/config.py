@@ -1,4 +1,4 @@
-"""MoDE's architecture settings (METHODS.md §3): how the backbone is cut into blocks, how big an expert is.
+"""MoDE's architecture settings (docs/methods.md §3): how the backbone is cut into blocks, how big an expert is.
 
 Defaults are sized for a 30-layer SmolLM2 on a CPU: blocks of 6 layers (5 blocks), each domain's
 expert one layer per block, a copy of the block's last layer, so a domain adds 5 layers (1/6 of the

@@ -1,4 +1,4 @@
-"""Domain-adaptive pre-training baselines (METHODS.md §4): one model for all the domains.
+"""Domain-adaptive pre-training baselines (docs/methods.md §4): one model for all the domains.
 
 - ``ncl_lora``: naive continual learning with one LoRA, trained on the domains in their given
   order; saved as ``OUT/ncl/``, a plain PEFT adapter with ``domix_manifest.json`` (so the store

@@ -1,4 +1,4 @@
-"""Settings of a domain pre-training run: defaults (METHODS.md), a YAML file, then flags."""
+"""Settings of a domain pre-training run: defaults (docs/methods.md), a YAML file, then flags."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from typing import Any
 from domix.errors import DomixError
 from domix.settings import check
 
-# domix: one module per domain. The baselines (METHODS.md §4) train one model over all domains:
+# domix: one module per domain. The baselines (docs/methods.md §4) train one model over all domains:
 # ncl_lora / ncl_full in sequence (naive continual learning), joint_lora on the corpora mixed.
-# mixda (METHODS.md §2): one bottleneck adapter per domain beside the FFN of a few layers (domix/mixda/);
-# mode (METHODS.md §3): one stack of expert layers per domain beside each block of layers (domix/mode/).
+# mixda (docs/methods.md §2): one bottleneck adapter per domain beside the FFN of a few layers (domix/mixda/);
+# mode (docs/methods.md §3): one stack of expert layers per domain beside each block of layers (domix/mode/).
 METHODS = ("domix", "ncl_lora", "joint_lora", "ncl_full", "mixda", "mode")
 
 
