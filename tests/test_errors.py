@@ -140,3 +140,81 @@ def test_convert_gguf_refuses_an_existing_folder(tmp_path, capsys):
     (tmp_path / "out" / "x").write_text("x")
     (tmp_path / "m.gguf").write_bytes(b"GGUF")
     assert "exists and is not empty" in run_cli(["convert-gguf", str(tmp_path / "m.gguf"), str(tmp_path / "out")], capsys)
+
+
+def test_text_inputs_are_strict_utf8_with_the_byte_offset(tiny_llama, task, tmp_path, capsys):
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("caf\xe9 au lait\n".encode("latin-1") * 50)
+    line = run_cli(pretrain_args(tiny_llama, tmp_path / "o", f"food={latin}"), capsys)
+    assert f"{latin} is not UTF-8 text (byte 3 is 0xe9)" in line and "save it as UTF-8" in line
+    bad_task = tmp_path / "task"
+    bad_task.mkdir()
+    for split in ("train", "dev", "test"):
+        (bad_task / f"{split}.jsonl").write_bytes((task / f"{split}.jsonl").read_bytes())
+    data = b'{"text": "ok", "label": "food"}\n{"text": "\xff", "label": "bio"}\n'
+    (bad_task / "dev.jsonl").write_bytes(data)
+    line = run_cli(["finetune", "--model", str(tiny_llama), "--method", "head", "--task", str(bad_task), "--out", str(tmp_path / "f")], capsys)
+    offset = data.index(bytes([0xFF]))
+    assert f"dev.jsonl is not UTF-8 text (byte {offset} is 0xff)" in line
+
+
+def test_binary_data_saved_as_text_is_refused(tiny_llama, tmp_path, capsys):
+    junk = tmp_path / "junk.txt"
+    junk.write_bytes(bytes(range(0, 32)) * 400)  # valid UTF-8, but control codes
+    line = run_cli(pretrain_args(tiny_llama, tmp_path / "o", f"food={junk}"), capsys)
+    assert "is not text:" in line and "control codes" in line
+
+
+def damaged_store(store, tmp_path, name: str):
+    import shutil
+
+    copy = tmp_path / name
+    shutil.copytree(store, copy)
+    return copy
+
+
+def test_a_module_whose_config_rank_differs_from_its_weights_is_refused(llama_store, task, tmp_path, capsys):
+    import json
+
+    store = damaged_store(llama_store, tmp_path, "store")
+    config = json.loads((store / "food" / "adapter_config.json").read_text())
+    config["r"] = 2  # the weights have rank 4
+    (store / "food" / "adapter_config.json").write_text(json.dumps(config))
+    line = run_cli(["finetune", "--modules", str(store), "--task", str(task), "--out", str(tmp_path / "f")], capsys)
+    assert "says r=2, but the weights of" in line and "have rank 4" in line
+
+
+@pytest.mark.parametrize("damage", ["truncated", "header"])
+def test_a_damaged_module_file_is_refused(llama_store, task, tmp_path, capsys, damage):
+    store = damaged_store(llama_store, tmp_path, "store")
+    weights = store / "food" / "adapter_model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"\xff" * 16 + data[16:])
+    line = run_cli(["finetune", "--modules", str(store), "--task", str(task), "--out", str(tmp_path / "f")], capsys)
+    assert "cannot be read" in line and "the module is damaged" in line
+
+
+def test_yaml_numbers_are_converted_and_bad_values_named(tiny_llama, corpora, tmp_path, capsys):
+    from domix.pretrain.config import PretrainConfig
+    from domix.settings import build_config
+
+    good = tmp_path / "good.yaml"
+    good.write_text(f"model: {tiny_llama}\nout: {tmp_path / 'o'}\ndomains: {{food: {corpora['food']}}}\nlr: 1e-3\nsteps: '4'\n")
+    cfg = build_config(PretrainConfig, str(good), {})
+    assert cfg.lr == 0.001 and cfg.steps == 4
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(good.read_text().replace("steps: '4'", "steps: two"))
+    line = run_cli(["pretrain", "--config", str(bad)], capsys)
+    assert line == f"domix: error: setting 'steps' in {bad} is 'two', which is not a whole number"
+    listed = tmp_path / "listed.yaml"
+    listed.write_text(f"model: {tiny_llama}\nout: {tmp_path / 'o'}\ndomains: [{corpora['food']}]\n")
+    line = run_cli(["pretrain", "--config", str(listed)], capsys)
+    assert line.startswith(f"domix: error: setting 'domains' in {listed} is [") and line.endswith("which is not a mapping")
+
+
+def test_version(capsys):
+    import domix
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0 and capsys.readouterr().out.strip() == f"domix {domix.__version__}"

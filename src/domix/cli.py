@@ -11,6 +11,7 @@ import argparse
 import sys
 import warnings
 
+from domix import __version__
 from domix.errors import DomixError
 from domix.finetune.config import METHODS as FINETUNE_METHODS
 from domix.llm.cli import COMMANDS as LLM_COMMANDS
@@ -210,6 +211,7 @@ def _run_convert(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="domix", description="Modular domain adaptation of pretrained language models.")
+    parser.add_argument("--version", action="version", version=f"domix {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_pretrain(sub)
     _add_finetune(sub)

@@ -7,13 +7,14 @@ A corpus is a text file with one passage a line, a jsonl file whose objects have
 from __future__ import annotations
 
 import hashlib
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from domix.errors import DomixError
-from domix.jsonl import jsonl_rows
+from domix.jsonl import jsonl_rows, read_utf8
 
 TEXT_SUFFIXES = {".txt", ".text"}
 JSONL_SUFFIXES = {".jsonl", ".json"}
@@ -30,8 +31,9 @@ class Corpus:
 def _read_file(path: Path) -> list[str]:
     suffix = path.suffix.lower()
     if suffix in TEXT_SUFFIXES:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return [line.strip() for line in f if line.strip()]
+        text = read_utf8(path)
+        _refuse_non_text(path, text)
+        return [line.strip() for line in text.splitlines() if line.strip()]
     if suffix in JSONL_SUFFIXES:
         passages = []
         for lineno, obj in jsonl_rows(path):
@@ -42,6 +44,16 @@ def _read_file(path: Path) -> list[str]:
                 passages.append(text)
         return passages
     raise DomixError(f"corpus file {path} has an unsupported type {suffix or '(none)'}; use .txt (a passage a line) or .jsonl (a 'text' field)")
+
+
+def _refuse_non_text(path: Path, text: str, limit: float = 0.05) -> None:
+    """Refuse a file whose characters are mostly control codes (binary data saved as .txt): valid
+    UTF-8 can still be binary, and a model trained on it learns nothing of a domain."""
+    sample = text[:200_000]
+    control = sum(1 for c in sample if unicodedata.category(c) in ("Cc", "Co", "Cn") and c not in "\n\r\t")
+    if sample and control / len(sample) > limit:
+        raise DomixError(f"{path} is not text: {100 * control / len(sample):.0f}% of its first {len(sample):,} characters "
+                         "are control codes; give a text file with one passage a line")
 
 
 def read_corpus(name: str, path: str | Path) -> Corpus:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -45,10 +47,42 @@ def load_yaml(path: str | Path, fields: set[str]) -> dict[str, Any]:
     return data
 
 
+_NAMES = {int: "a whole number", float: "a number", str: "a string", bool: "true or false", list: "a list", dict: "a mapping"}
+
+
+def coerce(key: str, value: Any, hint: Any, where: str = "") -> Any:
+    """``value`` as the type ``hint`` of setting ``key`` asks for, or an error naming the key, the value
+    and the type. YAML reads ``1e-3`` as a string (it wants ``1.0e-3``): such numbers are converted."""
+    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    if value is None and type(None) in options:
+        return value
+    kinds = [typing.get_origin(o) or o for o in options if o is not type(None)]
+    for kind in kinds:
+        if kind is bool and isinstance(value, bool):
+            return value
+        if kind is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value) if isinstance(value, int) and int not in kinds else value
+        if kind in (str, list, dict) and isinstance(value, kind):
+            return value
+    if isinstance(value, str):
+        for kind in (int, float):
+            if kind in kinds:
+                try:
+                    return kind(value)
+                except ValueError:
+                    pass
+    wanted = " or ".join(_NAMES.get(k, getattr(k, "__name__", str(k))) for k in kinds)
+    raise DomixError(f"setting {key!r}{where} is {value!r}, which is not {wanted}")
+
+
 def build_config(cls: type[T], yaml_path: str | None, overrides: dict[str, Any]) -> T:
     """Defaults, then the YAML file, then the command-line values that were given."""
     fields = {f.name for f in dataclasses.fields(cls)}
     values: dict[str, Any] = load_yaml(yaml_path, fields) if yaml_path else {}
+    hints = typing.get_type_hints(cls)
+    values = {k: coerce(k, v, hints[k], f" in {yaml_path}") for k, v in values.items()}
     for key, value in overrides.items():
         if value is None:
             continue

@@ -62,6 +62,7 @@ class DomainModule:
 
 def load_module(path: str | Path, name: str | None = None) -> DomainModule:
     """Read a domain module (or any PEFT LoRA adapter) from its folder."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     path = Path(path)
@@ -73,7 +74,11 @@ def load_module(path: str | Path, name: str | None = None) -> DomainModule:
         raise DomixError(f"{path} holds a {config.get('peft_type')}{' (DoRA)' if config.get('use_dora') else ''} adapter; domain modules must be plain LoRA adapters")
     if config.get("alpha_pattern") or config.get("rank_pattern"):
         raise DomixError(f"{path} uses per-layer rank or alpha patterns, which domix does not read yet; train it with one rank and alpha")
-    weights = load_file(str(weights_file))
+    try:
+        weights = load_file(str(weights_file))
+    except (SafetensorError, OSError) as err:  # a truncated file or a corrupt header
+        raise DomixError(f"{weights_file} cannot be read ({str(err).splitlines()[0]}); the module is damaged: "
+                         "train that domain again or restore the file") from None
     lora_A, lora_B, other = {}, {}, {}
     for key, tensor in weights.items():
         match = _LORA_KEY.match(key)
@@ -84,6 +89,10 @@ def load_module(path: str | Path, name: str | None = None) -> DomainModule:
     if not lora_A or set(lora_A) != set(lora_B):
         raise DomixError(f"{weights_file} does not hold matching lora_A/lora_B pairs; the module is damaged")
     r, alpha = config["r"], config["lora_alpha"]
+    wrong = sorted(layer for layer in lora_A if lora_A[layer].shape[0] != r or lora_B[layer].shape[1] != r)
+    if wrong:  # PEFT refuses such a folder too; composing it would scale by alpha / r with the wrong r
+        raise DomixError(f"{config_file} says r={r}, but the weights of {len(wrong)} layer(s) (e.g. {wrong[0]}) have rank "
+                         f"{lora_A[wrong[0]].shape[0]}; the module's config and weights do not match: fix r or retrain it")
     manifest_file = path / MANIFEST_NAME
     return DomainModule(
         name=name or path.name,

@@ -101,7 +101,8 @@ class CompareConfig:
             data["out"] = out
         data["domains"] = {str(k): str(v) for k, v in data["domains"].items()}
         data["tasks"] = [_task(name, spec, path) for name, spec in data["tasks"].items()]
-        data["orders"] = domain_orders(list(data["domains"]), data.get("orders", 2))
+        # by default a domain order and its reverse; one domain has only one order
+        data["orders"] = domain_orders(list(data["domains"]), data.get("orders", 2 if len(data["domains"]) > 1 else 1))
         return cls(**data).validate()
 
     def validate(self) -> "CompareConfig":
