@@ -6,6 +6,18 @@ from dataclasses import dataclass
 
 from domix.errors import DomixError
 
+P_INITS = ("average", "scaled_identity", "identity")  # or a number c for c·I
+
+
+def parse_p_init(value: str | float) -> str | float:
+    """A bridge init as :class:`BridgeConfig` takes it: one of ``P_INITS`` or a number (a numeric string converted)."""
+    if isinstance(value, str) and value in P_INITS:
+        return value
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise DomixError(f"unknown --p-init {value!r}; use {', '.join(P_INITS)} or a number") from None
+
 
 @dataclass
 class BridgeConfig:
@@ -22,7 +34,4 @@ class BridgeConfig:
             return 1.0 / n_modules
         if self.p_init == "identity":
             return 1.0
-        try:
-            return float(self.p_init)
-        except (TypeError, ValueError):
-            raise DomixError(f"unknown bridge init {self.p_init!r}; use average, scaled_identity, identity or a number") from None
+        return parse_p_init(self.p_init)

@@ -17,7 +17,6 @@ from domix.settings import check
 # mixda / mode: a gate over the stage-1 domain adapters / experts of domix pretrain --method mixda / mode.
 METHODS = ("domix", "domix_fixed", "cat", "lora", "lora_fa", "dora", "full", "head", "mixda", "mode")
 MODULE_METHODS = ("domix", "domix_fixed", "cat")  # the DoMIX bridge over LoRA modules
-P_INITS = ("average", "scaled_identity", "identity")  # or a number c for c·I (bridge/config.py)
 
 
 @dataclass
@@ -86,11 +85,9 @@ class FinetuneConfig:
                                  + (" (its A stays at a random init by definition)" if self.method == "lora_fa" else ""))
             if not self.modules:
                 raise DomixError("--init-module names a module of a store; pass --modules STORE too")
-        if isinstance(self.p_init, str) and self.p_init not in P_INITS:
-            try:
-                self.p_init = float(self.p_init)
-            except ValueError:
-                raise DomixError(f"unknown --p-init {self.p_init!r}; use {', '.join(P_INITS)} or a number") from None
+        from domix.bridge.config import parse_p_init  # here, not at the top: the bridge package imports torch
+
+        self.p_init = parse_p_init(self.p_init)
         check([
             (self.lr > 0, "--lr must be positive"),
             (self.p_lr is None or self.p_lr > 0, "--p-lr must be positive"),
