@@ -19,13 +19,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 
 
 def measure(method: str, args) -> dict:
-    from domix.finetune.model import build_domix, build_peft, classification_model
+    from domix.finetune.config import FinetuneConfig
+    from domix.finetune.model import classification_model
+    from domix.methods.registry import task_method
     from domix.store import load_store
     from domix.system import peak_memory_mb, resolve_device
 
@@ -35,12 +36,9 @@ def measure(method: str, args) -> dict:
     base = args.model or modules[0].manifest["base_model"]["name"]
     model, head = classification_model(base, ["a", "b", "c"], dtype, seed=0)
     model.config.pad_token_id = 0
-    hp = SimpleNamespace(method=method, p_init="scaled_identity", p_lr=None, p_weight_decay=0.0, lr=1e-4, weight_decay=0.0, seed=0)
-    if method == "domix":
-        groups = build_domix(model, head, modules, hp)
-    else:
-        targets = sorted({layer for m in modules for layer in m.lora_A})
-        model, groups = build_peft(model, head, targets, hp, sum(m.rank for m in modules))
+    # LoRA takes the modules' layers and total rank: the same trainable shape as DoMIX
+    hp = FinetuneConfig(method=method, p_weight_decay=0.0, lr=1e-4, seed=0)
+    model, groups = task_method(method).build(model, head, modules, hp)
     model.to(device).train()
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable()

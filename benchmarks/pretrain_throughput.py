@@ -109,8 +109,8 @@ def ncl_child(args) -> dict:
     from domix.batches import lm_batch
     from domix.corpus import read_corpus
     from domix.pretrain.config import PretrainConfig
-    from domix.pretrain.loop import batch_rows, step_seed
-    from domix.pretrain.run import DomainData
+    from domix.engine.loop import batch_rows, step_seed
+    from domix.engine.data import DomainData
     from domix.system import peak_memory_mb
 
     cfg = PretrainConfig(model=args.model, steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len, heldout_max_blocks=1)

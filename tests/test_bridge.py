@@ -2,9 +2,9 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
-from domix.bridge import BridgeConfig, BridgedLinear, compose, fold
-from domix.bridge.layer import _BridgePath
-from domix.bridge.model import bridged_layers
+from domix.methods.domix import BridgeConfig, BridgedLinear, compose, fold
+from domix.methods.domix.layer import _BridgePath
+from domix.methods.domix.model import bridged_layers
 from domix.store import load_store, merge_into
 
 

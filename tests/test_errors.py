@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from domix.cli import main
 from domix.errors import DomixError
 from domix.pretrain.config import PretrainConfig
-from domix.pretrain.loop import train_domain
+from domix.engine.loop import train_domain
 
 
 def run_cli(args, capsys) -> str:

@@ -5,7 +5,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification
 
-from domix.bridge.model import bridged_layers
+from domix.methods.domix.model import bridged_layers
 from domix.cli import main
 from domix.errors import DomixError
 from domix.finetune.config import FinetuneConfig
@@ -92,7 +92,7 @@ class Crash(Exception):
 def test_interrupted_finetune_resumes_to_the_same_model(llama_store, task, tmp_path):
     reference = finetune(cfg(llama_store, task, tmp_path / "reference", checkpoint_every=4))
 
-    def crash(step, loss, model):
+    def crash(task, step, loss, model):
         if step == 11:  # in epoch 2, after the checkpoint at step 8
             raise Crash
 

@@ -7,11 +7,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from domix.bridge.model import bridge_usage, bridged_layers, compose
+from domix.methods.domix.model import bridge_usage, bridged_layers, compose
 from domix.cli import main
 from domix.errors import DomixError
 from domix.finetune.config import FinetuneConfig
-from domix.finetune.model import build_domix, build_peft, classification_model, export
+from domix.finetune.model import classification_model, export
+from domix.methods.peft.method import build_peft
+from domix.methods.registry import task_method
 from domix.finetune.run import RESULT_FILE, finetune
 from domix.store import load_store, merge_into
 
@@ -41,7 +43,7 @@ def test_cat_equals_peft_add_weighted_adapter_cat(tiny_llama, llama_store):
     from peft import PeftModel
 
     model, head = base_model(tiny_llama)
-    groups = build_domix(model, head, load_store(llama_store, ["food", "bio"]), hparams("cat"))
+    model, groups = task_method("cat").build(model, head, load_store(llama_store, ["food", "bio"]), hparams("cat"))
     trained = {id(p) for g in groups for p in g["params"]}
     assert all(id(m.bridge) not in trained and not m.bridge.requires_grad for m in bridged_layers(model).values())
 
@@ -70,7 +72,7 @@ def test_cat_run_keeps_the_bridge_at_identity_and_trains_b(llama_store, task, tm
 def test_peft_from_a_module_starts_at_the_base_plus_that_module(method, tiny_llama, llama_store):
     module = load_store(llama_store, ["food"])[0]
     model, head = base_model(tiny_llama)
-    peft_model, _ = build_peft(model, head, [], hparams(method), rank=99, init=module)
+    peft_model, _ = build_peft(model, head, [], hparams(method), rank=99, init=module, use_dora=method == "dora")
     merged, _ = base_model(tiny_llama)
     merge_into(merged, module)
     assert torch.allclose(logits(peft_model, IDS), logits(merged, IDS), atol=1e-10, rtol=0)
@@ -131,4 +133,4 @@ def test_baseline_settings_are_checked(llama_store, task, tmp_path, capsys):
     with pytest.raises(DomixError, match="has no domain"):
         finetune(cfg(llama_store, task, tmp_path / "c", method="lora", init_module="cooking"))
     assert main(["finetune", "--model", "x", "--task", str(task), "--out", str(tmp_path / "d"), "--method", "cat"]) == 2
-    assert "method cat needs domain modules" in capsys.readouterr().err
+    assert "method cat needs the domain modules" in capsys.readouterr().err

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from domix.finetune.config import FinetuneConfig
 from domix.finetune.run import finetune
 from domix.pretrain.config import PretrainConfig
-from domix.pretrain.loop import domain_seed
+from domix.engine.loop import domain_seed
 from domix.pretrain.run import pretrain
 
 from conftest import make_tiny_model

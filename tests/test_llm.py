@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from domix.batches import IGNORE_INDEX
-from domix.bridge.model import bridged_layers
+from domix.methods.domix.model import bridged_layers
 from domix.cli import main
 from domix.errors import DomixError
 from domix.llm.choice import (
@@ -120,7 +120,7 @@ def test_bad_instruction_files_are_refused(tmp_path):
 def test_domix_instruct_lowers_dev_loss_and_trains_only_bridge_and_b(llama_store, tiny_llama, data, tmp_path):
     trainable = {}
 
-    def look(step, loss, model):
+    def look(task, step, loss, model):
         if step == 1:
             trainable.update({n: p.numel() for n, p in model.named_parameters() if p.requires_grad})
 
@@ -168,7 +168,7 @@ def test_gradient_checkpointing_gives_the_same_run(llama_store, data, tmp_path):
     seen = []
     plain = instruct(cfg(data, tmp_path / "plain", modules=str(llama_store), dtype="float64", epochs=1))
     ckpt = instruct(cfg(data, tmp_path / "ckpt", modules=str(llama_store), dtype="float64", epochs=1, gradient_checkpointing=True),
-                    on_step=lambda step, loss, model: seen.append(getattr(model, "is_activation_checkpointing", None) or model.is_gradient_checkpointing))
+                    on_step=lambda task, step, loss, model: seen.append(getattr(model, "is_activation_checkpointing", None) or model.is_gradient_checkpointing))
     assert seen and all(seen)
     assert [v for _, v in ckpt["loss_curve"]] == pytest.approx([v for _, v in plain["loss_curve"]], rel=1e-9)
     assert ckpt["dev_loss"] == pytest.approx(plain["dev_loss"], rel=1e-9)
@@ -216,7 +216,7 @@ class Crash(Exception):
 def test_interrupted_instruct_resumes_to_the_same_model(llama_store, data, tmp_path):
     reference = instruct(cfg(data, tmp_path / "reference", modules=str(llama_store), checkpoint_every=3))
 
-    def crash(step, loss, model):
+    def crash(task, step, loss, model):
         if step == 11:  # in epoch 2, after the checkpoint at step 9
             raise Crash
 

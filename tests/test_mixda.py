@@ -18,12 +18,12 @@ from domix.finetune.config import FinetuneConfig
 from domix.finetune.evaluate import evaluate_file
 from domix.finetune.model import classification_model, export, load_task_model, load_tokenizer_for
 from domix.finetune.run import finetune, predict
-from domix.mixda.config import choose_layers, default_layers, parse_layers
-from domix.mixda.layer import BottleneckAdapter, DomainAdapterLinear, Segments
-from domix.mixda.model import adapter_sites, build_mixda, install_domain_adapters, load_adapters, mixture_layers, new_adapters
-from domix.mixda.pretrain import retention_terms
+from domix.methods.mixda.config import choose_layers, default_layers, parse_layers
+from domix.methods.mixda.layer import BottleneckAdapter, DomainAdapterLinear, Segments
+from domix.methods.mixda.model import adapter_sites, build_mixda, install_domain_adapters, load_adapters, mixture_layers, new_adapters
+from domix.methods.mixda.pretrain import retention_terms
 from domix.pretrain.config import PretrainConfig
-from domix.pretrain.loop import batch_rows, step_seed
+from domix.engine.loop import batch_rows, step_seed
 from domix.pretrain.run import pretrain
 from domix.tasks import encode, read_split
 

@@ -1,4 +1,4 @@
-"""MoDE (domix.mode): the gated block, both stages, placement, round trips, and its place in domix compare."""
+"""MoDE (domix.methods.mode): the gated block, both stages, placement, round trips, and its place in domix compare."""
 
 import copy
 import inspect
@@ -15,9 +15,9 @@ from domix.errors import DomixError
 from domix.finetune.config import FinetuneConfig
 from domix.finetune.model import export, load_task_model
 from domix.finetune.run import finetune, predict
-from domix.mode.config import plan_blocks
-from domix.mode.layer import ExpertBlock, PassThrough
-from domix.mode.model import (
+from domix.methods.mode.config import plan_blocks
+from domix.methods.mode.layer import ExpertBlock, PassThrough
+from domix.methods.mode.model import (
     EXPERTS_FILE, add_domain, expert_blocks, gate_weights, init_stage1_gates, insert_blocks, place, recording_gates,
     remove_blocks,
 )
@@ -278,7 +278,7 @@ def mode_stores(tmp_path_factory, tiny_bert, tiny_llama, corpora):
 def test_stage2_trains_gates_and_head_records_gates_and_reloads_exactly(kind, mode_stores, task, tmp_path):
     store = mode_stores[kind]
     models = []
-    record = finetune(finetune_cfg(store, task, tmp_path / "run", lr=2e-2, epochs=3), on_step=lambda s, loss, m: models.append(m))
+    record = finetune(finetune_cfg(store, task, tmp_path / "run", lr=2e-2, epochs=3), on_step=lambda t, s, loss, m: models.append(m))
     model = models[-1]  # holds the kept epoch's weights after finetune returns
     gates = record["gate_weights"]
     assert gates["labels"] == ["bio", "food", "backbone"] and gates["layers"] == ["layers 0-0", "layers 1-1"] == record["layers"]
@@ -310,7 +310,7 @@ def test_stage2_gates_start_from_the_stage1_gates(mode_stores, tiny_llama):
     from types import SimpleNamespace
 
     from domix.finetune.model import classification_model
-    from domix.mode.model import build_task_model, load_expert_store
+    from domix.methods.mode.model import build_task_model, load_expert_store
 
     experts = load_expert_store(mode_stores["llama"])
     model, head = classification_model(str(tiny_llama), ["a", "b", "c"], torch.float64, seed=0)
@@ -329,7 +329,7 @@ def test_stage2_option_trains_the_experts(mode_stores, task, tmp_path):
     store = mode_stores["llama"]
     models = []
     record = finetune(finetune_cfg(store, task, tmp_path / "run", epochs=1, mode_train_experts=True, mode_gate_lr=5e-2,
-                                   domains=["food"]), on_step=lambda s, loss, m: models.append(m))
+                                   domains=["food"]), on_step=lambda t, s, loss, m: models.append(m))
     blocks = expert_blocks(models[-1])
     assert record["gate_weights"]["labels"] == ["food", "backbone"] and record["mode"]["gate_lr"] == 5e-2
     experts = sum(p.numel() for b in blocks for p in b.experts.parameters())
@@ -343,7 +343,7 @@ def test_stage2_option_trains_the_experts(mode_stores, task, tmp_path):
 def test_task_model_backbone_works_as_a_language_model(mode_stores, tiny_llama, task, tmp_path):
     models = []
     finetune(finetune_cfg(mode_stores["llama"], task, tmp_path / "run", epochs=1, save_model=False),
-             on_step=lambda s, loss, m: models.append(m))
+             on_step=lambda t, s, loss, m: models.append(m))
     head = lm(tiny_llama)
     head.model = models[-1].model  # what retention does: the task backbone under the base's LM head
     ids, _ = batch()

@@ -15,7 +15,7 @@ from domix import atomic
 from domix.cli import main
 from domix.errors import DomixError
 from domix.pretrain.config import PretrainConfig
-from domix.pretrain.loop import batch_rows
+from domix.engine.loop import batch_rows
 from domix.pretrain.run import pretrain
 from domix.store import load_module, load_store, merge_into
 
@@ -54,7 +54,7 @@ def test_training_does_not_touch_base_weights(tiny_llama, corpora, tmp_path):
     from peft import LoraConfig, get_peft_model
 
     from domix.base_model import load_base_model
-    from domix.pretrain.loop import train_domain
+    from domix.engine.loop import train_domain
 
     base = load_base_model(str(tiny_llama))
     before = {k: v.clone() for k, v in base.model.state_dict().items()}

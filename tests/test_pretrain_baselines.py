@@ -43,18 +43,19 @@ def assert_each_domain_learned_in_its_phase(manifest: dict) -> None:
 
 def train_by_hand(model_path: Path, corpora: dict, cfg: PretrainConfig) -> dict[str, torch.Tensor]:
     """One LoRA, domain after domain, each with its own optimizer: what ncl_lora should make."""
-    from peft import get_peft_model, get_peft_model_state_dict
+    from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
 
     from domix.base_model import load_base_model, load_tokenizer, resolve_target_modules
     from domix.corpus import read_corpus
-    from domix.pretrain.loop import train_domain
-    from domix.pretrain.run import DomainData, _lora_config
+    from domix.engine.loop import train_domain
+    from domix.engine.data import DomainData
 
     tokenizer, objective = load_tokenizer(str(model_path))
     base = load_base_model(str(model_path), objective, torch.float32, tokenizer)
     target_modules, _ = resolve_target_modules(base.model, None)
     torch.manual_seed(cfg.seed)
-    model = get_peft_model(base.model, _lora_config(base, cfg, target_modules))
+    lora = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=target_modules, bias="none")
+    model = get_peft_model(base.model, lora)
     for name, path in corpora.items():
         data = DomainData.build(read_corpus(name, path), tokenizer, objective, cfg)
         train_domain(model, name, data.train, objective, tokenizer, cfg, torch.device("cpu"), Path(cfg.out) / f"hand-{name}.pt")

@@ -8,7 +8,7 @@ from domix.errors import DomixError
 from domix.finetune.model import classification_model
 from domix.finetune.run import finetune
 from domix.pretrain.config import PretrainConfig
-from domix.pretrain.loop import evaluate
+from domix.engine.loop import evaluate
 from domix.retention import backbone, general_blocks, retention
 
 from conftest import make_corpus

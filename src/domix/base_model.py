@@ -114,19 +114,22 @@ def load_base_model(
     return BaseModel(name=name, model=model, tokenizer=tokenizer, objective=objective)
 
 
-def set_gradient_checkpointing(model: nn.Module, enabled: bool) -> None:
+def set_gradient_checkpointing(model: nn.Module, enabled: bool, context_fn=None) -> None:
     """Recompute each block's activations in backward instead of keeping them, or stop doing so.
 
     Non-reentrant, so a frozen embedding layer needs no input gradient; transformers 5 names it
-    activation checkpointing, older versions gradient checkpointing.
+    activation checkpointing, older versions gradient checkpointing. ``context_fn`` is passed on to
+    ``torch.utils.checkpoint`` (two context managers: around the forward, around its recomputation).
     """
     new_name = hasattr(model, "activation_checkpointing_enable")
     if not enabled:
         (model.activation_checkpointing_disable if new_name else model.gradient_checkpointing_disable)()
-    elif new_name:
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        return
+    kwargs = {"use_reentrant": False, **({"context_fn": context_fn} if context_fn is not None else {})}
+    if new_name:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
     else:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def convert_gguf(gguf_file: str, out_dir: str) -> None:
@@ -236,3 +239,9 @@ def head_module_name(model: nn.Module) -> str:
         if child is out or any(m is out for m in child.modules()):
             return name
     raise DomixError("cannot find this model's language-model head, so --train-head is not available for it")
+
+
+def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    """Put ``module`` at dotted path ``name`` of ``model`` (replacing what is there)."""
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)

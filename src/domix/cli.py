@@ -13,10 +13,9 @@ import warnings
 
 from domix import __version__
 from domix.errors import DomixError
-from domix.finetune.config import METHODS as FINETUNE_METHODS
 from domix.llm.cli import COMMANDS as LLM_COMMANDS
 from domix.llm.cli import add_parsers as add_llm_parsers
-from domix.pretrain.config import METHODS as PRETRAIN_METHODS
+from domix.methods.registry import STAGE1, STAGE2, method_help
 
 
 def _domain(text: str) -> tuple[str, str]:
@@ -37,12 +36,9 @@ def _add_pretrain(sub) -> None:
     p.add_argument("--out", help="output folder: the module store")
     p.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
     p.add_argument("--objective", choices=["auto", "mlm", "clm"], help="default: auto (masked LM for encoders, causal for decoders)")
-    p.add_argument("--method", choices=PRETRAIN_METHODS,
-                   help="domix (default): one module per domain. Baselines, one model for all domains, in one process: "
-                        "ncl_lora, one LoRA trained on the domains in --domain order (OUT/ncl/); joint_lora, one LoRA on "
-                        "the domains mixed (OUT/joint/); ncl_full, the whole model in --domain order (OUT/ncl-full/). "
-                        "Other composers: mixda, one FFN adapter per domain (stage 1 of MixDA, needs --general); "
-                        "mode, expert layers per domain (stage 1 of MoDE)")
+    p.add_argument("--method", choices=list(STAGE1),
+                   help=method_help(STAGE1, "default domix. The baselines (ncl_lora, joint_lora, ncl_full) train one model "
+                                            "for all domains, in one process. "))
     p.add_argument("--general", help="a general-domain corpus (as --domain's PATH): MixDA's retention loss trains on it")
     p.add_argument("--mixda-layers", help="mixda: comma-separated block indices to adapt, 0 = the first "
                                           "(default: the block at 2/3 of the stack and the last, e.g. 7,11 of 12)")
@@ -109,12 +105,7 @@ def _add_finetune(sub) -> None:
     p.add_argument("--model", help="base model (default: the one the modules were trained on)")
     p.add_argument("--out", help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
-    p.add_argument("--method", choices=FINETUNE_METHODS,
-                   help="domix (default): modules + trainable bridge; domix_fixed: the bridge frozen at its init; "
-                        "cat: the bridge frozen at I; lora / dora: PEFT adapters; lora_fa: a fresh LoRA with A frozen "
-                        "(DoMIX's trainable shape without domain modules); full: every weight trains; head: only the "
-                        "classification head; mixda / mode: a gate over the domain adapters / experts of domix "
-                        "pretrain --method mixda / mode")
+    p.add_argument("--method", choices=list(STAGE2), help=method_help(STAGE2, "default domix. "))
     p.add_argument("--general", help="a general-domain corpus: the record gives the language-model loss on it before and after (retention)")
     p.add_argument("--general-blocks", type=int, help="sequences of --max-length tokens of --general that retention scores (default 64)")
     p.add_argument("--lora-rank", type=int, help="rank for lora/dora from the base (default: the modules' total rank, else 8)")
@@ -131,20 +122,23 @@ def _add_finetune(sub) -> None:
     p.add_argument("--mode-gate-lr", type=float, help="mode: learning rate of the gates (default: --lr)")
     p.add_argument("--mode-device-map", help="mode: where experts run, e.g. experts=cuda:1 (as in pretrain)")
     p.add_argument("--lr", type=float, help="learning rate of B_cat and the head (default 3e-5)")
-    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--weight-decay", type=float, help="AdamW weight decay of B_cat and the head (default 0)")
     p.add_argument("--warmup-ratio", type=float, help="(default 0: linear decay from the start)")
     p.add_argument("--epochs", type=int, help="(default 5)")
     p.add_argument("--batch-size", type=int, help="(default 16)")
     p.add_argument("--max-length", type=int, help="tokens per example (default 128)")
-    p.add_argument("--max-grad-norm", type=float)
+    p.add_argument("--max-grad-norm", type=float, help="gradient clipping (default 1.0)")
+    p.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None,
+                   help="recompute activations in backward instead of keeping them: far less memory, about a third more "
+                        "compute, the same weights (default: no)")
     p.add_argument("--select-metric", choices=["accuracy", "macro_f1", "micro_f1"], help="dev metric that picks the kept epoch")
     p.add_argument("--train-limit", type=int, help="use a seeded sample of this many training examples")
     p.add_argument("--eval-limit", type=int, help="use a seeded sample of this many dev and test examples")
     p.add_argument("--seed", type=int, help="head init, batch order and dropout (default 42)")
     p.add_argument("--sample-seed", type=int, help="seed of the --train-limit/--eval-limit samples (default 0, the same for every --seed)")
-    p.add_argument("--checkpoint-every", type=int)
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16", "float64"])
-    p.add_argument("--device")
+    p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default 200; also at every epoch's end)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16", "float64"], help="base model dtype (default float32)")
+    p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
 
 
 def _run_finetune(args: argparse.Namespace) -> None:
@@ -159,7 +153,7 @@ def _run_finetune(args: argparse.Namespace) -> None:
 def _run_export(args: argparse.Namespace) -> None:
     from domix.finetune.model import export
     from domix.llm.model import export_causal, is_causal_task_model
-    from domix.runfolder import check_new_output
+    from domix.engine.runfolder import check_new_output
 
     check_new_output(args.out, [args.task_model], args.overwrite)
     if is_causal_task_model(args.task_model):  # a domix instruct model
@@ -202,7 +196,7 @@ def _run_modules(args: argparse.Namespace) -> None:
 
 def _run_convert(args: argparse.Namespace) -> None:
     from domix.base_model import convert_gguf
-    from domix.runfolder import check_new_output
+    from domix.engine.runfolder import check_new_output
 
     check_new_output(args.out, [args.gguf_file], args.overwrite)
     convert_gguf(args.gguf_file, args.out)

@@ -18,7 +18,7 @@ from torch import nn
 from domix.base_model import load_base_model, load_tokenizer
 from domix.corpus import read_corpus, tokenize_blocks
 from domix.pretrain.config import PretrainConfig
-from domix.pretrain.loop import evaluate
+from domix.engine.loop import evaluate
 
 
 def general_blocks(path: str, tokenizer, objective: str, seq_len: int, max_blocks: int, seed: int = 0) -> torch.Tensor:

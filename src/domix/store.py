@@ -213,3 +213,14 @@ def merge_into(model: nn.Module, module: DomainModule) -> nn.Module:
         # a new Parameter, not a copy: the head may be tied to the input embeddings
         setattr(owner, attr, nn.Parameter(tensor.to(old.dtype).clone(), requires_grad=old.requires_grad))
     return model
+
+
+def base_of(pieces: list) -> str:
+    """The base model the stored pieces (modules, adapters, experts) were trained on, as their manifest or
+    PEFT adapter config names it."""
+    for piece in pieces:
+        name = ((piece.manifest or {}).get("base_model", {}).get("name")
+                or (getattr(piece, "adapter_config", None) or {}).get("base_model_name_or_path"))
+        if name:
+            return name
+    raise DomixError("the modules do not say which base model they were trained on; pass --model")

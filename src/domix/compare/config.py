@@ -14,7 +14,7 @@ A comparison is one YAML file::
     finetune: {epochs: 2}       # domix finetune settings shared by every fine-tuning run
     method_settings: {full: {lr: 2.0e-5}}   # per-method finetune overrides
     pretrain_method_settings: {ncl_full: {lr: 1.0e-4}}   # per pre-training method overrides
-    jobs: 2                     # fine-tuning jobs at once
+    jobs: 2                     # jobs at once (pre-training first, then fine-tuning)
     general: corpora/general.txt   # general-domain text for MixDA's retention loss
     # a fine-tuning run given general text also scores retention (LM loss on it before and after):
     # finetune: {general: corpora/general.txt} for every method, or method_settings: {mode: {general: ...}}
@@ -30,41 +30,9 @@ from typing import Any
 
 from domix.errors import DomixError
 from domix.finetune.config import FIELDS as FINETUNE_FIELDS
+from domix.methods.registry import COMPARE as METHODS
 from domix.pretrain.config import FIELDS as PRETRAIN_FIELDS
 from domix.settings import read_yaml_mapping
-
-
-@dataclass(frozen=True)
-class Method:
-    """How a compared method runs: its fine-tuning method, the pre-training it needs, where it starts."""
-
-    finetune: str  # domix finetune --method
-    pretrain: str | None = None  # domix pretrain --method whose output it uses (None: from the base)
-    init: str | None = None  # lora/dora start from: "task_domain" (the task's own module) or a store module name
-    ordered: bool = False  # its result may depend on the domain order, so it runs once per order
-
-
-# pre-training methods whose output depends on the domain order (they run once per order)
-PRETRAIN_ORDERED = {"ncl_full", "ncl_lora"}
-
-METHODS: dict[str, Method] = {
-    "full": Method("full"),
-    "lora": Method("lora"),
-    "dora": Method("dora"),
-    "lora_module": Method("lora", pretrain="domix", init="task_domain"),
-    "dora_module": Method("dora", pretrain="domix", init="task_domain"),
-    "ncl_full": Method("full", pretrain="ncl_full", ordered=True),
-    "ncl_lora": Method("lora", pretrain="ncl_lora", init="ncl", ordered=True),
-    "joint_lora": Method("lora", pretrain="joint_lora", init="joint"),
-    "lora_fa": Method("lora_fa"),  # DoMIX's trainable shape (A frozen) without domain modules
-    "head": Method("head"),  # only the classification head: what the frozen base's features give
-    "cat": Method("cat", pretrain="domix"),  # P = I is exactly permutation-equivariant: one order says all
-    "domix_fixed": Method("domix_fixed", pretrain="domix"),  # P = c·I frozen: permutation-equivariant too
-    "domix": Method("domix", pretrain="domix", ordered=True),
-    # the domain order only decides which of the gate's seeded output rows faces which domain
-    "mixda": Method("mixda", pretrain="mixda"),
-    "mode": Method("mode", pretrain="mode"),
-}
 
 
 @dataclass
@@ -87,7 +55,7 @@ class CompareConfig:
     finetune: dict[str, Any] = field(default_factory=dict)
     method_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
     pretrain_method_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
-    jobs: int = 1  # fine-tuning jobs at once (each its own process with cores/jobs threads)
+    jobs: int = 1  # jobs at once (each its own process with cores/jobs threads)
     general: str | None = None  # general-domain corpus for MixDA's pre-training (retention scores: finetune: {general: ...})
 
     @classmethod

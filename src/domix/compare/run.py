@@ -10,7 +10,7 @@ each peak memory is its own) with its output in ``OUT/logs/<job>.log``:
     OUT/pretrain/joint_lora            one LoRA on all corpora mixed
     OUT/finetune/<method>/<task>/seed<s>[-<order>]
 
-With ``jobs: N`` in the config, N fine-tuning jobs run at once, each with its share of the
+With ``jobs: N`` in the config, N jobs run at once (the pre-training ones first), each with its share of the
 CPU cores (on GPUs, give each process its device with CUDA_VISIBLE_DEVICES as usual); every job
 is still its own process, so each peak memory stays its own.
 
@@ -34,18 +34,17 @@ from pathlib import Path
 import yaml
 
 from domix import atomic
-from domix.compare.config import METHODS, PRETRAIN_ORDERED, CompareConfig, Task
+from domix.compare.config import METHODS, CompareConfig, Task
 from domix.errors import DomixError
 from domix.finetune.config import FinetuneConfig
 from domix.finetune.run import RESULT_FILE
+from domix.methods.registry import STAGE1, STAGE2
 from domix.pretrain.config import PretrainConfig
-from domix.runfolder import RUN_FILE
+from domix.engine.runfolder import RUN_FILE
 
 TIMES_FILE = "job_times.json"  # wall seconds of each job's command, as the comparison measured it
-# where each pre-training method leaves what fine-tuning uses, inside its run folder
 # what some records add: DoMIX's bridge usage, MixDA's and MoDE's gate weights, retention, the majority-class scores
 OPTIONAL_RECORD_KEYS = ("bridge_usage", "gate_weights", "retention", "majority")
-PRETRAIN_OUTPUT = {"ncl_full": "ncl-full", "ncl_lora": "ncl", "joint_lora": "joint"}
 
 
 @dataclass
@@ -90,7 +89,7 @@ def plan(cfg: CompareConfig) -> list[Job]:
             domains = {d: cfg.domains[d] for d in (order or cfg.domains)}
             settings = {**cfg.pretrain, **cfg.pretrain_method_settings.get(method, {}),
                         "model": cfg.model, "domains": domains, "out": str(out / name), "method": method}
-            if method == "mixda":  # its retention loss needs general text
+            if STAGE1[method].needs_general:
                 settings["general"] = cfg.general
             users = [n for n in cfg.methods if METHODS[n].pretrain == method]
             pretrain_jobs[key] = Job("pretrain", name, settings, {"method": method, "order": order_label(order), "used_by": users})
@@ -105,7 +104,7 @@ def plan(cfg: CompareConfig) -> list[Job]:
                     source = None
                     if method.pretrain is not None:
                         # a sequential pre-training depends on the order; the domix modules do not
-                        source = pretrain_job(method.pretrain, order if method.pretrain in PRETRAIN_ORDERED else None)
+                        source = pretrain_job(method.pretrain, order if STAGE1[method.pretrain].ordered else None)
                     jobs.append(_finetune_job(cfg, name, task, seed, order, source))
     return list(pretrain_jobs.values()) + jobs
 
@@ -117,16 +116,16 @@ def _finetune_job(cfg: CompareConfig, name: str, task: Task, seed: int, order: l
                 "task": task.path, "out": str(Path(cfg.out) / folder), "method": method.finetune, "seed": seed}
     if source is None:
         settings["model"] = cfg.model
-        if method.finetune in ("lora", "lora_fa", "dora"):  # the same total rank as the composed modules
+        if STAGE2[method.finetune].lora_rank:  # the same total rank as the composed modules
             settings.setdefault("lora_rank", cfg.pretrain.get("rank", PretrainConfig.rank) * len(cfg.domains))
-    elif method.pretrain == "ncl_full":
-        settings["model"] = str(source.out / PRETRAIN_OUTPUT["ncl_full"])
+    elif STAGE1[method.pretrain].gives_model:
+        settings["model"] = str(source.out / STAGE1[method.pretrain].output)
     else:
         settings["modules"] = str(source.out)
         if method.init == "task_domain":
             settings["init_module"] = task.domain
-        elif method.init is not None:
-            settings["init_module"] = PRETRAIN_OUTPUT[method.pretrain]
+        elif method.init == "output":
+            settings["init_module"] = STAGE1[method.pretrain].output
         else:
             settings["domains"] = order
     info = {"method": name, "task": task.name, "seed": seed, "order": order_label(order)}
@@ -164,15 +163,15 @@ def compare(cfg: CompareConfig, overwrite: bool = False, dry_run: bool = False, 
             times[job.name] = seconds
             atomic.write_json(out / TIMES_FILE, times)
 
-    for job in (j for j in pending if j.kind == "pretrain"):  # fine-tuning needs them finished
-        run(job)
-    finetune_jobs = [j for j in pending if j.kind == "finetune"]
-    if cfg.jobs == 1 or in_process:
-        for job in finetune_jobs:
-            run(job)
-    else:
-        with ThreadPoolExecutor(cfg.jobs) as pool:
-            list(pool.map(run, finetune_jobs))  # list(): re-raises a failed job's error
+    # the pre-training runs are independent of each other; fine-tuning needs them all finished
+    for kind in ("pretrain", "finetune"):
+        batch = [j for j in pending if j.kind == kind]
+        if cfg.jobs == 1 or in_process:
+            for job in batch:
+                run(job)
+        else:
+            with ThreadPoolExecutor(cfg.jobs) as pool:
+                list(pool.map(run, batch))  # list(): re-raises a failed job's error
     results = collect(cfg, jobs, times, command)
     atomic.write_json(out / "results.json", results)
     from domix.compare.report import format_table, summarise, write_report

@@ -7,16 +7,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from domix.errors import DomixError
+from domix.methods.registry import stage2
 from domix.settings import check
-
-# domix: the modules concatenated with a trainable bridge P; domix_fixed: the same with P frozen at its
-# initial value (the published code's frozen-bridge ablation); cat: P frozen at I (PEFT's
-# add_weighted_adapter "cat"); lora / dora: PEFT from the base (or from one module, init_module);
-# lora_fa: a fresh LoRA with A frozen at its random init, only B trains (DoMIX's trainable shape without
-# the domain modules); full: every weight trains; head: only the classification head trains;
-# mixda / mode: a gate over the stage-1 domain adapters / experts of domix pretrain --method mixda / mode.
-METHODS = ("domix", "domix_fixed", "cat", "lora", "lora_fa", "dora", "full", "head", "mixda", "mode")
-MODULE_METHODS = ("domix", "domix_fixed", "cat")  # the DoMIX bridge over LoRA modules
 
 
 @dataclass
@@ -29,7 +21,7 @@ class FinetuneConfig:
     domains: list[str] | None = None  # which modules, in this order (default: all)
     model: str | None = None  # default: the base the modules were trained on
     out: str = ""
-    method: str = "domix"  # see METHODS
+    method: str = "domix"  # a stage-2 method of domix.methods.registry
     lora_rank: int | None = None  # for lora/dora from the base; default: the modules' total rank (else 8)
     init_module: str | None = None  # for lora/dora: start from this module of --modules (its rank and alpha)
     general: str | None = None  # a general-domain corpus: the record gives the LM loss on it before and after (retention)
@@ -52,6 +44,7 @@ class FinetuneConfig:
     batch_size: int = 16
     max_length: int = 128
     max_grad_norm: float = 1.0
+    gradient_checkpointing: bool = False  # recompute activations in backward: far less memory, about a third more compute
     select_metric: str = "macro_f1"  # dev metric that picks the kept epoch
     train_limit: int | None = None  # subsample the splits (seeded), for quick runs
     eval_limit: int | None = None
@@ -61,31 +54,31 @@ class FinetuneConfig:
     dtype: str = "float32"
     device: str = "auto"
 
-    RESUME_FREE = ("checkpoint_every", "device", "out", "save_model")
+    RESUME_FREE = ("checkpoint_every", "device", "gradient_checkpointing", "out", "save_model")
+    LORA_RANK = 8  # a fresh LoRA's rank without --lora-rank or modules to take it from
+    LORA_TARGETS = None  # a fresh LoRA adapts the modules' layers, else every linear layer of every block
 
     def validate(self) -> "FinetuneConfig":
         if not self.out:
             raise DomixError("no output folder given; pass --out DIR")
         if self.task is None and None in (self.train, self.dev, self.test):
             raise DomixError("no task given; pass --task FOLDER (with train/dev/test.jsonl) or --train, --dev and --test files")
-        if self.method not in METHODS:
-            raise DomixError(f"unknown method {self.method!r}; use one of {', '.join(METHODS)}")
-        if self.method in MODULE_METHODS and not self.modules:
-            raise DomixError(f"method {self.method} needs domain modules; pass --modules STORE (a domix pretrain output folder)")
-        if self.method == "mixda" and not self.modules:
-            raise DomixError("method mixda needs the domain adapters of domix pretrain --method mixda; pass --modules STORE")
-        from domix.mode.config import normalise_settings
+        spec = stage2(self.method)
+        if spec.modules_required and not self.modules:
+            raise DomixError(f"method {self.method} needs the {spec.pieces} of domix pretrain --method {spec.store}; "
+                             "pass --modules STORE (its --out folder)")
+        from domix.methods.mode.config import normalise_settings
 
         normalise_settings(self)
-        if self.method not in MODULE_METHODS and not (self.modules or self.model):
+        if not spec.modules_required and not (self.modules or self.model):
             raise DomixError(f"method {self.method} needs a base model; pass --model (or --modules to take theirs)")
         if self.init_module is not None:
-            if self.method not in ("lora", "dora"):
+            if not spec.init_module:
                 raise DomixError(f"--init-module starts a LoRA or DoRA from a module; it does not apply to method {self.method}"
-                                 + (" (its A stays at a random init by definition)" if self.method == "lora_fa" else ""))
+                                 + (" (its A stays at a random init by definition)" if spec.lora_rank else ""))
             if not self.modules:
                 raise DomixError("--init-module names a module of a store; pass --modules STORE too")
-        from domix.bridge.config import parse_p_init  # here, not at the top: the bridge package imports torch
+        from domix.methods.domix.config import parse_p_init  # here, not at the top: the bridge package imports torch
 
         self.p_init = parse_p_init(self.p_init)
         check([

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 
 from domix.errors import DomixError
-from domix.llm.config import DTYPE_CHOICES, FORMATS, METHODS, PROTOCOLS, TEMPLATES
+from domix.llm.config import DTYPE_CHOICES, FORMATS, PROTOCOLS, TEMPLATES
+from domix.methods.registry import INSTRUCT, STAGE2, method_help
 
 
 def _named_file(text: str) -> tuple[str, str]:
@@ -36,7 +37,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--model", help="base causal LM (default: the one the modules name)")
     p.add_argument("--out", help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
-    p.add_argument("--method", choices=METHODS, help="domix (default), lora, dora or full")
+    p.add_argument("--method", choices=INSTRUCT, help=method_help({m: STAGE2[m] for m in INSTRUCT}, "default domix. "))
     p.add_argument("--target-modules", type=_comma_list, help="lora/dora: comma-separated layer names (default q_proj,k_proj,v_proj,up_proj,down_proj)")
     p.add_argument("--lora-rank", type=int, help="lora/dora rank (default: the modules' total rank, else 16); alpha is 2x the rank")
     p.add_argument("--template", choices=TEMPLATES, help="prompt template: alpaca (default), chat (the tokenizer's), plain")

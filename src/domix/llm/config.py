@@ -7,11 +7,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from domix.errors import DomixError
+from domix.methods.registry import INSTRUCT, stage2
 from domix.settings import check
 
-# domix: LoRA modules (a store's, or any PEFT LoRA adapter folders) concatenated with a trainable
-# bridge; lora / dora: a PEFT adapter from the base; full: every weight trains.
-METHODS = ("domix", "lora", "dora", "full")
 DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]  # the paper's LLM setting
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16", "float64")
 # the names the command line offers, kept here (no torch import) so that `domix --help` stays fast
@@ -30,7 +28,7 @@ class InstructConfig:
     adapters: list[str] | None = None  # and/or PEFT LoRA adapter folders (trained anywhere)
     model: str | None = None  # default: the base the modules were trained on
     out: str = ""
-    method: str = "domix"  # see METHODS
+    method: str = "domix"  # a stage-2 method of domix.methods.registry that instruct offers (INSTRUCT)
     target_modules: list[str] | None = None  # lora/dora: the layers adapted (default DEFAULT_TARGETS)
     lora_rank: int | None = None  # lora/dora: default the modules' total rank if any are given, else 16
     template: str = "alpaca"  # see llm/data.py
@@ -55,18 +53,19 @@ class InstructConfig:
     device: str = "auto"
     save_model: bool = True
 
-    RESUME_FREE = ("checkpoint_every", "device", "out", "save_model")
+    RESUME_FREE = ("checkpoint_every", "device", "gradient_checkpointing", "out", "save_model")
+    LORA_RANK = 16  # a fresh LoRA's rank without --lora-rank or modules to take it from
+    LORA_TARGETS = DEFAULT_TARGETS  # a fresh LoRA's layers without --target-modules
 
     def validate(self) -> "InstructConfig":
         if not self.out:
             raise DomixError("no output folder given; pass --out DIR")
         if not self.train:
             raise DomixError("no training data given; pass --train FILE (jsonl of prompt/response or instruction/output rows)")
-        if self.method not in METHODS:
-            raise DomixError(f"unknown method {self.method!r}; use one of {', '.join(METHODS)}")
-        if self.method == "domix" and not (self.modules or self.adapters):
-            raise DomixError("method domix composes LoRA modules; pass --modules STORE and/or --adapter PATH (repeat)")
-        if self.method != "domix" and not (self.model or self.modules or self.adapters):
+        spec = stage2(self.method, INSTRUCT)
+        if spec.modules_required and not (self.modules or self.adapters):
+            raise DomixError(f"method {self.method} composes LoRA modules; pass --modules STORE and/or --adapter PATH (repeat)")
+        if not spec.modules_required and not (self.model or self.modules or self.adapters):
             raise DomixError(f"method {self.method} needs a base model; pass --model")
         if self.domains and not self.modules:
             raise DomixError("--domains picks modules of a store; pass --modules STORE too")

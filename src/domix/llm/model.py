@@ -14,12 +14,12 @@ import torch
 from torch import nn
 
 from domix import atomic
-from domix.base_model import load_base_model, resolve_target_modules, set_gradient_checkpointing, weights_fingerprint
-from domix.bridge import fold
-from domix.bridge.model import restore_bridges
+from domix.base_model import load_base_model, weights_fingerprint
 from domix.errors import DomixError
-from domix.finetune.model import PEFT_METHODS, TASK_FILE, WEIGHTS_FILE, build_domix, build_full, build_peft, save_task_model
-from domix.llm.config import DEFAULT_TARGETS, InstructConfig
+from domix.finetune.model import save_task_model
+from domix.llm.config import InstructConfig
+from domix.methods.base import TASK_FILE, TaskMethod
+from domix.methods.registry import task_method
 from domix.store import DomainModule, load_module, load_store
 from domix.system import DTYPES
 
@@ -59,31 +59,14 @@ def gather_modules(modules: str | None, domains: list[str] | None, adapters: lis
     return found
 
 
-def enable_gradient_checkpointing(model: nn.Module) -> None:
-    """Recompute each block's activations in backward instead of keeping them (non-reentrant, so a
-    frozen embedding layer needs no input gradient)."""
-    set_gradient_checkpointing(model, True)
-    model.config.use_cache = False
-
-
-def build(model: nn.Module, modules: list[DomainModule], cfg: InstructConfig) -> tuple[nn.Module, list[dict], list[str] | None]:
-    """Make ``model`` trainable the way ``cfg.method`` says: (model, optimizer groups, adapted layers).
+def build(model: nn.Module, modules: list[DomainModule], cfg: InstructConfig, method: TaskMethod) -> tuple[nn.Module, list[dict]]:
+    """Make ``model`` trainable the way ``method`` (``cfg.method``) says: (model, optimizer groups).
 
     domix: the modules concatenated with the bridge, only B_cat and P train (the LM head and the
     embeddings stay frozen). lora / dora: PEFT on ``cfg.target_modules`` (default q, k, v, up and
     down projections), rank ``cfg.lora_rank`` (default the modules' total rank, else 16), alpha 2·rank.
     """
-    if cfg.gradient_checkpointing:
-        enable_gradient_checkpointing(model)
-    if cfg.method == "domix":
-        groups = build_domix(model, [], modules, cfg)
-        return model, groups, None
-    if cfg.method == "full":
-        return model, build_full(model, cfg), None
-    _, targets = resolve_target_modules(model, cfg.target_modules or DEFAULT_TARGETS)
-    rank = cfg.lora_rank or (sum(m.rank for m in modules) if modules else 16)
-    peft_model, groups = build_peft(model, [], targets, cfg, rank)
-    return peft_model, groups, targets
+    return method.build(model, [], modules, cfg)  # the engine turns gradient checkpointing on while it trains
 
 
 def is_causal_task_model(folder: str | Path) -> bool:
@@ -93,7 +76,6 @@ def is_causal_task_model(folder: str | Path) -> bool:
 
 def load_causal_task_model(folder: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, object, dict]:
     """Rebuild a ``domix instruct`` model from its folder and the base model: (model, tokenizer, record)."""
-    from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder = Path(folder)
@@ -103,7 +85,8 @@ def load_causal_task_model(folder: str | Path, device: torch.device | str = "cpu
     record = atomic.read_json(folder / TASK_FILE)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     dtype = DTYPES[record["dtype"]]
-    if record["method"] == "full":
+    method = task_method(record["method"])
+    if method.whole_model:
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
         return model.to(device).eval(), tokenizer, record
     model, _ = load_causal(record["base_model"]["name"], record["dtype"])
@@ -111,12 +94,7 @@ def load_causal_task_model(folder: str | Path, device: torch.device | str = "cpu
         raise DomixError(f"the base model {record['base_model']['name']} is not the one this model was trained on "
                          "(its weights' fingerprint differs); use that base model")
     model.config.pad_token_id = tokenizer.pad_token_id
-    if record["method"] in PEFT_METHODS:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, folder)
-    else:
-        restore_bridges(model, load_file(str(folder / WEIGHTS_FILE)), record["layers"])
+    model = method.load(model, record, folder)
     return model.to(device).eval(), tokenizer, record
 
 
@@ -138,10 +116,7 @@ def load_for_eval(source: str, device: torch.device | str = "cpu", dtype: str = 
 def export_causal(folder: str | Path, out: str | Path) -> None:
     """Fold a ``domix instruct`` model into a plain causal-LM folder (W' = W + B_cat diag(s) P A_cat)."""
     model, tokenizer, record = load_causal_task_model(folder)
-    if record["method"] in PEFT_METHODS:
-        plain = model.merge_and_unload()
-    else:
-        plain = model if record["method"] == "full" else fold(model)
+    plain = task_method(record["method"]).plain(model, record)
     plain.name_or_path = record["base_model"]["name"]
     plain.config.use_cache = True
 

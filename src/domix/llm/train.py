@@ -11,28 +11,26 @@ import math
 import shutil
 import time
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from domix import atomic, checkpoint
+from domix import atomic
 from domix.base_model import weights_fingerprint
 from domix.batches import IGNORE_INDEX, lm_loss
-from domix.bridge.model import bridge_usage, bridged_layers
+from domix.engine.loop import Loop, StepHook, TrainResult, batch_rows, train
+from domix.engine.runfolder import RUN_FILE, check_out, clear
 from domix.errors import DomixError
 from domix.finetune.model import trainable_state
 from domix.llm.config import InstructConfig
 from domix.llm.data import Example, collate, encode_examples, read_examples
 from domix.llm.model import CAUSAL_KIND, build, gather_modules, load_causal, resolve_dtype, save_task_model
+from domix.methods.registry import task_method
 from domix.metrics import downsample_curve
-from domix.pretrain.loop import batch_rows, step_seed
-from domix.runfolder import RUN_FILE, check_out, clear
-from domix.store import DomainModule, check_base
+from domix.store import base_of
 from domix.system import peak_memory_mb, reset_peak_memory, resolve_device
 
-StepHook = Callable[[int, float, nn.Module], None]  # (steps done, loss, model) after every step
 RESULT_FILE = "result.json"
 Rows = list[tuple[list[int], list[int]]]
 
@@ -72,16 +70,6 @@ def _splits(cfg: InstructConfig) -> tuple[list[Example], list[Example]]:
     return train, dev
 
 
-def _base_name(cfg: InstructConfig, modules: list[DomainModule]) -> str:
-    if cfg.model:
-        return cfg.model
-    for m in modules:  # a domix module says in its manifest, a PEFT adapter in its config
-        name = (m.manifest or {}).get("base_model", {}).get("name") or m.adapter_config.get("base_model_name_or_path")
-        if name:
-            return name
-    raise DomixError("the modules do not say which base model they were trained on; pass --model")
-
-
 def prepare(cfg: InstructConfig) -> dict:
     """Everything a run trains with, before any step: data, base, trainable model, optimizer groups.
 
@@ -90,20 +78,20 @@ def prepare(cfg: InstructConfig) -> dict:
     cfg.validate()
     train_examples, dev_examples = _splits(cfg)
     modules = gather_modules(cfg.modules, cfg.domains, cfg.adapters) if (cfg.modules or cfg.adapters) else []
-    base_name = _base_name(cfg, modules)
+    base_name = cfg.model or base_of(modules)
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     reset_peak_memory(device)
     model, tokenizer = load_causal(base_name, dtype)
     fingerprint = weights_fingerprint(model)
-    if cfg.method == "domix":
-        check_base(modules, fingerprint)
+    method = task_method(cfg.method)
+    method.check_base(modules, fingerprint)
     total_params = sum(p.numel() for p in model.parameters())
-    model, groups, targets = build(model, modules, cfg)
+    model, groups = build(model, modules, cfg, method)
     model.to(device)
     train_rows, dropped = encode_examples(train_examples, tokenizer, cfg.template, cfg.max_length, "train")
     dev_rows, dev_dropped = encode_examples(dev_examples, tokenizer, cfg.template, cfg.max_length, "dev")
-    return {"model": model, "tokenizer": tokenizer, "groups": groups, "modules": modules, "targets": targets,
+    return {"model": model, "tokenizer": tokenizer, "groups": groups, "modules": modules, "method": method,
             "base_name": base_name, "fingerprint": fingerprint, "device": device, "dtype": dtype,
             "total_params": total_params, "train": train_rows, "dev": dev_rows, "dropped": {"train": dropped, "dev": dev_dropped}}
 
@@ -126,28 +114,28 @@ def instruct(cfg: InstructConfig, overwrite: bool = False, on_step: StepHook | N
           + (f"; {dropped['train'] + dropped['dev']} dropped, their prompt fills --max-length" if any(dropped.values()) else "")
           + f"); trainable {trainable:,} of {run['total_params']:,} parameters ({100 * trainable / run['total_params']:.2f}%)")
 
-    state = _train(model, run["groups"], run["train"], run["dev"], cfg, tokenizer.pad_token_id, device, out / "checkpoint", on_step)
+    progress = _train(model, run["groups"], run["train"], run["dev"], cfg, tokenizer.pad_token_id, device, out / "checkpoint", on_step)
+    state = progress.extra
     params = dict(model.named_parameters())
     with torch.no_grad():
         for name, value in state["best_state"].items():
             params[name].copy_(value)
-    bridged = cfg.method == "domix"
     record = {
         "kind": CAUSAL_KIND,
         "method": cfg.method,
         "base_model": {"name": run["base_name"], "fingerprint": run["fingerprint"]},
-        "modules": [{"name": m.name, "path": str(m.path), "rank": m.rank, "base_fingerprint": m.base_fingerprint} for m in run["modules"]],
         "head": [],  # the LM head stays the base's
-        "layers": sorted(bridged_layers(model)) if bridged else run["targets"],
         "template": cfg.template,
         "dtype": run["dtype"],
         "max_length": cfg.max_length,
-        "lora_rank": None if bridged or cfg.method == "full" else (cfg.lora_rank or (sum(m.rank for m in run["modules"]) or 16)),
-        "bridge": {"p_init": cfg.p_init, "p_lr": cfg.p_lr, "p_weight_decay": cfg.p_weight_decay} if bridged else None,
-        "bridge_usage": bridge_usage(model) if bridged else None,
+        "layers": None,  # the method's record says which layers it adapted, and what else it adds
+        "lora_rank": None,
+        "bridge": None,
+        "bridge_usage": None,
+        **run["method"].record(model, run["modules"], cfg),
         "gradient_checkpointing": cfg.gradient_checkpointing,
         "examples": {"train": len(run["train"]), "dev": len(run["dev"]), "dropped": dropped},
-        "loss_curve": downsample_curve(state["losses"], 200),
+        "loss_curve": downsample_curve(progress.losses, 200),
         "dev_loss_before": state["dev_loss_before"],
         "dev_history": state["history"],
         "best_epoch": state["best_epoch"],
@@ -155,8 +143,8 @@ def instruct(cfg: InstructConfig, overwrite: bool = False, on_step: StepHook | N
         "trainable_parameters": trainable,
         "total_parameters": run["total_params"],
         "trainable_percent": round(100 * trainable / run["total_params"], 3),
-        "steps": state["steps"],
-        "train_time_s": round(state["train_seconds"], 2),
+        "steps": progress.steps,
+        "train_time_s": round(progress.train_seconds, 2),
         "wall_time_s": round(time.perf_counter() - started, 2),
         "peak_memory_mb": peak_memory_mb(device),
         "saved_model": cfg.save_model,
@@ -173,63 +161,38 @@ def instruct(cfg: InstructConfig, overwrite: bool = False, on_step: StepHook | N
     return record
 
 
-def _train(model, groups, train_rows: Rows, dev_rows: Rows, cfg: InstructConfig, pad_id: int, device, ckpt_dir: Path, on_step) -> dict:
+def _train(model, groups, train_rows: Rows, dev_rows: Rows, cfg: InstructConfig, pad_id: int, device, ckpt_dir: Path,
+           on_step: StepHook | None) -> TrainResult:
+    """The engine's loop over shuffled batches of the examples; the dev loss after every epoch picks the
+    kept weights (``extra``: history, best_epoch, best_loss, best_state, dev_loss_before)."""
     from transformers import get_linear_schedule_with_warmup
 
     optimizer = torch.optim.AdamW(groups)
     per_epoch = math.ceil(len(train_rows) / cfg.batch_size)
     total = per_epoch * cfg.epochs
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total), total)
-    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    trained = [p for g in groups for p in g["params"]]
-    ckpt = ckpt_dir / "state.pt"
-    state = checkpoint.restore(ckpt, params, optimizer, scheduler)
-    if state is None:
-        state = {"steps": 0, "history": [], "best_epoch": 0, "best_loss": math.inf, "train_seconds": 0.0, "best_state": None,
-                 "losses": [], "dev_loss_before": dev_loss(model, dev_rows, pad_id, cfg.batch_size, device)}
-    else:
-        print(f"domix: resuming from step {state['steps']} ({ckpt})")
 
-    def fail(what: str, step: int) -> DomixError:
-        kept = f"the last checkpoint is kept in {ckpt_dir}" if ckpt.exists() else "no checkpoint was written yet"
-        return DomixError(f"non-finite {what} at step {step}; training stopped and {kept}. Lower --lr (now {cfg.lr:g}), "
-                          "or use --dtype float32 if the model runs in float16, and rerun")
-
-    model.train()
-    bar = tqdm(total=total, initial=state["steps"], desc="instruct", unit="step", dynamic_ncols=True, disable=None, mininterval=1.0)
-    while state["steps"] < total:
-        step = state["steps"]
+    def step_loss(step: int) -> tuple[torch.Tensor, int]:
         batch = collate([train_rows[i] for i in batch_rows(len(train_rows), cfg.batch_size, cfg.seed, step).tolist()], pad_id)
-        torch.manual_seed(step_seed(cfg.seed, step))  # dropout
-        t0 = time.perf_counter()
-        loss = model(**{k: v.to(device) for k, v in batch.items()}).loss
-        if not torch.isfinite(loss):
-            raise fail("loss", step + 1)
-        loss.backward()
-        if not torch.isfinite(torch.nn.utils.clip_grad_norm_(trained, cfg.max_grad_norm)):
-            raise fail("gradient", step + 1)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        state["steps"] += 1
-        state["train_seconds"] += time.perf_counter() - t0
-        state["losses"].append(loss.item())
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.3f}")
-        if on_step is not None:
-            on_step(state["steps"], loss.item(), model)
-        if state["steps"] % per_epoch == 0:  # end of an epoch: dev loss, keep the best
-            value = dev_loss(model, dev_rows, pad_id, cfg.batch_size, device)
-            state["history"].append({"epoch": len(state["history"]) + 1, "loss": value})
-            if value < state["best_loss"]:
-                state.update(best_epoch=len(state["history"]), best_loss=value, best_state=trainable_state(model))
-            bar.write(f"domix: epoch {len(state['history'])}: dev loss {value:.4f}")
-            checkpoint.save(ckpt, params, optimizer, scheduler, state)
-        elif state["steps"] % cfg.checkpoint_every == 0:
-            checkpoint.save(ckpt, params, optimizer, scheduler, state)
-    bar.close()
-    if state["best_state"] is None:  # every dev loss was NaN
+        return model(**{k: v.to(device) for k, v in batch.items()}).loss, int(batch["attention_mask"].sum())
+
+    def after_step(progress: TrainResult) -> bool:
+        if progress.steps % per_epoch:
+            return False
+        state = progress.extra  # the end of an epoch: dev loss, keep the best, checkpoint
+        value = dev_loss(model, dev_rows, pad_id, cfg.batch_size, device)
+        state["history"].append({"epoch": len(state["history"]) + 1, "loss": value})
+        if value < state["best_loss"]:
+            state.update(best_epoch=len(state["history"]), best_loss=value, best_state=trainable_state(model))
+        tqdm.write(f"domix: epoch {len(state['history'])}: dev loss {value:.4f}")
+        return True
+
+    def fresh() -> TrainResult:
+        return TrainResult(extra={"history": [], "best_epoch": 0, "best_loss": math.inf, "best_state": None,
+                                  "dev_loss_before": dev_loss(model, dev_rows, pad_id, cfg.batch_size, device)})
+
+    loop = Loop("instruct", total, cfg.seed, cfg.lr, cfg.max_grad_norm, cfg.checkpoint_every, cfg.gradient_checkpointing)
+    progress = train(model, optimizer, scheduler, loop, step_loss, ckpt_dir / "state.pt", on_step, after_step=after_step, fresh=fresh)
+    if progress.extra["best_state"] is None:  # every dev loss was NaN
         raise DomixError("the dev loss was never finite; check the data and lower --lr")
-    return state
+    return progress

@@ -7,13 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from domix.errors import DomixError
+from domix.methods.registry import stage1
 from domix.settings import check
-
-# domix: one module per domain. The baselines (docs/methods.md §4) train one model over all domains:
-# ncl_lora / ncl_full in sequence (naive continual learning), joint_lora on the corpora mixed.
-# mixda (docs/methods.md §2): one bottleneck adapter per domain beside the FFN of a few layers (domix/mixda/);
-# mode (docs/methods.md §3): one stack of expert layers per domain beside each block of layers (domix/mode/).
-METHODS = ("domix", "ncl_lora", "joint_lora", "ncl_full", "mixda", "mode")
 
 
 @dataclass
@@ -22,7 +17,7 @@ class PretrainConfig:
     domains: dict[str, str] = field(default_factory=dict)  # name -> corpus path
     out: str = ""
     objective: str = "auto"  # mlm, clm or auto (from the model)
-    method: str = "domix"  # one of METHODS
+    method: str = "domix"  # a stage-1 method of domix.methods.registry
     general: str | None = None  # a general-domain corpus: MixDA's retention loss trains on it
     # LoRA: r 8, alpha 16, no dropout, every linear layer of every block (DoMIX reference)
     rank: int = 8
@@ -62,6 +57,7 @@ class PretrainConfig:
     mode_device_map: dict[str, str] | None = None
 
     def validate(self) -> "PretrainConfig":
+        stage1(self.method)  # an unknown method is named first
         if not self.model:
             raise DomixError("no base model given; pass --model NAME_OR_PATH (a folder, a .gguf file or a hub name)")
         if not self.domains:
@@ -72,14 +68,13 @@ class PretrainConfig:
             if not name or "/" in name or name.startswith("."):
                 raise DomixError(f"domain name {name!r} cannot be a folder name; use letters, digits, '-' or '_'")
         if isinstance(self.mixda_layers, (str, int)):  # "7,11" from a flag or YAML
-            from domix.mixda.config import parse_layers
+            from domix.methods.mixda.config import parse_layers
 
             self.mixda_layers = parse_layers(str(self.mixda_layers))
-        from domix.mode.config import normalise_settings
+        from domix.methods.mode.config import normalise_settings
 
         normalise_settings(self)
         check([
-            (self.method in METHODS, f"unknown --method {self.method!r}; choose one of {', '.join(METHODS)}"),
             (self.rank >= 1, "--rank must be at least 1"),
             (self.alpha > 0, "--alpha must be positive"),
             (0 <= self.dropout < 1, "--dropout must be in [0, 1)"),
@@ -99,8 +94,8 @@ class PretrainConfig:
                                            and all(isinstance(i, int) and i >= 0 for i in self.mixda_layers)
                                            and len(set(self.mixda_layers)) == len(self.mixda_layers)),
              f"--mixda-layers must list distinct block indices (0 = the first block), e.g. 7,11; got {self.mixda_layers!r}"),
-            (self.method != "mixda" or bool(self.general),
-             "--method mixda needs general-domain text for its retention loss; pass --general PATH (a file or folder of text)"),
+            (not stage1(self.method).needs_general or bool(self.general),
+             f"--method {self.method} needs general-domain text for its retention loss; pass --general PATH (a file or folder of text)"),
         ])
         return self
 

@@ -1,6 +1,6 @@
 """MoDE in a Hugging Face model: insert the blocks, add domains' experts, place them, save and load them.
 
-Everything lives inside the backbone's own layer list (see :mod:`domix.mode.layer`), so the backbone
+Everything lives inside the backbone's own layer list (see :mod:`domix.methods.mode.layer`), so the backbone
 stays a language model: put under any head, it runs the gated blocks. Saved tensors are keyed by block
 number, never by the model's attribute path, so one store serves an LM and a classifier of the same base.
 """
@@ -19,9 +19,10 @@ from torch import nn
 
 from domix import atomic
 from domix.base_model import find_blocks
+from domix.engine.predict import predict
 from domix.errors import DomixError
-from domix.mode.config import BlockPlan, check_device_map
-from domix.mode.layer import BACKBONE, ExpertBlock, PassThrough
+from domix.methods.mode.config import BlockPlan, check_device_map
+from domix.methods.mode.layer import BACKBONE, ExpertBlock, PassThrough
 from domix.store import MANIFEST_NAME
 
 KIND = "domix-mode-experts"  # a stage-1 domain folder's manifest kind
@@ -37,7 +38,7 @@ def expert_blocks(model: nn.Module) -> list[ExpertBlock]:
 def insert_blocks(model: nn.Module, plans: list[BlockPlan]) -> list[ExpertBlock]:
     """Put an (expert-less) :class:`ExpertBlock` in place of each planned block of ``model``'s layers."""
     if expert_blocks(model):
-        raise DomixError("this model already has MoDE blocks; remove them first (domix.mode.model.remove_blocks)")
+        raise DomixError("this model already has MoDE blocks; remove them first (domix.methods.mode.model.remove_blocks)")
     _, layers = find_blocks(model)
     if plans and plans[-1].layers[-1] >= len(layers):
         raise DomixError(f"the MoDE blocks reach layer {plans[-1].layers[-1]}, but this model has {len(layers)} layers; "
@@ -313,8 +314,6 @@ def build_task_model(model: nn.Module, head: list[str], experts: list[DomainExpe
 
 def task_record(model: nn.Module, experts: list[DomainExperts], cfg, rows, pad_id: int, device) -> dict:
     """What a MoDE run adds to result.json: the blocks, the experts used and the test set's mean gate weights."""
-    from domix.finetune.run import predict
-
     with recording_gates(model) as blocks:
         predict(model, rows, pad_id, cfg.batch_size, device)
     first = experts[0].manifest["mode"]

@@ -111,5 +111,3 @@ def normalise_settings(cfg) -> None:
             raise DomixError(f"--mode-gate-lr must be positive, not {cfg.mode_gate_lr!r}")
         if cfg.method != "mode" and (cfg.mode_train_experts or cfg.mode_gate_lr is not None or cfg.mode_device_map):
             raise DomixError(f"--mode-train-experts, --mode-gate-lr and --mode-device-map apply to --method mode, not {cfg.method}")
-        if cfg.method == "mode" and not cfg.modules:
-            raise DomixError("method mode needs the domain experts of domix pretrain --method mode; pass --modules STORE")

@@ -5,10 +5,10 @@ base) of its adapters on a batch of its corpus, plus the retention term: the MSE
 FFN output W2 h + DA_k(h) and the plain one W2 h at each adapted block (mean over blocks), on a batch
 of general text fed through the backbone. The published code compares a tensor with itself there.
 
-Several domains train fused, as DoMIX's modules do (pretrain/fused.py): the batch stacks every
+Several domains train fused, as DoMIX's modules do (methods/domix/fused.py): the batch stacks every
 unfinished domain's rows, each domain's adapters see only its rows, and each domain keeps its own
 loss, optimizer, schedule, clipping, data order and masks, so its adapters equal a separate run's.
-Data order, masks and dropout come from per-step seeds (pretrain/loop.py), checkpoints are atomic, and
+Data order, masks and dropout come from per-step seeds (engine/loop.py), checkpoints are atomic, and
 a rerun resumes to the adapters an uninterrupted run makes.
 """
 
@@ -24,19 +24,20 @@ from domix import atomic
 from domix.base_model import BaseModel, load_base_model, load_tokenizer, weights_fingerprint
 from domix.batches import lm_batch, lm_loss
 from domix.corpus import read_corpus, tokenize_blocks
-from domix.distributed import require_one_process
+from domix.engine.distributed import require_one_process
 from domix.errors import DomixError
 from domix.metrics import downsample_curve
-from domix.mixda.config import KIND, LM_WEIGHT
-from domix.mixda.layer import Segments, adapter_dtype
-from domix.mixda.model import Site, adapter_sites, adapter_tensors, install_domain_adapters, new_adapters, uninstall, widths, write_domain
+from domix.methods.mixda.config import KIND, LM_WEIGHT
+from domix.methods.mixda.layer import Segments, adapter_dtype
+from domix.methods.mixda.model import Site, adapter_sites, adapter_tensors, install_domain_adapters, new_adapters, uninstall, widths, write_domain
 from domix.pretrain.config import PretrainConfig
-from domix.pretrain.fused import restore_domains, save_domains
-from domix.pretrain.loop import (
+from domix.engine.fused import FusedStep, train_domains
+from domix.engine.loop import (
     StepHook, TrainResult, batch_rows, domain_seed, evaluate, predicted_tokens, step_seed, total_steps,
 )
-from domix.pretrain.run import DomainData, _log_heldout, format_summary
-from domix.runfolder import RUN_FILE, check_corpora_unchanged, check_out, clear
+from domix.engine.data import DomainData
+from domix.engine.logs import format_summary, log_heldout
+from domix.engine.runfolder import RUN_FILE, check_corpora_unchanged, check_out, clear
 from domix.store import MANIFEST_NAME, versions
 from domix.system import DTYPES, peak_memory_mb, reset_peak_memory, resolve_device
 
@@ -141,63 +142,31 @@ def _train_group(s: Setup, data: dict[str, DomainData], on_step: StepHook | None
     adapters = [new_adapters(s.sites, cfg.mixda_reduction, domain_seed(cfg.seed, n), dtype) for n in names]
     segments, layers = install_domain_adapters(model, s.sites, adapters)
     checkpoint = s.out / "checkpoints" / ("mixda-fused.pt" if cfg.fused else f"mixda-{names[0]}.pt")
-    try:
-        from transformers import get_linear_schedule_with_warmup
 
+    def step_losses(active: list[int]) -> FusedStep:
+        lm, retention, spans, general_rows = _step_losses(s, segments, data, names, active, results)
+
+        def record(k: int, res: MixDAResult) -> None:
+            i = active.index(k)
+            res.general_tokens_seen += general_rows[i] * cfg.seq_len
+            res.lm_losses.append(lm[i].item())
+            res.retention_losses.append(retention[i].item())
+
+        return FusedStep([LM_WEIGHT * a + b for a, b in zip(lm, retention)], spans, record)
+
+    def done(k: int, result: MixDAResult) -> None:
+        n = names[k]
+        segments.only(k)
+        after = evaluate(model, data[n].heldout, objective, tokenizer, cfg, device) if len(data[n].heldout) else None
+        write_domain(s.out / n, adapter_tensors(s.sites, adapters[k]), _manifest(s, data[n], result, before[n], after, started, names))
+        log_heldout(s.out, n, result.steps, before[n], after)
+
+    try:
         params = {n: [p for a in adapters[k] for p in a.parameters()] for k, n in enumerate(names)}
         steps = {n: total_steps(cfg, data[n].train.shape[0]) for n in names}
-        optimizers = {n: torch.optim.AdamW(params[n], lr=cfg.lr, weight_decay=cfg.weight_decay) for n in names}
-        schedulers = {n: get_linear_schedule_with_warmup(optimizers[n], int(cfg.warmup_ratio * steps[n]), steps[n]) for n in names}
-        results = {n: MixDAResult(steps=0, tokens_seen=0) for n in names}
-        step = restore_domains(checkpoint, names, params, optimizers, schedulers, results, label="MixDA")
-        model.train()
-        while any(results[n].steps < steps[n] for n in names):
-            active = [k for k, n in enumerate(names) if results[n].steps < steps[n]]
-            torch.manual_seed(step_seed(cfg.seed, step))  # the base's dropout
-            t0 = time.perf_counter()
-            lm, retention, spans, general_rows = _step_losses(s, segments, data, names, active, results)
-            losses = [LM_WEIGHT * a + b for a, b in zip(lm, retention)]
-            for k, loss in zip(active, losses):
-                if not torch.isfinite(loss):
-                    raise DomixError(f"non-finite loss at step {results[names[k]].steps + 1} of domain {names[k]!r}; training "
-                                     f"stopped and the last checkpoint is kept at {checkpoint}. Lower --lr (now {cfg.lr:g}) and rerun")
-            torch.stack(losses).sum().backward()  # domain k's adapters see only loss k
-            elapsed = time.perf_counter() - t0
-            rows = sum(e - b for _, b, e in spans)
-            finished = []
-            for (k, b, e), loss, a, r, g in zip(spans, losses, lm, retention, general_rows):
-                n = names[k]
-                torch.nn.utils.clip_grad_norm_(params[n], cfg.max_grad_norm)
-                optimizers[n].step()
-                schedulers[n].step()
-                optimizers[n].zero_grad(set_to_none=True)
-                res = results[n]
-                res.steps += 1
-                res.tokens_seen += (e - b) * cfg.seq_len
-                res.general_tokens_seen += g * cfg.seq_len
-                res.losses.append(loss.item())
-                res.lm_losses.append(a.item())
-                res.retention_losses.append(r.item())
-                res.train_seconds += elapsed * (e - b) / rows  # the shared step, split by rows
-                if res.steps == steps[n]:
-                    finished.append(k)
-            step += 1
-            if on_step is not None:
-                for k, loss in zip(active, losses):
-                    on_step(names[k], results[names[k]].steps, loss.item(), model)
-            for k in finished:
-                n = names[k]
-                segments.only(k)
-                after = evaluate(model, data[n].heldout, objective, tokenizer, cfg, device) if len(data[n].heldout) else None
-                model.train()
-                manifest = _manifest(s, data[n], results[n], before[n], after, started, names)
-                write_domain(s.out / n, adapter_tensors(s.sites, adapters[k]), manifest)
-                _log_heldout(s.out, n, results[n].steps, before[n], after)
-            unfinished = any(results[n].steps < steps[n] for n in names)
-            # also when a domain finished: a resumed run then goes on with the same domains in its batch
-            if unfinished and (step % cfg.checkpoint_every == 0 or finished):
-                save_domains(checkpoint, step, names, params, optimizers, schedulers, results)
-        checkpoint.unlink(missing_ok=True)
+        results = {n: MixDAResult() for n in names}
+        train_domains(model, names, params, steps, results, cfg, step_losses, done, checkpoint, on_step, label="MixDA",
+                      segments=segments)
     finally:
         uninstall(model, s.sites)
 

@@ -18,17 +18,18 @@ import torch
 from domix import atomic
 from domix.base_model import BaseModel, find_blocks, load_base_model, load_tokenizer, weights_fingerprint
 from domix.corpus import read_corpus
-from domix.distributed import require_one_process
+from domix.engine.distributed import require_one_process
 from domix.errors import DomixError
 from domix.metrics import downsample_curve
-from domix.mode.config import BlockPlan, plan_blocks
-from domix.mode.model import (
+from domix.methods.mode.config import BlockPlan, plan_blocks
+from domix.methods.mode.model import (
     EXPERTS_FILE, KIND, add_domain, block_tensors, init_stage1_gates, insert_blocks, place, remove_blocks, set_trainable,
 )
 from domix.pretrain.config import PretrainConfig
-from domix.pretrain.loop import StepHook, TrainResult, evaluate, train_domain
-from domix.pretrain.run import DomainData, _log_heldout, _tensorboard, format_summary
-from domix.runfolder import RUN_FILE, check_corpora_unchanged, check_out, clear
+from domix.engine.loop import StepHook, TrainResult, evaluate, train_domain
+from domix.engine.data import DomainData
+from domix.engine.logs import format_summary, log_heldout, tensorboard
+from domix.engine.runfolder import RUN_FILE, check_corpora_unchanged, check_out, clear
 from domix.store import MANIFEST_NAME, versions
 from domix.system import DTYPES, peak_memory_mb, reset_peak_memory, resolve_device
 
@@ -93,7 +94,7 @@ def _train_experts(base: BaseModel, data: DomainData, plans: list[BlockPlan], cf
     print(f"domix: domain {name!r}: {len(data.train)} training and {len(heldout)} held-out sequences of {cfg.seq_len} tokens")
     checkpoint = out / "checkpoints" / f"{name}.pt"
     insert_blocks(model, plans)
-    writer = _tensorboard(out / "tensorboard" / name)
+    writer = tensorboard(out / "tensorboard" / name)
     try:
         add_domain(model, name)
         init_stage1_gates(model, cfg.mode_backbone_prior)
@@ -117,7 +118,7 @@ def _train_experts(base: BaseModel, data: DomainData, plans: list[BlockPlan], cf
             writer.close()
         remove_blocks(model)
         model.to(device)  # experts placed elsewhere left with their blocks; the backbone stays where it was
-    _log_heldout(out, name, result.steps, loss_before, loss_after)
+    log_heldout(out, name, result.steps, loss_before, loss_after)
 
 
 def _manifest(base: BaseModel, data: DomainData, plans: list[BlockPlan], cfg: PretrainConfig, fingerprint: str, device,

@@ -78,7 +78,7 @@ class ExpertBlock(nn.Module):
         nn.init.zeros_(self.gate.weight)
         nn.init.zeros_(self.gate.bias)
         self.returns_tuple = False  # what the backbone layers return: the pass-throughs answer in kind
-        # gate statistics over real tokens (see domix.mode.model.recording_gates)
+        # gate statistics over real tokens (see domix.methods.mode.model.recording_gates)
         self.recording = False
         self.token_mask: torch.Tensor | None = None  # (batch, seq) 1 for real tokens, set by a hook on the backbone
         self.gate_sum: torch.Tensor | None = None

@@ -1,9 +1,11 @@
-"""Several processes (``torchrun`` or ``accelerate launch``): which domains each one trains.
+"""Several processes (``torchrun`` or ``accelerate launch``), started by accelerate.
 
-Domains are spread over the ranks round-robin; a rank trains its share fused, with no
+Pre-training spreads domains over the ranks round-robin; a rank trains its share fused, with no
 gradient averaging: different domains share nothing. With more ranks than domains, rank r
-trains domain r mod K together with the other ranks of that domain, data-parallel: each
-takes a slice of every batch and their gradients are summed within the domain's group.
+trains domain r mod K together with the other ranks of that domain, data-parallel. Fine-tuning and
+instruction tuning run data-parallel over all the ranks (:meth:`Ranks.everyone`). Data-parallel
+ranks each take a slice of every batch, and their gradients are summed, so every rank takes the
+step one process would take on the whole batch (the same weights, up to float summation order).
 """
 
 from __future__ import annotations
@@ -57,6 +59,14 @@ class Ranks:
         if self.world > 1:
             dist.barrier()
 
+    def everyone(self) -> DataParallel | None:
+        """All the ranks as one data-parallel group (None in a single process)."""
+        return DataParallel(dist.group.WORLD, self.rank, self.world) if self.world > 1 else None
+
+    def device(self, device: torch.device) -> torch.device:
+        """This rank's device: its own GPU (by local rank) when the run is on GPUs."""
+        return torch.device("cuda", self.local_rank) if device.type == "cuda" and self.world > 1 else device
+
 
 def require_one_process(method: str, why: str) -> None:
     """Refuse a launch over several processes (torchrun, accelerate) of a method that runs in one."""
@@ -66,10 +76,10 @@ def require_one_process(method: str, why: str) -> None:
 
 
 def process_group() -> Ranks:
-    """The launcher's ranks (from its environment), with the process group started."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
+    """The launcher's ranks, with the process group started by accelerate (NCCL on GPUs, gloo on CPUs)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
         return Ranks()
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return Ranks(rank=dist.get_rank(), world=world, local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+    from accelerate import PartialState
+
+    state = PartialState(cpu=not torch.cuda.is_available())
+    return Ranks(rank=state.process_index, world=state.num_processes, local_rank=state.local_process_index)

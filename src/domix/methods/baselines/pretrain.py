@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from domix import atomic
+from domix.engine import checkpoint
 from domix.base_model import (
     BaseModel,
     load_base_model,
@@ -34,24 +35,26 @@ from domix.base_model import (
     weights_fingerprint,
 )
 from domix.corpus import read_corpus
-from domix.distributed import require_one_process
+from domix.engine.distributed import require_one_process
 from domix.errors import DomixError
+from domix.methods.registry import stage1
 from domix.metrics import downsample_curve
 from domix.pretrain.config import PretrainConfig
-from domix.pretrain.loop import (
+from domix.engine.loop import (
     StepHook,
     TrainResult,
-    _trainable,
+    trainable,
     evaluate,
     total_steps,
     train_domain,
 )
-from domix.pretrain.run import DomainData, _lora_config, _tensorboard
-from domix.runfolder import RUN_FILE, check_corpora_unchanged, check_out, clear
+from domix.engine.data import DomainData
+from domix.engine.logs import tensorboard
+from domix.methods.domix.pretrain import lora_config
+from domix.engine.runfolder import RUN_FILE, check_corpora_unchanged, check_out, clear
 from domix.store import MANIFEST_NAME, versions
 from domix.system import DTYPES, peak_memory_mb, reset_peak_memory, resolve_device
 
-FOLDERS = {"ncl_lora": "ncl", "joint_lora": "joint", "ncl_full": "ncl-full"}
 KINDS = {"ncl_lora": "domix-sequential-module", "joint_lora": "domix-joint-module", "ncl_full": "domix-ncl-full-model"}
 # A full model's manifest has its own name, so load_store never takes the folder for a LoRA module.
 MODEL_MANIFEST_NAME = "domix_model.json"
@@ -79,7 +82,7 @@ class Baseline:
 
     @property
     def folder(self) -> Path:
-        return self.out / FOLDERS[self.cfg.method]
+        return self.out / stage1(self.cfg.method).output
 
     @property
     def checkpoints(self) -> Path:
@@ -87,7 +90,7 @@ class Baseline:
 
 
 def manifest_name(method: str) -> str:
-    return MODEL_MANIFEST_NAME if method == "ncl_full" else MANIFEST_NAME
+    return MODEL_MANIFEST_NAME if stage1(method).gives_model else MANIFEST_NAME
 
 
 def pretrain_baseline(cfg: PretrainConfig, overwrite: bool = False, on_step: StepHook | None = None) -> dict[str, dict]:
@@ -95,7 +98,7 @@ def pretrain_baseline(cfg: PretrainConfig, overwrite: bool = False, on_step: Ste
     cfg.validate()
     require_one_process(cfg.method, "trains one model over all the domains")
     out = Path(cfg.out)
-    folder_name = FOLDERS[cfg.method]
+    folder_name = stage1(cfg.method).output
     previous = check_out(out, cfg.to_dict(), PretrainConfig.RESUME_FREE, overwrite)
     resuming = previous is not None and not overwrite
     corpora = {name: read_corpus(name, path) for name, path in cfg.domains.items()}
@@ -158,7 +161,7 @@ def _train_lora(s: Baseline, phases: list[Phase], on_step: StepHook | None) -> d
     from peft import get_peft_model
 
     torch.manual_seed(s.cfg.seed)  # LoRA A's Kaiming init, as a domix module's
-    model = get_peft_model(s.base.model, _lora_config(s.base, s.cfg, s.target_modules))
+    model = get_peft_model(s.base.model, lora_config(s.base, s.cfg, s.target_modules))
     try:
         manifest = _train_phases(s, model, phases, on_step)
         cfg = s.cfg
@@ -213,27 +216,27 @@ def _train_phases(s: Baseline, model: nn.Module, phases: list[Phase], on_step: S
     """Train ``model`` through ``phases`` (resuming where a previous session stopped); the manifest."""
     started = time.perf_counter()
     before = _heldout_losses(s, model)  # deterministic, so a resumed run measures the same
-    params = _trainable(model)
+    params = trainable(model)
     records, wall_before = _restore_phase_state(s, params)
     for i, phase in enumerate(phases):
-        checkpoint = s.checkpoints / f"{s.folder.name}-{i + 1}-{phase.name}.pt"
+        step_file = s.checkpoints / f"{s.folder.name}-{i + 1}-{phase.name}.pt"
         if i < len(records):
             print(f"domix: phase {i + 1} ({phase.name!r}) already finished, kept")
-            checkpoint.unlink(missing_ok=True)  # left behind if the last session stopped right after the phase
+            step_file.unlink(missing_ok=True)  # left behind if the last session stopped right after the phase
             continue
         print(f"domix: phase {i + 1} of {len(phases)}: {phase.name!r}, {len(phase.train)} training sequences of {s.cfg.seq_len} tokens")
-        result = _train_phase(s, model, phase, checkpoint, on_step)
+        result = _train_phase(s, model, phase, step_file, on_step)
         records.append(_phase_record(phase, result, _heldout_losses(s, model)))
-        atomic.torch_save(_phase_state_file(s), {
+        checkpoint.write(_phase_state_file(s), {
             "phases": records, "params": {n: p.detach().cpu() for n, p in params.items()},
             "wall_time_s": wall_before + time.perf_counter() - started,
         })
-        checkpoint.unlink(missing_ok=True)  # the phase state now holds this phase's end
+        step_file.unlink(missing_ok=True)  # the phase state now holds this phase's end
     return _manifest(s, records, before, wall_before + time.perf_counter() - started)
 
 
 def _train_phase(s: Baseline, model: nn.Module, phase: Phase, checkpoint: Path, on_step: StepHook | None) -> TrainResult:
-    writer = _tensorboard(s.out / "tensorboard" / s.folder.name / phase.name)
+    writer = tensorboard(s.out / "tensorboard" / s.folder.name / phase.name)
     try:
         return train_domain(model, phase.name, phase.train, s.base.objective, s.base.tokenizer, phase.cfg, s.device,
                             checkpoint, on_step, writer)
@@ -259,7 +262,7 @@ def _restore_phase_state(s: Baseline, params: dict[str, nn.Parameter]) -> tuple[
     state_file = _phase_state_file(s)
     if not state_file.exists():
         return [], 0.0
-    state = torch.load(state_file, map_location="cpu", weights_only=False)
+    state = checkpoint.read(state_file)
     with torch.no_grad():
         for name, value in state["params"].items():
             params[name].copy_(value)

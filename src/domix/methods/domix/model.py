@@ -5,15 +5,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from domix.bridge.config import BridgeConfig
-from domix.bridge.layer import BridgedLinear
+from domix.methods.domix.config import BridgeConfig
+from domix.methods.domix.layer import BridgedLinear
+from domix.base_model import set_submodule
 from domix.errors import DomixError
 from domix.store import DomainModule
-
-
-def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
 
 
 BRIDGE_PARTS = ("lora_A", "lora_B", "bridge", "scales")  # what a saved task model keeps of each bridged layer

@@ -16,12 +16,12 @@ import torch
 from torch import nn
 
 from domix import atomic
-from domix.base_model import find_blocks
-from domix.bridge.model import set_submodule
+from domix.base_model import find_blocks, set_submodule
+from domix.engine.predict import predict
 from domix.errors import DomixError
-from domix.mixda.config import KIND, REDUCTION, WEIGHTS_FILE, bottleneck, choose_layers
-from domix.mixda.layer import BottleneckAdapter, DomainAdapterLinear, MaskContext, MixtureOfAdapters, Segments, adapter_dtype
-from domix.runfolder import RUN_FILE
+from domix.methods.mixda.config import KIND, REDUCTION, WEIGHTS_FILE, bottleneck, choose_layers
+from domix.methods.mixda.layer import BottleneckAdapter, DomainAdapterLinear, MaskContext, MixtureOfAdapters, Segments, adapter_dtype
+from domix.engine.runfolder import RUN_FILE
 from domix.store import MANIFEST_NAME
 
 
@@ -269,8 +269,6 @@ def recording_gates(model: nn.Module, labels: list[str]):
 
 def task_record(model: nn.Module, adapters: list[DomainAdapters], cfg, rows, pad_id: int, device) -> dict:
     """What a MixDA run adds to result.json: the adapters, the mixture layers and the test set's mean gate weights."""
-    from domix.finetune.run import predict
-
     with recording_gates(model, [a.name for a in adapters]) as gate_weights:
         predict(model, rows, pad_id, cfg.batch_size, device)
     return {

@@ -1,0 +1,325 @@
+"""The training engine: the single-model loop, and what every loop shares (seeds, guards, progress).
+
+Every step is a pure function of (seed, step, weights, optimizer state): the data order comes from a
+per-epoch permutation, masks and dropout from a per-step seed. So a run that resumes from a
+checkpoint ends with exactly the weights an uninterrupted run makes.
+
+Every loop takes its steps through :func:`update`, so every method gets the same guards: a non-finite
+loss or gradient stops the run with one message and keeps the last checkpoint; gradients are
+clipped; with several processes the gradients are summed first. :func:`train` is the loop of one
+model (a domain module, a baseline's phase, MoDE's experts, a task model, an instruction-tuned LM);
+``engine.fused.train_domains`` is the loop of several domains trained at once over one base.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from domix.base_model import set_gradient_checkpointing
+from domix.batches import IGNORE_INDEX, lm_batch, lm_loss
+from domix.engine import checkpoint
+from domix.engine.distributed import DataParallel
+from domix.errors import DomixError
+
+# Called after every step with (the domain or task training, steps done, loss, model); tests use it to look inside.
+StepHook = Callable[[str, int, float, nn.Module], None]
+
+
+@dataclass
+class TrainResult:
+    """A loop's progress, kept in its checkpoints."""
+
+    steps: int = 0
+    tokens_seen: int = 0
+    losses: list[float] = field(default_factory=list)  # one per step
+    train_seconds: float = 0.0
+    extra: dict = field(default_factory=dict)  # what a recipe tracks besides: dev history, the best epoch and its weights
+
+
+@dataclass
+class Loop:
+    """How :func:`train` runs: what it trains (for messages), how long, and its guards' settings."""
+
+    label: str
+    total: int
+    seed: int
+    lr: float
+    max_grad_norm: float
+    checkpoint_every: int
+    gradient_checkpointing: bool = False
+
+
+def trainable(model: nn.Module) -> dict[str, nn.Parameter]:
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
+def non_finite(what: str, step: int, label: str, checkpoint_path: Path, lr: float) -> DomixError:
+    """The one error of every loop when a loss or gradient is NaN or infinite."""
+    kept = f"the last good checkpoint is kept at {checkpoint_path}" if Path(checkpoint_path).exists() else "no checkpoint was written yet"
+    return DomixError(f"non-finite {what} at step {step} of {label}; training stopped and {kept}. Lower --lr (now {lr:g}), "
+                      "or use --dtype float32 if the model runs in float16, then rerun")
+
+
+def update(loss: torch.Tensor, params: list[nn.Parameter], optimizer, scheduler, loop: Loop, step: int,
+           checkpoint_path: Path, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None, backward: bool = True) -> None:
+    """One guarded optimizer step on ``loss`` (``backward=False``: its gradients are already there).
+
+    With ``reduce`` (several processes sharing each batch), each gradient is summed over them first.
+    """
+    if not torch.isfinite(loss):
+        raise non_finite("loss", step + 1, loop.label, checkpoint_path, loop.lr)
+    if backward:
+        loss.backward()
+    if reduce is not None:
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            reduce(p.grad)
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, loop.max_grad_norm)
+    if not torch.isfinite(grad_norm):
+        raise non_finite("gradient", step + 1, loop.label, checkpoint_path, loop.lr)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def train(
+    model: nn.Module,
+    optimizer,
+    scheduler,
+    loop: Loop,
+    step_loss: Callable[[int], tuple[torch.Tensor, int]],
+    checkpoint_path: Path,
+    on_step: StepHook | None = None,
+    writer=None,
+    after_step: Callable[[TrainResult], bool] | None = None,
+    fresh: Callable[[], TrainResult] = TrainResult,
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    saves: bool = True,
+) -> TrainResult:
+    """Train the trainable parameters of ``model`` for ``loop.total`` steps, resuming from a checkpoint.
+
+    ``step_loss(step)`` returns the step's loss (the model run on its batch) and its token count.
+    ``after_step(progress)`` runs after each step (a dev evaluation at an epoch's end) and returns
+    whether to checkpoint now; otherwise a checkpoint is written every ``loop.checkpoint_every``
+    steps. ``fresh()`` makes the progress of a run with no checkpoint yet. ``saves=False``: another
+    process of the group writes the checkpoints.
+    """
+    params = trainable(model)
+    result = checkpoint.restore(checkpoint_path, params, optimizer, scheduler)
+    if isinstance(result, dict):  # written by an earlier version, whose task loops kept their progress as a dict
+        result = TrainResult(steps=result.pop("steps"), losses=result.pop("losses"), train_seconds=result.pop("train_seconds"), extra=result)
+    if result is None:
+        result = fresh()
+    else:
+        print(f"domix: resuming {loop.label} from step {result.steps} ({checkpoint_path})")
+    trained = list(params.values())
+    with checkpointed(model, loop.gradient_checkpointing):
+        model.train()
+        bar = tqdm(total=loop.total, initial=result.steps, desc=loop.label, unit="step", dynamic_ncols=True, disable=None, mininterval=1.0)
+        session_start, session_tokens = time.perf_counter(), 0
+        while result.steps < loop.total:
+            step = result.steps
+            torch.manual_seed(step_seed(loop.seed, step))  # dropout
+            t0 = time.perf_counter()
+            loss, tokens = step_loss(step)
+            update(loss, trained, optimizer, scheduler, loop, step, checkpoint_path, reduce)
+            if reduce is not None:
+                loss = reduce(loss.detach())  # the whole batch's loss
+            if loss.device.type == "cuda":
+                torch.cuda.synchronize(loss.device)
+            result.steps += 1
+            result.tokens_seen += tokens
+            loss_value = loss.item()
+            result.losses.append(loss_value)
+            result.train_seconds += time.perf_counter() - t0
+            session_tokens += tokens
+            tokens_per_s = session_tokens / max(time.perf_counter() - session_start, 1e-9)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{tokens_per_s:,.0f}")
+            if writer is not None:
+                writer.add_scalar("train/loss", loss_value, result.steps)
+                writer.add_scalar("train/lr", scheduler.get_last_lr()[0], result.steps)
+                writer.add_scalar("train/tokens_per_s", tokens_per_s, result.steps)
+            due = after_step(result) if after_step is not None else False
+            if saves and (due or result.steps % loop.checkpoint_every == 0 and result.steps < loop.total):
+                checkpoint.save(checkpoint_path, params, optimizer, scheduler, result)
+            if on_step is not None:
+                on_step(loop.label, result.steps, loss_value, model)
+        bar.close()
+    return result
+
+
+def train_domain(
+    model: nn.Module,
+    domain: str,
+    train_blocks: torch.Tensor,
+    objective: str,
+    tokenizer,
+    cfg,
+    device: torch.device,
+    checkpoint_path: Path,
+    on_step: StepHook | None = None,
+    writer=None,
+    dp: DataParallel | None = None,
+) -> TrainResult:
+    """Train the trainable parameters of ``model`` on one domain's blocks with the language-model loss
+    (``cfg``: a PretrainConfig), resuming from a checkpoint.
+
+    With ``dp``, this process takes its slice of every batch; the loss is normalised by the
+    whole batch's token count and gradients are summed over the group, so every process of
+    the group takes the step a single process would.
+    """
+    from transformers import get_linear_schedule_with_warmup
+
+    params = trainable(model)
+    optimizer = torch.optim.AdamW(params.values(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    n_steps = total_steps(cfg, train_blocks.shape[0])
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * n_steps), n_steps)
+
+    def step_loss(step: int) -> tuple[torch.Tensor, int]:
+        blocks = train_blocks[batch_rows(train_blocks.shape[0], cfg.batch_size, cfg.seed, step)]
+        batch = lm_batch(blocks, objective, tokenizer, torch.Generator().manual_seed(step_seed(cfg.seed, step)), cfg.mlm_probability)
+        if dp is None:
+            return model(**{k: v.to(device) for k, v in batch.items()}).loss, blocks.numel()
+        return _slice_loss(model, batch, objective, dp, device), blocks.numel()
+
+    loop = Loop(f"domain {domain!r}", n_steps, cfg.seed, cfg.lr, cfg.max_grad_norm, cfg.checkpoint_every, cfg.gradient_checkpointing)
+    return train(model, optimizer, scheduler, loop, step_loss, checkpoint_path, on_step=_as_domain_hook(on_step, domain),
+                 writer=writer, reduce=dp.all_reduce_ if dp is not None else None, saves=dp is None or dp.is_leader)
+
+
+def _as_domain_hook(on_step: StepHook | None, domain: str) -> StepHook | None:
+    """Report the domain's name (not the loop's label) to a pre-training hook."""
+    if on_step is None:
+        return None
+    return lambda _label, steps, loss, model: on_step(domain, steps, loss, model)
+
+
+def step_seed(seed: int, step: int) -> int:
+    return (seed * 1_000_003 + step) % (2**63)
+
+
+def domain_seed(seed: int, domain: str) -> int:
+    """The seed of ``domain``'s initial weights, derived from (run seed, domain name).
+
+    Each domain's module must hold its own subspace: seeded alike, every domain's A would start (and,
+    after a short pre-training, stay) nearly equal, and a composition of them would span one domain's
+    rank. Derived from the name, not the domain's position, so a domain starts the same alone, fused
+    with others, in any order, or on another process.
+    """
+    digest = hashlib.sha256(f"domix-init:{seed}:{domain}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") % (2**63)
+
+
+def total_steps(cfg, n_train: int) -> int:
+    return cfg.steps if cfg.steps is not None else cfg.epochs * math.ceil(n_train / cfg.batch_size)
+
+
+def batch_rows(n_train: int, batch_size: int, seed: int, step: int) -> torch.Tensor:
+    """Indices of the training blocks in ``step``'s batch: a fresh shuffle every epoch."""
+    per_epoch = math.ceil(n_train / batch_size)
+    epoch, i = divmod(step, per_epoch)
+    perm = torch.randperm(n_train, generator=torch.Generator().manual_seed(step_seed(seed, -1 - epoch)))
+    return perm[i * batch_size : (i + 1) * batch_size]
+
+
+def predicted_tokens(labels: torch.Tensor, objective: str) -> int:
+    if objective == "clm":
+        labels = labels[:, 1:]  # the model shifts: the first token is never predicted
+    return int((labels != IGNORE_INDEX).sum())
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, blocks: torch.Tensor, objective: str, tokenizer, cfg, device) -> float:
+    """Mean loss per predicted token over ``blocks``, with fixed masks (same before and after)."""
+    was_training = model.training
+    model.eval()
+    generator = torch.Generator().manual_seed(step_seed(cfg.seed, -(10**6)))
+    total, count = 0.0, 0
+    for start in range(0, blocks.shape[0], cfg.batch_size):
+        batch = lm_batch(blocks[start : start + cfg.batch_size], objective, tokenizer, generator, cfg.mlm_probability)
+        n = predicted_tokens(batch["labels"], objective)
+        loss = model(**{k: v.to(device) for k, v in batch.items()}).loss
+        total += float(loss) * n
+        count += n
+    model.train(was_training)
+    return total / max(count, 1)
+
+
+@contextmanager
+def checkpointed(model: nn.Module, enabled: bool, segments=None) -> Iterator[None]:
+    """Activation checkpointing while training (--gradient-checkpointing): each block's activations
+    are recomputed in backward instead of kept, for far less memory and about a third more compute.
+    Random state is replayed in the recomputation, so the trained weights do not change.
+
+    ``segments`` (an ``engine.fused.RowSegments``): the rows-to-domains map that fused layers read.
+    A step may run the model more than once with different maps (MixDA: the domain batch, then the
+    general text), so each block's recomputation gets back the map it first ran with."""
+    if not enabled:
+        yield
+        return
+    target = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not getattr(target, "supports_gradient_checkpointing", False):
+        raise DomixError(f"{type(target).__name__} does not support gradient checkpointing; drop --gradient-checkpointing")
+    set_gradient_checkpointing(target, True, context_fn=_replaying(segments) if segments is not None else None)
+    use_cache = getattr(target.config, "use_cache", None)
+    target.config.use_cache = False  # a cache is of no use in training, and recomputation would fill it twice
+    try:
+        yield
+    finally:
+        set_gradient_checkpointing(target, False)
+        target.config.use_cache = use_cache
+
+
+def _replaying(segments):
+    """A ``torch.utils.checkpoint`` context_fn: the recomputation of a block sees the spans its forward saw."""
+    from contextlib import nullcontext
+
+    @contextmanager
+    def restore(spans):
+        now = segments.spans
+        segments.spans = spans
+        try:
+            yield
+        finally:
+            segments.spans = now
+
+    return lambda: (nullcontext(), restore(list(segments.spans)))
+
+
+def my_rows(rows: list, dp: DataParallel | None) -> list:
+    """This process's slice of a batch's rows (all of them in a single process)."""
+    return rows if dp is None else rows[dp.index :: dp.size]
+
+
+def share(loss: torch.Tensor, mine: int, total: int) -> torch.Tensor:
+    """A mean loss over this process's ``mine`` items as its part of the mean over the batch's ``total``:
+    summed over the processes, the parts make the whole batch's mean."""
+    return loss * (mine / max(total, 1))
+
+
+def no_rows(model: nn.Module) -> torch.Tensor:
+    """The loss part of a process left without rows (a short last batch): zero, and zero gradients."""
+    return sum(p.sum() * 0.0 for p in model.parameters() if p.requires_grad)
+
+
+def _slice_loss(model: nn.Module, batch: dict[str, torch.Tensor], objective: str, dp: DataParallel, device) -> torch.Tensor:
+    """This process's share of the batch loss: its rows' token losses over the batch's token count."""
+    count = predicted_tokens(batch["labels"], objective)
+    ids, labels = batch["input_ids"][dp.index :: dp.size], batch["labels"][dp.index :: dp.size]
+    if ids.shape[0] == 0:  # a short last batch can leave a process without rows
+        return torch.zeros((), device=device, requires_grad=True)
+    logits = model(input_ids=ids.to(device)).logits
+    return lm_loss(logits, labels, objective, reduction="sum") / max(count, 1)
+

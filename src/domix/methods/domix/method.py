@@ -1,0 +1,73 @@
+"""DoMIX stage 2 (docs/methods.md §1): the domain modules concatenated, a bridge P between them.
+
+``domix`` trains P (in its own optimizer group, with its own learning rate and weight decay, as
+the published code does), B_cat and the head. ``domix_fixed`` keeps P frozen at its initial value,
+and ``cat`` keeps it frozen at the identity: PEFT's ``add_weighted_adapter(..., combination_type="cat")``
+with weights 1. Comparing the three shows what training the bridge buys.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from domix.methods.base import WEIGHTS_FILE, TaskMethod, head_groups, load_head, save_head_tensors
+from domix.methods.domix.config import BridgeConfig
+from domix.methods.domix.model import bridge_tensors, bridge_usage, bridged_layers, compose, fold, restore_bridges
+from domix.store import DomainModule, shared_initialisation
+
+
+class Bridge(TaskMethod):
+    bridge_trains = True
+
+    def p_init(self, cfg):
+        return cfg.p_init
+
+    def build(self, model: nn.Module, head: list[str], modules: list[DomainModule], cfg) -> tuple[nn.Module, list[dict]]:
+        warning = shared_initialisation(modules)
+        if warning:
+            print(warning)
+        compose(model, modules, BridgeConfig(self.p_init(cfg), cfg.p_lr, cfg.p_weight_decay))
+        layers = bridged_layers(model).values()
+        rest = head_groups(model, head, cfg, [m.lora_B for m in layers])
+        if not self.bridge_trains:
+            for m in layers:
+                m.bridge.requires_grad_(False)
+            return model, [rest]
+        return model, [{"params": [m.bridge for m in layers], "lr": cfg.p_lr or cfg.lr, "weight_decay": cfg.p_weight_decay}, rest]
+
+    def bridge_record(self, cfg) -> dict | None:
+        return {"p_init": cfg.p_init, "p_lr": cfg.p_lr, "p_weight_decay": cfg.p_weight_decay, "trained": self.bridge_trains}
+
+    def record(self, model: nn.Module, pieces: list, cfg, probe=None) -> dict:
+        return {**super().record(model, pieces, cfg, probe), "layers": sorted(bridged_layers(model)),
+                "bridge": self.bridge_record(cfg), "bridge_usage": bridge_usage(model)}
+
+    def save(self, model: nn.Module, record: dict, folder: Path) -> None:
+        save_head_tensors(model, record["head"], bridge_tensors(model), folder, WEIGHTS_FILE)
+
+    def load(self, model: nn.Module, record: dict, folder: Path) -> nn.Module:
+        from safetensors.torch import load_file
+
+        tensors = load_file(str(folder / WEIGHTS_FILE))
+        restore_bridges(model, tensors, record["layers"])
+        load_head(model, record["head"], tensors)
+        return model
+
+    def plain(self, model: nn.Module, record: dict) -> nn.Module:
+        return fold(model)  # W' = W + B_cat diag(s) P A_cat
+
+
+class FixedBridge(Bridge):
+    bridge_trains = False
+
+
+class Cat(Bridge):
+    bridge_trains = False
+
+    def p_init(self, cfg):
+        return "identity"
+
+    def bridge_record(self, cfg) -> dict | None:
+        return None

@@ -1,0 +1,232 @@
+"""DoMIX stage 1: one PEFT LoRA module per domain over a frozen base (``domix pretrain --method domix``).
+
+The output folder (the module store) holds ``run.json`` (settings and status), one subfolder per
+finished domain (a plain PEFT adapter plus ``domix_manifest.json``), and ``checkpoints/`` while a
+domain is in progress. Several domains train fused in one pass over the base (``fused.py``), or
+one after another, or spread over processes (``engine.distributed``); each domain's initial
+weights come from its own seed (``engine.loop.domain_seed``), so the module is the same either way.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from domix import atomic
+from domix.base_model import (
+    BaseModel,
+    head_module_name,
+    load_base_model,
+    load_tokenizer,
+    resolve_target_modules,
+    weights_fingerprint,
+)
+from domix.corpus import read_corpus
+from domix.engine.data import DomainData
+from domix.engine.distributed import DataParallel, process_group
+from domix.engine.logs import format_summary, log_heldout, tensorboard
+from domix.engine.loop import StepHook, TrainResult, domain_seed, evaluate, train_domain
+from domix.engine.runfolder import RUN_FILE, check_corpora_unchanged, check_out, clear
+from domix.errors import DomixError
+from domix.methods.domix.fused import train_fused
+from domix.metrics import downsample_curve
+from domix.pretrain.config import PretrainConfig
+from domix.store import MANIFEST_NAME, versions
+from domix.system import DTYPES, peak_memory_mb, reset_peak_memory, resolve_device
+
+
+def pretrain_modules(cfg: PretrainConfig, overwrite: bool = False, on_step: StepHook | None = None) -> dict[str, dict]:
+    """Train one LoRA module per domain of ``cfg``; returns each domain's manifest."""
+    out = Path(cfg.out)
+    previous = check_out(out, cfg.to_dict(), PretrainConfig.RESUME_FREE, overwrite)
+    corpora = {name: read_corpus(name, path) for name, path in cfg.domains.items()}
+    fingerprints = {name: c.fingerprint for name, c in corpora.items()}
+    resuming = previous is not None and not overwrite
+    if resuming:
+        check_corpora_unchanged(previous.get("corpora", {}), fingerprints)
+    tokenizer, objective = load_tokenizer(cfg.model, cfg.objective)
+    pending = [n for n in corpora if not (resuming and (out / n / MANIFEST_NAME).exists())]
+    # all data is checked before the (possibly large) model is loaded
+    data = {name: DomainData.build(corpora[name], tokenizer, objective, cfg) for name in pending}
+    ranks = process_group()
+    device = resolve_device(cfg.device)
+    if device.type == "cuda" and ranks.world > 1:
+        device = torch.device("cuda", ranks.local_rank)
+    base = load_base_model(cfg.model, objective, DTYPES[cfg.dtype], tokenizer)
+    base.model.to(device)
+    fingerprint = weights_fingerprint(base.model)
+    target_modules, matched = resolve_target_modules(base.model, cfg.target_modules)
+    if resuming and previous.get("base_fingerprint") != fingerprint:
+        raise DomixError(f"the weights of base model {cfg.model} changed since this unfinished run began; "
+                         "use the same model, or pass --overwrite to start over")
+    run_file = out / RUN_FILE
+    run = {"status": "running", "method": cfg.method, "config": cfg.to_dict(), "base_fingerprint": fingerprint,
+           "corpora": fingerprints, "domains": list(cfg.domains)}
+    ranks.barrier()  # every process has checked the folder and the inputs
+    if ranks.is_main:
+        if previous is not None and overwrite:
+            clear(out)
+        atomic.write_json(run_file, run)
+        print(f"domix: base {cfg.model} ({objective}, fingerprint {fingerprint}); LoRA r={cfg.rank} on {len(matched)} layers")
+        for name in corpora:
+            if name not in data:
+                print(f"domix: domain {name!r} already finished, kept")
+    ranks.barrier()
+
+    names, dp = ranks.share(list(data))
+    mine = {name: data[name] for name in names}
+    if ranks.world > 1:
+        shared = f", data-parallel with {dp.size - 1} other process(es)" if dp else ""
+        print(f"domix: process {ranks.rank} of {ranks.world} trains {list(mine) or 'nothing'}{shared}")
+    if cfg.fused and len(mine) > 1 and not cfg.train_head:
+        _pretrain_fused(base, mine, cfg, target_modules, fingerprint, out, device, on_step)
+    else:
+        for name in mine:
+            _pretrain_domain(base, mine[name], cfg, target_modules, fingerprint, out, device, on_step, dp)
+    ranks.barrier()
+    manifests = {name: atomic.read_json(out / name / MANIFEST_NAME) for name in corpora}
+    if not ranks.is_main:
+        return manifests
+
+    run["status"] = "finished"
+    run["summary"] = {n: {k: m["heldout"][k] for k in ("loss_before", "loss_after")} for n, m in manifests.items()}
+    atomic.write_json(run_file, run)
+    print(format_summary(manifests))
+    return manifests
+
+
+def lora_config(base: BaseModel, cfg: PretrainConfig, target_modules):
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=cfg.rank,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=target_modules,
+        modules_to_save=[head_module_name(base.model)] if cfg.train_head else None,
+        bias="none",
+    )
+
+
+def _manifest(base: BaseModel, data: DomainData, cfg: PretrainConfig, target_modules, fingerprint: str, device,
+              result: TrainResult, loss_before: float | None, loss_after: float | None, started: float, fused_with: list[str]) -> dict:
+    corpus, heldout = data.corpus, data.heldout
+    return {
+        "name": corpus.name,
+        "kind": "domix-domain-module",
+        "corpus": {"path": corpus.path, "fingerprint": corpus.fingerprint, "passages": len(corpus.passages), "tokens": data.tokens},
+        "base_model": {"name": cfg.model, "fingerprint": fingerprint, "model_type": base.model.config.model_type},
+        "objective": base.objective,
+        "lora": {"r": cfg.rank, "alpha": cfg.alpha, "dropout": cfg.dropout, "target_modules": target_modules, "train_head": cfg.train_head},
+        "training": {
+            "steps": result.steps, "tokens_seen": result.tokens_seen, "batch_size": cfg.batch_size,
+            "seq_len": cfg.seq_len, "lr": cfg.lr, "warmup_ratio": cfg.warmup_ratio, "seed": cfg.seed,
+            "init_seed": domain_seed(cfg.seed, corpus.name),  # the domain's own initialisation (pretrain.loop.domain_seed)
+            "dtype": cfg.dtype, "device": str(device), "fused_with": fused_with,
+            "loss_curve": downsample_curve(result.losses, 200),
+        },
+        "heldout": {"sequences": len(heldout), "tokens": int(heldout.numel()), "loss_before": loss_before, "loss_after": loss_after},
+        "wall_time_s": round(time.perf_counter() - started, 2),
+        "train_time_s": round(result.train_seconds, 2),
+        "peak_memory_mb": peak_memory_mb(device),
+        "versions": versions(),
+    }
+
+
+def _pretrain_domain(
+    base: BaseModel, data: DomainData, cfg: PretrainConfig, target_modules, fingerprint: str,
+    out: Path, device: torch.device, on_step: StepHook | None, dp: DataParallel | None = None,
+) -> None:
+    from peft import get_peft_model
+
+    started = time.perf_counter()
+    reset_peak_memory(device)
+    corpus, train, heldout = data.corpus, data.train, data.heldout
+    torch.manual_seed(domain_seed(cfg.seed, corpus.name))  # LoRA A's Kaiming init: the domain's own
+    model = get_peft_model(base.model, lora_config(base, cfg, target_modules))
+    checkpoint = out / "checkpoints" / f"{corpus.name}.pt"
+    writer = tensorboard(out / "tensorboard" / corpus.name)
+    try:
+        loss_before = evaluate(model, heldout, base.objective, base.tokenizer, cfg, device) if len(heldout) else None
+        print(f"domix: domain {corpus.name!r}: {len(train)} training and {len(heldout)} held-out sequences of {cfg.seq_len} tokens")
+        result = train_domain(model, corpus.name, train, base.objective, base.tokenizer, cfg, device, checkpoint, on_step, writer, dp)
+        loss_after = evaluate(model, heldout, base.objective, base.tokenizer, cfg, device) if len(heldout) else None
+        manifest = _manifest(base, data, cfg, target_modules, fingerprint, device, result, loss_before, loss_after, started, [])
+        if dp is not None:
+            manifest["training"]["data_parallel_processes"] = dp.size
+
+        def fill(tmp: Path) -> None:
+            model.save_pretrained(tmp)
+            atomic.write_json(tmp / MANIFEST_NAME, manifest)
+
+        if dp is None or dp.is_leader:
+            atomic.replace_dir(out / corpus.name, fill)
+            checkpoint.unlink(missing_ok=True)
+    finally:
+        if writer is not None:
+            writer.close()
+        base.model = model.unload()  # the base without LoRA layers, weights untouched
+    log_heldout(out, corpus.name, result.steps, loss_before, loss_after)
+
+
+def _initial_pairs(base: BaseModel, cfg: PretrainConfig, target_modules, domain: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """The LoRA pairs PEFT initialises for ``domain``: fused training starts where a separate run would."""
+    from peft import get_peft_model
+    from peft.tuners.lora import LoraLayer
+
+    torch.manual_seed(domain_seed(cfg.seed, domain))
+    model = get_peft_model(base.model, lora_config(base, cfg, target_modules))
+    pairs = {name.removeprefix("base_model.model."): (m.lora_A["default"].weight.detach().clone(), m.lora_B["default"].weight.detach().clone())
+             for name, m in model.named_modules() if isinstance(m, LoraLayer)}
+    base.model = model.unload()
+    return pairs
+
+
+def _write_module(folder: Path, lora_config, base: BaseModel, base_name: str, pairs: dict[str, tuple[torch.Tensor, torch.Tensor]],
+                  manifest: dict) -> None:
+    """Write a domain module as a PEFT adapter folder (the format PeftModel.save_pretrained writes)."""
+    from safetensors.torch import save_file
+
+    lora_config.base_model_name_or_path = base_name
+    lora_config.inference_mode = True
+    tensors = {}
+    for layer, (A, B) in pairs.items():
+        tensors[f"base_model.model.{layer}.lora_A.weight"] = A.contiguous()
+        tensors[f"base_model.model.{layer}.lora_B.weight"] = B.contiguous()
+
+    def fill(tmp: Path) -> None:
+        # as PeftModel.save_pretrained records it for a model without a task type
+        auto_mapping = {"base_model_class": type(base.model).__name__, "parent_library": type(base.model).__module__}
+        lora_config.save_pretrained(tmp, auto_mapping_dict=auto_mapping)
+        save_file(tensors, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
+        atomic.write_json(tmp / MANIFEST_NAME, manifest)
+
+    atomic.replace_dir(folder, fill)
+
+
+def _pretrain_fused(
+    base: BaseModel, data: dict[str, DomainData], cfg: PretrainConfig, target_modules, fingerprint: str,
+    out: Path, device: torch.device, on_step: StepHook | None,
+) -> None:
+    started = time.perf_counter()
+    reset_peak_memory(device)
+    names = list(data)
+    initial = {n: _initial_pairs(base, cfg, target_modules, n) for n in names}
+    before = {}
+    for n in names:
+        heldout = data[n].heldout
+        before[n] = evaluate(base.model, heldout, base.objective, base.tokenizer, cfg, device) if len(heldout) else None
+        print(f"domix: domain {n!r}: {len(data[n].train)} training and {len(heldout)} held-out sequences of {cfg.seq_len} tokens")
+    print(f"domix: training {len(names)} domains fused in one pass over the base")
+    checkpoint = out / "checkpoints" / f"fused-{'+'.join(names)}.pt"
+
+    def done(name: str, pairs, result: TrainResult, after: float | None) -> None:
+        manifest = _manifest(base, data[name], cfg, target_modules, fingerprint, device, result, before[name], after, started, names)
+        _write_module(out / name, lora_config(base, cfg, target_modules), base, cfg.model, pairs, manifest)
+        log_heldout(out, name, result.steps, before[name], after)
+
+    train_fused(base.model, initial, {n: data[n].train for n in names}, {n: data[n].heldout for n in names},
+                base.objective, base.tokenizer, cfg, device, checkpoint, done, on_step)
+    checkpoint.unlink(missing_ok=True)

@@ -1,0 +1,1 @@
+"""LoRA, LoRA-FA and DoRA through PEFT: the parameter-efficient baselines (docs/methods.md §4)."""

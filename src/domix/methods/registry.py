@@ -1,0 +1,145 @@
+"""The one place that maps a method's name to its implementation.
+
+- Stage 1 (``domix pretrain --method NAME``): a trainer, ``(cfg, overwrite, on_step) -> manifests``,
+  that writes a store: one piece per domain (LoRA modules, MixDA adapters, MoDE experts) or one
+  model for all the domains (the baselines).
+- Stage 2 (``domix finetune`` and ``domix instruct --method NAME``): a :class:`~domix.methods.base.TaskMethod`
+  that builds the task model, records, saves, reloads and exports it.
+- Comparison rows (``domix compare``): a stage-2 method on what a stage-1 method wrote.
+
+An entry holds what the command line, the settings checks and the comparison planner need, so
+none of them imports torch (``domix --help`` stays fast); the implementation is imported on
+first use. Adding a method means one folder under ``domix/methods/`` and one line here; nothing
+outside this file compares method names.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+from domix.errors import DomixError
+
+
+def _import(target: str):
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+@dataclass(frozen=True)
+class Stage1:
+    """A pre-training method (``domix pretrain --method``)."""
+
+    trainer: str  # "module:function"
+    help: str
+    output: str | None = None  # the folder inside the store that fine-tuning starts from (None: one piece per domain)
+    gives_model: bool = False  # that output is a whole model (finetune --model), not a LoRA module (--modules)
+    ordered: bool = False  # what it writes depends on the order of the domains
+    needs_general: bool = False  # it also trains on general-domain text (--general)
+
+    def trainer_function(self):
+        return _import(self.trainer)
+
+
+@dataclass(frozen=True)
+class Stage2:
+    """A task method (``domix finetune`` / ``domix instruct --method``)."""
+
+    composer: str  # "module:Class", a methods.base.TaskMethod
+    help: str
+    store: str | None = None  # the stage-1 method whose store --modules must hold ...
+    pieces: str = "domain modules"  # ... and what it calls its pieces, for messages
+    modules_required: bool = False  # False: --modules is optional (a rank and layers, or --init-module)
+    lora_rank: bool = False  # a fresh adapter of --lora-rank (default: the modules' total rank)
+    init_module: bool = False  # may start from one module of --modules (--init-module)
+    instruct: bool = False  # offered by domix instruct (causal LMs) too
+
+    def composer_class(self):
+        return _import(self.composer)
+
+
+@dataclass(frozen=True)
+class Row:
+    """A row of ``domix compare``: a task method, the pre-training it needs, where it starts."""
+
+    finetune: str  # a STAGE2 name
+    pretrain: str | None = None  # a STAGE1 name whose output it uses (None: from the base)
+    init: str | None = None  # lora/dora start from "task_domain" (the task's own module) or the stage-1 output
+    ordered: bool = False  # its result may depend on the domain order, so it runs once per order
+
+
+STAGE1: dict[str, Stage1] = {
+    "domix": Stage1("domix.methods.domix.pretrain:pretrain_modules", "one LoRA module per domain"),
+    "ncl_lora": Stage1("domix.methods.baselines.pretrain:pretrain_baseline",
+                       "one LoRA trained on the domains in --domain order (OUT/ncl/)", output="ncl", ordered=True),
+    "joint_lora": Stage1("domix.methods.baselines.pretrain:pretrain_baseline",
+                         "one LoRA on the domains mixed (OUT/joint/)", output="joint"),
+    "ncl_full": Stage1("domix.methods.baselines.pretrain:pretrain_baseline",
+                       "the whole model in --domain order (OUT/ncl-full/)", output="ncl-full", gives_model=True, ordered=True),
+    "mixda": Stage1("domix.methods.mixda.pretrain:pretrain_mixda",
+                    "one FFN adapter per domain (stage 1 of MixDA, needs --general)", needs_general=True),
+    "mode": Stage1("domix.methods.mode.pretrain:pretrain_mode", "expert layers per domain (stage 1 of MoDE)"),
+}
+
+STAGE2: dict[str, Stage2] = {
+    "domix": Stage2("domix.methods.domix.method:Bridge", "modules + trainable bridge", store="domix",
+                    modules_required=True, instruct=True),
+    "domix_fixed": Stage2("domix.methods.domix.method:FixedBridge", "the bridge frozen at its init", store="domix",
+                          modules_required=True),
+    "cat": Stage2("domix.methods.domix.method:Cat", "the bridge frozen at I", store="domix", modules_required=True),
+    "lora": Stage2("domix.methods.peft.method:Lora", "a PEFT LoRA", store="domix", lora_rank=True, init_module=True, instruct=True),
+    "lora_fa": Stage2("domix.methods.peft.method:LoraFA", "a fresh LoRA with A frozen (DoMIX's trainable shape without "
+                      "domain modules)", store="domix", lora_rank=True),
+    "dora": Stage2("domix.methods.peft.method:Dora", "a PEFT DoRA", store="domix", lora_rank=True, init_module=True, instruct=True),
+    "full": Stage2("domix.methods.full.method:Full", "every weight trains", instruct=True),
+    "head": Stage2("domix.methods.head.method:Head", "only the classification head"),
+    "mixda": Stage2("domix.methods.mixda.method:MixDA", "a gate over the domain adapters of domix pretrain --method mixda",
+                    store="mixda", pieces="domain adapters", modules_required=True),
+    "mode": Stage2("domix.methods.mode.method:MoDE", "a gate over the experts of domix pretrain --method mode",
+                   store="mode", pieces="domain experts", modules_required=True),
+}
+
+COMPARE: dict[str, Row] = {
+    "full": Row("full"),
+    "lora": Row("lora"),
+    "dora": Row("dora"),
+    "lora_module": Row("lora", pretrain="domix", init="task_domain"),
+    "dora_module": Row("dora", pretrain="domix", init="task_domain"),
+    "ncl_full": Row("full", pretrain="ncl_full", ordered=True),
+    "ncl_lora": Row("lora", pretrain="ncl_lora", init="output", ordered=True),
+    "joint_lora": Row("lora", pretrain="joint_lora", init="output"),
+    "lora_fa": Row("lora_fa"),  # DoMIX's trainable shape (A frozen) without domain modules
+    "head": Row("head"),  # only the classification head: what the frozen base's features give
+    "cat": Row("cat", pretrain="domix"),  # P = I is exactly permutation-equivariant: one order says all
+    "domix_fixed": Row("domix_fixed", pretrain="domix"),  # P = c·I frozen: permutation-equivariant too
+    "domix": Row("domix", pretrain="domix", ordered=True),
+    # the domain order only decides which of the gate's seeded output rows faces which domain
+    "mixda": Row("mixda", pretrain="mixda"),
+    "mode": Row("mode", pretrain="mode"),
+}
+
+INSTRUCT = tuple(name for name, entry in STAGE2.items() if entry.instruct)
+
+
+def stage1(name: str) -> Stage1:
+    if name not in STAGE1:
+        raise DomixError(f"unknown --method {name!r}; choose one of {', '.join(STAGE1)}")
+    return STAGE1[name]
+
+
+def stage2(name: str, choices: tuple[str, ...] | None = None) -> Stage2:
+    choices = choices or tuple(STAGE2)
+    if name not in choices:
+        raise DomixError(f"unknown method {name!r}; use one of {', '.join(choices)}")
+    return STAGE2[name]
+
+
+def task_method(name: str):
+    """A fresh :class:`~domix.methods.base.TaskMethod` of stage-2 method ``name`` (it keeps per-run state)."""
+    method = stage2(name).composer_class()()
+    method.name = name
+    return method
+
+
+def method_help(entries: dict, lead: str) -> str:
+    return lead + "; ".join(f"{name}: {entry.help}" for name, entry in entries.items())
