@@ -30,6 +30,13 @@ class RowSegments:
     def only(self, k: int) -> None:
         self.spans = [(k, 0, None)]  # the whole batch is domain k (evaluation)
 
+    def state(self):
+        """What the layers read (for a recomputation under gradient checkpointing to see it again)."""
+        return list(self.spans)
+
+    def set_state(self, state) -> None:
+        self.spans = state
+
 
 def save_domains(path: Path, step: int, names: list[str], params, optimizers, schedulers, results) -> None:
     """Checkpoint a fused run: the group step, and every domain's weights, optimizer, schedule and progress."""

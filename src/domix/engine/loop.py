@@ -283,19 +283,20 @@ def checkpointed(model: nn.Module, enabled: bool, segments=None) -> Iterator[Non
 
 
 def _replaying(segments):
-    """A ``torch.utils.checkpoint`` context_fn: the recomputation of a block sees the spans its forward saw."""
+    """A ``torch.utils.checkpoint`` context_fn: the recomputation of a block sees the state (``segments.state()``)
+    its forward saw, so it runs the same operations on the same rows."""
     from contextlib import nullcontext
 
     @contextmanager
-    def restore(spans):
-        now = segments.spans
-        segments.spans = spans
+    def replay(state):
+        now = segments.state()
+        segments.set_state(state)
         try:
             yield
         finally:
-            segments.spans = now
+            segments.set_state(now)
 
-    return lambda: (nullcontext(), restore(list(segments.spans)))
+    return lambda: (nullcontext(), replay(segments.state()))
 
 
 def my_rows(rows: list, dp: DataParallel | None) -> list:

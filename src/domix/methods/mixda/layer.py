@@ -46,6 +46,16 @@ class Segments(RowSegments):
         super().__init__()
         self.retention: dict[int, list[torch.Tensor]] | None = None
 
+    def state(self):
+        # a recomputation computes the retention terms again (the same saved tensors), into lists no one reads
+        return list(self.spans), self.retention is not None
+
+    def set_state(self, state) -> None:
+        spans, retention = state
+        self.spans = spans
+        if retention != (self.retention is not None):
+            self.retention = {k: [] for k, _, _ in spans} if retention else None
+
 
 class DomainAdapterLinear(nn.Module):
     """Stage 1: a frozen W2 with one domain adapter per domain, each applied to its own rows."""
