@@ -17,7 +17,8 @@ from tqdm.auto import tqdm
 from domix import atomic
 from domix.base_model import weights_fingerprint
 from domix.corpus import read_corpus
-from domix.engine.loop import Loop, StepHook, TrainResult, batch_rows, train
+from domix.engine.distributed import DataParallel, process_group
+from domix.engine.loop import Loop, StepHook, TrainResult, batch_rows, my_rows, no_rows, share, train
 from domix.engine.predict import predict
 from domix.engine.runfolder import RUN_FILE, check_out, clear
 from domix.errors import DomixError
@@ -46,8 +47,14 @@ def _subsample(task: Task, split: str, limit: int | None, seed: int) -> None:
 
 
 def finetune(cfg: FinetuneConfig, overwrite: bool = False, on_step: StepHook | None = None) -> dict:
-    """Fine-tune a task model; returns its record (scores, trainable share, memory, time)."""
+    """Fine-tune a task model; returns its record (scores, trainable share, memory, time).
+
+    Launched over several processes (``torchrun``, ``accelerate launch``) it trains data-parallel: each
+    process takes its slice of every batch and the gradients are summed, so the task model is the one
+    a single process makes (up to float summation order; dropout draws its masks per slice).
+    """
     cfg.validate()
+    ranks = process_group()
     out = Path(cfg.out)
     previous = check_out(out, cfg.to_dict(), FinetuneConfig.RESUME_FREE, overwrite)
     task = read_task(cfg.task, train=cfg.train, dev=cfg.dev, test=cfg.test)
@@ -59,7 +66,7 @@ def finetune(cfg: FinetuneConfig, overwrite: bool = False, on_step: StepHook | N
     method = task_method(cfg.method)
     pieces = method.pieces(cfg)
     base_name = cfg.model or base_of(pieces)
-    device = resolve_device(cfg.device)
+    device = ranks.device(resolve_device(cfg.device))
     reset_peak_memory(device)
     started = time.perf_counter()
 
@@ -72,17 +79,23 @@ def finetune(cfg: FinetuneConfig, overwrite: bool = False, on_step: StepHook | N
     model.to(device)
     method.place(model, cfg)
     trainable = sum(p.numel() for g in groups for p in g["params"])
-    if previous is not None and overwrite:
-        clear(out)
     run = {"status": "running", "config": cfg.to_dict()}
-    atomic.write_json(out / RUN_FILE, run)
+    ranks.barrier()  # every process has checked the folder and the inputs
+    if ranks.is_main:
+        if previous is not None and overwrite:
+            clear(out)
+        atomic.write_json(out / RUN_FILE, run)
+    ranks.barrier()
+    if ranks.world > 1:
+        print(f"domix: process {ranks.rank} of {ranks.world}, data-parallel")
     print(f"domix: {cfg.method} on task {task.name!r} ({len(task.labels)} labels; {len(task.splits['train'].texts)} train, "
           f"{len(task.splits['dev'].texts)} dev, {len(task.splits['test'].texts)} test); trainable {trainable:,} "
           f"of {total_params:,} parameters ({100 * trainable / total_params:.2f}%)")
 
     rows = {s: encode(task.splits[s], tokenizer, cfg.max_length) for s in ("train", "dev", "test")}
     labels = {s: task.label_ids(s) for s in ("train", "dev", "test")}
-    progress = _train(model, groups, rows, labels, task, cfg, tokenizer.pad_token_id, device, out / "checkpoint", on_step)
+    progress = _train(model, groups, rows, labels, task, cfg, tokenizer.pad_token_id, device, out / "checkpoint", on_step,
+                      ranks.everyone())
     state = progress.extra
     params = dict(model.named_parameters())
     with torch.no_grad():
@@ -125,6 +138,8 @@ def finetune(cfg: FinetuneConfig, overwrite: bool = False, on_step: StepHook | N
         "saved_model": cfg.save_model,
     }
     record.update(added)
+    if not ranks.is_main:  # the main process writes what every process trained alike
+        return record
     if cfg.save_model:
         save_task_model(model, tokenizer, record, out / "model")
     atomic.write_json(out / RESULT_FILE, record)
@@ -143,9 +158,10 @@ def majority_scores(labels: dict[str, torch.Tensor], num_labels: int) -> dict:
 
 
 def _train(model, groups, rows, labels, task: Task, cfg: FinetuneConfig, pad_id: int, device, ckpt_dir: Path,
-           on_step: StepHook | None) -> TrainResult:
+           on_step: StepHook | None, dp: DataParallel | None = None) -> TrainResult:
     """The engine's loop over shuffled batches of the training examples; the dev scores after every epoch
-    pick the kept weights (``extra``: history, best_epoch, best_score, best_state)."""
+    pick the kept weights (``extra``: history, best_epoch, best_score, best_state). With ``dp``, this
+    process trains on its slice of each batch (every process scores the whole dev set, so all keep alike)."""
     from transformers import get_linear_schedule_with_warmup
 
     optimizer = torch.optim.AdamW(groups)
@@ -155,9 +171,13 @@ def _train(model, groups, rows, labels, task: Task, cfg: FinetuneConfig, pad_id:
 
     def step_loss(step: int) -> tuple[torch.Tensor, int]:
         idx = batch_rows(len(rows["train"]), cfg.batch_size, cfg.seed, step).tolist()
-        batch = pad_batch([rows["train"][i] for i in idx], pad_id)
-        batch["labels"] = labels["train"][idx]
-        return model(**{k: v.to(device) for k, v in batch.items()}).loss, int(batch["attention_mask"].sum())
+        mine = my_rows(idx, dp)
+        if not mine:
+            return no_rows(model), 0
+        batch = pad_batch([rows["train"][i] for i in mine], pad_id)
+        batch["labels"] = labels["train"][mine]
+        loss = model(**{k: v.to(device) for k, v in batch.items()}).loss  # the mean over its examples
+        return share(loss, len(mine), len(idx)), int(batch["attention_mask"].sum())
 
     def after_step(progress: TrainResult) -> bool:
         if progress.steps % per_epoch:
@@ -177,7 +197,8 @@ def _train(model, groups, rows, labels, task: Task, cfg: FinetuneConfig, pad_id:
         return TrainResult(extra={"history": [], "best_epoch": 0, "best_score": -1.0, "best_state": None})
 
     loop = Loop(f"task {task.name!r}", total, cfg.seed, cfg.lr, cfg.max_grad_norm, cfg.checkpoint_every, cfg.gradient_checkpointing)
-    return train(model, optimizer, scheduler, loop, step_loss, ckpt_dir / "state.pt", on_step, after_step=after_step, fresh=fresh)
+    return train(model, optimizer, scheduler, loop, step_loss, ckpt_dir / "state.pt", on_step, after_step=after_step, fresh=fresh,
+                 reduce=dp.all_reduce_ if dp is not None else None, saves=dp is None or dp.is_leader)
 
 
 def format_record(record: dict) -> str:

@@ -19,7 +19,8 @@ from tqdm.auto import tqdm
 from domix import atomic
 from domix.base_model import weights_fingerprint
 from domix.batches import IGNORE_INDEX, lm_loss
-from domix.engine.loop import Loop, StepHook, TrainResult, batch_rows, train
+from domix.engine.distributed import DataParallel, process_group
+from domix.engine.loop import Loop, StepHook, TrainResult, batch_rows, my_rows, no_rows, share, train
 from domix.engine.runfolder import RUN_FILE, check_out, clear
 from domix.errors import DomixError
 from domix.finetune.model import trainable_state
@@ -79,7 +80,7 @@ def prepare(cfg: InstructConfig) -> dict:
     train_examples, dev_examples = _splits(cfg)
     modules = gather_modules(cfg.modules, cfg.domains, cfg.adapters) if (cfg.modules or cfg.adapters) else []
     base_name = cfg.model or base_of(modules)
-    device = resolve_device(cfg.device)
+    device = process_group().device(resolve_device(cfg.device))
     dtype = resolve_dtype(cfg.dtype, device)
     reset_peak_memory(device)
     model, tokenizer = load_causal(base_name, dtype)
@@ -97,24 +98,35 @@ def prepare(cfg: InstructConfig) -> dict:
 
 
 def instruct(cfg: InstructConfig, overwrite: bool = False, on_step: StepHook | None = None) -> dict:
-    """Fine-tune a causal LM on instruction data; returns the run's record."""
+    """Fine-tune a causal LM on instruction data; returns the run's record.
+
+    Launched over several processes (``torchrun``, ``accelerate launch``) it trains data-parallel, as
+    ``domix finetune`` does: the same model as one process makes.
+    """
     cfg.validate()
+    ranks = process_group()
     out = Path(cfg.out)
     previous = check_out(out, cfg.to_dict(), InstructConfig.RESUME_FREE, overwrite)
     started = time.perf_counter()
     run = prepare(cfg)
     model, tokenizer, device = run["model"], run["tokenizer"], run["device"]
     trainable = sum(p.numel() for g in run["groups"] for p in g["params"])
-    if previous is not None and overwrite:
-        clear(out)
     status = {"status": "running", "config": cfg.to_dict()}
-    atomic.write_json(out / RUN_FILE, status)
+    ranks.barrier()  # every process has checked the folder and the inputs
+    if ranks.is_main:
+        if previous is not None and overwrite:
+            clear(out)
+        atomic.write_json(out / RUN_FILE, status)
+    ranks.barrier()
+    if ranks.world > 1:
+        print(f"domix: process {ranks.rank} of {ranks.world}, data-parallel")
     dropped = run["dropped"]
     print(f"domix: instruct {cfg.method} on {run['base_name']} ({len(run['train'])} train, {len(run['dev'])} dev examples"
           + (f"; {dropped['train'] + dropped['dev']} dropped, their prompt fills --max-length" if any(dropped.values()) else "")
           + f"); trainable {trainable:,} of {run['total_params']:,} parameters ({100 * trainable / run['total_params']:.2f}%)")
 
-    progress = _train(model, run["groups"], run["train"], run["dev"], cfg, tokenizer.pad_token_id, device, out / "checkpoint", on_step)
+    progress = _train(model, run["groups"], run["train"], run["dev"], cfg, tokenizer.pad_token_id, device, out / "checkpoint", on_step,
+                      ranks.everyone())
     state = progress.extra
     params = dict(model.named_parameters())
     with torch.no_grad():
@@ -149,6 +161,8 @@ def instruct(cfg: InstructConfig, overwrite: bool = False, on_step: StepHook | N
         "peak_memory_mb": peak_memory_mb(device),
         "saved_model": cfg.save_model,
     }
+    if not ranks.is_main:  # the main process writes what every process trained alike
+        return record
     if cfg.save_model:
         save_task_model(model, tokenizer, record, out / "model")
     atomic.write_json(out / RESULT_FILE, record)
@@ -162,7 +176,7 @@ def instruct(cfg: InstructConfig, overwrite: bool = False, on_step: StepHook | N
 
 
 def _train(model, groups, train_rows: Rows, dev_rows: Rows, cfg: InstructConfig, pad_id: int, device, ckpt_dir: Path,
-           on_step: StepHook | None) -> TrainResult:
+           on_step: StepHook | None, dp: DataParallel | None = None) -> TrainResult:
     """The engine's loop over shuffled batches of the examples; the dev loss after every epoch picks the
     kept weights (``extra``: history, best_epoch, best_loss, best_state, dev_loss_before)."""
     from transformers import get_linear_schedule_with_warmup
@@ -173,8 +187,13 @@ def _train(model, groups, train_rows: Rows, dev_rows: Rows, cfg: InstructConfig,
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total), total)
 
     def step_loss(step: int) -> tuple[torch.Tensor, int]:
-        batch = collate([train_rows[i] for i in batch_rows(len(train_rows), cfg.batch_size, cfg.seed, step).tolist()], pad_id)
-        return model(**{k: v.to(device) for k, v in batch.items()}).loss, int(batch["attention_mask"].sum())
+        rows = [train_rows[i] for i in batch_rows(len(train_rows), cfg.batch_size, cfg.seed, step).tolist()]
+        mine = my_rows(rows, dp)
+        if not mine:
+            return no_rows(model), 0
+        batch = collate(mine, pad_id)
+        loss = model(**{k: v.to(device) for k, v in batch.items()}).loss  # the mean over its response tokens
+        return share(loss, _predicted(mine), _predicted(rows)), int(batch["attention_mask"].sum())
 
     def after_step(progress: TrainResult) -> bool:
         if progress.steps % per_epoch:
@@ -192,7 +211,13 @@ def _train(model, groups, train_rows: Rows, dev_rows: Rows, cfg: InstructConfig,
                                   "dev_loss_before": dev_loss(model, dev_rows, pad_id, cfg.batch_size, device)})
 
     loop = Loop("instruct", total, cfg.seed, cfg.lr, cfg.max_grad_norm, cfg.checkpoint_every, cfg.gradient_checkpointing)
-    progress = train(model, optimizer, scheduler, loop, step_loss, ckpt_dir / "state.pt", on_step, after_step=after_step, fresh=fresh)
+    progress = train(model, optimizer, scheduler, loop, step_loss, ckpt_dir / "state.pt", on_step, after_step=after_step, fresh=fresh,
+                     reduce=dp.all_reduce_ if dp is not None else None, saves=dp is None or dp.is_leader)
     if progress.extra["best_state"] is None:  # every dev loss was NaN
         raise DomixError("the dev loss was never finite; check the data and lower --lr")
     return progress
+
+
+def _predicted(rows: Rows) -> int:
+    """Response tokens the causal loss predicts in ``rows`` (labels shift by one: the first is never predicted)."""
+    return sum(sum(1 for label in labels[1:] if label != IGNORE_INDEX) for _, labels in rows)
