@@ -1,0 +1,62 @@
+"""Stores and task models written by an earlier domix (87241a2, before domix.methods and the one engine)
+still load and give the same outputs: tests/data/legacy, made by its make_legacy.py."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from domix.finetune.config import FinetuneConfig
+from domix.finetune.evaluate import load_any
+from domix.finetune.model import export
+from domix.finetune.run import finetune
+from domix.engine.predict import predict
+from domix.llm.model import load_causal_task_model
+from domix.methods.registry import STAGE2
+from domix.store import describe_store
+from domix.tasks import encode, read_split
+
+LEGACY = Path(__file__).parent / "data" / "legacy"
+EXPECTED = json.loads((LEGACY / "expected_logits.json").read_text())
+
+
+@pytest.fixture(autouse=True)
+def in_legacy_folder(monkeypatch):
+    monkeypatch.chdir(LEGACY)  # the records name the base model by the relative path it was given
+
+
+def test_every_task_method_has_a_legacy_model():
+    assert sorted(EXPECTED) == sorted(STAGE2)
+
+
+@pytest.mark.parametrize("method", sorted(EXPECTED))
+def test_a_legacy_task_model_loads_and_predicts_as_it_did(method):
+    model, tokenizer, _, max_length = load_any(LEGACY / "task-models" / method / "model")
+    rows = encode(read_split(LEGACY / "task" / "test.jsonl", "test"), tokenizer, max_length)
+    logits = predict(model, rows, tokenizer.pad_token_id, 8, "cpu")
+    assert torch.allclose(logits, torch.tensor(EXPECTED[method]), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("method", ["domix", "lora", "head"])
+def test_a_legacy_task_model_exports(method, tmp_path):
+    export(LEGACY / "task-models" / method / "model", tmp_path / "plain")
+    from transformers import AutoModelForSequenceClassification
+
+    assert AutoModelForSequenceClassification.from_pretrained(tmp_path / "plain").config.num_labels == 3
+
+
+@pytest.mark.parametrize("method,store", [("domix", "store"), ("lora", "store"), ("mixda", "mixda-store"), ("mode", "mode-store")])
+def test_a_legacy_store_composes(method, store, tmp_path):
+    record = finetune(FinetuneConfig(method=method, modules=store, task="task", out=str(tmp_path / "run"), epochs=1,
+                                     batch_size=8, lr=1e-2, max_length=16, save_model=False))
+    assert record["steps"] == 3 and record["base_model"]["name"] == "base"
+    assert len(describe_store(store)) >= 2
+
+
+def test_a_legacy_instruct_model_loads():
+    model, tokenizer, record = load_causal_task_model(LEGACY / "instruct-model" / "model")
+    assert record["method"] == "domix"
+    ids = tokenizer("pizza wine", return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.isfinite(model(input_ids=ids).logits).all()
