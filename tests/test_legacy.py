@@ -60,3 +60,30 @@ def test_a_legacy_instruct_model_loads():
     ids = tokenizer("pizza wine", return_tensors="pt").input_ids
     with torch.no_grad():
         assert torch.isfinite(model(input_ids=ids).logits).all()
+
+
+def test_a_checkpoint_of_an_earlier_version_resumes_into_the_moved_progress_class(tmp_path, monkeypatch):
+    """Earlier versions pickled their progress as domix.pretrain.loop.TrainResult, a module that is gone."""
+    import dataclasses
+    import sys
+    import types
+
+    from domix.engine import checkpoint
+    from domix.engine.loop import TrainResult
+
+    old = types.ModuleType("domix.pretrain.loop")
+
+    @dataclasses.dataclass
+    class OldResult:  # the fields it had
+        steps: int
+        tokens_seen: int
+        losses: list
+        train_seconds: float = 0.0
+
+    OldResult.__module__, OldResult.__qualname__, OldResult.__name__ = "domix.pretrain.loop", "TrainResult", "TrainResult"
+    old.TrainResult = OldResult
+    monkeypatch.setitem(sys.modules, "domix.pretrain.loop", old)
+    torch.save({"progress": OldResult(3, 48, [1.0, 0.9, 0.8], 1.5)}, tmp_path / "old.pt")
+    monkeypatch.delitem(sys.modules, "domix.pretrain.loop")
+    progress = checkpoint.read(tmp_path / "old.pt")["progress"]
+    assert isinstance(progress, TrainResult) and progress.steps == 3 and progress.losses == [1.0, 0.9, 0.8]
