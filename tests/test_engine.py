@@ -110,3 +110,28 @@ def test_every_pretraining_method_stops_on_a_non_finite_loss(method, fused, tiny
 
     with pytest.raises(DomixError, match=r"non-finite loss at step 2 of domain '(food|bio|joint)'; training stopped .* --lr"):
         pretrain(stage1_cfg(method, tiny_llama, corpora, tmp_path / "run", general, **extra), on_step=nan_after_first_step)
+
+
+def scalars(logdir) -> set[str]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags = set()
+    for events in {f.parent for f in logdir.rglob("events.out.tfevents.*")}:
+        accumulator = EventAccumulator(str(events))
+        accumulator.Reload()
+        tags |= set(accumulator.Tags()["scalars"])
+    return tags
+
+
+@pytest.mark.parametrize("method,fused", [("domix", True), ("domix", False), ("mixda", None), ("ncl_lora", None)])
+def test_every_pretraining_loop_logs_its_training_to_tensorboard(method, fused, tiny_llama, corpora, general, tmp_path):  # noqa: F811
+    pytest.importorskip("tensorboard")
+    extra = {} if fused is None else {"fused": fused}
+    pretrain(stage1_cfg(method, tiny_llama, corpora, tmp_path / "run", general, **extra))
+    assert {"train/loss", "train/lr"} <= scalars(tmp_path / "run" / "tensorboard")
+
+
+def test_fine_tuning_logs_training_and_dev_scores_to_tensorboard(llama_store, task, tmp_path):
+    pytest.importorskip("tensorboard")
+    finetune(stage2_cfg("domix", llama_store, task, tmp_path / "run", save_model=False))
+    assert {"train/loss", "train/lr", "dev/accuracy", "dev/macro_f1"} <= scalars(tmp_path / "run" / "tensorboard")

@@ -280,7 +280,7 @@ def test_stage1_adapters_load_into_stage2_exactly(mixda_store, tiny_llama, corpo
     named = dict(model.named_parameters())
     assert {n for n, p in named.items() if p.requires_grad} == {n for n, p in named.items() if id(p) in trainable}
     assert all(".gate." in n or ".task_adapter." in n or n in head for n, p in named.items() if p.requires_grad)
-    with pytest.raises(DomixError, match=r"no MixDA adapters of domain\(s\) \['law'\]"):
+    with pytest.raises(DomixError, match=r"has no domain \['law'\] \(MixDA domain adapters\)"):
         load_adapters(mixda_store, ["law"])
 
 
@@ -382,7 +382,7 @@ def test_adapters_of_another_base_or_method_are_refused(mixda_store, llama_store
     other = make_tiny_model(tmp_path / "other-llama", "llama", seed=1)
     with pytest.raises(DomixError, match="trained on another base model"):
         finetune(fcfg(mixda_store, task, tmp_path / "a", model=str(other)))
-    with pytest.raises(DomixError, match="not a domix pretrain output folder"):
+    with pytest.raises(DomixError, match=r"holds \['domix-domain-module'\], not MixDA domain adapters"):
         finetune(fcfg(llama_store, task, tmp_path / "b"))
     with pytest.raises(DomixError, match="method mixda needs the domain adapters"):
         FinetuneConfig(task=str(task), out=str(tmp_path / "c"), method="mixda", model=str(other)).validate()

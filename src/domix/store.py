@@ -60,6 +60,21 @@ class DomainModule:
         return update.T if self.adapter_config.get("fan_in_fan_out") else update
 
 
+@dataclass
+class StoredDomain:
+    """One domain's folder of a store that is not LoRA modules (MixDA adapters, MoDE experts): its
+    manifest and the tensors of its weights file; each method reads its own sections of them."""
+
+    name: str
+    path: Path
+    manifest: dict
+    tensors: dict[str, torch.Tensor]
+
+    @property
+    def base_fingerprint(self) -> str | None:
+        return self.manifest.get("base_model", {}).get("fingerprint")
+
+
 def load_module(path: str | Path, name: str | None = None) -> DomainModule:
     """Read a domain module (or any PEFT LoRA adapter) from its folder."""
     from safetensors import SafetensorError
@@ -106,19 +121,38 @@ def load_module(path: str | Path, name: str | None = None) -> DomainModule:
     )
 
 
-def load_store(path: str | Path, domains: list[str] | None = None) -> list[DomainModule]:
-    """The modules of a store folder (all finished domains, or the named ones, in that order)."""
+def domain_folders(path: str | Path, domains: list[str] | None = None, pieces: str = "domain module",
+                   method: str | None = None, kind: str | None = None) -> list[Path]:
+    """The finished domain folders of a store (all, or ``domains`` in that order): the one reader of every
+    method's store, which then loads its own files from each folder.
+
+    ``method``: the store must be the output of ``domix pretrain --method METHOD``; ``kind``: only folders
+    whose manifest is of that kind count; ``pieces``: what the method calls them, for messages.
+    """
     path = Path(path)
+    made_by = "domix pretrain" + (f" --method {method}" if method else "")
     if not path.is_dir():
-        raise DomixError(f"module store {path} does not exist; give the --out folder of a domix pretrain run")
-    available = sorted(p.name for p in path.iterdir() if (p / MANIFEST_NAME).is_file())
+        raise DomixError(f"store {path} does not exist; give the --out folder of {made_by}")
+    run_file = path / "run.json"
+    if method is not None and run_file.is_file() and atomic.read_json(run_file).get("method") != method:
+        raise DomixError(f"{path} holds a domix pretrain --method {atomic.read_json(run_file).get('method')} run, not {pieces}; "
+                         f"give the --out folder of {made_by}")
+    kinds = {p.name: atomic.read_json(p / MANIFEST_NAME).get("kind") for p in path.iterdir() if (p / MANIFEST_NAME).is_file()}
+    available = sorted(name for name, k in kinds.items() if kind is None or k == kind)
+    if not available and kinds:
+        raise DomixError(f"{path} holds {sorted(set(kinds.values()))}, not {pieces}; give the --out folder of {made_by}")
     if not available:
-        raise DomixError(f"module store {path} holds no finished domain module; run domix pretrain into it first")
+        raise DomixError(f"store {path} holds no finished {pieces}; run {made_by} into it first, or let it finish")
     chosen = domains or available
     missing = [d for d in chosen if d not in available]
     if missing:
-        raise DomixError(f"module store {path} has no domain {missing}; it has {available}")
-    return [load_module(path / d) for d in chosen]
+        raise DomixError(f"store {path} has no domain {missing} ({pieces}); it has {available}")
+    return [path / d for d in chosen]
+
+
+def load_store(path: str | Path, domains: list[str] | None = None) -> list[DomainModule]:
+    """The LoRA modules of a store folder (all finished domains, or the named ones, in that order)."""
+    return [load_module(folder) for folder in domain_folders(path, domains)]
 
 
 def describe_store(path: str | Path) -> list[str]:

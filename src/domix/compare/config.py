@@ -36,7 +36,9 @@ from domix.settings import read_yaml_mapping
 
 
 @dataclass
-class Task:
+class ComparedTask:
+    """A task of the comparison: its folder, and the domain it belongs to (for methods that start from that domain's module)."""
+
     name: str
     path: str
     domain: str
@@ -46,7 +48,7 @@ class Task:
 class CompareConfig:
     model: str
     domains: dict[str, str]
-    tasks: list[Task]
+    tasks: list[ComparedTask]
     out: str = "runs/compare"
     methods: list[str] = field(default_factory=lambda: list(METHODS))
     seeds: list[int] = field(default_factory=lambda: [1, 2])
@@ -98,10 +100,10 @@ class CompareConfig:
         return self
 
 
-def _task(name: str, spec: Any, config_path: Path) -> Task:
+def _task(name: str, spec: Any, config_path: Path) -> ComparedTask:
     if not isinstance(spec, dict) or "path" not in spec or "domain" not in spec:
         raise DomixError(f"task {name!r} in {config_path} needs a mapping with 'path' (the task folder) and 'domain'")
-    return Task(str(name), str(spec["path"]), str(spec["domain"]))
+    return ComparedTask(str(name), str(spec["path"]), str(spec["domain"]))
 
 
 def _known_keys(where: str, settings: dict, allowed: set[str]) -> None:

@@ -34,7 +34,7 @@ from pathlib import Path
 import yaml
 
 from domix import atomic
-from domix.compare.config import METHODS, CompareConfig, Task
+from domix.compare.config import METHODS, CompareConfig, ComparedTask
 from domix.errors import DomixError
 from domix.finetune.config import FinetuneConfig
 from domix.finetune.run import RESULT_FILE
@@ -109,7 +109,7 @@ def plan(cfg: CompareConfig) -> list[Job]:
     return list(pretrain_jobs.values()) + jobs
 
 
-def _finetune_job(cfg: CompareConfig, name: str, task: Task, seed: int, order: list[str] | None, source: Job | None) -> Job:
+def _finetune_job(cfg: CompareConfig, name: str, task: ComparedTask, seed: int, order: list[str] | None, source: Job | None) -> Job:
     method = METHODS[name]
     folder = f"finetune/{name}/{task.name}/seed{seed}" + (f"-{slug(order)}" if order else "")
     settings = {"save_model": False, **cfg.finetune, **cfg.method_settings.get(name, {}),

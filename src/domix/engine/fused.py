@@ -9,6 +9,7 @@ weights are the ones a separate run (``engine.loop.train``) makes.
 from __future__ import annotations
 
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -18,6 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from domix.engine import checkpoint
+from domix.engine.logs import closing, tensorboard
 from domix.engine.loop import Loop, StepHook, TrainResult, checkpointed, non_finite, step_seed, update
 
 
@@ -88,6 +90,7 @@ def train_domains(
     on_step: StepHook | None = None,
     label: str = "fused",
     segments: RowSegments | None = None,
+    logdir: Path | None = None,
 ) -> None:
     """Train the domains ``names`` together: the loop of every fused trainer (DoMIX modules, MixDA adapters).
 
@@ -96,7 +99,7 @@ def train_domains(
     ``step_losses(active)`` runs the model on the active domains' rows; each domain's parameters get
     the gradient of its own loss only, clipped and checked by ``engine.loop.update``. ``on_done(k, progress)``
     is called as domain k finishes; ``segments``: the fused layers' rows-to-domains map (see
-    ``engine.loop.checkpointed``). A checkpoint of every domain is written every
+    ``engine.loop.checkpointed``); ``logdir``: each domain's TensorBoard scalars go to ``logdir/<domain>``. A checkpoint of every domain is written every
     ``cfg.checkpoint_every`` steps and whenever a domain finishes, so a rerun resumes exactly.
     """
     from transformers import get_linear_schedule_with_warmup
@@ -104,7 +107,10 @@ def train_domains(
     optimizers = {n: torch.optim.AdamW(params[n], lr=cfg.lr, weight_decay=cfg.weight_decay) for n in names}
     schedulers = {n: get_linear_schedule_with_warmup(optimizers[n], int(cfg.warmup_ratio * steps[n]), steps[n]) for n in names}
     step = restore_domains(checkpoint_path, names, params, optimizers, schedulers, results, label)
-    with checkpointed(model, cfg.gradient_checkpointing, segments):
+    writers = {n: tensorboard(logdir / n) for n in names} if logdir is not None else {}
+    with checkpointed(model, cfg.gradient_checkpointing, segments), ExitStack() as stack:
+        for writer in writers.values():
+            stack.enter_context(closing(writer))
         model.train()
         bar = tqdm(total=max(steps.values()), initial=step, desc="+".join(names), unit="step", dynamic_ncols=True, disable=None, mininterval=1.0)
         started, tokens = time.perf_counter(), 0
@@ -128,6 +134,9 @@ def train_domains(
                 progress.tokens_seen += (e - s) * cfg.seq_len
                 progress.losses.append(loss.item())
                 progress.train_seconds += elapsed * (e - s) / rows  # the shared step, split by rows
+                if writers.get(n) is not None:
+                    writers[n].add_scalar("train/loss", progress.losses[-1], progress.steps)
+                    writers[n].add_scalar("train/lr", schedulers[n].get_last_lr()[0], progress.steps)
                 if out.record is not None:
                     out.record(k, progress)
                 if progress.steps == steps[n]:

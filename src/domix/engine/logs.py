@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
+
+
+@contextmanager
+def closing(writer) -> Iterator[None]:
+    """Close ``writer`` (a TensorBoard writer, or None) on the way out."""
+    try:
+        yield
+    finally:
+        if writer is not None:
+            writer.close()
 
 
 def tensorboard(logdir: Path):

@@ -29,6 +29,7 @@ from domix.base_model import set_gradient_checkpointing
 from domix.batches import IGNORE_INDEX, lm_batch, lm_loss
 from domix.engine import checkpoint
 from domix.engine.distributed import DataParallel
+from domix.engine.logs import closing, tensorboard
 from domix.errors import DomixError
 
 # Called after every step with (the domain or task training, steps done, loss, model); tests use it to look inside.
@@ -101,8 +102,8 @@ def train(
     step_loss: Callable[[int], tuple[torch.Tensor, int]],
     checkpoint_path: Path,
     on_step: StepHook | None = None,
-    writer=None,
-    after_step: Callable[[TrainResult], bool] | None = None,
+    logdir: Path | None = None,
+    after_step: Callable[[TrainResult, Callable[[str, float], None]], bool] | None = None,
     fresh: Callable[[], TrainResult] = TrainResult,
     reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
     saves: bool = True,
@@ -110,10 +111,11 @@ def train(
     """Train the trainable parameters of ``model`` for ``loop.total`` steps, resuming from a checkpoint.
 
     ``step_loss(step)`` returns the step's loss (the model run on its batch) and its token count.
-    ``after_step(progress)`` runs after each step (a dev evaluation at an epoch's end) and returns
-    whether to checkpoint now; otherwise a checkpoint is written every ``loop.checkpoint_every``
-    steps. ``fresh()`` makes the progress of a run with no checkpoint yet. ``saves=False``: another
-    process of the group writes the checkpoints.
+    ``after_step(progress, log)`` runs after each step (a dev evaluation at an epoch's end; ``log(tag,
+    value)`` adds a TensorBoard scalar) and returns whether to checkpoint now; otherwise a checkpoint is
+    written every ``loop.checkpoint_every`` steps. ``fresh()`` makes the progress of a run with no
+    checkpoint yet. ``logdir``: TensorBoard scalars (train/loss, train/lr, train/tokens_per_s) go
+    there. ``saves=False``: another process of the group writes the checkpoints and logs.
     """
     params = trainable(model)
     result = checkpoint.restore(checkpoint_path, params, optimizer, scheduler)
@@ -124,7 +126,13 @@ def train(
     else:
         print(f"domix: resuming {loop.label} from step {result.steps} ({checkpoint_path})")
     trained = list(params.values())
-    with checkpointed(model, loop.gradient_checkpointing):
+    writer = tensorboard(logdir) if logdir is not None and saves else None
+
+    def log(tag: str, value: float) -> None:
+        if writer is not None:
+            writer.add_scalar(tag, value, result.steps)
+
+    with checkpointed(model, loop.gradient_checkpointing), closing(writer):
         model.train()
         bar = tqdm(total=loop.total, initial=result.steps, desc=loop.label, unit="step", dynamic_ncols=True, disable=None, mininterval=1.0)
         session_start, session_tokens = time.perf_counter(), 0
@@ -147,11 +155,10 @@ def train(
             tokens_per_s = session_tokens / max(time.perf_counter() - session_start, 1e-9)
             bar.update(1)
             bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{tokens_per_s:,.0f}")
-            if writer is not None:
-                writer.add_scalar("train/loss", loss_value, result.steps)
-                writer.add_scalar("train/lr", scheduler.get_last_lr()[0], result.steps)
-                writer.add_scalar("train/tokens_per_s", tokens_per_s, result.steps)
-            due = after_step(result) if after_step is not None else False
+            log("train/loss", loss_value)
+            log("train/lr", scheduler.get_last_lr()[0])
+            log("train/tokens_per_s", tokens_per_s)
+            due = after_step(result, log) if after_step is not None else False
             if saves and (due or result.steps % loop.checkpoint_every == 0 and result.steps < loop.total):
                 checkpoint.save(checkpoint_path, params, optimizer, scheduler, result)
             if on_step is not None:
@@ -170,7 +177,7 @@ def train_domain(
     device: torch.device,
     checkpoint_path: Path,
     on_step: StepHook | None = None,
-    writer=None,
+    logdir: Path | None = None,
     dp: DataParallel | None = None,
 ) -> TrainResult:
     """Train the trainable parameters of ``model`` on one domain's blocks with the language-model loss
@@ -196,7 +203,7 @@ def train_domain(
 
     loop = Loop(f"domain {domain!r}", n_steps, cfg.seed, cfg.lr, cfg.max_grad_norm, cfg.checkpoint_every, cfg.gradient_checkpointing)
     return train(model, optimizer, scheduler, loop, step_loss, checkpoint_path, on_step=_as_domain_hook(on_step, domain),
-                 writer=writer, reduce=dp.all_reduce_ if dp is not None else None, saves=dp is None or dp.is_leader)
+                 logdir=logdir, reduce=dp.all_reduce_ if dp is not None else None, saves=dp is None or dp.is_leader)
 
 
 def _as_domain_hook(on_step: StepHook | None, domain: str) -> StepHook | None:

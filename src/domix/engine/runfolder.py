@@ -75,6 +75,19 @@ def check_new_output(out: str | Path, inputs: list[str | Path], overwrite: bool)
         raise DomixError(f"cannot write the output {out}: {parent} is not writable; choose a folder you can write to")
 
 
+def begin(out: Path, run: dict, previous: dict | None, overwrite: bool, ranks) -> None:
+    """Record ``run`` as running in ``out`` once every process (``ranks``: engine.distributed.Ranks) has
+    checked the folder and its inputs; with ``overwrite``, what a previous run wrote goes first."""
+    ranks.barrier()
+    if ranks.is_main:
+        if previous is not None and overwrite:
+            clear(out)
+        atomic.write_json(Path(out) / RUN_FILE, run)
+    ranks.barrier()
+    if ranks.world > 1:
+        print(f"domix: process {ranks.rank} of {ranks.world}, data-parallel")
+
+
 def clear(out: Path) -> None:
     """Remove what a previous run wrote (for --overwrite, once the new run's inputs checked out)."""
     for child in Path(out).iterdir():

@@ -20,7 +20,7 @@ from domix.corpus import read_corpus
 from domix.engine.distributed import DataParallel, process_group
 from domix.engine.loop import Loop, StepHook, TrainResult, batch_rows, my_rows, no_rows, share, train
 from domix.engine.predict import predict
-from domix.engine.runfolder import RUN_FILE, check_out, clear
+from domix.engine.runfolder import RUN_FILE, begin, check_out
 from domix.errors import DomixError
 from domix.finetune.config import FinetuneConfig
 from domix.finetune.model import classification_model, load_tokenizer_for, save_task_model, trainable_state
@@ -80,14 +80,7 @@ def finetune(cfg: FinetuneConfig, overwrite: bool = False, on_step: StepHook | N
     method.place(model, cfg)
     trainable = sum(p.numel() for g in groups for p in g["params"])
     run = {"status": "running", "config": cfg.to_dict()}
-    ranks.barrier()  # every process has checked the folder and the inputs
-    if ranks.is_main:
-        if previous is not None and overwrite:
-            clear(out)
-        atomic.write_json(out / RUN_FILE, run)
-    ranks.barrier()
-    if ranks.world > 1:
-        print(f"domix: process {ranks.rank} of {ranks.world}, data-parallel")
+    begin(out, run, previous, overwrite, ranks)
     print(f"domix: {cfg.method} on task {task.name!r} ({len(task.labels)} labels; {len(task.splits['train'].texts)} train, "
           f"{len(task.splits['dev'].texts)} dev, {len(task.splits['test'].texts)} test); trainable {trainable:,} "
           f"of {total_params:,} parameters ({100 * trainable / total_params:.2f}%)")
@@ -179,7 +172,7 @@ def _train(model, groups, rows, labels, task: Task, cfg: FinetuneConfig, pad_id:
         loss = model(**{k: v.to(device) for k, v in batch.items()}).loss  # the mean over its examples
         return share(loss, len(mine), len(idx)), int(batch["attention_mask"].sum())
 
-    def after_step(progress: TrainResult) -> bool:
+    def after_step(progress: TrainResult, log) -> bool:
         if progress.steps % per_epoch:
             return False
         # the end of an epoch: dev scores, keep the best, checkpoint
@@ -187,6 +180,8 @@ def _train(model, groups, rows, labels, task: Task, cfg: FinetuneConfig, pad_id:
         logits = predict(model, rows["dev"], pad_id, cfg.batch_size, device)
         scores = classification_scores(logits.argmax(-1), labels["dev"], len(task.labels))
         state["history"].append(scores)
+        for metric in ("accuracy", "macro_f1"):
+            log(f"dev/{metric}", scores[metric])
         epoch = len(state["history"])
         if scores[cfg.select_metric] > state["best_score"]:
             state.update(best_epoch=epoch, best_score=scores[cfg.select_metric], best_state=trainable_state(model))
@@ -197,7 +192,8 @@ def _train(model, groups, rows, labels, task: Task, cfg: FinetuneConfig, pad_id:
         return TrainResult(extra={"history": [], "best_epoch": 0, "best_score": -1.0, "best_state": None})
 
     loop = Loop(f"task {task.name!r}", total, cfg.seed, cfg.lr, cfg.max_grad_norm, cfg.checkpoint_every, cfg.gradient_checkpointing)
-    return train(model, optimizer, scheduler, loop, step_loss, ckpt_dir / "state.pt", on_step, after_step=after_step, fresh=fresh,
+    return train(model, optimizer, scheduler, loop, step_loss, ckpt_dir / "state.pt", on_step, ckpt_dir.parent / "tensorboard",
+                 after_step=after_step, fresh=fresh,
                  reduce=dp.all_reduce_ if dp is not None else None, saves=dp is None or dp.is_leader)
 
 

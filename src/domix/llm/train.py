@@ -21,7 +21,7 @@ from domix.base_model import weights_fingerprint
 from domix.batches import IGNORE_INDEX, lm_loss
 from domix.engine.distributed import DataParallel, process_group
 from domix.engine.loop import Loop, StepHook, TrainResult, batch_rows, my_rows, no_rows, share, train
-from domix.engine.runfolder import RUN_FILE, check_out, clear
+from domix.engine.runfolder import RUN_FILE, begin, check_out
 from domix.errors import DomixError
 from domix.finetune.model import trainable_state
 from domix.llm.config import InstructConfig
@@ -112,14 +112,7 @@ def instruct(cfg: InstructConfig, overwrite: bool = False, on_step: StepHook | N
     model, tokenizer, device = run["model"], run["tokenizer"], run["device"]
     trainable = sum(p.numel() for g in run["groups"] for p in g["params"])
     status = {"status": "running", "config": cfg.to_dict()}
-    ranks.barrier()  # every process has checked the folder and the inputs
-    if ranks.is_main:
-        if previous is not None and overwrite:
-            clear(out)
-        atomic.write_json(out / RUN_FILE, status)
-    ranks.barrier()
-    if ranks.world > 1:
-        print(f"domix: process {ranks.rank} of {ranks.world}, data-parallel")
+    begin(out, status, previous, overwrite, ranks)
     dropped = run["dropped"]
     print(f"domix: instruct {cfg.method} on {run['base_name']} ({len(run['train'])} train, {len(run['dev'])} dev examples"
           + (f"; {dropped['train'] + dropped['dev']} dropped, their prompt fills --max-length" if any(dropped.values()) else "")
@@ -195,12 +188,13 @@ def _train(model, groups, train_rows: Rows, dev_rows: Rows, cfg: InstructConfig,
         loss = model(**{k: v.to(device) for k, v in batch.items()}).loss  # the mean over its response tokens
         return share(loss, _predicted(mine), _predicted(rows)), int(batch["attention_mask"].sum())
 
-    def after_step(progress: TrainResult) -> bool:
+    def after_step(progress: TrainResult, log) -> bool:
         if progress.steps % per_epoch:
             return False
         state = progress.extra  # the end of an epoch: dev loss, keep the best, checkpoint
         value = dev_loss(model, dev_rows, pad_id, cfg.batch_size, device)
         state["history"].append({"epoch": len(state["history"]) + 1, "loss": value})
+        log("dev/loss", value)
         if value < state["best_loss"]:
             state.update(best_epoch=len(state["history"]), best_loss=value, best_state=trainable_state(model))
         tqdm.write(f"domix: epoch {len(state['history'])}: dev loss {value:.4f}")
@@ -211,7 +205,8 @@ def _train(model, groups, train_rows: Rows, dev_rows: Rows, cfg: InstructConfig,
                                   "dev_loss_before": dev_loss(model, dev_rows, pad_id, cfg.batch_size, device)})
 
     loop = Loop("instruct", total, cfg.seed, cfg.lr, cfg.max_grad_norm, cfg.checkpoint_every, cfg.gradient_checkpointing)
-    progress = train(model, optimizer, scheduler, loop, step_loss, ckpt_dir / "state.pt", on_step, after_step=after_step, fresh=fresh,
+    progress = train(model, optimizer, scheduler, loop, step_loss, ckpt_dir / "state.pt", on_step, ckpt_dir.parent / "tensorboard",
+                     after_step=after_step, fresh=fresh,
                      reduce=dp.all_reduce_ if dp is not None else None, saves=dp is None or dp.is_leader)
     if progress.extra["best_state"] is None:  # every dev loss was NaN
         raise DomixError("the dev loss was never finite; check the data and lower --lr")

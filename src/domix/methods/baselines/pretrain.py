@@ -8,7 +8,7 @@
 - ``ncl_full``: the whole model (LM head included) trained on the domains in order; saved as a
   transformers model folder ``OUT/ncl-full/`` with ``domix_model.json``.
 
-Each domain of a sequence is a phase: ``loop.train_domain`` with a fresh AdamW and linear schedule
+Each domain of a sequence is a phase: ``engine.loop.train_domain`` with a fresh AdamW and linear schedule
 over the steps a domix module of that domain gets, starting from the previous phase's weights (the
 joint run is one phase). After each phase the trainable weights and the phase's record go to
 ``checkpoints/<folder>-phases.pt``; a rerun skips the finished phases and resumes the interrupted
@@ -29,14 +29,10 @@ from domix import atomic
 from domix.engine import checkpoint
 from domix.base_model import (
     BaseModel,
-    load_base_model,
-    load_tokenizer,
     resolve_target_modules,
     weights_fingerprint,
 )
-from domix.corpus import read_corpus
 from domix.engine.distributed import require_one_process
-from domix.errors import DomixError
 from domix.methods.registry import stage1
 from domix.metrics import downsample_curve
 from domix.pretrain.config import PretrainConfig
@@ -49,16 +45,14 @@ from domix.engine.loop import (
     train_domain,
 )
 from domix.engine.data import DomainData
-from domix.engine.logs import tensorboard
+from domix.engine.pretraining import PretrainRun
 from domix.methods.domix.pretrain import lora_config
-from domix.engine.runfolder import RUN_FILE, check_corpora_unchanged, check_out, clear
 from domix.store import MANIFEST_NAME, versions
-from domix.system import DTYPES, peak_memory_mb, reset_peak_memory, resolve_device
+from domix.system import peak_memory_mb, reset_peak_memory, resolve_device
 
 KINDS = {"ncl_lora": "domix-sequential-module", "joint_lora": "domix-joint-module", "ncl_full": "domix-ncl-full-model"}
 # A full model's manifest has its own name, so load_store never takes the folder for a LoRA module.
 MODEL_MANIFEST_NAME = "domix_model.json"
-LORA_METHODS = ("ncl_lora", "joint_lora")
 
 
 @dataclass
@@ -97,50 +91,33 @@ def pretrain_baseline(cfg: PretrainConfig, overwrite: bool = False, on_step: Ste
     """Train the baseline ``cfg.method`` over all of ``cfg.domains``; returns {folder name: manifest}."""
     cfg.validate()
     require_one_process(cfg.method, "trains one model over all the domains")
-    out = Path(cfg.out)
+    run = PretrainRun.open(cfg, overwrite)
     folder_name = stage1(cfg.method).output
-    previous = check_out(out, cfg.to_dict(), PretrainConfig.RESUME_FREE, overwrite)
-    resuming = previous is not None and not overwrite
-    corpora = {name: read_corpus(name, path) for name, path in cfg.domains.items()}
-    fingerprints = {name: c.fingerprint for name, c in corpora.items()}
-    if resuming:
-        check_corpora_unchanged(previous.get("corpora", {}), fingerprints)
-    tokenizer, objective = load_tokenizer(cfg.model, cfg.objective)
-    # all data is checked before the (possibly large) model is loaded
-    data = {name: DomainData.build(corpus, tokenizer, objective, cfg) for name, corpus in corpora.items()}
-    saved = out / folder_name / manifest_name(cfg.method)
-    if resuming and saved.is_file():  # trained and saved, but the run did not record its end
-        run, manifest = previous, atomic.read_json(saved)
+    data = run.domain_data(list(run.corpora))  # all data is checked before the (possibly large) model is loaded
+    saved = run.out / folder_name / manifest_name(cfg.method)
+    if run.resuming and saved.is_file():  # trained and saved, but the run did not record its end
+        record, manifest = run.previous, atomic.read_json(saved)
     else:
-        run, manifest = _train_baseline(cfg, out, previous, overwrite, data, tokenizer, objective, fingerprints, on_step)
-    run["status"] = "finished"
-    run["summary"] = {n: {k: h[k] for k in ("loss_before", "loss_after")} for n, h in manifest["heldout"]["domains"].items()}
-    atomic.write_json(out / RUN_FILE, run)
+        record, manifest = _train_baseline(run, data, on_step)
+    run.finish(record, {folder_name: manifest}, {n: {k: h[k] for k in ("loss_before", "loss_after")}
+                                                 for n, h in manifest["heldout"]["domains"].items()})
     print(format_baseline_summary(manifest))
     return {folder_name: manifest}
 
 
-def _train_baseline(cfg: PretrainConfig, out: Path, previous: dict | None, overwrite: bool, data: dict[str, DomainData],
-                    tokenizer, objective: str, fingerprints: dict[str, str], on_step: StepHook | None) -> tuple[dict, dict]:
+def _train_baseline(run: PretrainRun, data: dict[str, DomainData], on_step: StepHook | None) -> tuple[dict, dict]:
     """Load the base, record the run as running, train; returns the run record and the manifest."""
+    cfg = run.cfg
     device = resolve_device(cfg.device)
-    base = load_base_model(cfg.model, objective, DTYPES[cfg.dtype], tokenizer)
-    base.model.to(device)
-    fingerprint = weights_fingerprint(base.model)
-    if previous is not None and not overwrite and previous.get("base_fingerprint") != fingerprint:
-        raise DomixError(f"the weights of base model {cfg.model} changed since this unfinished run began; "
-                         "use the same model, or pass --overwrite to start over")
-    target_modules, matched = resolve_target_modules(base.model, cfg.target_modules) if cfg.method in LORA_METHODS else (None, [])
-    setup = Baseline(cfg, out, base, data, fingerprint, target_modules, device)
-    run = {"status": "running", "method": cfg.method, "config": cfg.to_dict(), "base_fingerprint": fingerprint,
-           "corpora": fingerprints, "domains": list(cfg.domains), "output": setup.folder.name}
-    if previous is not None and overwrite:
-        clear(out)
-    atomic.write_json(out / RUN_FILE, run)
+    base, fingerprint = run.load_base(device)
+    lora = not stage1(cfg.method).gives_model
+    target_modules, matched = resolve_target_modules(base.model, cfg.target_modules) if lora else (None, [])
+    setup = Baseline(cfg, run.out, base, data, fingerprint, target_modules, device)
+    record = run.start(fingerprint, output=setup.folder.name)
     trains = f"LoRA r={cfg.rank} on {len(matched)} layers" if matched else f"the whole model ({_count(base.model):,} parameters)"
-    print(f"domix: {cfg.method}: base {cfg.model} ({objective}, fingerprint {fingerprint}); {trains}; domains {list(data)}")
+    print(f"domix: {cfg.method}: base {cfg.model} ({run.objective}, fingerprint {fingerprint}); {trains}; domains {list(data)}")
     reset_peak_memory(device)
-    return run, TRAINERS[cfg.method](setup, on_step)
+    return record, TRAINERS[cfg.method](setup, on_step)
 
 
 def _train_ncl_lora(s: Baseline, on_step: StepHook | None) -> dict:
@@ -236,13 +213,8 @@ def _train_phases(s: Baseline, model: nn.Module, phases: list[Phase], on_step: S
 
 
 def _train_phase(s: Baseline, model: nn.Module, phase: Phase, checkpoint: Path, on_step: StepHook | None) -> TrainResult:
-    writer = tensorboard(s.out / "tensorboard" / s.folder.name / phase.name)
-    try:
-        return train_domain(model, phase.name, phase.train, s.base.objective, s.base.tokenizer, phase.cfg, s.device,
-                            checkpoint, on_step, writer)
-    finally:
-        if writer is not None:
-            writer.close()
+    return train_domain(model, phase.name, phase.train, s.base.objective, s.base.tokenizer, phase.cfg, s.device,
+                        checkpoint, on_step, s.out / "tensorboard" / s.folder.name / phase.name)
 
 
 def _phase_record(phase: Phase, result: TrainResult, heldout_after: dict[str, float | None]) -> dict:

@@ -78,10 +78,11 @@ def train_fused(
     checkpoint_path: Path,
     on_done: Callable[[str, dict[str, tuple[torch.Tensor, torch.Tensor]], TrainResult, float | None], None],
     on_step: StepHook | None = None,
+    logdir: Path | None = None,
 ) -> None:
     """Train the domains of ``initial`` (name -> layer -> (A, B)) together on ``model`` (the engine's fused loop).
 
-    ``on_done(name, pairs, result, heldout_loss_after)`` is called as each domain finishes.
+    ``on_done(name, pairs, result, heldout_loss_after)`` is called as each domain finishes; ``logdir``: TensorBoard.
     """
     names = list(initial)
     segments, layers = install(model, initial, cfg.alpha / cfg.rank, cfg.dropout)
@@ -113,6 +114,7 @@ def train_fused(
         params = {n: [p for layer in layers.values() for p in (layer.lora_A[k], layer.lora_B[k])] for k, n in enumerate(names)}
         steps = {n: total_steps(cfg, train[n].shape[0]) for n in names}
         results = {n: TrainResult() for n in names}
-        train_domains(model, names, params, steps, results, cfg, step_losses, done, checkpoint_path, on_step, segments=segments)
+        train_domains(model, names, params, steps, results, cfg, step_losses, done, checkpoint_path, on_step, segments=segments,
+                      logdir=logdir)
     finally:
         uninstall(model, layers)

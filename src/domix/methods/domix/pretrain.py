@@ -15,62 +15,32 @@ from pathlib import Path
 import torch
 
 from domix import atomic
-from domix.base_model import (
-    BaseModel,
-    head_module_name,
-    load_base_model,
-    load_tokenizer,
-    resolve_target_modules,
-    weights_fingerprint,
-)
-from domix.corpus import read_corpus
+from domix.base_model import BaseModel, head_module_name, resolve_target_modules
 from domix.engine.data import DomainData
 from domix.engine.distributed import DataParallel, process_group
-from domix.engine.logs import format_summary, log_heldout, tensorboard
+from domix.engine.logs import format_summary, log_heldout
 from domix.engine.loop import StepHook, TrainResult, domain_seed, evaluate, train_domain
-from domix.engine.runfolder import RUN_FILE, check_corpora_unchanged, check_out, clear
-from domix.errors import DomixError
+from domix.engine.pretraining import PretrainRun, domain_manifest, heldout_summary
 from domix.methods.domix.fused import train_fused
-from domix.metrics import downsample_curve
 from domix.pretrain.config import PretrainConfig
-from domix.store import MANIFEST_NAME, versions
-from domix.system import DTYPES, peak_memory_mb, reset_peak_memory, resolve_device
+from domix.store import MANIFEST_NAME
+from domix.system import reset_peak_memory, resolve_device
 
 
 def pretrain_modules(cfg: PretrainConfig, overwrite: bool = False, on_step: StepHook | None = None) -> dict[str, dict]:
     """Train one LoRA module per domain of ``cfg``; returns each domain's manifest."""
-    out = Path(cfg.out)
-    previous = check_out(out, cfg.to_dict(), PretrainConfig.RESUME_FREE, overwrite)
-    corpora = {name: read_corpus(name, path) for name, path in cfg.domains.items()}
-    fingerprints = {name: c.fingerprint for name, c in corpora.items()}
-    resuming = previous is not None and not overwrite
-    if resuming:
-        check_corpora_unchanged(previous.get("corpora", {}), fingerprints)
-    tokenizer, objective = load_tokenizer(cfg.model, cfg.objective)
-    pending = [n for n in corpora if not (resuming and (out / n / MANIFEST_NAME).exists())]
-    # all data is checked before the (possibly large) model is loaded
-    data = {name: DomainData.build(corpora[name], tokenizer, objective, cfg) for name in pending}
+    run = PretrainRun.open(cfg, overwrite)
+    out = run.out
+    data = run.domain_data(run.pending())  # all data is checked before the (possibly large) model is loaded
     ranks = process_group()
-    device = resolve_device(cfg.device)
-    if device.type == "cuda" and ranks.world > 1:
-        device = torch.device("cuda", ranks.local_rank)
-    base = load_base_model(cfg.model, objective, DTYPES[cfg.dtype], tokenizer)
-    base.model.to(device)
-    fingerprint = weights_fingerprint(base.model)
+    device = ranks.device(resolve_device(cfg.device))
+    base, fingerprint = run.load_base(device)
     target_modules, matched = resolve_target_modules(base.model, cfg.target_modules)
-    if resuming and previous.get("base_fingerprint") != fingerprint:
-        raise DomixError(f"the weights of base model {cfg.model} changed since this unfinished run began; "
-                         "use the same model, or pass --overwrite to start over")
-    run_file = out / RUN_FILE
-    run = {"status": "running", "method": cfg.method, "config": cfg.to_dict(), "base_fingerprint": fingerprint,
-           "corpora": fingerprints, "domains": list(cfg.domains)}
     ranks.barrier()  # every process has checked the folder and the inputs
+    record = run.start(fingerprint, write=ranks.is_main)
     if ranks.is_main:
-        if previous is not None and overwrite:
-            clear(out)
-        atomic.write_json(run_file, run)
-        print(f"domix: base {cfg.model} ({objective}, fingerprint {fingerprint}); LoRA r={cfg.rank} on {len(matched)} layers")
-        for name in corpora:
+        print(f"domix: base {cfg.model} ({run.objective}, fingerprint {fingerprint}); LoRA r={cfg.rank} on {len(matched)} layers")
+        for name in run.corpora:
             if name not in data:
                 print(f"domix: domain {name!r} already finished, kept")
     ranks.barrier()
@@ -86,14 +56,10 @@ def pretrain_modules(cfg: PretrainConfig, overwrite: bool = False, on_step: Step
         for name in mine:
             _pretrain_domain(base, mine[name], cfg, target_modules, fingerprint, out, device, on_step, dp)
     ranks.barrier()
-    manifests = {name: atomic.read_json(out / name / MANIFEST_NAME) for name in corpora}
-    if not ranks.is_main:
-        return manifests
-
-    run["status"] = "finished"
-    run["summary"] = {n: {k: m["heldout"][k] for k in ("loss_before", "loss_after")} for n, m in manifests.items()}
-    atomic.write_json(run_file, run)
-    print(format_summary(manifests))
+    manifests = {name: atomic.read_json(out / name / MANIFEST_NAME) for name in run.corpora}
+    if ranks.is_main:
+        run.finish(record, manifests, heldout_summary(manifests))
+        print(format_summary(manifests))
     return manifests
 
 
@@ -112,27 +78,11 @@ def lora_config(base: BaseModel, cfg: PretrainConfig, target_modules):
 
 def _manifest(base: BaseModel, data: DomainData, cfg: PretrainConfig, target_modules, fingerprint: str, device,
               result: TrainResult, loss_before: float | None, loss_after: float | None, started: float, fused_with: list[str]) -> dict:
-    corpus, heldout = data.corpus, data.heldout
-    return {
-        "name": corpus.name,
-        "kind": "domix-domain-module",
-        "corpus": {"path": corpus.path, "fingerprint": corpus.fingerprint, "passages": len(corpus.passages), "tokens": data.tokens},
-        "base_model": {"name": cfg.model, "fingerprint": fingerprint, "model_type": base.model.config.model_type},
-        "objective": base.objective,
-        "lora": {"r": cfg.rank, "alpha": cfg.alpha, "dropout": cfg.dropout, "target_modules": target_modules, "train_head": cfg.train_head},
-        "training": {
-            "steps": result.steps, "tokens_seen": result.tokens_seen, "batch_size": cfg.batch_size,
-            "seq_len": cfg.seq_len, "lr": cfg.lr, "warmup_ratio": cfg.warmup_ratio, "seed": cfg.seed,
-            "init_seed": domain_seed(cfg.seed, corpus.name),  # the domain's own initialisation (pretrain.loop.domain_seed)
-            "dtype": cfg.dtype, "device": str(device), "fused_with": fused_with,
-            "loss_curve": downsample_curve(result.losses, 200),
-        },
-        "heldout": {"sequences": len(heldout), "tokens": int(heldout.numel()), "loss_before": loss_before, "loss_after": loss_after},
-        "wall_time_s": round(time.perf_counter() - started, 2),
-        "train_time_s": round(result.train_seconds, 2),
-        "peak_memory_mb": peak_memory_mb(device),
-        "versions": versions(),
-    }
+    return domain_manifest(
+        "domix-domain-module", data, cfg, base, fingerprint, device, result, loss_before, loss_after, started,
+        lora={"r": cfg.rank, "alpha": cfg.alpha, "dropout": cfg.dropout, "target_modules": target_modules, "train_head": cfg.train_head},
+        training={"fused_with": fused_with},
+    )
 
 
 def _pretrain_domain(
@@ -147,11 +97,11 @@ def _pretrain_domain(
     torch.manual_seed(domain_seed(cfg.seed, corpus.name))  # LoRA A's Kaiming init: the domain's own
     model = get_peft_model(base.model, lora_config(base, cfg, target_modules))
     checkpoint = out / "checkpoints" / f"{corpus.name}.pt"
-    writer = tensorboard(out / "tensorboard" / corpus.name)
     try:
         loss_before = evaluate(model, heldout, base.objective, base.tokenizer, cfg, device) if len(heldout) else None
         print(f"domix: domain {corpus.name!r}: {len(train)} training and {len(heldout)} held-out sequences of {cfg.seq_len} tokens")
-        result = train_domain(model, corpus.name, train, base.objective, base.tokenizer, cfg, device, checkpoint, on_step, writer, dp)
+        result = train_domain(model, corpus.name, train, base.objective, base.tokenizer, cfg, device, checkpoint, on_step,
+                              out / "tensorboard" / corpus.name, dp)
         loss_after = evaluate(model, heldout, base.objective, base.tokenizer, cfg, device) if len(heldout) else None
         manifest = _manifest(base, data, cfg, target_modules, fingerprint, device, result, loss_before, loss_after, started, [])
         if dp is not None:
@@ -165,8 +115,6 @@ def _pretrain_domain(
             atomic.replace_dir(out / corpus.name, fill)
             checkpoint.unlink(missing_ok=True)
     finally:
-        if writer is not None:
-            writer.close()
         base.model = model.unload()  # the base without LoRA layers, weights untouched
     log_heldout(out, corpus.name, result.steps, loss_before, loss_after)
 
@@ -228,5 +176,5 @@ def _pretrain_fused(
         log_heldout(out, name, result.steps, before[name], after)
 
     train_fused(base.model, initial, {n: data[n].train for n in names}, {n: data[n].heldout for n in names},
-                base.objective, base.tokenizer, cfg, device, checkpoint, done, on_step)
+                base.objective, base.tokenizer, cfg, device, checkpoint, done, on_step, out / "tensorboard")
     checkpoint.unlink(missing_ok=True)

@@ -21,8 +21,7 @@ from domix.engine.predict import predict
 from domix.errors import DomixError
 from domix.methods.mixda.config import KIND, REDUCTION, WEIGHTS_FILE, bottleneck, choose_layers
 from domix.methods.mixda.layer import BottleneckAdapter, DomainAdapterLinear, MaskContext, MixtureOfAdapters, Segments, adapter_dtype
-from domix.engine.runfolder import RUN_FILE
-from domix.store import MANIFEST_NAME
+from domix.store import MANIFEST_NAME, StoredDomain, domain_folders
 
 
 @dataclass
@@ -58,7 +57,7 @@ def widths(site: Site, reduction: int) -> dict[str, int]:
 
 
 def new_adapters(sites: list[Site], reduction: int, seed: int, dtype: torch.dtype) -> list[BottleneckAdapter]:
-    """A domain's initial adapters, one per site, from ``seed`` (the domain's own: pretrain.loop.domain_seed)."""
+    """A domain's initial adapters, one per site, from ``seed`` (the domain's own: engine.loop.domain_seed)."""
     torch.manual_seed(seed)
     return [BottleneckAdapter(s.linear.in_features, s.linear.out_features, bottleneck(s.linear.in_features, reduction), dtype)
             .to(s.linear.weight.device) for s in sites]
@@ -98,22 +97,12 @@ def write_domain(folder: Path, tensors: dict[str, torch.Tensor], manifest: dict)
     atomic.replace_dir(folder, fill)
 
 
-@dataclass
-class DomainAdapters:
+class DomainAdapters(StoredDomain):
     """One domain's stage-1 adapters, as stored."""
-
-    name: str
-    path: Path
-    manifest: dict
-    tensors: dict[str, torch.Tensor]
 
     @property
     def layers(self) -> list[int]:
         return self.manifest["mixda"]["layers"]
-
-    @property
-    def base_fingerprint(self) -> str:
-        return self.manifest["base_model"]["fingerprint"]
 
     def state(self, index: int) -> dict[str, torch.Tensor]:
         prefix = f"{index}."
@@ -124,22 +113,8 @@ def load_adapters(store: str | Path, domains: list[str] | None = None) -> list[D
     """The domain adapters of a ``domix pretrain --method mixda`` store (all, or ``domains`` in that order)."""
     from safetensors.torch import load_file
 
-    store = Path(store)
-    if not (store / RUN_FILE).is_file():
-        raise DomixError(f"{store} is not a domix pretrain output folder (no {RUN_FILE}); give the --out folder of domix pretrain --method mixda")
-    method = atomic.read_json(store / RUN_FILE).get("method")
-    if method != "mixda":
-        raise DomixError(f"{store} holds a domix pretrain --method {method} run, not MixDA adapters; "
-                         "give the --out folder of domix pretrain --method mixda")
-    available = sorted(p.parent.name for p in store.glob(f"*/{MANIFEST_NAME}") if atomic.read_json(p).get("kind") == KIND)
-    if not available:
-        raise DomixError(f"{store} holds no finished MixDA domain adapter; let domix pretrain --method mixda finish first")
-    chosen = domains or available
-    missing = [d for d in chosen if d not in available]
-    if missing:
-        raise DomixError(f"{store} has no MixDA adapters of domain(s) {missing}; it has {available}")
-    loaded = [DomainAdapters(d, store / d, atomic.read_json(store / d / MANIFEST_NAME), load_file(str(store / d / WEIGHTS_FILE)))
-              for d in chosen]
+    loaded = [DomainAdapters(f.name, f, atomic.read_json(f / MANIFEST_NAME), load_file(str(f / WEIGHTS_FILE)))
+              for f in domain_folders(store, domains, "MixDA domain adapters", method="mixda", kind=KIND)]
     first = loaded[0].manifest["mixda"]
     for a in loaded[1:]:
         if a.manifest["mixda"] != first or a.base_fingerprint != loaded[0].base_fingerprint:

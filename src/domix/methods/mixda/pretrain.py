@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from domix import atomic
-from domix.base_model import BaseModel, load_base_model, load_tokenizer, weights_fingerprint
+from domix.base_model import BaseModel
 from domix.batches import lm_batch, lm_loss
 from domix.corpus import read_corpus, tokenize_blocks
 from domix.engine.distributed import require_one_process
@@ -37,9 +37,9 @@ from domix.engine.loop import (
 )
 from domix.engine.data import DomainData
 from domix.engine.logs import format_summary, log_heldout
-from domix.engine.runfolder import RUN_FILE, check_corpora_unchanged, check_out, clear
-from domix.store import MANIFEST_NAME, versions
-from domix.system import DTYPES, peak_memory_mb, reset_peak_memory, resolve_device
+from domix.engine.pretraining import PretrainRun, domain_manifest, heldout_summary
+from domix.store import MANIFEST_NAME
+from domix.system import reset_peak_memory, resolve_device
 
 GENERAL = "general"  # the general corpus's name in messages and records
 
@@ -69,57 +69,31 @@ def pretrain_mixda(cfg: PretrainConfig, overwrite: bool = False, on_step: StepHo
     """Train MixDA domain adapters for every domain of ``cfg``; returns each domain's manifest."""
     cfg.validate()
     require_one_process(cfg.method, "trains its domains fused")
-    out = Path(cfg.out)
-    previous = check_out(out, cfg.to_dict(), PretrainConfig.RESUME_FREE, overwrite)
-    resuming = previous is not None and not overwrite
     if not Path(cfg.general).exists():
         raise DomixError(f"general-domain corpus {cfg.general} (--general) does not exist; give a text file or folder of general text")
-    corpora = {name: read_corpus(name, path) for name, path in cfg.domains.items()}
     general = read_corpus(GENERAL, cfg.general)
-    fingerprints = {name: c.fingerprint for name, c in corpora.items()}
-    if resuming:
-        check_corpora_unchanged({**previous.get("corpora", {}), GENERAL: previous.get("general_corpus")},
-                                {**fingerprints, GENERAL: general.fingerprint})
-    tokenizer, objective = load_tokenizer(cfg.model, cfg.objective)
-    pending = [n for n in corpora if not (resuming and (out / n / MANIFEST_NAME).exists())]
-    # all data is checked before the (possibly large) model is loaded
-    data = {name: DomainData.build(corpora[name], tokenizer, objective, cfg) for name in pending}
-    general_blocks = tokenize_blocks(general, tokenizer, cfg.seq_len, append_eos=objective == "clm")
+    run = PretrainRun.open(cfg, overwrite, extra={"general_corpus": general})
+    pending = run.pending()
+    data = run.domain_data(pending)  # all data is checked before the (possibly large) model is loaded
+    general_blocks = tokenize_blocks(general, run.tokenizer, cfg.seq_len, append_eos=run.objective == "clm")
     device = resolve_device(cfg.device)
-    base = load_base_model(cfg.model, objective, DTYPES[cfg.dtype], tokenizer)
-    base.model.to(device)
-    fingerprint = weights_fingerprint(base.model)
-    if resuming and previous.get("base_fingerprint") != fingerprint:
-        raise DomixError(f"the weights of base model {cfg.model} changed since this unfinished run began; "
-                         "use the same model, or pass --overwrite to start over")
+    base, fingerprint = run.load_base(device)
     sites = adapter_sites(base.model, cfg.mixda_layers)
-    for p in base.model.parameters():
-        p.requires_grad_(False)
-    run = {"status": "running", "method": cfg.method, "config": cfg.to_dict(), "base_fingerprint": fingerprint,
-           "corpora": fingerprints, "general_corpus": general.fingerprint, "domains": list(cfg.domains),
-           "layers": [s.index for s in sites]}
-    if previous is not None and overwrite:
-        clear(out)
-    atomic.write_json(out / RUN_FILE, run)
-    print(f"domix: mixda: base {cfg.model} ({objective}, fingerprint {fingerprint}); domain adapters "
+    base.model.requires_grad_(False)
+    record = run.start(fingerprint, general_corpus=general.fingerprint, layers=[s.index for s in sites])
+    print(f"domix: mixda: base {cfg.model} ({run.objective}, fingerprint {fingerprint}); domain adapters "
           f"(bottleneck {widths(sites[0], cfg.mixda_reduction)['adapter']}) beside {', '.join(s.name for s in sites)}")
-    for name in corpora:
+    for name in run.corpora:
         if name not in data:
             print(f"domix: domain {name!r} already finished, kept")
     general_info = {"path": general.path, "fingerprint": general.fingerprint, "passages": len(general.passages),
                     "tokens": int(general_blocks.numel())}
-    setup = Setup(cfg, out, base, sites, general_blocks, general_info, fingerprint, device)
+    setup = Setup(cfg, run.out, base, sites, general_blocks, general_info, fingerprint, device)
     groups = ([pending] if cfg.fused else [[n] for n in pending]) if pending else []
     for names in groups:
         _train_group(setup, {n: data[n] for n in names}, on_step)
-    manifests = {name: atomic.read_json(out / name / MANIFEST_NAME) for name in corpora}
-    try:
-        (out / "checkpoints").rmdir()
-    except OSError:  # absent, or holding other files
-        pass
-    run["status"] = "finished"
-    run["summary"] = {n: {k: m["heldout"][k] for k in ("loss_before", "loss_after")} for n, m in manifests.items()}
-    atomic.write_json(out / RUN_FILE, run)
+    manifests = {name: atomic.read_json(run.out / name / MANIFEST_NAME) for name in run.corpora}
+    run.finish(record, manifests, heldout_summary(manifests))
     print(format_summary(manifests))
     return manifests
 
@@ -166,7 +140,7 @@ def _train_group(s: Setup, data: dict[str, DomainData], on_step: StepHook | None
         steps = {n: total_steps(cfg, data[n].train.shape[0]) for n in names}
         results = {n: MixDAResult() for n in names}
         train_domains(model, names, params, steps, results, cfg, step_losses, done, checkpoint, on_step, label="MixDA",
-                      segments=segments)
+                      segments=segments, logdir=s.out / "tensorboard")
     finally:
         uninstall(model, s.sites)
 
@@ -213,29 +187,14 @@ def retention_terms(model: torch.nn.Module, segments: Segments, general_ids: tor
 
 def _manifest(s: Setup, data: DomainData, result: MixDAResult, loss_before: float | None, loss_after: float | None,
               started: float, fused_with: list[str]) -> dict:
-    cfg, corpus, heldout = s.cfg, data.corpus, data.heldout
-    return {
-        "name": corpus.name,
-        "kind": KIND,
-        "method": "mixda",
-        "corpus": {"path": corpus.path, "fingerprint": corpus.fingerprint, "passages": len(corpus.passages), "tokens": data.tokens},
-        "general_corpus": s.general_info,
-        "base_model": {"name": cfg.model, "fingerprint": s.fingerprint, "model_type": s.base.model.config.model_type},
-        "objective": s.base.objective,
-        "mixda": {"layers": [site.index for site in s.sites], "layer_names": [site.name for site in s.sites],
-                  "reduction": cfg.mixda_reduction, **widths(s.sites[0], cfg.mixda_reduction), "lm_weight": LM_WEIGHT},
-        "training": {
-            "steps": result.steps, "tokens_seen": result.tokens_seen, "general_tokens_seen": result.general_tokens_seen,
-            "batch_size": cfg.batch_size, "seq_len": cfg.seq_len, "lr": cfg.lr, "warmup_ratio": cfg.warmup_ratio,
-            "seed": cfg.seed, "init_seed": domain_seed(cfg.seed, corpus.name), "dtype": cfg.dtype, "device": str(s.device),
-            "fused_with": fused_with if len(fused_with) > 1 else [],
-            "loss_curve": downsample_curve(result.losses, 200),
-            "lm_loss_curve": downsample_curve(result.lm_losses, 200),
-            "retention_curve": downsample_curve(result.retention_losses, 200),
-        },
-        "heldout": {"sequences": len(heldout), "tokens": int(heldout.numel()), "loss_before": loss_before, "loss_after": loss_after},
-        "wall_time_s": round(time.perf_counter() - started, 2),
-        "train_time_s": round(result.train_seconds, 2),
-        "peak_memory_mb": peak_memory_mb(s.device),
-        "versions": versions(),
-    }
+    cfg = s.cfg
+    return domain_manifest(
+        KIND, data, cfg, s.base, s.fingerprint, s.device, result, loss_before, loss_after, started,
+        method="mixda",
+        general_corpus=s.general_info,
+        mixda={"layers": [site.index for site in s.sites], "layer_names": [site.name for site in s.sites],
+               "reduction": cfg.mixda_reduction, **widths(s.sites[0], cfg.mixda_reduction), "lm_weight": LM_WEIGHT},
+        training={"general_tokens_seen": result.general_tokens_seen, "fused_with": fused_with if len(fused_with) > 1 else [],
+                  "lm_loss_curve": downsample_curve(result.lm_losses, 200),
+                  "retention_curve": downsample_curve(result.retention_losses, 200)},
+    )

@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import math
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -23,7 +22,7 @@ from domix.engine.predict import predict
 from domix.errors import DomixError
 from domix.methods.mode.config import BlockPlan, check_device_map
 from domix.methods.mode.layer import BACKBONE, ExpertBlock, PassThrough
-from domix.store import MANIFEST_NAME
+from domix.store import MANIFEST_NAME, StoredDomain, domain_folders
 
 KIND = "domix-mode-experts"  # a stage-1 domain folder's manifest kind
 EXPERTS_FILE = "mode_experts.safetensors"
@@ -240,47 +239,23 @@ def load_block_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], domai
 
 # --- the stage-1 store --------------------------------------------------------------------------------
 
-@dataclass
-class DomainExperts:
+class DomainExperts(StoredDomain):
     """One domain's stage-1 experts, read from its store folder."""
-
-    name: str
-    path: Path
-    manifest: dict
-    tensors: dict[str, torch.Tensor]
 
     @property
     def plans(self) -> list[BlockPlan]:
         return [BlockPlan.from_dict(b) for b in self.manifest["mode"]["blocks"]]
-
-    @property
-    def base_fingerprint(self) -> str | None:
-        return self.manifest.get("base_model", {}).get("fingerprint")
 
 
 def load_expert_store(path: str | Path, domains: list[str] | None = None) -> list[DomainExperts]:
     """The domains' experts of a ``domix pretrain --method mode`` folder (all finished ones, or the named, in that order)."""
     from safetensors.torch import load_file
 
-    path = Path(path)
-    if not path.is_dir():
-        raise DomixError(f"expert store {path} does not exist; give the --out folder of domix pretrain --method mode")
-    available = sorted(p.name for p in path.iterdir() if (p / MANIFEST_NAME).is_file())
-    if not available:
-        raise DomixError(f"expert store {path} holds no finished domain; run domix pretrain --method mode into it first")
-    missing = [d for d in (domains or []) if d not in available]
-    if missing:
-        raise DomixError(f"expert store {path} has no domain {missing}; it has {available}")
     out = []
-    for name in domains or available:
-        folder = path / name
-        manifest = atomic.read_json(folder / MANIFEST_NAME)
-        if manifest.get("kind") != KIND:
-            raise DomixError(f"{folder} holds a {manifest.get('kind')!r}, not MoDE experts; give the --out folder of "
-                             "domix pretrain --method mode (or choose the --method that made this store)")
+    for folder in domain_folders(path, domains, "MoDE experts", method="mode", kind=KIND):
         if not (folder / EXPERTS_FILE).is_file():
             raise DomixError(f"{folder} has no {EXPERTS_FILE}; the domain's experts are missing, rerun its pre-training")
-        out.append(DomainExperts(name, folder, manifest, load_file(str(folder / EXPERTS_FILE))))
+        out.append(DomainExperts(folder.name, folder, atomic.read_json(folder / MANIFEST_NAME), load_file(str(folder / EXPERTS_FILE))))
     first = out[0]
     for other in out[1:]:
         if other.plans != first.plans:
