@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -18,12 +20,52 @@ def _umask() -> int:
     return mask
 
 
+_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+_FULL_WORDS = ("No space left", "File too large", "Disk quota exceeded")
+
+
+def _no_room_left(err: Exception, written: Path) -> bool:
+    """Whether ``err``, raised while writing into ``written`` (a file or a folder), came from a full disk or a
+    file-size limit. Some writers (torch's zip writer) drop the OS error, so the largest file written is
+    grown a little: with no room left, that fails the same way."""
+    if getattr(err, "errno", None) in _FULL or any(w in str(err) for w in _FULL_WORDS):
+        return True
+    files = [written] if written.is_file() else [f for f in written.rglob("*") if f.is_file()] if written.is_dir() else []
+    if not files:
+        return False
+    try:
+        with open(max(files, key=lambda f: f.stat().st_size), "ab") as f:
+            f.write(b"\0" * 65536)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as probe:
+        return probe.errno in _FULL
+    return False
+
+
+@contextmanager
+def _no_room_is_one_error(path: Path, written: Path) -> Iterator[None]:
+    """A full disk (or a file-size limit) while writing ``path`` (into ``written``, a temporary file or folder):
+    one clear error instead of the writer's own (OSError, torch's RuntimeError, safetensors' error). The caller
+    removes the temporary, so the old file stays whole and a rerun resumes from it."""
+    try:
+        yield
+    except Exception as err:  # noqa: BLE001 - writers wrap the OS error in their own types
+        if not _no_room_left(err, written):
+            raise
+        from domix.errors import DomixError
+
+        raise DomixError(f"no room left to write {path} ({err.__class__.__name__}); nothing was half-written: free "
+                         "disk space and rerun the same command, which goes on from the last checkpoint") from None
+
+
 def _replace_from_temp(path: Path, write: Callable[[Path], None]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        write(Path(tmp))
+        with _no_room_is_one_error(path, Path(tmp)):
+            write(Path(tmp))
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes files private
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
@@ -58,7 +100,8 @@ def replace_dir(target: Path, fill: Callable[[Path], None]) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes folders private
     try:
-        fill(tmp)
+        with _no_room_is_one_error(target, tmp):
+            fill(tmp)
         old = target.with_name(f".{target.name}.old")
         if target.exists():
             os.replace(target, old)

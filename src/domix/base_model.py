@@ -45,7 +45,17 @@ def model_source(name: str) -> tuple[str, dict]:
     return name, {}
 
 
+def model_reference(name: str) -> str:
+    """How records name a base model: a local folder or file by its absolute path (so the record works
+    from any directory), anything else (a hub name) as given."""
+    path = Path(name)
+    return str(path.resolve()) if path.exists() else name
+
+
 def load_failed(name: str, err: Exception) -> DomixError:
+    if not Path(name).exists():  # the hub's own complaint about the name's form would only confuse
+        return DomixError(f"cannot load model {name!r}: there is no such local folder or file, and no Hugging Face model "
+                          "of that name in the local cache; give a model folder, a .gguf file or a cached hub name")
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     return DomixError(
         f"cannot load model {name!r} ({first}); give a local model folder, a .gguf file, "
@@ -110,7 +120,7 @@ def load_base_model(
         model = auto_cls.from_pretrained(where, dtype=dtype, **extra)
     except (OSError, ValueError, KeyError) as err:
         raise load_failed(name, err) from None
-    model.name_or_path = name  # recorded by PEFT in adapter_config.json
+    model.name_or_path = model_reference(name)  # recorded by PEFT in adapter_config.json
     return BaseModel(name=name, model=model, tokenizer=tokenizer, objective=objective)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 import warnings
 
 from domix import __version__
@@ -157,17 +158,20 @@ def _run_export(args: argparse.Namespace) -> None:
 
     check_new_output(args.out, [args.task_model], args.overwrite)
     if is_causal_task_model(args.task_model):  # a domix instruct model
-        export_causal(args.task_model, args.out)
+        export_causal(args.task_model, args.out, args.model)
         print(f"domix: wrote {args.out} (loads with AutoModelForCausalLM.from_pretrained)")
         return
-    export(args.task_model, args.out)
+    export(args.task_model, args.out, args.model)
     print(f"domix: wrote {args.out} (loads with AutoModelForSequenceClassification.from_pretrained)")
 
 
 def _run_evaluate(args: argparse.Namespace) -> None:
+    from domix.engine.runfolder import check_new_file
     from domix.finetune.evaluate import evaluate_file
 
-    scores = evaluate_file(args.model, args.data, args.predictions, args.max_length)
+    if args.predictions:
+        check_new_file(args.predictions)
+    scores = evaluate_file(args.task_model, args.data, args.predictions, args.max_length, base=args.base_model)
     print(" ".join(f"{k} {v:.4f}" for k, v in scores.items()))
 
 
@@ -206,6 +210,7 @@ def _run_convert(args: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="domix", description="Modular domain adaptation of pretrained language models.")
     parser.add_argument("--version", action="version", version=f"domix {__version__}")
+    parser.add_argument("--debug", action="store_true", help="with an error, also print where it was raised (a traceback)")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_pretrain(sub)
     _add_finetune(sub)
@@ -214,11 +219,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("task_model", help="the model/ folder of a domix finetune or domix instruct run")
     p.add_argument("out", help="a new folder for the plain transformers model")
     p.add_argument("--overwrite", action="store_true", help="replace an existing folder at OUT (never the task model itself)")
+    p.add_argument("--model", help="the base model to rebuild on (default: the one the task model's record names)")
     p = sub.add_parser("evaluate", help="score a task model (or an exported folder) on a jsonl file")
-    p.add_argument("model", help="a task model folder or an exported folder")
+    p.add_argument("task_model", metavar="model", help="a task model folder or an exported folder")
     p.add_argument("data", help="jsonl with 'text', optional 'text_pair', 'label'")
     p.add_argument("--predictions", help="write one prediction a line to this jsonl file")
     p.add_argument("--max-length", type=int, default=128, help="for exported folders (task models know theirs)")
+    p.add_argument("--model", dest="base_model", help="the base model to rebuild a task model on (default: the one its record names)")
     p = sub.add_parser("report", help="a table of finished finetune runs, side by side")
     p.add_argument("runs", nargs="+", help="finetune --out folders")
     p = sub.add_parser("compare", help="run methods x tasks x seeds (x domain orders) and write a report",
@@ -249,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         COMMANDS[args.command](args)
     except DomixError as err:
+        if args.debug:
+            traceback.print_exc()
         print(f"domix: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from domix import atomic
-from domix.base_model import BaseModel, load_base_model, load_tokenizer, weights_fingerprint
+from domix.base_model import BaseModel, load_base_model, load_tokenizer, model_reference, weights_fingerprint
 from domix.corpus import Corpus, read_corpus
 from domix.engine.data import DomainData
 from domix.engine.loop import TrainResult, domain_seed
@@ -127,7 +127,7 @@ def domain_manifest(kind: str, data: DomainData, cfg, base: BaseModel, fingerpri
         "name": corpus.name,
         "kind": kind,
         "corpus": {"path": corpus.path, "fingerprint": corpus.fingerprint, "passages": len(corpus.passages), "tokens": data.tokens},
-        "base_model": {"name": cfg.model, "fingerprint": fingerprint, "model_type": base.model.config.model_type},
+        "base_model": {"name": model_reference(cfg.model), "fingerprint": fingerprint, "model_type": base.model.config.model_type},
         "objective": base.objective,
         **extra,
         "training": training,

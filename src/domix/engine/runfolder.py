@@ -88,6 +88,18 @@ def begin(out: Path, run: dict, previous: dict | None, overwrite: bool, ranks) -
         print(f"domix: process {ranks.rank} of {ranks.world}, data-parallel")
 
 
+def check_new_file(path: str | Path) -> None:
+    """Check, before any compute, that a command can write its output file at ``path`` (replacing a file)."""
+    path = Path(path)
+    if path.is_dir():
+        raise DomixError(f"{path} is a folder; give a file name to write to")
+    parent = path.resolve().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not os.access(parent, os.W_OK | os.X_OK) or path.exists() and not os.access(path, os.W_OK):
+        raise DomixError(f"cannot write {path}: {path if path.exists() else parent} is not writable; choose a place you can write to")
+
+
 def clear(out: Path) -> None:
     """Remove what a previous run wrote (for --overwrite, once the new run's inputs checked out)."""
     for child in Path(out).iterdir():

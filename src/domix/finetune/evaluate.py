@@ -9,17 +9,19 @@ import torch
 
 from domix import atomic
 from domix.errors import DomixError
-from domix.finetune.model import TASK_FILE, load_task_model
-from domix.finetune.run import predict
+from domix.engine.predict import predict
+from domix.finetune.model import load_task_model
+from domix.methods.base import EXPORT_FILE, TASK_FILE
 from domix.metrics import classification_scores
 from domix.tasks import encode, read_split
 
 
-def load_any(folder: str | Path, device: str = "cpu"):
-    """(model, tokenizer, labels, max_length) from a task model folder or an exported one."""
+def load_any(folder: str | Path, device: str = "cpu", base: str | None = None):
+    """(model, tokenizer, labels, max_length) from a task model folder (on ``base``, default its record's) or an
+    exported one."""
     folder = Path(folder)
     if (folder / TASK_FILE).is_file():
-        model, tokenizer, record = load_task_model(folder, device)
+        model, tokenizer, record = load_task_model(folder, device, base)
         return model, tokenizer, record["labels"], record["max_length"]
     if not (folder / "config.json").is_file():
         raise DomixError(f"{folder} is neither a domix task model nor an exported model folder")
@@ -27,12 +29,13 @@ def load_any(folder: str | Path, device: str = "cpu"):
 
     model = AutoModelForSequenceClassification.from_pretrained(folder).to(device).eval()
     labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
-    return model, AutoTokenizer.from_pretrained(folder), labels, None
+    exported = folder / EXPORT_FILE  # domix export says the max length the model was trained with
+    return model, AutoTokenizer.from_pretrained(folder), labels, atomic.read_json(exported)["max_length"] if exported.is_file() else None
 
 
 def evaluate_file(folder: str | Path, data: str | Path, predictions: str | Path | None = None,
-                  max_length: int = 128, batch_size: int = 32) -> dict[str, float]:
-    model, tokenizer, labels, trained_length = load_any(folder)
+                  max_length: int = 128, batch_size: int = 32, base: str | None = None) -> dict[str, float]:
+    model, tokenizer, labels, trained_length = load_any(folder, base=base)
     split = read_split(data, "evaluation")
     unseen = sorted(set(split.labels) - set(labels))
     if unseen:

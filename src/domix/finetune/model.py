@@ -16,7 +16,7 @@ from torch import nn
 from domix import atomic
 from domix.base_model import load_failed, model_source, weights_fingerprint
 from domix.errors import DomixError
-from domix.methods.base import TASK_FILE
+from domix.methods.base import EXPORT_FILE, TASK_FILE
 from domix.methods.registry import task_method
 from domix.system import DTYPES
 
@@ -67,8 +67,18 @@ def save_task_model(model: nn.Module, tokenizer, record: dict, folder: Path) -> 
     atomic.replace_dir(Path(folder), fill)
 
 
-def load_task_model(folder: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, object, dict]:
-    """Rebuild a task model from its folder and the base model: (model, tokenizer, record)."""
+def recorded_base(record: dict, base: str | None) -> str:
+    """The base model to rebuild a saved model on: ``base`` if given, else the one its record names."""
+    name = base or record["base_model"]["name"]
+    if base is None and (Path(name).is_absolute() or name.startswith(".")) and not Path(name).exists():
+        raise DomixError(f"the base model this model was trained on, {name}, is not there any more; "
+                         "pass --model with where it is now")
+    return name
+
+
+def load_task_model(folder: str | Path, device: torch.device | str = "cpu", base: str | None = None) -> tuple[nn.Module, object, dict]:
+    """Rebuild a task model from its folder and the base model (``base``, default the one its record names):
+    (model, tokenizer, record)."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     folder = Path(folder)
@@ -80,22 +90,25 @@ def load_task_model(folder: str | Path, device: torch.device | str = "cpu") -> t
     if method.whole_model:  # every weight is in the folder
         model = AutoModelForSequenceClassification.from_pretrained(folder, dtype=DTYPES[record["dtype"]])
         return model.to(device).eval(), tokenizer, record
-    model, _ = classification_model(record["base_model"]["name"], record["labels"], DTYPES[record["dtype"]], seed=0)
+    base_name = recorded_base(record, base)
+    model, _ = classification_model(base_name, record["labels"], DTYPES[record["dtype"]], seed=0)
     if weights_fingerprint(model) != record["base_model"]["fingerprint"]:
-        raise DomixError(f"the base model {record['base_model']['name']} is not the one this task model was trained on "
+        raise DomixError(f"the base model {base_name} is not the one this task model was trained on "
                          "(its weights' fingerprint differs); use that base model")
     model = method.load(model, record, folder)
     return model.to(device).eval(), tokenizer, record
 
 
-def export(folder: str | Path, out: str | Path) -> None:
+def export(folder: str | Path, out: str | Path, base: str | None = None) -> None:
     """Fold a task model into a plain transformers folder (no domix needed to load it)."""
-    model, tokenizer, record = load_task_model(folder)
+    model, tokenizer, record = load_task_model(folder, base=base)
     plain = task_method(record["method"]).plain(model, record)
     plain.name_or_path = record["base_model"]["name"]
 
     def fill(tmp: Path) -> None:
         plain.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        atomic.write_json(tmp / EXPORT_FILE, {"from": str(Path(folder).resolve()), "method": record["method"],
+                                              "max_length": record["max_length"], "base_model": record["base_model"]})
 
     atomic.replace_dir(Path(out), fill)

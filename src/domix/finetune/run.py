@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from domix import atomic
-from domix.base_model import weights_fingerprint
+from domix.base_model import model_reference, weights_fingerprint
 from domix.corpus import read_corpus
 from domix.engine.distributed import DataParallel, process_group
 from domix.engine.loop import Loop, StepHook, TrainResult, batch_rows, my_rows, no_rows, share, train
@@ -106,7 +106,7 @@ def finetune(cfg: FinetuneConfig, overwrite: bool = False, on_step: StepHook | N
         "method": cfg.method,
         "task": task.name,
         "labels": task.labels,
-        "base_model": {"name": base_name, "fingerprint": fingerprint},
+        "base_model": {"name": model_reference(base_name), "fingerprint": fingerprint},
         "init_module": cfg.init_module,
         "head": head,
         "dtype": cfg.dtype,

@@ -306,7 +306,8 @@ PROTOCOL_NOTES = {
 
 def evaluate_choice(source: str, tasks: dict[str, str], protocols: tuple[str, ...] = PROTOCOLS, out: str | None = None,
                     limit: int | None = None, batch_size: int = 8, max_length: int = 2048, max_new_tokens: int = 32,
-                    template: str | None = None, device: str = "auto", dtype: str = "auto", details: str | None = None) -> dict:
+                    template: str | None = None, device: str = "auto", dtype: str = "auto", details: str | None = None,
+                    base: str | None = None) -> dict:
     """Score a model (domix instruct folder, exported folder, or any causal LM) on task files.
 
     ``tasks`` maps a name to a jsonl file. Returns (and writes to ``out``) ``{"model", "protocols",
@@ -327,7 +328,7 @@ def evaluate_choice(source: str, tasks: dict[str, str], protocols: tuple[str, ..
         raise DomixError(f"unknown template {template!r}; use one of {', '.join(TEMPLATES)}")
     read = {name: read_questions(path, limit=limit) for name, path in tasks.items()}  # bad files fail before the model loads
     dev = resolve_device(device)
-    model, tokenizer, trained_template = load_for_eval(source, dev, dtype)
+    model, tokenizer, trained_template = load_for_eval(source, dev, dtype, base)
     template = template or trained_template or "alpaca"
     results, per_question = [], {}
     for name, (fmt, questions) in read.items():

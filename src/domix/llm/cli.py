@@ -67,6 +67,7 @@ def add_parsers(sub) -> None:
                                    "jsonl files (BoolQ, PIQA, SIQA, HellaSwag, WinoGrande, ARC, OBQA public formats, or "
                                    "context/choices/label). Every number says which protocol produced it.")
     p.add_argument("model", help="a domix instruct model/ folder, an exported folder, or a causal LM name or folder")
+    p.add_argument("--base-model", help="the base to rebuild a domix instruct model on (default: the one its record names)")
     p.add_argument("--task", dest="tasks", action="append", type=_named_file, metavar="NAME=FILE", required=True,
                    help=f"a task and its jsonl file (format read off its fields: {', '.join(FORMATS)}); repeat")
     p.add_argument("--protocol", choices=PROTOCOLS + ("both",), default="both",
@@ -83,6 +84,7 @@ def add_parsers(sub) -> None:
 
     p = sub.add_parser("generate", help="greedy generation from a causal LM (a domix instruct model, an exported folder, any)")
     p.add_argument("model", help="a domix instruct model/ folder, an exported folder, or a causal LM name or folder")
+    p.add_argument("--base-model", help="the base to rebuild a domix instruct model on (default: the one its record names)")
     p.add_argument("prompt", nargs="+", help="instruction(s); each is wrapped in the prompt template")
     p.add_argument("--template", choices=TEMPLATES, help="default: the model's, else alpaca")
     p.add_argument("--max-new-tokens", type=int, default=128)
@@ -100,14 +102,17 @@ def run_instruct(args: argparse.Namespace) -> None:
 
 
 def run_eval_choice(args: argparse.Namespace) -> None:
+    from domix.engine.runfolder import check_new_file
     from domix.llm.choice import evaluate_choice, format_results
 
+    if args.out:
+        check_new_file(args.out)
     tasks = dict(args.tasks)
     if len(tasks) != len(args.tasks):
         raise DomixError("two --task flags share a name; give each task its own NAME")
     protocols = PROTOCOLS if args.protocol == "both" else (args.protocol,)
     report = evaluate_choice(args.model, tasks, protocols, args.out, args.limit, args.batch_size, args.max_length,
-                             args.max_new_tokens, args.template, args.device, args.dtype, args.details)
+                             args.max_new_tokens, args.template, args.device, args.dtype, args.details, args.base_model)
     print(format_results(report))
 
 
@@ -118,7 +123,7 @@ def run_generate(args: argparse.Namespace) -> None:
     from domix.system import resolve_device
 
     device = resolve_device(args.device)
-    model, tokenizer, trained = load_for_eval(args.model, device, args.dtype)
+    model, tokenizer, trained = load_for_eval(args.model, device, args.dtype, args.base_model)
     template = args.template or trained or "alpaca"
     prompts = [prompt_text(p, "", template, tokenizer) for p in args.prompt]
     for text in generate(model, tokenizer, prompts, args.max_new_tokens, 1, device, add_special_tokens=template != "chat"):

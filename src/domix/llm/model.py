@@ -16,15 +16,14 @@ from torch import nn
 from domix import atomic
 from domix.base_model import load_base_model, weights_fingerprint
 from domix.errors import DomixError
-from domix.finetune.model import save_task_model
+from domix.finetune.model import recorded_base, save_task_model
 from domix.llm.config import InstructConfig
-from domix.methods.base import TASK_FILE, TaskMethod
+from domix.methods.base import EXPORT_FILE, TASK_FILE, TaskMethod
 from domix.methods.registry import task_method
 from domix.store import DomainModule, load_module, load_store
 from domix.system import DTYPES
 
 CAUSAL_KIND = "causal-lm"
-EXPORT_FILE = "domix_export.json"  # in an exported folder: where it came from, its prompt template
 __all__ = ["CAUSAL_KIND", "build", "export_causal", "gather_modules", "is_causal_task_model", "load_causal",
            "load_causal_task_model", "load_for_eval", "resolve_dtype", "save_task_model"]
 
@@ -74,7 +73,7 @@ def is_causal_task_model(folder: str | Path) -> bool:
     return file.is_file() and atomic.read_json(file).get("kind") == CAUSAL_KIND
 
 
-def load_causal_task_model(folder: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, object, dict]:
+def load_causal_task_model(folder: str | Path, device: torch.device | str = "cpu", base: str | None = None) -> tuple[nn.Module, object, dict]:
     """Rebuild a ``domix instruct`` model from its folder and the base model: (model, tokenizer, record)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -89,33 +88,36 @@ def load_causal_task_model(folder: str | Path, device: torch.device | str = "cpu
     if method.whole_model:
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
         return model.to(device).eval(), tokenizer, record
-    model, _ = load_causal(record["base_model"]["name"], record["dtype"])
+    base_name = recorded_base(record, base)
+    model, _ = load_causal(base_name, record["dtype"])
     if weights_fingerprint(model) != record["base_model"]["fingerprint"]:
-        raise DomixError(f"the base model {record['base_model']['name']} is not the one this model was trained on "
+        raise DomixError(f"the base model {base_name} is not the one this model was trained on "
                          "(its weights' fingerprint differs); use that base model")
     model.config.pad_token_id = tokenizer.pad_token_id
     model = method.load(model, record, folder)
     return model.to(device).eval(), tokenizer, record
 
 
-def load_for_eval(source: str, device: torch.device | str = "cpu", dtype: str = "auto") -> tuple[nn.Module, object, str | None]:
-    """A model to evaluate or generate with: a domix instruct model folder, an exported folder, or any
-    causal LM (name or folder). Returns (model, tokenizer, the template it was trained with or None)."""
+def load_for_eval(source: str, device: torch.device | str = "cpu", dtype: str = "auto",
+                  base: str | None = None) -> tuple[nn.Module, object, str | None]:
+    """A model to evaluate or generate with: a domix instruct model folder (rebuilt on ``base``, default the one
+    its record names), an exported folder, or any causal LM (name or folder). Returns (model, tokenizer, the
+    template it was trained with or None)."""
     if is_causal_task_model(source):
-        model, tokenizer, record = load_causal_task_model(source, device)
+        model, tokenizer, record = load_causal_task_model(source, device, base)
         return model, tokenizer, record["template"]
     if (Path(source) / TASK_FILE).is_file():
         raise DomixError(f"{source} is a sequence-classification task model (domix finetune), not a causal LM; "
                          "use domix evaluate for it")
     model, tokenizer = load_causal(source, resolve_dtype(dtype, torch.device(device)))
     exported = Path(source) / EXPORT_FILE
-    template = atomic.read_json(exported)["template"] if exported.is_file() else None
+    template = atomic.read_json(exported).get("template") if exported.is_file() else None
     return model.to(device).eval(), tokenizer, template
 
 
-def export_causal(folder: str | Path, out: str | Path) -> None:
+def export_causal(folder: str | Path, out: str | Path, base: str | None = None) -> None:
     """Fold a ``domix instruct`` model into a plain causal-LM folder (W' = W + B_cat diag(s) P A_cat)."""
-    model, tokenizer, record = load_causal_task_model(folder)
+    model, tokenizer, record = load_causal_task_model(folder, base=base)
     plain = task_method(record["method"]).plain(model, record)
     plain.name_or_path = record["base_model"]["name"]
     plain.config.use_cache = True

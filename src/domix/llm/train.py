@@ -17,7 +17,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from domix import atomic
-from domix.base_model import weights_fingerprint
+from domix.base_model import model_reference, weights_fingerprint
 from domix.batches import IGNORE_INDEX, lm_loss
 from domix.engine.distributed import DataParallel, process_group
 from domix.engine.loop import Loop, StepHook, TrainResult, batch_rows, my_rows, no_rows, share, train
@@ -128,7 +128,7 @@ def instruct(cfg: InstructConfig, overwrite: bool = False, on_step: StepHook | N
     record = {
         "kind": CAUSAL_KIND,
         "method": cfg.method,
-        "base_model": {"name": run["base_name"], "fingerprint": run["fingerprint"]},
+        "base_model": {"name": model_reference(run["base_name"]), "fingerprint": run["fingerprint"]},
         "head": [],  # the LM head stays the base's
         "template": cfg.template,
         "dtype": run["dtype"],

@@ -28,6 +28,7 @@ from torch import nn
 from domix.store import DomainModule, check_base, load_store
 
 TASK_FILE = "domix_task.json"  # a task model folder's record: what it is, how to rebuild it, how it scored
+EXPORT_FILE = "domix_export.json"  # in an exported folder: where it came from, the max length it was trained with
 WEIGHTS_FILE = "task_model.safetensors"  # what a method adds to the base, when it is not a PEFT adapter or a whole model
 
 

@@ -27,11 +27,7 @@ from torch import nn
 
 from domix import atomic
 from domix.engine import checkpoint
-from domix.base_model import (
-    BaseModel,
-    resolve_target_modules,
-    weights_fingerprint,
-)
+from domix.base_model import BaseModel, model_reference, resolve_target_modules, weights_fingerprint
 from domix.engine.distributed import require_one_process
 from domix.methods.registry import stage1
 from domix.metrics import downsample_curve
@@ -265,7 +261,7 @@ def _manifest(s: Baseline, records: list[dict], before: dict, wall_seconds: floa
         "order": list(s.data),
         "corpora": {n: {"path": d.corpus.path, "fingerprint": d.corpus.fingerprint, "passages": len(d.corpus.passages), "tokens": d.tokens}
                     for n, d in s.data.items()},
-        "base_model": {"name": cfg.model, "fingerprint": s.fingerprint, "model_type": base.model.config.model_type},
+        "base_model": {"name": model_reference(cfg.model), "fingerprint": s.fingerprint, "model_type": base.model.config.model_type},
         "objective": base.objective,
         "training": {
             "steps": sum(r["steps"] for r in records), "tokens_seen": sum(r["tokens_seen"] for r in records),

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from domix import atomic
-from domix.base_model import BaseModel, head_module_name, resolve_target_modules
+from domix.base_model import BaseModel, head_module_name, model_reference, resolve_target_modules
 from domix.engine.data import DomainData
 from domix.engine.distributed import DataParallel, process_group
 from domix.engine.logs import format_summary, log_heldout
@@ -137,7 +137,7 @@ def _write_module(folder: Path, lora_config, base: BaseModel, base_name: str, pa
     """Write a domain module as a PEFT adapter folder (the format PeftModel.save_pretrained writes)."""
     from safetensors.torch import save_file
 
-    lora_config.base_model_name_or_path = base_name
+    lora_config.base_model_name_or_path = model_reference(base_name)
     lora_config.inference_mode = True
     tensors = {}
     for layer, (A, B) in pairs.items():
