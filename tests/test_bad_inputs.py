@@ -108,3 +108,22 @@ def test_bad_inputs_leave_the_users_files_alone(head_model, task, tmp_path, caps
     run_cli(["export", str(head_model / "run" / "model"), str(head_model / "run"), "--overwrite"], capsys)
     run_cli(["finetune", "--model", str(head_model / "base"), "--task", str(task), "--out", str(head_model / "run")], capsys)
     assert tree(head_model) == before
+
+
+def test_every_flag_and_argument_says_what_it_is():
+    import argparse
+
+    from domix.cli import build_parser
+
+    silent = []
+
+    def walk(parser, command):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    walk(sub, f"{command} {name}")
+            elif not action.help and not isinstance(action, argparse._HelpAction):
+                silent.append(f"{command} {'/'.join(action.option_strings) or action.dest}")
+
+    walk(build_parser(), "domix")
+    assert silent == []

@@ -238,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("modules", help="list the domain modules of a store (LoRA modules, MixDA adapters or MoDE experts)")
     p.add_argument("store", help="a domix pretrain output folder")
     p = sub.add_parser("convert-gguf", help="de-quantise a GGUF model file once into a safetensors model folder")
-    p.add_argument("gguf_file")
+    p.add_argument("gguf_file", help="a .gguf model file")
     p.add_argument("out", help="a new folder for the safetensors model")
     p.add_argument("--overwrite", action="store_true", help="replace an existing folder at OUT")
     return parser
