@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+from safetensors.torch import load_file
 
 from domix import atomic
 from domix.cli import main
@@ -127,3 +128,18 @@ def test_every_flag_and_argument_says_what_it_is():
 
     walk(build_parser(), "domix")
     assert silent == []
+
+
+def test_a_module_whose_config_does_not_name_its_layers_is_refused(llama_store, tmp_path, capsys):
+    module = shutil.copytree(llama_store / "food", tmp_path / "food")
+    config = atomic.read_json(module / "adapter_config.json")
+    config["target_modules"] = ["q_proj"]  # the weights adapt every linear layer
+    atomic.write_json(module / "adapter_config.json", config)
+    from domix.errors import DomixError
+    from domix.store import load_module
+
+    with pytest.raises(DomixError, match=r"that its config's target_modules do not name"):
+        load_module(module)
+    config["target_modules"] = sorted({k.split(".")[-3] for k in load_file(str(module / "adapter_model.safetensors"))})
+    atomic.write_json(module / "adapter_config.json", config)
+    assert load_module(module).rank == 4  # named by their leaf names, as PEFT writes them: accepted

@@ -108,6 +108,16 @@ def load_module(path: str | Path, name: str | None = None) -> DomainModule:
     if wrong:  # PEFT refuses such a folder too; composing it would scale by alpha / r with the wrong r
         raise DomixError(f"{config_file} says r={r}, but the weights of {len(wrong)} layer(s) (e.g. {wrong[0]}) have rank "
                          f"{lora_A[wrong[0]].shape[0]}; the module's config and weights do not match: fix r or retrain it")
+    targets = config.get("target_modules")
+    if targets:  # as PEFT matches them: a regex in full, or a name or its dotted suffix
+        covered = ((lambda layer: re.fullmatch(targets, layer) is not None) if isinstance(targets, str)
+                   else (lambda layer: any(layer == t or layer.endswith("." + t) for t in targets)))
+        stray = sorted(layer for layer in lora_A if not covered(layer))
+        if stray:  # PEFT would put no LoRA layer there and drop these weights
+            raise DomixError(f"{weights_file} has weights for {len(stray)} layer(s) (e.g. {stray[0]}) that its config's "
+                             f"target_modules do not name; the module's config and weights do not match: fix it or retrain it")
+    if not alpha > 0:
+        raise DomixError(f"{config_file} says lora_alpha={alpha}; it must be positive")
     manifest_file = path / MANIFEST_NAME
     return DomainModule(
         name=name or path.name,
