@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from domix import atomic
@@ -143,3 +144,34 @@ def test_a_module_whose_config_does_not_name_its_layers_is_refused(llama_store, 
     config["target_modules"] = sorted({k.split(".")[-3] for k in load_file(str(module / "adapter_model.safetensors"))})
     atomic.write_json(module / "adapter_config.json", config)
     assert load_module(module).rank == 4  # named by their leaf names, as PEFT writes them: accepted
+
+
+def test_a_module_of_the_lm_model_fits_the_bare_model_too(llama_store, tiny_llama):
+    """A module records its layers by the LM model's names (model.layers.0...); merged or composed into the bare
+    AutoModel (layers.0...) it changes the hidden states exactly as in the LM model's backbone."""
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    from domix.methods.domix import compose
+    from domix.store import load_store, merge_into
+
+    modules = load_store(llama_store)
+    ids = torch.randint(3, 30, (2, 9), generator=torch.Generator().manual_seed(0))
+
+    def hidden(model):
+        with torch.no_grad():
+            return model(input_ids=ids).last_hidden_state
+
+    lm = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float64)
+    bare = AutoModel.from_pretrained(tiny_llama, dtype=torch.float64)
+    plain = hidden(bare)
+    merge_into(lm, modules[0])
+    merge_into(bare, modules[0])
+    assert torch.allclose(hidden(bare), hidden(lm.model), atol=1e-12) and not torch.allclose(hidden(bare), plain, atol=1e-6)
+    lm = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float64)
+    bare = AutoModel.from_pretrained(tiny_llama, dtype=torch.float64)
+    assert sorted(compose(bare, modules)) == sorted(n.removeprefix("model.") for n in compose(lm, modules))
+    for model in (lm, bare):  # a trained bridge, so the modules matter
+        for p in model.parameters():
+            if p.requires_grad:
+                torch.nn.init.normal_(p, std=0.1, generator=torch.Generator().manual_seed(1))
+    assert torch.allclose(hidden(bare), hidden(lm.model), atol=1e-12)

@@ -237,13 +237,29 @@ def shared_initialisation(modules: list[DomainModule]) -> str | None:
 
 
 @torch.no_grad()
+def locate(named: dict[str, nn.Module], layer: str) -> str | None:
+    """The name in ``named`` (a model's modules) of a layer a module recorded, across wrappers: a module trained on
+    the LM model (``model.layers.0.q_proj``) fits the bare model (``layers.0.q_proj``), a sequence classifier or
+    another head on the same backbone, and one trained on a bare model fits a wrapper. None if nothing fits."""
+    if layer in named:
+        return layer
+    parts = layer.split(".")
+    for i in range(1, len(parts) - 1):  # without the wrapper's prefix
+        if ".".join(parts[i:]) in named:
+            return ".".join(parts[i:])
+    wrapped = [n for n in named if n.endswith("." + layer)]  # inside a wrapper
+    return wrapped[0] if len(wrapped) == 1 else None
+
+
+@torch.no_grad()
 def merge_into(model: nn.Module, module: DomainModule) -> nn.Module:
     """Fold a module into a base model in place: W' = W + s · B A (and its trained head, if any)."""
     named = dict(model.named_modules())
     for layer in module.lora_A:
-        if layer not in named:
+        found = locate(named, layer)
+        if found is None:
             raise DomixError(f"module {module.name!r} adapts layer {layer!r}, which this base model does not have; it was trained on another architecture")
-        weight = named[layer].weight
+        weight = named[found].weight
         delta = module.delta(layer)
         if delta.shape != weight.shape:
             raise DomixError(f"module {module.name!r} has shape {tuple(delta.shape)} for layer {layer!r}, but the base layer is {tuple(weight.shape)}")

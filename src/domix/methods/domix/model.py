@@ -9,7 +9,7 @@ from domix.methods.domix.config import BridgeConfig
 from domix.methods.domix.layer import BridgedLinear
 from domix.base_model import set_submodule
 from domix.errors import DomixError
-from domix.store import DomainModule
+from domix.store import DomainModule, locate
 
 
 BRIDGE_PARTS = ("lora_A", "lora_B", "bridge", "scales")  # what a saved task model keeps of each bridged layer
@@ -47,8 +47,10 @@ def compose(model: nn.Module, modules: list[DomainModule], config: BridgeConfig 
     layers = sorted({layer for m in modules for layer in m.lora_A})
     for p in model.parameters():
         p.requires_grad_(False)
+    placed = []
     for layer in layers:
-        base = named.get(layer)
+        where = locate(named, layer)  # the module's layer name, in this model (an LM's module fits its bare model too)
+        base = named.get(where) if where is not None else None
         if not isinstance(base, nn.Linear):
             raise DomixError(f"domain modules adapt layer {layer!r}, which is not a linear layer of this model; "
                              "they were trained on another architecture")
@@ -61,8 +63,9 @@ def compose(model: nn.Module, modules: list[DomainModule], config: BridgeConfig 
         scales = torch.cat([torch.full((m.lora_A[layer].shape[0],), m.scaling) for m in owners])
         bridged = BridgedLinear(base, A, B, scales, config.initial_scale(A.shape[0], len(owners)), dtype=dtype)
         bridged.blocks = [(m.name, m.lora_A[layer].shape[0]) for m in owners]  # which columns are whose
-        set_submodule(model, layer, bridged.to(base.weight.device))
-    return layers
+        set_submodule(model, where, bridged.to(base.weight.device))
+        placed.append(where)
+    return placed
 
 
 def bridged_layers(model: nn.Module) -> dict[str, BridgedLinear]:
