@@ -105,8 +105,7 @@ def train(
     logdir: Path | None = None,
     after_step: Callable[[TrainResult, Callable[[str, float], None]], bool] | None = None,
     fresh: Callable[[], TrainResult] = TrainResult,
-    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    saves: bool = True,
+    dp: DataParallel | None = None,
 ) -> TrainResult:
     """Train the trainable parameters of ``model`` for ``loop.total`` steps, resuming from a checkpoint.
 
@@ -115,8 +114,11 @@ def train(
     value)`` adds a TensorBoard scalar) and returns whether to checkpoint now; otherwise a checkpoint is
     written every ``loop.checkpoint_every`` steps. ``fresh()`` makes the progress of a run with no
     checkpoint yet. ``logdir``: TensorBoard scalars (train/loss, train/lr, train/tokens_per_s) go
-    there. ``saves=False``: another process of the group writes the checkpoints and logs.
+    there. ``dp``: this process is one of a data-parallel group; ``step_loss`` gives its part of the batch's
+    loss, the gradients are summed over the group, and the group's leader writes the checkpoints and logs.
     """
+    reduce = dp.all_reduce_ if dp is not None else None
+    saves = dp is None or dp.is_leader
     params = trainable(model)
     result = checkpoint.restore(checkpoint_path, params, optimizer, scheduler)
     if isinstance(result, dict):  # written by an earlier version, whose task loops kept their progress as a dict
@@ -203,7 +205,7 @@ def train_domain(
 
     loop = Loop(f"domain {domain!r}", n_steps, cfg.seed, cfg.lr, cfg.max_grad_norm, cfg.checkpoint_every, cfg.gradient_checkpointing)
     return train(model, optimizer, scheduler, loop, step_loss, checkpoint_path, on_step=_as_domain_hook(on_step, domain),
-                 logdir=logdir, reduce=dp.all_reduce_ if dp is not None else None, saves=dp is None or dp.is_leader)
+                 logdir=logdir, dp=dp)
 
 
 def _as_domain_hook(on_step: StepHook | None, domain: str) -> StepHook | None:
@@ -317,17 +319,18 @@ def share(loss: torch.Tensor, mine: int, total: int) -> torch.Tensor:
     return loss * (mine / max(total, 1))
 
 
-def no_rows(model: nn.Module) -> torch.Tensor:
-    """The loss part of a process left without rows (a short last batch): zero, and zero gradients."""
-    return sum(p.sum() * 0.0 for p in model.parameters() if p.requires_grad)
+def no_rows(device) -> torch.Tensor:
+    """The loss part of a process left without rows (a short last batch): zero, with no gradient of its own
+    (``update`` gives its parameters zero gradients before they are summed over the processes)."""
+    return torch.zeros((), device=device, requires_grad=True)
 
 
 def _slice_loss(model: nn.Module, batch: dict[str, torch.Tensor], objective: str, dp: DataParallel, device) -> torch.Tensor:
     """This process's share of the batch loss: its rows' token losses over the batch's token count."""
     count = predicted_tokens(batch["labels"], objective)
-    ids, labels = batch["input_ids"][dp.index :: dp.size], batch["labels"][dp.index :: dp.size]
+    ids, labels = my_rows(batch["input_ids"], dp), my_rows(batch["labels"], dp)
     if ids.shape[0] == 0:  # a short last batch can leave a process without rows
-        return torch.zeros((), device=device, requires_grad=True)
+        return no_rows(device)
     logits = model(input_ids=ids.to(device)).logits
     return lm_loss(logits, labels, objective, reduction="sum") / max(count, 1)
 

@@ -166,7 +166,7 @@ def _train(model, groups, rows, labels, task: Task, cfg: FinetuneConfig, pad_id:
         idx = batch_rows(len(rows["train"]), cfg.batch_size, cfg.seed, step).tolist()
         mine = my_rows(idx, dp)
         if not mine:
-            return no_rows(model), 0
+            return no_rows(device), 0
         batch = pad_batch([rows["train"][i] for i in mine], pad_id)
         batch["labels"] = labels["train"][mine]
         loss = model(**{k: v.to(device) for k, v in batch.items()}).loss  # the mean over its examples
@@ -193,8 +193,7 @@ def _train(model, groups, rows, labels, task: Task, cfg: FinetuneConfig, pad_id:
 
     loop = Loop(f"task {task.name!r}", total, cfg.seed, cfg.lr, cfg.max_grad_norm, cfg.checkpoint_every, cfg.gradient_checkpointing)
     return train(model, optimizer, scheduler, loop, step_loss, ckpt_dir / "state.pt", on_step, ckpt_dir.parent / "tensorboard",
-                 after_step=after_step, fresh=fresh,
-                 reduce=dp.all_reduce_ if dp is not None else None, saves=dp is None or dp.is_leader)
+                 after_step=after_step, fresh=fresh, dp=dp)
 
 
 def format_record(record: dict) -> str:

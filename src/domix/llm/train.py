@@ -183,7 +183,7 @@ def _train(model, groups, train_rows: Rows, dev_rows: Rows, cfg: InstructConfig,
         rows = [train_rows[i] for i in batch_rows(len(train_rows), cfg.batch_size, cfg.seed, step).tolist()]
         mine = my_rows(rows, dp)
         if not mine:
-            return no_rows(model), 0
+            return no_rows(device), 0
         batch = collate(mine, pad_id)
         loss = model(**{k: v.to(device) for k, v in batch.items()}).loss  # the mean over its response tokens
         return share(loss, _predicted(mine), _predicted(rows)), int(batch["attention_mask"].sum())
@@ -206,8 +206,7 @@ def _train(model, groups, train_rows: Rows, dev_rows: Rows, cfg: InstructConfig,
 
     loop = Loop("instruct", total, cfg.seed, cfg.lr, cfg.max_grad_norm, cfg.checkpoint_every, cfg.gradient_checkpointing)
     progress = train(model, optimizer, scheduler, loop, step_loss, ckpt_dir / "state.pt", on_step, ckpt_dir.parent / "tensorboard",
-                     after_step=after_step, fresh=fresh,
-                     reduce=dp.all_reduce_ if dp is not None else None, saves=dp is None or dp.is_leader)
+                     after_step=after_step, fresh=fresh, dp=dp)
     if progress.extra["best_state"] is None:  # every dev loss was NaN
         raise DomixError("the dev loss was never finite; check the data and lower --lr")
     return progress
