@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import random
 import re
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the hub in tests
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# token and datasets caches of this test session, never the user's
+_CACHE = tempfile.mkdtemp(prefix="domix-tests-cache-")
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+os.environ.setdefault("DOMIX_CACHE", _CACHE)
+os.environ.setdefault("HF_DATASETS_CACHE", os.path.join(_CACHE, "datasets"))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 torch.set_num_threads(1)  # tiny models: threads only add contention
 

@@ -7,6 +7,7 @@ from transformers import AutoTokenizer
 from domix.batches import IGNORE_INDEX, masked_batch
 from domix.corpus import read_corpus, split_heldout, tokenize_blocks
 from domix.errors import DomixError
+from domix.tokens import TokenBlocks
 
 
 def test_txt_jsonl_and_folder_give_the_same_passages_and_fingerprint(tmp_path):
@@ -18,7 +19,8 @@ def test_txt_jsonl_and_folder_give_the_same_passages_and_fingerprint(tmp_path):
     (folder / "a.txt").write_text(lines[0] + "\n")
     (folder / "b.jsonl").write_text("\n".join(json.dumps({"text": t}) for t in lines[1:]))
     corpora = [read_corpus("d", tmp_path / name) for name in ("c.txt", "c.jsonl", "parts")]
-    assert [c.passages for c in corpora] == [lines] * 3
+    assert [[p for chunk in c.chunks() for p in chunk] for c in corpora] == [lines] * 3
+    assert [c.passages for c in corpora] == [3] * 3
     assert len({c.fingerprint for c in corpora}) == 1
     (tmp_path / "other.txt").write_text("something else\n")
     assert read_corpus("d", tmp_path / "other.txt").fingerprint != corpora[0].fingerprint
@@ -39,9 +41,9 @@ def test_bad_corpora_are_refused(tmp_path, content, message):
 def test_missing_corpus_and_unknown_suffix(tmp_path):
     with pytest.raises(DomixError, match="does not exist"):
         read_corpus("d", tmp_path / "nope.txt")
-    (tmp_path / "c.csv").write_text("a,b\n")
-    with pytest.raises(DomixError, match="unsupported type .csv"):
-        read_corpus("d", tmp_path / "c.csv")
+    (tmp_path / "c.docx").write_text("a,b\n")
+    with pytest.raises(DomixError, match="unsupported type .docx"):
+        read_corpus("d", tmp_path / "c.docx")
 
 
 def test_blocks_concatenate_passages_with_eos_and_drop_the_tail(tiny_llama, tmp_path):
@@ -49,20 +51,20 @@ def test_blocks_concatenate_passages_with_eos_and_drop_the_tail(tiny_llama, tmp_
     (tmp_path / "c.txt").write_text("the food\nthe menu price\n")  # 2 + 1 + 3 + 1 = 7 tokens
     blocks = tokenize_blocks(read_corpus("d", tmp_path / "c.txt"), tok, seq_len=3, append_eos=True)
     ids = lambda words: tok.convert_tokens_to_ids(words)  # noqa: E731
-    assert blocks.tolist() == [ids(["the", "food", "</s>"]), ids(["the", "menu", "price"])]
+    assert blocks[:].tolist() == [ids(["the", "food", "</s>"]), ids(["the", "menu", "price"])]
     with pytest.raises(DomixError, match="too short for one sequence of 8"):
         tokenize_blocks(read_corpus("d", tmp_path / "c.txt"), tok, seq_len=8, append_eos=True)
 
 
 def test_heldout_split_is_disjoint_capped_and_seeded():
-    blocks = torch.arange(200).view(100, 2)
+    blocks = TokenBlocks.of_tensor(torch.arange(200).view(100, 2))
     train, held = split_heldout(blocks, 0.05, 3, seed=1, domain="d")
     assert len(held) == 3 and len(train) == 97
-    assert not set(held[:, 0].tolist()) & set(train[:, 0].tolist())
+    assert not set(held[:][:, 0].tolist()) & set(train[:][:, 0].tolist())
     again, held_again = split_heldout(blocks, 0.05, 3, seed=1, domain="d")
-    assert torch.equal(held, held_again) and torch.equal(train, again)
+    assert torch.equal(held[:], held_again[:]) and torch.equal(train[:], again[:])
     with pytest.raises(DomixError, match="too few"):
-        split_heldout(blocks[:1], 0.05, 3, seed=1, domain="d")
+        split_heldout(blocks.take([0]), 0.05, 3, seed=1, domain="d")
 
 
 def test_masking_follows_bert_80_10_10_and_never_touches_special_tokens(tiny_bert):

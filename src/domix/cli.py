@@ -10,9 +10,9 @@ from __future__ import annotations
 import argparse
 import sys
 import traceback
-import warnings
 
 from domix import __version__
+from domix.console import set_verbose, verbose
 from domix.errors import DomixError
 from domix.llm.cli import COMMANDS as LLM_COMMANDS
 from domix.llm.cli import add_parsers as add_llm_parsers
@@ -33,7 +33,9 @@ def _add_pretrain(sub) -> None:
     p.add_argument("--config", help="YAML file of settings (keys as the flags, with _ or -)")
     p.add_argument("--model", help="base model: a local folder, a .gguf file, or a Hugging Face name")
     p.add_argument("--domain", dest="domains", action="append", type=_domain, metavar="NAME=PATH",
-                   help="a domain and its corpus (.txt a passage a line, .jsonl with 'text', or a folder); repeat per domain")
+                   help="a domain and its corpus: .txt (a passage a line), .jsonl, .csv, .tsv or .parquet with a text column, "
+                        "a folder of them, a save_to_disk folder, or a dataset name (NAME or NAME:CONFIG); repeat per domain")
+    p.add_argument("--text-column", help="the corpora's text column or jsonl field (default 'text')")
     p.add_argument("--out", help="output folder: the module store")
     p.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
     p.add_argument("--objective", choices=["auto", "mlm", "clm"], help="default: auto (masked LM for encoders, causal for decoders)")
@@ -97,7 +99,11 @@ def _add_finetune(sub) -> None:
                                    "bridge (DoMIX), or a baseline (fixed bridge, PEFT LoRA/DoRA, full fine-tuning). "
                                    "Flags override the settings of --config.")
     p.add_argument("--config", help="YAML file of settings (keys as the flags)")
-    p.add_argument("--task", help="folder with train.jsonl, dev.jsonl, test.jsonl ('text', optional 'text_pair', 'label')")
+    p.add_argument("--task", help="folder with train, dev and test files (.jsonl, .csv, .tsv or .parquet with columns 'text', "
+                                  "optional 'text_pair', 'label'), a save_to_disk folder, or a dataset name (NAME or NAME:CONFIG)")
+    _add_task_columns(p)
+    p.add_argument("--splits", help="the task's split names where they are not train, dev, test, e.g. dev=validation "
+                                    "(validation, valid and val are tried for dev anyway)")
     p.add_argument("--train", help="train file (overrides the task folder's)")
     p.add_argument("--dev", help="dev file")
     p.add_argument("--test", help="test file")
@@ -142,6 +148,12 @@ def _add_finetune(sub) -> None:
     p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
 
 
+def _add_task_columns(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--text-column", help="the task's text column (default 'text')")
+    p.add_argument("--text-pair-column", help="the second text of a pair (default 'text_pair' where there is one)")
+    p.add_argument("--label-column", help="the task's label column (default 'label'; a ClassLabel's names are used)")
+
+
 def _run_finetune(args: argparse.Namespace) -> None:
     from domix.finetune.config import FIELDS, FinetuneConfig
     from domix.finetune.run import finetune
@@ -171,7 +183,11 @@ def _run_evaluate(args: argparse.Namespace) -> None:
 
     if args.predictions:
         check_new_file(args.predictions)
-    scores = evaluate_file(args.task_model, args.data, args.predictions, args.max_length, base=args.base_model)
+    from domix.sources import Columns
+
+    columns = Columns(args.text_column or "text", args.text_pair_column, args.label_column or "label")
+    scores = evaluate_file(args.task_model, args.data, args.predictions, args.max_length, base=args.base_model,
+                           columns=columns, split=args.split)
     print(" ".join(f"{k} {v:.4f}" for k, v in scores.items()))
 
 
@@ -211,6 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="domix", description="Modular domain adaptation of pretrained language models.")
     parser.add_argument("--version", action="version", version=f"domix {__version__}")
     parser.add_argument("--debug", action="store_true", help="with an error, also print where it was raised (a traceback)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="also show the load reports, warnings and progress bars of transformers, PEFT and datasets "
+                             "(silenced by default; DOMIX_VERBOSE=1 does the same)")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_pretrain(sub)
     _add_finetune(sub)
@@ -220,9 +239,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", help="a new folder for the plain transformers model")
     p.add_argument("--overwrite", action="store_true", help="replace an existing folder at OUT (never the task model itself)")
     p.add_argument("--model", help="the base model to rebuild on (default: the one the task model's record names)")
-    p = sub.add_parser("evaluate", help="score a task model (or an exported folder) on a jsonl file")
+    p = sub.add_parser("evaluate", help="score a task model (or an exported folder) on labeled data")
     p.add_argument("task_model", metavar="model", help="a task model folder or an exported folder")
-    p.add_argument("data", help="jsonl with 'text', optional 'text_pair', 'label'")
+    p.add_argument("data", help="a .jsonl, .csv, .tsv or .parquet file with 'text', optional 'text_pair', 'label', "
+                                "a save_to_disk folder or a dataset name")
+    _add_task_columns(p)
+    p.add_argument("--split", help="the split of a dataset with several (default test)")
     p.add_argument("--predictions", help="write one prediction a line to this jsonl file")
     p.add_argument("--max-length", type=int, default=128, help="for exported folders (task models know theirs)")
     p.add_argument("--model", dest="base_model", help="the base model to rebuild a task model on (default: the one its record names)")
@@ -250,9 +272,8 @@ COMMANDS = {"pretrain": _run_pretrain, "finetune": _run_finetune, "export": _run
 
 
 def main(argv: list[str] | None = None) -> int:
-    # PEFT calls a transformers API that warns of its own deprecation on every model it wraps
-    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     args = build_parser().parse_args(argv)
+    set_verbose(args.verbose or verbose())
     try:
         COMMANDS[args.command](args)
     except DomixError as err:

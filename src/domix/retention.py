@@ -24,10 +24,10 @@ from domix.engine.loop import evaluate
 def general_blocks(path: str, tokenizer, objective: str, seq_len: int, max_blocks: int, seed: int = 0) -> torch.Tensor:
     """A seeded sample of at most ``max_blocks`` sequences of ``seq_len`` tokens of the general corpus."""
     blocks = tokenize_blocks(read_corpus("general", path), tokenizer, seq_len, append_eos=objective == "clm")
-    if blocks.shape[0] > max_blocks:
-        keep = torch.randperm(blocks.shape[0], generator=torch.Generator().manual_seed(seed))[:max_blocks]
-        blocks = blocks[keep.sort().values]
-    return blocks
+    keep = torch.arange(len(blocks))
+    if len(blocks) > max_blocks:
+        keep = torch.randperm(len(blocks), generator=torch.Generator().manual_seed(seed))[:max_blocks].sort().values
+    return blocks[keep]
 
 
 def backbone(model: nn.Module) -> nn.Module:

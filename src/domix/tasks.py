@@ -1,7 +1,9 @@
-"""Labeled end tasks: jsonl files with ``text``, optional ``text_pair`` and ``label``.
+"""Labeled end tasks: rows with a text, an optional text pair and a label.
 
-A task is a folder holding train.jsonl, dev.jsonl and test.jsonl, or explicit files.
-The label set is taken from train; dev and test may not hold a label train never saw.
+A task is a folder holding train, dev and test files (``.jsonl``, ``.csv``, ``.tsv`` or ``.parquet``),
+explicit files, a ``save_to_disk`` folder of a DatasetDict, or a dataset name (``domix.sources``). The
+columns default to ``text``, ``text_pair`` and ``label``; ``Columns`` names others. The label set is
+taken from train; dev and test may not hold a label train never saw.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from pathlib import Path
 import torch
 
 from domix.errors import DomixError
-from domix.jsonl import jsonl_rows
+from domix.sources import (JSONL_SUFFIXES, TABLE_SUFFIXES, Columns, is_saved_dataset, jsonl_rows, label_names, load_table,
+                           looks_like_dataset_name, pick_split, require_columns, table_rows)
 
 SPLITS = ("train", "dev", "test")
 
@@ -37,38 +40,88 @@ class Task:
         return torch.tensor([index[label] for label in self.splits[split].labels])
 
 
-def read_split(path: str | Path, name: str) -> Split:
-    path = Path(path)
-    if not path.is_file():
-        raise DomixError(f"the {name} split {path} does not exist; give train, dev and test files (or a folder holding train.jsonl, dev.jsonl, test.jsonl)")
+SPLIT_FILE_SUFFIXES = JSONL_SUFFIXES + tuple(TABLE_SUFFIXES)
+
+
+def read_split(source, name: str, columns: Columns = Columns(), split: str | None = None) -> Split:
+    """One split: a jsonl/CSV/TSV/Parquet file, or a split (``split``, default ``name``) of a saved
+    dataset or dataset name; ``source`` may also be a ``datasets.Dataset`` already loaded."""
+    if not isinstance(source, (str, Path)):
+        return _dataset_split(pick_split(source, split or name, "the task", "(dataset)"), name, "(dataset)", columns)
+    path = Path(source)
+    if path.is_file() and path.suffix.lower() in JSONL_SUFFIXES:
+        return _jsonl_split(path, name, columns)
+    if path.is_file() and path.suffix.lower() not in TABLE_SUFFIXES:
+        raise DomixError(f"the {name} split {path} has an unsupported type {path.suffix or '(none)'}; use "
+                         f"{', '.join(SPLIT_FILE_SUFFIXES)}, a save_to_disk folder or a dataset name")
+    if not path.exists() and not looks_like_dataset_name(str(source)):
+        raise DomixError(f"the {name} split {path} does not exist; give train, dev and test files (or a folder holding "
+                         "train.jsonl, dev.jsonl, test.jsonl)")
+    what = f"the {name} split"
+    return _dataset_split(pick_split(load_table(source, what), split or name, what, source), name, str(source), columns)
+
+
+def _jsonl_split(path: Path, name: str, columns: Columns) -> Split:
+    pair_column = columns.text_pair or "text_pair"
     texts, pairs, labels = [], [], []
     for lineno, row in jsonl_rows(path):
-        for column in ("text", "label"):
+        for column in (columns.text, columns.label) + ((columns.text_pair,) if columns.text_pair else ()):
             if column not in row:
-                raise DomixError(f"{path}:{lineno} has no {column!r} column; each line needs 'text' and 'label' (and may have 'text_pair')")
-        texts.append(str(row["text"]))
-        pairs.append(row.get("text_pair"))
-        labels.append(str(row["label"]))
+                raise DomixError(f"{path}:{lineno} has no {column!r} column; each line needs {columns.text!r} and "
+                                 f"{columns.label!r} (and may have {pair_column!r}); other names: {columns.flags()}")
+        texts.append(str(row[columns.text]))
+        pairs.append(row.get(pair_column))
+        labels.append(str(row[columns.label]))
+    return _split(name, str(path), texts, pairs, labels, pair_column)
+
+
+def _dataset_split(dataset, name: str, source: str, columns: Columns) -> Split:
+    what = f"the {name} split of"
+    require_columns(dataset.column_names, {"text": columns.text, "label": columns.label,
+                                           **({"text_pair": columns.text_pair} if columns.text_pair else {})}, what, source)
+    pair_column = columns.text_pair or "text_pair"
+    wanted = [columns.text, columns.label] + ([pair_column] if pair_column in dataset.column_names else [])
+    names = label_names(dataset, columns.label)  # a ClassLabel column holds ids: give the class names
+    texts, pairs, labels = [], [], []
+    for chunk in table_rows(dataset, wanted):
+        for row in chunk:
+            texts.append(str(row[columns.text]))
+            pairs.append(row.get(pair_column))
+            label = row[columns.label]
+            labels.append(names[label] if names is not None and isinstance(label, int) and label >= 0 else str(label))
+    return _split(name, source, texts, pairs, labels, pair_column)
+
+
+def _split(name: str, source: str, texts: list[str], pairs: list, labels: list[str], pair_column: str) -> Split:
     if not texts:
-        raise DomixError(f"the {name} split {path} holds no example")
+        raise DomixError(f"the {name} split {source} holds no example")
     has_pair = [p is not None for p in pairs]
     if any(has_pair) and not all(has_pair):
-        raise DomixError(f"{path}: 'text_pair' is set on some lines and missing on others; set it on all or none")
-    return Split(name=name, path=str(path), texts=texts, pairs=[str(p) for p in pairs] if all(has_pair) else None, labels=labels)
+        raise DomixError(f"{source}: {pair_column!r} is set on some rows and missing on others; set it on all or none")
+    return Split(name=name, path=source, texts=texts, pairs=[str(p) for p in pairs] if all(has_pair) else None, labels=labels)
 
 
-def read_task(path: str | Path | None = None, name: str | None = None, **files: str | None) -> Task:
-    """Read a task folder, or explicit ``train=``, ``dev=``, ``test=`` files (which win)."""
+def read_task(path: str | Path | None = None, name: str | None = None, columns: Columns = Columns(),
+              splits: dict[str, str] | None = None, **files: str | None) -> Task:
+    """Read a task: a folder of split files, a saved DatasetDict or dataset name, or explicit ``train=``,
+    ``dev=``, ``test=`` sources (which win). ``splits`` maps domix's split names to the source's
+    (``{"dev": "validation"}``); datasets' usual names (validation, valid, val) are tried for dev anyway."""
+    splits = splits or {}
+    unknown = sorted(set(splits) - set(SPLITS))
+    if unknown:
+        raise DomixError(f"--splits names {unknown}; name domix's splits train, dev and test, e.g. --splits dev=validation")
+    table = _task_table(path)
     chosen = {}
     for split in SPLITS:
         given = files.get(split)
-        if given is None and path is not None:
-            if not Path(path).is_dir():
-                raise DomixError(f"task folder {path} does not exist")
-            given = Path(path) / f"{split}.jsonl"
-        if given is None:
+        if given is not None:
+            chosen[split] = read_split(given, split, columns, splits.get(split))
+        elif table is not None:
+            chosen[split] = read_split(table, split, columns, splits.get(split, split))
+        elif path is not None:
+            chosen[split] = read_split(_split_file(Path(path), splits.get(split, split)), split, columns)
+        else:
             raise DomixError(f"no {split} split given; pass a task folder or --{split} FILE")
-        chosen[split] = read_split(given, split)
     labels = sorted(set(chosen["train"].labels))
     if len(labels) < 2:
         raise DomixError(f"the train split has only the label {labels}; a classification task needs at least two")
@@ -78,7 +131,39 @@ def read_task(path: str | Path | None = None, name: str | None = None, **files: 
             raise DomixError(f"the {split} split has label(s) {unseen} that train never has; the label sets must match (train has {labels})")
     if (chosen["train"].pairs is None) != (chosen["test"].pairs is None) or (chosen["train"].pairs is None) != (chosen["dev"].pairs is None):
         raise DomixError("'text_pair' is in some splits and not in others; use it in all splits or none")
-    return Task(name=name or (Path(path).name if path else "task"), splits=chosen, labels=labels)
+    return Task(name=name or (Path(str(path)).name if path else "task"), splits=chosen, labels=labels)
+
+
+def parse_splits(text: str) -> dict[str, str]:
+    """``dev=validation,test=test`` as a mapping, refusing other shapes."""
+    pairs = [part.partition("=") for part in text.split(",") if part.strip()]
+    if not pairs or any(not sep or not a.strip() or not b.strip() for a, sep, b in pairs):
+        raise DomixError(f"--splits {text!r} is not SPLIT=NAME[,SPLIT=NAME]; e.g. --splits dev=validation")
+    return {a.strip(): b.strip() for a, _, b in pairs}
+
+
+def _task_table(path: str | Path | None):
+    """The DatasetDict of a saved dataset folder or dataset name, else None (a folder of split files)."""
+    if path is None:
+        return None
+    folder = Path(path)
+    if is_saved_dataset(folder) or (not folder.exists() and looks_like_dataset_name(str(path))):
+        return load_table(path, "task")
+    if not folder.is_dir():
+        raise DomixError(f"task folder {path} does not exist" if not folder.exists() else
+                         f"task {path} is a file; give a folder of train/dev/test files, a save_to_disk folder, "
+                         "or the files with --train, --dev and --test")
+    return None
+
+
+def _split_file(folder: Path, stem: str) -> Path:
+    found = [folder / f"{stem}{suffix}" for suffix in SPLIT_FILE_SUFFIXES if (folder / f"{stem}{suffix}").is_file()]
+    if len(found) > 1:
+        raise DomixError(f"task folder {folder} has {len(found)} files for the {stem} split ({[f.name for f in found]}); keep one")
+    if not found:
+        raise DomixError(f"the {stem} split does not exist in {folder}: give {stem}.jsonl, {stem}.csv, {stem}.tsv or "
+                         f"{stem}.parquet (or name the split file with --splits, e.g. --splits dev=validation)")
+    return found[0]
 
 
 def encode(split: Split, tokenizer, max_length: int) -> list[list[int]]:

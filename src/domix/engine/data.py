@@ -4,17 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from domix.corpus import Corpus, split_heldout, tokenize_blocks
+from domix.tokens import TokenBlocks
 
 
 @dataclass
 class DomainData:
     corpus: Corpus
     tokens: int
-    train: torch.Tensor  # (sequences, seq_len) token ids
-    heldout: torch.Tensor
+    train: TokenBlocks  # (sequences, seq_len) token ids, read from the memory-mapped cache when indexed
+    heldout: TokenBlocks
 
     @classmethod
     def build(cls, corpus: Corpus, tokenizer, objective: str, cfg) -> "DomainData":

@@ -31,6 +31,7 @@ from domix.engine import checkpoint
 from domix.engine.distributed import DataParallel
 from domix.engine.logs import closing, tensorboard
 from domix.errors import DomixError
+from domix.tokens import Blocks
 
 # Called after every step with (the domain or task training, steps done, loss, model); tests use it to look inside.
 StepHook = Callable[[str, int, float, nn.Module], None]
@@ -172,7 +173,7 @@ def train(
 def train_domain(
     model: nn.Module,
     domain: str,
-    train_blocks: torch.Tensor,
+    train_blocks: Blocks,
     objective: str,
     tokenizer,
     cfg,
@@ -250,7 +251,7 @@ def predicted_tokens(labels: torch.Tensor, objective: str) -> int:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, blocks: torch.Tensor, objective: str, tokenizer, cfg, device) -> float:
+def evaluate(model: nn.Module, blocks: Blocks, objective: str, tokenizer, cfg, device) -> float:
     """Mean loss per predicted token over ``blocks``, with fixed masks (same before and after)."""
     was_training = model.training
     model.eval()

@@ -49,7 +49,7 @@ class PretrainRun:
         recorded in run.json under that key), and the tokenizer."""
         out = Path(cfg.out)
         previous = check_out(out, cfg.to_dict(), type(cfg).RESUME_FREE, overwrite)
-        corpora = {name: read_corpus(name, path) for name, path in cfg.domains.items()}
+        corpora = {name: read_corpus(name, path, cfg.text_column) for name, path in cfg.domains.items()}
         run = cls(cfg, out, previous, overwrite, corpora, None, "")
         if run.resuming:
             extra = extra or {}
@@ -126,7 +126,7 @@ def domain_manifest(kind: str, data: DomainData, cfg, base: BaseModel, fingerpri
     return {
         "name": corpus.name,
         "kind": kind,
-        "corpus": {"path": corpus.path, "fingerprint": corpus.fingerprint, "passages": len(corpus.passages), "tokens": data.tokens},
+        "corpus": {"path": corpus.path, "fingerprint": corpus.fingerprint, "passages": corpus.passages, "tokens": data.tokens},
         "base_model": {"name": model_reference(cfg.model), "fingerprint": fingerprint, "model_type": base.model.config.model_type},
         "objective": base.objective,
         **extra,

@@ -41,7 +41,8 @@ def check_out(out: Path, settings: dict, resume_free: tuple[str, ...], overwrite
     if previous.get("status") == "finished":
         raise DomixError(f"{out} holds a finished run; pass --overwrite to replace it or choose another --out")
     old = previous.get("config", {})
-    differing = sorted(k for k in (set(old) | set(settings)) - set(resume_free) if old.get(k) != settings.get(k))
+    # a setting only one side has came or went with a domix version, at the value the other side's code assumed
+    differing = sorted(k for k in (set(old) & set(settings)) - set(resume_free) if old[k] != settings[k])
     if differing:
         raise DomixError(
             f"{out} holds an unfinished run with other settings ({', '.join(differing)}); "

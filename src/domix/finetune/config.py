@@ -13,10 +13,14 @@ from domix.settings import check
 
 @dataclass
 class FinetuneConfig:
-    task: str | None = None  # a folder with train/dev/test.jsonl
+    task: str | None = None  # a folder of train/dev/test files, a save_to_disk folder or a dataset name
     train: str | None = None  # or explicit files (they win over the folder's)
     dev: str | None = None
     test: str | None = None
+    text_column: str = "text"  # the task's columns, where they are named otherwise
+    text_pair_column: str | None = None  # default: "text_pair" where the task has it
+    label_column: str = "label"
+    splits: dict[str, str] | None = None  # domix split -> the source's split or file stem: {"dev": "validation"}
     modules: str | None = None  # the module store (domix pretrain --out)
     domains: list[str] | None = None  # which modules, in this order (default: all)
     model: str | None = None  # default: the base the modules were trained on
@@ -63,6 +67,10 @@ class FinetuneConfig:
             raise DomixError("no output folder given; pass --out DIR")
         if self.task is None and None in (self.train, self.dev, self.test):
             raise DomixError("no task given; pass --task FOLDER (with train/dev/test.jsonl) or --train, --dev and --test files")
+        if isinstance(self.splits, str):  # "dev=validation,test=test" from a flag
+            from domix.tasks import parse_splits
+
+            self.splits = parse_splits(self.splits)
         spec = stage2(self.method)
         if spec.modules_required and not self.modules:
             raise DomixError(f"method {self.method} needs the {spec.pieces} of domix pretrain --method {spec.store}; "
@@ -98,6 +106,11 @@ class FinetuneConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def columns(self):
+        from domix.sources import Columns
+
+        return Columns(self.text_column, self.text_pair_column, self.label_column)
 
 
 FIELDS = {f.name for f in dataclasses.fields(FinetuneConfig)}

@@ -1,4 +1,4 @@
-"""Scoring a task model (domix's folder or an exported transformers folder) on a jsonl file."""
+"""Scoring a task model (domix's folder or an exported transformers folder) on labeled data."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from domix.engine.predict import predict
 from domix.finetune.model import load_task_model
 from domix.methods.base import EXPORT_FILE, TASK_FILE
 from domix.metrics import classification_scores
+from domix.sources import Columns
 from domix.tasks import encode, read_split
 
 
@@ -34,18 +35,20 @@ def load_any(folder: str | Path, device: str = "cpu", base: str | None = None):
 
 
 def evaluate_file(folder: str | Path, data: str | Path, predictions: str | Path | None = None,
-                  max_length: int = 128, batch_size: int = 32, base: str | None = None) -> dict[str, float]:
+                  max_length: int = 128, batch_size: int = 32, base: str | None = None, columns: Columns = Columns(),
+                  split: str | None = None) -> dict[str, float]:
+    """Scores of a task model on ``data`` (any source ``domix.sources`` reads; a dataset's ``split``, default test)."""
+    examples = read_split(data, "evaluation", columns, split or "test")
     model, tokenizer, labels, trained_length = load_any(folder, base=base)
-    split = read_split(data, "evaluation")
-    unseen = sorted(set(split.labels) - set(labels))
+    unseen = sorted(set(examples.labels) - set(labels))
     if unseen:
         raise DomixError(f"{data} has label(s) {unseen} that the model does not know; it knows {labels}")
-    rows = encode(split, tokenizer, trained_length or max_length)
+    rows = encode(examples, tokenizer, trained_length or max_length)
     logits = predict(model, rows, tokenizer.pad_token_id, batch_size, "cpu")
     predicted = logits.argmax(-1)
-    gold = torch.tensor([labels.index(label) for label in split.labels])
+    gold = torch.tensor([labels.index(label) for label in examples.labels])
     scores = classification_scores(predicted, gold, len(labels))
     if predictions:
-        lines = [json.dumps({"text": t, "label": g, "prediction": labels[p]}) for t, g, p in zip(split.texts, split.labels, predicted.tolist())]
+        lines = [json.dumps({"text": t, "label": g, "prediction": labels[p]}) for t, g, p in zip(examples.texts, examples.labels, predicted.tolist())]
         atomic.write_text(Path(predictions), "\n".join(lines) + "\n")
     return scores

@@ -48,6 +48,7 @@ def load_tokenizer_for(base: str, model: nn.Module):
     tokenizer = AutoTokenizer.from_pretrained(where, **extra)
     if tokenizer.pad_token_id is None:  # decoders: pad with end-of-sequence, read the last real token
         tokenizer.pad_token = tokenizer.eos_token
+        print(f"domix: the tokenizer has no pad token; padding with its end-of-sequence token {tokenizer.eos_token!r}")
     model.config.pad_token_id = tokenizer.pad_token_id
     return tokenizer
 

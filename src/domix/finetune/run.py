@@ -57,7 +57,7 @@ def finetune(cfg: FinetuneConfig, overwrite: bool = False, on_step: StepHook | N
     ranks = process_group()
     out = Path(cfg.out)
     previous = check_out(out, cfg.to_dict(), FinetuneConfig.RESUME_FREE, overwrite)
-    task = read_task(cfg.task, train=cfg.train, dev=cfg.dev, test=cfg.test)
+    task = read_task(cfg.task, columns=cfg.columns(), splits=cfg.splits, train=cfg.train, dev=cfg.dev, test=cfg.test)
     _subsample(task, "train", cfg.train_limit, cfg.sample_seed)
     for split in ("dev", "test"):
         _subsample(task, split, cfg.eval_limit, cfg.sample_seed)
@@ -71,6 +71,8 @@ def finetune(cfg: FinetuneConfig, overwrite: bool = False, on_step: StepHook | N
     started = time.perf_counter()
 
     model, head = classification_model(base_name, task.labels, DTYPES[cfg.dtype], cfg.seed)
+    shapes = ", ".join(f"{name} {'x'.join(map(str, p.shape))}" for name, p in model.named_parameters() if name in head)
+    print(f"domix: added a classification head for {len(task.labels)} labels ({shapes}), randomly initialised")
     tokenizer = load_tokenizer_for(base_name, model)
     fingerprint = weights_fingerprint(model)
     method.check_base(pieces, fingerprint)

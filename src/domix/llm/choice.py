@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from domix.errors import DomixError
-from domix.jsonl import jsonl_rows
+from domix.sources import jsonl_rows
 from domix.llm.config import FORMATS, PROTOCOLS
 
 _REQUIRED = {  # detection order: the first format whose fields a row has

@@ -38,7 +38,7 @@ import torch
 
 from domix.batches import IGNORE_INDEX
 from domix.errors import DomixError
-from domix.jsonl import jsonl_rows
+from domix.sources import jsonl_rows
 from domix.llm.config import TEMPLATES
 
 _ALPACA_INPUT = ("Below is an instruction that describes a task, paired with an input that provides further context. "

@@ -19,6 +19,7 @@ class PretrainConfig:
     objective: str = "auto"  # mlm, clm or auto (from the model)
     method: str = "domix"  # a stage-1 method of domix.methods.registry
     general: str | None = None  # a general-domain corpus: MixDA's retention loss trains on it
+    text_column: str = "text"  # the corpora's text column (jsonl, CSV, Parquet, datasets)
     # LoRA: r 8, alpha 16, no dropout, every linear layer of every block (DoMIX reference)
     rank: int = 8
     alpha: float = 16.0

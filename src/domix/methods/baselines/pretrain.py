@@ -45,6 +45,7 @@ from domix.engine.pretraining import PretrainRun
 from domix.methods.domix.pretrain import lora_config
 from domix.store import MANIFEST_NAME, versions
 from domix.system import peak_memory_mb, reset_peak_memory, resolve_device
+from domix.tokens import TokenBlocks
 
 KINDS = {"ncl_lora": "domix-sequential-module", "joint_lora": "domix-joint-module", "ncl_full": "domix-ncl-full-model"}
 # A full model's manifest has its own name, so load_store never takes the folder for a LoRA module.
@@ -124,7 +125,7 @@ def _train_ncl_lora(s: Baseline, on_step: StepHook | None) -> dict:
 def _train_joint_lora(s: Baseline, on_step: StepHook | None) -> dict:
     steps = {name: total_steps(s.cfg, len(d.train)) for name, d in s.data.items()}
     # as many steps (so tokens) as the domix modules together, over the union shuffled each epoch
-    union = torch.cat([d.train for d in s.data.values()])
+    union = TokenBlocks.concat([d.train for d in s.data.values()])
     manifest = _train_lora(s, [Phase("joint", union, dataclasses.replace(s.cfg, steps=sum(steps.values())))], on_step)
     manifest["training"]["steps_per_domain"] = steps
     return manifest
@@ -259,7 +260,7 @@ def _manifest(s: Baseline, records: list[dict], before: dict, wall_seconds: floa
         "kind": KINDS[cfg.method],
         "method": cfg.method,
         "order": list(s.data),
-        "corpora": {n: {"path": d.corpus.path, "fingerprint": d.corpus.fingerprint, "passages": len(d.corpus.passages), "tokens": d.tokens}
+        "corpora": {n: {"path": d.corpus.path, "fingerprint": d.corpus.fingerprint, "passages": d.corpus.passages, "tokens": d.tokens}
                     for n, d in s.data.items()},
         "base_model": {"name": model_reference(cfg.model), "fingerprint": s.fingerprint, "model_type": base.model.config.model_type},
         "objective": base.objective,

@@ -18,6 +18,7 @@ from torch import nn
 from domix.base_model import set_submodule
 from domix.batches import lm_batch, lm_loss
 from domix.pretrain.config import PretrainConfig
+from domix.tokens import Blocks
 from domix.engine.fused import FusedStep, RowSegments, train_domains
 from domix.engine.loop import StepHook, TrainResult, batch_rows, evaluate, predicted_tokens, step_seed, total_steps
 
@@ -69,8 +70,8 @@ def uninstall(model: nn.Module, layers: dict[str, FusedLoRALinear]) -> None:
 def train_fused(
     model: nn.Module,
     initial: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]],
-    train: dict[str, torch.Tensor],
-    heldout: dict[str, torch.Tensor],
+    train: dict[str, Blocks],
+    heldout: dict[str, Blocks],
     objective: str,
     tokenizer,
     cfg: PretrainConfig,

@@ -36,6 +36,8 @@ from domix.engine.loop import (
     StepHook, TrainResult, batch_rows, domain_seed, evaluate, predicted_tokens, step_seed, total_steps,
 )
 from domix.engine.data import DomainData
+from domix.sources import looks_like_dataset_name
+from domix.tokens import TokenBlocks
 from domix.engine.logs import format_summary, log_heldout
 from domix.engine.pretraining import PretrainRun, domain_manifest, heldout_summary
 from domix.store import MANIFEST_NAME
@@ -59,7 +61,7 @@ class Setup:
     out: Path
     base: BaseModel
     sites: list[Site]
-    general: torch.Tensor  # (sequences, seq_len) token ids of the general corpus
+    general: TokenBlocks  # (sequences, seq_len) token ids of the general corpus
     general_info: dict
     fingerprint: str
     device: torch.device
@@ -69,9 +71,9 @@ def pretrain_mixda(cfg: PretrainConfig, overwrite: bool = False, on_step: StepHo
     """Train MixDA domain adapters for every domain of ``cfg``; returns each domain's manifest."""
     cfg.validate()
     require_one_process(cfg.method, "trains its domains fused")
-    if not Path(cfg.general).exists():
+    if not Path(cfg.general).exists() and not looks_like_dataset_name(cfg.general):
         raise DomixError(f"general-domain corpus {cfg.general} (--general) does not exist; give a text file or folder of general text")
-    general = read_corpus(GENERAL, cfg.general)
+    general = read_corpus(GENERAL, cfg.general, cfg.text_column)
     run = PretrainRun.open(cfg, overwrite, extra={"general_corpus": general})
     pending = run.pending()
     data = run.domain_data(pending)  # all data is checked before the (possibly large) model is loaded
@@ -86,7 +88,7 @@ def pretrain_mixda(cfg: PretrainConfig, overwrite: bool = False, on_step: StepHo
     for name in run.corpora:
         if name not in data:
             print(f"domix: domain {name!r} already finished, kept")
-    general_info = {"path": general.path, "fingerprint": general.fingerprint, "passages": len(general.passages),
+    general_info = {"path": general.path, "fingerprint": general.fingerprint, "passages": general.passages,
                     "tokens": int(general_blocks.numel())}
     setup = Setup(cfg, run.out, base, sites, general_blocks, general_info, fingerprint, device)
     groups = ([pending] if cfg.fused else [[n] for n in pending]) if pending else []
