@@ -96,15 +96,22 @@ def test_compare_runs_every_method_and_resumes(tmp_path, tiny_llama, corpora, ta
     assert re.search(r"finished with other [a-z_, ]*epochs[a-z_, ]* \(--overwrite reruns it\)", capsys.readouterr().out)
 
 
-def test_compare_command_runs_jobs_in_their_own_processes(tmp_path, tiny_llama, corpora, task, capsys):
+def test_compare_command_runs_jobs_in_their_own_processes(tmp_path, tiny_llama, corpora, task, capsys, monkeypatch):
     config = write_config(tmp_path / "c.yaml", tiny_llama, corpora, task, methods=["domix"], jobs=2)
     assert main(["compare", str(config), "--dry-run"]) == 0
     assert capsys.readouterr().out.count("to run") == 3
+    monkeypatch.setenv("DOMIX_PROGRESS_EVERY", "0.05")  # the running jobs' lines, as a log gets them every minute
     assert main(["compare", str(config)]) == 0  # the two orders' fine-tuning jobs run at once
+    shown = capsys.readouterr().out
+    assert shown.count("] started") == 3 and shown.count("] finished") == 3 and "3 job(s) ran in" in shown
+    assert re.search(r"domix: \[1/3\] pretrain/domix: food\+bio step \d/4 \(\d+%\), loss [\d.]+ [\d.]+, ETA \d+s", shown)
+    assert re.search(r"domix: \[[23]/3\] finetune/domix/topics/seed1-\S+: task '\w+' step \d/6 \(\d+%\), loss [\d.]+, ETA", shown)
+    assert re.search(r"domix: \[[23]/3\] finetune/domix/topics/seed1-\S+: task '\w+' trained \(6 steps\), finishing up", shown)
     out = tmp_path / "out"
     for order in ("food-bio", "bio-food"):
         log = (out / "logs" / "finetune" / "domix" / "topics" / f"seed1-{order}.log").read_text()
         assert "domix finetune --config" in log and "test accuracy" in log
+        assert re.search(r"domix: task '\w+': step 6/6, loss", log)  # a log gets progress lines instead of a bar
     results = json.loads((out / "results.json").read_text())
     assert results["settings"]["command"].startswith("domix compare ")
     assert [r["method"] for r in results["runs"]] == ["domix", "domix"]
@@ -132,3 +139,27 @@ def test_default_orders_are_the_given_one_its_reverse_then_the_rest():
     assert domain_orders(["a", "b", "c"], 3) == [["a", "b", "c"], ["c", "b", "a"], ["a", "c", "b"]]
     with pytest.raises(DomixError, match="between 1 and 2"):
         domain_orders(["a", "b"], 3)
+
+
+def test_the_live_view_redraws_one_line_per_running_job_on_a_terminal(tmp_path):
+    import io
+    import time
+
+    from domix.compare.progress import Board
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    screen = Terminal()
+    status = tmp_path / "job.progress.json"
+    with Board(2, stream=screen) as board:
+        board.start(1, "finetune/lora/t/seed1", status)
+        status.write_text(json.dumps({"label": "finetune", "step": 3, "total": 12, "loss": "0.512", "eta_s": 75}))
+        time.sleep(1.3)  # a redraw
+        board.end("finetune/lora/t/seed1", ok=True)
+    text = screen.getvalue()
+    assert "domix: [1/2] started finetune/lora/t/seed1\n" in text
+    assert "  [1/2] finetune/lora/t/seed1: finetune step 3/12 (25%), loss 0.512, ETA 1m15s" in text
+    assert "\x1b[1F\x1b[J" in text  # the job line is erased before it is drawn again
+    assert text.rstrip().splitlines()[-1].endswith("finished finetune/lora/t/seed1 in 1s")

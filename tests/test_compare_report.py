@@ -270,3 +270,48 @@ def test_malformed_run_is_a_user_error():
         summarise(results)
     with pytest.raises(DomixError, match="JSON object"):
         summarise([])
+
+
+def test_bridge_usage_is_drawn_as_blocks_by_projection_types_on_one_screen(tmp_path):
+    import struct
+
+    from domix.compare.report import _usage_plot, layer_grid
+
+    kinds = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
+    layers = [f"model.layers.{b}.{k}" for b in range(30) for k in kinds]  # SmolLM2-135M: 210 adapted layers
+    blocks, labels, cells = layer_grid(layers)
+    assert blocks == list(range(30)) and labels == kinds and cells[8] == (1, 1)
+    bert = layer_grid(["bert.encoder.layer.0.attention.self.query", "bert.encoder.layer.0.output.dense", "bert.encoder.layer.11.output.dense"])
+    assert bert == ([0, 11], ["attention.self.query", "output.dense"], [(0, 0), (0, 1), (1, 1)])
+    assert layer_grid(["pooler.dense", "classifier"]) is None
+    norms = [[1.0, 1.0, 2.0]] * len(layers)
+    png = _usage_plot({"layers": layers, "domains": ["a", "b", "c"], "norms": norms}, "t")
+    width, height = struct.unpack(">II", png[16:24])  # the PNG header's size
+    assert width <= 1600 and height <= 1000, (width, height)  # one screen, where a row per layer was 210 rows
+
+
+def test_the_html_report_is_well_formed(tmp_path):
+    from html.parser import HTMLParser
+
+    class Check(HTMLParser):
+        VOID = {"meta", "img", "br", "hr", "link", "input"}
+
+        def __init__(self):
+            super().__init__()
+            self.open, self.images = [], []
+
+        def handle_starttag(self, tag, attrs):
+            if tag == "img":
+                self.images.append(dict(attrs))
+            elif tag not in self.VOID:
+                self.open.append(tag)
+
+        def handle_endtag(self, tag):
+            assert self.open and self.open[-1] == tag, (self.open[-3:], tag)
+            self.open.pop()
+
+    page = write_report(make_results(), tmp_path / "out")["report.html"].read_text()
+    check = Check()
+    check.feed(page)
+    assert check.open == [] and page.lstrip().lower().startswith("<!doctype html>")
+    assert len(check.images) == 7 and all(i["src"].startswith("data:image/png;base64,") and i.get("alt") for i in check.images)

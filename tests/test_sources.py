@@ -142,7 +142,7 @@ def test_missing_columns_splits_and_unreachable_names_are_one_clear_line(tmp_pat
     with pytest.raises(DomixError, match="no 'label' column .* --label-column"):
         read_task(folder, columns=Columns(text="sentence"))
     (folder / "dev.csv").rename(folder / "valid.csv")
-    with pytest.raises(DomixError, match="dev split does not exist .* --splits"):
+    with pytest.raises(DomixError, match="dev split of .* does not exist: .* --splits"):
         read_task(folder, columns=Columns(text="sentence", label="y"))
     assert len(read_task(folder, columns=Columns(text="sentence", label="y"), splits={"dev": "valid"}).labels) == 3
     datasets.DatasetDict({"train": datasets.Dataset.from_list(_task_rows(6, 0))}).save_to_disk(tmp_path / "only-train")

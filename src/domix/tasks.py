@@ -161,7 +161,7 @@ def _split_file(folder: Path, stem: str) -> Path:
     if len(found) > 1:
         raise DomixError(f"task folder {folder} has {len(found)} files for the {stem} split ({[f.name for f in found]}); keep one")
     if not found:
-        raise DomixError(f"the {stem} split does not exist in {folder}: give {stem}.jsonl, {stem}.csv, {stem}.tsv or "
+        raise DomixError(f"the {stem} split of {folder} does not exist: give {stem}.jsonl, {stem}.csv, {stem}.tsv or "
                          f"{stem}.parquet (or name the split file with --splits, e.g. --splits dev=validation)")
     return found[0]
 

@@ -16,17 +16,24 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import Iterator, Protocol, Sequence
 
 import numpy as np
 import torch
 
 from domix.errors import DomixError
 
-if TYPE_CHECKING:
-    from domix.corpus import Corpus
-
 CACHE_ENV = "DOMIX_CACHE"
+
+
+class Text(Protocol):
+    """What is tokenized: a corpus (``domix.corpus.Corpus``) streams its passages and names its text."""
+
+    path: str
+    passages: int
+    fingerprint: str
+
+    def chunks(self) -> Iterator[list[str]]: ...
 
 
 def cache_dir() -> Path:
@@ -42,7 +49,7 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return hashlib.sha256((spec + extra).encode("utf-8")).hexdigest()[:16]
 
 
-def token_ids(corpus: "Corpus", tokenizer, append_eos: bool) -> np.ndarray:
+def token_ids(corpus: Text, tokenizer, append_eos: bool) -> np.ndarray:
     """The corpus's token ids as a read-only memory-mapped array, tokenizing it on the first call."""
     key = f"{corpus.fingerprint}-{tokenizer_fingerprint(tokenizer)}-{'eos' if append_eos else 'plain'}"
     folder = cache_dir()
@@ -55,7 +62,7 @@ def token_ids(corpus: "Corpus", tokenizer, append_eos: bool) -> np.ndarray:
     return np.memmap(data, dtype=meta["dtype"], mode="r", shape=(meta["tokens"],))
 
 
-def _tokenize_to(corpus: "Corpus", tokenizer, append_eos: bool, folder: Path, key: str) -> None:
+def _tokenize_to(corpus: Text, tokenizer, append_eos: bool, folder: Path, key: str) -> None:
     """Stream the corpus through the tokenizer into ``key``.bin, then write ``key``.json (its presence marks
     the file complete); both appear by rename, so a crash or a concurrent run never leaves half a cache."""
     try:

@@ -24,7 +24,7 @@ from domix.errors import DomixError
 METRICS = ("accuracy", "macro_f1")
 BRIDGE_METHOD = "domix"  # whose bridge usage the heatmaps show; another method's only where it has none
 DPI = 100
-HEATMAP_TITLE = "norm of the weight update each domain's subspace feeds into each layer"
+HEATMAP_TITLE = "each domain's share of the weight update norm the bridge feeds into each layer"
 
 HOW_TO_READ = (
     "Scores are test-set percentages: mean ± std, the std being the sample std (ddof=1; 0 for a single "
@@ -436,6 +436,54 @@ def _heatmap(values: list, rows: list[str], columns: list[str], xlabel: str, tit
     return _png(fig)
 
 
+def layer_grid(layers: list[str]) -> tuple[list[int], list[str], list[tuple[int, int]]] | None:
+    """Layer names as (block, projection type) cells: the first number in a name is its block, what follows
+    it its projection ("self_attn.q_proj", "attention.self.query"); None where a name has no number."""
+    cells = []
+    for name in layers:
+        parts = name.split(".")
+        at = next((i for i, part in enumerate(parts) if part.isdigit()), None)
+        if at is None or at == len(parts) - 1:
+            return None
+        cells.append((int(parts[at]), ".".join(parts[at + 1:])))
+    blocks = sorted({b for b, _ in cells})
+    kinds = list(dict.fromkeys(k for _, k in cells))  # in the model's own order
+    return blocks, _compact_labels(kinds) if len(kinds) > 1 else kinds, [(blocks.index(b), kinds.index(k)) for b, k in cells]
+
+
+def _usage_plot(usage: dict, task: str) -> bytes:
+    """One panel per domain: its share of each layer's bridge norm, projection types by blocks; a model
+    of 30 blocks x 7 projections fits one screen where a row per layer (210) did not."""
+    import numpy as np
+
+    norms = np.asarray(usage["norms"], dtype=float)
+    shares = norms / np.where(norms.sum(axis=1, keepdims=True) > 0, norms.sum(axis=1, keepdims=True), 1.0)
+    grid = layer_grid(usage["layers"])
+    if grid is None:  # names without block numbers: a row per layer
+        return _heatmap(shares.tolist(), usage["layers"], usage["domains"], "domain", f"Bridge usage, {task}\n{HEATMAP_TITLE}", "share")
+    blocks, kinds, cells = grid
+    domains = usage["domains"]
+    from matplotlib.colors import TwoSlopeNorm
+
+    even = TwoSlopeNorm(vcenter=1.0 / len(domains), vmin=0.0, vmax=1.0) if len(domains) > 1 else None  # white: an even share
+    fig = _figure(min(max(6.0, 0.28 * len(blocks) + 2.5), 16.0), min(1.0 + len(domains) * (0.3 * len(kinds) + 0.7), 11.0))
+    axes = fig.subplots(len(domains), 1, sharex=True, squeeze=False)[:, 0]
+    for d, (ax, domain) in enumerate(zip(axes, domains)):
+        panel = np.full((len(kinds), len(blocks)), np.nan)
+        for (b, k), share in zip(cells, shares[:, d]):
+            panel[k, b] = share
+        image = ax.imshow(panel, aspect="auto", cmap="RdBu_r", norm=even, interpolation="nearest")
+        ax.set_yticks(range(len(kinds)), kinds, fontsize=7)
+        ax.set_ylabel(domain, fontsize=9)
+    step = max(1, len(blocks) // 15)
+    axes[-1].set_xticks(range(0, len(blocks), step), [str(b) for b in blocks[::step]], fontsize=7)
+    axes[-1].set_xlabel("block")
+    axes[0].set_title(f"Bridge usage, {task}: each domain's share of the layer's update norm "
+                      f"(white: an even 1/{len(domains)}, red: more, blue: less)", fontsize=9)
+    fig.colorbar(image, ax=list(axes), label="share", fraction=0.03)
+    return _png(fig)
+
+
 def _loss_plot(task: str, methods: list[str], by_method: dict[str, list[dict]]) -> bytes | None:
     """One line per method: its run of the task with the lowest seed (the first listed among those)."""
     fig = _figure(7.0, 4.5)
@@ -473,8 +521,10 @@ def _plots(results: dict, rows: list[dict], tasks: list[str]) -> dict[str, tuple
         usage = bridge_usage(results, task)
         if usage:
             images[f"bridge_{_slug(task)}.png"] = (
-                _heatmap(usage["norms"], usage["layers"], usage["domains"], "domain", f"Bridge usage, {task}\n{HEATMAP_TITLE}", "norm"),
-                f"Bridge usage on {task}: {usage['method']}, averaged over {usage['n_runs']} run(s).")
+                _usage_plot(usage, task),
+                f"Bridge usage on {task}: {usage['method']}, averaged over {usage['n_runs']} run(s). Each panel is one "
+                "domain; a cell is that domain's share of the bridge's update norm in one layer (the shares of a layer "
+                "sum to 1 over the domains), by block and projection type.")
     for method in methods:
         for task in tasks:
             gates = gate_weights(results, method, task)

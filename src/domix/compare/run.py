@@ -35,11 +35,13 @@ import yaml
 
 from domix import atomic
 from domix.compare.config import METHODS, CompareConfig, ComparedTask
+from domix.compare.progress import Board
 from domix.errors import DomixError
 from domix.finetune.config import FinetuneConfig
 from domix.finetune.run import RESULT_FILE
 from domix.methods.registry import STAGE1, STAGE2
 from domix.pretrain.config import PretrainConfig
+from domix.engine.progress import PROGRESS_FILE_ENV
 from domix.engine.runfolder import RUN_FILE
 
 TIMES_FILE = "job_times.json"  # wall seconds of each job's command, as the comparison measured it
@@ -153,25 +155,35 @@ def compare(cfg: CompareConfig, overwrite: bool = False, dry_run: bool = False, 
     pending = [j for j in jobs if not _reusable(j, overwrite)]
     print(f"domix: comparison of {len(cfg.methods)} methods on {len(cfg.tasks)} tasks: {len(jobs)} jobs, "
           f"{len(jobs) - len(pending)} already finished" + (f"; {cfg.jobs} at a time" if cfg.jobs > 1 else ""))
-    lock, started = threading.Lock(), iter(range(1, len(pending) + 1))
+    lock, numbers = threading.Lock(), iter(range(1, len(pending) + 1))
+    board = Board(len(pending))
 
     def run(job: Job) -> None:
         with lock:
-            print(f"domix: [{next(started)}/{len(pending)}] {job.kind} {job.name}", flush=True)
-        seconds = _run(job, out, overwrite, in_process, threads=_threads(cfg.jobs))
+            number = next(numbers)
+        board.start(number, job.name, _status_file(out, job))
+        try:
+            seconds = _run(job, out, overwrite, in_process, threads=_threads(cfg.jobs))
+        except BaseException:
+            board.end(job.name, ok=False)
+            raise
+        board.end(job.name, ok=True)
         with lock:
             times[job.name] = seconds
             atomic.write_json(out / TIMES_FILE, times)
 
     # the pre-training runs are independent of each other; fine-tuning needs them all finished
-    for kind in ("pretrain", "finetune"):
-        batch = [j for j in pending if j.kind == kind]
-        if cfg.jobs == 1 or in_process:
-            for job in batch:
-                run(job)
-        else:
-            with ThreadPoolExecutor(cfg.jobs) as pool:
-                list(pool.map(run, batch))  # list(): re-raises a failed job's error
+    with board:
+        for kind in ("pretrain", "finetune"):
+            batch = [j for j in pending if j.kind == kind]
+            if cfg.jobs == 1 or in_process:
+                for job in batch:
+                    run(job)
+            else:
+                with ThreadPoolExecutor(cfg.jobs) as pool:
+                    list(pool.map(run, batch))  # list(): re-raises a failed job's error
+    if pending:
+        print(board.summary())
     results = collect(cfg, jobs, times, command)
     atomic.write_json(out / "results.json", results)
     from domix.compare.report import format_table, summarise, write_report
@@ -210,6 +222,10 @@ def _threads(jobs: int) -> int | None:
     return max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
 
 
+def _status_file(out: Path, job: Job) -> Path:
+    return out / "logs" / f"{job.name}.progress.json"
+
+
 def _run(job: Job, out: Path, overwrite: bool, in_process: bool, threads: int | None = None) -> float:
     config_file = out / "configs" / f"{job.name}.yaml"
     atomic.write_text(config_file, yaml.safe_dump(job.settings, sort_keys=False))
@@ -226,7 +242,9 @@ def _run(job: Job, out: Path, overwrite: bool, in_process: bool, threads: int | 
     with open(log, "a") as sink:
         sink.write("$ " + " ".join(command) + "\n")
         sink.flush()
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads)} if threads else None
+        status = _status_file(out, job)
+        status.unlink(missing_ok=True)  # an earlier attempt's
+        env = {**os.environ, PROGRESS_FILE_ENV: str(status), **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
         code = subprocess.run(command, stdout=sink, stderr=subprocess.STDOUT, env=env).returncode
     if code != 0:
         tail = "".join(log.read_text().splitlines(keepends=True)[-5:])

@@ -16,11 +16,11 @@ from typing import Callable
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from domix.engine import checkpoint
 from domix.engine.logs import closing, tensorboard
 from domix.engine.loop import Loop, StepHook, TrainResult, checkpointed, non_finite, step_seed, update
+from domix.engine.progress import Progress
 
 
 class RowSegments:
@@ -112,7 +112,7 @@ def train_domains(
         for writer in writers.values():
             stack.enter_context(closing(writer))
         model.train()
-        bar = tqdm(total=max(steps.values()), initial=step, desc="+".join(names), unit="step", dynamic_ncols=True, disable=None, mininterval=1.0)
+        bar = Progress("+".join(names), max(steps.values()), step)
         started, tokens = time.perf_counter(), 0
         while any(results[n].steps < steps[n] for n in names):
             active = [k for k, n in enumerate(names) if results[n].steps < steps[n]]
@@ -143,9 +143,7 @@ def train_domains(
                     finished.append(k)
             step += 1
             tokens += rows * cfg.seq_len
-            bar.update(1)
-            bar.set_postfix(loss=" ".join(f"{loss.item():.3f}" for loss in out.losses),
-                            tok_s=f"{tokens / (time.perf_counter() - started):,.0f}")
+            bar.update(" ".join(f"{loss.item():.3f}" for loss in out.losses), tokens / (time.perf_counter() - started))
             if on_step is not None:
                 for (k, _, _), loss in zip(out.spans, out.losses):
                     on_step(names[k], results[names[k]].steps, loss.item(), model)

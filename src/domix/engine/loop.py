@@ -23,13 +23,13 @@ from typing import Callable, Iterator
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from domix.base_model import set_gradient_checkpointing
 from domix.batches import IGNORE_INDEX, lm_batch, lm_loss
 from domix.engine import checkpoint
 from domix.engine.distributed import DataParallel
 from domix.engine.logs import closing, tensorboard
+from domix.engine.progress import Progress
 from domix.errors import DomixError
 from domix.tokens import Blocks
 
@@ -137,7 +137,7 @@ def train(
 
     with checkpointed(model, loop.gradient_checkpointing), closing(writer):
         model.train()
-        bar = tqdm(total=loop.total, initial=result.steps, desc=loop.label, unit="step", dynamic_ncols=True, disable=None, mininterval=1.0)
+        bar = Progress(loop.label, loop.total, result.steps)
         session_start, session_tokens = time.perf_counter(), 0
         while result.steps < loop.total:
             step = result.steps
@@ -156,8 +156,7 @@ def train(
             result.train_seconds += time.perf_counter() - t0
             session_tokens += tokens
             tokens_per_s = session_tokens / max(time.perf_counter() - session_start, 1e-9)
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{tokens_per_s:,.0f}")
+            bar.update(f"{loss_value:.3f}", tokens_per_s)
             log("train/loss", loss_value)
             log("train/lr", scheduler.get_last_lr()[0])
             log("train/tokens_per_s", tokens_per_s)
