@@ -53,6 +53,17 @@ def test_plan_shares_pretraining_and_runs_ordered_methods_once_per_order(tmp_pat
     assert general["pretrain/mixda"] == str(corpora["bio"]) and general["pretrain/domix"] is None
 
 
+def test_a_task_names_its_columns_and_splits_for_every_job(tmp_path, tiny_llama, corpora, task):
+    spec = {"topics": {"path": str(task), "domain": "food", "text_column": "sentence", "splits": {"dev": "validation"}}}
+    jobs = plan(CompareConfig.from_yaml(write_config(tmp_path / "c.yaml", tiny_llama, corpora, task, tasks=spec)))
+    for job in (j for j in jobs if j.kind == "finetune"):
+        assert job.settings["text_column"] == "sentence" and job.settings["splits"] == {"dev": "validation"}
+        job.config().validate()
+    spec["topics"]["label"] = "y"
+    with pytest.raises(DomixError, match=r"unknown keys \['label'\]; known: path, domain, text_column"):
+        CompareConfig.from_yaml(write_config(tmp_path / "c.yaml", tiny_llama, corpora, task, tasks=spec))
+
+
 def test_compare_runs_every_method_and_resumes(tmp_path, tiny_llama, corpora, task, capsys):
     config = write_config(tmp_path / "c.yaml", tiny_llama, corpora, task)
     results = compare(CompareConfig.from_yaml(config), in_process=True)

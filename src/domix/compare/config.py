@@ -7,6 +7,8 @@ A comparison is one YAML file::
     domains: {restaurant: corpora/restaurant.txt, biomed: corpora/biomed.txt, cs: corpora/cs.txt}
     tasks:                      # a task folder and the domain it belongs to (for methods starting from one module)
       restaurant: {path: tasks/restaurant, domain: restaurant}
+      # any source finetune --task takes, with its columns and split names where they differ from domix's:
+      # sst2: {path: data/sst2_saved, domain: reviews, text_column: sentence, splits: {dev: validation}}
     methods: [full, lora, domix]
     seeds: [1, 2]
     orders: 2                   # or a list of domain orders
@@ -42,6 +44,7 @@ class ComparedTask:
     name: str
     path: str
     domain: str
+    data: dict[str, Any] = field(default_factory=dict)  # how to read it: text_column, text_pair_column, label_column, splits
 
 
 @dataclass
@@ -100,10 +103,16 @@ class CompareConfig:
         return self
 
 
+TASK_DATA_KEYS = ("text_column", "text_pair_column", "label_column", "splits")
+
+
 def _task(name: str, spec: Any, config_path: Path) -> ComparedTask:
     if not isinstance(spec, dict) or "path" not in spec or "domain" not in spec:
         raise DomixError(f"task {name!r} in {config_path} needs a mapping with 'path' (the task folder) and 'domain'")
-    return ComparedTask(str(name), str(spec["path"]), str(spec["domain"]))
+    unknown = sorted(set(spec) - {"path", "domain", *TASK_DATA_KEYS})
+    if unknown:
+        raise DomixError(f"task {name!r} in {config_path} has unknown keys {unknown}; known: path, domain, {', '.join(TASK_DATA_KEYS)}")
+    return ComparedTask(str(name), str(spec["path"]), str(spec["domain"]), {k: spec[k] for k in TASK_DATA_KEYS if k in spec})
 
 
 def _known_keys(where: str, settings: dict, allowed: set[str]) -> None:

@@ -114,7 +114,7 @@ def plan(cfg: CompareConfig) -> list[Job]:
 def _finetune_job(cfg: CompareConfig, name: str, task: ComparedTask, seed: int, order: list[str] | None, source: Job | None) -> Job:
     method = METHODS[name]
     folder = f"finetune/{name}/{task.name}/seed{seed}" + (f"-{slug(order)}" if order else "")
-    settings = {"save_model": False, **cfg.finetune, **cfg.method_settings.get(name, {}),
+    settings = {"save_model": False, **cfg.finetune, **cfg.method_settings.get(name, {}), **task.data,
                 "task": task.path, "out": str(Path(cfg.out) / folder), "method": method.finetune, "seed": seed}
     if source is None:
         settings["model"] = cfg.model
