@@ -146,7 +146,7 @@ def test_missing_columns_splits_and_unreachable_names_are_one_clear_line(tmp_pat
         read_task(folder, columns=Columns(text="sentence", label="y"))
     assert len(read_task(folder, columns=Columns(text="sentence", label="y"), splits={"dev": "valid"}).labels) == 3
     datasets.DatasetDict({"train": datasets.Dataset.from_list(_task_rows(6, 0))}).save_to_disk(tmp_path / "only-train")
-    with pytest.raises(DomixError, match=r"has no dev split \(it has \['train'\]\)"):
+    with pytest.raises(DomixError, match=r"task .*only-train has no dev split \(it has \['train'\]\); name the one to use with --splits dev=NAME"):
         read_task(tmp_path / "only-train", columns=Columns(text="sentence", label="y"))
     # a dataset name where the hub is out of reach (tests run offline)
     assert main(["finetune", "--task", "someone/no-such-dataset", "--model", "x", "--method", "head", "--out", str(tmp_path / "o")]) == 2

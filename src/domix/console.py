@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import warnings
 
 VERBOSE_ENV = "DOMIX_VERBOSE"
@@ -38,9 +39,11 @@ def quiet_third_party() -> None:
     transformers.logging.disable_progress_bar()
     warnings.filterwarnings("ignore", category=UserWarning, module=r"(transformers|peft|torch\.utils\.checkpoint)\b")
     logging.getLogger("accelerate").setLevel(logging.ERROR)
-    try:
-        import datasets
-    except ImportError:
+    if "datasets" not in sys.modules:  # not imported here: pyarrow and pandas cost a second and much memory
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")  # read when datasets is imported
+        os.environ.setdefault("DATASETS_VERBOSITY", "error")
         return
+    import datasets
+
     datasets.disable_progress_bars()
     datasets.logging.set_verbosity_error()

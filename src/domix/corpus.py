@@ -86,7 +86,8 @@ def _file_chunks(path: Path, source: str, name: str, text_column: str) -> Iterat
                          ".jsonl, .csv, .tsv or .parquet (a text column), a save_to_disk folder or a dataset name")
     else:
         what = f"corpus of domain {name!r}"
-        dataset = pick_split(load_table(path if path.exists() else source, what), None, what, source)
+        dataset = pick_split(load_table(path if path.exists() else source, what), None, what, source,
+                             "give the split to train on as its own file or save_to_disk folder")
         require_columns(dataset.column_names, {"text": text_column}, what, source)
         rows = (row for chunk in table_rows(dataset, [text_column]) for row in chunk)
         column = text_column

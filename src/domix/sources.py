@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from domix.console import verbose
+from domix.console import quiet_third_party
 from domix.errors import DomixError
 
 TEXT_SUFFIXES = (".txt", ".text")
@@ -54,20 +54,11 @@ def looks_like_dataset_name(text: str) -> bool:
         TEXT_SUFFIXES + ROW_SUFFIXES)
 
 
-def quiet_datasets() -> None:
-    """datasets' progress bars and info logs ("Generating train split") say nothing a user acts on."""
-    import datasets
-
-    if not verbose():
-        datasets.disable_progress_bars()
-        datasets.logging.set_verbosity_error()
-
-
 def load_table(source: str | Path, what: str):
     """A ``datasets`` Dataset or DatasetDict for a table file, a saved dataset folder, or a dataset name."""
     import datasets
 
-    quiet_datasets()
+    quiet_third_party()  # datasets' "Generating train split" bars, for library callers too
     path = Path(source)
     try:
         if path.is_file():
@@ -87,8 +78,9 @@ def load_table(source: str | Path, what: str):
         raise DomixError(f"{what} {source} could not be read as a dataset: {first}") from None
 
 
-def pick_split(table, split: str | None, what: str, source: str | Path):
-    """One Dataset of a Dataset or DatasetDict: ``split`` (a domix name or the source's own), else train, else the only one."""
+def pick_split(table, split: str | None, what: str, source: str | Path, hint: str):
+    """One Dataset of a Dataset or DatasetDict: ``split`` (a domix name or the source's own), else train, else the
+    only one; ``hint`` says how the user names another."""
     import datasets
 
     if isinstance(table, datasets.Dataset):
@@ -100,8 +92,7 @@ def pick_split(table, split: str | None, what: str, source: str | Path):
     for name in wanted:
         if name in table:
             return table[name]
-    raise DomixError(f"{what} {source} has no {split or 'train'} split (it has {names}); "
-                     f"name the split to use with --splits (e.g. --splits {','.join(names[:3])})")
+    raise DomixError(f"{what} {source} has no {split or 'train'} split (it has {names}); {hint}")
 
 
 def require_columns(columns: list[str], needed: dict[str, str], what: str, source: str | Path) -> None:

@@ -43,11 +43,9 @@ class Task:
 SPLIT_FILE_SUFFIXES = JSONL_SUFFIXES + tuple(TABLE_SUFFIXES)
 
 
-def read_split(source, name: str, columns: Columns = Columns(), split: str | None = None) -> Split:
+def read_split(source: str | Path, name: str, columns: Columns = Columns(), split: str | None = None) -> Split:
     """One split: a jsonl/CSV/TSV/Parquet file, or a split (``split``, default ``name``) of a saved
-    dataset or dataset name; ``source`` may also be a ``datasets.Dataset`` already loaded."""
-    if not isinstance(source, (str, Path)):
-        return _dataset_split(pick_split(source, split or name, "the task", "(dataset)"), name, "(dataset)", columns)
+    dataset or dataset name."""
     path = Path(source)
     if path.is_file() and path.suffix.lower() in JSONL_SUFFIXES:
         return _jsonl_split(path, name, columns)
@@ -58,7 +56,8 @@ def read_split(source, name: str, columns: Columns = Columns(), split: str | Non
         raise DomixError(f"the {name} split {path} does not exist; give train, dev and test files (or a folder holding "
                          "train.jsonl, dev.jsonl, test.jsonl)")
     what = f"the {name} split"
-    return _dataset_split(pick_split(load_table(source, what), split or name, what, source), name, str(source), columns)
+    hint = "name the one to use with --split NAME"
+    return _dataset_split(pick_split(load_table(source, what), split or name, what, source, hint), name, str(source), columns)
 
 
 def _jsonl_split(path: Path, name: str, columns: Columns) -> Split:
@@ -117,7 +116,8 @@ def read_task(path: str | Path | None = None, name: str | None = None, columns: 
         if given is not None:
             chosen[split] = read_split(given, split, columns, splits.get(split))
         elif table is not None:
-            chosen[split] = read_split(table, split, columns, splits.get(split, split))
+            hint = f"name the one to use with --splits {split}=NAME"
+            chosen[split] = _dataset_split(pick_split(table, splits.get(split, split), "task", path, hint), split, str(path), columns)
         elif path is not None:
             chosen[split] = read_split(_split_file(Path(path), splits.get(split, split)), split, columns)
         else:
