@@ -19,7 +19,7 @@ from domix.finetune.evaluate import evaluate_file
 from domix.finetune.model import classification_model, export, load_task_model, load_tokenizer_for
 from domix.finetune.run import finetune, predict
 from domix.methods.mixda.config import choose_layers, default_layers, parse_layers
-from domix.methods.mixda.layer import BottleneckAdapter, DomainAdapterLinear, Segments
+from domix.methods.mixda.layer import BottleneckAdapter, DomainAdapterLinear, Gate, MaskContext, Segments, combine_gates
 from domix.methods.mixda.model import adapter_sites, build_mixda, install_domain_adapters, load_adapters, mixture_layers, new_adapters
 from domix.methods.mixda.pretrain import retention_terms
 from domix.pretrain.config import PretrainConfig
@@ -33,7 +33,8 @@ AUTO = {"bert": AutoModelForMaskedLM, "llama": AutoModelForCausalLM}
 
 
 def pcfg(model, domains: dict, out, general, **kw) -> PretrainConfig:
-    settings = dict(method="mixda", steps=10, batch_size=8, seq_len=32, lr=1e-2, heldout_max_blocks=4, checkpoint_every=5)
+    settings = dict(method="mixda", steps=10, batch_size=8, seq_len=32, lr=1e-2, heldout_max_blocks=4, checkpoint_every=5,
+                    mixda_layers=[0, 1])  # both blocks of the tiny models (the default is one of two)
     settings.update(kw)
     return PretrainConfig(model=str(model), domains={k: str(v) for k, v in domains.items()}, out=str(out),
                           general=str(general), **settings)
@@ -72,10 +73,10 @@ def random_up(adapters: list[BottleneckAdapter], seed: int = 0, std: float = 0.3
 
 # ---- layer choice --------------------------------------------------------------------------------
 
-def test_default_layers_are_two_thirds_up_and_the_last():
-    assert default_layers(12) == [7, 11]  # the reference's layers for a 12-block stack
-    assert default_layers(30) == [19, 29]  # SmolLM2-135M
-    assert default_layers(2) == [0, 1] and default_layers(1) == [0]
+def test_default_layers_are_the_references_relative_depth():
+    assert default_layers(24) == [7, 11]  # the published runs: blocks 7 and 11 of RoBERTa-large
+    assert default_layers(30) == [9, 14]  # SmolLM2-135M
+    assert default_layers(12) == [4, 6] and default_layers(2) == [1] and default_layers(1) == [0]
     assert choose_layers(12, [11, 3]) == [3, 11]
     with pytest.raises(DomixError, match=r"--mixda-layers \[2\] do not exist: this model has 2 blocks"):
         choose_layers(2, [0, 2])
@@ -91,32 +92,50 @@ def test_default_layers_are_two_thirds_up_and_the_last():
 
 def test_adapters_sit_at_the_ffn_output_projection(tiny_model):
     model = AUTO[kind(tiny_model)].from_pretrained(tiny_model)
-    sites = adapter_sites(model, None)
     path = "bert.encoder.layer.{}.output.dense" if kind(tiny_model) == "bert" else "model.layers.{}.mlp.down_proj"
+    assert [s.name for s in adapter_sites(model, None)] == [path.format(1)]  # the default for 2 blocks
+    sites = adapter_sites(model, [0, 1])
     assert [s.name for s in sites] == [path.format(0), path.format(1)]
     assert all(s.linear is model.get_submodule(s.name) and (s.linear.in_features, s.linear.out_features) == (64, 32) for s in sites)
-    adapter = new_adapters(sites, 16, seed=0, dtype=torch.float32)[0]
+    adapters, gates = new_adapters(sites, 16, seed=0, dtype=torch.float32)
+    adapter, gate = adapters[0], gates[0]
     assert adapter.down.weight.shape == (4, 64) and adapter.up.weight.shape == (32, 4)  # d_ff -> d_ff/16 -> d_model
     assert not adapter.up.weight.any() and not adapter.up.bias.any()  # zero-initialised Up
+    assert gate.net[0].weight.shape == (4, 64) and gate.net[2].weight.shape == (2, 4)  # a two-way gate
+    assert torch.equal(gate(torch.randn(3, 1, 64)), torch.full((3, 1, 2), 0.5))  # starting even
 
 
 # ---- stage-1 layer and losses --------------------------------------------------------------------
 
-def test_domain_adapter_layer_adds_each_domains_adapter_to_its_own_rows_and_records_a_real_mse():
+def random_gates(n: int, d: int = 64, width: int = 4, seed: int = 1) -> list[Gate]:
+    torch.manual_seed(seed)
+    return [Gate(d, width, 2, torch.float64) for _ in range(n)]  # default init: not even
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_domain_adapter_layer_gates_each_domains_adapter_on_its_own_rows_and_records_a_real_mse(causal):
     torch.manual_seed(0)
     base = torch.nn.Linear(64, 32, dtype=torch.float64)
     adapters = [BottleneckAdapter(64, 32, 4, torch.float64) for _ in range(2)]
     random_up(adapters)
+    gates = random_gates(2)
     segments = Segments()
-    layer = DomainAdapterLinear(base, adapters, segments)
+    layer = DomainAdapterLinear(base, adapters, gates, segments, MaskContext(causal))
     h = torch.randn(5, 7, 64, dtype=torch.float64)
     assert torch.equal(layer(h), base(h))  # no rows assigned: the plain W2 h
     segments.spans = [(1, 0, 2), (0, 2, 5)]
     segments.retention = {0: [], 1: []}
     out = layer(h)
     up = lambda a, x: a.up(torch.nn.functional.gelu(a.down(x)))  # noqa: E731
-    assert torch.allclose(out[:2], base(h[:2]) + up(adapters[1], h[:2]), atol=1e-12, rtol=0)
-    assert torch.allclose(out[2:], base(h[2:]) + up(adapters[0], h[2:]), atol=1e-12, rtol=0)
+
+    def by_hand(k, x):  # the published stage-1 layer: softmax(gate(pooled h)) over (DA_k(h), W2 h)
+        pooled = x.cumsum(1) / torch.arange(1, x.shape[1] + 1, dtype=x.dtype)[None, :, None] if causal else x.mean(1, keepdim=True)
+        net = gates[k].net
+        g = torch.softmax(net[2](torch.nn.functional.gelu(net[0](pooled))), -1)
+        return g[..., :1] * up(adapters[k], x) + g[..., 1:] * base(x)
+
+    assert torch.allclose(out[:2], by_hand(1, h[:2]), atol=1e-12, rtol=0)
+    assert torch.allclose(out[2:], by_hand(0, h[2:]), atol=1e-12, rtol=0)
     # the retention term compares the adapted output with the plain one, per domain, on its rows
     for k, rows in ((1, slice(0, 2)), (0, slice(2, 5))):
         (mse,) = segments.retention[k]
@@ -124,20 +143,31 @@ def test_domain_adapter_layer_adds_each_domains_adapter_to_its_own_rows_and_reco
         assert mse.item() > 1e-3
 
 
-def test_zero_initialised_adapters_leave_the_model_unchanged(tiny_model):
+def halved_ffn(model_path, layers=(0, 1)):
+    """The base with W2 of the adapted blocks halved: what stage 1 starts as (zero adapter, even gate)."""
+    model = AUTO[kind(model_path)].from_pretrained(model_path, dtype=torch.float64)
+    with torch.no_grad():
+        for site in adapter_sites(model, list(layers)):
+            site.linear.weight.mul_(0.5)
+            if site.linear.bias is not None:
+                site.linear.bias.mul_(0.5)
+    return model
+
+
+def test_stage1_starts_as_the_base_with_half_of_each_adapted_ffn_output(tiny_model):
     model = AUTO[kind(tiny_model)].from_pretrained(tiny_model, dtype=torch.float64).eval()
     ids = torch.randint(5, 30, (3, 10))
     with torch.no_grad():
-        plain = model(ids).logits
-        sites = adapter_sites(model, None)
-        segments, _ = install_domain_adapters(model, sites, [new_adapters(sites, 16, 0, torch.float64)])
+        sites = adapter_sites(model, [0, 1])
+        segments, _ = install_domain_adapters(model, sites, [new_adapters(sites, 16, 0, torch.float64)], causal=kind(tiny_model) == "llama")
         segments.only(0)
-        assert torch.equal(model(ids).logits, plain)
+        assert torch.allclose(model(ids).logits, halved_ffn(tiny_model).eval()(ids).logits, atol=1e-10, rtol=0)
 
 
 def test_lm_term_is_half_the_models_own_loss_at_the_first_step(tiny_model, corpora, general, tmp_path):
-    """At step 1 the adapters are zero, so the retention term is 0 and the loss is 0.5 x the base's LM loss
-    on the domain's first batch (masked or causal, with the same masks and dropout)."""
+    """At step 1 the adapters are zero and the gates even, so the model is the base with half of each adapted
+    FFN output and the loss is 0.5 x that model's LM loss on the domain's first batch (masked or causal, with
+    the same masks and dropout)."""
     seen = []
     cfg = pcfg(tiny_model, {"food": corpora["food"]}, tmp_path / "run", general, steps=1, dtype="float64")
     manifest = pretrain(cfg, on_step=lambda d, s, loss, m: seen.append(loss))["food"]
@@ -149,23 +179,23 @@ def test_lm_term_is_half_the_models_own_loss_at_the_first_step(tiny_model, corpo
     train, _ = split_heldout(blocks, cfg.heldout_fraction, cfg.heldout_max_blocks, cfg.seed, "food")
     batch = lm_batch(train[batch_rows(len(train), 8, cfg.seed, 0)], objective, tokenizer,
                      torch.Generator().manual_seed(step_seed(cfg.seed, 0)), cfg.mlm_probability)
-    model = AUTO[kind(tiny_model)].from_pretrained(tiny_model, dtype=torch.float64).train()
+    model = halved_ffn(tiny_model).train()
     torch.manual_seed(step_seed(cfg.seed, 0))  # the base's dropout, as the run draws it
     with torch.no_grad():
         expected = model(**batch).loss.item()
-    assert seen[0] == pytest.approx(0.5 * expected, rel=1e-6)  # both losses take float32 logits
-    assert manifest["training"]["retention_curve"] == [[1, 0.0]]
-    assert manifest["training"]["lm_loss_curve"][0][1] == pytest.approx(expected, abs=1e-5)
+    retention = manifest["training"]["retention_curve"][0][1]  # MSE(W2 h / 2, W2 h), rounded in the curve
+    assert manifest["training"]["lm_loss_curve"][0][1] == pytest.approx(expected, abs=1e-5)  # both take float32 logits
+    assert seen[0] == pytest.approx(0.5 * expected + retention, abs=1e-4)
 
 
 def test_retention_term_is_the_mse_to_the_plain_ffn_and_training_on_it_lowers_it(tiny_llama):
     model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float64)
     for p in model.parameters():
         p.requires_grad_(False)
-    sites = adapter_sites(model, None)
-    adapters = new_adapters(sites, 16, 0, torch.float64)
+    sites = adapter_sites(model, [0, 1])
+    adapters, gates = new_adapters(sites, 16, 0, torch.float64)
     random_up(adapters, std=0.05)
-    segments, layers = install_domain_adapters(model, sites, [adapters])
+    segments, layers = install_domain_adapters(model, sites, [(adapters, gates)], causal=True)
     seen = []  # each adapted block's output and its plain W2 h, from the layer's own input
     hooks = [layer.register_forward_hook(lambda mod, args, out: seen.append((out, mod.base_layer(args[0])))) for layer in layers]
     ids = torch.randint(3, 30, (4, 16))
@@ -174,7 +204,7 @@ def test_retention_term_is_the_mse_to_the_plain_ffn_and_training_on_it_lowers_it
     assert term.item() > 1e-4 and term.item() == pytest.approx(expected.item(), rel=1e-10)
     for hook in hooks:
         hook.remove()
-    optimizer = torch.optim.Adam([p for a in adapters for p in a.parameters()], lr=1e-2)
+    optimizer = torch.optim.Adam([p for a in (*adapters, *gates) for p in a.parameters()], lr=1e-2)
     start = term.item()
     for _ in range(30):
         (term,) = retention_terms(model, segments, ids, [(0, 0, 4)])
@@ -195,9 +225,10 @@ def test_pretrain_writes_adapters_with_a_live_retention_term(mixda_store, tiny_l
         assert manifest["heldout"]["loss_after"] < manifest["heldout"]["loss_before"]
         assert manifest["peak_memory_mb"] > 0 and manifest["train_time_s"] > 0 and manifest["versions"]["torch"]
         retention = [v for _, v in manifest["training"]["retention_curve"]]
-        assert retention[0] == 0.0 and max(retention[1:]) > 0  # zero adapters at first, then a real cost
+        assert all(v > 0 for v in retention)  # half the FFN output at first, then the adapters move it
         tensors = load_file(str(mixda_store / name / "mixda_adapter.safetensors"))
-        assert sorted(tensors) == sorted(f"{i}.{p}.{w}" for i in (0, 1) for p in ("down", "up") for w in ("weight", "bias"))
+        assert sorted(tensors) == sorted(f"{i}.{p}.{w}" for i in (0, 1) for p in ("down", "up", "gate.net.0", "gate.net.2")
+                                         for w in ("weight", "bias"))
         assert tensors["1.up.weight"].abs().max() > 0  # trained
     assert not (mixda_store / "checkpoints").exists()
 
@@ -271,7 +302,18 @@ def test_stage1_adapters_load_into_stage2_exactly(mixda_store, tiny_llama, corpo
     layers = mixture_layers(model)
     assert len(layers) == 2
     for i, layer in layers.items():
-        assert len(layer.adapters) == 2 and layer.gate[-1].out_features == 3  # bio, food, the FFN
+        assert len(layer.adapters) == 2 and layer.gate.net[2].out_features == 3  # bio, food, the FFN
+        stored_gates = []
+        for domain in ["bio", "food"]:
+            gate = Gate(64, 4, 2, torch.float64)
+            gate.load_state_dict({k.removeprefix(f"{i}.gate."): v.double() for k, v in adapters_of(mixda_store, domain).items()
+                                  if k.startswith(f"{i}.gate.")})
+            stored_gates.append(gate)
+        pooled = torch.randn(3, 5, 64, dtype=torch.float64)
+        g, one, two = layer.gate(pooled), stored_gates[0](pooled), stored_gates[1](pooled)
+        # each domain's odds against the FFN are its stage-1 gate's
+        assert torch.allclose(g[..., 0] / g[..., 2], one[..., 0] / one[..., 1], rtol=1e-10, atol=0)
+        assert torch.allclose(g[..., 1] / g[..., 2], two[..., 0] / two[..., 1], rtol=1e-10, atol=0)
         for k, domain in enumerate(["bio", "food"]):
             stored = adapters_of(mixda_store, domain)
             for key, value in layer.adapters[k].state_dict().items():
@@ -282,6 +324,44 @@ def test_stage1_adapters_load_into_stage2_exactly(mixda_store, tiny_llama, corpo
     assert all(".gate." in n or ".task_adapter." in n or n in head for n, p in named.items() if p.requires_grad)
     with pytest.raises(DomixError, match=r"has no domain \['law'\] \(MixDA domain adapters\)"):
         load_adapters(mixda_store, ["law"])
+
+
+@pytest.mark.parametrize("which", ["llama", "bert"])
+def test_stage2_starts_as_the_stage1_model_of_a_domain_composed_alone(which, tiny_llama, tiny_bert, corpora, general, mixda_store, tmp_path):
+    """With one domain, stage 2 at initialisation is that domain's stage-1 model: the published layer
+    softmax(gate(pooled h)) . (DA(h), W2 h), computed here by hand from the stored tensors."""
+    import torch.nn.functional as F
+
+    base, causal = (tiny_llama, True) if which == "llama" else (tiny_bert, False)
+    store = mixda_store if which == "llama" else tmp_path / "store"
+    if which == "bert":
+        pretrain(pcfg(tiny_bert, corpora, store, general, steps=4))
+    t = {k: v.double() for k, v in adapters_of(store, "food").items()}
+
+    class ByHand(torch.nn.Module):
+        def __init__(self, w2, i):
+            super().__init__()
+            self.w2, self.i = w2, i
+
+        def forward(self, h):
+            lin = lambda x, name: F.linear(x, t[f"{self.i}.{name}.weight"], t[f"{self.i}.{name}.bias"])  # noqa: E731
+            n = torch.arange(1, h.shape[1] + 1, dtype=h.dtype)[None, :, None]
+            pooled = h.cumsum(1) / n if causal else h.mean(1, keepdim=True)
+            g = torch.softmax(lin(F.gelu(lin(pooled, "gate.net.0")), "gate.net.2"), -1)
+            return g[..., :1] * lin(F.gelu(lin(h, "down")), "up") + g[..., 1:] * self.w2(h)
+
+    reference, _ = classification_model(str(base), ["a", "b", "c"], torch.float64, seed=0)
+    for site in adapter_sites(reference, [0, 1]):
+        reference.get_submodule(site.name.rsplit(".", 1)[0]).__setattr__(site.name.rsplit(".", 1)[1], ByHand(site.linear, site.index))
+    model, head = classification_model(str(base), ["a", "b", "c"], torch.float64, seed=0)
+    build_mixda(model, head, load_adapters(store, ["food"]), fcfg(store, "t", "o"))
+    ids = torch.randint(5, 30, (3, 9))
+    with torch.no_grad():
+        want = reference.base_model(input_ids=ids).last_hidden_state
+        got = model.base_model(input_ids=ids).last_hidden_state
+        plain, _ = classification_model(str(base), ["a", "b", "c"], torch.float64, seed=0)
+        assert not torch.allclose(want, plain.base_model(input_ids=ids).last_hidden_state, atol=1e-3)  # the adapters act
+    assert torch.allclose(got, want, atol=1e-10, rtol=0)
 
 
 def stage2_model(model_path, store, seed: int = 0):
@@ -297,19 +377,22 @@ def stage2_model(model_path, store, seed: int = 0):
     return model.eval(), tokenizer
 
 
-def test_gate_mixes_adapters_and_ffn_by_a_softmax_over_real_tokens(mixda_store, tiny_llama):
+def test_gate_mixes_adapters_and_ffn_by_a_softmax_over_the_real_tokens_a_position_sees(mixda_store, tiny_llama):
     model, tokenizer = stage2_model(tiny_llama, mixda_store)
     layer = mixture_layers(model)[1]
     h = torch.randn(2, 6, 64, dtype=torch.float64)
     mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1] * 6])
     layer.context.mask = mask
     with torch.no_grad():
-        g = layer.gate_weights(h)
-        pooled = torch.stack([h[0, :4].mean(0), h[1].mean(0)])  # padding left out of the mean
-        assert torch.allclose(g, torch.softmax(layer.gate(pooled), -1), atol=1e-12, rtol=0)
-        assert torch.allclose(g.sum(-1), torch.ones(2, dtype=torch.float64)) and (g > 0).all()
+        g = layer.gate(layer.context.pooled(h))
+        # a decoder's position t reads the mean of the real tokens up to t (padding left out)
+        real = mask[..., None].double()
+        pooled = (h * real).cumsum(1) / real.cumsum(1).clamp_min(1)
+        assert torch.allclose(pooled[0, 3], h[0, :4].mean(0)) and torch.allclose(pooled[0, 5], h[0, :4].mean(0))
+        assert torch.allclose(g, torch.softmax(layer.gate.net(pooled), -1), atol=1e-12, rtol=0)
+        assert torch.allclose(g.sum(-1), torch.ones(2, 6, dtype=torch.float64)) and (g > 0).all()
         parts = [a(h) for a in layer.adapters] + [layer.base_layer(h)]
-        mixed = sum(g[:, None, None, k] * part for k, part in enumerate(parts))
+        mixed = sum(g[..., k : k + 1] * part for k, part in enumerate(parts))
         assert torch.allclose(layer(h), mixed + layer.task_adapter(mixed), atol=1e-12, rtol=0)
 
 
@@ -335,7 +418,8 @@ def test_finetune_trains_gates_task_adapters_and_head_and_records_gate_weights(m
     assert record["test"]["accuracy"] > 0.6  # chance is 1/3
     assert record["method"] == "mixda" and record["bridge_usage"] is None
     assert record["layers"] == ["model.layers.0.mlp.down_proj", "model.layers.1.mlp.down_proj"]
-    assert record["mixda"] == {"domains": ["bio", "food"], "layers": [0, 1], "reduction": 16, "task_reduction": 16}
+    assert record["mixda"] == {"domains": ["bio", "food"], "layers": [0, 1], "reduction": 16, "task_reduction": 16, "gate": "stage1",
+                               "stage1_gate_width": 4, "gate_width": 8, "pooling": "causal"}
     gates = record["gate_weights"]
     assert gates["layers"] == record["layers"] and gates["labels"] == ["bio", "food", "ffn"]
     for row in gates["weights"]:

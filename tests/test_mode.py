@@ -148,7 +148,9 @@ def test_full_copy_experts_start_as_the_backbone_and_removal_restores_it(tiny_mo
 
 
 def test_blocks_cut_the_layers_and_experts_copy_the_last_ones(tiny_llama):
-    plans = plan_blocks(30, block_size=6, expert_layers=1)  # the defaults, for SmolLM2's 30 layers
+    plans = plan_blocks(30)  # the defaults, for SmolLM2's 30 layers: whole-block copies
+    assert [p.source_layers for p in plans] == [tuple(range(b, b + 6)) for b in range(0, 30, 6)]
+    plans = plan_blocks(30, block_size=6, expert_layers=1)  # the cheaper expert: the block's last layer
     assert [p.source_layers for p in plans] == [(5,), (11,), (17,), (23,), (29,)]
     plans = plan_blocks(7, block_size=3, expert_layers=2, blocks=[2, 0])
     assert [(p.index, p.layers, p.source_layers) for p in plans] == [(0, (0, 1, 2), (1, 2)), (2, (6,), (6,))]
@@ -419,3 +421,26 @@ def test_modules_command_lists_the_experts(mode_stores, capsys):
     listing = capsys.readouterr().out.splitlines()
     assert [line.split(":")[0] for line in listing] == ["bio", "food"]
     assert all("MoDE experts beside the blocks of layers 0-0, 1-1, 1 layer(s) each" in line and "8 steps" in line for line in listing)
+
+
+@pytest.mark.parametrize("kind", ["bert", "llama"])
+def test_default_whole_block_experts_start_as_the_backbone_with_even_gates(kind, tiny_bert, tiny_llama, corpora, tmp_path):
+    """The paper's expert (a copy of its block) makes the stage-1 model the base at any gate weights: it starts even."""
+    from domix.methods.mode.config import backbone_prior_of
+    from domix.methods.mode.model import init_stage1_gates
+
+    base = lm(tiny_bert if kind == "bert" else tiny_llama)
+    ids, mask = batch()
+    expected = base(input_ids=ids, attention_mask=mask).logits
+    cfg = PretrainConfig(model="m", domains={"a": "x"}, out="o", method="mode").validate()
+    (block,) = insert_blocks(base, plan_blocks(2, cfg.mode_block_size, cfg.mode_expert_layers, cfg.mode_blocks))
+    add_domain(base, "bio")
+    init_stage1_gates(base, backbone_prior_of(cfg.mode_block_size, cfg.mode_expert_layers, cfg.mode_backbone_prior))
+    assert len(block.experts["bio"]) == 2 and block.plan.source_layers == (0, 1)  # the whole (2-layer) block
+    weights = torch.softmax(block.gate(torch.randn(2, 3, 32, dtype=torch.float64)), -1)
+    assert torch.allclose(weights, torch.full_like(weights, 0.5))
+    torch.testing.assert_close(base(input_ids=ids, attention_mask=mask).logits, expected, rtol=0, atol=1e-12)
+    assert backbone_prior_of(6, 1, None) == 0.99 and backbone_prior_of(6, None, 0.7) == 0.7
+    manifest = pretrain(pretrain_cfg(tiny_llama, {"food": corpora["food"]}, tmp_path / "store", steps=2,
+                                     mode_block_size=2, mode_expert_layers=None))["food"]
+    assert manifest["mode"]["expert_layers"] == 2 and manifest["mode"]["backbone_prior"] == 0.5

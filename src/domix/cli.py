@@ -44,13 +44,16 @@ def _add_pretrain(sub) -> None:
                                             "for all domains, in one process. "))
     p.add_argument("--general", help="a general-domain corpus (as --domain's PATH): MixDA's retention loss trains on it")
     p.add_argument("--mixda-layers", help="mixda: comma-separated block indices to adapt, 0 = the first "
-                                          "(default: the block at 2/3 of the stack and the last, e.g. 7,11 of 12)")
+                                          "(default: the published blocks 7,11 of RoBERTa-large's 24 at the same relative depth, "
+                                          "e.g. 9,14 of SmolLM2's 30)")
     p.add_argument("--mixda-reduction", type=int, help="mixda: domain adapter bottleneck = FFN width / this (default 16)")
     p.add_argument("--mode-block-size", type=int, help="mode: consecutive backbone layers per block (default 6)")
     p.add_argument("--mode-expert-layers", type=int,
-                   help="mode: layers of a domain's expert per block, copies of the block's last ones (default 1; the block size = full copies)")
+                   help="mode: layers of a domain's expert per block, copies of the block's last ones (default: the block size, "
+                        "the paper's full copies; fewer is cheaper)")
     p.add_argument("--mode-blocks", help="mode: comma-separated block numbers that get experts, 0 = the first (default: all)")
-    p.add_argument("--mode-backbone-prior", type=float, help="mode: the gates' starting weight on the backbone (default 0.99)")
+    p.add_argument("--mode-backbone-prior", type=float,
+                   help="mode: the gates' starting weight on the backbone (default 0.5 for whole-block experts, 0.99 for fewer layers)")
     p.add_argument("--mode-device-map", help="mode: where experts run, e.g. experts=cuda:1 or bio=cuda:1,law=cuda:2 "
                                              "(backbone=DEVICE moves the rest; default: all on --device)")
     p.add_argument("--rank", type=int, help="LoRA rank (default 8)")

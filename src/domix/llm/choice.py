@@ -258,8 +258,9 @@ def extract_answer(text: str, keywords: list[str]) -> int | None:
 
 @torch.no_grad()
 def generate(model: nn.Module, tokenizer, prompts: list[str], max_new_tokens: int = 32, batch_size: int = 8,
-             device="cpu", add_special_tokens: bool = True) -> list[str]:
-    """Greedy continuations of ``prompts`` (left-padded batches), decoded without special tokens."""
+             device="cpu", add_special_tokens: bool = True, num_beams: int = 1) -> list[str]:
+    """Continuations of ``prompts`` (left-padded batches), decoded without special tokens: greedy, or beam
+    search with ``num_beams`` beams (the published DoMIX and LLM-Adapters evaluations use 4)."""
     model.eval()
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     outputs = []
@@ -272,18 +273,19 @@ def generate(model: nn.Module, tokenizer, prompts: list[str], max_new_tokens: in
             ids[i, width - len(row):] = torch.tensor(row)
             mask[i, width - len(row):] = 1
         new = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
-                             do_sample=False, num_beams=1, pad_token_id=pad)[:, width:]
+                             do_sample=False, num_beams=num_beams, pad_token_id=pad)[:, width:]
         outputs += tokenizer.batch_decode(new.cpu(), skip_special_tokens=True)
     return outputs
 
 
 def score_generate(model: nn.Module, tokenizer, questions: list[Question], template: str = "alpaca", max_new_tokens: int = 32,
-                   batch_size: int = 8, device="cpu") -> dict:
+                   batch_size: int = 8, device="cpu", num_beams: int = 1) -> dict:
     """acc of generate-then-extract, the share of outputs with no answer keyword, and each output."""
     from domix.llm.data import prompt_text
 
     prompts = [prompt_text(q.instruction, "", template, tokenizer) for q in questions]
-    texts = generate(model, tokenizer, prompts, max_new_tokens, batch_size, device, add_special_tokens=template != "chat")
+    texts = generate(model, tokenizer, prompts, max_new_tokens, batch_size, device, add_special_tokens=template != "chat",
+                     num_beams=num_beams)
     details, correct, unanswered = [], 0, 0
     for q, text in zip(questions, texts):
         pred = extract_answer(text, q.keywords)
@@ -299,15 +301,15 @@ def score_generate(model: nn.Module, tokenizer, questions: list[Question], templ
 PROTOCOL_NOTES = {
     "loglikelihood": "summed log-probability of each choice given the context (lm-evaluation-harness prompts and "
                      "tokenization); acc = best sum, acc_norm = best sum / choice length in characters",
-    "generate": "greedy generation from the LLM-Adapters/DoRA instruction in the model's prompt template, first answer "
-                "keyword extracted (case-sensitive); no keyword = wrong",
+    "generate": "generation (greedy, or beam search: see num_beams) from the LLM-Adapters/DoRA instruction in the model's "
+                "prompt template, first answer keyword extracted (case-sensitive); no keyword = wrong",
 }
 
 
 def evaluate_choice(source: str, tasks: dict[str, str], protocols: tuple[str, ...] = PROTOCOLS, out: str | None = None,
                     limit: int | None = None, batch_size: int = 8, max_length: int = 2048, max_new_tokens: int = 32,
                     template: str | None = None, device: str = "auto", dtype: str = "auto", details: str | None = None,
-                    base: str | None = None) -> dict:
+                    base: str | None = None, num_beams: int = 1) -> dict:
     """Score a model (domix instruct folder, exported folder, or any causal LM) on task files.
 
     ``tasks`` maps a name to a jsonl file. Returns (and writes to ``out``) ``{"model", "protocols",
@@ -322,6 +324,8 @@ def evaluate_choice(source: str, tasks: dict[str, str], protocols: tuple[str, ..
     unknown = [p for p in protocols if p not in PROTOCOLS]
     if unknown or not protocols:
         raise DomixError(f"unknown protocol {unknown}; use {' and/or '.join(PROTOCOLS)}")
+    if num_beams < 1:
+        raise DomixError(f"--num-beams must be at least 1 (1: greedy), not {num_beams}")
     if not tasks:
         raise DomixError("no task given; pass --task NAME=FILE (jsonl in a public format or context/choices/label)")
     if template is not None and template not in TEMPLATES:
@@ -337,11 +341,12 @@ def evaluate_choice(source: str, tasks: dict[str, str], protocols: tuple[str, ..
                 scores = score_loglikelihood(model, tokenizer, questions, batch_size, max_length, dev)
                 metrics = ("acc", "acc_norm")
             else:
-                scores = score_generate(model, tokenizer, questions, template, max_new_tokens, batch_size, dev)
+                scores = score_generate(model, tokenizer, questions, template, max_new_tokens, batch_size, dev, num_beams)
                 metrics = ("acc", "unanswered")
             per_question[f"{name}/{protocol}"] = scores["details"]
             results += [{"task": name, "format": fmt, "protocol": protocol, "metric": m, "value": scores[m], "n": scores["n"]} for m in metrics]
     report = {"model": str(source), "template": template if "generate" in protocols else None,
+              "generation": {"num_beams": num_beams, "max_new_tokens": max_new_tokens, "do_sample": False} if "generate" in protocols else None,
               "protocols": {p: PROTOCOL_NOTES[p] for p in protocols}, "results": results}
     if out:
         atomic.write_json(Path(out), report)

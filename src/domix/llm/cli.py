@@ -78,16 +78,19 @@ def add_parsers(sub) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="questions scored at once (default 8)")
     p.add_argument("--max-length", type=int, default=2048, help="log-likelihood: inputs cut from the left to this many tokens")
     p.add_argument("--max-new-tokens", type=int, default=32, help="generate: tokens generated per question")
+    p.add_argument("--num-beams", type=int, default=1,
+                   help="generate: beams of beam search (default 1, greedy; the published DoMIX evaluation uses 4); recorded with the scores")
     p.add_argument("--template", choices=TEMPLATES, help="generate: prompt template (default: the model's, else alpaca)")
     p.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto", help="for models that are not domix instruct folders")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
 
-    p = sub.add_parser("generate", help="greedy generation from a causal LM (a domix instruct model, an exported folder, any)")
+    p = sub.add_parser("generate", help="generation (greedy or beam search) from a causal LM (a domix instruct model, an exported folder, any)")
     p.add_argument("model", help="a domix instruct model/ folder, an exported folder, or a causal LM name or folder")
     p.add_argument("--base-model", help="the base to rebuild a domix instruct model on (default: the one its record names)")
     p.add_argument("prompt", nargs="+", help="instruction(s); each is wrapped in the prompt template")
     p.add_argument("--template", choices=TEMPLATES, help="default: the model's, else alpaca")
     p.add_argument("--max-new-tokens", type=int, default=128, help="tokens generated per prompt (default 128)")
+    p.add_argument("--num-beams", type=int, default=1, help="beams of beam search (default 1: greedy)")
     p.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto", help="for models that are not domix instruct folders (default auto)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
 
@@ -112,7 +115,8 @@ def run_eval_choice(args: argparse.Namespace) -> None:
         raise DomixError("two --task flags share a name; give each task its own NAME")
     protocols = PROTOCOLS if args.protocol == "both" else (args.protocol,)
     report = evaluate_choice(args.model, tasks, protocols, args.out, args.limit, args.batch_size, args.max_length,
-                             args.max_new_tokens, args.template, args.device, args.dtype, args.details, args.base_model)
+                             args.max_new_tokens, args.template, args.device, args.dtype, args.details, args.base_model,
+                             args.num_beams)
     print(format_results(report))
 
 
@@ -126,7 +130,10 @@ def run_generate(args: argparse.Namespace) -> None:
     model, tokenizer, trained = load_for_eval(args.model, device, args.dtype, args.base_model)
     template = args.template or trained or "alpaca"
     prompts = [prompt_text(p, "", template, tokenizer) for p in args.prompt]
-    for text in generate(model, tokenizer, prompts, args.max_new_tokens, 1, device, add_special_tokens=template != "chat"):
+    if args.num_beams < 1:
+        raise DomixError(f"--num-beams must be at least 1 (1: greedy), not {args.num_beams}")
+    for text in generate(model, tokenizer, prompts, args.max_new_tokens, 1, device, add_special_tokens=template != "chat",
+                         num_beams=args.num_beams):
         print(text.strip())
 
 

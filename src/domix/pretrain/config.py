@@ -45,16 +45,18 @@ class PretrainConfig:
     dtype: str = "float32"  # float32, bfloat16 or float16
     device: str = "auto"  # auto, cpu, cuda, cuda:1, ...
     # MixDA (method mixda): domain adapters beside the FFN output projection of these block indices
-    # (default: the block at 2/3 of the stack and the last), bottleneck d_ff / mixda_reduction
+    # (default: the reference's blocks 7 and 11 of 24 at the same relative depth), bottleneck d_ff / mixda_reduction
     mixda_layers: list[int] | None = None
     mixda_reduction: int = 16
     # MoDE (method mode): the layers cut into blocks of mode_block_size; each domain's expert beside a block is a
-    # copy of its last mode_expert_layers layers; mode_blocks picks blocks by number (default: all);
+    # copy of its last mode_expert_layers layers (default: the whole block, the paper's); mode_blocks picks blocks by
+    # number (default: all); the gates start at mode_backbone_prior on the backbone (default: 0.5 for whole-block
+    # experts, 0.99 for fewer layers);
     # mode_device_map places experts: {"experts": "cuda:1"}, per domain {"bio": "cuda:2"}, {"backbone": "cuda:0"}
     mode_block_size: int = 6
-    mode_expert_layers: int = 1
+    mode_expert_layers: int | None = None
     mode_blocks: list[int] | None = None
-    mode_backbone_prior: float = 0.99  # the two-way gates start at this weight on the backbone (the rest on the expert)
+    mode_backbone_prior: float | None = None  # the two-way gates start at this weight on the backbone (the rest on the expert)
     mode_device_map: dict[str, str] | None = None
 
     def validate(self) -> "PretrainConfig":

@@ -1,11 +1,14 @@
 """Where MixDA's adapters go and how big they are.
 
-Layer rule: two blocks by default, the one at two thirds of the stack (index round(2L/3) - 1) and
-the last (index L - 1); for a 12-block model that is blocks 7 and 11, the reference's choice for
-RoBERTa. ``--mixda-layers`` names others. An adapter's bottleneck is d_ff / reduction (16).
+Layer rule: two blocks by default, at the reference's relative depth: it adapts blocks 7 and 11 (0 = the
+first) of RoBERTa-large's 24, so for L blocks floor(7L/24 + 1/2) and floor(11L/24 + 1/2) (blocks 9 and 14
+of SmolLM2-135M's 30, 4 and 6 of a 12-block model). ``--mixda-layers`` names others. An adapter's
+bottleneck is d_ff / reduction (16).
 """
 
 from __future__ import annotations
+
+import math
 
 from domix.errors import DomixError
 
@@ -26,9 +29,12 @@ def parse_layers(text: str) -> list[int]:
     return layers
 
 
+REFERENCE_LAYERS, REFERENCE_DEPTH = (7, 11), 24  # the published runs: RoBERTa-large, --layers 7,11
+
+
 def default_layers(n_blocks: int) -> list[int]:
-    """The block at two thirds of the stack and the last one (one block if they coincide)."""
-    return sorted({max(round(2 * n_blocks / 3) - 1, 0), n_blocks - 1})
+    """The reference's blocks at the same relative depth (one block if they coincide)."""
+    return sorted({min(math.floor(i * n_blocks / REFERENCE_DEPTH + 0.5), n_blocks - 1) for i in REFERENCE_LAYERS})
 
 
 def choose_layers(n_blocks: int, chosen: list[int] | None) -> list[int]:

@@ -1,7 +1,9 @@
 """Putting MixDA's layers into a model, and reading and writing what they learned.
 
-Stage 1 writes one folder per domain: ``mixda_adapter.safetensors`` (key ``<block>.<down|up>.<weight|bias>``,
-block = the index in the model's stack of transformer blocks) and ``domix_manifest.json``. Keys by
+Stage 1 writes one folder per domain: ``mixda_adapter.safetensors`` (keys ``<block>.<down|up>.<weight|bias>``
+for the adapter and ``<block>.gate.net.<0|2>.<weight|bias>`` for its two-way gate, block = the index in the
+model's stack of transformer blocks) and ``domix_manifest.json``. Stores written before the gate have
+adapters only; stage 2 then starts a fresh gate. Keys by
 block index, not by module path, so the adapters fit the base under any head (masked LM, causal LM,
 classification). Stage 2 loads them frozen into a :class:`MixtureOfAdapters` per adapted block.
 """
@@ -20,7 +22,8 @@ from domix.base_model import find_blocks, set_submodule
 from domix.engine.predict import predict
 from domix.errors import DomixError
 from domix.methods.mixda.config import KIND, REDUCTION, WEIGHTS_FILE, bottleneck, choose_layers
-from domix.methods.mixda.layer import BottleneckAdapter, DomainAdapterLinear, MaskContext, MixtureOfAdapters, Segments, adapter_dtype
+from domix.methods.mixda.layer import (BottleneckAdapter, DomainAdapterLinear, Gate, MaskContext, MixtureOfAdapters, Segments,
+                                       adapter_dtype, combine_gates)
 from domix.store import MANIFEST_NAME, StoredDomain, domain_folders
 
 
@@ -56,35 +59,56 @@ def widths(site: Site, reduction: int) -> dict[str, int]:
     return {"d_ff": d_ff, "d_model": d_model, "adapter": bottleneck(d_ff, reduction)}
 
 
-def new_adapters(sites: list[Site], reduction: int, seed: int, dtype: torch.dtype) -> list[BottleneckAdapter]:
-    """A domain's initial adapters, one per site, from ``seed`` (the domain's own: engine.loop.domain_seed)."""
+def new_adapters(sites: list[Site], reduction: int, seed: int, dtype: torch.dtype) -> tuple[list[BottleneckAdapter], list[Gate]]:
+    """A domain's initial adapters and two-way gates, one per site, from ``seed`` (the domain's own:
+    engine.loop.domain_seed). The gates start even (zero output layer): g_1 = g_2 = 1/2."""
     torch.manual_seed(seed)
-    return [BottleneckAdapter(s.linear.in_features, s.linear.out_features, bottleneck(s.linear.in_features, reduction), dtype)
-            .to(s.linear.weight.device) for s in sites]
+    adapters, gates = [], []
+    for s in sites:
+        d_ff, width = s.linear.in_features, bottleneck(s.linear.in_features, reduction)
+        adapters.append(BottleneckAdapter(d_ff, s.linear.out_features, width, dtype).to(s.linear.weight.device))
+        gates.append(Gate(d_ff, width, 2, dtype, zero_output=True).to(s.linear.weight.device))
+    return adapters, gates
+
+
+def gate_context(model: nn.Module, causal: bool) -> MaskContext:
+    """The gates' pooling, fed the attention mask by a hook on the backbone (whoever calls it)."""
+    context = MaskContext(causal)
+    context.handle = model.base_model.register_forward_pre_hook(context.hook, with_kwargs=True)
+    return context
 
 
 # ---- stage 1 -------------------------------------------------------------------------------------
 
-def install_domain_adapters(model: nn.Module, sites: list[Site], per_domain: list[list[BottleneckAdapter]]
-                            ) -> tuple[Segments, list[DomainAdapterLinear]]:
-    """Wrap each site's W2 with every domain's adapter (``per_domain[k][i]``: domain k, site i)."""
+def install_domain_adapters(model: nn.Module, sites: list[Site], per_domain: list[tuple[list[BottleneckAdapter], list[Gate]]],
+                            causal: bool) -> tuple[Segments, list[DomainAdapterLinear]]:
+    """Wrap each site's W2 with every domain's adapter and gate (``per_domain[k]``: domain k's, one per site)."""
     segments = Segments()
+    context = gate_context(model, causal)
     layers = []
     for i, site in enumerate(sites):
-        layer = DomainAdapterLinear(site.linear, [adapters[i] for adapters in per_domain], segments)
+        layer = DomainAdapterLinear(site.linear, [adapters[i] for adapters, _ in per_domain], [gates[i] for _, gates in per_domain],
+                                    segments, context)
         set_submodule(model, site.name, layer)
         layers.append(layer)
     return segments, layers
 
 
 def uninstall(model: nn.Module, sites: list[Site]) -> None:
+    """The plain W2 back in every site, and the gates' mask hook off the backbone."""
+    contexts = {id(c): c for site in sites if (c := getattr(model.get_submodule(site.name), "context", None)) is not None}
+    for context in contexts.values():
+        context.handle.remove()
     for site in sites:
         set_submodule(model, site.name, site.linear)
 
 
-def adapter_tensors(sites: list[Site], adapters: list[BottleneckAdapter]) -> dict[str, torch.Tensor]:
-    return {f"{site.index}.{key}": value.detach().cpu().contiguous().clone()
-            for site, adapter in zip(sites, adapters) for key, value in adapter.state_dict().items()}
+def adapter_tensors(sites: list[Site], adapters: list[BottleneckAdapter], gates: list[Gate]) -> dict[str, torch.Tensor]:
+    tensors = {}
+    for site, adapter, gate in zip(sites, adapters, gates):
+        for prefix, module in ((f"{site.index}.", adapter), (f"{site.index}.gate.", gate)):
+            tensors.update({prefix + key: value.detach().cpu().contiguous().clone() for key, value in module.state_dict().items()})
+    return tensors
 
 
 def write_domain(folder: Path, tensors: dict[str, torch.Tensor], manifest: dict) -> None:
@@ -105,8 +129,14 @@ class DomainAdapters(StoredDomain):
         return self.manifest["mixda"]["layers"]
 
     def state(self, index: int) -> dict[str, torch.Tensor]:
+        """The adapter of block ``index``."""
         prefix = f"{index}."
-        return {k.removeprefix(prefix): v for k, v in self.tensors.items() if k.startswith(prefix)}
+        return {k.removeprefix(prefix): v for k, v in self.tensors.items() if k.startswith(prefix) and not k.startswith(prefix + "gate.")}
+
+    def gate_state(self, index: int) -> dict[str, torch.Tensor] | None:
+        """The two-way gate of block ``index``; None in a store written before stage 1 had gates."""
+        prefix = f"{index}.gate."
+        return {k.removeprefix(prefix): v for k, v in self.tensors.items() if k.startswith(prefix)} or None
 
 
 def load_adapters(store: str | Path, domains: list[str] | None = None) -> list[DomainAdapters]:
@@ -129,18 +159,28 @@ def build_mixda(model: nn.Module, head: list[str], adapters: list[DomainAdapters
     """Put a gated mixture of the stored adapters (frozen) and a task adapter into every adapted block
     of a classification ``model``, in place; returns the optimizer's parameter groups.
 
-    Trained: the gates, the task adapters and the head. Everything else is frozen.
+    Trained: the gates, the task adapters and the head. Everything else is frozen. The gates start as the
+    stage-1 gates combined (``layer.combine_gates``); a store written before stage 1 had gates gets fresh ones.
     """
-    settings = adapters[0].manifest["mixda"]
     for p in model.parameters():
         p.requires_grad_(False)
-    torch.manual_seed(cfg.seed)  # gates and task adapters
-    install_mixture(model, settings["layers"], len(adapters), settings["reduction"])
+    settings = mixda_settings(adapters, model)
+    torch.manual_seed(cfg.seed)  # task adapters (and fresh gates)
+    install_mixture(model, settings)
+    mismatch = "the MixDA adapters of {!r} do not fit this model's layers; they belong to another base model"
     with torch.no_grad():
         for i, layer in mixture_layers(model).items():
             for k, stored in enumerate(adapters):
-                _copy_state(layer.adapters[k].state_dict(), stored.state(settings["layers"][i]),
-                            f"the MixDA adapters of {stored.name!r} do not fit this model's layers; they belong to another base model")
+                _copy_state(layer.adapters[k].state_dict(), stored.state(settings["layers"][i]), mismatch.format(stored.name))
+            if settings["gate"] == "stage1":
+                gates = []
+                for stored in adapters:
+                    gate = Gate(layer.base_layer.in_features, settings["stage1_gate_width"], 2, layer.task_adapter.up.weight.dtype)
+                    _copy_state(gate.state_dict(), stored.gate_state(settings["layers"][i]), mismatch.format(stored.name))
+                    gates.append(gate)
+                layer.gate.load_state_dict(combine_gates(gates).state_dict())
+    if settings["gate"] != "stage1":
+        print("domix: these MixDA adapters were stored without their stage-1 gates (an earlier domix); the mixture's gates start fresh")
     params = dict(model.named_parameters())
     for name in head:
         params[name].requires_grad_(True)
@@ -148,21 +188,19 @@ def build_mixda(model: nn.Module, head: list[str], adapters: list[DomainAdapters
     return [{"params": trainable + [params[n] for n in head], "lr": cfg.lr, "weight_decay": cfg.weight_decay}]
 
 
-def install_mixture(model: nn.Module, layers: list[int], n_domains: int, reduction: int) -> list[Site]:
-    """Wrap the given blocks' W2 with a :class:`MixtureOfAdapters` of ``n_domains`` (zero) adapters, and
-    hook the backbone so the gates see the attention mask (whoever calls the backbone)."""
-    sites = adapter_sites(model, layers)
+def install_mixture(model: nn.Module, settings: dict) -> list[Site]:
+    """Wrap the blocks ``settings`` names (``mixda_settings``) with a :class:`MixtureOfAdapters` of zero adapters
+    and a fresh gate each."""
+    sites = adapter_sites(model, settings["layers"])
     dtype = adapter_dtype(next(model.parameters()).dtype)
-    context = MaskContext()
-    backbone = model.base_model
-    backbone.register_forward_pre_hook(context.hook, with_kwargs=True)
+    context = gate_context(model, settings["pooling"] == "causal")
+    n = len(settings["domains"])
     for site in sites:
-        w = widths(site, reduction)
-        device = site.linear.weight.device
-        domain = [BottleneckAdapter(w["d_ff"], w["d_model"], w["adapter"], dtype) for _ in range(n_domains)]
-        layer = MixtureOfAdapters(site.linear, domain, context, gate_width=w["adapter"],
-                                  task_width=bottleneck(w["d_model"], REDUCTION), dtype=dtype).to(device)
-        set_submodule(model, site.name, layer)
+        w = widths(site, settings["reduction"])
+        domain = [BottleneckAdapter(w["d_ff"], w["d_model"], w["adapter"], dtype) for _ in range(n)]
+        gate = Gate(w["d_ff"], settings["gate_width"], n + 1, dtype)
+        layer = MixtureOfAdapters(site.linear, domain, context, gate, task_width=bottleneck(w["d_model"], REDUCTION), dtype=dtype)
+        set_submodule(model, site.name, layer.to(site.linear.weight.device))
     return sites
 
 
@@ -183,11 +221,25 @@ def _copy_state(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor], mi
         value.copy_(state[key])
 
 
-def mixda_settings(adapters: list[DomainAdapters]) -> dict:
-    """What a stage-2 record keeps to rebuild the model: domains, blocks, reduction."""
+def mixda_settings(adapters: list[DomainAdapters], model: nn.Module) -> dict:
+    """What a stage-2 record keeps to rebuild the model: domains, blocks, reduction, the gate's width and
+    where it started, and its pooling (a decoder's causal running mean, an encoder's mean)."""
+    from domix.base_model import detect_objective
+
     settings = adapters[0].manifest["mixda"]
+    width = bottleneck(settings["d_ff"], settings["reduction"])
+    stage1 = all(a.gate_state(settings["layers"][0]) is not None for a in adapters)
     return {"domains": [a.name for a in adapters], "layers": settings["layers"], "reduction": settings["reduction"],
-            "task_reduction": REDUCTION}
+            "task_reduction": REDUCTION, "gate": "stage1" if stage1 else "fresh", "stage1_gate_width": width,
+            "gate_width": width * len(adapters) if stage1 else width,
+            "pooling": "causal" if detect_objective(model.config) == "clm" else "mean"}
+
+
+def _legacy_settings(settings: dict) -> dict:
+    """A record written before stage 1 had gates: a fresh gate of the adapter's width over the example's mean."""
+    if "gate_width" in settings:
+        return settings
+    return {**settings, "gate": "fresh", "gate_width": None, "pooling": "mean"}
 
 
 def task_tensors(model: nn.Module, head: list[str]) -> dict[str, torch.Tensor]:
@@ -208,8 +260,12 @@ def task_tensors(model: nn.Module, head: list[str]) -> dict[str, torch.Tensor]:
 @torch.no_grad()
 def load_task_tensors(model: nn.Module, record: dict, tensors: dict[str, torch.Tensor]) -> None:
     """Rebuild a stage-2 model from ``task_tensors``' output and its record (the inverse, exactly)."""
-    settings = record["mixda"]
-    install_mixture(model, settings["layers"], len(settings["domains"]), settings["reduction"])
+    settings = _legacy_settings(record["mixda"])
+    if settings["gate_width"] is None:  # the gate's hidden width, read off its weights
+        first = next(v for k, v in tensors.items() if k.endswith(".gate.0.weight"))
+        settings["gate_width"] = first.shape[0]
+        tensors = {k.replace(".gate.0.", ".gate.net.0.").replace(".gate.2.", ".gate.net.2."): v for k, v in tensors.items()}
+    install_mixture(model, settings)
     expected = set()
     for name, module in model.named_modules():
         if isinstance(module, MixtureOfAdapters):
@@ -249,7 +305,7 @@ def task_record(model: nn.Module, adapters: list[DomainAdapters], cfg, rows, pad
     return {
         "modules": [{"name": a.name, "path": str(a.path), "base_fingerprint": a.base_fingerprint} for a in adapters],
         "layers": mixture_names(model),
-        "mixda": mixda_settings(adapters),
+        "mixda": mixda_settings(adapters, model),
         "bridge_usage": None,
         "gate_weights": gate_weights,
     }

@@ -1,9 +1,10 @@
 """MixDA stage 1: one set of domain adapters per domain on the frozen base (``domix pretrain --method mixda``).
 
-Domain k's loss at each step is LM_WEIGHT (0.5) x the language-model loss (masked or causal, as the
-base) of its adapters on a batch of its corpus, plus the retention term: the MSE between the adapted
-FFN output W2 h + DA_k(h) and the plain one W2 h at each adapted block (mean over blocks), on a batch
-of general text fed through the backbone. The published code compares a tensor with itself there.
+Each adapted FFN output is g_1 DA_k(h) + g_2 W2 h, with domain k's two-way gate g (methods/mixda/layer.py),
+the layer stage 2 mixes. Domain k's loss at each step is LM_WEIGHT (0.5) x the language-model loss (masked
+or causal, as the base) of its adapters and gates on a batch of its corpus, plus the retention term: the
+MSE between that output and the plain one W2 h at each adapted block (mean over blocks), on a batch of
+general text fed through the backbone. The published code compares a tensor with itself there.
 
 Several domains train fused, as DoMIX's modules do (methods/domix/fused.py): the batch stacks every
 unfinished domain's rows, each domain's adapters see only its rows, and each domain keeps its own
@@ -115,8 +116,8 @@ def _train_group(s: Setup, data: dict[str, DomainData], on_step: StepHook | None
     if len(names) > 1:
         print(f"domix: training {len(names)} domains fused in one pass over the base")
     dtype = adapter_dtype(next(model.parameters()).dtype)
-    adapters = [new_adapters(s.sites, cfg.mixda_reduction, domain_seed(cfg.seed, n), dtype) for n in names]
-    segments, layers = install_domain_adapters(model, s.sites, adapters)
+    adapters = [new_adapters(s.sites, cfg.mixda_reduction, domain_seed(cfg.seed, n), dtype) for n in names]  # (adapters, gates)
+    segments, layers = install_domain_adapters(model, s.sites, adapters, causal=objective == "clm")
     checkpoint = s.out / "checkpoints" / ("mixda-fused.pt" if cfg.fused else f"mixda-{names[0]}.pt")
 
     def step_losses(active: list[int]) -> FusedStep:
@@ -134,11 +135,11 @@ def _train_group(s: Setup, data: dict[str, DomainData], on_step: StepHook | None
         n = names[k]
         segments.only(k)
         after = evaluate(model, data[n].heldout, objective, tokenizer, cfg, device) if len(data[n].heldout) else None
-        write_domain(s.out / n, adapter_tensors(s.sites, adapters[k]), _manifest(s, data[n], result, before[n], after, started, names))
+        write_domain(s.out / n, adapter_tensors(s.sites, *adapters[k]), _manifest(s, data[n], result, before[n], after, started, names))
         log_heldout(s.out, n, result.steps, before[n], after)
 
     try:
-        params = {n: [p for a in adapters[k] for p in a.parameters()] for k, n in enumerate(names)}
+        params = {n: [p for module in (*adapters[k][0], *adapters[k][1]) for p in module.parameters()] for k, n in enumerate(names)}
         steps = {n: total_steps(cfg, data[n].train.shape[0]) for n in names}
         results = {n: MixDAResult() for n in names}
         train_domains(model, names, params, steps, results, cfg, step_losses, done, checkpoint, on_step, label="MixDA",
@@ -195,7 +196,8 @@ def _manifest(s: Setup, data: DomainData, result: MixDAResult, loss_before: floa
         method="mixda",
         general_corpus=s.general_info,
         mixda={"layers": [site.index for site in s.sites], "layer_names": [site.name for site in s.sites],
-               "reduction": cfg.mixda_reduction, **widths(s.sites[0], cfg.mixda_reduction), "lm_weight": LM_WEIGHT},
+               "reduction": cfg.mixda_reduction, **widths(s.sites[0], cfg.mixda_reduction), "lm_weight": LM_WEIGHT,
+               "gate": "two-way", "gate_pooling": "causal" if s.base.objective == "clm" else "mean"},
         training={"general_tokens_seen": result.general_tokens_seen, "fused_with": fused_with if len(fused_with) > 1 else [],
                   "lm_loss_curve": downsample_curve(result.lm_losses, 200),
                   "retention_curve": downsample_curve(result.retention_losses, 200)},

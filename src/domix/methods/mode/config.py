@@ -1,11 +1,12 @@
 """MoDE's architecture settings (docs/methods.md §3): how the backbone is cut into blocks, how big an expert is.
 
-Defaults are sized for a 30-layer SmolLM2 on a CPU: blocks of 6 layers (5 blocks), each domain's
-expert one layer per block, a copy of the block's last layer, so a domain adds 5 layers (1/6 of the
-backbone's). ``expert_layers = block_size`` gives the paper's full-copy experts, which start equal
-to the backbone. With fewer layers an expert starts as another function, so the stage-1 gates start at
-``mode_backbone_prior`` (0.99) on the backbone: the model starts at the base's loss (an even mix would
-ruin it), and the gates learn how much of the expert to take. Stage-2 gates start from the stage-1 ones.
+Defaults: blocks of 6 layers, and the paper's expert: a copy of the whole block, so each domain's
+experts start equal to the backbone (a domain adds as many layers as the backbone has) and the
+stage-1 gates start even (any mix of equal branches is the base). ``expert_layers`` below the block
+size is a cheaper expert, a copy of the block's last layers fed the block's input: it starts as another
+function, so its gates start at ``BACKBONE_PRIOR_PARTIAL`` (0.99) on the backbone, or the model starts far
+from the base (SmolLM2, 1-layer experts at an even mix: LM loss 3.9 -> 23). ``mode_backbone_prior``
+sets the start either way. Stage-2 gates start from the stage-1 ones.
 """
 
 from __future__ import annotations
@@ -15,7 +16,20 @@ from dataclasses import dataclass
 from domix.errors import DomixError
 
 DEFAULT_BLOCK_SIZE = 6
-DEFAULT_EXPERT_LAYERS = 1
+DEFAULT_EXPERT_LAYERS = None  # the block size: full copies
+BACKBONE_PRIOR_FULL = 0.5  # full copies: an even start (the branches are equal at first)
+BACKBONE_PRIOR_PARTIAL = 0.99  # fewer layers: start on the backbone
+
+
+def expert_layers_of(block_size: int, expert_layers: int | None) -> int:
+    return block_size if expert_layers is None else expert_layers
+
+
+def backbone_prior_of(block_size: int, expert_layers: int | None, prior: float | None) -> float:
+    """The stage-1 gates' starting weight on the backbone: as given, else by the experts' size."""
+    if prior is not None:
+        return prior
+    return BACKBONE_PRIOR_FULL if expert_layers_of(block_size, expert_layers) >= block_size else BACKBONE_PRIOR_PARTIAL
 
 
 @dataclass(frozen=True)
@@ -34,14 +48,15 @@ class BlockPlan:
         return cls(int(d["index"]), tuple(d["layers"]), tuple(d["source_layers"]))
 
 
-def plan_blocks(n_layers: int, block_size: int = DEFAULT_BLOCK_SIZE, expert_layers: int = DEFAULT_EXPERT_LAYERS,
+def plan_blocks(n_layers: int, block_size: int = DEFAULT_BLOCK_SIZE, expert_layers: int | None = DEFAULT_EXPERT_LAYERS,
                 blocks: list[int] | None = None) -> list[BlockPlan]:
     """The blocks that get experts: ``n_layers`` cut into runs of ``block_size`` (the last may be shorter).
 
     ``blocks`` picks some of them by number (default: all). An expert has ``expert_layers`` layers
-    (at most the block's length), copied from the block's last layers.
+    (at most the block's length; None: all of them), copied from the block's last layers.
     """
     check_settings(block_size, expert_layers, blocks)
+    expert_layers = expert_layers_of(block_size, expert_layers)
     starts = list(range(0, n_layers, block_size))
     chosen = list(range(len(starts))) if blocks is None else sorted(blocks)
     beyond = [b for b in chosen if b >= len(starts)]
@@ -55,10 +70,10 @@ def plan_blocks(n_layers: int, block_size: int = DEFAULT_BLOCK_SIZE, expert_laye
     return plans
 
 
-def check_settings(block_size: int, expert_layers: int, blocks: list[int] | None) -> None:
+def check_settings(block_size: int, expert_layers: int | None, blocks: list[int] | None) -> None:
     if not isinstance(block_size, int) or block_size < 1:
         raise DomixError(f"--mode-block-size must be a whole number of at least 1, not {block_size!r}")
-    if not isinstance(expert_layers, int) or not 1 <= expert_layers <= block_size:
+    if expert_layers is not None and (not isinstance(expert_layers, int) or not 1 <= expert_layers <= block_size):
         raise DomixError(f"--mode-expert-layers must be between 1 and the block size {block_size}, not {expert_layers!r}")
     if blocks is not None:
         if not blocks or not all(isinstance(b, int) and b >= 0 for b in blocks) or len(set(blocks)) != len(blocks):
@@ -104,7 +119,7 @@ def normalise_settings(cfg) -> None:
             except ValueError:
                 raise DomixError(f"--mode-blocks must list block numbers separated by commas (e.g. 0,2), not {cfg.mode_blocks!r}") from None
         check_settings(cfg.mode_block_size, cfg.mode_expert_layers, cfg.mode_blocks)
-        if not 0 < cfg.mode_backbone_prior < 1:
+        if cfg.mode_backbone_prior is not None and not 0 < cfg.mode_backbone_prior < 1:
             raise DomixError(f"--mode-backbone-prior must be between 0 and 1 (exclusive), not {cfg.mode_backbone_prior!r}")
     else:  # fine-tuning
         if cfg.mode_gate_lr is not None and not cfg.mode_gate_lr > 0:

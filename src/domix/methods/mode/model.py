@@ -102,9 +102,10 @@ def add_domain(model: nn.Module, domain: str) -> None:
 def init_stage1_gates(model: nn.Module, backbone_prior: float) -> None:
     """Start every two-way gate at (backbone_prior, 1 - backbone_prior) for every token: weight 0, bias the log-odds.
 
-    An expert of fewer layers than its block computes another function at the start, and an even mix
-    ruins the base (SmolLM2, 1-layer experts: LM loss 3.9 -> 23); at 0.99 the start is the base's
-    (3.93), and AdamW's steps do not shrink with the expert's small share of the gradient.
+    Whole-block experts start equal to their block, so any mix is the base and an even one gives the
+    expert half the gradient. An expert of fewer layers computes another function at the start, and an
+    even mix ruins the base (SmolLM2, 1-layer experts: LM loss 3.9 -> 23); at 0.99 the start is the
+    base's (3.93), and AdamW's steps do not shrink with the expert's small share of the gradient.
     """
     for block in expert_blocks(model):
         block.gate.weight.zero_()

@@ -19,7 +19,7 @@ from domix import atomic
 from domix.base_model import BaseModel, find_blocks
 from domix.engine.distributed import require_one_process
 from domix.errors import DomixError
-from domix.methods.mode.config import BlockPlan, plan_blocks
+from domix.methods.mode.config import BlockPlan, backbone_prior_of, expert_layers_of, plan_blocks
 from domix.methods.mode.model import (
     EXPERTS_FILE, KIND, add_domain, block_tensors, init_stage1_gates, insert_blocks, place, remove_blocks, set_trainable,
 )
@@ -75,7 +75,7 @@ def _train_experts(base: BaseModel, data: DomainData, plans: list[BlockPlan], cf
     insert_blocks(model, plans)
     try:
         add_domain(model, name)
-        init_stage1_gates(model, cfg.mode_backbone_prior)
+        init_stage1_gates(model, backbone_prior_of(cfg.mode_block_size, cfg.mode_expert_layers, cfg.mode_backbone_prior))
         place(model, cfg.mode_device_map)
         set_trainable(model, experts=True)
         result = train_domain(model, name, data.train, base.objective, base.tokenizer, cfg, device, checkpoint, on_step,
@@ -105,7 +105,8 @@ def _manifest(base: BaseModel, data: DomainData, plans: list[BlockPlan], cfg: Pr
     gate_params = sum(t.numel() for k, t in tensors.items() if ".gate." in k)
     return domain_manifest(
         KIND, data, cfg, base, fingerprint, device, result, loss_before, loss_after, started,
-        mode={"block_size": cfg.mode_block_size, "expert_layers": cfg.mode_expert_layers, "backbone_prior": cfg.mode_backbone_prior,
+        mode={"block_size": cfg.mode_block_size, "expert_layers": expert_layers_of(cfg.mode_block_size, cfg.mode_expert_layers),
+              "backbone_prior": backbone_prior_of(cfg.mode_block_size, cfg.mode_expert_layers, cfg.mode_backbone_prior),
               "blocks": [p.to_dict() for p in plans], "expert_parameters": expert_params, "gate_parameters": gate_params,
               "device_map": cfg.mode_device_map},
         training={"init_seed": None},  # the experts start as copies of the backbone's layers, the gates at the prior
