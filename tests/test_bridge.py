@@ -4,7 +4,7 @@ from transformers import AutoModelForCausalLM
 
 from domix.methods.domix import BridgeConfig, BridgedLinear, compose, fold
 from domix.methods.domix.layer import _BridgePath
-from domix.methods.domix.model import bridged_layers
+from domix.methods.domix.model import bridged_layers, fresh_module
 from domix.store import load_store, merge_into
 
 
@@ -75,3 +75,35 @@ def test_bridged_layer_keeps_sigma_r_numbers_per_token_not_the_input():
     assert saved_bytes(bridged, x) == tokens * rank * 4
     lora = get_peft_model(torch.nn.Sequential(torch.nn.Linear(d_in, d_out)), LoraConfig(r=rank, target_modules=["0"]))
     assert saved_bytes(lora, x) >= tokens * d_in * 4  # PEFT LoRA keeps the layer input for A's gradient
+
+
+def test_a_fresh_block_goes_first_in_the_bridge_trains_its_b_and_folds(llama_store, task, tmp_path):
+    """--new-rank: the published LLM setting's own block (random A, frozen; zero B, trained) before the modules."""
+    import math
+
+    from domix.finetune.config import FinetuneConfig
+    from domix.finetune.evaluate import load_any
+    from domix.finetune.model import export, load_task_model
+    from domix.finetune.run import finetune, predict
+    from domix.tasks import encode, read_split
+
+    modules = load_store(llama_store)
+    record = finetune(FinetuneConfig(modules=str(llama_store), task=str(task), out=str(tmp_path / "run"), new_rank=2, epochs=1,
+                                     batch_size=16, lr=5e-3, max_length=32, dtype="float64"))
+    assert record["bridge"]["new_rank"] == 2 and record["bridge_usage"]["domains"] == ["new"] + [m.name for m in modules]
+    model, tokenizer, _ = load_task_model(tmp_path / "run" / "model")
+    for name, layer in bridged_layers(model).items():
+        key = next(k for k in modules[0].lora_A if name.endswith(k) or k.endswith(name.split("model.", 1)[-1]))
+        d_in = layer.lora_A.shape[1]
+        assert layer.lora_A.shape[0] == 2 + sum(m.rank for m in modules)
+        fresh, rest = layer.lora_A[:2], layer.lora_A[2:]
+        assert torch.equal(rest, torch.cat([m.lora_A[key] for m in modules]).to(rest.dtype))  # the modules' A, frozen
+        assert fresh.abs().max() <= 1 / math.sqrt(d_in) and fresh.std() > 0.2 / math.sqrt(d_in)  # Kaiming-uniform
+        assert torch.equal(fresh, fresh_module(modules, 2, seed=42).lora_A[key].to(fresh.dtype))  # as drawn: frozen
+        assert layer.lora_B[:, :2].abs().max() > 0  # B of the fresh block started at zero and trained
+        assert torch.allclose(layer.scales[:2], torch.full((2,), modules[0].scaling, dtype=layer.scales.dtype))
+    rows = encode(read_split(task / "test.jsonl", "test"), tokenizer, 32)
+    logits = predict(model, rows, tokenizer.pad_token_id, 8, "cpu")
+    export(tmp_path / "run" / "model", tmp_path / "exported")  # W' = W + B_cat diag(s) P A_cat, the fresh block folded in
+    plain, plain_tokenizer, _, _ = load_any(tmp_path / "exported")
+    assert torch.allclose(predict(plain, rows, plain_tokenizer.pad_token_id, 8, "cpu"), logits, atol=1e-8)

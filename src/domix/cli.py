@@ -127,6 +127,8 @@ def _add_finetune(sub) -> None:
     p.add_argument("--p-lr", type=float, help="learning rate of the bridge, which trains in its own optimizer group as in "
                                               "the published code (default: --lr)")
     p.add_argument("--p-weight-decay", type=float, help="weight decay of the bridge (default 0.01, the published code's)")
+    p.add_argument("--new-rank", type=int, help="domix, domix_fixed, cat: a fresh LoRA block of this rank first in the bridge "
+                                                "(A random and frozen, B zero and trained), as the published LLM code adds")
     p.add_argument("--mode-train-experts", action=argparse.BooleanOptionalAction, default=None,
                    help="mode: train the domain experts too (default: no, only the gates and the head)")
     p.add_argument("--mode-gate-lr", type=float, help="mode: learning rate of the gates (default: --lr)")

@@ -35,6 +35,7 @@ class FinetuneConfig:
     p_init: str | float = "scaled_identity"
     p_lr: float | None = None
     p_weight_decay: float = 0.01  # the published code's: its bridge group falls back to weight decay 0.01
+    new_rank: int | None = None  # a fresh LoRA block of this rank first in the bridge (A random, frozen; B zero)
     # MoDE (method mode): gates and head train; the experts too with mode_train_experts; the gates' learning
     # rate (default: lr); mode_device_map places experts as in pre-training ({"experts": "cuda:1"}, ...)
     mode_train_experts: bool = False
@@ -86,6 +87,8 @@ class FinetuneConfig:
                                  + (" (its A stays at a random init by definition)" if spec.lora_rank else ""))
             if not self.modules:
                 raise DomixError("--init-module names a module of a store; pass --modules STORE too")
+        if self.new_rank is not None and not spec.new_rank:
+            raise DomixError(f"--new-rank adds a fresh block to the bridge; it does not apply to method {self.method}")
         from domix.methods.domix.config import parse_p_init  # here, not at the top: the bridge package imports torch
 
         self.p_init = parse_p_init(self.p_init)
@@ -101,6 +104,7 @@ class FinetuneConfig:
             (self.train_limit is None or self.train_limit >= 2, "--train-limit must be at least 2"),
             (self.eval_limit is None or self.eval_limit >= 1, "--eval-limit must be at least 1"),
             (self.general_blocks >= 1, "--general-blocks must be at least 1"),
+            (self.new_rank is None or self.new_rank >= 1, "--new-rank must be at least 1"),
         ])
         return self
 

@@ -44,6 +44,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--p-init", help="bridge init: scaled_identity (default, 1/Σr), identity, or a number")
     p.add_argument("--p-lr", type=float, help="learning rate of the bridge (default: --lr)")
     p.add_argument("--p-weight-decay", type=float, help="weight decay of the bridge (default 0)")
+    p.add_argument("--new-rank", type=int, help="domix: a fresh LoRA block of this rank first in the bridge (A random and frozen, "
+                                                "B zero and trained), as the published LLM code adds (it uses the modules' rank)")
     p.add_argument("--lr", type=float, help="(default 2e-4)")
     p.add_argument("--weight-decay", type=float, help="AdamW weight decay (default 0)")
     p.add_argument("--warmup-ratio", type=float, help="(default 0.03)")

@@ -36,6 +36,7 @@ class InstructConfig:
     p_init: str | float = "scaled_identity"
     p_lr: float | None = None
     p_weight_decay: float = 0.0
+    new_rank: int | None = None  # a fresh LoRA block of this rank first in the bridge (the published LLM setting: the modules' rank)
     # optimisation
     lr: float = 2e-4
     weight_decay: float = 0.0
@@ -67,6 +68,8 @@ class InstructConfig:
             raise DomixError(f"method {self.method} composes LoRA modules; pass --modules STORE and/or --adapter PATH (repeat)")
         if not spec.modules_required and not (self.model or self.modules or self.adapters):
             raise DomixError(f"method {self.method} needs a base model; pass --model")
+        if self.new_rank is not None and not spec.new_rank:
+            raise DomixError(f"--new-rank adds a fresh block to the bridge; it does not apply to method {self.method}")
         if self.domains and not self.modules:
             raise DomixError("--domains picks modules of a store; pass --modules STORE too")
         check([
@@ -77,6 +80,7 @@ class InstructConfig:
             (self.max_length >= 2, "--max-length must be at least 2"),
             (0 < self.dev_fraction < 1, "--dev-fraction must be between 0 and 1"),
             (self.lora_rank is None or self.lora_rank >= 1, "--lora-rank must be at least 1"),
+            (self.new_rank is None or self.new_rank >= 1, "--new-rank must be at least 1"),
             (self.train_limit is None or self.train_limit >= 2, "--train-limit must be at least 2"),
             (self.checkpoint_every >= 1, "--checkpoint-every must be at least 1"),
             (self.dtype in DTYPE_CHOICES, f"--dtype must be one of {', '.join(DTYPE_CHOICES)}"),

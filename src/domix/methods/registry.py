@@ -53,6 +53,7 @@ class Stage2:
     lora_rank: bool = False  # a fresh adapter of --lora-rank (default: the modules' total rank)
     init_module: bool = False  # may start from one module of --modules (--init-module)
     instruct: bool = False  # offered by domix instruct (causal LMs) too
+    new_rank: bool = False  # takes --new-rank R: a fresh block of rank R in the bridge, before the modules
 
     def composer_class(self):
         return _import(self.composer)
@@ -83,10 +84,10 @@ STAGE1: dict[str, Stage1] = {
 
 STAGE2: dict[str, Stage2] = {
     "domix": Stage2("domix.methods.domix.method:Bridge", "modules + trainable bridge", store="domix",
-                    modules_required=True, instruct=True),
+                    modules_required=True, instruct=True, new_rank=True),
     "domix_fixed": Stage2("domix.methods.domix.method:FixedBridge", "the bridge frozen at its init", store="domix",
-                          modules_required=True),
-    "cat": Stage2("domix.methods.domix.method:Cat", "the bridge frozen at I", store="domix", modules_required=True),
+                          modules_required=True, new_rank=True),
+    "cat": Stage2("domix.methods.domix.method:Cat", "the bridge frozen at I", store="domix", modules_required=True, new_rank=True),
     "lora": Stage2("domix.methods.peft.method:Lora", "a PEFT LoRA", store="domix", lora_rank=True, init_module=True, instruct=True),
     "lora_fa": Stage2("domix.methods.peft.method:LoraFA", "a fresh LoRA with A frozen (DoMIX's trainable shape without "
                       "domain modules)", store="domix", lora_rank=True),

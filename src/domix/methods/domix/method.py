@@ -14,7 +14,7 @@ from torch import nn
 
 from domix.methods.base import WEIGHTS_FILE, TaskMethod, head_groups, load_head, save_head_tensors
 from domix.methods.domix.config import BridgeConfig
-from domix.methods.domix.model import bridge_tensors, bridge_usage, bridged_layers, compose, fold, restore_bridges
+from domix.methods.domix.model import bridge_tensors, bridge_usage, bridged_layers, compose, fold, fresh_module, restore_bridges
 from domix.store import DomainModule, shared_initialisation
 
 
@@ -28,6 +28,10 @@ class Bridge(TaskMethod):
         warning = shared_initialisation(modules)
         if warning:
             print(warning)
+        if cfg.new_rank:
+            modules = [fresh_module(modules, cfg.new_rank, cfg.seed)] + modules
+            print(f"domix: a fresh block of rank {cfg.new_rank} (A random and frozen, B zero) goes first in the bridge, "
+                  f"before {', '.join(m.name for m in modules[1:])}")
         compose(model, modules, BridgeConfig(self.p_init(cfg), cfg.p_lr, cfg.p_weight_decay))
         layers = bridged_layers(model).values()
         rest = head_groups(model, head, cfg, [m.lora_B for m in layers])
@@ -38,7 +42,8 @@ class Bridge(TaskMethod):
         return model, [{"params": [m.bridge for m in layers], "lr": cfg.p_lr or cfg.lr, "weight_decay": cfg.p_weight_decay}, rest]
 
     def bridge_record(self, cfg) -> dict | None:
-        return {"p_init": cfg.p_init, "p_lr": cfg.p_lr, "p_weight_decay": cfg.p_weight_decay, "trained": self.bridge_trains}
+        return {"p_init": cfg.p_init, "p_lr": cfg.p_lr, "p_weight_decay": cfg.p_weight_decay, "trained": self.bridge_trains,
+                "new_rank": cfg.new_rank}
 
     def record(self, model: nn.Module, pieces: list, cfg, probe=None) -> dict:
         return {**super().record(model, pieces, cfg, probe), "layers": sorted(bridged_layers(model)),
@@ -70,4 +75,4 @@ class Cat(Bridge):
         return "identity"
 
     def bridge_record(self, cfg) -> dict | None:
-        return None
+        return {"new_rank": cfg.new_rank} if cfg.new_rank else None

@@ -68,6 +68,27 @@ def compose(model: nn.Module, modules: list[DomainModule], config: BridgeConfig 
     return placed
 
 
+NEW_BLOCK = "new"  # the name of the run's own block (--new-rank) in records and bridge usage
+
+
+def fresh_module(modules: list[DomainModule], rank: int, seed: int) -> DomainModule:
+    """The run's own LoRA block for every layer the modules adapt, as the published LLM code adds before
+    the bridge: A drawn as PEFT and nn.Linear draw it (Kaiming-uniform, a = sqrt(5)), B zero, the
+    modules' scaling. It is concatenated first; like the modules' A, its A stays frozen, its B trains."""
+    import math
+
+    generator = torch.Generator().manual_seed(seed)
+    shapes = {layer: (m.lora_A[layer].shape[1], m.lora_B[layer].shape[0]) for m in modules for layer in m.lora_A}
+    lora_A, lora_B = {}, {}
+    for layer, (d_in, d_out) in sorted(shapes.items()):
+        bound = 1 / math.sqrt(d_in)  # kaiming_uniform_(a=sqrt(5)) on a (rank, d_in) weight
+        lora_A[layer] = (torch.rand(rank, d_in, generator=generator) * 2 - 1) * bound
+        lora_B[layer] = torch.zeros(d_out, rank)
+    first = modules[0]
+    return DomainModule(NEW_BLOCK, first.path, {**first.adapter_config, "r": rank, "lora_alpha": first.scaling * rank}, None,
+                        lora_A, lora_B, {}, first.scaling)
+
+
 def bridged_layers(model: nn.Module) -> dict[str, BridgedLinear]:
     return {n: m for n, m in model.named_modules() if isinstance(m, BridgedLinear)}
 
