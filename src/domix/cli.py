@@ -16,7 +16,7 @@ from domix.console import set_verbose, verbose
 from domix.errors import DomixError
 from domix.llm.cli import COMMANDS as LLM_COMMANDS
 from domix.llm.cli import add_parsers as add_llm_parsers
-from domix.methods.registry import STAGE1, STAGE2, method_help
+from domix.methods.registry import STAGE1, STAGE2, method_help, recipe_help
 
 
 def _domain(text: str) -> tuple[str, str]:
@@ -39,6 +39,7 @@ def _add_pretrain(sub) -> None:
     p.add_argument("--out", help="output folder: the module store")
     p.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
     p.add_argument("--objective", choices=["auto", "mlm", "clm"], help="default: auto (masked LM for encoders, causal for decoders)")
+    p.add_argument("--recipe", help=recipe_help("pretrain"))
     p.add_argument("--method", choices=list(STAGE1),
                    help=method_help(STAGE1, "default domix. The baselines (ncl_lora, joint_lora, ncl_full) train one model "
                                             "for all domains, in one process. "))
@@ -115,6 +116,7 @@ def _add_finetune(sub) -> None:
     p.add_argument("--model", help="base model (default: the one the modules were trained on)")
     p.add_argument("--out", help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
+    p.add_argument("--recipe", help=recipe_help("finetune"))
     p.add_argument("--method", choices=list(STAGE2), help=method_help(STAGE2, "default domix. "))
     p.add_argument("--general", help="a general-domain corpus: the record gives the language-model loss on it before and after (retention)")
     p.add_argument("--general-blocks", type=int, help="sequences of --max-length tokens of --general that retention scores (default 64)")

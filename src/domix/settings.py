@@ -77,8 +77,18 @@ def coerce(key: str, value: Any, hint: Any, where: str = "") -> Any:
     raise DomixError(f"setting {key!r}{where} is {value!r}, which is not {wanted}")
 
 
+def with_recipe(cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` over the settings of the recipe they name (``recipe``), for their method (else the default)."""
+    if not values.get("recipe"):
+        return values
+    from domix.methods.registry import recipe
+
+    method = values.get("method") or next(f.default for f in dataclasses.fields(cls) if f.name == "method")
+    return {**recipe(cls.COMMAND, method, values["recipe"]), **values}
+
+
 def build_config(cls: type[T], yaml_path: str | None, overrides: dict[str, Any]) -> T:
-    """Defaults, then the YAML file, then the command-line values that were given."""
+    """Defaults, then the recipe (``--recipe``), then the YAML file, then the command-line values that were given."""
     fields = {f.name for f in dataclasses.fields(cls)}
     values: dict[str, Any] = load_yaml(yaml_path, fields) if yaml_path else {}
     hints = typing.get_type_hints(cls)
@@ -90,6 +100,6 @@ def build_config(cls: type[T], yaml_path: str | None, overrides: dict[str, Any])
             value = {**values.get("domains", {}), **value}
         values[key] = value
     try:
-        return cls(**values).validate()
+        return cls(**with_recipe(cls, values)).validate()
     except TypeError as err:
         raise DomixError(f"bad setting: {err}") from None

@@ -43,6 +43,7 @@ from domix.methods.registry import STAGE1, STAGE2
 from domix.pretrain.config import PretrainConfig
 from domix.engine.progress import PROGRESS_FILE_ENV
 from domix.engine.runfolder import RUN_FILE
+from domix.settings import with_recipe
 
 TIMES_FILE = "job_times.json"  # wall seconds of each job's command, as the comparison measured it
 # what some records add: DoMIX's bridge usage, MixDA's and MoDE's gate weights, retention, the majority-class scores
@@ -62,7 +63,7 @@ class Job:
 
     def config(self):
         cls = PretrainConfig if self.kind == "pretrain" else FinetuneConfig
-        return cls(**self.settings)
+        return cls(**with_recipe(cls, self.settings))  # as the job's command builds it from its YAML
 
     def finished(self) -> bool:
         run = self.out / RUN_FILE

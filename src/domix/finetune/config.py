@@ -26,6 +26,7 @@ class FinetuneConfig:
     model: str | None = None  # default: the base the modules were trained on
     out: str = ""
     method: str = "domix"  # a stage-2 method of domix.methods.registry
+    recipe: str | None = None  # a named preset of the method's settings (registry: recipes), under YAML and flags
     lora_rank: int | None = None  # for lora/dora from the base; default: the modules' total rank (else 8)
     init_module: str | None = None  # for lora/dora: start from this module of --modules (its rank and alpha)
     general: str | None = None  # a general-domain corpus: the record gives the LM loss on it before and after (retention)
@@ -59,6 +60,7 @@ class FinetuneConfig:
     dtype: str = "float32"
     device: str = "auto"
 
+    COMMAND = "finetune"  # whose recipes apply
     RESUME_FREE = ("checkpoint_every", "device", "gradient_checkpointing", "out", "save_model")
     LORA_RANK = 8  # a fresh LoRA's rank without --lora-rank or modules to take it from
     LORA_TARGETS = None  # a fresh LoRA adapts the modules' layers, else every linear layer of every block

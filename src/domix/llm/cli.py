@@ -6,7 +6,7 @@ import argparse
 
 from domix.errors import DomixError
 from domix.llm.config import DTYPE_CHOICES, FORMATS, PROTOCOLS, TEMPLATES
-from domix.methods.registry import INSTRUCT, STAGE2, method_help
+from domix.methods.registry import INSTRUCT, STAGE2, method_help, recipe_help
 
 
 def _named_file(text: str) -> tuple[str, str]:
@@ -37,6 +37,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--model", help="base causal LM (default: the one the modules name)")
     p.add_argument("--out", help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
+    p.add_argument("--recipe", help=recipe_help("instruct"))
     p.add_argument("--method", choices=INSTRUCT, help=method_help({m: STAGE2[m] for m in INSTRUCT}, "default domix. "))
     p.add_argument("--target-modules", type=_comma_list, help="lora/dora: comma-separated layer names (default q_proj,k_proj,v_proj,up_proj,down_proj)")
     p.add_argument("--lora-rank", type=int, help="lora/dora rank (default: the modules' total rank, else 16); alpha is 2x the rank")
@@ -49,6 +50,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--lr", type=float, help="(default 2e-4)")
     p.add_argument("--weight-decay", type=float, help="AdamW weight decay (default 0)")
     p.add_argument("--warmup-ratio", type=float, help="(default 0.03)")
+    p.add_argument("--warmup-steps", type=int, help="linear warm-up steps; overrides --warmup-ratio (the paper recipe: 100)")
     p.add_argument("--epochs", type=int, help="(default 2)")
     p.add_argument("--batch-size", type=int, help="(default 8)")
     p.add_argument("--max-length", type=int, help="tokens per example, prompt and response (default 256)")

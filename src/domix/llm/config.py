@@ -29,6 +29,7 @@ class InstructConfig:
     model: str | None = None  # default: the base the modules were trained on
     out: str = ""
     method: str = "domix"  # a stage-2 method of domix.methods.registry that instruct offers (INSTRUCT)
+    recipe: str | None = None  # a named preset of the method's settings (registry: recipes), under YAML and flags
     target_modules: list[str] | None = None  # lora/dora: the layers adapted (default DEFAULT_TARGETS)
     lora_rank: int | None = None  # lora/dora: default the modules' total rank if any are given, else 16
     template: str = "alpaca"  # see llm/data.py
@@ -41,6 +42,7 @@ class InstructConfig:
     lr: float = 2e-4
     weight_decay: float = 0.0
     warmup_ratio: float = 0.03
+    warmup_steps: int | None = None  # if set, overrides warmup_ratio (the published LLM recipe: 100)
     epochs: int = 2
     batch_size: int = 8
     max_length: int = 256
@@ -54,6 +56,7 @@ class InstructConfig:
     device: str = "auto"
     save_model: bool = True
 
+    COMMAND = "instruct"  # whose recipes apply
     RESUME_FREE = ("checkpoint_every", "device", "gradient_checkpointing", "out", "save_model")
     LORA_RANK = 16  # a fresh LoRA's rank without --lora-rank or modules to take it from
     LORA_TARGETS = DEFAULT_TARGETS  # a fresh LoRA's layers without --target-modules
@@ -81,6 +84,7 @@ class InstructConfig:
             (0 < self.dev_fraction < 1, "--dev-fraction must be between 0 and 1"),
             (self.lora_rank is None or self.lora_rank >= 1, "--lora-rank must be at least 1"),
             (self.new_rank is None or self.new_rank >= 1, "--new-rank must be at least 1"),
+            (self.warmup_steps is None or self.warmup_steps >= 0, "--warmup-steps must be zero or more"),
             (self.train_limit is None or self.train_limit >= 2, "--train-limit must be at least 2"),
             (self.checkpoint_every >= 1, "--checkpoint-every must be at least 1"),
             (self.dtype in DTYPE_CHOICES, f"--dtype must be one of {', '.join(DTYPE_CHOICES)}"),

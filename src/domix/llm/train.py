@@ -177,7 +177,8 @@ def _train(model, groups, train_rows: Rows, dev_rows: Rows, cfg: InstructConfig,
     optimizer = torch.optim.AdamW(groups)
     per_epoch = math.ceil(len(train_rows) / cfg.batch_size)
     total = per_epoch * cfg.epochs
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total), total)
+    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else int(cfg.warmup_ratio * total)
+    scheduler = get_linear_schedule_with_warmup(optimizer, min(warmup, total), total)
 
     def step_loss(step: int) -> tuple[torch.Tensor, int]:
         rows = [train_rows[i] for i in batch_rows(len(train_rows), cfg.batch_size, cfg.seed, step).tolist()]

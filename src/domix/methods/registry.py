@@ -16,7 +16,7 @@ outside this file compares method names.
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from domix.errors import DomixError
 
@@ -24,6 +24,11 @@ from domix.errors import DomixError
 def _import(target: str):
     module, _, attr = target.partition(":")
     return getattr(importlib.import_module(module), attr)
+
+
+# Named presets of settings (``--recipe NAME``): recipe -> command -> settings. A preset replaces domix's
+# defaults; a YAML file and flags still override it. "paper": the published code's values.
+Recipes = dict[str, dict[str, dict]]
 
 
 @dataclass(frozen=True)
@@ -36,6 +41,7 @@ class Stage1:
     gives_model: bool = False  # that output is a whole model (finetune --model), not a LoRA module (--modules)
     ordered: bool = False  # what it writes depends on the order of the domains
     needs_general: bool = False  # it also trains on general-domain text (--general)
+    recipes: Recipes = field(default_factory=dict)
 
     def trainer_function(self):
         return _import(self.trainer)
@@ -54,6 +60,7 @@ class Stage2:
     init_module: bool = False  # may start from one module of --modules (--init-module)
     instruct: bool = False  # offered by domix instruct (causal LMs) too
     new_rank: bool = False  # takes --new-rank R: a fresh block of rank R in the bridge, before the modules
+    recipes: Recipes = field(default_factory=dict)
 
     def composer_class(self):
         return _import(self.composer)
@@ -69,6 +76,11 @@ class Row:
     ordered: bool = False  # its result may depend on the domain order, so it runs once per order
 
 
+# the published DoMIX classification code: AdamW 3e-5, batch 16, weight decay 0.01, P in its own group (lr and
+# weight decay falling back to the others'); its LLM README: lr 2e-4, 3 epochs, 100 warm-up steps
+DOMIX_PAPER: Recipes = {"paper": {"finetune": {"lr": 3e-5, "batch_size": 16, "weight_decay": 0.01, "p_weight_decay": 0.01},
+                                  "instruct": {"lr": 2e-4, "epochs": 3, "warmup_steps": 100}}}
+
 STAGE1: dict[str, Stage1] = {
     "domix": Stage1("domix.methods.domix.pretrain:pretrain_modules", "one LoRA module per domain"),
     "ncl_lora": Stage1("domix.methods.baselines.pretrain:pretrain_baseline",
@@ -78,16 +90,18 @@ STAGE1: dict[str, Stage1] = {
     "ncl_full": Stage1("domix.methods.baselines.pretrain:pretrain_baseline",
                        "the whole model in --domain order (OUT/ncl-full/)", output="ncl-full", gives_model=True, ordered=True),
     "mixda": Stage1("domix.methods.mixda.pretrain:pretrain_mixda",
-                    "one FFN adapter per domain (stage 1 of MixDA, needs --general)", needs_general=True),
+                    "one FFN adapter per domain (stage 1 of MixDA, needs --general)", needs_general=True,
+                    recipes={"paper": {"pretrain": {"lr": 5e-4, "weight_decay": 0.05}}}),  # its stage-1 defaults
     "mode": Stage1("domix.methods.mode.pretrain:pretrain_mode", "expert layers per domain (stage 1 of MoDE)"),
 }
 
 STAGE2: dict[str, Stage2] = {
     "domix": Stage2("domix.methods.domix.method:Bridge", "modules + trainable bridge", store="domix",
-                    modules_required=True, instruct=True, new_rank=True),
+                    modules_required=True, instruct=True, new_rank=True, recipes=DOMIX_PAPER),
     "domix_fixed": Stage2("domix.methods.domix.method:FixedBridge", "the bridge frozen at its init", store="domix",
-                          modules_required=True, new_rank=True),
-    "cat": Stage2("domix.methods.domix.method:Cat", "the bridge frozen at I", store="domix", modules_required=True, new_rank=True),
+                          modules_required=True, new_rank=True, recipes=DOMIX_PAPER),
+    "cat": Stage2("domix.methods.domix.method:Cat", "the bridge frozen at I", store="domix", modules_required=True, new_rank=True,
+                  recipes=DOMIX_PAPER),
     "lora": Stage2("domix.methods.peft.method:Lora", "a PEFT LoRA", store="domix", lora_rank=True, init_module=True, instruct=True),
     "lora_fa": Stage2("domix.methods.peft.method:LoraFA", "a fresh LoRA with A frozen (DoMIX's trainable shape without "
                       "domain modules)", store="domix", lora_rank=True),
@@ -95,7 +109,8 @@ STAGE2: dict[str, Stage2] = {
     "full": Stage2("domix.methods.full.method:Full", "every weight trains", instruct=True),
     "head": Stage2("domix.methods.head.method:Head", "only the classification head"),
     "mixda": Stage2("domix.methods.mixda.method:MixDA", "a gate over the domain adapters of domix pretrain --method mixda",
-                    store="mixda", pieces="domain adapters", modules_required=True),
+                    store="mixda", pieces="domain adapters", modules_required=True,
+                    recipes={"paper": {"finetune": {"lr": 1e-4, "weight_decay": 0.01}}}),  # its stage-2 AdamW
     "mode": Stage2("domix.methods.mode.method:MoDE", "a gate over the experts of domix pretrain --method mode",
                    store="mode", pieces="domain experts", modules_required=True),
 }
@@ -140,6 +155,31 @@ def task_method(name: str):
     method = stage2(name).composer_class()()
     method.name = name
     return method
+
+
+def recipe(command: str, method: str, name: str) -> dict:
+    """The settings recipe ``name`` gives ``method`` in ``command`` (pretrain, finetune, instruct)."""
+    entry = (STAGE1 if command == "pretrain" else STAGE2).get(method)
+    if entry is None:
+        return {}
+    known = sorted(n for n, by_command in entry.recipes.items() if command in by_command)
+    if name not in known:
+        raise DomixError(f"method {method} has no recipe {name!r} for {command}" + (f"; it has {', '.join(known)}" if known else
+                         "; it has none: set its settings with flags or --config"))
+    return dict(entry.recipes[name][command])
+
+
+def recipe_help(command: str) -> str:
+    """What each recipe sets, per method (methods with the same preset together): the --recipe flag's help."""
+    entries = STAGE1 if command == "pretrain" else {n: e for n, e in STAGE2.items() if command != "instruct" or e.instruct}
+    grouped: dict[tuple, list[str]] = {}
+    for method, entry in entries.items():
+        for name, by_command in entry.recipes.items():
+            if command in by_command:
+                values = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in by_command[command].items())
+                grouped.setdefault((name, values), []).append(method)
+    parts = [f"{name} for {', '.join(methods)}: {values}" for (name, values), methods in grouped.items()]
+    return ("a named preset of settings, under the YAML file and the flags; " + "; ".join(parts)) if parts else "no recipes"
 
 
 def method_help(entries: dict, lead: str) -> str:

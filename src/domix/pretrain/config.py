@@ -18,6 +18,7 @@ class PretrainConfig:
     out: str = ""
     objective: str = "auto"  # mlm, clm or auto (from the model)
     method: str = "domix"  # a stage-1 method of domix.methods.registry
+    recipe: str | None = None  # a named preset of the method's settings (registry: recipes), under YAML and flags
     general: str | None = None  # a general-domain corpus: MixDA's retention loss trains on it
     text_column: str = "text"  # the corpora's text column (jsonl, CSV, Parquet, datasets)
     # LoRA: r 8, alpha 16, no dropout, every linear layer of every block (DoMIX reference)
@@ -105,6 +106,7 @@ class PretrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    COMMAND = "pretrain"  # whose recipes apply
     # Settings that do not change the trained modules, so a resumed run may differ in them.
     RESUME_FREE = ("checkpoint_every", "device", "out", "gradient_checkpointing")
 
