@@ -362,3 +362,23 @@ def test_a_composed_model_runs_in_lm_evaluation_harness_with_our_scores(llama_st
     model, tok, _ = load_causal_task_model(tmp_path / "run" / "model")
     ours = score_loglikelihood(model, tok, read_questions(task_file)[1])
     assert theirs["acc,none"] == pytest.approx(ours["acc"]) and theirs["acc_norm,none"] == pytest.approx(ours["acc_norm"])
+
+
+def test_generate_with_beams_is_transformers_beam_search_and_is_recorded(tiny_llama, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float64).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    prompts = ["food pasta", "gene cell enzyme binds"]
+    beams = generate(model, tok, prompts, max_new_tokens=6, batch_size=1, num_beams=3)
+    for prompt, text in zip(prompts, beams):
+        ids = torch.tensor([tok(prompt)["input_ids"]])
+        reference = model.generate(ids, max_new_tokens=6, do_sample=False, num_beams=3, pad_token_id=tok.pad_token_id)[0, ids.shape[1]:]
+        assert text == tok.decode(reference, skip_special_tokens=True)
+    rows = [{"goal": "food pasta", "sol1": "pizza", "sol2": "gene cell", "label": i % 2} for i in range(2)]
+    task = write_jsonl(tmp_path / "piqa.jsonl", rows)
+    assert main(["eval-choice", str(tiny_llama), "--task", f"mini={task}", "--protocol", "generate", "--num-beams", "4",
+                 "--max-new-tokens", "4", "--out", str(tmp_path / "r.json"), "--device", "cpu"]) == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["generation"] == {"num_beams": 4, "max_new_tokens": 4, "do_sample": False}
+    assert main(["eval-choice", str(tiny_llama), "--task", f"mini={task}", "--num-beams", "0", "--device", "cpu"]) == 2

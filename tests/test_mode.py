@@ -444,3 +444,38 @@ def test_default_whole_block_experts_start_as_the_backbone_with_even_gates(kind,
     manifest = pretrain(pretrain_cfg(tiny_llama, {"food": corpora["food"]}, tmp_path / "store", steps=2,
                                      mode_block_size=2, mode_expert_layers=None))["food"]
     assert manifest["mode"]["expert_layers"] == 2 and manifest["mode"]["backbone_prior"] == 0.5
+
+
+def test_stage2_gates_train_on_a_mixture_of_tasks_each_scored_on_its_own_labels(tiny_llama, corpora, task, tmp_path):
+    """--mix-task: MoDE's stage 2 on mixed target data. One head over both tasks' labels, each example's loss on its
+    own task's labels (checked by hand), every task scored, and the saved model the run's own task's."""
+    import torch.nn.functional as F
+
+    from conftest import make_task
+    from domix.finetune.mixture import Mixture
+    from domix.tasks import read_task
+
+    other = make_task(tmp_path / "other", seed=5, sizes=(48, 16, 16))
+    for split in ("train", "dev", "test"):  # another label set: the topics renamed
+        path = other / f"{split}.jsonl"
+        path.write_text(path.read_text().replace('"food"', '"x"').replace('"bio"', '"y"').replace('"cs"', '"z"'))
+    mixture = Mixture([read_task(task), read_task(other)])
+    assert mixture.labels == ["bio", "cs", "food", "other:x", "other:y", "other:z"] and mixture.spans == [(0, 3), (3, 6)]
+    logits = torch.randn(4, 6, dtype=torch.float64)
+    owner, labels = torch.tensor([0, 1, 1, 0]), torch.tensor([2, 3, 5, 0])
+    by_hand = torch.stack([F.cross_entropy(logits[i, s:e][None], (labels[i] - s)[None]) for i, (s, e) in
+                           enumerate(mixture.spans[k] for k in owner.tolist())]).mean()
+    assert torch.allclose(F.cross_entropy(logits + mixture.mask(owner, logits.dtype), labels), by_hand, rtol=1e-12, atol=0)
+
+    store = tmp_path / "store"
+    pretrain(pretrain_cfg(tiny_llama, corpora, store, steps=4))
+    record = finetune(finetune_cfg(store, task, tmp_path / "run", mix_tasks=[str(other)], epochs=1))
+    assert record["steps"] == -(-(96 + 48) // 16)  # both tasks' examples, shuffled together
+    assert record["labels"] == ["bio", "cs", "food"] and set(record["mixture"]["test"]) == {"other"}
+    assert set(record["mixture"]["dev"]) == {"other"} and 0 <= record["mixture"]["test"]["other"]["macro_f1"] <= 1
+    model, tokenizer, saved = load_task_model(tmp_path / "run" / "model")
+    assert model.config.num_labels == 3  # the run's own task's rows of the joint head
+    rows = encode(read_split(task / "test.jsonl", "test"), tokenizer, 32)
+    predicted = predict(model, rows, tokenizer.pad_token_id, 8, "cpu").argmax(-1)
+    gold = read_task(task).label_ids("test")
+    assert (predicted == gold).double().mean().item() == pytest.approx(record["test"]["accuracy"])

@@ -106,6 +106,10 @@ def _add_finetune(sub) -> None:
     p.add_argument("--task", help="folder with train, dev and test files (.jsonl, .csv, .tsv or .parquet with columns 'text', "
                                   "optional 'text_pair', 'label'), a save_to_disk folder, or a dataset name (NAME or NAME:CONFIG)")
     _add_task_columns(p)
+    p.add_argument("--mix-task", dest="mix_tasks", action="append", metavar="TASK",
+                   help="another task to train along with --task (repeat): the examples are shuffled together, each task "
+                        "has its own labels of one head, and the dev mean picks the epoch; MoDE's stage 2 trains its gates on "
+                        "such mixed target data. The saved model is --task's; result.json scores every task")
     p.add_argument("--splits", help="the task's split names where they are not train, dev, test, e.g. dev=validation "
                                     "(validation, valid and val are tried for dev anyway)")
     p.add_argument("--train", help="train file (overrides the task folder's)")

@@ -21,6 +21,7 @@ class FinetuneConfig:
     text_pair_column: str | None = None  # default: "text_pair" where the task has it
     label_column: str = "label"
     splits: dict[str, str] | None = None  # domix split -> the source's split or file stem: {"dev": "validation"}
+    mix_tasks: list[str] | None = None  # other tasks trained along (MoDE's stage 2 on mixed target data): finetune/mixture.py
     modules: str | None = None  # the module store (domix pretrain --out)
     domains: list[str] | None = None  # which modules, in this order (default: all)
     model: str | None = None  # default: the base the modules were trained on
@@ -70,6 +71,12 @@ class FinetuneConfig:
             raise DomixError("no output folder given; pass --out DIR")
         if self.task is None and None in (self.train, self.dev, self.test):
             raise DomixError("no task given; pass --task FOLDER (with train/dev/test.jsonl) or --train, --dev and --test files")
+        if isinstance(self.mix_tasks, str):
+            self.mix_tasks = [self.mix_tasks]
+        if self.mix_tasks and self.task in self.mix_tasks:
+            raise DomixError(f"--mix-task {self.task} is the run's own --task; mix in other tasks")
+        if self.mix_tasks and self.task is None:
+            raise DomixError("--mix-task needs the run's own task as a folder (--task), not --train/--dev/--test files")
         if isinstance(self.splits, str):  # "dev=validation,test=test" from a flag
             from domix.tasks import parse_splits
 

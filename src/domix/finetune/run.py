@@ -23,6 +23,7 @@ from domix.engine.predict import predict
 from domix.engine.runfolder import RUN_FILE, begin, check_out
 from domix.errors import DomixError
 from domix.finetune.config import FinetuneConfig
+from domix.finetune.mixture import Mixture, keep_own_rows
 from domix.finetune.model import classification_model, load_tokenizer_for, save_task_model, trainable_state
 from domix.methods.base import Probe
 from domix.methods.registry import task_method
@@ -58,9 +59,11 @@ def finetune(cfg: FinetuneConfig, overwrite: bool = False, on_step: StepHook | N
     out = Path(cfg.out)
     previous = check_out(out, cfg.to_dict(), FinetuneConfig.RESUME_FREE, overwrite)
     task = read_task(cfg.task, columns=cfg.columns(), splits=cfg.splits, train=cfg.train, dev=cfg.dev, test=cfg.test)
-    _subsample(task, "train", cfg.train_limit, cfg.sample_seed)
-    for split in ("dev", "test"):
-        _subsample(task, split, cfg.eval_limit, cfg.sample_seed)
+    mixture = Mixture([task] + [read_task(path, columns=cfg.columns(), splits=cfg.splits) for path in cfg.mix_tasks or []])
+    for each in mixture.tasks:
+        _subsample(each, "train", cfg.train_limit, cfg.sample_seed)
+        for split in ("dev", "test"):
+            _subsample(each, split, cfg.eval_limit, cfg.sample_seed)
     if cfg.general:  # fail before training, not after
         read_corpus("general", cfg.general)
     method = task_method(cfg.method)
@@ -70,9 +73,9 @@ def finetune(cfg: FinetuneConfig, overwrite: bool = False, on_step: StepHook | N
     reset_peak_memory(device)
     started = time.perf_counter()
 
-    model, head = classification_model(base_name, task.labels, DTYPES[cfg.dtype], cfg.seed)
+    model, head = classification_model(base_name, mixture.labels, DTYPES[cfg.dtype], cfg.seed)
     shapes = ", ".join(f"{name} {'x'.join(map(str, p.shape))}" for name, p in model.named_parameters() if name in head)
-    print(f"domix: added a classification head for {len(task.labels)} labels ({shapes}), randomly initialised")
+    print(f"domix: added a classification head for {len(mixture.labels)} labels ({shapes}), randomly initialised")
     tokenizer = load_tokenizer_for(base_name, model)
     fingerprint = weights_fingerprint(model)
     method.check_base(pieces, fingerprint)
@@ -86,19 +89,24 @@ def finetune(cfg: FinetuneConfig, overwrite: bool = False, on_step: StepHook | N
     print(f"domix: {cfg.method} on task {task.name!r} ({len(task.labels)} labels; {len(task.splits['train'].texts)} train, "
           f"{len(task.splits['dev'].texts)} dev, {len(task.splits['test'].texts)} test); trainable {trainable:,} "
           f"of {total_params:,} parameters ({100 * trainable / total_params:.2f}%)")
+    for other in mixture.tasks[1:]:
+        print(f"domix: mixed in task {other.name!r} ({len(other.labels)} labels, {len(other.splits['train'].texts)} train): "
+              "shuffled with the task's examples, each scored on its own labels")
 
-    rows = {s: encode(task.splits[s], tokenizer, cfg.max_length) for s in ("train", "dev", "test")}
+    rows = {s: [encode(t.splits[s], tokenizer, cfg.max_length) for t in mixture.tasks] for s in ("dev", "test")}
     labels = {s: task.label_ids(s) for s in ("train", "dev", "test")}
-    progress = _train(model, groups, rows, labels, task, cfg, tokenizer.pad_token_id, device, out / "checkpoint", on_step,
-                      ranks.everyone())
+    progress = _train(model, groups, mixture, rows, cfg, tokenizer, device, out / "checkpoint", on_step, ranks.everyone())
     state = progress.extra
     params = dict(model.named_parameters())
     with torch.no_grad():
         for name, value in state["best_state"].items():
             params[name].copy_(value)
-    test_logits = predict(model, rows["test"], tokenizer.pad_token_id, cfg.batch_size, device)
-    test_scores = classification_scores(test_logits.argmax(-1), labels["test"], len(task.labels))
-    added = method.record(model, pieces, cfg, Probe(rows["test"], tokenizer.pad_token_id, device))
+    test_logits = [predict(model, r, tokenizer.pad_token_id, cfg.batch_size, device) for r in rows["test"]]
+    test_scores, *mixed_scores = mixture.scores(test_logits, "test")
+    if len(mixture.tasks) > 1:  # the saved model: the run's own task's rows of the joint head
+        keep_own_rows(model, head, len(task.labels))
+        model.config.id2label, model.config.label2id = dict(enumerate(task.labels)), {l: i for i, l in enumerate(task.labels)}
+    added = method.record(model, pieces, cfg, Probe(rows["test"][0], tokenizer.pad_token_id, device))
     # the run's cost is that of training and testing: retention below loads a second copy of the base
     peak_mb, wall_s = peak_memory_mb(device), time.perf_counter() - started
     retained = None
@@ -131,6 +139,9 @@ def finetune(cfg: FinetuneConfig, overwrite: bool = False, on_step: StepHook | N
         "peak_memory_mb": peak_mb,
         "retention": retained,
         "saved_model": cfg.save_model,
+        "mixture": {"tasks": [t.name for t in mixture.tasks[1:]], "paths": cfg.mix_tasks,
+                    "test": {t.name: s for t, s in zip(mixture.tasks[1:], mixed_scores)},
+                    "dev": state["history"][state["best_epoch"] - 1].get("mixed")} if mixed_scores else None,
     }
     record.update(added)
     if not ranks.is_main:  # the main process writes what every process trained alike
@@ -152,26 +163,34 @@ def majority_scores(labels: dict[str, torch.Tensor], num_labels: int) -> dict:
                                for split in ("dev", "test")}}
 
 
-def _train(model, groups, rows, labels, task: Task, cfg: FinetuneConfig, pad_id: int, device, ckpt_dir: Path,
+def _train(model, groups, mixture: Mixture, rows: dict[str, list], cfg: FinetuneConfig, tokenizer, device, ckpt_dir: Path,
            on_step: StepHook | None, dp: DataParallel | None = None) -> TrainResult:
-    """The engine's loop over shuffled batches of the training examples; the dev scores after every epoch
-    pick the kept weights (``extra``: history, best_epoch, best_score, best_state). With ``dp``, this
-    process trains on its slice of each batch (every process scores the whole dev set, so all keep alike)."""
+    """The engine's loop over shuffled batches of the training examples (of every task of ``mixture``); the
+    dev scores after every epoch (their mean over the tasks) pick the kept weights (``extra``: history,
+    best_epoch, best_score, best_state). With ``dp``, this process trains on its slice of each batch (every
+    process scores the whole dev set, so all keep alike)."""
     from transformers import get_linear_schedule_with_warmup
 
+    pad_id = tokenizer.pad_token_id
+    train_rows, train_labels, owner = mixture.train_set(tokenizer, cfg.max_length)
     optimizer = torch.optim.AdamW(groups)
-    per_epoch = math.ceil(len(rows["train"]) / cfg.batch_size)
+    per_epoch = math.ceil(len(train_rows) / cfg.batch_size)
     total = per_epoch * cfg.epochs
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total), total)
 
     def step_loss(step: int) -> tuple[torch.Tensor, int]:
-        idx = batch_rows(len(rows["train"]), cfg.batch_size, cfg.seed, step).tolist()
+        idx = batch_rows(len(train_rows), cfg.batch_size, cfg.seed, step).tolist()
         mine = my_rows(idx, dp)
         if not mine:
             return no_rows(device), 0
-        batch = pad_batch([rows["train"][i] for i in mine], pad_id)
-        batch["labels"] = labels["train"][mine]
-        loss = model(**{k: v.to(device) for k, v in batch.items()}).loss  # the mean over its examples
+        batch = pad_batch([train_rows[i] for i in mine], pad_id)
+        if len(mixture.tasks) == 1:
+            batch["labels"] = train_labels[mine]
+            loss = model(**{k: v.to(device) for k, v in batch.items()}).loss  # the mean over its examples
+        else:  # each example against its own task's labels only
+            logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
+            loss = torch.nn.functional.cross_entropy(logits + mixture.mask(owner[mine], logits.dtype).to(device),
+                                                     train_labels[mine].to(device))
         return share(loss, len(mine), len(idx)), int(batch["attention_mask"].sum())
 
     def after_step(progress: TrainResult, log) -> bool:
@@ -179,21 +198,24 @@ def _train(model, groups, rows, labels, task: Task, cfg: FinetuneConfig, pad_id:
             return False
         # the end of an epoch: dev scores, keep the best, checkpoint
         state = progress.extra
-        logits = predict(model, rows["dev"], pad_id, cfg.batch_size, device)
-        scores = classification_scores(logits.argmax(-1), labels["dev"], len(task.labels))
+        every = mixture.scores([predict(model, r, pad_id, cfg.batch_size, device) for r in rows["dev"]], "dev")
+        scores = dict(every[0])
+        if len(every) > 1:
+            scores["mixed"] = {t.name: s for t, s in zip(mixture.tasks[1:], every[1:])}
         state["history"].append(scores)
         for metric in ("accuracy", "macro_f1"):
             log(f"dev/{metric}", scores[metric])
         epoch = len(state["history"])
-        if scores[cfg.select_metric] > state["best_score"]:
-            state.update(best_epoch=epoch, best_score=scores[cfg.select_metric], best_state=trainable_state(model))
+        selected = sum(s[cfg.select_metric] for s in every) / len(every)
+        if selected > state["best_score"]:
+            state.update(best_epoch=epoch, best_score=selected, best_state=trainable_state(model))
         tqdm.write(f"domix: epoch {epoch}: dev accuracy {scores['accuracy']:.4f}, macro-F1 {scores['macro_f1']:.4f}")
         return True
 
     def fresh() -> TrainResult:
         return TrainResult(extra={"history": [], "best_epoch": 0, "best_score": -1.0, "best_state": None})
 
-    loop = Loop(f"task {task.name!r}", total, cfg.seed, cfg.lr, cfg.max_grad_norm, cfg.checkpoint_every, cfg.gradient_checkpointing)
+    loop = Loop(f"task {mixture.tasks[0].name!r}" + (f" + {len(mixture.tasks) - 1} mixed" if len(mixture.tasks) > 1 else ""), total, cfg.seed, cfg.lr, cfg.max_grad_norm, cfg.checkpoint_every, cfg.gradient_checkpointing)
     return train(model, optimizer, scheduler, loop, step_loss, ckpt_dir / "state.pt", on_step, ckpt_dir.parent / "tensorboard",
                  after_step=after_step, fresh=fresh, dp=dp)
 
