@@ -120,7 +120,8 @@ def _status(path: Path, elapsed: float) -> str:
 
 
 def _width(stream: TextIO) -> int:
+    """The terminal's columns; 200 where it does not say (a pseudo-terminal may report 0)."""
     try:
-        return os.get_terminal_size(stream.fileno()).columns
+        return os.get_terminal_size(stream.fileno()).columns or 200
     except (OSError, ValueError, AttributeError):
         return 200
