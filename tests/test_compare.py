@@ -174,3 +174,16 @@ def test_the_live_view_redraws_one_line_per_running_job_on_a_terminal(tmp_path):
     assert "  [1/2] finetune/lora/t/seed1: finetune step 3/12 (25%), loss 0.512, ETA 1m15s" in text
     assert "\x1b[1F\x1b[J" in text  # the job line is erased before it is drawn again
     assert text.rstrip().splitlines()[-1].endswith("finished finetune/lora/t/seed1 in 1s")
+
+
+def test_report_only_writes_the_report_again_from_results(tmp_path, tiny_llama, corpora, task, capsys):
+    config = write_config(tmp_path / "c.yaml", tiny_llama, corpora, task, methods=["head"])
+    assert main(["compare", str(config), "--report-only"]) == 2
+    assert "results.json does not exist: run the comparison first" in capsys.readouterr().err
+    from test_compare_report import make_results
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "results.json").write_text(json.dumps(make_results()))
+    assert main(["compare", str(config), "--report-only"]) == 0
+    assert (out / "report.html").is_file() and (out / "plots" / "bridge_t1.png").is_file() and not (out / "logs").exists()

@@ -215,6 +215,11 @@ def _run_compare(args: argparse.Namespace) -> None:
     from domix.compare.run import compare
 
     cfg = CompareConfig.from_yaml(args.config, out=args.out)
+    if args.report_only:
+        from domix.compare.run import rewrite_report
+
+        print("\n".join(f"domix: wrote {path}" for path in rewrite_report(cfg)))
+        return
     command = shlex.join(["domix", "compare", args.config] + (["--out", args.out] if args.out else []))
     compare(cfg, overwrite=args.overwrite, dry_run=args.dry_run, command=command)
 
@@ -268,6 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (overrides the config's out)")
     p.add_argument("--overwrite", action="store_true", help="rerun jobs whose finished runs have other settings")
     p.add_argument("--dry-run", action="store_true", help="list the jobs and whether each is finished, run nothing")
+    p.add_argument("--report-only", action="store_true", help="run nothing: write report.md, report.html and plots/ again "
+                                                               "from OUT/results.json (e.g. after a domix upgrade)")
     p = sub.add_parser("modules", help="list the domain modules of a store (LoRA modules, MixDA adapters or MoDE experts)")
     p.add_argument("store", help="a domix pretrain output folder")
     p = sub.add_parser("convert-gguf", help="de-quantise a GGUF model file once into a safetensors model folder")

@@ -195,6 +195,17 @@ def compare(cfg: CompareConfig, overwrite: bool = False, dry_run: bool = False, 
     return results
 
 
+def rewrite_report(cfg: CompareConfig) -> list[Path]:
+    """Write the report of a finished comparison again from its results.json; returns the report files."""
+    from domix.compare.report import write_report
+
+    results_file = Path(cfg.out) / "results.json"
+    if not results_file.is_file():
+        raise DomixError(f"{results_file} does not exist: run the comparison first (without --report-only)")
+    written = write_report(atomic.read_json(results_file), Path(cfg.out))
+    return [written["report.md"], written["report.html"], Path(cfg.out) / "plots"]
+
+
 def _changed_settings(job: Job) -> list[str] | None:
     """The settings a finished job ran with other values of; None if it has not finished."""
     if not job.finished():
