@@ -517,3 +517,13 @@ def test_modules_command_lists_the_adapters(mixda_store, capsys):
     listing = capsys.readouterr().out.splitlines()
     assert [line.split(":")[0] for line in listing] == ["bio", "food"]
     assert all("MixDA adapters at blocks [0, 1], bottleneck 4" in line and "held-out loss" in line for line in listing)
+
+
+def test_combined_gates_keep_each_stage1_gates_odds_and_equal_it_alone():
+    gates = random_gates(2)
+    x = torch.randn(4, 3, 64, dtype=torch.float64)
+    assert torch.allclose(combine_gates(gates[:1])(x), gates[0](x), atol=1e-12, rtol=0)  # one domain: the same gate
+    g = combine_gates(gates)(x)
+    for k, gate in enumerate(gates):
+        own = gate(x)
+        assert torch.allclose(g[..., k] / g[..., 2], own[..., 0] / own[..., 1], rtol=1e-10, atol=0)
