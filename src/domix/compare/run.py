@@ -231,7 +231,9 @@ def _reusable(job: Job, overwrite: bool) -> bool:
 
 def _threads(jobs: int) -> int | None:
     """Threads per job when several run at once: the cores shared out (None: torch's default)."""
-    return max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
+    # the cores this process is given (taskset, a container's cpuset), not all the machine's
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // jobs) if jobs > 1 else None
 
 
 def _status_file(out: Path, job: Job) -> Path:
