@@ -83,7 +83,7 @@ def with_recipe(cls: type, values: dict[str, Any]) -> dict[str, Any]:
         return values
     from domix.methods.registry import recipe
 
-    method = values.get("method") or next(f.default for f in dataclasses.fields(cls) if f.name == "method")
+    method = values.get("method") or cls.method  # the dataclass's default
     return {**recipe(cls.COMMAND, method, values["recipe"]), **values}
 
 

@@ -236,7 +236,6 @@ def shared_initialisation(modules: list[DomainModule]) -> str | None:
     return None
 
 
-@torch.no_grad()
 def locate(named: dict[str, nn.Module], layer: str) -> str | None:
     """The name in ``named`` (a model's modules) of a layer a module recorded, across wrappers: a module trained on
     the LM model (``model.layers.0.q_proj``) fits the bare model (``layers.0.q_proj``), a sequence classifier or

@@ -64,19 +64,18 @@ class Mixture:
 
 
 @torch.no_grad()
-def keep_own_rows(model: torch.nn.Module, head: list[str], n_labels: int) -> None:
-    """Cut the joint head down to the run's own task's rows (the first ``n_labels``), in place."""
+def keep_own_rows(model: torch.nn.Module, head: list[str], labels: list[str]) -> None:
+    """Cut the joint head down to the run's own task's rows (its ``labels`` come first), in place."""
+    joint = model.config.num_labels
     params = dict(model.named_parameters())
     for name in head:
         param = params[name]
-        if param.dim() >= 1 and param.shape[0] > n_labels and name.endswith(("weight", "bias")) and _is_output(model, name):
-            module = model.get_submodule(name.rsplit(".", 1)[0])
-            setattr(module, name.rsplit(".", 1)[1], torch.nn.Parameter(param[:n_labels].clone(), requires_grad=param.requires_grad))
-            if hasattr(module, "out_features"):
-                module.out_features = n_labels
-    model.config.num_labels = n_labels
-
-
-def _is_output(model: torch.nn.Module, name: str) -> bool:
-    """Whether parameter ``name`` belongs to the layer that outputs the labels (shape[0] = num_labels)."""
-    return dict(model.named_parameters())[name].shape[0] == model.config.num_labels
+        if param.shape[0] != joint:  # not the layer that outputs the labels (a BERT pooler)
+            continue
+        module_name, attr = name.rsplit(".", 1)
+        module = model.get_submodule(module_name)
+        setattr(module, attr, torch.nn.Parameter(param[: len(labels)].clone(), requires_grad=param.requires_grad))
+        if hasattr(module, "out_features"):
+            module.out_features = len(labels)
+    model.config.num_labels = len(labels)
+    model.config.id2label, model.config.label2id = dict(enumerate(labels)), {label: i for i, label in enumerate(labels)}

@@ -104,8 +104,7 @@ def finetune(cfg: FinetuneConfig, overwrite: bool = False, on_step: StepHook | N
     test_logits = [predict(model, r, tokenizer.pad_token_id, cfg.batch_size, device) for r in rows["test"]]
     test_scores, *mixed_scores = mixture.scores(test_logits, "test")
     if len(mixture.tasks) > 1:  # the saved model: the run's own task's rows of the joint head
-        keep_own_rows(model, head, len(task.labels))
-        model.config.id2label, model.config.label2id = dict(enumerate(task.labels)), {l: i for i, l in enumerate(task.labels)}
+        keep_own_rows(model, head, task.labels)
     added = method.record(model, pieces, cfg, Probe(rows["test"][0], tokenizer.pad_token_id, device))
     # the run's cost is that of training and testing: retention below loads a second copy of the base
     peak_mb, wall_s = peak_memory_mb(device), time.perf_counter() - started

@@ -256,6 +256,11 @@ def extract_answer(text: str, keywords: list[str]) -> int | None:
     return keywords.index(found.group(0)) if found else None
 
 
+def check_beams(num_beams: int) -> None:
+    if num_beams < 1:
+        raise DomixError(f"--num-beams must be at least 1 (1: greedy), not {num_beams}")
+
+
 @torch.no_grad()
 def generate(model: nn.Module, tokenizer, prompts: list[str], max_new_tokens: int = 32, batch_size: int = 8,
              device="cpu", add_special_tokens: bool = True, num_beams: int = 1) -> list[str]:
@@ -324,8 +329,7 @@ def evaluate_choice(source: str, tasks: dict[str, str], protocols: tuple[str, ..
     unknown = [p for p in protocols if p not in PROTOCOLS]
     if unknown or not protocols:
         raise DomixError(f"unknown protocol {unknown}; use {' and/or '.join(PROTOCOLS)}")
-    if num_beams < 1:
-        raise DomixError(f"--num-beams must be at least 1 (1: greedy), not {num_beams}")
+    check_beams(num_beams)
     if not tasks:
         raise DomixError("no task given; pass --task NAME=FILE (jsonl in a public format or context/choices/label)")
     if template is not None and template not in TEMPLATES:

@@ -125,17 +125,16 @@ def run_eval_choice(args: argparse.Namespace) -> None:
 
 
 def run_generate(args: argparse.Namespace) -> None:
-    from domix.llm.choice import generate
+    from domix.llm.choice import check_beams, generate
     from domix.llm.data import prompt_text
     from domix.llm.model import load_for_eval
     from domix.system import resolve_device
 
+    check_beams(args.num_beams)  # before the model loads
     device = resolve_device(args.device)
     model, tokenizer, trained = load_for_eval(args.model, device, args.dtype, args.base_model)
     template = args.template or trained or "alpaca"
     prompts = [prompt_text(p, "", template, tokenizer) for p in args.prompt]
-    if args.num_beams < 1:
-        raise DomixError(f"--num-beams must be at least 1 (1: greedy), not {args.num_beams}")
     for text in generate(model, tokenizer, prompts, args.max_new_tokens, 1, device, add_special_tokens=template != "chat",
                          num_beams=args.num_beams):
         print(text.strip())

@@ -81,8 +81,7 @@ def fresh_module(modules: list[DomainModule], rank: int, seed: int) -> DomainMod
     shapes = {layer: (m.lora_A[layer].shape[1], m.lora_B[layer].shape[0]) for m in modules for layer in m.lora_A}
     lora_A, lora_B = {}, {}
     for layer, (d_in, d_out) in sorted(shapes.items()):
-        bound = 1 / math.sqrt(d_in)  # kaiming_uniform_(a=sqrt(5)) on a (rank, d_in) weight
-        lora_A[layer] = (torch.rand(rank, d_in, generator=generator) * 2 - 1) * bound
+        lora_A[layer] = nn.init.kaiming_uniform_(torch.empty(rank, d_in), a=math.sqrt(5), generator=generator)
         lora_B[layer] = torch.zeros(d_out, rank)
     first = modules[0]
     return DomainModule(NEW_BLOCK, first.path, {**first.adapter_config, "r": rank, "lora_alpha": first.scaling * rank}, None,
