@@ -46,12 +46,3 @@ def lm_batch(
         return masked_batch(blocks, tokenizer, generator, mlm_probability)
     return causal_batch(blocks)
 
-
-def lm_loss(logits: torch.Tensor, labels: torch.Tensor, objective: str, reduction: str = "mean") -> torch.Tensor:
-    """The loss transformers computes for these rows (mean over predicted tokens), or its sum."""
-    import torch.nn.functional as F
-
-    if objective == "clm":
-        logits, labels = logits[:, :-1], labels[:, 1:]
-    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1).to(logits.device),
-                           ignore_index=IGNORE_INDEX, reduction=reduction)

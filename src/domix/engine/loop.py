@@ -25,12 +25,13 @@ import torch
 from torch import nn
 
 from domix.base_model import set_gradient_checkpointing
-from domix.batches import IGNORE_INDEX, lm_batch, lm_loss
+from domix.batches import lm_batch
 from domix.engine import checkpoint
 from domix.engine.distributed import DataParallel
 from domix.engine.logs import closing, tensorboard
 from domix.engine.progress import Progress
 from domix.errors import DomixError
+from domix.lm_loss import lm_losses, predicted_tokens
 from domix.tokens import Blocks
 
 # Called after every step with (the domain or task training, steps done, loss, model); tests use it to look inside.
@@ -146,7 +147,7 @@ def train(
             loss, tokens = step_loss(step)
             update(loss, trained, optimizer, scheduler, loop, step, checkpoint_path, reduce)
             if reduce is not None:
-                loss = reduce(loss.detach())  # the whole batch's loss
+                loss = reduce(loss.detach().float())  # the whole batch's loss (float32 on every process, one without rows too)
             if loss.device.type == "cuda":
                 torch.cuda.synchronize(loss.device)
             result.steps += 1
@@ -200,7 +201,7 @@ def train_domain(
         blocks = train_blocks[batch_rows(train_blocks.shape[0], cfg.batch_size, cfg.seed, step)]
         batch = lm_batch(blocks, objective, tokenizer, torch.Generator().manual_seed(step_seed(cfg.seed, step)), cfg.mlm_probability)
         if dp is None:
-            return model(**{k: v.to(device) for k, v in batch.items()}).loss, blocks.numel()
+            return lm_losses(model, batch["input_ids"].to(device), batch["labels"], objective)[0], blocks.numel()
         return _slice_loss(model, batch, objective, dp, device), blocks.numel()
 
     loop = Loop(f"domain {domain!r}", n_steps, cfg.seed, cfg.lr, cfg.max_grad_norm, cfg.checkpoint_every, cfg.gradient_checkpointing)
@@ -243,12 +244,6 @@ def batch_rows(n_train: int, batch_size: int, seed: int, step: int) -> torch.Ten
     return perm[i * batch_size : (i + 1) * batch_size]
 
 
-def predicted_tokens(labels: torch.Tensor, objective: str) -> int:
-    if objective == "clm":
-        labels = labels[:, 1:]  # the model shifts: the first token is never predicted
-    return int((labels != IGNORE_INDEX).sum())
-
-
 @torch.no_grad()
 def evaluate(model: nn.Module, blocks: Blocks, objective: str, tokenizer, cfg, device) -> float:
     """Mean loss per predicted token over ``blocks``, with fixed masks (same before and after)."""
@@ -258,10 +253,8 @@ def evaluate(model: nn.Module, blocks: Blocks, objective: str, tokenizer, cfg, d
     total, count = 0.0, 0
     for start in range(0, blocks.shape[0], cfg.batch_size):
         batch = lm_batch(blocks[start : start + cfg.batch_size], objective, tokenizer, generator, cfg.mlm_probability)
-        n = predicted_tokens(batch["labels"], objective)
-        loss = model(**{k: v.to(device) for k, v in batch.items()}).loss
-        total += float(loss) * n
-        count += n
+        total += float(lm_losses(model, batch["input_ids"].to(device), batch["labels"], objective, denominators=[1.0])[0])
+        count += predicted_tokens(batch["labels"], objective)
     model.train(was_training)
     return total / max(count, 1)
 
@@ -331,6 +324,5 @@ def _slice_loss(model: nn.Module, batch: dict[str, torch.Tensor], objective: str
     ids, labels = my_rows(batch["input_ids"], dp), my_rows(batch["labels"], dp)
     if ids.shape[0] == 0:  # a short last batch can leave a process without rows
         return no_rows(device)
-    logits = model(input_ids=ids.to(device)).logits
-    return lm_loss(logits, labels, objective, reduction="sum") / max(count, 1)
+    return lm_losses(model, ids.to(device), labels, objective, denominators=[max(count, 1)])[0]
 

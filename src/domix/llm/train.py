@@ -18,11 +18,12 @@ from tqdm.auto import tqdm
 
 from domix import atomic
 from domix.base_model import model_reference, weights_fingerprint
-from domix.batches import IGNORE_INDEX, lm_loss
+from domix.batches import IGNORE_INDEX
 from domix.engine.distributed import DataParallel, process_group
-from domix.engine.loop import Loop, StepHook, TrainResult, batch_rows, my_rows, no_rows, share, train
+from domix.engine.loop import Loop, StepHook, TrainResult, batch_rows, my_rows, no_rows, train
 from domix.engine.runfolder import RUN_FILE, begin, check_out
 from domix.errors import DomixError
+from domix.lm_loss import lm_losses, predicted_tokens
 from domix.finetune.model import trainable_state
 from domix.llm.config import InstructConfig
 from domix.llm.data import Example, collate, encode_examples, read_examples
@@ -44,9 +45,9 @@ def dev_loss(model: nn.Module, rows: Rows, pad_id: int, batch_size: int, device)
     total, count = 0.0, 0
     for start in range(0, len(rows), batch_size):
         batch = collate(rows[start : start + batch_size], pad_id)
-        logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
-        total += float(lm_loss(logits, batch["labels"], "clm", reduction="sum"))
-        count += int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+        total += float(lm_losses(model, batch["input_ids"].to(device), batch["labels"], "clm", denominators=[1.0],
+                                 attention_mask=batch["attention_mask"].to(device))[0])
+        count += predicted_tokens(batch["labels"], "clm")
     model.train(was_training)
     return total / max(count, 1)
 
@@ -186,8 +187,10 @@ def _train(model, groups, train_rows: Rows, dev_rows: Rows, cfg: InstructConfig,
         if not mine:
             return no_rows(device), 0
         batch = collate(mine, pad_id)
-        loss = model(**{k: v.to(device) for k, v in batch.items()}).loss  # the mean over its response tokens
-        return share(loss, _predicted(mine), _predicted(rows)), int(batch["attention_mask"].sum())
+        # its rows' summed loss over the whole batch's response tokens: summed over processes, the batch's mean
+        loss = lm_losses(model, batch["input_ids"].to(device), batch["labels"], "clm", denominators=[max(_predicted(rows), 1)],
+                         attention_mask=batch["attention_mask"].to(device))[0]
+        return loss, int(batch["attention_mask"].sum())
 
     def after_step(progress: TrainResult, log) -> bool:
         if progress.steps % per_epoch:

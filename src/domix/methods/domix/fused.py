@@ -16,11 +16,12 @@ import torch
 from torch import nn
 
 from domix.base_model import set_submodule
-from domix.batches import lm_batch, lm_loss
+from domix.batches import lm_batch
+from domix.lm_loss import lm_losses
 from domix.pretrain.config import PretrainConfig
 from domix.tokens import Blocks
 from domix.engine.fused import FusedStep, RowSegments, train_domains
-from domix.engine.loop import StepHook, TrainResult, batch_rows, evaluate, predicted_tokens, step_seed, total_steps
+from domix.engine.loop import StepHook, TrainResult, batch_rows, evaluate, step_seed, total_steps
 
 
 class FusedLoRALinear(nn.Module):
@@ -98,11 +99,10 @@ def train_fused(
             spans.append((k, start, start + blocks.shape[0]))
             start += blocks.shape[0]
         segments.spans = spans
-        logits = model(input_ids=torch.cat([b["input_ids"] for b in batches]).to(device)).logits
-        # one cross-entropy over the fused batch, then each domain's mean over its own rows
-        labels = torch.cat([b["labels"] for b in batches])
-        token_losses = lm_loss(logits, labels, objective, reduction="none").view(labels.shape[0], -1)
-        return FusedStep([token_losses[s:e].sum() / max(predicted_tokens(labels[s:e], objective), 1) for _, s, e in spans], spans)
+        # one pass over the fused batch, then each domain's mean over its own rows
+        losses = lm_losses(model, torch.cat([b["input_ids"] for b in batches]).to(device), torch.cat([b["labels"] for b in batches]),
+                           objective, spans=[(s, e) for _, s, e in spans])
+        return FusedStep(losses, spans)
 
     def done(k: int, result: TrainResult) -> None:
         n = names[k]

@@ -23,10 +23,11 @@ import torch
 
 from domix import atomic
 from domix.base_model import BaseModel
-from domix.batches import lm_batch, lm_loss
+from domix.batches import lm_batch
 from domix.corpus import read_corpus, tokenize_blocks
 from domix.engine.distributed import require_one_process
 from domix.errors import DomixError
+from domix.lm_loss import lm_losses
 from domix.metrics import downsample_curve
 from domix.methods.mixda.config import KIND, LM_WEIGHT
 from domix.methods.mixda.layer import Segments, adapter_dtype
@@ -34,7 +35,7 @@ from domix.methods.mixda.model import Site, adapter_sites, adapter_tensors, inst
 from domix.pretrain.config import PretrainConfig
 from domix.engine.fused import FusedStep, train_domains
 from domix.engine.loop import (
-    StepHook, TrainResult, batch_rows, domain_seed, evaluate, predicted_tokens, step_seed, total_steps,
+    StepHook, TrainResult, batch_rows, domain_seed, evaluate, step_seed, total_steps,
 )
 from domix.engine.data import DomainData
 from domix.sources import looks_like_dataset_name
@@ -165,10 +166,8 @@ def _step_losses(s: Setup, segments: Segments, data: dict[str, DomainData], name
         start += blocks.shape[0]
     # the domain corpus: one cross-entropy over the fused batch, then each domain's mean over its rows
     segments.spans = spans
-    labels = torch.cat([b["labels"] for b in batches])
-    logits = model(input_ids=torch.cat([b["input_ids"] for b in batches]).to(device)).logits
-    token_losses = lm_loss(logits, labels, s.base.objective, reduction="none").view(labels.shape[0], -1)
-    lm = [token_losses[b:e].sum() / max(predicted_tokens(labels[b:e], s.base.objective), 1) for _, b, e in spans]
+    lm = lm_losses(model, torch.cat([b["input_ids"] for b in batches]).to(device), torch.cat([b["labels"] for b in batches]),
+                   s.base.objective, spans=[(b, e) for _, b, e in spans])
     ends = torch.tensor([g.shape[0] for g in general]).cumsum(0).tolist()
     general_spans = [(k, end - g.shape[0], end) for k, g, end in zip(active, general, ends)]
     retention = retention_terms(model, segments, torch.cat(general).to(device), general_spans)
