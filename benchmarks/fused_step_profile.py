@@ -32,8 +32,10 @@ def losses(model, ids: torch.Tensor, spans: list[tuple[int, int]], plain: bool) 
         from domix.lm_loss import lm_losses
 
         return lm_losses(model, ids, ids, "clm", spans=spans)
-    logits = model(input_ids=ids).logits
-    return [F.cross_entropy(logits[s:e, :-1].float().flatten(0, 1), ids[s:e, 1:].flatten()) for s, e in spans]
+    # as domix computed it before the chunked loss: one cross-entropy over the whole logits, then each span's mean
+    logits = model(input_ids=ids).logits[:, :-1]
+    token = F.cross_entropy(logits.float().flatten(0, 1), ids[:, 1:].flatten(), reduction="none").view(ids.shape[0], -1)
+    return [token[s:e].mean() for s, e in spans]
 
 
 def timed(step, repeats: int) -> tuple[float, list[float]]:

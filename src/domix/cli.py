@@ -293,6 +293,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     set_verbose(args.verbose or verbose())
     try:
+        from domix.system import configure_threads
+
+        configure_threads()
         COMMANDS[args.command](args)
     except DomixError as err:
         if args.debug:

@@ -44,6 +44,7 @@ from domix.pretrain.config import PretrainConfig
 from domix.engine.progress import PROGRESS_FILE_ENV
 from domix.engine.runfolder import RUN_FILE
 from domix.settings import with_recipe
+from domix.system import THREADS_ENV, cores_given
 
 TIMES_FILE = "job_times.json"  # wall seconds of each job's command, as the comparison measured it
 # what some records add: DoMIX's bridge usage, MixDA's and MoDE's gate weights, retention, the majority-class scores
@@ -231,9 +232,7 @@ def _reusable(job: Job, overwrite: bool) -> bool:
 
 def _threads(jobs: int) -> int | None:
     """Threads per job when several run at once: the cores shared out (None: torch's default)."""
-    # the cores this process is given (taskset, a container's cpuset), not all the machine's
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores // jobs) if jobs > 1 else None
+    return max(1, cores_given() // jobs) if jobs > 1 else None  # the cores this process is given, not the machine's
 
 
 def _status_file(out: Path, job: Job) -> Path:
@@ -258,7 +257,7 @@ def _run(job: Job, out: Path, overwrite: bool, in_process: bool, threads: int | 
         sink.flush()
         status = _status_file(out, job)
         status.unlink(missing_ok=True)  # an earlier attempt's
-        env = {**os.environ, PROGRESS_FILE_ENV: str(status), **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
+        env = {**os.environ, PROGRESS_FILE_ENV: str(status), **({"OMP_NUM_THREADS": str(threads), THREADS_ENV: str(threads)} if threads else {})}
         code = subprocess.run(command, stdout=sink, stderr=subprocess.STDOUT, env=env).returncode
     if code != 0:
         tail = "".join(log.read_text().splitlines(keepends=True)[-5:])
