@@ -44,7 +44,8 @@ def measure(method: str, args) -> dict:
         model.gradient_checkpointing_enable()
     optimizer = torch.optim.AdamW(groups)
     g = torch.Generator().manual_seed(0)
-    ids = torch.randint(10, 1000, (args.batch_size, args.seq_len), generator=g).to(device)
+    vocab = model.config.vocab_size
+    ids = torch.randint(min(10, vocab - 1), min(1000, vocab), (args.batch_size, args.seq_len), generator=g).to(device)
     labels = torch.randint(0, 3, (args.batch_size,), generator=g).to(device)
 
     saved = 0

@@ -31,9 +31,9 @@ TASK = Path("../shared/data/tasks/restaurant/train.jsonl")
 CORPORA = {"restaurant": "../shared/data/corpora/restaurant.txt", "biomed": "../shared/data/corpora/biomed.txt"}
 
 
-def write_instructions(path: Path, limit: int) -> None:
+def write_instructions(task: Path, path: Path, limit: int) -> None:
     rows = []
-    for line in TASK.read_text().splitlines()[:limit]:
+    for line in task.read_text().splitlines()[:limit]:
         r = json.loads(line)
         rows.append({"prompt": f"Sentence: {r['text_pair']}\nAspect: {r['text']}\nSentiment of the aspect:", "response": r["label"]})
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
@@ -43,7 +43,8 @@ def make_adapters(args, store: Path) -> None:
     cmd = [sys.executable, "-m", "domix", "pretrain", "--model", args.model, "--out", str(store), "--rank", str(args.rank),
            "--alpha", str(2 * args.rank), "--target-modules", TARGETS, "--steps", "2", "--batch-size", "2", "--seq-len", "64",
            "--heldout-max-blocks", "1"]
-    for name, path in CORPORA.items():
+    cmd += ["--dtype", args.dtype if args.dtype != "auto" else "float32", "--device", args.device]
+    for name, path in args.domains.items():
         cmd += ["--domain", f"{name}={path}"]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
 
@@ -53,6 +54,7 @@ def child(args) -> dict:
     from domix.llm.config import InstructConfig
     from domix.llm.data import collate
     from domix.llm.train import prepare
+    from domix.lm_loss import lm_losses
     from domix.system import peak_memory_mb
 
     cfg = InstructConfig(train=args.train, model=args.model, method=args.method, out="unused", batch_size=args.batch_size,
@@ -69,7 +71,8 @@ def child(args) -> dict:
     for step in range(args.steps + 1):
         batch = collate(run["train"][step * args.batch_size:(step + 1) * args.batch_size], pad_id)
         t0 = time.perf_counter()
-        model(**{k: v.to(device) for k, v in batch.items()}).loss.backward()
+        lm_losses(model, batch["input_ids"].to(device), batch["labels"], "clm",  # the loss domix instruct takes
+                  attention_mask=batch["attention_mask"].to(device))[0].backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if device.type == "cuda":
@@ -93,12 +96,15 @@ def main() -> None:
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--dtype", default="auto", help="auto: bfloat16 on a GPU that has it, float32 otherwise")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--task", default=str(TASK), help="aspect-sentiment rows (text, text_pair, label) made into instructions")
+    parser.add_argument("--domain", action="append", metavar="NAME=PATH", help="a corpus for an adapter (repeat; default: two shared ones)")
     parser.add_argument("--json", default="benchmarks/results/instruct_memory.json")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--method", help=argparse.SUPPRESS)
     parser.add_argument("--store", help=argparse.SUPPRESS)
     parser.add_argument("--train", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    args.domains = dict(d.split("=", 1) for d in args.domain) if args.domain else CORPORA
     if args.child:
         print(json.dumps(child(args)))
         return
@@ -107,7 +113,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as root:
         root = Path(root)
         train = root / "train.jsonl"
-        write_instructions(train, 40 * args.batch_size)
+        write_instructions(Path(args.task), train, 40 * args.batch_size)
         if "domix" in args.methods:
             make_adapters(args, root / "store")
         for _ in range(args.repeats):
@@ -129,7 +135,7 @@ def main() -> None:
         vs = f"{r['peak_mb'] / ref['peak_mb']:>13.2f} {r['step_s'] / ref['step_s']:>13.2f}" if ref else ""
         print(f"{m:7} {r['trainable']:>11,} {100 * r['trainable'] / r['total']:>6.2f} {r['peak_mb']:>8.0f} {r['step_s']:>7.2f} {vs}")
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps({"settings": {k: v for k, v in vars(args).items() if k not in ("child", "method", "store", "train")},
+    Path(args.json).write_text(json.dumps({"settings": {k: v for k, v in vars(args).items() if k not in ("child", "method", "store", "train", "domain")},
                                            "rows": rows}, indent=2) + "\n")
 
 

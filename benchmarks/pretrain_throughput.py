@@ -9,7 +9,9 @@
               when named in --variants: the memory-for-compute trade a user can make
 
 Same steps, batch and sequence length for all. Each variant runs in its own process(es), so
-peak resident memory is its own; every variant is repeated and the median reported.
+peak memory (resident on a CPU, allocated on a GPU) is its own; every variant is repeated and the
+median reported. ``--domain NAME=PATH`` (repeated) replaces the shared corpora; ``--dtype`` and
+``--device`` go to every run (a GPU's processes share it, as a user's would).
 
     python benchmarks/pretrain_throughput.py --model .cache/smollm2-135m --steps 6 --batch-size 4 --seq-len 128
 """
@@ -28,17 +30,12 @@ from pathlib import Path
 
 import torch
 
+from step_rate import matmul_gflops  # benchmarks/ is on the path when a script of it runs
+
+from domix.system import cores_given
+
 DOMAINS = {"restaurant": "../shared/data/corpora/restaurant.txt", "biomed": "../shared/data/corpora/biomed.txt",
            "cs": "../shared/data/corpora/cs.txt"}
-
-
-def matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    t0 = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    return 2 * n**3 * repeats / (time.perf_counter() - t0) / 1e9
 
 
 def flops_per_token(model_dir: str, full: bool) -> float:
@@ -58,10 +55,12 @@ def domix_run(args, domains: dict[str, str], fused: bool, out: Path, processes: 
     """A domix pretrain process; with several at once each gets its share of the cores, as a user would set it."""
     cmd = [sys.executable, "-m", "domix", "pretrain", "--model", args.model, "--out", str(out), "--steps", str(args.steps),
            "--batch-size", str(args.batch_size), "--seq-len", str(args.seq_len), "--heldout-max-blocks", "1",
-           "--fused" if fused else "--no-fused", "--checkpoint-every", "100000"] + (["--gradient-checkpointing"] if checkpointing else [])
+           "--fused" if fused else "--no-fused", "--checkpoint-every", "100000", "--dtype", args.dtype, "--device", args.device]
+    cmd += ["--gradient-checkpointing"] if checkpointing else []
     for name, path in domains.items():
         cmd += ["--domain", f"{name}={path}"]
-    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // processes))}
+    threads = str(max(1, cores_given() // processes))
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "DOMIX_THREADS": threads}
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
 
 
@@ -86,11 +85,11 @@ def run_variant(name: str, args, root: Path) -> dict:
     t0 = time.perf_counter()
     if name in ("fused", "sequential", "fused-ckpt"):
         out = root / name
-        procs = [domix_run(args, DOMAINS, name != "sequential", out, checkpointing=name == "fused-ckpt")]
+        procs = [domix_run(args, args.domains, name != "sequential", out, checkpointing=name == "fused-ckpt")]
         outs = [out]
     elif name == "concurrent":
-        outs = [root / f"concurrent-{d}" for d in DOMAINS]
-        procs = [domix_run(args, {d: p}, False, o, processes=len(DOMAINS)) for (d, p), o in zip(DOMAINS.items(), outs)]
+        outs = [root / f"concurrent-{d}" for d in args.domains]
+        procs = [domix_run(args, {d: p}, False, o, processes=len(args.domains)) for (d, p), o in zip(args.domains.items(), outs)]
     else:
         out = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--ncl-child"], capture_output=True, text=True)
         if out.returncode != 0:
@@ -108,16 +107,19 @@ def ncl_child(args) -> dict:
     from domix.base_model import load_base_model
     from domix.batches import lm_batch
     from domix.corpus import read_corpus
+    from domix.lm_loss import lm_losses
     from domix.pretrain.config import PretrainConfig
     from domix.engine.loop import batch_rows, step_seed
     from domix.engine.data import DomainData
-    from domix.system import peak_memory_mb
+    from domix.system import DTYPES, peak_memory_mb, reset_peak_memory, resolve_device
 
     cfg = PretrainConfig(model=args.model, steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len, heldout_max_blocks=1)
-    base = load_base_model(args.model)
-    model = base.model.train()
+    device = resolve_device(args.device)
+    reset_peak_memory(device)
+    base = load_base_model(args.model, dtype=DTYPES[args.dtype])
+    model = base.model.to(device).train()
     tokens, train_s = 0, 0.0
-    for name, path in DOMAINS.items():
+    for name, path in args.domains.items():
         data = DomainData.build(read_corpus(name, path), base.tokenizer, base.objective, cfg)
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
         scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * cfg.steps), cfg.steps)
@@ -125,14 +127,16 @@ def ncl_child(args) -> dict:
             blocks = data.train[batch_rows(len(data.train), cfg.batch_size, cfg.seed, step)]
             batch = lm_batch(blocks, base.objective, base.tokenizer, torch.Generator().manual_seed(step_seed(cfg.seed, step)))
             t0 = time.perf_counter()
-            model(**batch).loss.backward()
+            lm_losses(model, batch["input_ids"].to(device), batch["labels"], base.objective)[0].backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
             train_s += time.perf_counter() - t0
             tokens += blocks.numel()
-    return {"tokens": tokens, "train_s": train_s, "peak_mb": peak_memory_mb(torch.device("cpu"))}
+    return {"tokens": tokens, "train_s": train_s, "peak_mb": peak_memory_mb(device)}
 
 
 def main() -> None:
@@ -142,15 +146,19 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--variants", nargs="+", default=["fused", "sequential", "concurrent", "ncl"])
+    parser.add_argument("--variants", nargs="+", default=["fused", "sequential", "concurrent", "ncl", "fused-ckpt"])
+    parser.add_argument("--domain", action="append", metavar="NAME=PATH", help="a corpus (repeat; default: the three shared ones)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", default="benchmarks/results/pretrain_throughput.json")
     parser.add_argument("--ncl-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    args.domains = dict(d.split("=", 1) for d in args.domain) if args.domain else DOMAINS
     if args.ncl_child:
         print(json.dumps(ncl_child(args)))
         return
 
-    rate = matmul_gflops()
+    rate = matmul_gflops(torch.device(args.device), getattr(torch, args.dtype))
     results = {v: [] for v in args.variants}
     for repeat in range(args.repeats):
         for variant in args.variants:  # interleaved, so drifts of a shared machine hit all alike
@@ -163,8 +171,8 @@ def main() -> None:
         gflops = tok_s * flops_per_token(args.model, variant == "ncl") / 1e9
         rows[variant] = {**med, "tokens_per_s": tok_s, "gflops": gflops, "share_of_matmul_rate": gflops / rate, "runs": runs}
     fused = rows.get("fused")
-    print(f"3 domains x {args.steps} steps x {args.batch_size} x {args.seq_len} tokens; median of {args.repeats}; "
-          f"machine matmul rate {rate:.1f} GFLOP/s (fp32 {2048}^3)")
+    print(f"{len(args.domains)} domains x {args.steps} steps x {args.batch_size} x {args.seq_len} tokens, {args.dtype} on {args.device}; "
+          f"median of {args.repeats}; machine matmul rate {rate:.1f} GFLOP/s ({args.dtype} 2048^3)")
     print(f"{'variant':11} {'tokens/s':>9} {'wall s':>7} {'peak MB':>8} {'GFLOP/s':>8} {'% of mm':>8} {'tok/s vs fused':>15} {'peak vs fused':>14}")
     for variant, r in rows.items():
         vs = (f"{r['tokens_per_s'] / fused['tokens_per_s']:>15.2f} {r['peak_mb'] / fused['peak_mb']:>14.2f}") if fused else ""
