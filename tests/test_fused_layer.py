@@ -25,7 +25,7 @@ def _peft_layer(base: nn.Linear, a: torch.Tensor, b: torch.Tensor):
 def test_each_domains_rows_get_what_peft_lora_gives_them(sizes):
     g = torch.Generator().manual_seed(0)
     d_in, d_out, r, length = 7, 5, 2, 6
-    base = nn.Linear(d_in, d_out).double()
+    base = nn.Linear(d_in, d_out).double().requires_grad_(False)  # a frozen base, as fused training has
     pairs = [(torch.randn(r, d_in, generator=g, dtype=torch.float64), torch.randn(d_out, r, generator=g, dtype=torch.float64))
              for _ in sizes]
     x = torch.randn(sum(sizes), length, d_in, generator=g, dtype=torch.float64)
@@ -48,3 +48,21 @@ def test_each_domains_rows_get_what_peft_lora_gives_them(sizes):
         torch.testing.assert_close(out[rows], want, rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(fused.lora_A[k].grad, layer.lora_A["default"].weight.grad, rtol=1e-10, atol=1e-12)
         torch.testing.assert_close(fused.lora_B[k].grad, layer.lora_B["default"].weight.grad, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("dropped", [False, True], ids=["no-dropout", "dropout-input"])
+def test_the_fused_products_gradients_match_finite_differences(dropped):
+    from domix.methods.domix.fused import _FusedLoRA
+
+    g = torch.Generator().manual_seed(1)
+    rows, length, d_in, d_out, r = 5, 3, 4, 6, 2
+    x = torch.randn(rows, length, d_in, generator=g, dtype=torch.float64, requires_grad=True)
+    x_drop = torch.randn(rows, length, d_in, generator=g, dtype=torch.float64, requires_grad=True) if dropped else None
+    weight = torch.randn(d_out, d_in, generator=g, dtype=torch.float64)
+    bias = torch.randn(d_out, generator=g, dtype=torch.float64)
+    a_cat = torch.randn(2 * r, d_in, generator=g, dtype=torch.float64, requires_grad=True)
+    b_cat = torch.randn(d_out, 2 * r, generator=g, dtype=torch.float64, requires_grad=True)
+    mask = torch.zeros(rows, 1, 2 * r, dtype=torch.float64)
+    mask[:3, :, :r], mask[3:, :, r:] = 1, 1  # rows 0-2 are domain 0's, rows 3-4 domain 1's
+    inputs = (x, x_drop, weight, bias, a_cat, b_cat, mask)
+    assert torch.autograd.gradcheck(_FusedLoRA.apply, inputs)

@@ -24,6 +24,53 @@ from domix.engine.fused import FusedStep, RowSegments, train_domains
 from domix.engine.loop import StepHook, TrainResult, batch_rows, evaluate, step_seed, total_steps
 
 
+class _FusedLoRA(torch.autograd.Function):
+    """y = x W^T + b + ((x' A_cat^T) * M) B_cat^T for a frozen W: every domain's LoRA pair in one layer.
+
+    A_cat stacks the active domains' A (K·r rows), B_cat sets their (scaled) B side by side, and the
+    mask M (rows x K·r) keeps each row's own domain's block, so a row gets only its domain's product,
+    and each pair's gradient comes from its own rows. ``x'`` is x after LoRA dropout (None: x itself).
+
+    Why by hand: K domains over one frozen base is not a PEFT layer. Written as one function, the
+    layer is a few large matrix products (the cross-domain ones are computed and masked: r-wide, they
+    cost less than K small products and their concatenation did), the LoRA product is added into the
+    base output in place, and in backward the input gradient takes both paths in one addmm, not as
+    two full-size gradients summed by autograd.
+    """
+
+    @staticmethod
+    def forward(ctx, x, x_drop, weight, bias, a_cat, b_cat, mask):
+        lora_in = (x if x_drop is None else x_drop).to(a_cat.dtype)
+        y = nn.functional.linear(x, weight, bias)
+        h = (lora_in @ a_cat.t()) * mask
+        flat = y.view(-1, y.shape[-1])
+        if b_cat.dtype == y.dtype:
+            flat.addmm_(h.view(-1, h.shape[-1]), b_cat.t())
+        else:  # adapters kept in another dtype than the base (fp32 over bf16)
+            flat.add_((h.view(-1, h.shape[-1]) @ b_cat.t()).to(y.dtype))
+        ctx.save_for_backward(lora_in, h, weight, a_cat, b_cat, mask)
+        ctx.dropped = x_drop is not None
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        lora_in, h, weight, a_cat, b_cat, mask = ctx.saved_tensors
+        g = grad_y.reshape(-1, grad_y.shape[-1])
+        g_lora = g.to(b_cat.dtype)
+        grad_h = ((g_lora @ b_cat).view(h.shape) * mask).view(-1, h.shape[-1])
+        grad_b = g_lora.t() @ h.reshape(-1, h.shape[-1])
+        grad_a = grad_h.t() @ lora_in.reshape(-1, lora_in.shape[-1])
+        through_lora = grad_h @ a_cat
+        if ctx.dropped:  # the LoRA part goes back through the dropout
+            return ((g @ weight).view(*grad_y.shape[:-1], -1), through_lora.view(*grad_y.shape[:-1], -1).to(lora_in.dtype),
+                    None, None, grad_a, grad_b, None)
+        if through_lora.dtype == g.dtype:
+            grad_x = through_lora.addmm_(g, weight)  # both paths' input gradients in one pass
+        else:
+            grad_x = (g @ weight).add_(through_lora.to(g.dtype))
+        return grad_x.view(*grad_y.shape[:-1], -1), None, None, None, grad_a, grad_b, None
+
+
 class FusedLoRALinear(nn.Module):
     """A frozen linear layer with one LoRA pair per domain, each applied to its own rows."""
 
@@ -34,28 +81,24 @@ class FusedLoRALinear(nn.Module):
         self.lora_A = nn.ParameterList([nn.Parameter(a.detach().clone()) for a, _ in pairs])
         self.lora_B = nn.ParameterList([nn.Parameter(b.detach().clone()) for _, b in pairs])
         self.scaling = scaling
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else None
         self.segments = segments
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.base_layer(x)
         spans = self.segments.spans
         if not spans:
-            return y
+            return self.base_layer(x)
         domains = [k for k, _, _ in spans]
-        sizes = [(end if end is not None else x.shape[0]) - start for _, start, end in spans]
-        rows = self.dropout(x.to(self.lora_A[domains[0]].dtype))
-        if len(set(sizes)) == 1 and rows.dtype == y.dtype:
-            # equal shares (every step but an epoch's short last batch): one batched product over the
-            # domains, rows grouped per domain, added into the base output as it is written (baddbmm),
-            # instead of K small products, a concatenation and an addition, each a pass over the output
-            a = torch.stack([self.lora_A[k] for k in domains]).transpose(1, 2)  # (K, in, r)
-            b = torch.stack([self.lora_B[k] for k in domains]).transpose(1, 2) * self.scaling  # (K, r, out), scaled while small
-            grouped = y.reshape(len(spans), -1, y.shape[-1])
-            return torch.baddbmm(grouped, torch.bmm(rows.reshape(len(spans), -1, rows.shape[-1]), a), b).view(y.shape)
-        # split, not slicing: the backward of a slice writes a full-size zero gradient per domain
-        parts = [chunk @ self.lora_A[k].t() @ (self.lora_B[k].t() * self.scaling) for k, chunk in zip(domains, rows.split(sizes))]
-        return y + (parts[0] if len(parts) == 1 else torch.cat(parts)).to(y.dtype)
+        a_cat = torch.cat([self.lora_A[k] for k in domains])
+        b_cat = torch.cat([self.lora_B[k] for k in domains], dim=1) * self.scaling  # scaled while small
+        rank = self.lora_A[domains[0]].shape[0]
+        mask = torch.zeros(x.shape[0], *([1] * (x.dim() - 2)), len(domains) * rank, dtype=a_cat.dtype, device=x.device)
+        for i, (_, start, end) in enumerate(spans):
+            mask[start:end, ..., i * rank : (i + 1) * rank] = 1
+        if self.base_layer.weight.requires_grad:
+            raise RuntimeError("fused LoRA layers train over a frozen base; freeze the base layer's weight")
+        x_drop = self.dropout(x) if self.dropout is not None and self.training else None
+        return _FusedLoRA.apply(x, x_drop, self.base_layer.weight, self.base_layer.bias, a_cat, b_cat, mask)
 
 
 def install(model: nn.Module, initial: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]], scaling: float,
