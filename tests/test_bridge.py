@@ -12,10 +12,13 @@ def test_bridge_path_gradients_are_exact():
     torch.manual_seed(0)
     A, P, B = torch.randn(5, 7).double(), torch.randn(5, 5).double(), torch.randn(3, 5).double()
     s = torch.tensor([2.0, 2.0, 2.0, 0.5, 0.5]).double()
+    W, b = torch.randn(3, 7).double(), torch.randn(3).double()  # the frozen base layer
     x = torch.randn(2, 4, 7).double()
     for t in (x, P, B):
         t.requires_grad_(True)
-    assert torch.autograd.gradcheck(lambda x, P, B: _BridgePath.apply(x, A, P, B, s), (x, P, B))
+    assert torch.autograd.gradcheck(lambda x, P, B: _BridgePath.apply(x, W, b, A, P, B, s), (x, P, B))
+    y = _BridgePath.apply(x, W, b, A, P, B, s)  # and the formula y = W x + b + B diag(s) P A x, by hand
+    torch.testing.assert_close(y, x @ W.t() + b + x @ A.t() @ P.t() @ torch.diag(s) @ B.t(), rtol=1e-12, atol=1e-12)
 
 
 def test_identity_bridge_equals_the_sum_of_the_modules(tiny_llama, llama_store):
@@ -107,3 +110,14 @@ def test_a_fresh_block_goes_first_in_the_bridge_trains_its_b_and_folds(llama_sto
     export(tmp_path / "run" / "model", tmp_path / "exported")  # W' = W + B_cat diag(s) P A_cat, the fresh block folded in
     plain, plain_tokenizer, _, _ = load_any(tmp_path / "exported")
     assert torch.allclose(predict(plain, rows, plain_tokenizer.pad_token_id, 8, "cpu"), logits, atol=1e-8)
+
+
+def test_a_trainable_base_weight_gets_its_gradient_through_the_bridged_layer():
+    torch.manual_seed(1)
+    base = torch.nn.Linear(5, 4).double()  # trainable: the plain path, which keeps the input
+    A, B, s = torch.randn(3, 5).double(), torch.randn(4, 3).double(), torch.full((3,), 2.0).double()
+    bridged = BridgedLinear(base, A, B, s, 0.5, dtype=torch.float64)
+    x = torch.randn(2, 5).double()
+    bridged(x).sum().backward()
+    want = torch.ones(2, 4).double().t() @ x  # d(sum y)/dW
+    torch.testing.assert_close(base.weight.grad, want)

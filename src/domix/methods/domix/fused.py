@@ -95,7 +95,7 @@ class FusedLoRALinear(nn.Module):
         mask = torch.zeros(x.shape[0], *([1] * (x.dim() - 2)), len(domains) * rank, dtype=a_cat.dtype, device=x.device)
         for i, (_, start, end) in enumerate(spans):
             mask[start:end, ..., i * rank : (i + 1) * rank] = 1
-        if self.base_layer.weight.requires_grad:
+        if torch.is_grad_enabled() and self.base_layer.weight.requires_grad:
             raise RuntimeError("fused LoRA layers train over a frozen base; freeze the base layer's weight")
         x_drop = self.dropout(x) if self.dropout is not None and self.training else None
         return _FusedLoRA.apply(x, x_drop, self.base_layer.weight, self.base_layer.bias, a_cat, b_cat, mask)

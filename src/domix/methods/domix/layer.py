@@ -4,9 +4,9 @@ A_cat (frozen) stacks the domain modules' A matrices, B_cat (trainable) sets the
 matrices side by side, P (trainable, Σr × Σr) is the bridge, and s holds each domain's
 LoRA scale (alpha / r) per column, so modules of different ranks and alphas compose.
 
-The LoRA path runs in a custom autograd function that saves only u = A_cat x (Σr numbers
+The layer runs in a custom autograd function that saves only u = A_cat x (Σr numbers
 per token) for the backward pass, never the layer input x (d_in numbers per token): with
-A frozen, every gradient can be computed from u, P, B_cat and s. This is where DoMIX's
+W and A frozen, every gradient can be computed from u, P, B_cat, s and W. This is where DoMIX's
 memory advantage over plain LoRA comes from.
 """
 
@@ -17,27 +17,43 @@ from torch import nn
 
 
 class _BridgePath(torch.autograd.Function):
+    """y = W x + b + B diag(s) P A x for a frozen W and A: the base product and the bridged path in one.
+
+    One function, so that the path's product is added into the base output in place, and in
+    backward both input gradients come out of one addmm instead of two full-size tensors that
+    autograd then sums. It keeps u = A x for backward and nothing of the input's width.
+    """
+
     @staticmethod
-    def forward(ctx, x, A, P, B, s):
-        u = x @ A.t()  # (..., R)
-        out = ((u @ P.t()) * s) @ B.t()
-        ctx.save_for_backward(u, A, P, B, s)
-        return out
+    def forward(ctx, x, weight, bias, A, P, B, s):
+        y = nn.functional.linear(x, weight, bias)
+        u = x.to(A.dtype) @ A.t()  # (..., R)
+        path = ((u @ P.t()) * s).reshape(-1, A.shape[0])
+        flat = y.view(-1, y.shape[-1])
+        if B.dtype == y.dtype:
+            flat.addmm_(path, B.t())
+        else:  # the path kept in another dtype than the base
+            flat.add_((path @ B.t()).to(y.dtype))
+        ctx.save_for_backward(u, weight, A, P, B, s)
+        return y
 
     @staticmethod
     def backward(ctx, grad_out):
-        u, A, P, B, s = ctx.saved_tensors
-        g = grad_out.reshape(-1, grad_out.shape[-1]).to(B.dtype)
+        u, weight, A, P, B, s = ctx.saved_tensors
+        g = grad_out.reshape(-1, grad_out.shape[-1])
+        g_path = g.to(B.dtype)
         u2 = u.reshape(-1, u.shape[-1])
         h = u2 @ P.t()  # recomputed: cheaper than keeping it
-        grad_hs = g @ B  # d(loss)/d(h·s)
+        grad_hs = g_path @ B  # d(loss)/d(h·s)
         grad_h = grad_hs * s
-        grad_B = g.t() @ (h * s) if ctx.needs_input_grad[3] else None
-        grad_P = grad_h.t() @ u2 if ctx.needs_input_grad[2] else None
+        grad_B = g_path.t() @ (h * s) if ctx.needs_input_grad[5] else None
+        grad_P = grad_h.t() @ u2 if ctx.needs_input_grad[4] else None
         grad_x = None
         if ctx.needs_input_grad[0]:
-            grad_x = ((grad_h @ P) @ A).reshape(*grad_out.shape[:-1], A.shape[1])
-        return grad_x, None, grad_P, grad_B, None
+            through = (grad_h @ P) @ A
+            grad_x = through.addmm_(g, weight) if through.dtype == g.dtype else (g @ weight).add_(through.to(g.dtype))
+            grad_x = grad_x.reshape(*grad_out.shape[:-1], A.shape[1])
+        return grad_x, None, None, None, grad_P, grad_B, None
 
 
 class BridgedLinear(nn.Module):
@@ -62,9 +78,11 @@ class BridgedLinear(nn.Module):
         return self.lora_A.shape[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.base_layer(x)
-        path = _BridgePath.apply(x.to(self.lora_A.dtype), self.lora_A, self.bridge, self.lora_B, self.scales)
-        return y + path.to(y.dtype)
+        if torch.is_grad_enabled() and self.base_layer.weight.requires_grad:
+            # a trainable base weight (a task model loaded to train further): plain autograd, which keeps x
+            path = ((x.to(self.lora_A.dtype) @ self.lora_A.t() @ self.bridge.t()) * self.scales) @ self.lora_B.t()
+            return self.base_layer(x) + path.to(x.dtype)
+        return _BridgePath.apply(x, self.base_layer.weight, self.base_layer.bias, self.lora_A, self.bridge, self.lora_B, self.scales)
 
     def delta_weight(self) -> torch.Tensor:
         """The layer's whole update, B_cat diag(s) P A_cat, shaped like W."""
