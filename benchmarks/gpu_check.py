@@ -35,14 +35,15 @@ CORPORA = {name: HERE.parent / "data" / "demo" / f"{name}.txt" for name in ("res
 TASK = HERE.parent / "data" / "demo" / "tasks" / "restaurant" / "train.jsonl"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "generation_config.json")
 
-# per section: (script arguments at full size, at dry-run size, timeout in seconds at full size)
+# per section: (script arguments at full size, at dry-run size, timeout in seconds at full size: 440 in all,
+# plus about 20 for the module store, inside 8 minutes)
 SIZES = {
-    "dap": (["--steps", "8", "--batch-size", "8", "--seq-len", "512", "--repeats", "2"],
-            ["--steps", "2", "--batch-size", "2", "--seq-len", "32", "--repeats", "1"], 200),
+    "dap": (["--steps", "6", "--batch-size", "8", "--seq-len", "512", "--repeats", "2"],
+            ["--steps", "2", "--batch-size", "2", "--seq-len", "32", "--repeats", "1"], 230),
     "instruct": (["--batch-size", "16", "--max-length", "512", "--steps", "5", "--repeats", "1"],
-                 ["--batch-size", "2", "--max-length", "160", "--steps", "1", "--repeats", "1"], 110),
-    "finetune": (["--batch-size", "32", "--seq-len", "512", "--steps", "5"], ["--batch-size", "2", "--seq-len", "32", "--steps", "1"], 60),
-    "rate": (["--batch-size", "16", "--seq-len", "512", "--steps", "5"], ["--batch-size", "2", "--seq-len", "32", "--steps", "1"], 70),
+                 ["--batch-size", "2", "--max-length", "160", "--steps", "1", "--repeats", "1"], 100),
+    "finetune": (["--batch-size", "32", "--seq-len", "512", "--steps", "5"], ["--batch-size", "2", "--seq-len", "32", "--steps", "1"], 50),
+    "rate": (["--batch-size", "16", "--seq-len", "512", "--steps", "5"], ["--batch-size", "2", "--seq-len", "32", "--steps", "1"], 60),
 }
 
 
