@@ -22,6 +22,7 @@ from domix.pretrain.config import PretrainConfig
 from domix.tokens import Blocks
 from domix.engine.fused import FusedStep, RowSegments, train_domains
 from domix.engine.loop import StepHook, TrainResult, batch_rows, evaluate, step_seed, total_steps
+from domix.methods.domix.layer import add_product_, input_gradient
 
 
 class _FusedLoRA(torch.autograd.Function):
@@ -43,11 +44,7 @@ class _FusedLoRA(torch.autograd.Function):
         lora_in = (x if x_drop is None else x_drop).to(a_cat.dtype)
         y = nn.functional.linear(x, weight, bias)
         h = (lora_in @ a_cat.t()) * mask
-        flat = y.view(-1, y.shape[-1])
-        if b_cat.dtype == y.dtype:
-            flat.addmm_(h.view(-1, h.shape[-1]), b_cat.t())
-        else:  # adapters kept in another dtype than the base (fp32 over bf16)
-            flat.add_((h.view(-1, h.shape[-1]) @ b_cat.t()).to(y.dtype))
+        add_product_(y, h, b_cat.t())
         ctx.save_for_backward(lora_in, h, weight, a_cat, b_cat, mask)
         ctx.dropped = x_drop is not None
         return y
@@ -64,10 +61,7 @@ class _FusedLoRA(torch.autograd.Function):
         if ctx.dropped:  # the LoRA part goes back through the dropout
             return ((g @ weight).view(*grad_y.shape[:-1], -1), through_lora.view(*grad_y.shape[:-1], -1).to(lora_in.dtype),
                     None, None, grad_a, grad_b, None)
-        if through_lora.dtype == g.dtype:
-            grad_x = through_lora.addmm_(g, weight)  # both paths' input gradients in one pass
-        else:
-            grad_x = (g @ weight).add_(through_lora.to(g.dtype))
+        grad_x = input_gradient(g, weight, through_lora)  # both paths' input gradients in one pass
         return grad_x.view(*grad_y.shape[:-1], -1), None, None, None, grad_a, grad_b, None
 
 

@@ -16,6 +16,21 @@ import torch
 from torch import nn
 
 
+def add_product_(y: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """y += left @ right in place, y viewed as rows (one pass over y when the dtypes agree); returns y."""
+    flat = y.view(-1, y.shape[-1])
+    if left.dtype == y.dtype:
+        flat.addmm_(left.reshape(-1, left.shape[-1]), right)
+    else:  # a low-rank path kept in another dtype than the base (fp32 over bf16)
+        flat.add_((left.reshape(-1, left.shape[-1]) @ right).to(y.dtype))
+    return y
+
+
+def input_gradient(grad: torch.Tensor, weight: torch.Tensor, through: torch.Tensor) -> torch.Tensor:
+    """grad @ W + ``through`` (the low-rank path's input gradient), both in one pass when the dtypes agree."""
+    return through.addmm_(grad, weight) if through.dtype == grad.dtype else (grad @ weight).add_(through.to(grad.dtype))
+
+
 class _BridgePath(torch.autograd.Function):
     """y = W x + b + B diag(s) P A x for a frozen W and A: the base product and the bridged path in one.
 
@@ -28,12 +43,7 @@ class _BridgePath(torch.autograd.Function):
     def forward(ctx, x, weight, bias, A, P, B, s):
         y = nn.functional.linear(x, weight, bias)
         u = x.to(A.dtype) @ A.t()  # (..., R)
-        path = ((u @ P.t()) * s).reshape(-1, A.shape[0])
-        flat = y.view(-1, y.shape[-1])
-        if B.dtype == y.dtype:
-            flat.addmm_(path, B.t())
-        else:  # the path kept in another dtype than the base
-            flat.add_((path @ B.t()).to(y.dtype))
+        add_product_(y, (u @ P.t()) * s, B.t())
         ctx.save_for_backward(u, weight, A, P, B, s)
         return y
 
@@ -50,9 +60,7 @@ class _BridgePath(torch.autograd.Function):
         grad_P = grad_h.t() @ u2 if ctx.needs_input_grad[4] else None
         grad_x = None
         if ctx.needs_input_grad[0]:
-            through = (grad_h @ P) @ A
-            grad_x = through.addmm_(g, weight) if through.dtype == g.dtype else (g @ weight).add_(through.to(g.dtype))
-            grad_x = grad_x.reshape(*grad_out.shape[:-1], A.shape[1])
+            grad_x = input_gradient(g, weight, (grad_h @ P) @ A).reshape(*grad_out.shape[:-1], A.shape[1])
         return grad_x, None, None, None, grad_P, grad_B, None
 
 
