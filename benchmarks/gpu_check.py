@@ -30,6 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from step_rate import make_store  # benchmarks/ is on the path when a script of it runs
+
 HERE = Path(__file__).resolve().parent
 CORPORA = {name: HERE.parent / "data" / "demo" / f"{name}.txt" for name in ("restaurant", "biomed", "cs")}
 TASK = HERE.parent / "data" / "demo" / "tasks" / "restaurant" / "train.jsonl"
@@ -119,10 +121,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         model = random_model(Path(args.shape), root / "model", args.dry_run)
-        store = root / "store"  # modules to bridge for fine-tuning: shapes matter, not values
-        cmd = [sys.executable, "-m", "domix", "pretrain", "--model", str(model), "--out", str(store), "--steps", "1", "--batch-size", "2",
-               "--seq-len", "64", "--heldout-max-blocks", "1", "--dtype", dtype, "--device", device]
-        subprocess.run(cmd + [a for n, p in CORPORA.items() for a in ("--domain", f"{n}={p}")], check=True, stdout=subprocess.DEVNULL)
+        store = root / "store"
+        make_store(str(model), store, dtype, device, CORPORA)
         for name in args.sections:
             print(f"== {name}", flush=True)
             report["sections"][name] = result = section(name, model, root, store, device, dtype, args.dry_run)

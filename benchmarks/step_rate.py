@@ -68,11 +68,11 @@ def timed(step, steps: int, device: torch.device) -> list[float]:
     return times
 
 
-def make_store(model: str, out: Path, dtype: str, device: str) -> None:
+def make_store(model: str, out: Path, dtype: str, device: str, corpora: dict = CORPORA) -> None:
     """Domain modules to bridge: their values do not matter for time, their shapes do."""
     cmd = [sys.executable, "-m", "domix", "pretrain", "--model", model, "--out", str(out), "--steps", "1", "--batch-size", "2",
            "--seq-len", "64", "--heldout-max-blocks", "1", "--dtype", dtype, "--device", device]
-    for name, path in CORPORA.items():
+    for name, path in corpora.items():
         cmd += ["--domain", f"{name}={path}"]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
 
