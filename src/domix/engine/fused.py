@@ -28,6 +28,18 @@ class RowSegments:
 
     def __init__(self) -> None:
         self.spans: list[tuple[int, int, int | None]] = []
+        self._mask: tuple[tuple, torch.Tensor] | None = None  # (its key, the last column mask)
+
+    def column_mask(self, width: int, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """A 0/1 mask shaped (rows of ``x``, 1, ..., len(spans)·width): each row's own span's block of
+        ``width`` columns. Every fused layer of a forward pass asks for the same one, so it is made once."""
+        key = (tuple(self.spans), width, x.shape[0], x.dim(), dtype, x.device)
+        if self._mask is None or self._mask[0] != key:
+            mask = torch.zeros(x.shape[0], *([1] * (x.dim() - 2)), len(self.spans) * width, dtype=dtype, device=x.device)
+            for i, (_, start, end) in enumerate(self.spans):
+                mask[start:end, ..., i * width : (i + 1) * width] = 1
+            self._mask = (key, mask)
+        return self._mask[1]
 
     def only(self, k: int) -> None:
         self.spans = [(k, 0, None)]  # the whole batch is domain k (evaluation)

@@ -82,15 +82,12 @@ class FusedLoRALinear(nn.Module):
         spans = self.segments.spans
         if not spans:
             return self.base_layer(x)
+        if torch.is_grad_enabled() and self.base_layer.weight.requires_grad:
+            raise RuntimeError("fused LoRA layers train over a frozen base; freeze the base layer's weight")
         domains = [k for k, _, _ in spans]
         a_cat = torch.cat([self.lora_A[k] for k in domains])
         b_cat = torch.cat([self.lora_B[k] for k in domains], dim=1) * self.scaling  # scaled while small
-        rank = self.lora_A[domains[0]].shape[0]
-        mask = torch.zeros(x.shape[0], *([1] * (x.dim() - 2)), len(domains) * rank, dtype=a_cat.dtype, device=x.device)
-        for i, (_, start, end) in enumerate(spans):
-            mask[start:end, ..., i * rank : (i + 1) * rank] = 1
-        if torch.is_grad_enabled() and self.base_layer.weight.requires_grad:
-            raise RuntimeError("fused LoRA layers train over a frozen base; freeze the base layer's weight")
+        mask = self.segments.column_mask(self.lora_A[domains[0]].shape[0], x, a_cat.dtype)
         x_drop = self.dropout(x) if self.dropout is not None and self.training else None
         return _FusedLoRA.apply(x, x_drop, self.base_layer.weight, self.base_layer.bias, a_cat, b_cat, mask)
 
