@@ -1,3 +1,4 @@
+import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
@@ -121,3 +122,37 @@ def test_a_trainable_base_weight_gets_its_gradient_through_the_bridged_layer():
     bridged(x).sum().backward()
     want = torch.ones(2, 4).double().t() @ x  # d(sum y)/dW
     torch.testing.assert_close(base.weight.grad, want)
+
+
+@pytest.mark.parametrize("p_init, c", [("scaled_identity", 1 / 6), ("average", 1 / 2), ("identity", 1.0), (0.25, 0.25)])
+def test_bridge_learning_rates_by_hand(tiny_llama, llama_store, p_init, c):
+    """P and B_cat train in their own groups: a number, N times the run's ("Nx"), or for B "matched": the run's
+    divided by P's initial scale c (Adam moves B by about its learning rate a step, and c scales that step's
+    effect on the output, so lr / c moves it as much as a plain LoRA's B at lr)."""
+    from transformers import AutoModelForSequenceClassification
+
+    from domix.finetune.config import FinetuneConfig
+    from domix.methods.registry import task_method
+
+    modules = load_store(llama_store)  # ranks 4 + 2: Σr 6, N 2
+    for p_lr, b_lr, want_p, want_b in [(None, None, 1e-2, 1e-2), ("10x", "matched", 0.1, 1e-2 / c), (3e-3, "2.5x", 3e-3, 2.5e-2)]:
+        cfg = FinetuneConfig(modules=str(llama_store), task="t", out="o", lr=1e-2, weight_decay=0.05, p_init=p_init, p_lr=p_lr,
+                             b_lr=b_lr, p_weight_decay=0.0).validate()
+        model = AutoModelForSequenceClassification.from_pretrained(tiny_llama, num_labels=3)
+        model, groups = task_method("domix").build(model, ["score.weight"], modules, cfg)
+        layers = bridged_layers(model).values()
+        bridge, b, head = groups
+        assert {id(p) for p in bridge["params"]} == {id(m.bridge) for m in layers} and bridge["weight_decay"] == 0.0
+        assert {id(p) for p in b["params"]} == {id(m.lora_B) for m in layers} and b["weight_decay"] == 0.05
+        assert head["params"] == [model.score.weight] and head["lr"] == 1e-2
+        assert bridge["lr"] == pytest.approx(want_p) and b["lr"] == pytest.approx(want_b)
+        assert all(torch.allclose(m.bridge, torch.eye(6) * c) for m in layers)
+
+
+@pytest.mark.parametrize("flag, value", [("--p-lr", "fast"), ("--p-lr", "matched"), ("--b-lr", "-1"), ("--b-lr", "0x")])
+def test_a_bad_bridge_learning_rate_is_one_line(flag, value, tmp_path, capsys):
+    from domix.cli import main
+
+    assert main(["finetune", "--modules", "m", "--task", "t", "--out", str(tmp_path / "o"), flag, value]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{flag} must be a positive learning rate" in err and repr(value) in err

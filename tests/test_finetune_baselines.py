@@ -23,7 +23,7 @@ LABELS = ["bio", "cs", "food"]
 
 
 def hparams(method: str, **kw) -> SimpleNamespace:
-    settings = dict(method=method, p_init="scaled_identity", p_lr=None, p_weight_decay=0.0, lr=1e-3, weight_decay=0.0, seed=0,
+    settings = dict(method=method, p_init="scaled_identity", p_lr=None, b_lr=None, p_weight_decay=0.0, lr=1e-3, weight_decay=0.0, seed=0,
                     new_rank=None)
     return SimpleNamespace(**{**settings, **kw})
 

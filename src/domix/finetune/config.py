@@ -35,8 +35,9 @@ class FinetuneConfig:
     save_model: bool = True  # False: keep only the scores (result.json), e.g. for full fine-tuning in a comparison
     # bridge
     p_init: str | float = "scaled_identity"
-    p_lr: float | None = None
+    p_lr: str | float | None = None  # P's learning rate: None (the run's), a number, or "Nx" (N times the run's)
     p_weight_decay: float = 0.01  # the published code's: its bridge group falls back to weight decay 0.01
+    b_lr: str | float | None = None  # B_cat's: None (the run's), a number, "Nx", or "matched" (the run's / P's initial scale)
     new_rank: int | None = None  # a fresh LoRA block of this rank first in the bridge (A random, frozen; B zero)
     # MoDE (method mode): gates and head train; the experts too with mode_train_experts; the gates' learning
     # rate (default: lr); mode_device_map places experts as in pre-training ({"experts": "cuda:1"}, ...)
@@ -98,12 +99,12 @@ class FinetuneConfig:
                 raise DomixError("--init-module names a module of a store; pass --modules STORE too")
         if self.new_rank is not None and not spec.new_rank:
             raise DomixError(f"--new-rank adds a fresh block to the bridge; it does not apply to method {self.method}")
-        from domix.methods.domix.config import parse_p_init  # here, not at the top: the bridge package imports torch
+        from domix.methods.domix.config import parse_lr, parse_p_init  # here, not at the top: the bridge package imports torch
 
         self.p_init = parse_p_init(self.p_init)
+        self.p_lr, self.b_lr = parse_lr(self.p_lr, "--p-lr"), parse_lr(self.b_lr, "--b-lr", matched=True)
         check([
             (self.lr > 0, "--lr must be positive"),
-            (self.p_lr is None or self.p_lr > 0, "--p-lr must be positive"),
             (self.p_weight_decay >= 0, "--p-weight-decay must be zero or positive"),
             (self.epochs >= 1, "--epochs must be at least 1"),
             (self.batch_size >= 1, "--batch-size must be at least 1"),

@@ -43,7 +43,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--lora-rank", type=int, help="lora/dora rank (default: the modules' total rank, else 16); alpha is 2x the rank")
     p.add_argument("--template", choices=TEMPLATES, help="prompt template: alpaca (default), chat (the tokenizer's), plain")
     p.add_argument("--p-init", help="bridge init: scaled_identity (default, 1/Σr), identity, or a number")
-    p.add_argument("--p-lr", type=float, help="learning rate of the bridge (default: --lr)")
+    p.add_argument("--p-lr", help="learning rate of the bridge: a number, or N times --lr as Nx (default: --lr)")
+    p.add_argument("--b-lr", help="learning rate of B_cat: a number, Nx, or matched (--lr / P's initial scale; default: --lr)")
     p.add_argument("--p-weight-decay", type=float, help="weight decay of the bridge (default 0)")
     p.add_argument("--new-rank", type=int, help="domix: a fresh LoRA block of this rank first in the bridge (A random and frozen, "
                                                 "B zero and trained), as the published LLM code adds (it uses the modules' rank)")

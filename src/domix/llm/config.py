@@ -35,8 +35,9 @@ class InstructConfig:
     template: str = "alpaca"  # see llm/data.py
     # bridge
     p_init: str | float = "scaled_identity"
-    p_lr: float | None = None
+    p_lr: str | float | None = None  # P's learning rate: None (the run's), a number, or "Nx" (N times the run's)
     p_weight_decay: float = 0.0
+    b_lr: str | float | None = None  # B_cat's: None (the run's), a number, "Nx", or "matched" (the run's / P's initial scale)
     new_rank: int | None = None  # a fresh LoRA block of this rank first in the bridge (the published LLM setting: the modules' rank)
     # optimisation
     lr: float = 2e-4
@@ -75,6 +76,10 @@ class InstructConfig:
             raise DomixError(f"--new-rank adds a fresh block to the bridge; it does not apply to method {self.method}")
         if self.domains and not self.modules:
             raise DomixError("--domains picks modules of a store; pass --modules STORE too")
+        from domix.methods.domix.config import parse_lr, parse_p_init  # here, not at the top: the bridge package imports torch
+
+        self.p_init = parse_p_init(self.p_init)
+        self.p_lr, self.b_lr = parse_lr(self.p_lr, "--p-lr"), parse_lr(self.b_lr, "--b-lr", matched=True)
         check([
             (self.template in TEMPLATES, f"--template must be one of {', '.join(TEMPLATES)}"),
             (self.lr > 0, "--lr must be positive"),

@@ -76,10 +76,14 @@ class Row:
     ordered: bool = False  # its result may depend on the domain order, so it runs once per order
 
 
-# the published DoMIX classification code: AdamW 3e-5, batch 16, weight decay 0.01, P in its own group (lr and
-# weight decay falling back to the others'); its LLM README: lr 2e-4, 3 epochs, 100 warm-up steps
-DOMIX_PAPER: Recipes = {"paper": {"finetune": {"lr": 3e-5, "batch_size": 16, "weight_decay": 0.01, "p_weight_decay": 0.01},
-                                  "instruct": {"lr": 2e-4, "epochs": 3, "warmup_steps": 100}}}
+# the published DoMIX code. Classification: AdamW 3e-5, batch 16, weight decay 0.01, P = I/Σr in its own group
+# (lr and weight decay falling back to the others'), B at the run's lr. LLM (its README and finetune_sepLR.py):
+# lr 2e-4, 3 epochs, 100 warm-up steps, P at 10x the run's lr with weight decay 0
+_PAPER_BRIDGE = {"p_init": "scaled_identity", "b_lr": None}
+DOMIX_PAPER: Recipes = {"paper": {"finetune": {"lr": 3e-5, "batch_size": 16, "weight_decay": 0.01, **_PAPER_BRIDGE, "p_lr": None,
+                                               "p_weight_decay": 0.01},
+                                  "instruct": {"lr": 2e-4, "epochs": 3, "warmup_steps": 100, **_PAPER_BRIDGE, "p_lr": "10x",
+                                               "p_weight_decay": 0.0}}}
 
 STAGE1: dict[str, Stage1] = {
     "domix": Stage1("domix.methods.domix.pretrain:pretrain_modules", "one LoRA module per domain"),

@@ -32,17 +32,21 @@ class Bridge(TaskMethod):
             modules = [fresh_module(modules, cfg.new_rank, cfg.seed)] + modules
             print(f"domix: a fresh block of rank {cfg.new_rank} (A random and frozen, B zero) goes first in the bridge, "
                   f"before {', '.join(m.name for m in modules[1:])}")
-        compose(model, modules, BridgeConfig(self.p_init(cfg), cfg.p_lr, cfg.p_weight_decay))
+        bridge = BridgeConfig(self.p_init(cfg), cfg.p_lr, cfg.p_weight_decay, cfg.b_lr)
+        compose(model, modules, bridge)
+        p_lr, b_lr = bridge.learning_rates(cfg.lr, sum(m.rank for m in modules), len(modules))
         layers = bridged_layers(model).values()
-        rest = head_groups(model, head, cfg, [m.lora_B for m in layers])
+        groups = [{"params": [m.lora_B for m in layers], "lr": b_lr, "weight_decay": cfg.weight_decay}]
+        if head:  # a causal LM (domix instruct) has no new head
+            groups.append(head_groups(model, head, cfg))
         if not self.bridge_trains:
             for m in layers:
                 m.bridge.requires_grad_(False)
-            return model, [rest]
-        return model, [{"params": [m.bridge for m in layers], "lr": cfg.p_lr or cfg.lr, "weight_decay": cfg.p_weight_decay}, rest]
+            return model, groups
+        return model, [{"params": [m.bridge for m in layers], "lr": p_lr, "weight_decay": cfg.p_weight_decay}] + groups
 
     def bridge_record(self, cfg) -> dict | None:
-        return {"p_init": cfg.p_init, "p_lr": cfg.p_lr, "p_weight_decay": cfg.p_weight_decay, "trained": self.bridge_trains,
+        return {"p_init": cfg.p_init, "p_lr": cfg.p_lr, "p_weight_decay": cfg.p_weight_decay, "b_lr": cfg.b_lr, "trained": self.bridge_trains,
                 "new_rank": cfg.new_rank}
 
     def record(self, model: nn.Module, pieces: list, cfg, probe=None) -> dict:
