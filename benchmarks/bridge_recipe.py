@@ -3,7 +3,8 @@
 P starts at c·I and B_cat holds the modules' B. With Adam each step moves B by about its learning rate,
 whatever the gradient's size, so c scales the effect of every B step on the layer's output: the
 published c = 1/Σr makes B learn Σr times more slowly than a plain LoRA-FA of the same shape
-(lora_fa). The candidates below set every bridge setting explicitly (so a later change of domix's
+(lora_fa). "matched" learning rates (B at lr / c, P at lr · c) remove that, leaving c to set how
+strongly the modules' own updates act at the start. The candidates below set every bridge setting explicitly (so a later change of domix's
 defaults does not change what a candidate means); each runs with the same budget on every task, next
 to LoRA and LoRA-FA of the modules' total rank. Dev scores only (the best epoch's); test sets stay out.
 
@@ -31,12 +32,12 @@ PAPER = {"p_init": "scaled_identity", "p_lr": None, "p_weight_decay": 0.01, "b_l
 # name -> (finetune settings, epochs as a multiple of --epochs)
 CANDIDATES: dict[str, tuple[dict, int]] = {
     "paper": (PAPER, 1),  # the published classification code: P = I/Σr, P and B at the run's lr
-    "matched": ({**PAPER, "b_lr": "matched"}, 1),  # B's lr = lr·Σr: a B step moves the output as lora_fa's does
-    "average-matched": ({**PAPER, "p_init": "average", "b_lr": "matched"}, 1),  # P = I/N (the modules' mean), B at lr·N
-    "identity": ({**PAPER, "p_init": "identity"}, 1),  # P = I (the modules' sum; matched is the run's lr)
+    # P and B "matched" (domix.methods.domix.config.BridgeConfig): steps move the output as at P = I, so B learns as
+    # lora_fa's does; c then only sets how strongly the modules' own updates act at the start
+    "average-matched": ({**PAPER, "p_init": "average", "p_lr": "matched", "b_lr": "matched"}, 1),  # their mean
+    "identity": ({**PAPER, "p_init": "identity"}, 1),  # their sum (matched is the run's lr at c = 1)
+    "scaled-matched": ({**PAPER, "p_lr": "matched", "b_lr": "matched"}, 1),  # 1/Σr of each: hardly at all
     "p10x": ({**PAPER, "p_lr": "10x", "p_weight_decay": 0.0}, 1),  # the published LLM code's P
-    "average": ({**PAPER, "p_init": "average"}, 1),
-    "matched-p10x": ({**PAPER, "b_lr": "matched", "p_lr": "10x", "p_weight_decay": 0.0}, 1),
     "paper-long": (PAPER, 2),  # twice the epochs: time for P to move
 }
 REFERENCES = ("lora", "lora_fa")  # of the modules' total rank, from the base

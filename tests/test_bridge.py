@@ -126,16 +126,17 @@ def test_a_trainable_base_weight_gets_its_gradient_through_the_bridged_layer():
 
 @pytest.mark.parametrize("p_init, c", [("scaled_identity", 1 / 6), ("average", 1 / 2), ("identity", 1.0), (0.25, 0.25)])
 def test_bridge_learning_rates_by_hand(tiny_llama, llama_store, p_init, c):
-    """P and B_cat train in their own groups: a number, N times the run's ("Nx"), or for B "matched": the run's
-    divided by P's initial scale c (Adam moves B by about its learning rate a step, and c scales that step's
-    effect on the output, so lr / c moves it as much as a plain LoRA's B at lr)."""
+    """P and B_cat train in their own groups: a number, N times the run's ("Nx"), or "matched": B at the run's
+    divided by P's initial scale c, P at the run's times c (Adam moves a weight by about its learning rate a step,
+    and c scales the effect of a B step on the output; see test_matched_rates_train_as_the_identity_bridge)."""
     from transformers import AutoModelForSequenceClassification
 
     from domix.finetune.config import FinetuneConfig
     from domix.methods.registry import task_method
 
     modules = load_store(llama_store)  # ranks 4 + 2: Σr 6, N 2
-    for p_lr, b_lr, want_p, want_b in [(None, None, 1e-2, 1e-2), ("10x", "matched", 0.1, 1e-2 / c), (3e-3, "2.5x", 3e-3, 2.5e-2)]:
+    for p_lr, b_lr, want_p, want_b in [(None, None, 1e-2, 1e-2), ("10x", "matched", 0.1, 1e-2 / c), ("matched", "matched", 1e-2 * c, 1e-2 / c),
+                                         (3e-3, "2.5x", 3e-3, 2.5e-2)]:
         cfg = FinetuneConfig(modules=str(llama_store), task="t", out="o", lr=1e-2, weight_decay=0.05, p_init=p_init, p_lr=p_lr,
                              b_lr=b_lr, p_weight_decay=0.0).validate()
         model = AutoModelForSequenceClassification.from_pretrained(tiny_llama, num_labels=3)
@@ -149,10 +150,34 @@ def test_bridge_learning_rates_by_hand(tiny_llama, llama_store, p_init, c):
         assert all(torch.allclose(m.bridge, torch.eye(6) * c) for m in layers)
 
 
-@pytest.mark.parametrize("flag, value", [("--p-lr", "fast"), ("--p-lr", "matched"), ("--b-lr", "-1"), ("--b-lr", "0x")])
+@pytest.mark.parametrize("flag, value", [("--p-lr", "fast"), ("--p-lr", "matches"), ("--b-lr", "-1"), ("--b-lr", "0x")])
 def test_a_bad_bridge_learning_rate_is_one_line(flag, value, tmp_path, capsys):
     from domix.cli import main
 
     assert main(["finetune", "--modules", "m", "--task", "t", "--out", str(tmp_path / "o"), flag, value]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and f"{flag} must be a positive learning rate" in err and repr(value) in err
+
+
+def test_matched_rates_train_as_the_identity_bridge():
+    """The claim behind "matched": P = c·I with B at lr / c and P at lr · c trains (under Adam, up to its epsilon)
+    like P = I with B scaled by c, B and P at lr; the reference is the formula in plain torch, not domix's layer."""
+    torch.manual_seed(0)
+    d_in, d_out, R, c, lr = 6, 5, 4, 1 / 4, 1e-2
+    base = torch.nn.Linear(d_in, d_out).double().requires_grad_(False)
+    A, B0, s = torch.randn(R, d_in).double(), torch.randn(d_out, R).double() * 0.1, torch.full((R,), 2.0).double()
+    layer = BridgedLinear(base, A, B0, s, c, dtype=torch.float64)
+    p_lr, b_lr = BridgeConfig(p_init=c, p_lr="matched", b_lr="matched").learning_rates(lr, R, 2)
+    assert (p_lr, b_lr) == (pytest.approx(lr * c), pytest.approx(lr / c))
+    ours = torch.optim.AdamW([{"params": [layer.bridge], "lr": p_lr}, {"params": [layer.lora_B], "lr": b_lr}], weight_decay=0.0)
+    B_ref = (B0 * c).clone().requires_grad_(True)
+    P_ref = torch.eye(R, dtype=torch.float64).requires_grad_(True)
+    theirs = torch.optim.AdamW([B_ref, P_ref], lr=lr, weight_decay=0.0)
+    x, target = torch.randn(16, d_in).double(), torch.randn(16, d_out).double()
+    for _ in range(5):
+        for opt, out in ((ours, layer(x)), (theirs, base(x) + ((x @ A.t() @ P_ref.t()) * s) @ B_ref.t())):
+            opt.zero_grad()
+            ((out - target) ** 2).sum().backward()
+            opt.step()
+    torch.testing.assert_close(layer.lora_B @ layer.bridge, B_ref @ P_ref, rtol=1e-6, atol=1e-8)
+    assert not torch.allclose(layer.lora_B @ layer.bridge, B0 * c)  # it did train

@@ -131,9 +131,9 @@ def _add_finetune(sub) -> None:
     p.add_argument("--p-init", help="bridge init c·I: scaled_identity (default, c = 1/Σr, as published), average "
                                     "(c = 1/N modules), identity (c = 1), or a number c")
     p.add_argument("--p-lr", help="learning rate of the bridge, which trains in its own optimizer group as in the published "
-                                  "code: a number, or N times --lr as Nx (e.g. 10x; default: --lr)")
-    p.add_argument("--b-lr", help="learning rate of B_cat: a number, Nx, or matched (--lr / P's initial scale: a step of B then "
-                                  "moves the output as much as a plain LoRA's; default: --lr)")
+                                  "code: a number, N times --lr as Nx (e.g. 10x), or matched (--lr times P's initial scale c)")
+    p.add_argument("--b-lr", help="learning rate of B_cat: a number, Nx, or matched (--lr / c). With both matched, a step moves "
+                                  "the output as at P = I, whatever c")
     p.add_argument("--p-weight-decay", type=float, help="weight decay of the bridge (default 0.01, the published code's)")
     p.add_argument("--new-rank", type=int, help="domix, domix_fixed, cat: a fresh LoRA block of this rank first in the bridge "
                                                 "(A random and frozen, B zero and trained), as the published LLM code adds")

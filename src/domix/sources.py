@@ -4,6 +4,8 @@ Formats, by what the user gives:
 - a ``.txt`` file (one passage a line; corpora only) or a ``.jsonl`` file: read here, streamed line by
   line, strictly as UTF-8, with errors that give the line or byte (datasets' json and text builders
   report a pyarrow row of a block, or replace undecodable bytes, which would train on mojibake);
+- a ``.json`` file holding one JSON list of objects (LLM-Adapters' dataset files; instruction data and
+  multiple-choice files only, see :func:`json_records`): read here whole, strictly as UTF-8;
 - a ``.csv``, ``.tsv`` or ``.parquet`` file, a folder written by ``Dataset.save_to_disk``, or a dataset
   name (``NAME`` or ``NAME:CONFIG``, loaded by ``datasets.load_dataset`` where the hub is reachable):
   read through ``datasets``, whose Arrow tables are memory-mapped, so a source larger than memory streams;
@@ -30,6 +32,7 @@ SAVED_DATASET_FILES = ("dataset_dict.json", "state.json")  # what save_to_disk w
 # split names domix uses, and the names datasets on the hub commonly use for them
 SPLIT_ALIASES = {"train": ("train",), "dev": ("dev", "validation", "valid", "val"), "test": ("test",)}
 CHUNK = 1000  # rows handed on at a time: bounds memory whatever the source's size
+LIST_FIX = "write one JSON list of objects, or one JSON object a line"
 
 
 @dataclass(frozen=True)
@@ -131,10 +134,77 @@ def jsonl_rows(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
         yield lineno, row
 
 
+def json_list_rows(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(record number from 1, object) for every record of a file holding one JSON list of objects, read whole
+    (one JSON value cannot be streamed with the standard library); a record that is not an object is refused
+    with its number."""
+    try:
+        records = json.loads(utf8_text(Path(path)))
+    except json.JSONDecodeError as err:
+        raise DomixError(f"{path}:{err.lineno}:{err.colno} is not valid JSON ({err.msg}); {LIST_FIX}") from None
+    if not isinstance(records, list):
+        raise DomixError(f"{path} holds a JSON {_kind(records)}, not a list of records; {LIST_FIX}")
+    for number, row in enumerate(records, 1):
+        if not isinstance(row, dict):
+            raise DomixError(f"{path} record {number} is a JSON {_kind(row)}, not an object; "
+                             "each record of the list must be one object")
+        yield number, row
+
+
+def json_records(path: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(where, object) for every record of a jsonl file or of a file holding one JSON list of objects (as
+    LLM-Adapters distributes its data), told apart by the first character that is not white space (``[``: a
+    list); ``where`` is "FILE:LINE" or "FILE record N", for messages."""
+    path = Path(path)
+    if _first_byte(path) == b"[":
+        for number, row in json_list_rows(path):
+            yield f"{path} record {number}", row
+        return
+    try:
+        for lineno, row in jsonl_rows(path):
+            yield f"{path}:{lineno}", row
+    except DomixError:
+        _refuse_one_value(path)
+        raise
+
+
+def _first_byte(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        while chunk := f.read(4096):
+            if chunk.lstrip():
+                return chunk.lstrip()[:1]
+    return b""
+
+
+def _kind(value: Any) -> str:
+    return {dict: "object", list: "list", str: "string", bool: "boolean", type(None): "null"}.get(type(value), "number")
+
+
+def _refuse_one_value(path: Path) -> None:
+    """A jsonl read failed: if the whole file is one JSON value that is not a list (a pretty-printed object,
+    a number), say that rather than what is wrong with its first line."""
+    try:
+        value = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return
+    if not isinstance(value, list):
+        raise DomixError(f"{path} holds one JSON {_kind(value)}, not a list of records; {LIST_FIX}") from None
+
+
 def text_lines(path: str | Path) -> Iterator[str]:
     """The lines of a text file, streamed (split as str.splitlines splits, so form feeds and U+2028 end lines too)."""
     for _, line in utf8_lines(Path(path)):
         yield from line.splitlines() or [""]
+
+
+def utf8_text(path: Path) -> str:
+    """The whole text of ``path``, decoded strictly as UTF-8: a byte that is not UTF-8 is refused with its offset."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise DomixError(f"{path} is not UTF-8 text (byte {err.start} is 0x{raw[err.start]:02x}); "
+                         "save it as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
 
 
 def utf8_lines(path: Path) -> Iterator[tuple[int, str]]:

@@ -35,7 +35,7 @@ class FinetuneConfig:
     save_model: bool = True  # False: keep only the scores (result.json), e.g. for full fine-tuning in a comparison
     # bridge
     p_init: str | float = "scaled_identity"
-    p_lr: str | float | None = None  # P's learning rate: None (the run's), a number, or "Nx" (N times the run's)
+    p_lr: str | float | None = None  # P's learning rate: None (the run's), a number, "Nx" (N times the run's), or "matched" (the run's · P's initial scale)
     p_weight_decay: float = 0.01  # the published code's: its bridge group falls back to weight decay 0.01
     b_lr: str | float | None = None  # B_cat's: None (the run's), a number, "Nx", or "matched" (the run's / P's initial scale)
     new_rank: int | None = None  # a fresh LoRA block of this rank first in the bridge (A random, frozen; B zero)
@@ -102,7 +102,7 @@ class FinetuneConfig:
         from domix.methods.domix.config import parse_lr, parse_p_init  # here, not at the top: the bridge package imports torch
 
         self.p_init = parse_p_init(self.p_init)
-        self.p_lr, self.b_lr = parse_lr(self.p_lr, "--p-lr"), parse_lr(self.b_lr, "--b-lr", matched=True)
+        self.p_lr, self.b_lr = parse_lr(self.p_lr, "--p-lr"), parse_lr(self.b_lr, "--b-lr")
         check([
             (self.lr > 0, "--lr must be positive"),
             (self.p_weight_decay >= 0, "--p-weight-decay must be zero or positive"),

@@ -13,8 +13,8 @@ wrapped in the model's prompt template, answered by greedy decoding, and the fir
 the output (``true``/``false``, ``solution1``.., ``answer1``.., ``ending1``.., ``option1``..; matched
 case-sensitively, as they do) is the prediction; no keyword counts as wrong.
 
-Input: jsonl files in the tasks' public (Hugging Face datasets) formats; the format is read off the
-first row's fields:
+Input: jsonl files in the tasks' public (Hugging Face datasets) formats, or LLM-Adapters' own files (one
+JSON list of records, or jsonl of them); the format is read off the first row's fields:
 
 ==============  ==============================================================================
 boolq           question, passage, answer (true/false) or label (0 = no, 1 = yes)
@@ -25,7 +25,23 @@ winogrande      sentence (with one "_"), option1, option2, answer ("1"/"2")
 arc             question, choices {text: [...], label: [...]}, answerKey (ARC-Easy and -Challenge)
 openbookqa      question_stem, choices {text, label}, answerKey
 generic         context, choices (list of strings), label (index)
+llm_adapters    instruction, output, answer (the keyword: true/false, solution1.., answer1.., ...)
 ==============  ==============================================================================
+
+``llm_adapters`` records (LLM-Adapters' ``dataset/*/test.json`` and ``train.json``, commonsense_170k) carry
+the question only inside the instruction, so both protocols read it from there. ``generate`` gives the
+instruction as it is and compares the extracted keyword with ``answer``; the keywords looked for are the
+published script's regex for the answer's family (``true|false``; ``solution1|solution2``;
+``answer1``..``answer5`` for SIQA, ARC and OBQA alike; ``ending1``..``ending4``; ``option1|option2``), so an
+``answer5`` in the output of a 4-choice question is a wrong answer, not skipped. ``loglikelihood`` parses
+the options: the "Answer format: w1/w2/.." line counts them, the text after each "Word1: ", "Word2: " ..
+marker is one (their number must equal that count), the stem is the text before the first marker less the
+"Please ...: " lead-in, and the label is the index of ``answer``. Context "Question: {stem}\nAnswer:" and
+the option texts as continuations (lm-eval's ARC and PIQA prompt, used for every answer/solution file,
+since the file does not say which benchmark it is); HellaSwag (ending) the stem as context, cleaned as
+lm-eval cleans it; WinoGrande (option) lm-eval's partial scoring of the sentence's blank; BoolQ (no options,
+and no passage in these files) "Question: {question}\nAnswer:" with " no"/" yes" as lm-eval scores BoolQ
+(label 1 = true). So BoolQ here is scored without its passage: not comparable with lm-eval's BoolQ.
 """
 
 from __future__ import annotations
@@ -38,7 +54,7 @@ import torch
 from torch import nn
 
 from domix.errors import DomixError
-from domix.sources import jsonl_rows
+from domix.sources import json_records
 from domix.llm.config import FORMATS, PROTOCOLS
 
 _REQUIRED = {  # detection order: the first format whose fields a row has
@@ -50,7 +66,12 @@ _REQUIRED = {  # detection order: the first format whose fields a row has
     "arc": ("question", "choices", "answerKey"),
     "boolq": ("question", "passage"),
     "generic": ("context", "choices", "label"),
+    "llm_adapters": ("instruction", "output", "answer"),
 }
+# LLM-Adapters' commonsense_evaluate.py extracts with one regex per dataset: true|false (boolq), solution1|solution2
+# (piqa), answer1|..|answer5 (social_i_qa, ARC-Easy, ARC-Challenge, openbookqa), ending1|..|ending4 (hellaswag),
+# option1|option2 (winogrande); the answer keyword's word says which (the file's name may be anything)
+_FAMILY_SIZE = {"solution": 2, "answer": 5, "ending": 4, "option": 2}
 
 
 @dataclass
@@ -60,7 +81,8 @@ class Question:
     choices: list[str]  # the choice strings whose length normalises acc_norm
     label: int
     instruction: str  # the generate protocol's question, in LLM-Adapters' wording
-    keywords: list[str]  # per choice, the answer word the extractor looks for
+    keywords: list[str]  # the answer words the extractor looks for, choice i's first (llm_adapters: the published
+    # regex's whole family, e.g. answer1..answer5 for a 4-choice question, so that answer5 is wrong, not skipped)
 
 
 def _listing(stem: str, word: str, options: list[str]) -> str:
@@ -96,6 +118,54 @@ def _key_index(row: dict) -> int:
     return labels.index(key)
 
 
+def _blank(sentence: str, options: list[str], label: int, instruction: str, keywords: list[str]) -> Question:
+    """lm-eval's WinoGrande partial scoring: the context is the sentence up to the blank with the option filled
+    in, and the rest of the sentence (the same for every option) is what is scored."""
+    if sentence.count("_") != 1:
+        raise ValueError("the sentence needs exactly one '_' blank")
+    cut = sentence.index("_")
+    contexts = [sentence[:cut] + o for o in options]
+    target = " " + sentence[cut + 1 :].strip()
+    return Question(contexts, [target] * len(options), contexts, label, instruction, keywords)
+
+
+def _llm_adapters(row: dict) -> Question:
+    """A record of LLM-Adapters' files: the options parsed out of its instruction (see the module's docstring)."""
+    instruction, answer = str(row["instruction"]), str(row["answer"]).strip()
+    family = re.fullmatch(r"(solution|answer|ending|option)([1-9][0-9]*)", answer)
+    if answer not in ("true", "false") and not family:
+        raise ValueError(f"answer {answer!r} is not an answer keyword (true/false, solution1.., answer1.., ending1.., option1..)")
+    fmt_line = re.search(r"(?:^|\s)Answer format:\s*(\S+)\s*$", instruction)
+    if not fmt_line:
+        raise ValueError("the instruction has no closing 'Answer format: ...' line to count the options by")
+    listed = fmt_line.group(1).split("/")
+    if answer not in listed:
+        raise ValueError(f"the answer {answer!r} is not one of the instruction's Answer format keywords {listed}")
+    body = instruction[: fmt_line.start()]
+    if not family:  # BoolQ: a yes/no question, no options written out
+        if sorted(listed) != ["false", "true"]:
+            raise ValueError(f"a true/false answer needs 'Answer format: true/false', not {'/'.join(listed)}")
+        stem = re.sub(r"^Please [^:]*: ", "", body.strip())
+        return _same(f"Question: {stem}\nAnswer:", ["no", "yes"], ["false", "true"].index(answer), instruction, ["false", "true"])
+    word = family.group(1)
+    if listed != [f"{word}{i}" for i in range(1, len(listed) + 1)]:
+        raise ValueError(f"the Answer format line should list {word}1/{word}2/.. in order, not {'/'.join(listed)}")
+    markers = list(re.finditer(rf"(?:^|(?<=\s)){word.capitalize()}([0-9]+):", body))
+    if [m.group(1) for m in markers] != [str(i) for i in range(1, len(listed) + 1)]:
+        raise ValueError(f"the instruction writes the options {[m.group(0) for m in markers]} but its Answer format line "
+                         f"names {len(listed)} ({'/'.join(listed)}); each option needs its own "
+                         f"'{word.capitalize()}N: ' marker")
+    options = [body[m.end() : (markers[i + 1].start() if i + 1 < len(markers) else len(body))].strip() for i, m in enumerate(markers)]
+    stem = re.sub(r"^Please [^:]*: ", "", body[: markers[0].start()].strip())
+    label = listed.index(answer)
+    keywords = [f"{word}{i}" for i in range(1, max(len(options), _FAMILY_SIZE[word]) + 1)]
+    if word == "option":
+        return _blank(stem, options, label, instruction, keywords)
+    if word == "ending":
+        return _same(_hellaswag_text(stem), [_hellaswag_text(o) for o in options], label, instruction, keywords)
+    return _same(f"Question: {stem}\nAnswer:", options, label, instruction, keywords)
+
+
 def _question(fmt: str, row: dict) -> Question:
     if fmt == "boolq":
         if "answer" in row:
@@ -123,15 +193,12 @@ def _question(fmt: str, row: dict) -> Question:
         return _same(_hellaswag_text(row["activity_label"] + ": " + ctx), endings, _index(row["label"], len(endings)),
                      _listing(f"Please choose the correct ending to complete the given sentence: {row['activity_label']}: {ctx}", "ending",
                               list(row["endings"])), [f"ending{i}" for i in range(1, len(endings) + 1)])
-    if fmt == "winogrande":  # lm-eval's partial scoring: the context varies, the rest of the sentence is scored
+    if fmt == "winogrande":
         sentence, options = row["sentence"], [row["option1"], row["option2"]]
-        if sentence.count("_") != 1:
-            raise ValueError("the sentence needs exactly one '_' blank")
-        cut = sentence.index("_")
-        contexts = [sentence[:cut] + o for o in options]
-        target = " " + sentence[cut + 1 :].strip()
         instruction = _listing(f"Please choose the correct answer to fill in the blank to complete the given sentence: {sentence}", "option", options)
-        return Question(contexts, [target, target], contexts, _index(row["answer"], 2, base=1), instruction, ["option1", "option2"])
+        return _blank(sentence, options, _index(row["answer"], 2, base=1), instruction, ["option1", "option2"])
+    if fmt == "llm_adapters":
+        return _llm_adapters(row)
     if fmt in ("arc", "openbookqa"):
         stem = row["question"] if fmt == "arc" else row["question_stem"]
         texts = list(row["choices"]["text"])
@@ -150,30 +217,36 @@ def detect_format(row: dict) -> str:
     for fmt, fields in _REQUIRED.items():
         if all(f in row for f in fields):
             return fmt
+    if "instruction" in row and "output" in row:  # an LLM-Adapters record less its keyword: say which field is missing
+        raise DomixError("an instruction/output row has no 'answer' field (the correct keyword, e.g. answer2 or true), which "
+                         "the llm_adapters format needs to score it; give LLM-Adapters' dataset files as they are")
     expected = "; ".join(f"{fmt}: {', '.join(fields)}" for fmt, fields in _REQUIRED.items())
     raise DomixError(f"cannot tell the task format from the fields {sorted(row)}; a row needs the fields of one of ({expected})")
 
 
 def read_questions(path: str | Path, fmt: str = "auto", limit: int | None = None) -> tuple[str, list[Question]]:
-    """The questions of a jsonl file (its format, read off the first row unless given)."""
+    """The questions of a jsonl file or a JSON list of records (its format, read off the first row unless given)."""
     path = Path(path)
     if not path.is_file():
         raise DomixError(f"task file {path} does not exist; give a jsonl file in one of the formats {', '.join(FORMATS)}")
     if fmt != "auto" and fmt not in FORMATS:
         raise DomixError(f"unknown task format {fmt!r}; use auto or one of {', '.join(FORMATS)}")
     questions = []
-    for lineno, row in jsonl_rows(path):
+    for where, row in json_records(path):
         if limit is not None and len(questions) >= limit:
             break
         if fmt == "auto":
-            fmt = detect_format(row)
+            try:
+                fmt = detect_format(row)
+            except DomixError as err:
+                raise DomixError(f"{where}: {err}") from None
         try:
             questions.append(_question(fmt, row))
         except KeyError as err:
-            raise DomixError(f"{path}:{lineno} has no {err.args[0]!r} field, which the {fmt} format needs "
+            raise DomixError(f"{where} has no {err.args[0]!r} field, which the {fmt} format needs "
                              f"({', '.join(_REQUIRED[fmt])})") from None
         except (ValueError, TypeError, AttributeError) as err:
-            raise DomixError(f"{path}:{lineno}: {err} ({fmt} format)") from None
+            raise DomixError(f"{where}: {err} ({fmt} format)") from None
     if not questions:
         raise DomixError(f"task file {path} holds no question")
     return fmt, questions
@@ -252,6 +325,8 @@ def score_loglikelihood(model: nn.Module, tokenizer, questions: list[Question], 
 
 def extract_answer(text: str, keywords: list[str]) -> int | None:
     """Index of the first answer keyword in ``text`` (LLM-Adapters: the first regex match), or None."""
+    # as their re.findall(r'answer1|answer2|..', output)[0]: case-sensitive ("Answer2" and "TRUE" are no answer), no
+    # word boundaries ("untrue" reads as true), the leftmost match wins however the output goes on
     found = re.search("|".join(re.escape(k) for k in sorted(keywords, key=len, reverse=True)), text)
     return keywords.index(found.group(0)) if found else None
 

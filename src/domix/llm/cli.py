@@ -27,7 +27,7 @@ def add_parsers(sub) -> None:
                                    "concatenated with a trainable bridge; lora/dora: PEFT adapters; full: every weight. "
                                    "Flags override the settings of --config.")
     p.add_argument("--config", help="YAML file of settings (keys as the flags)")
-    p.add_argument("--train", help="jsonl of prompt/response or instruction/input/output rows")
+    p.add_argument("--train", help="jsonl (or a JSON list) of prompt/response or instruction/input/output rows")
     p.add_argument("--dev", help="dev jsonl (default: a seeded --dev-fraction of --train)")
     p.add_argument("--dev-fraction", type=float, help="share of --train held out when no --dev is given (default 0.05)")
     p.add_argument("--modules", help="module store to compose (the --out folder of domix pretrain)")
@@ -43,8 +43,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--lora-rank", type=int, help="lora/dora rank (default: the modules' total rank, else 16); alpha is 2x the rank")
     p.add_argument("--template", choices=TEMPLATES, help="prompt template: alpaca (default), chat (the tokenizer's), plain")
     p.add_argument("--p-init", help="bridge init: scaled_identity (default, 1/Σr), identity, or a number")
-    p.add_argument("--p-lr", help="learning rate of the bridge: a number, or N times --lr as Nx (default: --lr)")
-    p.add_argument("--b-lr", help="learning rate of B_cat: a number, Nx, or matched (--lr / P's initial scale; default: --lr)")
+    p.add_argument("--p-lr", help="learning rate of the bridge: a number, N times --lr as Nx, or matched (--lr times P's initial scale c)")
+    p.add_argument("--b-lr", help="learning rate of B_cat: a number, Nx, or matched (--lr / c)")
     p.add_argument("--p-weight-decay", type=float, help="weight decay of the bridge (default 0)")
     p.add_argument("--new-rank", type=int, help="domix: a fresh LoRA block of this rank first in the bridge (A random and frozen, "
                                                 "B zero and trained), as the published LLM code adds (it uses the modules' rank)")
@@ -70,11 +70,11 @@ def add_parsers(sub) -> None:
     p = sub.add_parser("eval-choice", help="multiple-choice evaluation of a causal LM (log-likelihood and generate-then-extract)",
                        description="Score a domix instruct model, an exported folder or any causal LM on multiple-choice "
                                    "jsonl files (BoolQ, PIQA, SIQA, HellaSwag, WinoGrande, ARC, OBQA public formats, or "
-                                   "context/choices/label). Every number says which protocol produced it.")
+                                   "context/choices/label) or LLM-Adapters' JSON list files. Every number says which protocol produced it.")
     p.add_argument("model", help="a domix instruct model/ folder, an exported folder, or a causal LM name or folder")
     p.add_argument("--base-model", help="the base to rebuild a domix instruct model on (default: the one its record names)")
     p.add_argument("--task", dest="tasks", action="append", type=_named_file, metavar="NAME=FILE", required=True,
-                   help=f"a task and its jsonl file (format read off its fields: {', '.join(FORMATS)}); repeat")
+                   help=f"a task and its jsonl or JSON list file (format read off its fields: {', '.join(FORMATS)}); repeat")
     p.add_argument("--protocol", choices=PROTOCOLS + ("both",), default="both",
                    help="loglikelihood (lm-eval style acc and acc_norm), generate (LLM-Adapters style), or both (default)")
     p.add_argument("--out", help="write the results as JSON here")

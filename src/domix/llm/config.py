@@ -15,7 +15,8 @@ DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16", "float64")
 # the names the command line offers, kept here (no torch import) so that `domix --help` stays fast
 TEMPLATES = ("alpaca", "chat", "plain")  # prompt templates: see llm/data.py
 PROTOCOLS = ("loglikelihood", "generate")  # multiple-choice scoring: see llm/choice.py
-FORMATS = ("boolq", "piqa", "siqa", "hellaswag", "winogrande", "arc", "openbookqa", "generic")  # task files: llm/choice.py
+FORMATS = ("boolq", "piqa", "siqa", "hellaswag", "winogrande", "arc", "openbookqa", "generic",
+           "llm_adapters")  # task files: llm/choice.py
 
 
 @dataclass
@@ -35,7 +36,7 @@ class InstructConfig:
     template: str = "alpaca"  # see llm/data.py
     # bridge
     p_init: str | float = "scaled_identity"
-    p_lr: str | float | None = None  # P's learning rate: None (the run's), a number, or "Nx" (N times the run's)
+    p_lr: str | float | None = None  # P's learning rate: None (the run's), a number, "Nx" (N times the run's), or "matched" (the run's · P's initial scale)
     p_weight_decay: float = 0.0
     b_lr: str | float | None = None  # B_cat's: None (the run's), a number, "Nx", or "matched" (the run's / P's initial scale)
     new_rank: int | None = None  # a fresh LoRA block of this rank first in the bridge (the published LLM setting: the modules' rank)
@@ -79,7 +80,7 @@ class InstructConfig:
         from domix.methods.domix.config import parse_lr, parse_p_init  # here, not at the top: the bridge package imports torch
 
         self.p_init = parse_p_init(self.p_init)
-        self.p_lr, self.b_lr = parse_lr(self.p_lr, "--p-lr"), parse_lr(self.b_lr, "--b-lr", matched=True)
+        self.p_lr, self.b_lr = parse_lr(self.p_lr, "--p-lr"), parse_lr(self.b_lr, "--b-lr")
         check([
             (self.template in TEMPLATES, f"--template must be one of {', '.join(TEMPLATES)}"),
             (self.lr > 0, "--lr must be positive"),

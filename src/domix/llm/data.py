@@ -1,4 +1,4 @@
-"""Instruction data for causal LMs: jsonl rows, prompt templates, response-only labels.
+"""Instruction data for causal LMs: jsonl rows (or a JSON list of them), prompt templates, response-only labels.
 
 A row is either ``{"prompt": ..., "response": ...}`` or Alpaca style
 ``{"instruction": ..., "input": ... (optional), "output": ...}``; both become an
@@ -38,7 +38,7 @@ import torch
 
 from domix.batches import IGNORE_INDEX
 from domix.errors import DomixError
-from domix.sources import jsonl_rows
+from domix.sources import json_records
 from domix.llm.config import TEMPLATES
 
 _ALPACA_INPUT = ("Below is an instruction that describes a task, paired with an input that provides further context. "
@@ -56,23 +56,24 @@ class Example:
 
 
 def read_examples(path: str | Path, name: str = "train") -> list[Example]:
-    """Rows of an instruction jsonl file (prompt/response or instruction/input/output)."""
+    """Rows of an instruction file (prompt/response or instruction/input/output): jsonl, or one JSON list of
+    records as LLM-Adapters distributes commonsense_170k.json and its benchmarks' train.json."""
     path = Path(path)
     if not path.is_file():
-        raise DomixError(f"the {name} file {path} does not exist; give a jsonl file of prompt/response or instruction/output rows")
+        raise DomixError(f"the {name} file {path} does not exist; give a jsonl file (or a JSON list) of prompt/response or instruction/output rows")
     examples = []
-    for lineno, row in jsonl_rows(path):
+    for where, row in json_records(path):
         if "prompt" in row or "response" in row:
             if "prompt" not in row or "response" not in row:
                 missing = "response" if "prompt" in row else "prompt"
-                raise DomixError(f"{path}:{lineno} has no {missing!r} field; a row needs 'prompt' and 'response' "
+                raise DomixError(f"{where} has no {missing!r} field; a row needs 'prompt' and 'response' "
                                  "(or 'instruction', optional 'input', and 'output')")
             examples.append(Example(str(row["prompt"]), "", str(row["response"])))
         elif "instruction" in row and "output" in row:
             examples.append(Example(str(row["instruction"]), str(row.get("input") or ""), str(row["output"])))
         else:
             missing = "output" if "instruction" in row else "instruction"
-            raise DomixError(f"{path}:{lineno} has no {missing!r} field; a row needs 'prompt' and 'response' "
+            raise DomixError(f"{where} has no {missing!r} field; a row needs 'prompt' and 'response' "
                              "(or 'instruction', optional 'input', and 'output')")
     if not examples:
         raise DomixError(f"the {name} file {path} holds no example")

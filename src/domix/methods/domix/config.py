@@ -19,10 +19,10 @@ def parse_p_init(value: str | float) -> str | float:
         raise DomixError(f"unknown --p-init {value!r}; use {', '.join(P_INITS)} or a number") from None
 
 
-def parse_lr(value: str | float | None, flag: str, matched: bool = False) -> str | float | None:
+def parse_lr(value: str | float | None, flag: str) -> str | float | None:
     """A bridge part's learning rate as the settings take it: None (the run's), a number, ``"Nx"`` (N times
-    the run's) or, where ``matched``, ``"matched"``; a numeric string is converted. Refuses anything else."""
-    if value is None or (isinstance(value, str) and (value == "matched" and matched)):
+    the run's) or ``"matched"`` (see :class:`BridgeConfig`); a numeric string is converted. Refuses anything else."""
+    if value is None or value == "matched":
         return value
     text = str(value).strip()
     try:
@@ -30,8 +30,7 @@ def parse_lr(value: str | float | None, flag: str, matched: bool = False) -> str
     except ValueError:
         number = float("nan")
     if not number > 0:
-        raise DomixError(f"{flag} must be a positive learning rate, N times the run's as 'Nx' (e.g. 10x)"
-                         + (", or 'matched'" if matched else "") + f"; got {value!r}")
+        raise DomixError(f"{flag} must be a positive learning rate, N times the run's as 'Nx' (e.g. 10x), or 'matched'; got {value!r}")
     return text if text.endswith("x") else number
 
 
@@ -51,16 +50,20 @@ class BridgeConfig:
     # P's initial value c·I: "scaled_identity" c = 1/Σr (the published default), "average" c = 1/N
     # (the N modules' mean update at full strength), "identity" c = 1 (their sum), or a number c.
     p_init: str | float = "scaled_identity"
-    p_lr: str | float | None = None  # None: the run's; a number; "Nx": N times the run's
+    # Learning rates of P and B_cat: None (the run's), a number, "Nx" (N times the run's), or "matched".
+    # Adam moves a weight by about its learning rate a step, whatever the gradient's size, and P = c·I scales
+    # the effect of every B step on the layer's output by c. "matched" undoes that: B at lr / c, P at lr · c.
+    # With both matched, training is the same (up to Adam's epsilon and weight decay) as at P = I with the
+    # modules' B scaled by c: a B step moves the output as much as a plain LoRA-FA's does, and c only sets how
+    # strongly the modules' own updates act at the start (1/Σr: hardly; 1/N: their mean; 1: their sum).
+    p_lr: str | float | None = None
     p_weight_decay: float = 0.01
-    # B_cat's learning rate: None (the run's), a number, "Nx", or "matched": the run's divided by P's initial
-    # scale c, so that under Adam (which moves B by about its learning rate per step, whatever the gradient's
-    # size) a step of B changes the layer's output as much as a step of a plain LoRA's B at the run's rate
     b_lr: str | float | None = None
 
     def learning_rates(self, lr: float, total_rank: int, n_modules: int) -> tuple[float, float]:
         """P's and B_cat's learning rates in a run at ``lr``."""
-        return resolve_lr(self.p_lr, lr), resolve_lr(self.b_lr, lr, matched=lr / self.initial_scale(total_rank, n_modules))
+        c = self.initial_scale(total_rank, n_modules)
+        return resolve_lr(self.p_lr, lr, matched=lr * c), resolve_lr(self.b_lr, lr, matched=lr / c)
 
     def initial_scale(self, total_rank: int, n_modules: int) -> float:
         if self.p_init == "scaled_identity":
