@@ -111,17 +111,17 @@ def leaf(name: str) -> str:
     return re.sub(r"\W", "_", name)
 
 
-def make_task(root: Path, seed: int = 0, sizes=(96, 32, 32), pairs: bool = False) -> Path:
-    """A 3-class task a tiny model can learn: the label is the topic of most words."""
+def make_task(root: Path, seed: int = 0, sizes=(96, 32, 32), pairs: bool = False, labels=("food", "bio", "cs")) -> Path:
+    """A task a tiny model can learn (3 classes, or those of ``labels``): the label is the topic of most words."""
     import json
 
     rng = random.Random(seed)
-    topics = {"food": WORDS[:8], "bio": WORDS[10:16], "cs": WORDS[18:26]}
+    topics = {k: v for k, v in {"food": WORDS[:8], "bio": WORDS[10:16], "cs": WORDS[18:26]}.items() if k in labels}
     root.mkdir(parents=True, exist_ok=True)
     for split, n in zip(("train", "dev", "test"), sizes):
         lines = []
         for i in range(n):
-            label = list(topics)[i % 3]
+            label = list(topics)[i % len(topics)]
             words = [rng.choice(topics[label]) for _ in range(rng.randint(4, 9))] + [rng.choice(WORDS) for _ in range(2)]
             rng.shuffle(words)
             row = {"text": " ".join(words), "label": label}

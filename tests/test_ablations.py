@@ -15,6 +15,7 @@ from domix.finetune.model import load_task_model
 from domix.finetune.run import finetune, majority_scores
 from domix.store import load_store
 
+from conftest import make_task
 from test_finetune import cfg, logits_of
 
 
@@ -108,3 +109,24 @@ def test_lora_and_domix_with_its_defaults_both_learn_a_task_lora_learns(tiny_lla
     majority = lora["majority"]["test"]["accuracy"]
     assert lora["test"]["accuracy"] > majority + 0.3
     assert domix["test"]["accuracy"] > majority + 0.3
+
+
+def test_on_an_encoder_whose_head_alone_cannot_learn_domix_with_its_defaults_learns_what_lora_learns(tiny_bert, bert_store, tmp_path):
+    """The sanity check on a tiny random BERT, two topics: its frozen features give the head nothing (it stays at
+    chance), so the adapted layers must learn. At LoRA's learning rate, DoMIX with its defaults must learn too; the
+    published bridge (P = I/Σr, B and P at the run's rate: --recipe paper) stays at chance in 2 of these 3 seeds,
+    its B steps moving the output Σr = 8 times less."""
+    task = make_task(tmp_path / "two-topics", sizes=(96, 32, 64), labels=("food", "cs"))
+    settings = dict(task=str(task), epochs=6, batch_size=16, lr=1e-2, max_length=32, save_model=False)
+
+    def accuracy(name: str, **kw) -> float:
+        return sum(finetune(FinetuneConfig(out=str(tmp_path / name / str(seed)), seed=seed, **settings, **kw))["test"]["accuracy"]
+                   for seed in (1, 2, 3)) / 3
+
+    head = accuracy("head", model=str(tiny_bert), method="head")
+    lora = accuracy("lora", model=str(tiny_bert), method="lora", lora_rank=8)
+    domix = accuracy("domix", modules=str(bert_store))
+    paper = accuracy("paper", modules=str(bert_store), p_init="scaled_identity", p_lr=None, b_lr=None)
+    assert head < 0.6 and lora > 0.9
+    assert domix > 0.8 and domix > lora - 0.15
+    assert paper < 0.7  # what the default fixes

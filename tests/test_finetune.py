@@ -35,9 +35,10 @@ def store(request, llama_store, bert_store):
 
 
 def test_domix_finetune_learns_and_trains_only_bridge_b_and_head(store, llama_store, task, tmp_path):
-    # chance is 1/3; the tiny BERT learns slower, through its freshly initialised pooler (dev 0.34 -> 0.56 in 8 epochs)
-    epochs, floor = (4, 0.7) if store == llama_store else (8, 0.42)
-    record = finetune(cfg(store, task, tmp_path / "run", lr=2e-2, epochs=epochs))
+    # chance is 1/3; the tiny BERT learns slower, through its freshly initialised pooler, and at 2e-2 plain LoRA is
+    # already unstable on it (test accuracy 0.34-0.63 over three seeds), so it runs at 1e-2
+    epochs, floor, lr = (4, 0.7, 2e-2) if store == llama_store else (8, 0.42, 1e-2)
+    record = finetune(cfg(store, task, tmp_path / "run", lr=lr, epochs=epochs))
     assert record["test"]["accuracy"] > floor
     assert len(record["dev_history"]) == epochs and 1 <= record["best_epoch"] <= epochs
     assert record["test"]["micro_f1"] == record["test"]["accuracy"]
