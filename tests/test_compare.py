@@ -39,11 +39,15 @@ def test_plan_shares_pretraining_and_runs_ordered_methods_once_per_order(tmp_pat
     assert pretrain == ["pretrain/domix", "pretrain/joint_lora", "pretrain/mixda", "pretrain/mode", "pretrain/ncl_full-bio-food",
                         "pretrain/ncl_full-food-bio", "pretrain/ncl_lora-bio-food", "pretrain/ncl_lora-food-bio"]
     finetune = [j for j in jobs if j.kind == "finetune"]
-    assert len(finetune) == 12 * 2 + 3 * 2 * 2  # order-free methods x seeds + ordered methods x orders x seeds
+    assert len(finetune) == 13 * 2 + 4 * 2 * 2  # order-free methods x seeds + ordered methods x orders x seeds
     by_name = {j.name: j.settings for j in finetune}
     assert by_name["finetune/domix/topics/seed1-bio-food"]["domains"] == ["bio", "food"]
     assert by_name["finetune/lora_module/topics/seed2"]["init_module"] == "food"  # the task's own domain
     assert by_name["finetune/lora/topics/seed1"]["lora_rank"] == 4  # rank 2 x 2 domains
+    assert by_name["finetune/lora_module_rank/topics/seed1"]["lora_rank"] == 2  # one module's, as lora_module has
+    assert "init_module" not in by_name["finetune/lora_module_rank/topics/seed1"]
+    paper = next(j for j in finetune if j.name == "finetune/domix_paper/topics/seed1-bio-food").config()
+    assert (paper.p_init, paper.p_lr, paper.b_lr, paper.lr) == ("scaled_identity", None, None, 5e-3)  # the published bridge, the comparison's lr
     assert by_name["finetune/ncl_full/topics/seed1-bio-food"]["model"].endswith("pretrain/ncl_full-bio-food/ncl-full")
     assert by_name["finetune/full/topics/seed1"]["lr"] == 1e-3 and by_name["finetune/domix/topics/seed1-bio-food"]["lr"] == 5e-3
     assert all(j.settings["seed"] in (1, 2) for j in finetune)
@@ -51,6 +55,17 @@ def test_plan_shares_pretraining_and_runs_ordered_methods_once_per_order(tmp_pat
     assert lrs["pretrain/ncl_full-food-bio"] == 1e-3 and lrs["pretrain/domix"] == 5e-3
     general = {j.name: j.settings.get("general") for j in jobs if j.kind == "pretrain"}
     assert general["pretrain/mixda"] == str(corpora["bio"]) and general["pretrain/domix"] is None
+
+
+def test_a_method_may_run_fewer_seeds(tmp_path, tiny_llama, corpora, task):
+    cfg = CompareConfig.from_yaml(write_config(tmp_path / "c.yaml", tiny_llama, corpora, task, seeds=[1, 2], methods=["head", "domix"],
+                                               method_seeds={"head": [2]}))
+    names = sorted(j.name for j in plan(cfg) if j.kind == "finetune")
+    assert names == ["finetune/domix/topics/seed1-bio-food", "finetune/domix/topics/seed1-food-bio", "finetune/domix/topics/seed2-bio-food",
+                     "finetune/domix/topics/seed2-food-bio", "finetune/head/topics/seed2"]
+    for bad, message in (({"lora": [1]}, "names 'lora', which is not among"), ({"head": []}, "must be a list of whole numbers")):
+        with pytest.raises(DomixError, match=message):
+            CompareConfig.from_yaml(write_config(tmp_path / "c.yaml", tiny_llama, corpora, task, methods=["head"], method_seeds=bad))
 
 
 def test_a_task_names_its_columns_and_splits_for_every_job(tmp_path, tiny_llama, corpora, task):
@@ -68,7 +83,7 @@ def test_compare_runs_every_method_and_resumes(tmp_path, tiny_llama, corpora, ta
     config = write_config(tmp_path / "c.yaml", tiny_llama, corpora, task)
     results = compare(CompareConfig.from_yaml(config), in_process=True)
     out = tmp_path / "out"
-    assert {r["method"] for r in results["runs"]} == set(METHODS) and len(results["runs"]) == 12 + 3 * 2
+    assert {r["method"] for r in results["runs"]} == set(METHODS) and len(results["runs"]) == 13 + 4 * 2
     saved = json.loads((out / "results.json").read_text())
     assert saved["runs"] == results["runs"]
     domix = {r["order"]: r for r in results["runs"] if r["method"] == "domix"}
@@ -81,7 +96,7 @@ def test_compare_runs_every_method_and_resumes(tmp_path, tiny_llama, corpora, ta
     full = next(r for r in results["runs"] if r["method"] == "full")
     assert full["trainable_percent"] == 100.0 and full["bridge_usage"] is None
     pretraining = {p["name"]: p for p in results["pretraining"]}
-    assert pretraining["pretrain/domix"]["used_by"] == ["lora_module", "dora_module", "cat", "domix_fixed", "domix"]
+    assert pretraining["pretrain/domix"]["used_by"] == ["lora_module", "dora_module", "cat", "domix_fixed", "domix", "domix_paper"]
     assert all(p["peak_memory_mb"] > 0 and p["wall_time_s"] > 0 for p in results["pretraining"])
     for name in ("report.md", "report.html"):
         assert (out / name).is_file()
@@ -89,7 +104,7 @@ def test_compare_runs_every_method_and_resumes(tmp_path, tiny_llama, corpora, ta
 
     times = (out / "job_times.json").read_text()
     again = compare(CompareConfig.from_yaml(config), in_process=True)  # everything finished: nothing reruns
-    assert "26 jobs, 26 already finished" in capsys.readouterr().out
+    assert "29 jobs, 29 already finished" in capsys.readouterr().out
     assert (out / "job_times.json").read_text() == times and again["runs"] == results["runs"]
 
     # a run made before a setting existed ran with its default: still reused
@@ -98,7 +113,7 @@ def test_compare_runs_every_method_and_resumes(tmp_path, tiny_llama, corpora, ta
     del run["config"]["general_blocks"]
     run_file.write_text(json.dumps(run))
     compare(CompareConfig.from_yaml(config), in_process=True)
-    assert "26 already finished" in capsys.readouterr().out
+    assert "29 already finished" in capsys.readouterr().out
 
     changed = write_config(tmp_path / "c2.yaml", tiny_llama, corpora, task, finetune={"epochs": 2, "max_length": 32})
     with pytest.raises(DomixError, match="holds a finished finetune run with other settings"):

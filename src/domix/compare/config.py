@@ -11,6 +11,7 @@ A comparison is one YAML file::
       # sst2: {path: data/sst2_saved, domain: reviews, text_column: sentence, splits: {dev: validation}}
     methods: [full, lora, domix]
     seeds: [1, 2]
+    method_seeds: {full: [1]}   # fewer (or other) seeds for some methods
     orders: 2                   # or a list of domain orders
     pretrain: {steps: 20}       # domix pretrain settings shared by every pre-training run
     finetune: {epochs: 2}       # domix finetune settings shared by every fine-tuning run
@@ -55,6 +56,7 @@ class CompareConfig:
     out: str = "runs/compare"
     methods: list[str] = field(default_factory=lambda: list(METHODS))
     seeds: list[int] = field(default_factory=lambda: [1, 2])
+    method_seeds: dict[str, list[int]] = field(default_factory=dict)  # a method's own seeds instead of ``seeds``
     orders: list[list[str]] = field(default_factory=list)  # filled from an int by from_yaml
     pretrain: dict[str, Any] = field(default_factory=dict)
     finetune: dict[str, Any] = field(default_factory=dict)
@@ -87,6 +89,11 @@ class CompareConfig:
                 raise DomixError(f"task {task.name!r} belongs to domain {task.domain!r}, which is not among the domains {list(self.domains)}")
         if not self.seeds:
             raise DomixError("the comparison needs at least one seed")
+        for method, seeds in self.method_seeds.items():
+            if method not in self.methods:
+                raise DomixError(f"method_seeds names {method!r}, which is not among the comparison's methods {self.methods}")
+            if not isinstance(seeds, list) or not seeds or not all(isinstance(x, int) for x in seeds):
+                raise DomixError(f"method_seeds.{method} must be a list of whole numbers, not {seeds!r}")
         if not isinstance(self.jobs, int) or self.jobs < 1:
             raise DomixError(f"jobs must be a whole number of at least 1, not {self.jobs!r}")
         _known_keys("pretrain", self.pretrain, PRETRAIN_FIELDS - {"model", "domains", "out", "method", "general"})

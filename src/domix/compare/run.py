@@ -103,7 +103,7 @@ def plan(cfg: CompareConfig) -> list[Job]:
     for name, method in zip(cfg.methods, methods):
         orders = cfg.orders if method.ordered else [None]
         for task in cfg.tasks:
-            for seed in cfg.seeds:
+            for seed in cfg.method_seeds.get(name, cfg.seeds):
                 for order in orders:
                     source = None
                     if method.pretrain is not None:
@@ -116,12 +116,14 @@ def plan(cfg: CompareConfig) -> list[Job]:
 def _finetune_job(cfg: CompareConfig, name: str, task: ComparedTask, seed: int, order: list[str] | None, source: Job | None) -> Job:
     method = METHODS[name]
     folder = f"finetune/{name}/{task.name}/seed{seed}" + (f"-{slug(order)}" if order else "")
-    settings = {"save_model": False, **cfg.finetune, **cfg.method_settings.get(name, {}), **task.data,
-                "task": task.path, "out": str(Path(cfg.out) / folder), "method": method.finetune, "seed": seed}
+    settings = {"save_model": False, **({"recipe": method.recipe} if method.recipe else {}), **cfg.finetune,
+                **cfg.method_settings.get(name, {}), **task.data, "task": task.path, "out": str(Path(cfg.out) / folder),
+                "method": method.finetune, "seed": seed}
     if source is None:
         settings["model"] = cfg.model
-        if STAGE2[method.finetune].lora_rank:  # the same total rank as the composed modules
-            settings.setdefault("lora_rank", cfg.pretrain.get("rank", PretrainConfig.rank) * len(cfg.domains))
+        if STAGE2[method.finetune].lora_rank:  # the same total rank as the composed modules, or one module's
+            rank = cfg.pretrain.get("rank", PretrainConfig.rank)
+            settings.setdefault("lora_rank", rank if method.one_module_rank else rank * len(cfg.domains))
     elif STAGE1[method.pretrain].gives_model:
         settings["model"] = str(source.out / STAGE1[method.pretrain].output)
     else:

@@ -74,6 +74,8 @@ class Row:
     pretrain: str | None = None  # a STAGE1 name whose output it uses (None: from the base)
     init: str | None = None  # lora/dora start from "task_domain" (the task's own module) or the stage-1 output
     ordered: bool = False  # its result may depend on the domain order, so it runs once per order
+    one_module_rank: bool = False  # a fresh adapter of one module's rank, not the modules' total rank
+    recipe: str | None = None  # the method's recipe under the comparison's settings (which still win over it)
 
 
 # the published DoMIX code. Classification: AdamW 3e-5, batch 16, weight decay 0.01, P = I/Σr in its own group
@@ -124,6 +126,7 @@ COMPARE: dict[str, Row] = {
     "lora": Row("lora"),
     "dora": Row("dora"),
     "lora_module": Row("lora", pretrain="domix", init="task_domain"),
+    "lora_module_rank": Row("lora", one_module_rank=True),  # lora_module's rank without its start: what DAP buys
     "dora_module": Row("dora", pretrain="domix", init="task_domain"),
     "ncl_full": Row("full", pretrain="ncl_full", ordered=True),
     "ncl_lora": Row("lora", pretrain="ncl_lora", init="output", ordered=True),
@@ -133,6 +136,7 @@ COMPARE: dict[str, Row] = {
     "cat": Row("cat", pretrain="domix"),  # P = I is exactly permutation-equivariant: one order says all
     "domix_fixed": Row("domix_fixed", pretrain="domix"),  # P = c·I frozen: permutation-equivariant too
     "domix": Row("domix", pretrain="domix", ordered=True),
+    "domix_paper": Row("domix", pretrain="domix", ordered=True, recipe="paper"),  # the published bridge, the comparison's budget
     # the domain order only decides which of the gate's seeded output rows faces which domain
     "mixda": Row("mixda", pretrain="mixda"),
     "mode": Row("mode", pretrain="mode"),
