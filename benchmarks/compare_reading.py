@@ -1,10 +1,19 @@
-"""What a `domix compare` folder says about DoMIX, beyond its score table: how much of each bridged layer's update
-reads each domain's subspace, and how fast each method learned (training loss and dev macro-F1 per epoch).
+"""What a `domix compare` folder says beyond its score table: what domain-adaptive pre-training buys, how much of
+each bridged layer's update reads each domain's subspace, and how fast each method learned.
 
-    python benchmarks/compare_reading.py runs/compare-quality
+    python benchmarks/compare_reading.py benchmarks/results/compare-dap
 
-Bridge usage of a layer and domain j is ‖B_cat diag(s) P[:, j] A_j‖_F (recorded by every bridged run); the share
-of domain j is its usage over the sum over domains, averaged over layers, then over runs.
+Reads the finished runs' records (OUT/finetune/<row>/<task>/<seed>/result.json; the row is the comparison's
+method name, so domix and domix_paper stay apart), finished or not, so it also reads a comparison in progress.
+
+- Differences (test, points, mean over each row's runs; "n" the runs on each side), where both rows ran:
+  lora_module - lora_module_rank (what DAP buys: the task's own module as LoRA's start, same rank),
+  domix - lora_fa (what the modules add to DoMIX's trainable shape), domix - lora_module (what composing
+  buys over the task's own module), domix - domix_paper (the bridge recipe), domix - lora.
+- Bridge usage of a layer and domain j: ||B_cat diag(s) P[:, j] A_j||_F (recorded by every bridged run); the
+  share of domain j is its usage over the sum over domains, averaged over layers, then over runs; the task's
+  own domain is starred, and an even share is 1/N.
+- Learning: training loss first -> last step, dev macro-F1 per epoch.
 """
 
 from __future__ import annotations
@@ -14,41 +23,117 @@ import json
 import statistics
 from pathlib import Path
 
+PAIRS = [("lora_module", "lora_module_rank", "what DAP buys (same rank, the own module as start)"),
+         ("domix", "lora_fa", "what the modules add to DoMIX's trainable shape"),
+         ("domix", "lora_module", "composing all modules over the task's own module"),
+         ("domix", "domix_paper", "the bridge recipe: default over the published"),
+         ("domix", "lora", "DoMIX against LoRA of the same total rank")]
+METRICS = ("macro_f1", "accuracy")
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder", help="the out folder of domix compare")
+    parser.add_argument("--json", help="write the figures here")
     args = parser.parse_args()
-    records = [json.loads(p.read_text()) | {"_path": str(p.parent)} for p in sorted(Path(args.folder).glob("finetune/*/*/*/result.json"))]
+    folder = Path(args.folder)
+    records = []
+    for path in sorted(folder.glob("finetune/*/*/*/result.json")):
+        row, task, seed = path.parts[-4:-1]
+        records.append(json.loads(path.read_text()) | {"row": row, "task": task, "run": seed})
+    if not records and (folder / "results.json").is_file():  # a committed comparison without its run folders
+        records = [r | {"row": r["method"]} for r in json.loads((folder / "results.json").read_text())["runs"]]
     if not records:
-        raise SystemExit(f"{args.folder} holds no finished fine-tuning run")
+        raise SystemExit(f"{folder} holds no finished fine-tuning run")
+    domains = _task_domains(folder)
+    figures = {"differences": differences(records), "bridge_shares": bridge_shares(records, domains)}
+    print_differences(figures["differences"])
+    print_shares(figures["bridge_shares"], domains)
+    print_learning(records)
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=1) + "\n")
 
-    print("Bridge usage: each domain's share of the update, mean over layers and runs")
-    print(f"{'method':12} {'task':11} " + " ".join(f"{d:>11}" for d in records[0].get("bridge_usage", {}).get("domains", [])) + "  runs")
-    groups: dict[tuple[str, str], list[dict]] = {}
+
+def _task_domains(folder: Path) -> dict[str, str]:
+    """Each task's own domain, from the comparison's saved config (results.json) or its job configs."""
+    results = folder / "results.json"
+    if results.is_file():
+        return {t["name"]: t["domain"] for t in json.loads(results.read_text())["settings"]["tasks"]}
+    import yaml
+
+    found = {}
+    for config in folder.glob("configs/finetune/lora_module/*/*.yaml"):
+        found[config.parent.name] = yaml.safe_load(config.read_text()).get("init_module")
+    return found
+
+
+def _by(records: list[dict], key) -> dict:
+    out: dict = {}
     for r in records:
-        if r.get("bridge_usage"):
-            groups.setdefault((r["method"], r["task"]), []).append(r["bridge_usage"])
-    for (method, task), usages in sorted(groups.items()):
-        domains = usages[0]["domains"]
-        shares = {d: [] for d in domains}
-        for u in usages:
-            per_layer = [[n / max(sum(row), 1e-30) for n in row] for row in u["norms"]]
-            for j, d in enumerate(u["domains"]):
-                shares[d].append(statistics.mean(row[j] for row in per_layer))
-        print(f"{method:12} {task:11} " + " ".join(f"{statistics.mean(shares[d]):11.3f}" for d in domains) + f"  {len(usages)}")
+        out.setdefault(key(r), []).append(r)
+    return out
 
+
+def differences(records: list[dict]) -> list[dict]:
+    groups = _by(records, lambda r: (r["row"], r["task"]))
+    tasks = sorted({r["task"] for r in records})
+    rows = []
+    for a, b, meaning in PAIRS:
+        per_task = {}
+        for task in tasks:
+            if (a, task) in groups and (b, task) in groups:
+                per_task[task] = {m: 100 * (statistics.fmean(r["test"][m] for r in groups[(a, task)])
+                                            - statistics.fmean(r["test"][m] for r in groups[(b, task)])) for m in METRICS}
+                per_task[task]["n"] = [len(groups[(a, task)]), len(groups[(b, task)])]
+        if per_task:
+            mean = {m: statistics.fmean(v[m] for v in per_task.values()) for m in METRICS} if len(per_task) == len(tasks) else None
+            rows.append({"a": a, "b": b, "meaning": meaning, "tasks": per_task, "mean": mean})
+    return rows
+
+
+def bridge_shares(records: list[dict], own: dict[str, str]) -> list[dict]:
+    out = []
+    for (row, task), runs in sorted(_by([r for r in records if r.get("bridge_usage")], lambda r: (r["row"], r["task"])).items()):
+        shares: dict[str, list[float]] = {}
+        for r in runs:
+            usage = r["bridge_usage"]
+            per_layer = [[n / max(sum(layer), 1e-30) for n in layer] for layer in usage["norms"]]
+            for j, d in enumerate(usage["domains"]):
+                shares.setdefault(d, []).append(statistics.fmean(layer[j] for layer in per_layer))
+        mean = {d: statistics.fmean(v) for d, v in shares.items()}
+        out.append({"row": row, "task": task, "runs": len(runs), "shares": mean, "own": own.get(task),
+                    "own_share": mean.get(own.get(task)), "even": 1 / len(mean)})
+    return out
+
+
+def print_differences(rows: list[dict]) -> None:
+    print("Differences on test, points (macro-F1 / accuracy), mean over runs; n = runs per side")
+    for row in rows:
+        cells = "  ".join(f"{t} {v['macro_f1']:+.1f} / {v['accuracy']:+.1f} (n {v['n'][0]},{v['n'][1]})" for t, v in row["tasks"].items())
+        mean = f"  mean {row['mean']['macro_f1']:+.1f} / {row['mean']['accuracy']:+.1f}" if row["mean"] else ""
+        print(f"  {row['a']} - {row['b']:18} {cells}{mean}    ({row['meaning']})")
+
+
+def print_shares(rows: list[dict], own: dict[str, str]) -> None:
+    if not rows:
+        return
+    domains = list(rows[0]["shares"])
+    print("\nBridge usage: each domain's share of the update, mean over layers and runs (* the task's own domain)")
+    print(f"  {'row':14} {'task':11} " + " ".join(f"{d:>11}" for d in domains) + "  runs")
+    for r in rows:
+        cells = " ".join(f"{r['shares'][d]:10.3f}" + ("*" if d == r["own"] else " ") for d in domains)
+        print(f"  {r['row']:14} {r['task']:11} {cells}  {r['runs']}")
+
+
+def print_learning(records: list[dict]) -> None:
     print("\nLearning: training loss (first -> last step) and dev macro-F1 per epoch, mean over runs")
-    print(f"{'method':12} {'task':11} {'loss first':>10} {'loss last':>10}  dev macro-F1 by epoch")
-    by: dict[tuple[str, str], list[dict]] = {}
-    for r in records:
-        by.setdefault((r["method"], r["task"]), []).append(r)
-    for (method, task), runs in sorted(by.items()):
-        first = statistics.mean(r["loss_curve"][0][1] for r in runs)
-        last = statistics.mean(r["loss_curve"][-1][1] for r in runs)
-        epochs = min(len(r["dev_history"]) for r in runs)
-        dev = [statistics.mean(r["dev_history"][e]["macro_f1"] for r in runs) for e in range(epochs)]
-        print(f"{method:12} {task:11} {first:10.3f} {last:10.3f}  " + " ".join(f"{100 * v:5.1f}" for v in dev))
+    print(f"  {'row':18} {'task':11} {'loss first':>10} {'loss last':>10}  dev macro-F1 by epoch")
+    for (row, task), runs in sorted(_by(records, lambda r: (r["row"], r["task"])).items()):
+        first = statistics.fmean(r["loss_curve"][0][1] for r in runs)
+        last = statistics.fmean(r["loss_curve"][-1][1] for r in runs)
+        epochs = min(len(r.get("dev_history", [])) for r in runs)  # results.json does not keep it
+        dev = [statistics.fmean(r["dev_history"][e]["macro_f1"] for r in runs) for e in range(epochs)]
+        print(f"  {row:18} {task:11} {first:10.3f} {last:10.3f}  " + " ".join(f"{100 * v:5.1f}" for v in dev))
 
 
 if __name__ == "__main__":
