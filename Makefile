@@ -71,8 +71,10 @@ $(SMOLLM)/config.json: | install
 demo: install $(SMOLLM)/config.json
 	$(VENV)/bin/domix pretrain --config configs/demo-pretrain.yaml --overwrite
 	$(VENV)/bin/domix finetune --config configs/demo-finetune.yaml --method domix --out runs/demo-restaurant-domix --overwrite
+	$(VENV)/bin/domix finetune --config configs/demo-finetune.yaml --method lora_fa --out runs/demo-restaurant-lora_fa --overwrite
 	$(VENV)/bin/domix finetune --config configs/demo-finetune.yaml --method lora --out runs/demo-restaurant-lora --overwrite
-	$(VENV)/bin/domix report runs/demo-restaurant-domix runs/demo-restaurant-lora
+	$(VENV)/bin/domix report runs/demo-restaurant-domix runs/demo-restaurant-lora_fa runs/demo-restaurant-lora
+	@cat docs/demo-reading.txt
 
 clean:
 	rm -rf $(VENV) $(LATEST) .cache runs

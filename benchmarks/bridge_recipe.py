@@ -47,7 +47,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--modules", required=True, help="a finished module store (domix pretrain --out)")
     parser.add_argument("--tasks", nargs="+", default=["restaurant", "chemprot", "acl_arc"])
-    parser.add_argument("--candidates", nargs="+", default=list(CANDIDATES), choices=list(CANDIDATES))
+    parser.add_argument("--candidates", nargs="*", default=list(CANDIDATES), choices=list(CANDIDATES))
     parser.add_argument("--references", nargs="*", default=list(REFERENCES), choices=list(REFERENCES))
     parser.add_argument("--data", default=str(DATA))
     parser.add_argument("--out", default="runs/bridge-recipe")
