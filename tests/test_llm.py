@@ -382,3 +382,24 @@ def test_generate_with_beams_is_transformers_beam_search_and_is_recorded(tiny_ll
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["generation"] == {"num_beams": 4, "max_new_tokens": 4, "do_sample": False}
     assert main(["eval-choice", str(tiny_llama), "--task", f"mini={task}", "--num-beams", "0", "--device", "cpu"]) == 2
+
+
+def test_lora_fa_and_cat_instruct_train_only_b(llama_store, tiny_llama, data, tmp_path):
+    """The ablations of the LLM setting: lora_fa keeps PEFT's random A (B trains), cat keeps the bridge at I."""
+    from peft import LoraConfig, get_peft_model
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    fa = instruct(cfg(data, tmp_path / "fa", model=str(tiny_llama), method="lora_fa", epochs=1, lora_rank=4, seed=5))
+    saved = load_file(str(tmp_path / "fa" / "model" / "adapter_model.safetensors"))
+    torch.manual_seed(5)  # PEFT's own initialisation with the run's seed: the A lora_fa must still hold
+    reference = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_llama),
+                               LoraConfig(r=4, lora_alpha=8, target_modules=sorted({n.rsplit(".", 1)[1] for n in fa["layers"]})))
+    initial = {k.replace(".default", ""): v for k, v in reference.state_dict().items() if ".lora_A." in k}
+    assert initial and all(torch.equal(saved[k], initial[k]) for k in initial)
+    assert fa["trainable_parameters"] == sum(v.numel() for k, v in saved.items() if ".lora_B." in k)
+    cat = instruct(cfg(data, tmp_path / "cat", modules=str(llama_store), method="cat", epochs=1))
+    weights = load_file(str(tmp_path / "cat" / "model" / "task_model.safetensors"))
+    bridges = [v for k, v in weights.items() if k.endswith(".bridge")]
+    assert bridges and all(torch.equal(b, torch.eye(6)) for b in bridges)
+    assert cat["trainable_parameters"] == sum(v.numel() for k, v in weights.items() if k.endswith(".lora_B"))

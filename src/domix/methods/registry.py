@@ -106,11 +106,11 @@ STAGE2: dict[str, Stage2] = {
                     modules_required=True, instruct=True, new_rank=True, recipes=DOMIX_PAPER),
     "domix_fixed": Stage2("domix.methods.domix.method:FixedBridge", "the bridge frozen at its init", store="domix",
                           modules_required=True, new_rank=True, recipes=DOMIX_PAPER),
-    "cat": Stage2("domix.methods.domix.method:Cat", "the bridge frozen at I", store="domix", modules_required=True, new_rank=True,
+    "cat": Stage2("domix.methods.domix.method:Cat", "the bridge frozen at I", store="domix", modules_required=True, new_rank=True, instruct=True,
                   recipes=DOMIX_PAPER),
     "lora": Stage2("domix.methods.peft.method:Lora", "a PEFT LoRA", store="domix", lora_rank=True, init_module=True, instruct=True),
     "lora_fa": Stage2("domix.methods.peft.method:LoraFA", "a fresh LoRA with A frozen (DoMIX's trainable shape without "
-                      "domain modules)", store="domix", lora_rank=True),
+                      "domain modules)", store="domix", lora_rank=True, instruct=True),
     "dora": Stage2("domix.methods.peft.method:Dora", "a PEFT DoRA", store="domix", lora_rank=True, init_module=True, instruct=True),
     "full": Stage2("domix.methods.full.method:Full", "every weight trains", instruct=True),
     "head": Stage2("domix.methods.head.method:Head", "only the classification head"),

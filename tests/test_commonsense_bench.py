@@ -1,0 +1,145 @@
+"""benchmarks/commonsense.py end to end on the tiny Llama: samples, adapters, rows, both protocols, the report,
+and a second run of the same command that reruns nothing; bad inputs are one line and exit 2."""
+
+import importlib.util
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from conftest import WORDS
+
+ROOT = Path(__file__).resolve().parents[1]
+SPEC = importlib.util.spec_from_file_location("commonsense_bench", ROOT / "benchmarks" / "commonsense.py")
+bench = sys.modules[SPEC.name] = importlib.util.module_from_spec(SPEC)  # dataclasses look their module up
+SPEC.loader.exec_module(bench)
+
+BENCHES = ["boolq", "piqa", "arc_e", "arc_c", "obqa"]
+
+
+def _words(rng: random.Random, n: int) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(n))
+
+
+def _record(kind: str, rng: random.Random) -> dict:
+    """A record as LLM-Adapters writes them (instruction with its options and answer format, output, answer)."""
+    if kind == "boolq":
+        answer = rng.choice(["true", "false"])
+        return {"instruction": f"Please answer the following question with true or false, question: {_words(rng, 6)}?\n\n"
+                               "Answer format: true/false", "input": "", "output": f"the correct answer is {answer}", "answer": answer}
+    word, n = ("solution", 2) if kind == "piqa" else ("answer", 4)
+    options = (" " if word == "answer" else "\n\n").join(f"{word.capitalize()}{i}: {_words(rng, 3)}" for i in range(1, n + 1))
+    answer = f"{word}{rng.randint(1, n)}"
+    return {"instruction": f"Please choose the correct {'solution' if word == 'solution' else 'answer'} to the question: "
+                           f"{_words(rng, 6)}\n\n{options}\n\nAnswer format: {'/'.join(f'{word}{i}' for i in range(1, n + 1))}",
+            "input": "", "output": f"the correct answer is {answer}", "answer": answer}
+
+
+def _data(root: Path) -> Path:
+    rng = random.Random(0)
+    sizes = {"boolq": (12, 3), "piqa": (0, 3), "arc_e": (6, 3), "arc_c": (4, 3), "obqa": (8, 2)}  # obqa: fewer than test_sample
+    for name, (train, test) in sizes.items():
+        (root / name).mkdir(parents=True)
+        kind = name if name in ("boolq", "piqa") else "arc"
+        if train:
+            (root / name / "train.json").write_text(json.dumps([_record(kind, rng) for _ in range(train)], indent=4))
+        (root / name / "test.json").write_text(json.dumps([_record(kind, rng) for _ in range(test)], indent=4))
+    return root
+
+
+def _config(tmp_path: Path, tiny_llama: Path, **changes) -> Path:
+    settings = {"model": str(tiny_llama), "out": str(tmp_path / "out"), "data": str(tmp_path / "data"),
+                "train_sample": 12, "adapter_sample": 4, "test_sample": 3, "rank": 2, "lr": 5e-3, "epochs": 1, "batch_size": 4,
+                "max_length": 96, "seed": 0, "rows": ["base", "lora", "dora", "domix", "cat", "lora_fa"], "max_new_tokens": 4, "eval_batch_size": 4,
+                "instruct": {"checkpoint_every": 1000}, **changes}
+    path = tmp_path / f"commonsense-{len(list(tmp_path.glob('commonsense-*.yaml')))}.yaml"
+    path.write_text(yaml.safe_dump(settings))
+    return path
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / "commonsense.py"), *args], capture_output=True, text=True,
+                          cwd=ROOT)
+
+
+def _snapshot(out: Path) -> dict[str, int]:
+    return {str(p.relative_to(out)): p.stat().st_mtime_ns for p in out.rglob("*")
+            if p.is_file() and p.name not in ("results.json", "report.md")}
+
+
+def test_the_comparison_runs_reports_every_row_and_a_rerun_reruns_nothing(tiny_llama, tmp_path, capsys):
+    _data(tmp_path / "data")
+    config = _config(tmp_path, tiny_llama)
+    assert bench.main([str(config)], in_process=True) == 0
+    out = tmp_path / "out"
+    results = json.loads((out / "results.json").read_text())
+    rows = results["rows"]
+    assert list(rows) == ["base", "lora", "dora", "domix", "cat", "lora_fa"]
+    for name, row in rows.items():
+        for protocol, metrics in (("loglikelihood", ("acc", "acc_norm")), ("generate", ("acc",))):
+            for metric in metrics:
+                values = row["eval"][protocol][metric]
+                assert set(values) == {*BENCHES, "average"} and all(0 <= v <= 1 for v in values.values()), (name, protocol, metric)
+        assert row["n"] == {"boolq": 3, "piqa": 3, "arc_e": 3, "arc_c": 3, "obqa": 2}  # obqa's test set holds 2
+    for name in ("lora", "dora", "domix"):
+        assert rows[name]["trained"] and rows[name]["time_per_step_s"] > 0 and rows[name]["peak_memory_mb"] > 0
+        assert set(rows[name]["vs_dora"]) == {"peak_memory", "time_per_step"}
+    assert rows["dora"]["vs_dora"] == {"peak_memory": 1.0, "time_per_step": 1.0}
+    assert rows["lora"]["lora_rank"] == rows["dora"]["lora_rank"] == 2 * (3 + 1)  # the rank domix composes
+    assert not rows["base"]["trained"] and "vs_dora" not in rows["base"]
+    assert set(results["adapters"]) == {"boolq", "arc", "obqa"} and results["adapters_total"]["steps"] > 0
+
+    # the samples: in proportion, seeded, and the adapters' records apart from the mixture's
+    samples = results["samples"]
+    assert samples["mixture.json"] == {"records": 12, "from": {"boolq": [5, 12], "arc_e": [2, 6], "arc_c": [2, 4], "obqa": [3, 8]}}
+    assert samples["adapter-arc.json"]["from"] == {"arc_e": [2, 6], "arc_c": [2, 4]} and samples["test-obqa.json"]["from"] == {"obqa": [2, 2]}
+    mixture = {json.dumps(r) for r in json.loads((out / "data" / "mixture.json").read_text())}
+    for adapter in ("boolq", "arc", "obqa"):
+        assert not mixture & {json.dumps(r) for r in json.loads((out / "data" / f"adapter-{adapter}.json").read_text())}
+    # domix composed the three adapters (named after them) and a fresh block
+    record = json.loads((out / "rows" / "domix" / "result.json").read_text())
+    assert [m["name"] for m in record["modules"]] == ["boolq", "arc", "obqa"]
+
+    report = (out / "report.md").read_text()
+    assert "**loglikelihood: acc**" in report and "**loglikelihood: acc_norm**" in report and "**generate: acc**" in report
+    assert "obqa 2 of 2" in report and "vs DoRA" in report and "Training the adapters took" in report
+
+    # the same command again, as a user runs it: every step (samples, 3 adapters, 5 rows, 6 evaluations) is finished, nothing is rerun or rewritten
+    capsys.readouterr()
+    before = _snapshot(out)
+    again = _cli(str(config))
+    assert again.returncode == 0, again.stderr
+    assert "15 steps, 15 already finished" in again.stdout
+    assert _snapshot(out) == before and not (out / "logs").exists()  # the first run was in-process: no job ever ran as a process
+    assert json.loads((out / "results.json").read_text())["rows"] == rows
+
+    # settings that would draw another sample, train or score otherwise are refused before anything runs
+    for changes, message in [({"test_sample": 2}, "holds another sample"), ({"lr": 1e-3}, "other settings (lr)"),
+                             ({"max_new_tokens": 3}, "scored with other settings")]:
+        assert bench.main([str(_config(tmp_path, tiny_llama, **changes))]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and message in err, err
+    assert _snapshot(out) == before
+
+
+def test_bad_inputs_are_one_line_and_exit_2(tiny_llama, tmp_path, capsys):
+    _data(tmp_path / "data")
+    for changes, message in [({"data": str(tmp_path / "nowhere")}, "data folder"),
+                             ({"rows": ["base", "lorra"]}, "unknown row 'lorra'"),
+                             ({"protocols": ["generate", "greedy"]}, "protocols"),
+                             ({"instruct": {"lr": 1.0}}, "reserved"),
+                             ({"train_sample": "many"}, "train_sample")]:
+        assert bench.main([str(_config(tmp_path, tiny_llama, **changes))]) == 2, changes
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("commonsense: error: ") and "\n" not in err and message in err, err
+    (tmp_path / "data" / "piqa" / "test.json").unlink()
+    assert bench.main([str(_config(tmp_path, tiny_llama))]) == 2
+    assert "piqa/test.json" in capsys.readouterr().err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: x\nrank_of_bridge: 3\n")
+    done = _cli(str(bad))  # the command line itself: exit status 2, one line, no traceback
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "rank_of_bridge" in done.stderr
+    assert not (tmp_path / "out").exists()
