@@ -318,3 +318,17 @@ def test_more_processes_than_domains_train_data_parallel(tiny_llama, corpora, tm
     for domain in ("food", "bio"):
         a, b = adapter(tmp_path / "one", domain), adapter(tmp_path / "three", domain)
         assert all(torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-7) for k in a), domain
+
+
+def test_a_fraction_of_an_epoch_trains_that_share_of_the_batches(tiny_llama, corpora, tmp_path):
+    """--epochs 0.25: a quarter of one pass, rounded up to whole steps (the store for 'modules at 25% of the epoch')."""
+    steps = {}
+    for epochs in (1, 0.25):
+        manifests = pretrain(PretrainConfig(model=str(tiny_llama), domains={"food": str(corpora["food"])}, out=str(tmp_path / str(epochs)),
+                                            epochs=epochs, batch_size=4, seq_len=32))
+        steps[epochs] = manifests["food"]["training"]["steps"]
+    blocks = json.loads((tmp_path / "1" / "food" / "domix_manifest.json").read_text())["training"]["tokens_seen"] // 32
+    assert steps[1] == -(-blocks // 4)  # one pass over the training blocks, 4 a step (the last batch may be short)
+    assert steps[0.25] == -(-steps[1] // 4)
+    assert main(["pretrain", "--model", str(tiny_llama), "--domain", f"food={corpora['food']}", "--out", str(tmp_path / "z"),
+                 "--epochs", "0"]) == 2

@@ -65,7 +65,7 @@ def _add_pretrain(sub) -> None:
     p.add_argument("--lr", type=float, help="AdamW learning rate (default 5e-4)")
     p.add_argument("--weight-decay", type=float, help="AdamW weight decay (default 0)")
     p.add_argument("--warmup-ratio", type=float, help="linear warm-up share of the steps (default 0.1)")
-    p.add_argument("--epochs", type=int, help="passes over each corpus (default 1)")
+    p.add_argument("--epochs", type=float, help="passes over each corpus (default 1; 0.25: a quarter of one, with its own schedule)")
     p.add_argument("--steps", type=int, help="steps per domain; overrides --epochs")
     p.add_argument("--batch-size", type=int, help="sequences per step (default 16)")
     p.add_argument("--seq-len", type=int, help="tokens per sequence (default 128)")

@@ -233,7 +233,8 @@ def domain_seed(seed: int, domain: str) -> int:
 
 
 def total_steps(cfg, n_train: int) -> int:
-    return cfg.steps if cfg.steps is not None else cfg.epochs * math.ceil(n_train / cfg.batch_size)
+    """--steps, else --epochs passes of ``n_train`` blocks; a fraction of an epoch (0.25) rounds its steps up."""
+    return cfg.steps if cfg.steps is not None else math.ceil(cfg.epochs * math.ceil(n_train / cfg.batch_size))
 
 
 def batch_rows(n_train: int, batch_size: int, seed: int, step: int) -> torch.Tensor:

@@ -31,7 +31,7 @@ class PretrainConfig:
     lr: float = 5e-4
     weight_decay: float = 0.0
     warmup_ratio: float = 0.1
-    epochs: int = 1
+    epochs: float = 1  # passes over each corpus; a fraction (0.25) trains on that share of one, with its own schedule
     steps: int | None = None  # if set, overrides epochs
     batch_size: int = 16
     seq_len: int = 128
@@ -84,7 +84,7 @@ class PretrainConfig:
             (0 <= self.dropout < 1, "--dropout must be in [0, 1)"),
             (self.lr > 0, "--lr must be positive"),
             (0 <= self.warmup_ratio < 1, "--warmup-ratio must be in [0, 1)"),
-            (self.epochs >= 1, "--epochs must be at least 1"),
+            (self.epochs > 0, "--epochs must be positive (a fraction such as 0.25 trains on that share of an epoch)"),
             (self.steps is None or self.steps >= 1, "--steps must be at least 1"),
             (self.batch_size >= 1, "--batch-size must be at least 1"),
             (self.seq_len >= 2, "--seq-len must be at least 2"),
