@@ -34,7 +34,9 @@ class Bridge(TaskMethod):
                   f"before {', '.join(m.name for m in modules[1:])}")
         bridge = BridgeConfig(self.p_init(cfg), cfg.p_lr, cfg.p_weight_decay, cfg.b_lr)
         compose(model, modules, bridge)
+        # one rate per group: modules that adapt only some layers give those layers another c (compose), not another rate
         p_lr, b_lr = bridge.learning_rates(cfg.lr, sum(m.rank for m in modules), len(modules))
+        self.rates = {"p": p_lr, "b": b_lr}  # what "matched" and "Nx" came to, for the record
         layers = bridged_layers(model).values()
         groups = [{"params": [m.lora_B for m in layers], "lr": b_lr, "weight_decay": cfg.weight_decay}]
         if head:  # a causal LM (domix instruct) has no new head
@@ -47,7 +49,7 @@ class Bridge(TaskMethod):
 
     def bridge_record(self, cfg) -> dict | None:
         return {"p_init": cfg.p_init, "p_lr": cfg.p_lr, "p_weight_decay": cfg.p_weight_decay, "b_lr": cfg.b_lr, "trained": self.bridge_trains,
-                "new_rank": cfg.new_rank}
+                "new_rank": cfg.new_rank, "learning_rates": {"p": self.rates["p"] if self.bridge_trains else None, "b": self.rates["b"]}}
 
     def record(self, model: nn.Module, pieces: list, cfg, probe=None) -> dict:
         return {**super().record(model, pieces, cfg, probe), "layers": sorted(bridged_layers(model)),
