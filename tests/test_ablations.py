@@ -111,11 +111,14 @@ def test_lora_and_domix_with_its_defaults_both_learn_a_task_lora_learns(tiny_lla
     assert domix["test"]["accuracy"] > majority + 0.3
 
 
-def test_on_an_encoder_whose_head_alone_cannot_learn_domix_with_its_defaults_learns_what_lora_learns(tiny_bert, bert_store, tmp_path):
-    """The sanity check on a tiny random BERT, two topics: its frozen features give the head nothing (it stays at
-    chance), so the adapted layers must learn. At LoRA's learning rate, DoMIX with its defaults must learn too; the
-    published bridge (P = I/Σr, B and P at the run's rate: --recipe paper) stays at chance in 2 of these 3 seeds,
-    its B steps moving the output Σr = 8 times less."""
+def test_on_an_encoder_whose_head_alone_cannot_learn_matched_rates_learn_where_the_published_bridge_stalls(tiny_bert, bert_store,
+                                                                                                             tmp_path):
+    """A tiny random BERT, two topics: its frozen features give the head nothing (it stays at chance), so the adapted
+    layers must learn. With weak modules (8 steps: B near zero) the published bridge (P = I/Σr, P and B at the run's
+    rate, domix's default) has nothing for P to mix and moves the output Σr = 8 times less per B step than LoRA-FA: it
+    stays at chance in 2 of these 3 seeds. P = I/N with both rates matched learns at LoRA's rate. Not the default:
+    on restaurant with modules from whole corpora it scored 37.7 dev macro-F1 against the published bridge's 58.2
+    (docs/bridge-init.md)."""
     task = make_task(tmp_path / "two-topics", sizes=(96, 32, 64), labels=("food", "cs"))
     settings = dict(task=str(task), epochs=6, batch_size=16, lr=1e-2, max_length=32, save_model=False)
 
@@ -125,8 +128,8 @@ def test_on_an_encoder_whose_head_alone_cannot_learn_domix_with_its_defaults_lea
 
     head = accuracy("head", model=str(tiny_bert), method="head")
     lora = accuracy("lora", model=str(tiny_bert), method="lora", lora_rank=8)
-    domix = accuracy("domix", modules=str(bert_store))
-    paper = accuracy("paper", modules=str(bert_store), p_init="scaled_identity", p_lr=None, b_lr=None)
+    matched = accuracy("matched", modules=str(bert_store), p_init="average", p_lr="matched", b_lr="matched")
+    default = accuracy("default", modules=str(bert_store))
     assert head < 0.6 and lora > 0.9
-    assert domix > 0.8 and domix > lora - 0.15
-    assert paper < 0.7  # what the default fixes
+    assert matched > 0.8 and matched > lora - 0.15
+    assert default < 0.7  # the published bridge on weak modules

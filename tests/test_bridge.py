@@ -37,11 +37,11 @@ def test_identity_bridge_equals_the_sum_of_the_modules(tiny_llama, llama_store):
     assert layer.scales.tolist() == [16 / 2] * 2 + [16 / 4] * 4  # bio (rank 2), then food (rank 4)
 
 
-def test_default_bridge_is_the_modules_mean_and_folds_exactly(tiny_llama, llama_store):
+def test_default_bridge_is_the_published_scaled_identity_and_folds_exactly(tiny_llama, llama_store):
     model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float64)
     compose(model, load_store(llama_store))
     layer = next(iter(bridged_layers(model).values()))
-    assert torch.equal(layer.bridge, torch.eye(6, dtype=torch.float64) / 2)  # c = 1/N, N = 2 modules (the published: 1/Σr)
+    assert torch.equal(layer.bridge, torch.eye(6, dtype=torch.float64) / 6)  # c = 1/Σr, Σr = 6
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(n.endswith((".bridge", ".lora_B")) for n in trainable)
     with torch.no_grad():

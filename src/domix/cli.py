@@ -128,11 +128,11 @@ def _add_finetune(sub) -> None:
     p.add_argument("--init-module", help="lora/dora: start from this module of --modules (its rank, alpha and weights)")
     p.add_argument("--save-model", action=argparse.BooleanOptionalAction, default=None,
                    help="write the task model (default: yes); --no-save-model keeps only result.json")
-    p.add_argument("--p-init", help="bridge init c·I: average (default, c = 1/N modules: their mean update), scaled_identity "
-                                    "(c = 1/Σr, as published; --recipe paper), identity (c = 1), or a number c")
+    p.add_argument("--p-init", help="bridge init c·I: scaled_identity (default, c = 1/Σr, as published), average (c = 1/N "
+                                    "modules: their mean update), identity (c = 1), or a number c")
     p.add_argument("--p-lr", help="learning rate of the bridge, which trains in its own optimizer group as in the published "
-                                  "code: a number, N times --lr as Nx (e.g. 10x), or matched (default: --lr times c)")
-    p.add_argument("--b-lr", help="learning rate of B_cat: a number, Nx, or matched (default: --lr / c). With both matched a "
+                                  "code: a number, N times --lr as Nx (e.g. 10x), or matched (--lr times c; default: --lr)")
+    p.add_argument("--b-lr", help="learning rate of B_cat: a number, Nx, or matched (--lr / c; default: --lr). With both matched a "
                                   "step moves the output as at P = I, so B learns as a plain LoRA-FA's does, whatever c")
     p.add_argument("--p-weight-decay", type=float, help="weight decay of the bridge (default 0.01, the published code's)")
     p.add_argument("--new-rank", type=int, help="domix, domix_fixed, cat: a fresh LoRA block of this rank first in the bridge "

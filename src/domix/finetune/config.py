@@ -34,10 +34,10 @@ class FinetuneConfig:
     general_blocks: int = 64  # sequences of max_length tokens of it that retention scores
     save_model: bool = True  # False: keep only the scores (result.json), e.g. for full fine-tuning in a comparison
     # bridge
-    p_init: str | float = "average"
-    p_lr: str | float | None = "matched"  # P's learning rate: None (the run's), a number, "Nx" (N times the run's), or "matched" (the run's · P's initial scale)
+    p_init: str | float = "scaled_identity"
+    p_lr: str | float | None = None  # P's learning rate: None (the run's), a number, "Nx" (N times the run's), or "matched" (the run's · P's initial scale)
     p_weight_decay: float = 0.01  # the published code's: its bridge group falls back to weight decay 0.01
-    b_lr: str | float | None = "matched"  # B_cat's: None (the run's), a number, "Nx", or "matched" (the run's / P's initial scale)
+    b_lr: str | float | None = None  # B_cat's: None (the run's), a number, "Nx", or "matched" (the run's / P's initial scale)
     new_rank: int | None = None  # a fresh LoRA block of this rank first in the bridge (A random, frozen; B zero)
     # MoDE (method mode): gates and head train; the experts too with mode_train_experts; the gates' learning
     # rate (default: lr); mode_device_map places experts as in pre-training ({"experts": "cuda:1"}, ...)

@@ -42,10 +42,10 @@ def add_parsers(sub) -> None:
     p.add_argument("--target-modules", type=_comma_list, help="lora/dora: comma-separated layer names (default q_proj,k_proj,v_proj,up_proj,down_proj)")
     p.add_argument("--lora-rank", type=int, help="lora/dora rank (default: the modules' total rank, else 16); alpha is 2x the rank")
     p.add_argument("--template", choices=TEMPLATES, help="prompt template: alpaca (default), chat (the tokenizer's), plain")
-    p.add_argument("--p-init", help="bridge init c·I: average (default, c = 1/N blocks), scaled_identity (1/Σr, as published), "
+    p.add_argument("--p-init", help="bridge init c·I: scaled_identity (default, 1/Σr, as published), average (c = 1/N blocks), "
                                     "identity, or a number")
-    p.add_argument("--p-lr", help="learning rate of the bridge: a number, N times --lr as Nx, or matched (default: --lr times c)")
-    p.add_argument("--b-lr", help="learning rate of B_cat: a number, Nx, or matched (default: --lr / c)")
+    p.add_argument("--p-lr", help="learning rate of the bridge: a number, N times --lr as Nx, or matched (--lr times c; default: --lr)")
+    p.add_argument("--b-lr", help="learning rate of B_cat: a number, Nx, or matched (--lr / c; default: --lr)")
     p.add_argument("--p-weight-decay", type=float, help="weight decay of the bridge (default 0)")
     p.add_argument("--new-rank", type=int, help="domix: a fresh LoRA block of this rank first in the bridge (A random and frozen, "
                                                 "B zero and trained), as the published LLM code adds (it uses the modules' rank)")

@@ -35,10 +35,10 @@ class InstructConfig:
     lora_rank: int | None = None  # lora/dora: default the modules' total rank if any are given, else 16
     template: str = "alpaca"  # see llm/data.py
     # bridge
-    p_init: str | float = "average"
-    p_lr: str | float | None = "matched"  # P's learning rate: None (the run's), a number, "Nx" (N times the run's), or "matched" (the run's · P's initial scale)
+    p_init: str | float = "scaled_identity"
+    p_lr: str | float | None = None  # P's learning rate: None (the run's), a number, "Nx" (N times the run's), or "matched" (the run's · P's initial scale)
     p_weight_decay: float = 0.0
-    b_lr: str | float | None = "matched"  # B_cat's: None (the run's), a number, "Nx", or "matched" (the run's / P's initial scale)
+    b_lr: str | float | None = None  # B_cat's: None (the run's), a number, "Nx", or "matched" (the run's / P's initial scale)
     new_rank: int | None = None  # a fresh LoRA block of this rank first in the bridge (the published LLM setting: the modules' rank)
     # optimisation
     lr: float = 2e-4

@@ -49,17 +49,17 @@ def resolve_lr(value: str | float | None, lr: float, matched: float | None = Non
 class BridgeConfig:
     # P's initial value c·I: "scaled_identity" c = 1/Σr (the published default), "average" c = 1/N
     # (the N modules' mean update at full strength), "identity" c = 1 (their sum), or a number c.
-    # domix's default (average, both learning rates matched) and the dev figures behind it: docs/bridge-init.md
-    p_init: str | float = "average"
+    # domix's default is the published bridge (c = 1/Σr, P and B at the run's rate); the dev figures: docs/bridge-init.md
+    p_init: str | float = "scaled_identity"
     # Learning rates of P and B_cat: None (the run's), a number, "Nx" (N times the run's), or "matched".
     # Adam moves a weight by about its learning rate a step, whatever the gradient's size, and P = c·I scales
     # the effect of every B step on the layer's output by c. "matched" undoes that: B at lr / c, P at lr · c.
     # With both matched, training is the same (up to Adam's epsilon and weight decay) as at P = I with the
     # modules' B scaled by c: a B step moves the output as much as a plain LoRA-FA's does, and c only sets how
     # strongly the modules' own updates act at the start (1/Σr: hardly; 1/N: their mean; 1: their sum).
-    p_lr: str | float | None = "matched"
+    p_lr: str | float | None = None
     p_weight_decay: float = 0.01
-    b_lr: str | float | None = "matched"
+    b_lr: str | float | None = None
 
     def learning_rates(self, lr: float, total_rank: int, n_modules: int) -> tuple[float, float]:
         """P's and B_cat's learning rates in a run at ``lr``."""
