@@ -62,6 +62,7 @@ def main() -> None:
     parser.add_argument("--select-metric", default="macro_f1")
     args = parser.parse_args()
 
+    from compare_reading import run_shares  # the same share the comparison's reading gives
     from domix.console import quiet_third_party
     from domix.finetune.config import FinetuneConfig
     from domix.finetune.run import RESULT_FILE, finetune
@@ -95,7 +96,7 @@ def main() -> None:
                 metric = args.select_metric
                 results.append({"task": task, "variant": label, "seed": seed, "settings": {k: v for k, v in settings.items() if k != "modules"},
                                 "epochs": cfg.epochs, "dev": record["dev"], "dev_history": [h[metric] for h in record["dev_history"]],
-                                "majority_dev": record["majority"]["dev"], "bridge_shares": _shares(record),
+                                "majority_dev": record["majority"]["dev"], "bridge_shares": run_shares(record["bridge_usage"]) if record.get("bridge_usage") else None,
                                 "train_time_s": record.get("train_time_s"), "wall_s": round(time.perf_counter() - started, 1)})
                 print(f"{task:12s} {label:16s} seed {seed}: dev {metric} {record['dev'][metric]:.4f}, "
                       f"accuracy {record['dev']['accuracy']:.4f} (per epoch {[round(v, 4) for v in results[-1]['dev_history']]})", flush=True)
@@ -103,15 +104,6 @@ def main() -> None:
                     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
                     Path(args.json).write_text(json.dumps({"settings": vars(args), "total_rank": rank, "results": results}, indent=1) + "\n")
     print_table(results, args.tasks, args.select_metric)
-
-
-def _shares(record: dict) -> dict | None:
-    """Each domain's share of the bridged update (mean over layers), for DoMIX runs."""
-    usage = record.get("bridge_usage")
-    if not usage:
-        return None
-    shares = [[n / (sum(row) or 1.0) for n in row] for row in usage["norms"]]
-    return {d: statistics.fmean(s[i] for s in shares) for i, d in enumerate(usage["domains"])}
 
 
 def print_table(results: list[dict], tasks: list[str], metric: str) -> None:

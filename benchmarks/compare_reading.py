@@ -91,15 +91,19 @@ def differences(records: list[dict]) -> list[dict]:
     return rows
 
 
+def run_shares(usage: dict) -> dict[str, float]:
+    """One run's share of each domain in its bridged update (a record's ``bridge_usage``), mean over layers."""
+    per_layer = [[n / max(sum(layer), 1e-30) for n in layer] for layer in usage["norms"]]
+    return {d: statistics.fmean(layer[j] for layer in per_layer) for j, d in enumerate(usage["domains"])}
+
+
 def bridge_shares(records: list[dict], own: dict[str, str]) -> list[dict]:
     out = []
     for (row, task), runs in sorted(_by([r for r in records if r.get("bridge_usage")], lambda r: (r["row"], r["task"])).items()):
         shares: dict[str, list[float]] = {}
         for r in runs:
-            usage = r["bridge_usage"]
-            per_layer = [[n / max(sum(layer), 1e-30) for n in layer] for layer in usage["norms"]]
-            for j, d in enumerate(usage["domains"]):
-                shares.setdefault(d, []).append(statistics.fmean(layer[j] for layer in per_layer))
+            for d, share in run_shares(r["bridge_usage"]).items():
+                shares.setdefault(d, []).append(share)
         mean = {d: statistics.fmean(v) for d, v in shares.items()}
         out.append({"row": row, "task": task, "runs": len(runs), "shares": mean, "own": own.get(task),
                     "own_share": mean.get(own.get(task)), "even": 1 / len(mean)})
