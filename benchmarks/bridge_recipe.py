@@ -13,7 +13,10 @@ to LoRA and LoRA-FA of the modules' total rank. Dev scores only (the best epoch'
         --json benchmarks/results/bridge-recipe/bridge_recipe.json
 
 Each run is an ordinary domix run folder under --out (no model weights): a finished one is read
-back, an interrupted one resumes, so rerunning the command goes on where it stopped.
+back, an interrupted one resumes, so rerunning the command goes on where it stopped. With --reuse, a
+run the comparison (configs/compare-dap.yaml) has already made with exactly the same settings (lora,
+lora_fa, and domix's first domain order while its default is the published bridge) is read from there
+instead of being trained twice; the table says which runs came from where.
 """
 
 from __future__ import annotations
@@ -41,6 +44,30 @@ CANDIDATES: dict[str, tuple[dict, int]] = {
     "paper-long": (PAPER, 2),  # twice the epochs: time for P to move
 }
 REFERENCES = ("lora", "lora_fa")  # of the modules' total rank, from the base
+COMPARE_ROWS = {"lora": "lora", "lora_fa": "lora_fa", "paper": "domix"}  # a sweep variant -> the comparison's row
+
+
+def same_run(cfg, compare_out: Path, label: str, task: str, seed: int, store_order: list[str]) -> Path | None:
+    """The comparison's finished run of this variant, task and seed if it ran with exactly ``cfg``'s settings."""
+    from domix.engine.runfolder import RUN_FILE
+    from domix.finetune.run import RESULT_FILE
+
+    if label not in COMPARE_ROWS:
+        return None
+    folder = compare_out / "finetune" / COMPARE_ROWS[label] / task / (f"seed{seed}" + ("-" + "-".join(store_order) if label == "paper" else ""))
+    if not (folder / RESULT_FILE).is_file():
+        return None
+    done, planned = json.loads((folder / RUN_FILE).read_text())["config"], cfg.to_dict()
+    paths = ("task", "modules", "model")
+
+    def same(key: str) -> bool:
+        if key in paths and done.get(key) and planned[key]:
+            return Path(done[key]).resolve() == Path(planned[key]).resolve()
+        if key == "domains":  # the comparison names its order; the sweep takes the store's, the same one
+            return done.get(key) in (None, store_order) and planned[key] is None
+        return done.get(key) == planned[key]
+
+    return folder if all(same(k) for k in planned if k not in type(cfg).RESUME_FREE) else None
 
 
 def main() -> None:
@@ -60,9 +87,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--select-metric", default="macro_f1")
+    parser.add_argument("--reuse", help="a comparison's out folder whose runs with the same settings are read instead of run")
+    parser.add_argument("--read-only", action="store_true", help="train nothing: tabulate the finished runs, '-' for the others")
     args = parser.parse_args()
 
     from compare_reading import run_shares  # the same share the comparison's reading gives
+    from domix import atomic
     from domix.console import quiet_third_party
     from domix.finetune.config import FinetuneConfig
     from domix.finetune.run import RESULT_FILE, finetune
@@ -73,9 +103,10 @@ def main() -> None:
     quiet_third_party()
 
     out, data = Path(args.out), Path(args.data)
-    rank = sum(m.rank for m in load_store(args.modules))
+    store = load_store(args.modules)
+    rank, store_order = sum(m.rank for m in store), [m.name for m in store]
     # the references first: they say where the budget stands
-    plan = [(name, {"method": name, "model": base_of(load_store(args.modules)), "lora_rank": rank}, 1) for name in args.references]
+    plan = [(name, {"method": name, "model": base_of(store), "lora_rank": rank}, 1) for name in args.references]
     plan += [(name, {"method": "domix", "modules": args.modules, **CANDIDATES[name][0]}, CANDIDATES[name][1]) for name in args.candidates]
     results = []
     for label, settings, epoch_factor in plan:  # a candidate on every task before the next: a stopped sweep leaves whole rows
@@ -87,9 +118,12 @@ def main() -> None:
                                      eval_limit=args.eval_limit, select_metric=args.select_metric, save_model=False,
                                      checkpoint_every=20, **settings)
                 started = time.perf_counter()
-                result_file = folder / RESULT_FILE
+                reused = same_run(cfg, Path(args.reuse), label, task, seed, store_order) if args.reuse else None
+                result_file = (reused or folder) / RESULT_FILE
                 if result_file.is_file():
                     record = json.loads(result_file.read_text())
+                elif args.read_only:
+                    continue
                 else:
                     with contextlib.redirect_stdout(io.StringIO()):
                         record = finetune(cfg)
@@ -97,12 +131,13 @@ def main() -> None:
                 results.append({"task": task, "variant": label, "seed": seed, "settings": {k: v for k, v in settings.items() if k != "modules"},
                                 "epochs": cfg.epochs, "dev": record["dev"], "dev_history": [h[metric] for h in record["dev_history"]],
                                 "majority_dev": record["majority"]["dev"], "bridge_shares": run_shares(record["bridge_usage"]) if record.get("bridge_usage") else None,
-                                "train_time_s": record.get("train_time_s"), "wall_s": round(time.perf_counter() - started, 1)})
+                                "train_time_s": record.get("train_time_s"), "wall_s": round(time.perf_counter() - started, 1),
+                                "run": str(reused or folder)})
                 print(f"{task:12s} {label:16s} seed {seed}: dev {metric} {record['dev'][metric]:.4f}, "
-                      f"accuracy {record['dev']['accuracy']:.4f} (per epoch {[round(v, 4) for v in results[-1]['dev_history']]})", flush=True)
+                      f"accuracy {record['dev']['accuracy']:.4f} (per epoch {[round(v, 4) for v in results[-1]['dev_history']]})"
+                      + (f" [the comparison's run {reused}]" if reused else ""), flush=True)
                 if args.json:  # after every run, so a stopped sweep still leaves its table
-                    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-                    Path(args.json).write_text(json.dumps({"settings": vars(args), "total_rank": rank, "results": results}, indent=1) + "\n")
+                    atomic.write_json(Path(args.json), {"settings": vars(args), "total_rank": rank, "results": results})
     print_table(results, args.tasks, args.select_metric)
 
 

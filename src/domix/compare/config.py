@@ -65,6 +65,11 @@ class CompareConfig:
     jobs: int = 1  # jobs at once (each its own process with cores/jobs threads)
     general: str | None = None  # general-domain corpus for MixDA's pre-training (retention scores: finetune: {general: ...})
 
+    def inputs(self) -> list[str]:
+        """The paths the comparison reads: its out folder may never be, hold or lie inside one of them."""
+        return [p for p in (self.model, *self.domains.values(), *(t.path for t in self.tasks), self.general,
+                            self.finetune.get("general")) if p]
+
     @classmethod
     def from_yaml(cls, path: str | Path, out: str | None = None) -> "CompareConfig":
         path = Path(path)

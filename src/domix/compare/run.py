@@ -42,7 +42,7 @@ from domix.finetune.run import RESULT_FILE
 from domix.methods.registry import STAGE1, STAGE2
 from domix.pretrain.config import PretrainConfig
 from domix.engine.progress import PROGRESS_FILE_ENV
-from domix.engine.runfolder import RUN_FILE
+from domix.engine.runfolder import RUN_FILE, refuse_other_kind, refuse_own_inputs
 from domix.settings import with_recipe
 from domix.system import THREADS_ENV, cores_given
 
@@ -147,8 +147,12 @@ def compare(cfg: CompareConfig, overwrite: bool = False, dry_run: bool = False, 
     """
     jobs = plan(cfg)
     out = Path(cfg.out)
-    for job in jobs:  # every job's settings are checked before anything runs
-        job.config().validate()
+    refuse_own_inputs(out, cfg.inputs())
+    for job in jobs:  # every job's settings and output folder are checked before anything runs
+        config = job.config().validate()
+        refuse_own_inputs(job.out, config.inputs())
+        if (job.out / RUN_FILE).is_file():
+            refuse_other_kind(job.out, atomic.read_json(job.out / RUN_FILE), job.kind)
     if dry_run:
         for job in jobs:
             differing = _changed_settings(job)

@@ -48,7 +48,7 @@ class PretrainRun:
         """Check the folder, read the corpora (and ``extra`` ones, e.g. general text: key -> corpus,
         recorded in run.json under that key), and the tokenizer."""
         out = Path(cfg.out)
-        previous = check_out(out, cfg.to_dict(), type(cfg).RESUME_FREE, overwrite)
+        previous = check_out(out, cfg.to_dict(), type(cfg).RESUME_FREE, overwrite, cfg.COMMAND, cfg.inputs())
         corpora = {name: read_corpus(name, path, cfg.text_column) for name, path in cfg.domains.items()}
         run = cls(cfg, out, previous, overwrite, corpora, None, "")
         if run.resuming:
@@ -85,7 +85,7 @@ class PretrainRun:
 
     def start(self, fingerprint: str, write: bool = True, **extra) -> dict:
         """The run's record, written as running (``write``: this is the process that writes)."""
-        run = {"status": "running", "method": self.cfg.method, "config": self.cfg.to_dict(), "base_fingerprint": fingerprint,
+        run = {"status": "running", "kind": self.cfg.COMMAND, "method": self.cfg.method, "config": self.cfg.to_dict(), "base_fingerprint": fingerprint,
                "corpora": self.fingerprints, "domains": list(self.cfg.domains), **extra}
         if write:
             if self.previous is not None and self.overwrite:

@@ -20,9 +20,50 @@ def check_corpora_unchanged(recorded: dict[str, str | None], fingerprints: dict[
                          "restore it, or pass --overwrite to start over")
 
 
-def check_out(out: Path, settings: dict, resume_free: tuple[str, ...], overwrite: bool) -> dict | None:
-    """Check ``out`` can take this run; return its previous run record (None for a new folder)."""
+# what each command's run.json holds, for folders written before run.json named its kind
+KIND_NAMES = {"pretrain": "a module store (domix pretrain)", "finetune": "a fine-tuning run (domix finetune)",
+              "instruct": "an instruction-tuning run (domix instruct)"}
+
+
+def run_kind(record: dict) -> str | None:
+    """The command that wrote a run record: its own "kind", or what its settings show (older records)."""
+    if record.get("kind"):
+        return record["kind"]
+    config = record.get("config", {})
+    return "pretrain" if "objective" in config else "instruct" if "template" in config else "finetune" if "task" in config else None
+
+
+def refuse_own_inputs(out: str | Path, inputs: list[str | Path]) -> None:
+    """Refuse an output that is, holds or lies inside one of the command's own inputs (writing it,
+    let alone replacing it, would destroy the input). Inputs that are not on disk (a hub model name) pass."""
+    target = Path(out).resolve()
+    for given in inputs:
+        if not given or not Path(given).exists():
+            continue
+        source = Path(given).resolve()
+        if target == source or target in source.parents or source in target.parents:
+            raise DomixError(f"the output {out} is, holds or lies inside the input {given}, which writing it would destroy; "
+                             "choose another output folder")
+
+
+def refuse_other_kind(out: Path, previous: dict, kind: str | None) -> None:
+    """Refuse to put a run of ``kind`` where another command's run (``previous``, its run.json) is:
+    --overwrite replaces a run of the same kind only, never, say, a module store with a task run."""
+    found = run_kind(previous)
+    if kind and found and found != kind:
+        raise DomixError(f"{out} holds {KIND_NAMES.get(found, found)}, which --overwrite does not replace with "
+                         f"{KIND_NAMES.get(kind, kind)}; choose another --out (or delete that folder yourself if you mean to)")
+
+
+def check_out(out: Path, settings: dict, resume_free: tuple[str, ...], overwrite: bool,
+              kind: str | None = None, inputs: list[str | Path] = ()) -> dict | None:
+    """Check ``out`` can take this run; return its previous run record (None for a new folder).
+
+    ``kind``: the command (pretrain, finetune, instruct); ``--overwrite`` replaces only a run of the
+    same kind. ``inputs``: the run's own input paths, never an output, even with ``overwrite``.
+    """
     out = Path(out)
+    refuse_own_inputs(out, inputs)
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f".domix-write-test-{os.getpid()}"  # one per process: several may check at once
@@ -36,6 +77,7 @@ def check_out(out: Path, settings: dict, resume_free: tuple[str, ...], overwrite
             raise DomixError(f"output folder {out} is not empty and holds no domix run; choose an empty or new folder")
         return None
     previous = atomic.read_json(run_file)
+    refuse_other_kind(out, previous, kind)
     if overwrite:
         return previous
     if previous.get("status") == "finished":
@@ -60,11 +102,7 @@ def check_new_output(out: str | Path, inputs: list[str | Path], overwrite: bool)
     """
     out = Path(out)
     target = out.resolve()
-    for given in inputs:
-        source = Path(given).resolve()
-        if target == source or target in source.parents or source in target.parents:
-            raise DomixError(f"the output {out} is, holds or lies inside the input {given}, which writing it would destroy; "
-                             "choose another output folder")
+    refuse_own_inputs(out, inputs)
     if out.is_file() or out.is_symlink() and not out.is_dir():
         raise DomixError(f"the output {out} is a file; choose a new folder name")
     if out.is_dir() and any(out.iterdir()) and not overwrite:

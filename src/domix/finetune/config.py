@@ -121,6 +121,11 @@ class FinetuneConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def inputs(self) -> list[str]:
+        """The paths this run reads: its output may never be, hold or lie inside one of them."""
+        return [p for p in (self.task, self.train, self.dev, self.test, *(self.mix_tasks or []), self.modules, self.model,
+                            self.general) if p]
+
     def columns(self):
         from domix.sources import Columns
 

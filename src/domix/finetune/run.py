@@ -57,7 +57,7 @@ def finetune(cfg: FinetuneConfig, overwrite: bool = False, on_step: StepHook | N
     cfg.validate()
     ranks = process_group()
     out = Path(cfg.out)
-    previous = check_out(out, cfg.to_dict(), FinetuneConfig.RESUME_FREE, overwrite)
+    previous = check_out(out, cfg.to_dict(), FinetuneConfig.RESUME_FREE, overwrite, cfg.COMMAND, cfg.inputs())
     task = read_task(cfg.task, columns=cfg.columns(), splits=cfg.splits, train=cfg.train, dev=cfg.dev, test=cfg.test)
     mixture = Mixture([task] + [read_task(path, columns=cfg.columns(), splits=cfg.splits) for path in cfg.mix_tasks or []])
     for each in mixture.tasks:
@@ -84,7 +84,7 @@ def finetune(cfg: FinetuneConfig, overwrite: bool = False, on_step: StepHook | N
     model.to(device)
     method.place(model, cfg)
     trainable = sum(p.numel() for g in groups for p in g["params"])
-    run = {"status": "running", "config": cfg.to_dict()}
+    run = {"status": "running", "kind": cfg.COMMAND, "config": cfg.to_dict()}
     begin(out, run, previous, overwrite, ranks)
     print(f"domix: {cfg.method} on task {task.name!r} ({len(task.labels)} labels; {len(task.splits['train'].texts)} train, "
           f"{len(task.splits['dev'].texts)} dev, {len(task.splits['test'].texts)} test); trainable {trainable:,} "

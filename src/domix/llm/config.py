@@ -100,5 +100,9 @@ class InstructConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def inputs(self) -> list[str]:
+        """The paths this run reads: its output may never be, hold or lie inside one of them."""
+        return [p for p in (self.train, self.dev, self.modules, *(self.adapters or []), self.model) if p]
+
 
 FIELDS = {f.name for f in dataclasses.fields(InstructConfig)}

@@ -107,12 +107,12 @@ def instruct(cfg: InstructConfig, overwrite: bool = False, on_step: StepHook | N
     cfg.validate()
     ranks = process_group()
     out = Path(cfg.out)
-    previous = check_out(out, cfg.to_dict(), InstructConfig.RESUME_FREE, overwrite)
+    previous = check_out(out, cfg.to_dict(), InstructConfig.RESUME_FREE, overwrite, cfg.COMMAND, cfg.inputs())
     started = time.perf_counter()
     run = prepare(cfg)
     model, tokenizer, device = run["model"], run["tokenizer"], run["device"]
     trainable = sum(p.numel() for g in run["groups"] for p in g["params"])
-    status = {"status": "running", "config": cfg.to_dict()}
+    status = {"status": "running", "kind": cfg.COMMAND, "config": cfg.to_dict()}
     begin(out, status, previous, overwrite, ranks)
     dropped = run["dropped"]
     print(f"domix: instruct {cfg.method} on {run['base_name']} ({len(run['train'])} train, {len(run['dev'])} dev examples"

@@ -106,6 +106,10 @@ class PretrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def inputs(self) -> list[str]:
+        """The paths this run reads: its output may never be, hold or lie inside one of them."""
+        return [p for p in (self.model, *self.domains.values(), self.general) if p]
+
     COMMAND = "pretrain"  # whose recipes apply
     # Settings that do not change the trained modules, so a resumed run may differ in them.
     RESUME_FREE = ("checkpoint_every", "device", "out", "gradient_checkpointing")
