@@ -236,7 +236,8 @@ def test_instruct_refuses_bad_settings(llama_store, tiny_llama, data, tmp_path):
     with pytest.raises(DomixError, match="--modules STORE and/or --adapter"):
         instruct(cfg(data, tmp_path / "a"))
     with pytest.raises(DomixError, match="is not a LoRA module"):
-        instruct(cfg(data, tmp_path / "b", adapters=[str(tmp_path)]))
+        (tmp_path / "not-an-adapter").mkdir()
+        instruct(cfg(data, tmp_path / "b", adapters=[str(tmp_path / "not-an-adapter")]))
     with pytest.raises(DomixError, match="match no linear layer"):
         instruct(cfg(data, tmp_path / "c", model=str(tiny_llama), method="lora", target_modules=["query"]))
     with pytest.raises(DomixError, match="holds no example"):

@@ -133,3 +133,31 @@ def test_a_record_without_kind_is_read_by_its_settings():
     assert run_kind({"config": {"task": "t"}}) == "finetune"
     assert run_kind({"config": {"template": "alpaca", "train": "x"}}) == "instruct"
     assert run_kind({"kind": "finetune", "config": {"objective": "auto"}}) == "finetune"
+
+
+def test_a_repeated_name_is_refused_not_dropped(inputs, tmp_path, capsys):
+    """A name given twice would keep only its last value (a dict, a YAML mapping): one line naming it instead."""
+    model, store = str(inputs["model"]), str(inputs["store"])
+    first, second = sorted(inputs["corpora"].glob("*.txt"))[:2]
+    line = run_cli(["pretrain", "--model", model, "--domain", f"a={first}", "--domain", f"a={second}", "--out", str(tmp_path / "p")], capsys)
+    assert "two --domain flags are named 'a'" in line and str(first) in line and str(second) in line
+    questions = tmp_path / "q.jsonl"
+    questions.write_text('{"question": "q", "choices": ["x", "y"], "answer": 0}\n')
+    line = run_cli(["eval-choice", model, "--task", f"t={questions}", "--task", f"t={questions}"], capsys)
+    assert "two --task flags are named 't'" in line
+    line = run_cli(["instruct", "--model", model, "--adapter", str(inputs["adapter"]), "--adapter", str(inputs["adapter"]) + "/",
+                    "--train", str(inputs["instruct"] / "train.jsonl"), "--out", str(tmp_path / "i")], capsys)
+    assert "is given twice" in line
+    name = sorted(p.name for p in inputs["store"].iterdir())[0]
+    line = run_cli(["finetune", "--modules", store, "--domains", f"{name},{name}", "--task", str(inputs["task"]),
+                    "--out", str(tmp_path / "f")], capsys)
+    assert f"--domains names {name!r} twice" in line
+    config = tmp_path / "settings.yaml"
+    config.write_text(f"task: {inputs['task']}\nepochs: 1\nlr: 0.1\nepochs: 2\n")
+    line = run_cli(["finetune", "--config", str(config), "--modules", store, "--out", str(tmp_path / "f")], capsys)
+    assert "the key 'epochs' appears twice" in line and "line 4" in line
+    compare = tmp_path / "compare.yaml"
+    compare.write_text(f"model: {model}\ndomains:\n  a: {first}\n  a: {second}\ntasks:\n  t: {{path: {inputs['task']}, domain: a}}\n")
+    line = run_cli(["compare", str(compare), "--dry-run"], capsys)
+    assert "the key 'a' appears twice" in line and "line 4" in line
+    assert not any((tmp_path / d).exists() for d in ("p", "i", "f"))

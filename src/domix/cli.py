@@ -87,11 +87,11 @@ def _add_pretrain(sub) -> None:
 def _run_pretrain(args: argparse.Namespace) -> None:
     from domix.pretrain.config import FIELDS, PretrainConfig
     from domix.pretrain.run import pretrain
-    from domix.settings import build_config
+    from domix.settings import build_config, unique_names
 
     overrides = {k: v for k, v in vars(args).items() if k in FIELDS}
     if overrides.get("domains"):
-        overrides["domains"] = dict(overrides["domains"])
+        overrides["domains"] = unique_names(overrides["domains"], "--domain")
     if isinstance(overrides.get("target_modules"), str) and not any(c in overrides["target_modules"] for c in "\\*()[]|"):
         overrides["target_modules"] = [t.strip() for t in overrides["target_modules"].split(",") if t.strip()]
     pretrain(build_config(PretrainConfig, args.config, overrides), overwrite=args.overwrite)

@@ -22,15 +22,41 @@ def check(rules: list[tuple[bool, str]]) -> None:
             raise DomixError(message)
 
 
+def unique_names(pairs: list[tuple[str, str]], flag: str) -> dict[str, str]:
+    """NAME=PATH flags as a mapping, refusing a name given twice (a dict would keep the last silently)."""
+    named: dict[str, str] = {}
+    for name, path in pairs:
+        if name in named:
+            raise DomixError(f"two {flag} flags are named {name!r} ({named[name]} and {path}); give each its own name")
+        named[name] = path
+    return named
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML that refuses a key given twice in one mapping (plain YAML loading keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise DomixError(f"the key {key!r} appears twice in one mapping (line {key_node.start_mark.line + 1}); "
+                                 "keep one of them")
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def read_yaml_mapping(path: str | Path, fields: set[str], what: str = "config file") -> dict[str, Any]:
     """A YAML file's mapping (keys with - read as _), refusing a missing file, bad YAML and unknown keys."""
     path = Path(path)
     if not path.is_file():
         raise DomixError(f"{what} {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}
     except yaml.YAMLError as err:
         raise DomixError(f"{what} {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    except DomixError as err:
+        raise DomixError(f"{what} {path}: {err}") from None
     if not isinstance(data, dict):
         raise DomixError(f"{what} {path} must hold a mapping of setting: value")
     data = {str(k).replace("-", "_"): v for k, v in data.items()}

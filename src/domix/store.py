@@ -154,6 +154,9 @@ def domain_folders(path: str | Path, domains: list[str] | None = None, pieces: s
     if not available:
         raise DomixError(f"store {path} holds no finished {pieces}; run {made_by} into it first, or let it finish")
     chosen = domains or available
+    repeated = sorted({d for d in chosen if chosen.count(d) > 1})
+    if repeated:
+        raise DomixError(f"--domains names {repeated[0]!r} twice; name each module of store {path} once")
     missing = [d for d in chosen if d not in available]
     if missing:
         raise DomixError(f"store {path} has no domain {missing} ({pieces}); it has {available}")

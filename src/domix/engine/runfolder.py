@@ -64,8 +64,10 @@ def check_out(out: Path, settings: dict, resume_free: tuple[str, ...], overwrite
     """
     out = Path(out)
     refuse_own_inputs(out, inputs)
+    if not out.exists():  # made when the run begins: a run refused before that leaves no folder behind
+        _check_writable_parent(out)
+        return None
     try:
-        out.mkdir(parents=True, exist_ok=True)
         probe = out / f".domix-write-test-{os.getpid()}"  # one per process: several may check at once
         probe.write_text("ok")
         probe.unlink()
@@ -107,11 +109,16 @@ def check_new_output(out: str | Path, inputs: list[str | Path], overwrite: bool)
         raise DomixError(f"the output {out} is a file; choose a new folder name")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise DomixError(f"the output folder {out} exists and is not empty; pass --overwrite to replace it or choose another")
-    parent = target.parent
+    _check_writable_parent(out)
+
+
+def _check_writable_parent(out: Path) -> None:
+    """Refuse a new folder ``out`` whose nearest existing parent the user cannot write in."""
+    parent = Path(out).resolve().parent
     while not parent.exists():
         parent = parent.parent
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise DomixError(f"cannot write the output {out}: {parent} is not writable; choose a folder you can write to")
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise DomixError(f"cannot write the output {out}: {parent} is not a folder you can write to; choose another")
 
 
 def begin(out: Path, run: dict, previous: dict | None, overwrite: bool, ranks) -> None:

@@ -116,9 +116,9 @@ def run_eval_choice(args: argparse.Namespace) -> None:
 
     if args.out:
         check_new_file(args.out)
-    tasks = dict(args.tasks)
-    if len(tasks) != len(args.tasks):
-        raise DomixError("two --task flags share a name; give each task its own NAME")
+    from domix.settings import unique_names
+
+    tasks = unique_names(args.tasks, "--task")
     protocols = PROTOCOLS if args.protocol == "both" else (args.protocol,)
     report = evaluate_choice(args.model, tasks, protocols, args.out, args.limit, args.batch_size, args.max_length,
                              args.max_new_tokens, args.template, args.device, args.dtype, args.details, args.base_model,

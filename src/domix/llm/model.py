@@ -48,6 +48,10 @@ def load_causal(name: str, dtype: str) -> tuple[nn.Module, object]:
 def gather_modules(modules: str | None, domains: list[str] | None, adapters: list[str] | None) -> list[DomainModule]:
     """The LoRA modules to compose: a store's (or the named ones), then each adapter folder, in order."""
     found = load_store(modules, domains) if modules else []
+    folders = [Path(p).resolve() for p in adapters or []]
+    for i, folder in enumerate(folders):
+        if folder in folders[:i]:
+            raise DomixError(f"--adapter {adapters[i]} is given twice; give each adapter once")
     for path in adapters or []:
         found.append(load_module(path))
     seen: dict[str, int] = {}
