@@ -3,6 +3,8 @@ installed at another version than the lock's is found (as a system package shado
 
 import importlib.util
 import os
+import shutil
+import subprocess
 from importlib import metadata
 from pathlib import Path
 
@@ -59,3 +61,16 @@ def test_the_lock_pins_the_stack_but_not_torch():
 def test_this_environment_has_the_locked_versions():
     diff = check_lock.differences(check_lock.locked_versions(ROOT / "requirements.lock"))
     assert diff == [], f"installed packages differ from requirements.lock (run the suite with `make test`): {diff}"
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="no make on this machine")
+def test_make_lock_names_no_path_of_one_machine():
+    """`make lock` works anywhere: the torch wheel folder is an optional variable (TORCH_WHEELS), not a path."""
+    def planned(*variables: str) -> str:
+        return subprocess.run(["make", "-n", "lock", *variables], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+
+    anywhere = planned()
+    assert "--find-links" not in anywhere and "/opt/" not in anywhere
+    assert "--no-emit-package nvidia-cublas" in anywhere and 'echo "torch==2.13.0" ' in anywhere  # the index's torch, its CUDA deps unlocked
+    here = planned("TORCH_WHEELS=/some/wheels")
+    assert "--find-links /some/wheels" in here and 'echo "torch==2.13.0+cpu" ' in here
