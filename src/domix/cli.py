@@ -177,30 +177,21 @@ def _run_finetune(args: argparse.Namespace) -> None:
 
 
 def _run_export(args: argparse.Namespace) -> None:
-    from domix.finetune.model import export
-    from domix.llm.model import export_causal, is_causal_task_model
-    from domix.engine.runfolder import check_new_output
+    from domix.api import export
+    from domix.llm.model import is_causal_task_model
 
-    check_new_output(args.out, [args.task_model], args.overwrite)
-    if is_causal_task_model(args.task_model):  # a domix instruct model
-        export_causal(args.task_model, args.out, args.model)
-        print(f"domix: wrote {args.out} (loads with AutoModelForCausalLM.from_pretrained)")
-        return
-    export(args.task_model, args.out, args.model)
-    print(f"domix: wrote {args.out} (loads with AutoModelForSequenceClassification.from_pretrained)")
+    export(args.task_model, args.out, args.model, args.overwrite)
+    loader = "AutoModelForCausalLM" if is_causal_task_model(args.task_model) else "AutoModelForSequenceClassification"
+    print(f"domix: wrote {args.out} (loads with {loader}.from_pretrained)")
 
 
 def _run_evaluate(args: argparse.Namespace) -> None:
-    from domix.engine.runfolder import check_new_file
-    from domix.finetune.evaluate import evaluate_file
-
-    if args.predictions:
-        check_new_file(args.predictions)
+    from domix.api import evaluate
     from domix.sources import Columns
 
     columns = Columns(args.text_column or "text", args.text_pair_column, args.label_column or "label")
-    scores = evaluate_file(args.task_model, args.data, args.predictions, args.max_length, base=args.base_model,
-                           columns=columns, split=args.split)
+    scores = evaluate(args.task_model, args.data, args.predictions, args.base_model, columns=columns, split=args.split,
+                      max_length=args.max_length)
     print(" ".join(f"{k} {v:.4f}" for k, v in scores.items()))
 
 
