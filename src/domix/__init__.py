@@ -14,7 +14,6 @@ Importing domix is cheap: torch and transformers load when a function first need
 
 from __future__ import annotations
 
-import importlib
 import sys
 import types
 from typing import TYPE_CHECKING
@@ -22,6 +21,7 @@ from typing import TYPE_CHECKING
 __version__ = "0.1.0"
 
 from domix.errors import DomixError  # noqa: E402
+from domix.lazy import lazy_attributes  # noqa: E402
 
 # public name -> the module that defines it (imported on first use: PEP 562)
 _EXPORTS = {
@@ -45,12 +45,7 @@ _EXPORTS = {
 __all__ = ["DomixError", "__version__", *_EXPORTS]
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value  # once
-        return value
-    raise AttributeError(f"module 'domix' has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _EXPORTS)
 
 
 def __dir__() -> list[str]:

@@ -16,7 +16,8 @@ from domix.console import set_verbose, verbose
 from domix.errors import DomixError
 from domix.llm.cli import COMMANDS as LLM_COMMANDS
 from domix.llm.cli import add_parsers as add_llm_parsers
-from domix.methods.registry import STAGE1, STAGE2, method_help, recipe_help
+from domix.methods.registry import STAGE1, STAGE2, method_help, method_settings, recipe_help
+from domix.settings import add_setting_flags
 
 
 def _domain(text: str) -> tuple[str, str]:
@@ -44,19 +45,7 @@ def _add_pretrain(sub) -> None:
                    help=method_help(STAGE1, "default domix. The baselines (ncl_lora, joint_lora, ncl_full) train one model "
                                             "for all domains, in one process. "))
     p.add_argument("--general", help="a general-domain corpus (as --domain's PATH): MixDA's retention loss trains on it")
-    p.add_argument("--mixda-layers", help="mixda: comma-separated block indices to adapt, 0 = the first "
-                                          "(default: the published blocks 7,11 of RoBERTa-large's 24 at the same relative depth, "
-                                          "e.g. 9,14 of SmolLM2's 30)")
-    p.add_argument("--mixda-reduction", type=int, help="mixda: domain adapter bottleneck = FFN width / this (default 16)")
-    p.add_argument("--mode-block-size", type=int, help="mode: consecutive backbone layers per block (default 6)")
-    p.add_argument("--mode-expert-layers", type=int,
-                   help="mode: layers of a domain's expert per block, copies of the block's last ones (default: the block size, "
-                        "the paper's full copies; fewer is cheaper)")
-    p.add_argument("--mode-blocks", help="mode: comma-separated block numbers that get experts, 0 = the first (default: all)")
-    p.add_argument("--mode-backbone-prior", type=float,
-                   help="mode: the gates' starting weight on the backbone (default 0.5 for whole-block experts, 0.99 for fewer layers)")
-    p.add_argument("--mode-device-map", help="mode: where experts run, e.g. experts=cuda:1 or bio=cuda:1,law=cuda:2 "
-                                             "(backbone=DEVICE moves the rest; default: all on --device)")
+    add_setting_flags(p, method_settings("pretrain"))  # each method's own (mixda_*, mode_*), from the registry
     p.add_argument("--rank", type=int, help="LoRA rank (default 8)")
     p.add_argument("--alpha", type=float, help="LoRA alpha (default 16)")
     p.add_argument("--dropout", type=float, help="LoRA dropout (default 0)")
@@ -128,19 +117,7 @@ def _add_finetune(sub) -> None:
     p.add_argument("--init-module", help="lora/dora: start from this module of --modules (its rank, alpha and weights)")
     p.add_argument("--save-model", action=argparse.BooleanOptionalAction, default=None,
                    help="write the task model (default: yes); --no-save-model keeps only result.json")
-    p.add_argument("--p-init", help="bridge init c·I: scaled_identity (default, c = 1/Σr, as published), average (c = 1/N "
-                                    "modules: their mean update), identity (c = 1), or a number c")
-    p.add_argument("--p-lr", help="learning rate of the bridge, which trains in its own optimizer group as in the published "
-                                  "code: a number, N times --lr as Nx (e.g. 10x), or matched (--lr times c; default: --lr)")
-    p.add_argument("--b-lr", help="learning rate of B_cat: a number, Nx, or matched (--lr / c; default: --lr). With both matched a "
-                                  "step moves the output as at P = I, so B learns as a plain LoRA-FA's does, whatever c")
-    p.add_argument("--p-weight-decay", type=float, help="weight decay of the bridge (default 0.01, the published code's)")
-    p.add_argument("--new-rank", type=int, help="domix, domix_fixed, cat: a fresh LoRA block of this rank first in the bridge "
-                                                "(A random and frozen, B zero and trained), as the published LLM code adds")
-    p.add_argument("--mode-train-experts", action=argparse.BooleanOptionalAction, default=None,
-                   help="mode: train the domain experts too (default: no, only the gates and the head)")
-    p.add_argument("--mode-gate-lr", type=float, help="mode: learning rate of the gates (default: --lr)")
-    p.add_argument("--mode-device-map", help="mode: where experts run, e.g. experts=cuda:1 (as in pretrain)")
+    add_setting_flags(p, method_settings("finetune"))  # each method's own (the bridge's, mode_*), from the registry
     p.add_argument("--lr", type=float, help="learning rate of B_cat and the head (default 3e-5)")
     p.add_argument("--weight-decay", type=float, help="AdamW weight decay of B_cat and the head (default 0)")
     p.add_argument("--warmup-ratio", type=float, help="(default 0: linear decay from the start)")

@@ -15,6 +15,30 @@ from domix.errors import DomixError
 T = TypeVar("T")
 
 
+def setting(default: Any, help: str, flag_type: Any = None) -> Any:
+    """A method's own setting (a dataclass field): its default and what its flag says (``flag_type``
+    converts the flag's text; None keeps it text, which the method's check then reads)."""
+    return dataclasses.field(default=default, metadata={"help": help, "flag_type": flag_type})
+
+
+def add_setting_flags(parser, classes: tuple[type, ...]) -> None:
+    """A flag per field of ``classes`` (the methods' own settings, domix.methods.registry.method_settings):
+    --NAME-WITH-DASHES, unset by default so that a YAML file's or recipe's value stands."""
+    import argparse
+
+    seen: set[str] = set()
+    for cls in classes:
+        for f in dataclasses.fields(cls):
+            if f.name in seen:
+                continue
+            seen.add(f.name)
+            flag, help = "--" + f.name.replace("_", "-"), f.metadata["help"]
+            if isinstance(f.default, bool):
+                parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help)
+            else:
+                parser.add_argument(flag, type=f.metadata["flag_type"], help=help)
+
+
 def check(rules: list[tuple[bool, str]]) -> None:
     """Raise the message of the first rule that does not hold."""
     for ok, message in rules:

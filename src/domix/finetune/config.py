@@ -7,12 +7,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from domix.errors import DomixError
-from domix.methods.registry import stage2
+from domix.methods.registry import method_settings, stage2
 from domix.settings import check
 
 
 @dataclass
-class FinetuneConfig:
+class FinetuneConfig(*method_settings("finetune")):
+    """The settings of domix finetune. A method's own settings (the bridge's p_init, MoDE's mode_*) come
+    from its settings class in the registry, which this class inherits: the same YAML keys and flags."""
+
     task: str | None = None  # a folder of train/dev/test files, a save_to_disk folder or a dataset name
     train: str | None = None  # or explicit files (they win over the folder's)
     dev: str | None = None
@@ -33,17 +36,6 @@ class FinetuneConfig:
     general: str | None = None  # a general-domain corpus: the record gives the LM loss on it before and after (retention)
     general_blocks: int = 64  # sequences of max_length tokens of it that retention scores
     save_model: bool = True  # False: keep only the scores (result.json), e.g. for full fine-tuning in a comparison
-    # bridge
-    p_init: str | float = "scaled_identity"
-    p_lr: str | float | None = None  # P's learning rate: None (the run's), a number, "Nx" (N times the run's), or "matched" (the run's · P's initial scale)
-    p_weight_decay: float = 0.01  # the published code's: its bridge group falls back to weight decay 0.01
-    b_lr: str | float | None = None  # B_cat's: None (the run's), a number, "Nx", or "matched" (the run's / P's initial scale)
-    new_rank: int | None = None  # a fresh LoRA block of this rank first in the bridge (A random, frozen; B zero)
-    # MoDE (method mode): gates and head train; the experts too with mode_train_experts; the gates' learning
-    # rate (default: lr); mode_device_map places experts as in pre-training ({"experts": "cuda:1"}, ...)
-    mode_train_experts: bool = False
-    mode_gate_lr: float | None = None
-    mode_device_map: dict[str, str] | None = None
     # optimisation (reference: AdamW 3e-5, batch 16, linear decay)
     lr: float = 3e-5
     weight_decay: float = 0.0
@@ -86,9 +78,8 @@ class FinetuneConfig:
         if spec.modules_required and not self.modules:
             raise DomixError(f"method {self.method} needs the {spec.pieces} of domix pretrain --method {spec.store}; "
                              "pass --modules STORE (its --out folder)")
-        from domix.methods.mode.config import normalise_settings
-
-        normalise_settings(self)
+        for settings in method_settings(self.COMMAND):
+            settings.check_settings(self)
         if not spec.modules_required and not (self.modules or self.model):
             raise DomixError(f"method {self.method} needs a base model; pass --model (or --modules to take theirs)")
         if self.init_module is not None:
@@ -97,15 +88,8 @@ class FinetuneConfig:
                                  + (" (its A stays at a random init by definition)" if spec.lora_rank else ""))
             if not self.modules:
                 raise DomixError("--init-module names a module of a store; pass --modules STORE too")
-        if self.new_rank is not None and not spec.new_rank:
-            raise DomixError(f"--new-rank adds a fresh block to the bridge; it does not apply to method {self.method}")
-        from domix.methods.domix.config import parse_lr, parse_p_init  # here, not at the top: the bridge package imports torch
-
-        self.p_init = parse_p_init(self.p_init)
-        self.p_lr, self.b_lr = parse_lr(self.p_lr, "--p-lr"), parse_lr(self.b_lr, "--b-lr")
         check([
             (self.lr > 0, "--lr must be positive"),
-            (self.p_weight_decay >= 0, "--p-weight-decay must be zero or positive"),
             (self.epochs >= 1, "--epochs must be at least 1"),
             (self.batch_size >= 1, "--batch-size must be at least 1"),
             (self.max_length >= 2, "--max-length must be at least 2"),
@@ -114,7 +98,6 @@ class FinetuneConfig:
             (self.train_limit is None or self.train_limit >= 2, "--train-limit must be at least 2"),
             (self.eval_limit is None or self.eval_limit >= 1, "--eval-limit must be at least 1"),
             (self.general_blocks >= 1, "--general-blocks must be at least 1"),
-            (self.new_rank is None or self.new_rank >= 1, "--new-rank must be at least 1"),
         ])
         return self
 

@@ -6,7 +6,8 @@ import argparse
 
 from domix.errors import DomixError
 from domix.llm.config import DTYPE_CHOICES, FORMATS, PROTOCOLS, TEMPLATES
-from domix.methods.registry import INSTRUCT, STAGE2, method_help, recipe_help
+from domix.methods.registry import INSTRUCT, STAGE2, method_help, method_settings, recipe_help
+from domix.settings import add_setting_flags
 
 
 def _named_file(text: str) -> tuple[str, str]:
@@ -42,13 +43,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--target-modules", type=_comma_list, help="lora/dora: comma-separated layer names (default q_proj,k_proj,v_proj,up_proj,down_proj)")
     p.add_argument("--lora-rank", type=int, help="lora/dora rank (default: the modules' total rank, else 16); alpha is 2x the rank")
     p.add_argument("--template", choices=TEMPLATES, help="prompt template: alpaca (default), chat (the tokenizer's), plain")
-    p.add_argument("--p-init", help="bridge init c·I: scaled_identity (default, 1/Σr, as published), average (c = 1/N blocks), "
-                                    "identity, or a number")
-    p.add_argument("--p-lr", help="learning rate of the bridge: a number, N times --lr as Nx, or matched (--lr times c; default: --lr)")
-    p.add_argument("--b-lr", help="learning rate of B_cat: a number, Nx, or matched (--lr / c; default: --lr)")
-    p.add_argument("--p-weight-decay", type=float, help="weight decay of the bridge (default 0)")
-    p.add_argument("--new-rank", type=int, help="domix: a fresh LoRA block of this rank first in the bridge (A random and frozen, "
-                                                "B zero and trained), as the published LLM code adds (it uses the modules' rank)")
+    add_setting_flags(p, method_settings("instruct"))  # each method's own (the bridge's), from the registry
     p.add_argument("--lr", type=float, help="(default 2e-4)")
     p.add_argument("--weight-decay", type=float, help="AdamW weight decay (default 0)")
     p.add_argument("--warmup-ratio", type=float, help="(default 0.03)")

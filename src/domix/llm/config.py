@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from domix.errors import DomixError
-from domix.methods.registry import INSTRUCT, stage2
+from domix.methods.registry import INSTRUCT, method_settings, stage2
 from domix.settings import check
 
 DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]  # the paper's LLM setting
@@ -20,7 +20,10 @@ FORMATS = ("boolq", "piqa", "siqa", "hellaswag", "winogrande", "arc", "openbookq
 
 
 @dataclass
-class InstructConfig:
+class InstructConfig(*method_settings("instruct")):
+    """The settings of domix instruct. A method's own settings (the bridge's p_init, new_rank) come from its
+    settings class in the registry, which this class inherits: the same YAML keys and flags."""
+
     train: str | None = None  # jsonl: prompt/response or instruction/input/output
     dev: str | None = None  # default: a seeded dev_fraction of train
     dev_fraction: float = 0.05
@@ -34,12 +37,6 @@ class InstructConfig:
     target_modules: list[str] | None = None  # lora/dora: the layers adapted (default DEFAULT_TARGETS)
     lora_rank: int | None = None  # lora/dora: default the modules' total rank if any are given, else 16
     template: str = "alpaca"  # see llm/data.py
-    # bridge
-    p_init: str | float = "scaled_identity"
-    p_lr: str | float | None = None  # P's learning rate: None (the run's), a number, "Nx" (N times the run's), or "matched" (the run's · P's initial scale)
-    p_weight_decay: float = 0.0
-    b_lr: str | float | None = None  # B_cat's: None (the run's), a number, "Nx", or "matched" (the run's / P's initial scale)
-    new_rank: int | None = None  # a fresh LoRA block of this rank first in the bridge (the published LLM setting: the modules' rank)
     # optimisation
     lr: float = 2e-4
     weight_decay: float = 0.0
@@ -73,14 +70,10 @@ class InstructConfig:
             raise DomixError(f"method {self.method} composes LoRA modules; pass --modules STORE and/or --adapter PATH (repeat)")
         if not spec.modules_required and not (self.model or self.modules or self.adapters):
             raise DomixError(f"method {self.method} needs a base model; pass --model")
-        if self.new_rank is not None and not spec.new_rank:
-            raise DomixError(f"--new-rank adds a fresh block to the bridge; it does not apply to method {self.method}")
         if self.domains and not self.modules:
             raise DomixError("--domains picks modules of a store; pass --modules STORE too")
-        from domix.methods.domix.config import parse_lr, parse_p_init  # here, not at the top: the bridge package imports torch
-
-        self.p_init = parse_p_init(self.p_init)
-        self.p_lr, self.b_lr = parse_lr(self.p_lr, "--p-lr"), parse_lr(self.b_lr, "--b-lr")
+        for settings in method_settings(self.COMMAND):
+            settings.check_settings(self)
         check([
             (self.template in TEMPLATES, f"--template must be one of {', '.join(TEMPLATES)}"),
             (self.lr > 0, "--lr must be positive"),
@@ -89,7 +82,6 @@ class InstructConfig:
             (self.max_length >= 2, "--max-length must be at least 2"),
             (0 < self.dev_fraction < 1, "--dev-fraction must be between 0 and 1"),
             (self.lora_rank is None or self.lora_rank >= 1, "--lora-rank must be at least 1"),
-            (self.new_rank is None or self.new_rank >= 1, "--new-rank must be at least 1"),
             (self.warmup_steps is None or self.warmup_steps >= 0, "--warmup-steps must be zero or more"),
             (self.train_limit is None or self.train_limit >= 2, "--train-limit must be at least 2"),
             (self.checkpoint_every >= 1, "--checkpoint-every must be at least 1"),

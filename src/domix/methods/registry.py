@@ -42,6 +42,7 @@ class Stage1:
     ordered: bool = False  # what it writes depends on the order of the domains
     needs_general: bool = False  # it also trains on general-domain text (--general)
     recipes: Recipes = field(default_factory=dict)
+    settings: dict[str, str] = field(default_factory=dict)  # command -> "module:Class", the method's own settings
 
     def trainer_function(self):
         return _import(self.trainer)
@@ -61,6 +62,7 @@ class Stage2:
     instruct: bool = False  # offered by domix instruct (causal LMs) too
     new_rank: bool = False  # takes --new-rank R: a fresh block of rank R in the bridge, before the modules
     recipes: Recipes = field(default_factory=dict)
+    settings: dict[str, str] = field(default_factory=dict)  # command -> "module:Class", the method's own settings
 
     def composer_class(self):
         return _import(self.composer)
@@ -87,6 +89,9 @@ DOMIX_PAPER: Recipes = {"paper": {"finetune": {"lr": 3e-5, "batch_size": 16, "we
                                   "instruct": {"lr": 2e-4, "epochs": 3, "warmup_steps": 100, **_PAPER_BRIDGE, "p_lr": "10x",
                                                "p_weight_decay": 0.0}}}
 
+# the methods' own settings (torch-free modules): a dataclass each, mixed into the command's settings
+BRIDGE = {"finetune": "domix.methods.domix.config:BridgeSettings", "instruct": "domix.methods.domix.config:InstructBridgeSettings"}
+
 STAGE1: dict[str, Stage1] = {
     "domix": Stage1("domix.methods.domix.pretrain:pretrain_modules", "one LoRA module per domain"),
     "ncl_lora": Stage1("domix.methods.baselines.pretrain:pretrain_baseline",
@@ -97,17 +102,19 @@ STAGE1: dict[str, Stage1] = {
                        "the whole model in --domain order (OUT/ncl-full/)", output="ncl-full", gives_model=True, ordered=True),
     "mixda": Stage1("domix.methods.mixda.pretrain:pretrain_mixda",
                     "one FFN adapter per domain (stage 1 of MixDA, needs --general)", needs_general=True,
-                    recipes={"paper": {"pretrain": {"lr": 5e-4, "weight_decay": 0.05}}}),  # its stage-1 defaults
-    "mode": Stage1("domix.methods.mode.pretrain:pretrain_mode", "expert layers per domain (stage 1 of MoDE)"),
+                    recipes={"paper": {"pretrain": {"lr": 5e-4, "weight_decay": 0.05}}},  # its stage-1 defaults
+                    settings={"pretrain": "domix.methods.mixda.config:MixdaSettings"}),
+    "mode": Stage1("domix.methods.mode.pretrain:pretrain_mode", "expert layers per domain (stage 1 of MoDE)",
+                   settings={"pretrain": "domix.methods.mode.config:ModePretrainSettings"}),
 }
 
 STAGE2: dict[str, Stage2] = {
     "domix": Stage2("domix.methods.domix.method:Bridge", "modules + trainable bridge", store="domix",
-                    modules_required=True, instruct=True, new_rank=True, recipes=DOMIX_PAPER),
+                    modules_required=True, instruct=True, new_rank=True, recipes=DOMIX_PAPER, settings=BRIDGE),
     "domix_fixed": Stage2("domix.methods.domix.method:FixedBridge", "the bridge frozen at its init", store="domix",
-                          modules_required=True, new_rank=True, recipes=DOMIX_PAPER),
+                          modules_required=True, new_rank=True, recipes=DOMIX_PAPER, settings=BRIDGE),
     "cat": Stage2("domix.methods.domix.method:Cat", "the bridge frozen at I", store="domix", modules_required=True, new_rank=True, instruct=True,
-                  recipes=DOMIX_PAPER),
+                  recipes=DOMIX_PAPER, settings=BRIDGE),
     "lora": Stage2("domix.methods.peft.method:Lora", "a PEFT LoRA", store="domix", lora_rank=True, init_module=True, instruct=True),
     "lora_fa": Stage2("domix.methods.peft.method:LoraFA", "a fresh LoRA with A frozen (DoMIX's trainable shape without "
                       "domain modules)", store="domix", lora_rank=True, instruct=True),
@@ -118,7 +125,8 @@ STAGE2: dict[str, Stage2] = {
                     store="mixda", pieces="domain adapters", modules_required=True,
                     recipes={"paper": {"finetune": {"lr": 1e-4, "weight_decay": 0.01}}}),  # its stage-2 AdamW
     "mode": Stage2("domix.methods.mode.method:MoDE", "a gate over the experts of domix pretrain --method mode",
-                   store="mode", pieces="domain experts", modules_required=True),
+                   store="mode", pieces="domain experts", modules_required=True,
+                   settings={"finetune": "domix.methods.mode.config:ModeFinetuneSettings"}),
 }
 
 COMPARE: dict[str, Row] = {
@@ -143,6 +151,13 @@ COMPARE: dict[str, Row] = {
 }
 
 INSTRUCT = tuple(name for name, entry in STAGE2.items() if entry.instruct)
+
+
+def method_settings(command: str) -> tuple[type, ...]:
+    """The settings dataclasses of the methods ``command`` (pretrain, finetune, instruct) offers, each once:
+    the command's settings class inherits them, so their fields are its YAML keys and flags."""
+    entries = STAGE1.values() if command == "pretrain" else STAGE2.values()
+    return tuple(_import(target) for target in dict.fromkeys(e.settings[command] for e in entries if command in e.settings))
 
 
 def stage1(name: str) -> Stage1:

@@ -7,12 +7,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from domix.errors import DomixError
-from domix.methods.registry import stage1
+from domix.methods.registry import method_settings, stage1
 from domix.settings import check
 
 
 @dataclass
-class PretrainConfig:
+class PretrainConfig(*method_settings("pretrain")):
+    """The settings of domix pretrain. A method's own settings (MixDA's mixda_*, MoDE's mode_*) come from
+    its settings class in the registry, which this class inherits: the same YAML keys and flags."""
+
     model: str = ""
     domains: dict[str, str] = field(default_factory=dict)  # name -> corpus path
     out: str = ""
@@ -45,20 +48,6 @@ class PretrainConfig:
     gradient_checkpointing: bool = False  # recompute activations in backward: far less memory, ~1/3 more compute
     dtype: str = "float32"  # float32, bfloat16 or float16
     device: str = "auto"  # auto, cpu, cuda, cuda:1, ...
-    # MixDA (method mixda): domain adapters beside the FFN output projection of these block indices
-    # (default: the reference's blocks 7 and 11 of 24 at the same relative depth), bottleneck d_ff / mixda_reduction
-    mixda_layers: list[int] | None = None
-    mixda_reduction: int = 16
-    # MoDE (method mode): the layers cut into blocks of mode_block_size; each domain's expert beside a block is a
-    # copy of its last mode_expert_layers layers (default: the whole block, the paper's); mode_blocks picks blocks by
-    # number (default: all); the gates start at mode_backbone_prior on the backbone (default: 0.5 for whole-block
-    # experts, 0.99 for fewer layers);
-    # mode_device_map places experts: {"experts": "cuda:1"}, per domain {"bio": "cuda:2"}, {"backbone": "cuda:0"}
-    mode_block_size: int = 6
-    mode_expert_layers: int | None = None
-    mode_blocks: list[int] | None = None
-    mode_backbone_prior: float | None = None  # the two-way gates start at this weight on the backbone (the rest on the expert)
-    mode_device_map: dict[str, str] | None = None
 
     def validate(self) -> "PretrainConfig":
         stage1(self.method)  # an unknown method is named first
@@ -71,13 +60,8 @@ class PretrainConfig:
         for name in self.domains:
             if not name or "/" in name or name.startswith("."):
                 raise DomixError(f"domain name {name!r} cannot be a folder name; use letters, digits, '-' or '_'")
-        if isinstance(self.mixda_layers, (str, int)):  # "7,11" from a flag or YAML
-            from domix.methods.mixda.config import parse_layers
-
-            self.mixda_layers = parse_layers(str(self.mixda_layers))
-        from domix.methods.mode.config import normalise_settings
-
-        normalise_settings(self)
+        for settings in method_settings(self.COMMAND):
+            settings.check_settings(self)
         check([
             (self.rank >= 1, "--rank must be at least 1"),
             (self.alpha > 0, "--alpha must be positive"),
@@ -93,11 +77,6 @@ class PretrainConfig:
             (self.checkpoint_every >= 1, "--checkpoint-every must be at least 1"),
             (self.dtype in ("float32", "bfloat16", "float16", "float64"), "--dtype must be float32, bfloat16, float16 or float64"),
             (self.objective in ("auto", "mlm", "clm"), "--objective must be auto, mlm or clm"),
-            (self.mixda_reduction >= 1, "--mixda-reduction must be at least 1"),
-            (self.mixda_layers is None or (isinstance(self.mixda_layers, list) and len(self.mixda_layers) > 0
-                                           and all(isinstance(i, int) and i >= 0 for i in self.mixda_layers)
-                                           and len(set(self.mixda_layers)) == len(self.mixda_layers)),
-             f"--mixda-layers must list distinct block indices (0 = the first block), e.g. 7,11; got {self.mixda_layers!r}"),
             (not stage1(self.method).needs_general or bool(self.general),
              f"--method {self.method} needs general-domain text for its retention loss; pass --general PATH (a file or folder of text)"),
         ])

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from domix.errors import DomixError
+from domix.settings import check, setting
 
 P_INITS = ("average", "scaled_identity", "identity")  # or a number c for c·I
 
@@ -50,16 +51,19 @@ class BridgeConfig:
     # P's initial value c·I: "scaled_identity" c = 1/Σr (the published default), "average" c = 1/N
     # (the N modules' mean update at full strength), "identity" c = 1 (their sum), or a number c.
     # domix's default is the published bridge (c = 1/Σr, P and B at the run's rate); the dev figures: docs/bridge-init.md
-    p_init: str | float = "scaled_identity"
+    p_init: str | float = setting("scaled_identity", "bridge init c·I: scaled_identity (default, c = 1/Σr, as published), average "
+                                                     "(c = 1/N modules: their mean update), identity (c = 1), or a number c")
     # Learning rates of P and B_cat: None (the run's), a number, "Nx" (N times the run's), or "matched".
     # Adam moves a weight by about its learning rate a step, whatever the gradient's size, and P = c·I scales
     # the effect of every B step on the layer's output by c. "matched" undoes that: B at lr / c, P at lr · c.
     # With both matched, training is the same (up to Adam's epsilon and weight decay) as at P = I with the
     # modules' B scaled by c: a B step moves the output as much as a plain LoRA-FA's does, and c only sets how
     # strongly the modules' own updates act at the start (1/Σr: hardly; 1/N: their mean; 1: their sum).
-    p_lr: str | float | None = None
-    p_weight_decay: float = 0.01
-    b_lr: str | float | None = None
+    p_lr: str | float | None = setting(None, "learning rate of the bridge, which trains in its own optimizer group as in the "
+                                             "published code: a number, N times --lr as Nx (e.g. 10x), or matched (--lr times c; default: --lr)")
+    p_weight_decay: float = setting(0.01, "weight decay of the bridge (default 0.01, the published code's)", float)
+    b_lr: str | float | None = setting(None, "learning rate of B_cat: a number, Nx, or matched (--lr / c; default: --lr). With both "
+                                             "matched a step moves the output as at P = I, so B learns as a plain LoRA-FA's does, whatever c")
 
     def learning_rates(self, lr: float, total_rank: int, n_modules: int) -> tuple[float, float]:
         """P's and B_cat's learning rates in a run at ``lr``."""
@@ -74,3 +78,31 @@ class BridgeConfig:
         if self.p_init == "identity":
             return 1.0
         return parse_p_init(self.p_init)
+
+
+@dataclass
+class BridgeSettings(BridgeConfig):
+    """The bridge's settings as a run takes them (domix finetune --method domix, domix_fixed or cat): the
+    bridge's own, and a fresh block of ``new_rank`` before the modules (the published LLM code's)."""
+
+    new_rank: int | None = setting(None, "domix, domix_fixed, cat: a fresh LoRA block of this rank first in the bridge (A random "
+                                         "and frozen, B zero and trained), as the published LLM code adds (it uses the modules' rank)", int)
+
+    def check_settings(self) -> None:
+        from domix.methods.registry import stage2
+
+        if self.new_rank is not None and not stage2(self.method).new_rank:
+            raise DomixError(f"--new-rank adds a fresh block to the bridge; it does not apply to method {self.method}")
+        self.p_init = parse_p_init(self.p_init)
+        self.p_lr, self.b_lr = parse_lr(self.p_lr, "--p-lr"), parse_lr(self.b_lr, "--b-lr")
+        check([
+            (self.p_weight_decay >= 0, "--p-weight-decay must be zero or positive"),
+            (self.new_rank is None or self.new_rank >= 1, "--new-rank must be at least 1"),
+        ])
+
+
+@dataclass
+class InstructBridgeSettings(BridgeSettings):
+    """The same for domix instruct, where the published LLM code gives the bridge no weight decay."""
+
+    p_weight_decay: float = setting(0.0, "weight decay of the bridge (default 0, the published LLM code's)", float)

@@ -9,8 +9,10 @@ bottleneck is d_ff / reduction (16).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from domix.errors import DomixError
+from domix.settings import check, setting
 
 REDUCTION = 16  # bottleneck d_ff / 16 (domain adapters) and d_model / 16 (the task adapter)
 LM_WEIGHT = 0.5  # stage 1: 0.5 x the language-model loss + the retention MSE on general text
@@ -49,3 +51,24 @@ def choose_layers(n_blocks: int, chosen: list[int] | None) -> list[int]:
 
 def bottleneck(width: int, reduction: int) -> int:
     return max(width // reduction, 1)
+
+
+@dataclass
+class MixdaSettings:
+    """MixDA's stage-1 settings (domix pretrain --method mixda): where its domain adapters go, how big they are."""
+
+    mixda_layers: list[int] | None = setting(None, "mixda: comma-separated block indices to adapt, 0 = the first (default: the "
+                                                   "published blocks 7,11 of RoBERTa-large's 24 at the same relative depth, "
+                                                   "e.g. 9,14 of SmolLM2's 30)")
+    mixda_reduction: int = setting(REDUCTION, "mixda: domain adapter bottleneck = FFN width / this (default 16)", int)
+
+    def check_settings(self) -> None:
+        if isinstance(self.mixda_layers, (str, int)):  # "7,11" from a flag or YAML
+            self.mixda_layers = parse_layers(str(self.mixda_layers))
+        check([
+            (self.mixda_reduction >= 1, "--mixda-reduction must be at least 1"),
+            (self.mixda_layers is None or (isinstance(self.mixda_layers, list) and len(self.mixda_layers) > 0
+                                           and all(isinstance(i, int) and i >= 0 for i in self.mixda_layers)
+                                           and len(set(self.mixda_layers)) == len(self.mixda_layers)),
+             f"--mixda-layers must list distinct block indices (0 = the first block), e.g. 7,11; got {self.mixda_layers!r}"),
+        ])

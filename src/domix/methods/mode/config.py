@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from domix.errors import DomixError
+from domix.settings import setting
 
 DEFAULT_BLOCK_SIZE = 6
 DEFAULT_EXPERT_LAYERS = None  # the block size: full copies
@@ -107,22 +108,49 @@ def parse_device_map(text: str) -> dict[str, str]:
     return out
 
 
-def normalise_settings(cfg) -> None:
-    """Check a run config's ``mode_*`` settings in place, reading the text forms of a flag or YAML file."""
-    if isinstance(cfg.mode_device_map, str):
-        cfg.mode_device_map = parse_device_map(cfg.mode_device_map)
-    check_device_map(cfg.mode_device_map)
-    if hasattr(cfg, "mode_blocks"):  # pre-training: the architecture
-        if isinstance(cfg.mode_blocks, (str, int)):
+def _read_device_map(value) -> dict[str, str] | None:
+    """A device map from a flag's text (backbone=cuda:0,experts=cuda:1) or YAML's mapping, checked."""
+    device_map = parse_device_map(value) if isinstance(value, str) else value
+    check_device_map(device_map)
+    return device_map
+
+
+@dataclass
+class ModePretrainSettings:
+    """MoDE's stage-1 settings (domix pretrain --method mode): how the backbone is cut into blocks, how big an expert is."""
+
+    mode_block_size: int = setting(DEFAULT_BLOCK_SIZE, "mode: consecutive backbone layers per block (default 6)", int)
+    mode_expert_layers: int | None = setting(DEFAULT_EXPERT_LAYERS, "mode: layers of a domain's expert per block, copies of the "
+                                             "block's last ones (default: the block size, the paper's full copies; fewer is cheaper)", int)
+    mode_blocks: list[int] | None = setting(None, "mode: comma-separated block numbers that get experts, 0 = the first (default: all)")
+    mode_backbone_prior: float | None = setting(None, "mode: the gates' starting weight on the backbone (default 0.5 for whole-block "
+                                                      "experts, 0.99 for fewer layers)", float)
+    mode_device_map: dict[str, str] | None = setting(None, "mode: where experts run, e.g. experts=cuda:1 or bio=cuda:1,law=cuda:2 "
+                                                           "(backbone=DEVICE moves the rest; default: all on --device)")
+
+    def check_settings(self) -> None:
+        self.mode_device_map = _read_device_map(self.mode_device_map)
+        if isinstance(self.mode_blocks, (str, int)):
             try:
-                cfg.mode_blocks = [int(b) for b in str(cfg.mode_blocks).split(",") if b.strip()]
+                self.mode_blocks = [int(b) for b in str(self.mode_blocks).split(",") if b.strip()]
             except ValueError:
-                raise DomixError(f"--mode-blocks must list block numbers separated by commas (e.g. 0,2), not {cfg.mode_blocks!r}") from None
-        check_settings(cfg.mode_block_size, cfg.mode_expert_layers, cfg.mode_blocks)
-        if cfg.mode_backbone_prior is not None and not 0 < cfg.mode_backbone_prior < 1:
-            raise DomixError(f"--mode-backbone-prior must be between 0 and 1 (exclusive), not {cfg.mode_backbone_prior!r}")
-    else:  # fine-tuning
-        if cfg.mode_gate_lr is not None and not cfg.mode_gate_lr > 0:
-            raise DomixError(f"--mode-gate-lr must be positive, not {cfg.mode_gate_lr!r}")
-        if cfg.method != "mode" and (cfg.mode_train_experts or cfg.mode_gate_lr is not None or cfg.mode_device_map):
-            raise DomixError(f"--mode-train-experts, --mode-gate-lr and --mode-device-map apply to --method mode, not {cfg.method}")
+                raise DomixError(f"--mode-blocks must list block numbers separated by commas (e.g. 0,2), not {self.mode_blocks!r}") from None
+        check_settings(self.mode_block_size, self.mode_expert_layers, self.mode_blocks)
+        if self.mode_backbone_prior is not None and not 0 < self.mode_backbone_prior < 1:
+            raise DomixError(f"--mode-backbone-prior must be between 0 and 1 (exclusive), not {self.mode_backbone_prior!r}")
+
+
+@dataclass
+class ModeFinetuneSettings:
+    """MoDE's stage-2 settings (domix finetune --method mode): the gates and head train; the experts too on request."""
+
+    mode_train_experts: bool = setting(False, "mode: train the domain experts too (default: no, only the gates and the head)")
+    mode_gate_lr: float | None = setting(None, "mode: learning rate of the gates (default: --lr)", float)
+    mode_device_map: dict[str, str] | None = setting(None, "mode: where experts run, e.g. experts=cuda:1 (as in pretrain)")
+
+    def check_settings(self) -> None:
+        self.mode_device_map = _read_device_map(self.mode_device_map)
+        if self.mode_gate_lr is not None and not self.mode_gate_lr > 0:
+            raise DomixError(f"--mode-gate-lr must be positive, not {self.mode_gate_lr!r}")
+        if self.method != "mode" and (self.mode_train_experts or self.mode_gate_lr is not None or self.mode_device_map):
+            raise DomixError(f"--mode-train-experts, --mode-gate-lr and --mode-device-map apply to --method mode, not {self.method}")
