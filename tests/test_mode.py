@@ -16,7 +16,7 @@ from domix.finetune.config import FinetuneConfig
 from domix.finetune.model import export, load_task_model
 from domix.finetune.run import finetune, predict
 from domix.methods.mode.config import plan_blocks
-from domix.methods.mode.layer import ExpertBlock, PassThrough
+from domix.methods.mode.layer import BlockSlot, ExpertBlock
 from domix.methods.mode.model import (
     EXPERTS_FILE, add_domain, expert_blocks, gate_weights, init_stage1_gates, insert_blocks, place, recording_gates,
     remove_blocks,
@@ -104,9 +104,10 @@ def test_block_output_is_the_per_token_softmax_mix_of_backbone_and_expert(kind, 
     torch.testing.assert_close(y, expected, rtol=0, atol=1e-12)
 
 
-def test_expert_layers_keep_no_state_in_the_backbone_cache(tiny_llama):
-    """Expert copies keep their backbone layer's index: handed the model's key/value cache (whatever the
-    layer loop's keyword for it), they would write a second set of keys into that layer's slot."""
+def test_expert_layers_keep_their_own_cache_entries(tiny_llama):
+    """Expert copies would keep their backbone layer's index and so write a second set of keys into that
+    layer's entry of the model's key/value cache: they are renumbered after the model's layers, and the
+    cache gets an entry for each (whatever the layer loop's keyword for the cache)."""
     from transformers import DynamicCache
 
     base = lm(tiny_llama)
@@ -124,7 +125,10 @@ def test_expert_layers_keep_no_state_in_the_backbone_cache(tiny_llama):
     keyword = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
     out = base(input_ids=ids, attention_mask=mask, use_cache=True, **{keyword: cache})
     torch.testing.assert_close(out.logits, uncached, rtol=0, atol=1e-12)
-    assert [cache.get_seq_length(layer) for layer in range(2)] == [ids.shape[1]] * 2  # the backbone's keys only
+    assert len(cache.layers) == 4  # the backbone's two, one per expert copy
+    assert [cache.get_seq_length(layer) for layer in range(4)] == [ids.shape[1]] * 4
+    assert [b.experts["bio"][0].self_attn.layer_idx for b in expert_blocks(base)] == [2, 3]
+    assert [b.backbone[0].self_attn.layer_idx for b in expert_blocks(base)] == [0, 1]
 
 
 def test_full_copy_experts_start_as_the_backbone_and_removal_restores_it(tiny_model):
@@ -163,7 +167,7 @@ def test_blocks_cut_the_layers_and_experts_copy_the_last_ones(tiny_llama):
     _, layers = find_blocks(base)
     (block,) = insert_blocks(base, plan_blocks(2, block_size=2, expert_layers=1))
     add_domain(base, "bio")
-    assert isinstance(layers[1], PassThrough) and len(block.experts["bio"]) == 1
+    assert isinstance(layers[1], BlockSlot) and len(block.experts["bio"]) == 1
     for (name, p), q in zip(block.experts["bio"][0].named_parameters(), block.backbone[1].parameters()):
         assert torch.equal(p, q) and p.data_ptr() != q.data_ptr(), name  # a copy of layer 1, not layer 1 itself
     assert block.gate.weight.shape == (2, 32) and not block.gate.weight.any()  # a two-way gate from zero
@@ -351,9 +355,16 @@ def test_task_model_backbone_works_as_a_language_model(mode_stores, tiny_llama, 
     ids, _ = batch()
     out = head(input_ids=ids, labels=ids, use_cache=True)
     assert torch.isfinite(out.loss)
-    with pytest.raises(DomixError, match="cannot continue a cached generation"):
-        keyword = "cache" if "cache" in inspect.signature(head.forward).parameters else "past_key_values"
-        head(input_ids=ids[:, -1:], use_cache=True, **{keyword: out.past_key_values})
+    # a cached continuation, one token at a time, gives the logits of the whole sequence at once
+    keyword = "cache" if "cache" in inspect.signature(head.forward).parameters else "past_key_values"
+    with torch.no_grad():
+        whole = head(input_ids=ids, use_cache=False).logits
+        prefix = head(input_ids=ids[:, :-2], use_cache=True)
+        cache = getattr(prefix, keyword, None) or prefix.past_key_values
+        step = head(input_ids=ids[:, -2:-1], use_cache=True, **{keyword: cache})
+        last = head(input_ids=ids[:, -1:], use_cache=True, **{keyword: cache})
+    torch.testing.assert_close(step.logits[:, -1], whole[:, -2], rtol=0, atol=1e-10)
+    torch.testing.assert_close(last.logits[:, -1], whole[:, -1], rtol=0, atol=1e-10)
 
 
 def test_stage2_refuses_experts_of_another_base_and_a_missing_store(mode_stores, task, tmp_path):

@@ -1,14 +1,22 @@
 """The MoDE block: the backbone's consecutive layers beside each domain's expert layers, mixed per token.
 
 ``y = a_bb · f_bb(x) + Σ_j a_j · f_j(x)`` with ``(a_bb, a_1..a_N) = softmax(gate(x))``, one linear gate
-over the block's input. The model's own forward still walks its layer list: the block's first slot
-holds the :class:`ExpertBlock` (it runs the whole block, with the keyword arguments the model passes
-its layers: attention mask, rotary position embeddings, ...), the other slots a :class:`PassThrough`.
+over the block's input. The model's own forward still walks its layer list, and each slot of the block
+does its layer's share: the first slot (the :class:`ExpertBlock`) reads the block's input and the gate,
+each slot (the others are :class:`BlockSlot`) runs its backbone layer and the experts' copies of that
+layer with the arguments the model passes that layer (its own attention mask: Gemma-2 alternates
+sliding-window and global attention; its rotary embeddings, its cache), and the last slot mixes.
+
+Caching: an expert layer is a copy of a backbone layer, renumbered (``layer_idx`` from the model's
+number of layers on, see ``model.add_domain``) so that it keeps its own key/value entries in the
+model's cache; the first slot adds those entries to a cache that lacks them. Beam search's reordering,
+cropping and batch selection then move the experts' entries with the backbone's.
 Layers that return a tuple (older transformers) are handled as well as those returning a tensor.
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -27,19 +35,6 @@ def _is_cache(value: Any) -> bool:
     return isinstance(value, Cache)
 
 
-def _without_caches(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-    """The layer inputs an expert copy gets: every cache replaced by None and ``use_cache`` off.
-
-    An expert layer is a copy of a backbone layer and keeps its layer index, so handed the model's cache
-    it would write its keys and values into the backbone layer's slot (the attention then sees twice the
-    keys). Experts keep no cache at all; only the backbone's layers fill the model's cache."""
-    args = tuple(None if _is_cache(a) else a for a in args)
-    kwargs = {k: (None if _is_cache(v) else v) for k, v in kwargs.items()}
-    if "use_cache" in kwargs:
-        kwargs["use_cache"] = False
-    return args, kwargs
-
-
 def hidden_of(output: Any) -> torch.Tensor:
     return output[0] if isinstance(output, tuple) else output
 
@@ -53,16 +48,6 @@ def to_device(obj: Any, device: torch.device) -> Any:
     if isinstance(obj, dict):
         return {k: to_device(v, device) for k, v in obj.items()}
     return obj
-
-
-def _run_layers(layers: nn.ModuleList, hidden: torch.Tensor, args: tuple, kwargs: dict) -> tuple[torch.Tensor, bool]:
-    """The layers applied in turn, as the model's loop would; (hidden states, whether they returned tuples)."""
-    as_tuple = False
-    for layer in layers:
-        out = layer(hidden, *args, **kwargs)
-        as_tuple = isinstance(out, tuple)
-        hidden = hidden_of(out)
-    return hidden, as_tuple
 
 
 class ExpertBlock(nn.Module):
@@ -83,6 +68,9 @@ class ExpertBlock(nn.Module):
         self.token_mask: torch.Tensor | None = None  # (batch, seq) 1 for real tokens, set by a hook on the backbone
         self.gate_sum: torch.Tensor | None = None
         self.gate_count = 0
+        # the experts' cache entries: index -> the backbone layer it copies (one dict shared by the model's blocks)
+        self.cache_sources: dict[int, int] = {}
+        self._pass: dict[str, Any] = {}  # one forward's state between the block's slots
 
     @property
     def domains(self) -> list[str]:
@@ -110,28 +98,58 @@ class ExpertBlock(nn.Module):
         self.gate = gate
 
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
-        _refuse_cached_decoding(args, kwargs, self.first_layer)
-        device = hidden_states.device
+        return self.step(0, hidden_states, args, kwargs)
+
+    def step(self, position: int, hidden_states: torch.Tensor, args: tuple, kwargs: dict):
+        """The slot at ``position`` of the block: its backbone layer, the experts' copies of that layer,
+        with this slot's arguments; the block's input and gate at the first, the mix at the last."""
+        device, last = hidden_states.device, len(self.backbone) - 1
+        if position == 0:
+            self._reserve_expert_cache(args, kwargs)
+            logits = self.gate(hidden_states)
+            weights = torch.softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)  # (batch, seq, 1 + N)
+            if self.recording:
+                self._record(weights)
+            self._pass = {"input": hidden_states, "weights": weights, "experts": {}}
+        state = self._pass["experts"]
         # the experts first: on another device they run while the backbone does
-        expert_args, expert_kwargs = _without_caches(args, kwargs)
-        outputs = []
-        for layers in self.experts.values():
+        for domain, layers in self.experts.items():
+            first = len(self.backbone) - len(layers)  # an expert copies the block's last layers and reads its input
+            if position < first:
+                continue
+            x = self._pass["input"] if position == first else state[domain]
             where = _device_of(layers)
+            layer = layers[position - first]
             if where == device:
-                out, _ = _run_layers(layers, hidden_states, expert_args, expert_kwargs)
+                state[domain] = hidden_of(layer(x, *args, **kwargs))
             else:
-                out, _ = _run_layers(layers, to_device(hidden_states, where), to_device(expert_args, where),
-                                     to_device(expert_kwargs, where))
-            outputs.append(out)
-        backbone_out, self.returns_tuple = _run_layers(self.backbone, hidden_states, args, kwargs)
-        logits = self.gate(hidden_states)
-        weights = torch.softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)  # (batch, seq, 1 + N)
-        if self.recording:
-            self._record(weights)
+                state[domain] = hidden_of(layer(to_device(x, where), *to_device(args, where), **to_device(kwargs, where)))
+        out = self.backbone[position](hidden_states, *args, **kwargs)
+        self.returns_tuple = isinstance(out, tuple)
+        if position < last:
+            return out
+        weights, self._pass = self._pass["weights"], {}
+        backbone_out = hidden_of(out)
         mixed = weights[..., :1].to(backbone_out.dtype) * backbone_out
-        for j, out in enumerate(outputs, start=1):
-            mixed = mixed + weights[..., j : j + 1].to(out.dtype) * out.to(device, non_blocking=True)
+        for j, domain in enumerate(self.experts, start=1):
+            mixed = mixed + weights[..., j : j + 1].to(backbone_out.dtype) * state[domain].to(device, non_blocking=True)
         return (mixed,) if self.returns_tuple else mixed
+
+    def _reserve_expert_cache(self, args: tuple, kwargs: dict) -> None:
+        """Give a cache built for the backbone's layers (a fixed list of them) the experts' entries, each of
+        its backbone layer's kind (sliding window or full), before any of the block's layers writes."""
+        for cache in (*args, *kwargs.values()):
+            if not _is_cache(cache) or getattr(cache, "layer_class_to_replicate", None) is not None:
+                continue  # a cache that adds a layer when a new index writes needs nothing
+            for index in sorted(self.cache_sources):
+                if index < len(cache.layers):
+                    continue
+                if index != len(cache.layers):
+                    raise DomixError(f"this cache has {len(cache.layers)} layers where the model's MoDE experts expect the "
+                                     f"backbone's {min(self.cache_sources)}; generate with a cache the model builds")
+                entry = copy.deepcopy(cache.layers[self.cache_sources[index]])
+                entry.reset()  # a fresh entry of the same kind
+                cache.layers.append(entry)
 
     @torch.no_grad()
     def _record(self, weights: torch.Tensor) -> None:
@@ -144,25 +162,19 @@ class ExpertBlock(nn.Module):
         self.gate_count += int(mask.sum())
 
 
-class PassThrough(nn.Module):
-    """Stands in a layer slot whose layer an :class:`ExpertBlock` already ran: hands the states on."""
+class BlockSlot(nn.Module):
+    """A slot of the block after its first: runs the block's share for its layer (see :meth:`ExpertBlock.step`)."""
 
-    def __init__(self, block: ExpertBlock, layer: int):
+    def __init__(self, block: ExpertBlock, position: int, layer: int):
         super().__init__()
+        self.position = position  # within the block
         self.layer = layer  # the backbone layer this slot held
         object.__setattr__(self, "_block", block)  # not a submodule: the block's weights belong to its own slot
 
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
-        return (hidden_states,) if self._block.returns_tuple else hidden_states
+        return self._block.step(self.position, hidden_states, args, kwargs)
 
 
 def _device_of(layers: nn.Module) -> torch.device:
     param = next(layers.parameters(), None)
     return param.device if param is not None else torch.device("cpu")
-
-
-def _refuse_cached_decoding(args: tuple, kwargs: dict, layer: int) -> None:
-    for cache in (*args, *kwargs.values()):
-        if _is_cache(cache) and cache.get_seq_length(layer) > 0:
-            raise DomixError("MoDE expert layers keep no key/value cache, so they cannot continue a cached generation; "
-                             "generate with use_cache=False")

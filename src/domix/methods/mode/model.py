@@ -21,7 +21,7 @@ from domix.base_model import find_blocks
 from domix.engine.predict import predict
 from domix.errors import DomixError
 from domix.methods.mode.config import BlockPlan, check_device_map
-from domix.methods.mode.layer import BACKBONE, ExpertBlock, PassThrough
+from domix.methods.mode.layer import BACKBONE, BlockSlot, ExpertBlock
 from domix.store import MANIFEST_NAME, StoredDomain, domain_folders
 
 KIND = "domix-mode-experts"  # a stage-1 domain folder's manifest kind
@@ -44,15 +44,17 @@ def insert_blocks(model: nn.Module, plans: list[BlockPlan]) -> list[ExpertBlock]
                          "the experts belong to another base model")
     hidden = model.config.hidden_size
     blocks = []
+    cache_sources: dict[int, int] = {}  # the experts' cache entries, model-wide (see add_domain)
     for plan in plans:
         first = plan.layers[0]
         original = [layers[i] for i in plan.layers]
         dtype = next(original[0].parameters()).dtype
         block = ExpertBlock(f"layers {first}-{plan.layers[-1]}", first, original, hidden, dtype)
         block.plan = plan
+        block.cache_sources = cache_sources
         layers[first] = block
-        for i in plan.layers[1:]:
-            layers[i] = PassThrough(block, i)
+        for position, i in enumerate(plan.layers[1:], start=1):
+            layers[i] = BlockSlot(block, position, i)
         blocks.append(block)
     getattr(model, "base_model", model).register_forward_pre_hook(_hand_mask_to_blocks, with_kwargs=True)
     return blocks
@@ -91,11 +93,28 @@ def _hand_mask_to_blocks(backbone: nn.Module, args: tuple, kwargs: dict) -> None
 
 
 def add_domain(model: nn.Module, domain: str) -> None:
-    """Give every block an expert for ``domain``: copies of the block's source layers (the plan's)."""
-    for block in expert_blocks(model):
+    """Give every block an expert for ``domain``: copies of the block's source layers (the plan's).
+
+    Each copy gets a cache index of its own, after the model's layers and the experts added before, so
+    that in cached decoding it keeps its own keys and values (the copy's would otherwise overwrite its
+    backbone layer's entry)."""
+    blocks = expert_blocks(model)
+    if not blocks:
+        return
+    (_, layers), = _layer_lists(model)  # the model's layer list, where the blocks sit
+    next_index = len(layers) + len(blocks[0].cache_sources)
+    for block in blocks:
         plan: BlockPlan = block.plan
-        sources = [block.backbone[i - plan.layers[0]] for i in plan.source_layers]
-        block.add_expert(domain, [copy.deepcopy(layer) for layer in sources])
+        copies = []
+        for i in plan.source_layers:
+            layer = copy.deepcopy(block.backbone[i - plan.layers[0]])
+            for module in layer.modules():  # the attention's index into the cache
+                if isinstance(getattr(module, "layer_idx", None), int):
+                    module.layer_idx = next_index
+            block.cache_sources[next_index] = i
+            next_index += 1
+            copies.append(layer)
+        block.add_expert(domain, copies)
 
 
 @torch.no_grad()
