@@ -2,6 +2,8 @@
 alternating sliding-window and global masks), and generation with the key/value cache equals generation
 without it, token for token, greedy and beam, with experts unlike their backbone layers."""
 
+import json
+
 import pytest
 import torch
 from transformers import Gemma2Config, Gemma2ForCausalLM, LlamaConfig, LlamaForCausalLM
@@ -91,3 +93,57 @@ def test_a_cache_the_experts_do_not_fit_is_refused():
     cache.layers.pop()  # one layer short of the backbone's
     with pytest.raises(DomixError, match="generate with a cache the model builds"):
         model(input_ids=ids(), use_cache=True, cache=cache)
+
+
+# --- instruction tuning, reloading and serving ------------------------------------------------------------
+
+def test_instruct_with_mode_trains_the_gates_saves_reloads_and_generates(tiny_llama, corpora, tmp_path, capsys):
+    from domix.cli import main
+    from domix.llm.model import load_causal_task_model
+
+    from test_llm import instruction_data
+
+    store = tmp_path / "store"
+    assert main(["pretrain", "--method", "mode", "--model", str(tiny_llama), "--domain", f"food={corpora['food']}",
+                 "--domain", f"bio={corpora['bio']}", "--out", str(store), "--steps", "4", "--batch-size", "4",
+                 "--seq-len", "16", "--mode-block-size", "1"]) == 0
+    train, dev = instruction_data(tmp_path / "train.jsonl", 48, 0), instruction_data(tmp_path / "dev.jsonl", 12, 1)
+    run = tmp_path / "run"
+    assert main(["instruct", "--method", "mode", "--modules", str(store), "--train", str(train), "--dev", str(dev),
+                 "--out", str(run), "--template", "plain", "--epochs", "2", "--batch-size", "8", "--lr", "5e-2",
+                 "--max-length", "32", "--dtype", "float64"]) == 0
+    record = json.loads((run / "result.json").read_text())
+    assert record["method"] == "mode" and record["mode"]["domains"] == ["bio", "food"] and record["gate_weights"] is None
+    gates = 2 * 3 * (32 + 1)  # two blocks of one layer, a three-way gate over 32 features each
+    assert record["trainable_parameters"] == gates  # only the gates: the experts stay frozen by default
+    assert record["dev_loss"] < record["dev_loss_before"]
+    # reloaded from the base alone, the same model: gates and experts as trained
+    model, tokenizer, saved = load_causal_task_model(run / "model")
+    assert saved["mode"] == record["mode"]
+    ids = torch.tensor([[5, 9, 12, 7, 3]])
+    with torch.no_grad():
+        whole = model(input_ids=ids, use_cache=False).logits[0, -1]
+    blocks = expert_blocks(model)
+    assert len(blocks) == 2 and all(set(b.experts) == {"bio", "food"} for b in blocks)
+    assert any(b.gate.weight.abs().sum() > 0 for b in blocks)  # trained, not the start
+    # served: domix generate decodes it with the cache, and gives what uncached greedy decoding gives
+    capsys.readouterr()
+    assert main(["generate", str(run / "model"), "pizza wine", "--max-new-tokens", "6"]) == 0
+    served = capsys.readouterr().out
+    prompt = tokenizer("pizza wine", return_tensors="pt").input_ids
+    cached = model.generate(prompt, max_new_tokens=6, do_sample=False, use_cache=True, pad_token_id=tokenizer.pad_token_id)
+    uncached = model.generate(prompt, max_new_tokens=6, do_sample=False, use_cache=False, pad_token_id=tokenizer.pad_token_id)
+    assert torch.equal(cached, uncached) and served.strip()
+    assert torch.isfinite(whole).all()
+
+
+def test_instruct_with_mode_refuses_lora_adapters_and_names_the_store(tmp_path, capsys):
+    from domix.cli import main
+
+    from test_errors import run_cli
+
+    line = run_cli(["instruct", "--method", "mode", "--train", str(tmp_path / "t.jsonl"), "--out", str(tmp_path / "o")], capsys)
+    assert "composes the domain experts of domix pretrain --method mode" in line
+    line = run_cli(["instruct", "--method", "mode", "--modules", str(tmp_path), "--adapter", str(tmp_path / "a"),
+                    "--train", str(tmp_path / "t.jsonl"), "--out", str(tmp_path / "o")], capsys)
+    assert "--adapter gives LoRA adapters, which MoDE does not compose" in line

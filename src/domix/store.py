@@ -168,6 +168,23 @@ def load_store(path: str | Path, domains: list[str] | None = None) -> list[Domai
     return [load_module(folder) for folder in domain_folders(path, domains)]
 
 
+def gather_modules(modules: str | None, domains: list[str] | None = None, adapters: list[str] | None = None) -> list[DomainModule]:
+    """The LoRA modules to compose: a store's (or the named ones), then each adapter folder, in order."""
+    found = load_store(modules, domains) if modules else []
+    folders = [Path(p).resolve() for p in adapters or []]
+    for i, folder in enumerate(folders):
+        if folder in folders[:i]:
+            raise DomixError(f"--adapter {adapters[i]} is given twice; give each adapter once")
+    for path in adapters or []:
+        found.append(load_module(path))
+    seen: dict[str, int] = {}
+    for m in found:  # two folders may share a name (adapter/, adapter/): keep the bridge's blocks apart
+        seen[m.name] = seen.get(m.name, 0) + 1
+        if seen[m.name] > 1:
+            m.name = f"{m.name}#{seen[m.name]}"
+    return found
+
+
 def describe_store(path: str | Path) -> list[str]:
     """A line per finished domain of a store of any method: what it holds, its base, training and held-out loss."""
     path = Path(path)

@@ -67,7 +67,8 @@ class InstructConfig(*method_settings("instruct")):
             raise DomixError("no training data given; pass --train FILE (jsonl of prompt/response or instruction/output rows)")
         spec = stage2(self.method, INSTRUCT)
         if spec.modules_required and not (self.modules or self.adapters):
-            raise DomixError(f"method {self.method} composes LoRA modules; pass --modules STORE and/or --adapter PATH (repeat)")
+            raise DomixError(f"method {self.method} composes the {spec.pieces} of domix pretrain --method {spec.store}; pass --modules "
+                             "STORE (LoRA modules may also come as PEFT adapters: --adapter PATH, repeated)")
         if not spec.modules_required and not (self.model or self.modules or self.adapters):
             raise DomixError(f"method {self.method} needs a base model; pass --model")
         if self.domains and not self.modules:

@@ -20,11 +20,11 @@ from domix.finetune.model import recorded_base, save_task_model
 from domix.llm.config import InstructConfig
 from domix.methods.base import EXPORT_FILE, TASK_FILE, TaskMethod
 from domix.methods.registry import task_method
-from domix.store import DomainModule, load_module, load_store
+from domix.store import DomainModule
 from domix.system import DTYPES
 
 CAUSAL_KIND = "causal-lm"
-__all__ = ["CAUSAL_KIND", "build", "export_causal", "gather_modules", "is_causal_task_model", "load_causal",
+__all__ = ["CAUSAL_KIND", "build", "export_causal", "is_causal_task_model", "load_causal",
            "load_causal_task_model", "load_for_eval", "resolve_dtype", "save_task_model"]
 
 
@@ -43,23 +43,6 @@ def load_causal(name: str, dtype: str) -> tuple[nn.Module, object]:
         tokenizer.pad_token = tokenizer.eos_token
     base.model.config.pad_token_id = tokenizer.pad_token_id
     return base.model, tokenizer
-
-
-def gather_modules(modules: str | None, domains: list[str] | None, adapters: list[str] | None) -> list[DomainModule]:
-    """The LoRA modules to compose: a store's (or the named ones), then each adapter folder, in order."""
-    found = load_store(modules, domains) if modules else []
-    folders = [Path(p).resolve() for p in adapters or []]
-    for i, folder in enumerate(folders):
-        if folder in folders[:i]:
-            raise DomixError(f"--adapter {adapters[i]} is given twice; give each adapter once")
-    for path in adapters or []:
-        found.append(load_module(path))
-    seen: dict[str, int] = {}
-    for m in found:  # two folders may share a name (adapter/, adapter/): keep the bridge's blocks apart
-        seen[m.name] = seen.get(m.name, 0) + 1
-        if seen[m.name] > 1:
-            m.name = f"{m.name}#{seen[m.name]}"
-    return found
 
 
 def build(model: nn.Module, modules: list[DomainModule], cfg: InstructConfig, method: TaskMethod) -> tuple[nn.Module, list[dict]]:

@@ -27,7 +27,7 @@ from domix.lm_loss import lm_losses, predicted_tokens
 from domix.finetune.model import trainable_state
 from domix.llm.config import InstructConfig
 from domix.llm.data import Example, collate, encode_examples, read_examples
-from domix.llm.model import CAUSAL_KIND, build, gather_modules, load_causal, resolve_dtype, save_task_model
+from domix.llm.model import CAUSAL_KIND, build, load_causal, resolve_dtype, save_task_model
 from domix.methods.registry import task_method
 from domix.metrics import downsample_curve
 from domix.store import base_of
@@ -79,14 +79,14 @@ def prepare(cfg: InstructConfig) -> dict:
     """
     cfg.validate()
     train_examples, dev_examples = _splits(cfg)
-    modules = gather_modules(cfg.modules, cfg.domains, cfg.adapters) if (cfg.modules or cfg.adapters) else []
+    method = task_method(cfg.method)
+    modules = method.pieces(cfg)  # LoRA modules and adapters, or a method's own (MoDE's experts)
     base_name = cfg.model or base_of(modules)
     device = process_group().device(resolve_device(cfg.device))
     dtype = resolve_dtype(cfg.dtype, device)
     reset_peak_memory(device)
     model, tokenizer = load_causal(base_name, dtype)
     fingerprint = weights_fingerprint(model)
-    method = task_method(cfg.method)
     method.check_base(modules, fingerprint)
     total_params = sum(p.numel() for p in model.parameters())
     model, groups = build(model, modules, cfg, method)

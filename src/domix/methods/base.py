@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from domix.store import DomainModule, check_base, load_store
+from domix.store import DomainModule, check_base, gather_modules
 
 TASK_FILE = "domix_task.json"  # a task model folder's record: what it is, how to rebuild it, how it scored
 EXPORT_FILE = "domix_export.json"  # in an exported folder: where it came from, the max length it was trained with
@@ -52,9 +52,9 @@ class TaskMethod:
     whole_model = False  # the saved folder holds every weight (loads without the base)
 
     def pieces(self, cfg) -> list:
-        if not cfg.modules:
-            return []
-        return load_store(cfg.modules, [cfg.init_module] if getattr(cfg, "init_module", None) else cfg.domains)
+        """LoRA modules: a store's (all, ``domains``, or ``init_module``), then any PEFT adapter folders (instruct's ``adapters``)."""
+        domains = [cfg.init_module] if getattr(cfg, "init_module", None) else cfg.domains
+        return gather_modules(cfg.modules, domains, getattr(cfg, "adapters", None))
 
     def check_base(self, pieces: list, fingerprint: str) -> None:
         check_base(pieces, fingerprint)

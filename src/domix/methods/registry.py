@@ -125,8 +125,9 @@ STAGE2: dict[str, Stage2] = {
                     store="mixda", pieces="domain adapters", modules_required=True,
                     recipes={"paper": {"finetune": {"lr": 1e-4, "weight_decay": 0.01}}}),  # its stage-2 AdamW
     "mode": Stage2("domix.methods.mode.method:MoDE", "a gate over the experts of domix pretrain --method mode",
-                   store="mode", pieces="domain experts", modules_required=True,
-                   settings={"finetune": "domix.methods.mode.config:ModeFinetuneSettings"}),
+                   store="mode", pieces="domain experts", modules_required=True, instruct=True,
+                   settings={"finetune": "domix.methods.mode.config:ModeFinetuneSettings",
+                             "instruct": "domix.methods.mode.config:ModeFinetuneSettings"}),
 }
 
 COMPARE: dict[str, Row] = {

@@ -142,7 +142,8 @@ class ModePretrainSettings:
 
 @dataclass
 class ModeFinetuneSettings:
-    """MoDE's stage-2 settings (domix finetune --method mode): the gates and head train; the experts too on request."""
+    """MoDE's stage-2 settings (domix finetune and domix instruct --method mode): the gates (and a classifier's head)
+    train; the experts too on request."""
 
     mode_train_experts: bool = setting(False, "mode: train the domain experts too (default: no, only the gates and the head)")
     mode_gate_lr: float | None = setting(None, "mode: learning rate of the gates (default: --lr)", float)
@@ -154,3 +155,6 @@ class ModeFinetuneSettings:
             raise DomixError(f"--mode-gate-lr must be positive, not {self.mode_gate_lr!r}")
         if self.method != "mode" and (self.mode_train_experts or self.mode_gate_lr is not None or self.mode_device_map):
             raise DomixError(f"--mode-train-experts, --mode-gate-lr and --mode-device-map apply to --method mode, not {self.method}")
+        if self.method == "mode" and getattr(self, "adapters", None):
+            raise DomixError("--adapter gives LoRA adapters, which MoDE does not compose; give its experts with --modules STORE "
+                             "(the --out folder of domix pretrain --method mode)")

@@ -26,6 +26,8 @@ class MoDE(TaskMethod):
         place(model, cfg.mode_device_map)  # experts on their own devices, if a map says so
 
     def record(self, model: nn.Module, pieces: list, cfg, probe: Probe | None = None) -> dict:
+        if probe is None:  # domix instruct: no classification test set to read the gates on
+            return task_record(model, pieces, cfg)
         return task_record(model, pieces, cfg, probe.rows, probe.pad_id, probe.device)
 
     def save(self, model: nn.Module, record: dict, folder: Path) -> None:

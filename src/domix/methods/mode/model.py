@@ -307,15 +307,18 @@ def build_task_model(model: nn.Module, head: list[str], experts: list[DomainExpe
             {"params": rest, "lr": cfg.lr, "weight_decay": cfg.weight_decay}]
 
 
-def task_record(model: nn.Module, experts: list[DomainExperts], cfg, rows, pad_id: int, device) -> dict:
-    """What a MoDE run adds to result.json: the blocks, the experts used and the test set's mean gate weights."""
-    with recording_gates(model) as blocks:
-        predict(model, rows, pad_id, cfg.batch_size, device)
+def task_record(model: nn.Module, experts: list[DomainExperts], cfg, rows=None, pad_id: int = 0, device=None) -> dict:
+    """What a MoDE run adds to result.json: the blocks, the experts used and (given ``rows``, a classifier's
+    test set) the mean gate weights."""
+    blocks = expert_blocks(model)
+    if rows is not None:
+        with recording_gates(model) as blocks:
+            predict(model, rows, pad_id, cfg.batch_size, device)
     first = experts[0].manifest["mode"]
     return {
         "layers": [b.name for b in blocks],
         "modules": [{"name": e.name, "path": str(e.path), "base_fingerprint": e.base_fingerprint} for e in experts],
-        "gate_weights": gate_weights(blocks),
+        "gate_weights": gate_weights(blocks) if rows is not None else None,
         "bridge_usage": None,
         "mode": {"block_size": first["block_size"], "expert_layers": first["expert_layers"],
                  "blocks": [p.to_dict() for p in experts[0].plans], "domains": [e.name for e in experts],
