@@ -404,3 +404,31 @@ def test_lora_fa_and_cat_instruct_train_only_b(llama_store, tiny_llama, data, tm
     bridges = [v for k, v in weights.items() if k.endswith(".bridge")]
     assert bridges and all(torch.equal(b, torch.eye(6)) for b in bridges)
     assert cat["trainable_parameters"] == sum(v.numel() for k, v in weights.items() if k.endswith(".lora_B"))
+
+
+def test_instruct_records_retention_on_general_text_as_transformers_computes_it(tiny_llama, corpora, data, tmp_path):
+    """--general: the LM loss on general text of the base and of the tuned model, each what transformers' own
+    loss gives on the same sequences (the reference), and a change that is their difference."""
+    from transformers import AutoModelForCausalLM
+
+    from domix.base_model import load_tokenizer
+    from domix.llm.model import load_causal_task_model
+    from domix.retention import general_blocks
+
+    record = instruct(cfg(data, tmp_path / "run", model=str(tiny_llama), method="lora", general=str(corpora["bio"]),
+                          general_blocks=6, max_length=16, epochs=2, dtype="float64"))
+    kept = record["retention"]
+    assert kept["sequences"] == 6 and kept["seq_len"] == 16 and kept["objective"] == "clm"
+    tokenizer, _ = load_tokenizer(str(tiny_llama))
+    blocks = general_blocks(str(corpora["bio"]), tokenizer, "clm", 16, 6)
+
+    def hf_loss(model) -> float:
+        with torch.no_grad():
+            return model(input_ids=blocks, labels=blocks).loss.item()
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float64).eval()
+    tuned, _, _ = load_causal_task_model(tmp_path / "run" / "model")
+    assert kept["lm_loss_base"] == pytest.approx(hf_loss(base), abs=1e-5)
+    assert kept["lm_loss_after"] == pytest.approx(hf_loss(tuned.double()), abs=1e-5)
+    assert kept["change"] == pytest.approx(kept["lm_loss_after"] - kept["lm_loss_base"], abs=1e-6) and kept["change"] != 0
+    assert instruct(cfg(data, tmp_path / "plain", model=str(tiny_llama), method="lora", epochs=1))["retention"] is None

@@ -43,6 +43,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--target-modules", type=_comma_list, help="lora/dora: comma-separated layer names (default q_proj,k_proj,v_proj,up_proj,down_proj)")
     p.add_argument("--lora-rank", type=int, help="lora/dora rank (default: the modules' total rank, else 16); alpha is 2x the rank")
     p.add_argument("--template", choices=TEMPLATES, help="prompt template: alpaca (default), chat (the tokenizer's), plain")
+    p.add_argument("--general", help="general-domain text (a file or folder, as pretrain's --domain PATH): the record gives "
+                                     "the LM loss on it before and after training (retention)")
+    p.add_argument("--general-blocks", type=int, help="sequences of --max-length tokens of --general that retention scores (default 64)")
     add_setting_flags(p, method_settings("instruct"))  # each method's own (the bridge's), from the registry
     p.add_argument("--lr", type=float, help="(default 2e-4)")
     p.add_argument("--weight-decay", type=float, help="AdamW weight decay (default 0)")

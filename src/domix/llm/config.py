@@ -37,6 +37,8 @@ class InstructConfig(*method_settings("instruct")):
     target_modules: list[str] | None = None  # lora/dora: the layers adapted (default DEFAULT_TARGETS)
     lora_rank: int | None = None  # lora/dora: default the modules' total rank if any are given, else 16
     template: str = "alpaca"  # see llm/data.py
+    general: str | None = None  # general-domain text: the record gives the LM loss on it before and after (retention)
+    general_blocks: int = 64  # sequences of max_length tokens of it that retention scores
     # optimisation
     lr: float = 2e-4
     weight_decay: float = 0.0
@@ -87,6 +89,7 @@ class InstructConfig(*method_settings("instruct")):
             (self.train_limit is None or self.train_limit >= 2, "--train-limit must be at least 2"),
             (self.checkpoint_every >= 1, "--checkpoint-every must be at least 1"),
             (self.dtype in DTYPE_CHOICES, f"--dtype must be one of {', '.join(DTYPE_CHOICES)}"),
+            (self.general_blocks >= 1, "--general-blocks must be at least 1"),
         ])
         return self
 
@@ -95,7 +98,7 @@ class InstructConfig(*method_settings("instruct")):
 
     def inputs(self) -> list[str]:
         """The paths this run reads: its output may never be, hold or lie inside one of them."""
-        return [p for p in (self.train, self.dev, self.modules, *(self.adapters or []), self.model) if p]
+        return [p for p in (self.train, self.dev, self.modules, *(self.adapters or []), self.model, self.general) if p]
 
 
 FIELDS = {f.name for f in dataclasses.fields(InstructConfig)}

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from domix import atomic
 from domix.base_model import model_reference, weights_fingerprint
 from domix.batches import IGNORE_INDEX
+from domix.corpus import read_corpus
 from domix.engine.distributed import DataParallel, process_group
 from domix.engine.loop import Loop, StepHook, TrainResult, batch_rows, my_rows, no_rows, train
 from domix.engine.runfolder import RUN_FILE, begin, check_out
@@ -30,6 +31,7 @@ from domix.llm.data import Example, collate, encode_examples, read_examples
 from domix.llm.model import CAUSAL_KIND, build, load_causal, resolve_dtype, save_task_model
 from domix.methods.registry import task_method
 from domix.metrics import downsample_curve
+from domix.retention import retention
 from domix.store import base_of
 from domix.system import peak_memory_mb, reset_peak_memory, resolve_device
 
@@ -79,6 +81,8 @@ def prepare(cfg: InstructConfig) -> dict:
     """
     cfg.validate()
     train_examples, dev_examples = _splits(cfg)
+    if cfg.general:  # fail before training, not after
+        read_corpus("general", cfg.general)
     method = task_method(cfg.method)
     modules = method.pieces(cfg)  # LoRA modules and adapters, or a method's own (MoDE's experts)
     base_name = cfg.model or base_of(modules)
@@ -155,6 +159,9 @@ def instruct(cfg: InstructConfig, overwrite: bool = False, on_step: StepHook | N
         "peak_memory_mb": peak_memory_mb(device),
         "saved_model": cfg.save_model,
     }
+    # the run's cost is that of training: retention loads a second copy of the base
+    record["retention"] = (retention(model, run["base_name"], cfg.general, cfg.max_length, cfg.general_blocks, cfg.batch_size, device)
+                           if cfg.general else None)
     if not ranks.is_main:  # the main process writes what every process trained alike
         return record
     if cfg.save_model:
