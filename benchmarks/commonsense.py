@@ -470,7 +470,7 @@ def _cost(record: dict, seconds: float | None) -> dict:
             "time_per_step_s": round(record["train_time_s"] / steps, 4) if steps else None,
             "wall_time_s": record["wall_time_s"], "job_wall_s": seconds, "peak_memory_mb": record["peak_memory_mb"],
             "examples": record["examples"], "dev_loss_before": record["dev_loss_before"], "dev_loss": record["dev_loss"],
-            "best_epoch": record["best_epoch"]}
+            "best_epoch": record["best_epoch"], "retention": record.get("retention")}
 
 
 def collect(cfg: CommonsenseConfig, jobs: list, samples: dict, times: dict, command: str | None = None) -> dict:
@@ -577,17 +577,17 @@ def report(results: dict) -> str:
               "process's peak resident memory on a CPU, peak allocated memory on a GPU; each run is its own process, and "
               "the ratios to DoRA come from the same run.", "",
               "| row | trainable params | trainable % | steps | s / step | peak MB | s / step vs DoRA | peak vs DoRA "
-              "| dev loss before → after |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              "| dev loss before → after | general LM loss change |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for name, row in results["rows"].items():
         if not row["trained"]:
-            lines.append(f"| {name} | 0 | 0 | — | — | — | — | — | — |")
+            lines.append(f"| {name} | 0 | 0 | — | — | — | — | — | — | 0 |")
             continue
-        ratio = row.get("vs_dora") or {}
+        ratio, kept = row.get("vs_dora") or {}, row.get("retention") or {}
         lines.append(f"| {name} | {row['trainable_parameters']:,} | {row['trainable_percent']:.2f} | {row['steps']} | "
                      f"{_num(row['time_per_step_s'], '{:.3f}')} | {_num(row['peak_memory_mb'])} | "
                      f"{_num(ratio.get('time_per_step'), '{:.2f}')} | {_num(ratio.get('peak_memory'), '{:.2f}')} | "
-                     f"{row['dev_loss_before']:.4f} → {row['dev_loss']:.4f} |")
+                     f"{row['dev_loss_before']:.4f} → {row['dev_loss']:.4f} | {_num(kept.get('change'), '{:+.4f}')} |")
     lines += ["", "## The adapters DoMIX composes (trained first, on samples apart from the training sample)", "",
               "| adapter | sets (records of each) | rank | trainable params | steps | s / step | train time s | peak MB |",
               "|---|---|---|---|---|---|---|---|"]
