@@ -20,7 +20,9 @@ finished, so rerunning the same command goes on where it stopped (a step finishe
    adapter (``--adapter``) and a fresh block of RANK first in the bridge (``--new-rank``), as the published DoMIX
    LLM code composes; ``domix_paper``: the same with the published bridge (P = I/sum r at 10x the lr, no weight
    decay); ``cat``: the adapters with the bridge frozen at P = I; ``lora_fa``: LoRA of the same rank with A
-   frozen (DoMIX's trainable shape without the adapters); ``base``: the model zero-shot, untrained.
+   frozen (DoMIX's trainable shape without the adapters); ``mode``: MoDE, a gate over domain experts trained first
+   (``OUT/stores/mode``: ``domix pretrain --method mode`` with each adapter's sample as a domain's text, settings
+   ``pretrain``); ``base``: the model zero-shot, untrained.
 4. ``domix eval-choice`` of every row on every test sample in the chosen protocols (``OUT/eval/<row>.json``).
 5. ``OUT/results.json`` and ``OUT/report.md``: accuracy per benchmark and on average per protocol and metric;
    trainable parameters, peak memory and time per training step of every row, and as a ratio to DoRA's
@@ -55,20 +57,23 @@ from domix.settings import check, coerce, read_yaml_mapping, with_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "commonsense"
-# row -> (domix instruct --method, composes the adapters, its own settings); "base" is the model untrained
-ROWS: dict[str, tuple[str, bool, dict]] = {
-    "lora": ("lora", False, {}),
-    "dora": ("dora", False, {}),
-    "lora_fa": ("lora_fa", False, {}),  # LoRA with A frozen: DoMIX's trainable shape without the adapters
-    "cat": ("cat", True, {}),  # the bridge frozen at P = I
-    "domix": ("domix", True, {}),  # domix's default bridge
+# row -> (domix instruct --method, composes the adapters, its own settings, the domix pretrain --method whose store it
+# composes: trained on the adapters' samples as domains); "base" is the model untrained
+ROWS: dict[str, tuple[str, bool, dict, str | None]] = {
+    "lora": ("lora", False, {}, None),
+    "dora": ("dora", False, {}, None),
+    "lora_fa": ("lora_fa", False, {}, None),  # LoRA with A frozen: DoMIX's trainable shape without the adapters
+    "cat": ("cat", True, {}, None),  # the bridge frozen at P = I
+    "domix": ("domix", True, {}, None),  # domix's default bridge
     # the published DoMIX LLM bridge (finetune_sepLR.py): P = I/sum r, P at 10x the run's lr, weight decay 0, B at the lr
-    "domix_paper": ("domix", True, {"p_init": "scaled_identity", "p_lr": "10x", "p_weight_decay": 0.0, "b_lr": None}),
+    "domix_paper": ("domix", True, {"p_init": "scaled_identity", "p_lr": "10x", "p_weight_decay": 0.0, "b_lr": None}, None),
+    "mode": ("mode", False, {}, "mode"),  # MoDE: the gates over each adapter sample's experts train on the mixture
 }
 BASE = "base"
 # settings the config sets itself; the free-form ones (instruct, row_settings) may not
 RESERVED = {"train", "out", "method", "model", "modules", "domains", "adapters", "lora_rank", "new_rank", "lr", "epochs",
             "batch_size", "max_length", "seed"}
+STORE_RESERVED = {"model", "domains", "out", "method", "seed", "general"}  # what the config sets of a stage-1 store
 METRICS = {"loglikelihood": ("acc", "acc_norm"), "generate": ("acc", "unanswered")}
 
 
@@ -96,6 +101,7 @@ class CommonsenseConfig:
     eval_batch_size: int = 8
     instruct: dict[str, Any] = field(default_factory=dict)  # other domix instruct settings of every run (adapters too)
     row_settings: dict[str, dict[str, Any]] = field(default_factory=dict)  # a row's own domix instruct settings
+    pretrain: dict[str, Any] = field(default_factory=dict)  # domix pretrain settings of a row's store (mode's experts)
 
     @classmethod
     def from_yaml(cls, path: str | Path, out: str | None = None) -> "CommonsenseConfig":
@@ -134,6 +140,14 @@ class CommonsenseConfig:
         if any(ROWS[r][1] for r in self.rows if r in ROWS) and not self.adapters:
             raise DomixError("the rows that compose adapters (domix, domix_paper, cat) need at least one adapter in adapters")
         _instruct_keys("instruct", self.instruct)
+        from domix.pretrain.config import FIELDS as PRETRAIN_FIELDS
+
+        wrong = sorted(set(self.pretrain) - (PRETRAIN_FIELDS - STORE_RESERVED))
+        if wrong:
+            raise DomixError(f"pretrain has reserved or unknown domix pretrain settings {wrong}; the config sets "
+                             f"{sorted(STORE_RESERVED)} itself")
+        if any(ROWS[r][3] for r in self.rows if r in ROWS) and not self.adapters:
+            raise DomixError("the rows that train a store on the adapters' samples (mode) need at least one adapter in adapters")
         for row, settings in self.row_settings.items():
             if row not in self.rows or row == BASE:
                 raise DomixError(f"row_settings names {row!r}, which is not a trained row of rows {self.rows}")
@@ -219,6 +233,10 @@ def draw_samples(cfg: CommonsenseConfig) -> dict[str, dict]:
     samples = {"mixture.json": sample(cfg.train_sets, cfg.train_sample, "the mixture sample")}
     for adapter, names in cfg.adapters.items():
         samples[f"adapter-{adapter}.json"] = sample(names, cfg.adapter_sample, f"adapter {adapter}'s sample")
+        # the same records as a domain's text for a stage-1 store: instruction, input and output, a record a line
+        samples[f"domain-{adapter}.txt"] = {"records": [" ".join(" ".join(str(r.get(k) or "") for k in ("instruction", "input", "output"))
+                                                                 .split()) for r in samples[f"adapter-{adapter}.json"]["records"]],
+                                            "from": samples[f"adapter-{adapter}.json"]["from"]}
     for bench in cfg.benchmarks:
         records = _read(data / bench / "test.json")
         k = min(cfg.test_sample, len(records))
@@ -232,7 +250,8 @@ def write_samples(cfg: CommonsenseConfig, samples: dict[str, dict]) -> int:
     folder = Path(cfg.out) / "data"
     written = 0
     for name, sample in samples.items():
-        path, text = folder / name, json.dumps(sample["records"], indent=2, ensure_ascii=False) + "\n"
+        path = folder / name
+        text = ("\n".join(sample["records"]) if name.endswith(".txt") else json.dumps(sample["records"], indent=2, ensure_ascii=False)) + "\n"
         if path.is_file():
             if path.read_text() != text:
                 raise DomixError(f"{path} holds another sample than these settings draw (train_sample, adapter_sample, "
@@ -271,25 +290,31 @@ def _instruct_settings(cfg: CommonsenseConfig, **settings) -> dict:
             "max_length": cfg.max_length, "seed": cfg.seed, **settings}
 
 
-def plan(cfg: CommonsenseConfig) -> list[InstructJob | EvalJob]:
-    """Adapters first, then the base's evaluation, then each row's training and evaluation."""
+def plan(cfg: CommonsenseConfig) -> list[Job | EvalJob]:
+    """Adapters and stores first, then the base's evaluation, then each row's training and evaluation."""
     out = Path(cfg.out)
     data = out / "data"
-    jobs: list[InstructJob | EvalJob] = []
+    jobs: list[Job | EvalJob] = []
     composing = any(ROWS[r][1] for r in cfg.rows if r in ROWS)
     for adapter in cfg.adapters if composing else []:  # only for rows that compose them
         settings = _instruct_settings(cfg, train=str(data / f"adapter-{adapter}.json"), out=str(out / "adapters" / adapter),
                                       method="lora", lora_rank=cfg.rank)
         jobs.append(InstructJob("instruct", f"adapters/{adapter}", settings, {"adapter": adapter}))
+    for store in dict.fromkeys(ROWS[r][3] for r in cfg.rows if r in ROWS and ROWS[r][3]):
+        settings = {**cfg.pretrain, "model": cfg.model, "domains": {a: str(data / f"domain-{a}.txt") for a in cfg.adapters},
+                    "out": str(out / "stores" / store), "method": store, "seed": cfg.seed}
+        jobs.append(Job("pretrain", f"stores/{store}", settings, {"store": store}))
     tasks = {bench: str(data / f"test-{bench}.json") for bench in cfg.benchmarks}
     for row in cfg.rows:
         if row == BASE:
             jobs.append(EvalJob(f"eval/{row}", row, cfg.model, tasks, out / "eval" / f"{row}.json", None))
             continue
-        method, composes, own = ROWS[row]
+        method, composes, own, store = ROWS[row]
         settings = _instruct_settings(cfg, train=str(data / "mixture.json"), out=str(out / "rows" / row), method=method, **own)
         if composes:
             settings.update(adapters=[str(out / "modules" / a) for a in cfg.adapters], new_rank=cfg.rank)
+        elif store:
+            settings["modules"] = str(out / "stores" / store)
         else:
             settings["lora_rank"] = cfg.composed_rank
         settings.update(cfg.row_settings.get(row, {}))
@@ -365,7 +390,7 @@ def _evaluate(cfg: CommonsenseConfig, job: EvalJob, out: Path, in_process: bool)
     return round(time.perf_counter() - started, 2)
 
 
-def _train(job: InstructJob, out: Path, in_process: bool, overwrite: bool = False) -> float:
+def _train(job: Job, out: Path, in_process: bool, overwrite: bool = False) -> float:
     """Run one training; ``overwrite`` replaces a run finished with other settings (an unfinished one resumes)."""
     overwrite = overwrite and job.finished()
     if not in_process:
@@ -373,11 +398,12 @@ def _train(job: InstructJob, out: Path, in_process: bool, overwrite: bool = Fals
     import yaml
 
     from domix.llm.train import instruct
+    from domix.pretrain.run import pretrain
 
     config_file = out / "configs" / f"{job.name}.yaml"
     atomic.write_text(config_file, yaml.safe_dump(job.settings, sort_keys=False))
     started = time.perf_counter()
-    instruct(job.config(), overwrite=overwrite)
+    (pretrain if job.kind == "pretrain" else instruct)(job.config(), overwrite=overwrite)
     return round(time.perf_counter() - started, 2)
 
 
@@ -393,17 +419,19 @@ def run(cfg: CommonsenseConfig, dry_run: bool = False, in_process: bool = False,
     """
     out = Path(cfg.out)
     jobs = plan(cfg)
-    trainings = [j for j in jobs if isinstance(j, InstructJob)]
+    trainings = [j for j in jobs if isinstance(j, Job)]
     for job in trainings:  # every run's settings are checked before anything runs
-        job.config()
+        job.config().validate()
     samples = draw_samples(cfg)
     done = {j.name: _reusable(j, overwrite) for j in trainings}  # finished with other settings: refused, or rerun with overwrite
     composed = [j.name for j in trainings if "adapter" in j.info]
-    for job in trainings:  # a row that composes an adapter to be trained again trains again too
-        if job.settings.get("adapters") and done[job.name] and not all(done[name] for name in composed):
+    stores = {str(j.out): j.name for j in trainings if "store" in j.info}
+    for job in trainings:  # a row that composes an adapter or a store to be trained again trains again too
+        needs = composed if job.settings.get("adapters") else [stores[job.settings["modules"]]] if job.settings.get("modules") in stores else []
+        if needs and done[job.name] and not all(done[name] for name in needs):
             if not overwrite:
-                raise DomixError(f"{job.out} was trained on adapters that are to be trained again; pass --overwrite to train "
-                                 "it again too, or choose another out folder")
+                raise DomixError(f"{job.out} was trained on adapters or a store that are to be trained again; pass --overwrite "
+                                 "to train it again too, or choose another out folder")
             done[job.name] = False
     for job in jobs:
         if isinstance(job, EvalJob):
@@ -415,7 +443,7 @@ def run(cfg: CommonsenseConfig, dry_run: bool = False, in_process: bool = False,
         print(f"{'finished' if data_done else 'to run':9} samples in {out / 'data'}")
         for job in jobs:
             state = "to run" if job in pending else "finished"
-            print(f"{state:9} {job.name}" + (f" (domix instruct --method {job.settings['method']})" if isinstance(job, InstructJob)
+            print(f"{state:9} {job.name}" + (f" (domix {job.kind} --method {job.settings['method']})" if isinstance(job, Job)
                                               else f" (domix eval-choice {job.model})"))
         return None
     written = write_samples(cfg, samples)
@@ -435,7 +463,7 @@ def run(cfg: CommonsenseConfig, dry_run: bool = False, in_process: bool = False,
         for number, job in enumerate(pending, 1):
             board.start(number, job.name, _status_file(out, job))  # an evaluation writes none: "starting"
             try:
-                if isinstance(job, InstructJob):
+                if isinstance(job, Job):
                     seconds = _train(job, out, in_process, overwrite)
                 else:
                     job.file.unlink(missing_ok=True)  # scored before its row was trained (again)
@@ -477,8 +505,17 @@ def collect(cfg: CommonsenseConfig, jobs: list, samples: dict, times: dict, comm
     """The finished steps' figures: samples, adapters, rows (cost and scores per protocol), ratios to DoRA."""
     from domix.llm.choice import PROTOCOL_NOTES
 
-    adapters, rows = {}, {}
+    adapters, rows, stores = {}, {}, {}
     for job in jobs:
+        if isinstance(job, Job) and job.kind == "pretrain":
+            files = sorted(job.out.glob("*/domix_manifest.json"))
+            manifests = [atomic.read_json(p) for p in files]
+            stores[job.info["store"]] = {"folder": str(job.out), "domains": [p.parent.name for p in files],
+                                         "train_time_s": round(sum(m.get("train_time_s", 0) for m in manifests), 2),
+                                         "steps": sum(m.get("training", {}).get("steps", 0) for m in manifests),
+                                         "peak_memory_mb": max((m.get("peak_memory_mb", 0) for m in manifests), default=None),
+                                         "job_wall_s": times.get(job.name)}
+            continue
         if isinstance(job, InstructJob):
             record = atomic.read_json(job.out / "result.json")
             if "adapter" in job.info:
@@ -515,6 +552,7 @@ def collect(cfg: CommonsenseConfig, jobs: list, samples: dict, times: dict, comm
                            "steps": sum(a["steps"] for a in adapters.values()),
                            "trainable_parameters": sum(a["trainable_parameters"] for a in adapters.values()),
                            "peak_memory_mb": max((a["peak_memory_mb"] for a in adapters.values()), default=None)},
+        "stores": stores,
         "samples": {name: {"records": len(s["records"]), "from": s["from"]} for name, s in samples.items()},
         "protocols": {p: PROTOCOL_NOTES[p] for p in cfg.protocols},
     }
@@ -595,6 +633,10 @@ def report(results: dict) -> str:
         taken = ", ".join(f"{k} {v[0]:,}" for k, v in samples[f"adapter-{name}.json"]["from"].items())
         lines.append(f"| {name} | {taken} | {a['lora_rank']} | {a['trainable_parameters']:,} | {a['steps']} | "
                      f"{_num(a['time_per_step_s'], '{:.3f}')} | {a['train_time_s']:.1f} | {_num(a['peak_memory_mb'])} |")
+    for name, store in results.get("stores", {}).items():
+        lines += ["", f"The {name} row's store (`domix pretrain --method {name}`, each adapter's sample as a domain: "
+                      f"{', '.join(store['domains'])}) took {store['train_time_s']:.1f} s of training steps ({store['steps']} steps, "
+                      f"peak {_num(store['peak_memory_mb'])} MB), once, on top of the row's own training."]
     total = results["adapters_total"]
     if results["adapters"]:
         lines += ["", f"Training the adapters took {total['train_time_s']:.1f} s of training steps ({total['steps']} steps); "

@@ -53,8 +53,9 @@ def _data(root: Path) -> Path:
 def _config(tmp_path: Path, tiny_llama: Path, **changes) -> Path:
     settings = {"model": str(tiny_llama), "out": str(tmp_path / "out"), "data": str(tmp_path / "data"),
                 "train_sample": 12, "adapter_sample": 4, "test_sample": 3, "rank": 2, "lr": 5e-3, "epochs": 1, "batch_size": 4,
-                "max_length": 96, "seed": 0, "rows": ["base", "lora", "dora", "domix", "cat", "lora_fa"], "max_new_tokens": 4, "eval_batch_size": 4,
-                "instruct": {"checkpoint_every": 1000}, **changes}
+                "max_length": 96, "seed": 0, "rows": ["base", "lora", "dora", "domix", "cat", "lora_fa", "mode"], "max_new_tokens": 4,
+                "eval_batch_size": 4, "instruct": {"checkpoint_every": 1000},
+                "pretrain": {"steps": 2, "batch_size": 2, "seq_len": 16, "mode_block_size": 1, "mode_expert_layers": 1}, **changes}
     path = tmp_path / f"commonsense-{len(list(tmp_path.glob('commonsense-*.yaml')))}.yaml"
     path.write_text(yaml.safe_dump(settings))
     return path
@@ -77,14 +78,14 @@ def test_the_comparison_runs_reports_every_row_and_a_rerun_reruns_nothing(tiny_l
     out = tmp_path / "out"
     results = json.loads((out / "results.json").read_text())
     rows = results["rows"]
-    assert list(rows) == ["base", "lora", "dora", "domix", "cat", "lora_fa"]
+    assert list(rows) == ["base", "lora", "dora", "domix", "cat", "lora_fa", "mode"]
     for name, row in rows.items():
         for protocol, metrics in (("loglikelihood", ("acc", "acc_norm")), ("generate", ("acc",))):
             for metric in metrics:
                 values = row["eval"][protocol][metric]
                 assert set(values) == {*BENCHES, "average"} and all(0 <= v <= 1 for v in values.values()), (name, protocol, metric)
         assert row["n"] == {"boolq": 3, "piqa": 3, "arc_e": 3, "arc_c": 3, "obqa": 2}  # obqa's test set holds 2
-    for name in ("lora", "dora", "domix"):
+    for name in ("lora", "dora", "domix", "mode"):
         assert rows[name]["trained"] and rows[name]["time_per_step_s"] > 0 and rows[name]["peak_memory_mb"] > 0
         assert set(rows[name]["vs_dora"]) == {"peak_memory", "time_per_step"}
     assert rows["dora"]["vs_dora"] == {"peak_memory": 1.0, "time_per_step": 1.0}
@@ -102,17 +103,23 @@ def test_the_comparison_runs_reports_every_row_and_a_rerun_reruns_nothing(tiny_l
     # domix composed the three adapters (named after them) and a fresh block
     record = json.loads((out / "rows" / "domix" / "result.json").read_text())
     assert [m["name"] for m in record["modules"]] == ["boolq", "arc", "obqa"]
+    # mode: a gate over experts of each adapter sample's text (a record a line), trained first
+    assert results["stores"]["mode"]["domains"] == ["arc", "boolq", "obqa"] and results["stores"]["mode"]["steps"] > 0
+    lines = (out / "data" / "domain-arc.txt").read_text().splitlines()
+    assert len(lines) == 4 and all("\n" not in line and "the correct answer is" in line for line in lines)
+    record = json.loads((out / "rows" / "mode" / "result.json").read_text())
+    assert record["mode"]["domains"] == ["arc", "boolq", "obqa"]
 
     report = (out / "report.md").read_text()
     assert "**loglikelihood: acc**" in report and "**loglikelihood: acc_norm**" in report and "**generate: acc**" in report
     assert "obqa 2 of 2" in report and "vs DoRA" in report and "Training the adapters took" in report
 
-    # the same command again, as a user runs it: every step (samples, 3 adapters, 5 rows, 6 evaluations) is finished, nothing is rerun or rewritten
+    # the same command again, as a user runs it: every step (samples, 3 adapters, a store, 6 rows, 7 evaluations) is finished, nothing is rerun or rewritten
     capsys.readouterr()
     before = _snapshot(out)
     again = _cli(str(config))
     assert again.returncode == 0, again.stderr
-    assert "15 steps, 15 already finished" in again.stdout
+    assert "18 steps, 18 already finished" in again.stdout
     assert _snapshot(out) == before and not (out / "logs").exists()  # the first run was in-process: no job ever ran as a process
     assert json.loads((out / "results.json").read_text())["rows"] == rows
 
