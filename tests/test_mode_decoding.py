@@ -97,9 +97,14 @@ def test_a_cache_the_experts_do_not_fit_is_refused():
 
 # --- instruction tuning, reloading and serving ------------------------------------------------------------
 
-def test_instruct_with_mode_trains_the_gates_saves_reloads_and_generates(tiny_llama, corpora, tmp_path, capsys):
+def test_instruct_with_mode_trains_the_gates_saves_reloads_and_generates(tiny_llama, corpora, tmp_path, capsys, monkeypatch):
+    import domix.methods.mode.method as mode_method
     from domix.cli import main
     from domix.llm.model import load_causal_task_model
+
+    placed = []
+    real_place = mode_method.place
+    monkeypatch.setattr(mode_method, "place", lambda model, device_map: (placed.append(device_map), real_place(model, device_map)))
 
     from test_llm import instruction_data
 
@@ -111,7 +116,8 @@ def test_instruct_with_mode_trains_the_gates_saves_reloads_and_generates(tiny_ll
     run = tmp_path / "run"
     assert main(["instruct", "--method", "mode", "--modules", str(store), "--train", str(train), "--dev", str(dev),
                  "--out", str(run), "--template", "plain", "--epochs", "2", "--batch-size", "8", "--lr", "5e-2",
-                 "--max-length", "32", "--dtype", "float64"]) == 0
+                 "--max-length", "32", "--dtype", "float64", "--mode-device-map", "experts=cpu"]) == 0
+    assert placed == [{"experts": "cpu"}]  # the experts placed as the map says, as finetune places them
     record = json.loads((run / "result.json").read_text())
     assert record["method"] == "mode" and record["mode"]["domains"] == ["bio", "food"] and record["gate_weights"] is None
     gates = 2 * 3 * (32 + 1)  # two blocks of one layer, a three-way gate over 32 features each

@@ -161,3 +161,40 @@ def test_a_repeated_name_is_refused_not_dropped(inputs, tmp_path, capsys):
     line = run_cli(["compare", str(compare), "--dry-run"], capsys)
     assert "the key 'a' appears twice" in line and "line 4" in line
     assert not any((tmp_path / d).exists() for d in ("p", "i", "f"))
+
+
+def test_export_and_convert_never_replace_another_commands_run_and_outputs_never_an_input_file(inputs, tmp_path, capsys):
+    model = str(inputs["model"])
+    run = tmp_path / "run"
+    assert main(["finetune", "--model", model, "--task", str(inputs["task"]), "--method", "head", "--epochs", "1",
+                 "--max-length", "16", "--out", str(run)]) == 0
+    other = tmp_path / "other-run"
+    assert main(["finetune", "--model", model, "--task", str(inputs["task"]), "--method", "head", "--epochs", "1",
+                 "--max-length", "16", "--out", str(other), "--no-save-model"]) == 0
+    store = shutil.copytree(inputs["store"], tmp_path / "store")
+    for target, found in ((other, "a fine-tuning run"), (store, "a module store")):
+        kept = tree(target)
+        line = run_cli(["export", str(run / "model"), str(target), "--overwrite"], capsys)
+        assert f"holds {found}" in line and "does not replace with an exported model" in line
+        line = run_cli(["convert-gguf", str(inputs["gguf"]), str(target), "--overwrite"], capsys)
+        assert f"holds {found}" in line
+        assert tree(target) == kept
+    assert main(["export", str(run / "model"), str(tmp_path / "plain")]) == 0
+    assert main(["export", str(run / "model"), str(tmp_path / "plain"), "--overwrite"]) == 0  # an export replaces an export
+    data = inputs["task"] / "test.jsonl"
+    kept = data.read_bytes()
+    line = run_cli(["evaluate", str(run / "model"), str(data), "--predictions", str(data)], capsys)
+    assert "is the input" in line and data.read_bytes() == kept
+    questions = tmp_path / "q.jsonl"
+    questions.write_text('{"question": "q", "choices": ["x", "y"], "answer": 0}\n')
+    for flag in ("--out", "--details"):
+        line = run_cli(["eval-choice", model, "--task", f"t={questions}", flag, str(questions)], capsys)
+        assert "is the input" in line
+    assert questions.read_text().startswith('{"question"')
+
+
+def test_a_setting_given_with_dash_and_underscore_is_refused(inputs, tmp_path, capsys):
+    config = tmp_path / "settings.yaml"
+    config.write_text(f"task: {inputs['task']}\nmax-length: 16\nmax_length: 512\n")
+    line = run_cli(["finetune", "--config", str(config), "--modules", str(inputs["store"]), "--out", str(tmp_path / "f")], capsys)
+    assert "gives 'max_length' twice (with - and _ in its name)" in line

@@ -23,7 +23,7 @@ def export(task_model: str | Path, out: str | Path, model: str | None = None, ov
     from domix.finetune.model import export as export_classifier
     from domix.llm.model import export_causal, is_causal_task_model
 
-    check_new_output(out, [task_model], overwrite)
+    check_new_output(out, [task_model], overwrite, what="an exported model")
     (export_causal if is_causal_task_model(task_model) else export_classifier)(task_model, out, model)
     return Path(out)
 
@@ -41,5 +41,5 @@ def evaluate(task_model: str | Path, data: str | Path, predictions: str | Path |
     from domix.finetune.evaluate import evaluate_file
 
     if predictions:
-        check_new_file(predictions)
+        check_new_file(predictions, [data])
     return evaluate_file(task_model, data, predictions, max_length, base=model, columns=columns, split=split)

@@ -63,10 +63,12 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         seen = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=True)
-            if key in seen:
+            if isinstance(key, (list, dict, set)):
+                raise DomixError(f"a key on line {key_node.start_mark.line + 1} is a list or mapping; keys are names")
+            if str(key) in seen:  # names: 1 and "1" are the same domain
                 raise DomixError(f"the key {key!r} appears twice in one mapping (line {key_node.start_mark.line + 1}); "
                                  "keep one of them")
-            seen.add(key)
+            seen.add(str(key))
         return super().construct_mapping(node, deep)
 
 
@@ -83,6 +85,10 @@ def read_yaml_mapping(path: str | Path, fields: set[str], what: str = "config fi
         raise DomixError(f"{what} {path}: {err}") from None
     if not isinstance(data, dict):
         raise DomixError(f"{what} {path} must hold a mapping of setting: value")
+    spelled = [str(k).replace("-", "_") for k in data]
+    twice = sorted({k for k in spelled if spelled.count(k) > 1})
+    if twice:
+        raise DomixError(f"{what} {path} gives {twice[0]!r} twice (with - and _ in its name); keep one of them")
     data = {str(k).replace("-", "_"): v for k, v in data.items()}
     unknown = sorted(set(data) - fields)
     if unknown:

@@ -95,18 +95,22 @@ def check_out(out: Path, settings: dict, resume_free: tuple[str, ...], overwrite
     return previous
 
 
-def check_new_output(out: str | Path, inputs: list[str | Path], overwrite: bool) -> None:
+def check_new_output(out: str | Path, inputs: list[str | Path], overwrite: bool, what: str = "a model folder") -> None:
     """Check, before any compute, that a command may put a new folder at ``out``.
 
     Refused: something already there (unless ``overwrite``; a file never: it is not a folder this
-    command made), any of the command's own ``inputs`` or a folder holding or inside one (even with
-    ``overwrite``: replacing it would delete the input), and a place the user cannot write.
+    command made; another command's run or store never: ``what`` names what this command writes), any
+    of the command's own ``inputs`` or a folder holding or inside one (even with ``overwrite``:
+    replacing it would delete the input), and a place the user cannot write.
     """
     out = Path(out)
-    target = out.resolve()
     refuse_own_inputs(out, inputs)
     if out.is_file() or out.is_symlink() and not out.is_dir():
         raise DomixError(f"the output {out} is a file; choose a new folder name")
+    if out.is_dir() and ((out / RUN_FILE).is_file() or any(out.glob("*/domix_manifest.json"))):
+        found = run_kind(atomic.read_json(out / RUN_FILE)) if (out / RUN_FILE).is_file() else "pretrain"
+        raise DomixError(f"{out} holds {KIND_NAMES.get(found, 'a domix run')}, which --overwrite does not replace with {what}; "
+                         "choose another output folder (or delete that one yourself if you mean to)")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise DomixError(f"the output folder {out} exists and is not empty; pass --overwrite to replace it or choose another")
     _check_writable_parent(out)
@@ -134,9 +138,13 @@ def begin(out: Path, run: dict, previous: dict | None, overwrite: bool, ranks) -
         print(f"domix: process {ranks.rank} of {ranks.world}, data-parallel")
 
 
-def check_new_file(path: str | Path) -> None:
-    """Check, before any compute, that a command can write its output file at ``path`` (replacing a file)."""
+def check_new_file(path: str | Path, inputs: list[str | Path] = ()) -> None:
+    """Check, before any compute, that a command can write its output file at ``path`` (replacing a file,
+    never one of the command's own ``inputs``)."""
     path = Path(path)
+    for given in inputs:
+        if given and Path(given).exists() and path.resolve() == Path(given).resolve():
+            raise DomixError(f"{path} is the input {given}, which writing it would destroy; give another file name")
     if path.is_dir():
         raise DomixError(f"{path} is a folder; give a file name to write to")
     parent = path.resolve().parent

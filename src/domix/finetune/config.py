@@ -11,7 +11,7 @@ from domix.methods.registry import method_settings, stage2
 from domix.settings import check
 
 
-@dataclass
+@dataclass(kw_only=True)
 class FinetuneConfig(*method_settings("finetune")):
     """The settings of domix finetune. A method's own settings (the bridge's p_init, MoDE's mode_*) come
     from its settings class in the registry, which this class inherits: the same YAML keys and flags."""

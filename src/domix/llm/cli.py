@@ -25,7 +25,8 @@ def add_parsers(sub) -> None:
     p = sub.add_parser("instruct", help="instruction fine-tuning of a causal LM: composed LoRA modules (DoMIX) or a baseline",
                        description="Fine-tune a causal LM on prompt/response (or instruction/input/output) jsonl rows, loss on "
                                    "the response tokens only. domix: LoRA modules (--modules STORE and/or --adapter PATH) "
-                                   "concatenated with a trainable bridge; lora/dora: PEFT adapters; full: every weight. "
+                                   "concatenated with a trainable bridge; lora/dora: PEFT adapters; mode: a gate over the experts of "
+                                   "domix pretrain --method mode; full: every weight. "
                                    "Flags override the settings of --config.")
     p.add_argument("--config", help="YAML file of settings (keys as the flags)")
     p.add_argument("--train", help="jsonl (or a JSON list) of prompt/response or instruction/input/output rows")
@@ -46,7 +47,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--general", help="general-domain text (a file or folder, as pretrain's --domain PATH): the record gives "
                                      "the LM loss on it before and after training (retention)")
     p.add_argument("--general-blocks", type=int, help="sequences of --max-length tokens of --general that retention scores (default 64)")
-    add_setting_flags(p, method_settings("instruct"))  # each method's own (the bridge's), from the registry
+    add_setting_flags(p, method_settings("instruct"))  # each method's own (the bridge's, mode_*), from the registry
     p.add_argument("--lr", type=float, help="(default 2e-4)")
     p.add_argument("--weight-decay", type=float, help="AdamW weight decay (default 0)")
     p.add_argument("--warmup-ratio", type=float, help="(default 0.03)")
@@ -112,11 +113,12 @@ def run_eval_choice(args: argparse.Namespace) -> None:
     from domix.engine.runfolder import check_new_file
     from domix.llm.choice import evaluate_choice, format_results
 
-    if args.out:
-        check_new_file(args.out)
     from domix.settings import unique_names
 
     tasks = unique_names(args.tasks, "--task")
+    for written in (args.out, args.details):
+        if written:
+            check_new_file(written, list(tasks.values()))
     protocols = PROTOCOLS if args.protocol == "both" else (args.protocol,)
     report = evaluate_choice(args.model, tasks, protocols, args.out, args.limit, args.batch_size, args.max_length,
                              args.max_new_tokens, args.template, args.device, args.dtype, args.details, args.base_model,

@@ -19,7 +19,7 @@ FORMATS = ("boolq", "piqa", "siqa", "hellaswag", "winogrande", "arc", "openbookq
            "llm_adapters")  # task files: llm/choice.py
 
 
-@dataclass
+@dataclass(kw_only=True)
 class InstructConfig(*method_settings("instruct")):
     """The settings of domix instruct. A method's own settings (the bridge's p_init, new_rank) come from its
     settings class in the registry, which this class inherits: the same YAML keys and flags."""

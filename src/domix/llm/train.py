@@ -95,6 +95,7 @@ def prepare(cfg: InstructConfig) -> dict:
     total_params = sum(p.numel() for p in model.parameters())
     model, groups = build(model, modules, cfg, method)
     model.to(device)
+    method.place(model, cfg)  # a method's own placement after the move (MoDE's --mode-device-map)
     train_rows, dropped = encode_examples(train_examples, tokenizer, cfg.template, cfg.max_length, "train")
     dev_rows, dev_dropped = encode_examples(dev_examples, tokenizer, cfg.template, cfg.max_length, "dev")
     return {"model": model, "tokenizer": tokenizer, "groups": groups, "modules": modules, "method": method,

@@ -11,7 +11,7 @@ from domix.methods.registry import method_settings, stage1
 from domix.settings import check
 
 
-@dataclass
+@dataclass(kw_only=True)
 class PretrainConfig(*method_settings("pretrain")):
     """The settings of domix pretrain. A method's own settings (MixDA's mixda_*, MoDE's mode_*) come from
     its settings class in the registry, which this class inherits: the same YAML keys and flags."""

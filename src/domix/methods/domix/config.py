@@ -46,7 +46,7 @@ def resolve_lr(value: str | float | None, lr: float, matched: float | None = Non
     return value
 
 
-@dataclass
+@dataclass(kw_only=True)
 class BridgeConfig:
     # P's initial value c·I: "scaled_identity" c = 1/Σr (the published default), "average" c = 1/N
     # (the N modules' mean update at full strength), "identity" c = 1 (their sum), or a number c.
@@ -80,12 +80,12 @@ class BridgeConfig:
         return parse_p_init(self.p_init)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class BridgeSettings(BridgeConfig):
     """The bridge's settings as a run takes them (domix finetune --method domix, domix_fixed or cat): the
     bridge's own, and a fresh block of ``new_rank`` before the modules (the published LLM code's)."""
 
-    new_rank: int | None = setting(None, "domix, domix_fixed, cat: a fresh LoRA block of this rank first in the bridge (A random "
+    new_rank: int | None = setting(None, "domix and its bridge variants: a fresh LoRA block of this rank first in the bridge (A random "
                                          "and frozen, B zero and trained), as the published LLM code adds (it uses the modules' rank)", int)
 
     def check_settings(self) -> None:
@@ -101,7 +101,7 @@ class BridgeSettings(BridgeConfig):
         ])
 
 
-@dataclass
+@dataclass(kw_only=True)
 class InstructBridgeSettings(BridgeSettings):
     """The same for domix instruct, where the published LLM code gives the bridge no weight decay."""
 

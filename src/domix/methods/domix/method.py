@@ -32,7 +32,7 @@ class Bridge(TaskMethod):
             modules = [fresh_module(modules, cfg.new_rank, cfg.seed)] + modules
             print(f"domix: a fresh block of rank {cfg.new_rank} (A random and frozen, B zero) goes first in the bridge, "
                   f"before {', '.join(m.name for m in modules[1:])}")
-        bridge = BridgeConfig(self.p_init(cfg), cfg.p_lr, cfg.p_weight_decay, cfg.b_lr)
+        bridge = BridgeConfig(p_init=self.p_init(cfg), p_lr=cfg.p_lr, p_weight_decay=cfg.p_weight_decay, b_lr=cfg.b_lr)
         compose(model, modules, bridge)
         # one rate per group: modules that adapt only some layers give those layers another c (compose), not another rate
         p_lr, b_lr = bridge.learning_rates(cfg.lr, sum(m.rank for m in modules), len(modules))

@@ -53,7 +53,7 @@ def bottleneck(width: int, reduction: int) -> int:
     return max(width // reduction, 1)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class MixdaSettings:
     """MixDA's stage-1 settings (domix pretrain --method mixda): where its domain adapters go, how big they are."""
 

@@ -115,7 +115,7 @@ def _read_device_map(value) -> dict[str, str] | None:
     return device_map
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ModePretrainSettings:
     """MoDE's stage-1 settings (domix pretrain --method mode): how the backbone is cut into blocks, how big an expert is."""
 
@@ -140,7 +140,7 @@ class ModePretrainSettings:
             raise DomixError(f"--mode-backbone-prior must be between 0 and 1 (exclusive), not {self.mode_backbone_prior!r}")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ModeFinetuneSettings:
     """MoDE's stage-2 settings (domix finetune and domix instruct --method mode): the gates (and a classifier's head)
     train; the experts too on request."""

@@ -17,6 +17,7 @@ Layers that return a tuple (older transformers) are handled as well as those ret
 from __future__ import annotations
 
 import copy
+import threading
 from typing import Any
 
 import torch
@@ -70,7 +71,7 @@ class ExpertBlock(nn.Module):
         self.gate_count = 0
         # the experts' cache entries: index -> the backbone layer it copies (one dict shared by the model's blocks)
         self.cache_sources: dict[int, int] = {}
-        self._pass: dict[str, Any] = {}  # one forward's state between the block's slots
+        self._passes: dict[int, dict[str, Any]] = {}  # a forward's state between the block's slots, per thread
 
     @property
     def domains(self) -> list[str]:
@@ -103,21 +104,27 @@ class ExpertBlock(nn.Module):
     def step(self, position: int, hidden_states: torch.Tensor, args: tuple, kwargs: dict):
         """The slot at ``position`` of the block: its backbone layer, the experts' copies of that layer,
         with this slot's arguments; the block's input and gate at the first, the mix at the last."""
-        device, last = hidden_states.device, len(self.backbone) - 1
+        device, last, thread = hidden_states.device, len(self.backbone) - 1, threading.get_ident()
         if position == 0:
             self._reserve_expert_cache(args, kwargs)
             logits = self.gate(hidden_states)
             weights = torch.softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)  # (batch, seq, 1 + N)
             if self.recording:
                 self._record(weights)
-            self._pass = {"input": hidden_states, "weights": weights, "experts": {}}
-        state = self._pass["experts"]
+            self._passes[thread] = {"input": hidden_states, "weights": weights, "experts": {}, "position": 0}
+        current = self._passes.get(thread)
+        if current is None or current["position"] != position - (position > 0):
+            self._passes.pop(thread, None)
+            raise DomixError(f"MoDE block {self.name} ran its layer {position} without the one before it (a model that skips "
+                             "layers, such as LayerDrop, cannot hold MoDE blocks); turn the skipping off")
+        current["position"] = position
+        state = current["experts"]
         # the experts first: on another device they run while the backbone does
         for domain, layers in self.experts.items():
             first = len(self.backbone) - len(layers)  # an expert copies the block's last layers and reads its input
             if position < first:
                 continue
-            x = self._pass["input"] if position == first else state[domain]
+            x = current["input"] if position == first else state[domain]
             where = _device_of(layers)
             layer = layers[position - first]
             if where == device:
@@ -128,7 +135,7 @@ class ExpertBlock(nn.Module):
         self.returns_tuple = isinstance(out, tuple)
         if position < last:
             return out
-        weights, self._pass = self._pass["weights"], {}
+        weights = self._passes.pop(thread)["weights"]
         backbone_out = hidden_of(out)
         mixed = weights[..., :1].to(backbone_out.dtype) * backbone_out
         for j, domain in enumerate(self.experts, start=1):
@@ -147,8 +154,13 @@ class ExpertBlock(nn.Module):
                 if index != len(cache.layers):
                     raise DomixError(f"this cache has {len(cache.layers)} layers where the model's MoDE experts expect the "
                                      f"backbone's {min(self.cache_sources)}; generate with a cache the model builds")
-                entry = copy.deepcopy(cache.layers[self.cache_sources[index]])
-                entry.reset()  # a fresh entry of the same kind
+                source = cache.layers[self.cache_sources[index]]
+                if getattr(source, "is_initialized", False) and source.get_seq_length() > 0:
+                    raise DomixError(f"this cache already holds keys for layer {self.cache_sources[index]}, but not for the MoDE "
+                                     "experts that copy it; generate with a cache the model builds from the start")
+                entry = copy.deepcopy(source)  # the same kind of entry (sliding window or full) ...
+                entry.keys = entry.values = None  # ... empty, allocated where the expert's first keys are
+                entry.is_initialized = False
                 cache.layers.append(entry)
 
     @torch.no_grad()
