@@ -153,3 +153,15 @@ def test_instruct_with_mode_refuses_lora_adapters_and_names_the_store(tmp_path, 
     line = run_cli(["instruct", "--method", "mode", "--modules", str(tmp_path), "--adapter", str(tmp_path / "a"),
                     "--train", str(tmp_path / "t.jsonl"), "--out", str(tmp_path / "o")], capsys)
     assert "--adapter gives LoRA adapters, which MoDE does not compose" in line
+
+
+def test_slots_answer_the_attention_type_of_the_layer_they_hold():
+    """transformers 4.x's Gemma-2 and Qwen2 loops pick each layer's mask by ``decoder_layer.attention_type``."""
+    from domix.base_model import find_blocks
+
+    model = tiny("gemma2")
+    _, layers = find_blocks(model)
+    for i, layer in enumerate(layers):
+        layer.attention_type = model.config.layer_types[i]
+    with_experts(model, block_size=4)
+    assert [slot.attention_type for slot in model.model.layers] == model.config.layer_types

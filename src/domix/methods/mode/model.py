@@ -55,6 +55,9 @@ def insert_blocks(model: nn.Module, plans: list[BlockPlan]) -> list[ExpertBlock]
         layers[first] = block
         for position, i in enumerate(plan.layers[1:], start=1):
             layers[i] = BlockSlot(block, position, i)
+        for i in plan.layers:  # a layer loop that reads the slot's attention type (transformers 4.x) finds the layer's
+            if hasattr(original[i - first], "attention_type"):
+                layers[i].attention_type = original[i - first].attention_type
         blocks.append(block)
     getattr(model, "base_model", model).register_forward_pre_hook(_hand_mask_to_blocks, with_kwargs=True)
     return blocks
