@@ -68,6 +68,30 @@ def test_a_method_may_run_fewer_seeds(tmp_path, tiny_llama, corpora, task):
             CompareConfig.from_yaml(write_config(tmp_path / "c.yaml", tiny_llama, corpora, task, methods=["head"], method_seeds=bad))
 
 
+def test_a_part_of_a_comparison_runs_first_and_the_full_run_reuses_it(tmp_path, tiny_llama, corpora, task, capsys):
+    """--methods/--tasks/--seeds: the same jobs as the full plan's, in the same folders, and no report of the part."""
+    path = write_config(tmp_path / "c.yaml", tiny_llama, corpora, task, seeds=[1, 2], methods=["head", "lora", "domix"],
+                        method_seeds={"head": [2]}, orders=1)
+    cfg = CompareConfig.from_yaml(path)
+    full = {j.name: j.settings for j in plan(cfg)}
+    part = cfg.narrowed(methods=["head", "domix"], seeds=[1])
+    names = sorted(j.name for j in plan(part) if j.kind == "finetune")
+    assert names == ["finetune/domix/topics/seed1-food-bio"]  # head has only seed 2; lora is left out
+    assert all(full[j.name] == j.settings for j in plan(part))  # the very jobs of the full plan
+    for bad, message in ((dict(methods=["lorra"]), "--methods lorra names ['lorra']"), (dict(seeds=[3]), "--seeds 3"),
+                         (dict(tasks=[]), "names nothing")):
+        with pytest.raises(DomixError, match=re.escape(message)):
+            cfg.narrowed(**bad)
+    assert main(["compare", str(path), "--methods", "lora", "--seeds", "1"]) == 0
+    assert "a part of the comparison" in capsys.readouterr().out
+    out = tmp_path / "out"
+    assert (out / "finetune" / "lora" / "topics" / "seed1" / "result.json").is_file() and not (out / "results.json").exists()
+    done = (out / "finetune" / "lora" / "topics" / "seed1" / "result.json").stat().st_mtime_ns
+    assert main(["compare", str(path)]) == 0
+    assert (out / "finetune" / "lora" / "topics" / "seed1" / "result.json").stat().st_mtime_ns == done  # reused
+    assert (out / "results.json").is_file()
+
+
 def test_a_task_names_its_columns_and_splits_for_every_job(tmp_path, tiny_llama, corpora, task):
     spec = {"topics": {"path": str(task), "domain": "food", "text_column": "sentence", "splits": {"dev": "validation"}}}
     jobs = plan(CompareConfig.from_yaml(write_config(tmp_path / "c.yaml", tiny_llama, corpora, task, tasks=spec)))

@@ -190,8 +190,11 @@ def _run_compare(args: argparse.Namespace) -> None:
 
         print("\n".join(f"domix: wrote {path}" for path in rewrite_report(cfg)))
         return
+    part = args.methods is not None or args.tasks is not None or args.seeds is not None
+    if part:
+        cfg = cfg.narrowed(args.methods, args.tasks, args.seeds)
     command = shlex.join(["domix", "compare", args.config] + (["--out", args.out] if args.out else []))
-    compare(cfg, overwrite=args.overwrite, dry_run=args.dry_run, command=command)
+    compare(cfg, overwrite=args.overwrite, dry_run=args.dry_run, command=command, write=not part)
 
 
 def _run_modules(args: argparse.Namespace) -> None:
@@ -243,6 +246,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (overrides the config's out)")
     p.add_argument("--overwrite", action="store_true", help="rerun jobs whose finished runs have other settings")
     p.add_argument("--dry-run", action="store_true", help="list the jobs and whether each is finished, run nothing")
+    p.add_argument("--methods", type=lambda t: [x.strip() for x in t.split(",") if x.strip()],
+                   help="comma-separated: run only these of the config's methods (a part to run first; the full run reuses it)")
+    p.add_argument("--tasks", type=lambda t: [x.strip() for x in t.split(",") if x.strip()], help="comma-separated: only these tasks")
+    p.add_argument("--seeds", type=lambda t: [int(x) for x in t.split(",") if x.strip()], help="comma-separated: only these seeds")
     p.add_argument("--report-only", action="store_true", help="run nothing: write report.md, report.html and plots/ again "
                                                                "from OUT/results.json (e.g. after a domix upgrade)")
     p = sub.add_parser("modules", help="list the domain modules of a store (LoRA modules, MixDA adapters or MoDE experts)")

@@ -85,6 +85,28 @@ class CompareConfig:
         data["orders"] = domain_orders(list(data["domains"]), data.get("orders", 2 if len(data["domains"]) > 1 else 1))
         return cls(**data).validate()
 
+    def narrowed(self, methods: list[str] | None = None, tasks: list[str] | None = None,
+                 seeds: list[int] | None = None) -> "CompareConfig":
+        """The same comparison restricted to some of its methods, tasks and seeds (a part of it to run first, into
+        the same out folder: its jobs are the full comparison's, so the full run reuses them)."""
+        def pick(what: str, asked: list | None, have: list) -> list:
+            if asked is None:
+                return have
+            missing = [a for a in asked if a not in have]
+            if missing or not asked:
+                raise DomixError(f"--{what} {','.join(map(str, asked))} names {missing or 'nothing'}, not among the comparison's "
+                                 f"{what} {have}; choose among those")
+            return [h for h in have if h in asked]
+
+        chosen = pick("methods", methods, self.methods)
+        by_name = {t.name: t for t in self.tasks}
+        all_seeds = sorted({s for m in self.methods for s in self.method_seeds.get(m, self.seeds)})
+        keep = pick("seeds", seeds, all_seeds)
+        # every chosen method's own seeds among those kept (a method may be left with none: it runs nothing)
+        own = {m: [s for s in self.method_seeds.get(m, self.seeds) if s in keep] for m in chosen}
+        return dataclasses.replace(self, methods=chosen, tasks=[by_name[n] for n in pick("tasks", tasks, list(by_name))],
+                                   method_seeds=own)
+
     def validate(self) -> "CompareConfig":
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown:

@@ -139,11 +139,12 @@ def _finetune_job(cfg: CompareConfig, name: str, task: ComparedTask, seed: int, 
 
 
 def compare(cfg: CompareConfig, overwrite: bool = False, dry_run: bool = False, command: str | None = None,
-            in_process: bool = False) -> dict | None:
+            in_process: bool = False, write: bool = True) -> dict | None:
     """Run (or resume) every job of the comparison, then write results.json and the report.
 
     ``in_process`` runs the jobs in this process instead of one process each: faster to start
-    (tests use it), but peak memory then accumulates over the jobs.
+    (tests use it), but peak memory then accumulates over the jobs. ``write`` False (a part of a
+    comparison, ``CompareConfig.narrowed``): print the part's table, leave results.json and the report.
     """
     jobs = plan(cfg)
     out = Path(cfg.out)
@@ -193,11 +194,14 @@ def compare(cfg: CompareConfig, overwrite: bool = False, dry_run: bool = False, 
     if pending:
         print(board.summary())
     results = collect(cfg, jobs, times, command)
-    atomic.write_json(out / "results.json", results)
     from domix.compare.report import format_table, summarise, write_report
 
-    written = write_report(results, out)
     print(format_table(summarise(results), [t.name for t in cfg.tasks]))
+    if not write:
+        print("domix: a part of the comparison: results.json and the report are left as they are (the full run writes them)")
+        return results
+    atomic.write_json(out / "results.json", results)
+    written = write_report(results, out)
     print(f"domix: wrote {out / 'results.json'}, " + ", ".join(str(p) for p in written.values() if p.suffix in (".md", ".html")))
     return results
 
