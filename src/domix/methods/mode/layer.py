@@ -54,10 +54,9 @@ def to_device(obj: Any, device: torch.device) -> Any:
 class ExpertBlock(nn.Module):
     """A block of backbone layers, the domains' expert layers and the gate that mixes them per token."""
 
-    def __init__(self, name: str, first_layer: int, backbone: list[nn.Module], hidden_size: int, dtype: torch.dtype):
+    def __init__(self, name: str, backbone: list[nn.Module], hidden_size: int, dtype: torch.dtype):
         super().__init__()
         self.name = name  # e.g. "model.layers.0-5", for records
-        self.first_layer = first_layer  # the backbone index of the block's first layer
         self.backbone = nn.ModuleList(backbone)
         self.experts = nn.ModuleDict()  # domain -> its layers
         self.gate = nn.Linear(hidden_size, 1, dtype=dtype, device=_device_of(self.backbone))

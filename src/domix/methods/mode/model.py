@@ -49,7 +49,7 @@ def insert_blocks(model: nn.Module, plans: list[BlockPlan]) -> list[ExpertBlock]
         first = plan.layers[0]
         original = [layers[i] for i in plan.layers]
         dtype = next(original[0].parameters()).dtype
-        block = ExpertBlock(f"layers {first}-{plan.layers[-1]}", first, original, hidden, dtype)
+        block = ExpertBlock(f"layers {first}-{plan.layers[-1]}", original, hidden, dtype)
         block.plan = plan
         block.cache_sources = cache_sources
         layers[first] = block
