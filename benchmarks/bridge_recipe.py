@@ -15,8 +15,9 @@ to LoRA and LoRA-FA of the modules' total rank. Dev scores only (the best epoch'
 Each run is an ordinary domix run folder under --out (no model weights): a finished one is read
 back, an interrupted one resumes, so rerunning the command goes on where it stopped. With --reuse, a
 run the comparison (configs/compare-dap.yaml) has already made with exactly the same settings (lora,
-lora_fa, and domix's first domain order while its default is the published bridge) is read from there
-instead of being trained twice; the table says which runs came from where.
+lora_fa, and the first domain order of domix for p10x, of domix_paper for paper) is read from there
+instead of being trained twice; the table says which runs came from where. The sweep decided: p10x is
+domix's default since 2026-12-03 (docs/bridge-init.md).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ CANDIDATES: dict[str, tuple[dict, int]] = {
     "paper-long": (PAPER, 2),  # twice the epochs: time for P to move
 }
 REFERENCES = ("lora", "lora_fa")  # of the modules' total rank, from the base
-COMPARE_ROWS = {"lora": "lora", "lora_fa": "lora_fa", "paper": "domix"}  # a sweep variant -> the comparison's row
+COMPARE_ROWS = {"lora": "lora", "lora_fa": "lora_fa", "paper": "domix_paper", "p10x": "domix"}  # a sweep variant -> the comparison's row
 
 
 def same_run(cfg, compare_out: Path, label: str, task: str, seed: int, store_order: list[str]) -> Path | None:
@@ -54,20 +55,12 @@ def same_run(cfg, compare_out: Path, label: str, task: str, seed: int, store_ord
 
     if label not in COMPARE_ROWS:
         return None
-    folder = compare_out / "finetune" / COMPARE_ROWS[label] / task / (f"seed{seed}" + ("-" + "-".join(store_order) if label == "paper" else ""))
+    folder = compare_out / "finetune" / COMPARE_ROWS[label] / task / (f"seed{seed}" + ("-" + "-".join(store_order) if label in ("paper", "p10x") else ""))
     if not (folder / RESULT_FILE).is_file():
         return None
-    done, planned = json.loads((folder / RUN_FILE).read_text())["config"], cfg.to_dict()
-    paths = ("task", "modules", "model")
+    from domix.compare.run import changed_settings  # the test by which the comparison itself reuses a run
 
-    def same(key: str) -> bool:
-        if key in paths and done.get(key) and planned[key]:
-            return Path(done[key]).resolve() == Path(planned[key]).resolve()
-        if key == "domains":  # the comparison names its order; the sweep takes the store's, the same one
-            return done.get(key) in (None, store_order) and planned[key] is None
-        return done.get(key) == planned[key]
-
-    return folder if all(same(k) for k in planned if k not in type(cfg).RESUME_FREE) else None
+    return None if changed_settings(json.loads((folder / RUN_FILE).read_text())["config"], cfg) else folder
 
 
 def main() -> None:

@@ -12,7 +12,9 @@ method name, so domix and domix_paper stay apart), finished or not, so it also r
   buys over the task's own module), domix - domix_paper (the bridge recipe), domix - lora.
 - Bridge usage of a layer and domain j: ||B_cat diag(s) P[:, j] A_j||_F (recorded by every bridged run); the
   share of domain j is its usage over the sum over domains, averaged over layers, then over runs; the task's
-  own domain is starred, and an even share is 1/N.
+  own domain is starred, and an even share is 1/N. The share a domain starts with is not 1/N: at P = c·I it is
+  its module's own ||s_j B_j A_j||_F, read here from the store's files (safetensors, PEFT's names), so the
+  table also gives each share's change over training: what the bridge learned to favour.
 - Learning: training loss first -> last step, dev macro-F1 per epoch.
 """
 
@@ -46,7 +48,7 @@ def main() -> None:
     if not records:
         raise SystemExit(f"{folder} holds no finished fine-tuning run")
     domains = _task_domains(folder)
-    figures = {"differences": differences(records), "bridge_shares": bridge_shares(records, domains)}
+    figures = {"differences": differences(records), "bridge_shares": bridge_shares(records, domains, _starting_shares(folder))}
     print_differences(figures["differences"])
     print_shares(figures["bridge_shares"], domains)
     print_learning(records)
@@ -97,7 +99,8 @@ def run_shares(usage: dict) -> dict[str, float]:
     return {d: statistics.fmean(layer[j] for layer in per_layer) for j, d in enumerate(usage["domains"])}
 
 
-def bridge_shares(records: list[dict], own: dict[str, str]) -> list[dict]:
+def bridge_shares(records: list[dict], own: dict[str, str], start=None) -> list[dict]:
+    """Each (row, task)'s mean domain shares; ``start(usage)``, if given, the shares the same layers started with."""
     out = []
     for (row, task), runs in sorted(_by([r for r in records if r.get("bridge_usage")], lambda r: (r["row"], r["task"])).items()):
         shares: dict[str, list[float]] = {}
@@ -105,9 +108,43 @@ def bridge_shares(records: list[dict], own: dict[str, str]) -> list[dict]:
             for d, share in run_shares(r["bridge_usage"]).items():
                 shares.setdefault(d, []).append(share)
         mean = {d: statistics.fmean(v) for d, v in shares.items()}
+        began = start(runs[0]["bridge_usage"]) if start else None
         out.append({"row": row, "task": task, "runs": len(runs), "shares": mean, "own": own.get(task),
-                    "own_share": mean.get(own.get(task)), "even": 1 / len(mean)})
+                    "own_share": mean.get(own.get(task)), "even": 1 / len(mean), "start": began,
+                    "change": {d: mean[d] - began[d] for d in mean} if began else None})
     return out
+
+
+def _starting_shares(folder: Path):
+    """A function from a run's ``bridge_usage`` to each domain's share at P = c·I (c cancels in a share): per layer
+    ||s_j B_j A_j||_F of each module, from the store the comparison pre-trained (None if it is not there)."""
+    store = folder / "pretrain" / "domix"
+    if not store.is_dir():
+        return None
+    import torch
+    from safetensors.torch import load_file
+
+    modules = {}
+    for adapter in sorted(store.glob("*/adapter_model.safetensors")):
+        config = json.loads((adapter.parent / "adapter_config.json").read_text())
+        modules[adapter.parent.name] = (load_file(str(adapter)), config["lora_alpha"] / config["r"])
+
+    def norm(domain: str, layer: str) -> float:
+        weights, scale = modules[domain]
+        a = next(v for k, v in weights.items() if k.endswith(f"{layer}.lora_A.weight")).double()
+        b = next(v for k, v in weights.items() if k.endswith(f"{layer}.lora_B.weight")).double()
+        return scale * float(torch.trace((b.T @ b) @ (a @ a.T)).clamp(min=0).sqrt())  # ||B A||_F without forming B A
+
+    cache: dict = {}
+
+    def start(usage: dict) -> dict[str, float]:
+        key = (tuple(usage["domains"]), tuple(usage["layers"]))
+        if key not in cache:
+            cache[key] = run_shares({"domains": usage["domains"],
+                                     "norms": [[norm(d, layer) for d in usage["domains"]] for layer in usage["layers"]]})
+        return cache[key]
+
+    return start
 
 
 def print_differences(rows: list[dict]) -> None:
@@ -127,6 +164,12 @@ def print_shares(rows: list[dict], own: dict[str, str]) -> None:
     for r in rows:
         cells = " ".join(f"{r['shares'][d]:10.3f}" + ("*" if d == r["own"] else " ") for d in domains)
         print(f"  {r['row']:14} {r['task']:11} {cells}  {r['runs']}")
+    moved = [r for r in rows if r["change"]]
+    if moved:
+        print("\n  the same shares at the start (P = c·I, the modules' own update sizes), and their change over training")
+        for r in moved:
+            cells = " ".join(f"{r['start'][d]:.3f}{r['change'][d]:+.3f}" + ("*" if d == r["own"] else " ") for d in domains)
+            print(f"  {r['row']:14} {r['task']:11} {cells}")
 
 
 def print_learning(records: list[dict]) -> None:

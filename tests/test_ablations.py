@@ -111,25 +111,22 @@ def test_lora_and_domix_with_its_defaults_both_learn_a_task_lora_learns(tiny_lla
     assert domix["test"]["accuracy"] > majority + 0.3
 
 
-def test_on_an_encoder_whose_head_alone_cannot_learn_matched_rates_learn_where_the_published_bridge_stalls(tiny_bert, bert_store,
-                                                                                                             tmp_path):
+def test_on_an_encoder_whose_head_alone_cannot_learn_domix_with_its_defaults_learns_what_lora_learns(tiny_bert, bert_store,
+                                                                                                     tmp_path):
     """A tiny random BERT, two topics: its frozen features give the head nothing (it stays at chance), so the adapted
-    layers must learn. With weak modules (8 steps: B near zero) the published bridge (P = I/Σr, P and B at the run's
-    rate, domix's default) has nothing for P to mix and moves the output Σr = 8 times less per B step than LoRA-FA: it
-    stays at chance in 2 of these 3 seeds. P = I/N with both rates matched learns at LoRA's rate. Not the default:
-    on restaurant with modules from whole corpora it scored 37.7 dev macro-F1 against the published bridge's 58.2
-    (docs/bridge-init.md)."""
+    layers must learn. Every method at the same rate, 1e-3 (the real comparisons' rate), 20 epochs: LoRA .98 .98 .94,
+    LoRA-FA .94 .95 .78, domix's default bridge (P at 10x) .88 .91 .86, the published classification bridge (P at the
+    run's rate, --recipe paper) .50 .92 .97. At 1e-2 the default's P steps by 0.1 against entries of 1/Σr = 0.125 and
+    stalls in 2 of these 3 seeds (docs/bridge-init.md)."""
     task = make_task(tmp_path / "two-topics", sizes=(96, 32, 64), labels=("food", "cs"))
-    settings = dict(task=str(task), epochs=6, batch_size=16, lr=1e-2, max_length=32, save_model=False)
+    settings = dict(task=str(task), epochs=20, batch_size=16, lr=1e-3, max_length=32, save_model=False)
 
-    def accuracy(name: str, **kw) -> float:
-        return sum(finetune(FinetuneConfig(out=str(tmp_path / name / str(seed)), seed=seed, **settings, **kw))["test"]["accuracy"]
-                   for seed in (1, 2, 3)) / 3
+    def accuracy(name: str, **kw) -> list[float]:
+        return [finetune(FinetuneConfig(out=str(tmp_path / name / str(seed)), seed=seed, **settings, **kw))["test"]["accuracy"]
+                for seed in (1, 2, 3)]
 
     head = accuracy("head", model=str(tiny_bert), method="head")
     lora = accuracy("lora", model=str(tiny_bert), method="lora", lora_rank=8)
-    matched = accuracy("matched", modules=str(bert_store), p_init="average", p_lr="matched", b_lr="matched")
     default = accuracy("default", modules=str(bert_store))
-    assert head < 0.6 and lora > 0.9
-    assert matched > 0.8 and matched > lora - 0.15
-    assert default < 0.7  # the published bridge on weak modules
+    assert max(head) < 0.65 and min(lora) > 0.85
+    assert min(default) > 0.8 and sum(default) / 3 > sum(lora) / 3 - 0.15

@@ -37,7 +37,7 @@ def test_identity_bridge_equals_the_sum_of_the_modules(tiny_llama, llama_store):
     assert layer.scales.tolist() == [16 / 2] * 2 + [16 / 4] * 4  # bio (rank 2), then food (rank 4)
 
 
-def test_default_bridge_is_the_published_scaled_identity_and_folds_exactly(tiny_llama, llama_store):
+def test_default_bridge_starts_at_the_published_scaled_identity_and_folds_exactly(tiny_llama, llama_store):
     model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float64)
     compose(model, load_store(llama_store))
     layer = next(iter(bridged_layers(model).values()))

@@ -68,6 +68,20 @@ def test_a_method_may_run_fewer_seeds(tmp_path, tiny_llama, corpora, task):
             CompareConfig.from_yaml(write_config(tmp_path / "c.yaml", tiny_llama, corpora, task, methods=["head"], method_seeds=bad))
 
 
+def test_an_ordered_method_may_run_fewer_orders(tmp_path, tiny_llama, corpora, task):
+    cfg = CompareConfig.from_yaml(write_config(tmp_path / "c.yaml", tiny_llama, corpora, task, methods=["domix", "domix_paper"],
+                                               method_orders={"domix_paper": 1}))
+    names = sorted(j.name for j in plan(cfg) if j.kind == "finetune")
+    assert names == ["finetune/domix/topics/seed1-bio-food", "finetune/domix/topics/seed1-food-bio",
+                     "finetune/domix_paper/topics/seed1-food-bio"]  # the first of the orders
+    assert sorted(j.name for j in plan(cfg.narrowed(methods=["domix"])) if j.kind == "finetune") == names[:2]
+    for bad, message in (({"lora": 1}, "method_orders names 'lora', which is not among"),
+                         ({"domix": 3}, "method_orders.domix must be a whole number from 1 to 2"),
+                         ({"domix": True}, "method_orders.domix must be a whole number")):
+        with pytest.raises(DomixError, match=message):
+            CompareConfig.from_yaml(write_config(tmp_path / "c.yaml", tiny_llama, corpora, task, methods=["domix"], method_orders=bad))
+
+
 def test_a_part_of_a_comparison_runs_first_and_the_full_run_reuses_it(tmp_path, tiny_llama, corpora, task, capsys):
     """--methods/--tasks/--seeds: the same jobs as the full plan's, in the same folders, and no report of the part."""
     path = write_config(tmp_path / "c.yaml", tiny_llama, corpora, task, seeds=[1, 2], methods=["head", "lora", "domix"],
@@ -136,8 +150,19 @@ def test_compare_runs_every_method_and_resumes(tmp_path, tiny_llama, corpora, ta
     run = json.loads(run_file.read_text())
     del run["config"]["general_blocks"]
     run_file.write_text(json.dumps(run))
+    # a run with the published bridge's values made without naming the recipe (a plain finetune with those flags) is the same run
+    paper_file = out / "finetune" / "domix_paper" / "topics" / "seed1-food-bio" / "run.json"
+    paper = json.loads(paper_file.read_text())
+    assert paper["config"]["recipe"] == "paper" and paper["config"]["p_lr"] is None
+    paper["config"]["recipe"] = None
+    paper_file.write_text(json.dumps(paper))
     compare(CompareConfig.from_yaml(config), in_process=True)
     assert "29 already finished" in capsys.readouterr().out
+    paper["config"]["p_weight_decay"] = 0.0  # a value, though, is compared
+    paper_file.write_text(json.dumps(paper))
+    compare(CompareConfig.from_yaml(config), dry_run=True)
+    assert re.search(r"finished with other p_weight_decay \(--overwrite reruns it\) .*domix_paper/topics/seed1-food-bio",
+                     capsys.readouterr().out)
 
     changed = write_config(tmp_path / "c2.yaml", tiny_llama, corpora, task, finetune={"epochs": 2, "max_length": 32})
     with pytest.raises(DomixError, match="holds a finished finetune run with other settings"):

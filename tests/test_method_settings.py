@@ -70,8 +70,9 @@ def test_old_yaml_and_recorded_settings_keep_loading(tmp_path):
     cfg = build_config(PretrainConfig, str(old), {})
     assert (cfg.mixda_layers, cfg.mode_blocks) == ([1, 3], [0, 2])
     # a run record's settings (run.json "config") rebuild the same settings object
-    assert FinetuneConfig(**FinetuneConfig(task="t", modules="m", out="o").to_dict()).validate().p_weight_decay == 0.01
-    assert InstructConfig(train="x", modules="m", out="o").validate().p_weight_decay == 0.0  # the LLM code's default
+    recorded = FinetuneConfig(**FinetuneConfig(task="t", modules="m", out="o").to_dict()).validate()
+    assert (recorded.p_lr, recorded.p_weight_decay) == ("10x", 0.0)  # domix's default bridge: the published LLM code's
+    assert (InstructConfig(train="x", modules="m", out="o").validate().p_weight_decay) == 0.0
 
 
 def test_a_methods_check_still_refuses_its_bad_values():

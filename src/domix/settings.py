@@ -39,6 +39,14 @@ def add_setting_flags(parser, classes: tuple[type, ...]) -> None:
                 parser.add_argument(flag, type=f.metadata["flag_type"], help=help)
 
 
+def resume_free(cfg: Any) -> tuple[str, ...]:
+    """The settings a run of ``cfg`` may be resumed or reused under other values of: its class's ``RESUME_FREE``
+    (where and how it runs, a recipe's name) and the settings only other methods read."""
+    from domix.methods.registry import other_methods_settings
+
+    return (*type(cfg).RESUME_FREE, *sorted(other_methods_settings(cfg.COMMAND, cfg.method)))
+
+
 def check(rules: list[tuple[bool, str]]) -> None:
     """Raise the message of the first rule that does not hold."""
     for ok, message in rules:

@@ -13,6 +13,7 @@ A comparison is one YAML file::
     seeds: [1, 2]
     method_seeds: {full: [1]}   # fewer (or other) seeds for some methods
     orders: 2                   # or a list of domain orders
+    method_orders: {domix_paper: 1}   # fewer orders (the first n) for some order-dependent methods
     pretrain: {steps: 20}       # domix pretrain settings shared by every pre-training run
     finetune: {epochs: 2}       # domix finetune settings shared by every fine-tuning run
     method_settings: {full: {lr: 2.0e-5}}   # per-method finetune overrides
@@ -58,6 +59,7 @@ class CompareConfig:
     seeds: list[int] = field(default_factory=lambda: [1, 2])
     method_seeds: dict[str, list[int]] = field(default_factory=dict)  # a method's own seeds instead of ``seeds``
     orders: list[list[str]] = field(default_factory=list)  # filled from an int by from_yaml
+    method_orders: dict[str, int] = field(default_factory=dict)  # a method's own number of orders (the first n of ``orders``)
     pretrain: dict[str, Any] = field(default_factory=dict)
     finetune: dict[str, Any] = field(default_factory=dict)
     method_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -105,7 +107,7 @@ class CompareConfig:
         # every chosen method's own seeds among those kept (a method may be left with none: it runs nothing)
         own = {m: [s for s in self.method_seeds.get(m, self.seeds) if s in keep] for m in chosen}
         return dataclasses.replace(self, methods=chosen, tasks=[by_name[n] for n in pick("tasks", tasks, list(by_name))],
-                                   method_seeds=own)
+                                   method_seeds=own, method_orders={m: n for m, n in self.method_orders.items() if m in chosen})
 
     def validate(self) -> "CompareConfig":
         unknown = [m for m in self.methods if m not in METHODS]
@@ -121,6 +123,12 @@ class CompareConfig:
                 raise DomixError(f"method_seeds names {method!r}, which is not among the comparison's methods {self.methods}")
             if not isinstance(seeds, list) or not seeds or not all(isinstance(x, int) for x in seeds):
                 raise DomixError(f"method_seeds.{method} must be a list of whole numbers, not {seeds!r}")
+        for method, n in self.method_orders.items():
+            if method not in self.methods:
+                raise DomixError(f"method_orders names {method!r}, which is not among the comparison's methods {self.methods}")
+            if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= len(self.orders):
+                raise DomixError(f"method_orders.{method} must be a whole number from 1 to {len(self.orders)} (the comparison's orders), "
+                                 f"not {n!r}")
         if not isinstance(self.jobs, int) or self.jobs < 1:
             raise DomixError(f"jobs must be a whole number of at least 1, not {self.jobs!r}")
         _known_keys("pretrain", self.pretrain, PRETRAIN_FIELDS - {"model", "domains", "out", "method", "general"})

@@ -43,7 +43,7 @@ from domix.methods.registry import STAGE1, STAGE2
 from domix.pretrain.config import PretrainConfig
 from domix.engine.progress import PROGRESS_FILE_ENV
 from domix.engine.runfolder import RUN_FILE, refuse_other_kind, refuse_own_inputs
-from domix.settings import with_recipe
+from domix.settings import resume_free, with_recipe
 from domix.system import THREADS_ENV, cores_given
 
 TIMES_FILE = "job_times.json"  # wall seconds of each job's command, as the comparison measured it
@@ -101,7 +101,7 @@ def plan(cfg: CompareConfig) -> list[Job]:
 
     jobs = []
     for name, method in zip(cfg.methods, methods):
-        orders = cfg.orders if method.ordered else [None]
+        orders = cfg.orders[:cfg.method_orders.get(name, len(cfg.orders))] if method.ordered else [None]
         for task in cfg.tasks:
             for seed in cfg.method_seeds.get(name, cfg.seeds):
                 for order in orders:
@@ -221,12 +221,32 @@ def _changed_settings(job: Job) -> list[str] | None:
     """The settings a finished job ran with other values of; None if it has not finished."""
     if not job.finished():
         return None
-    done = atomic.read_json(job.out / RUN_FILE).get("config", {})
-    config = job.config()
+    return changed_settings(atomic.read_json(job.out / RUN_FILE).get("config", {}), job.config())
+
+
+PATH_SETTINGS = ("task", "train", "dev", "test", "modules", "model", "general")
+
+
+def changed_settings(done: dict, config) -> list[str]:
+    """The settings of ``config`` (a FinetuneConfig) that a recorded run (its run.json "config") has other values
+    of, as a run's outcome sees them: a path is the file it names, wherever it was run from; ``domains`` unset is
+    the whole store in its own order; a setting the record lacks came after it (the run had its default); the
+    settings a run may differ in (``resume_free``: where it runs, a recipe's name, other methods' settings) are not
+    compared."""
     planned = config.to_dict()
-    # a setting the finished run does not record came after it: it ran with that setting's default
     defaults = type(config)().to_dict()
-    return sorted(k for k in planned if k not in type(config).RESUME_FREE and done.get(k, defaults[k]) != planned[k])
+
+    def value(key: str, recorded: dict):
+        v = recorded.get(key, defaults[key])
+        if key in PATH_SETTINGS and v:
+            return Path(v).resolve()
+        if key == "domains" and v is None and recorded.get("modules"):
+            from domix.store import domain_folders
+
+            return [folder.name for folder in domain_folders(recorded["modules"])]
+        return v
+
+    return sorted(k for k in planned if k not in resume_free(config) and value(k, done) != value(k, planned))
 
 
 def _reusable(job: Job, overwrite: bool) -> bool:

@@ -55,7 +55,8 @@ class FinetuneConfig(*method_settings("finetune")):
     device: str = "auto"
 
     COMMAND = "finetune"  # whose recipes apply
-    RESUME_FREE = ("checkpoint_every", "device", "gradient_checkpointing", "out", "save_model")
+    # a recipe's name is not compared, its values are: the same values under another name make the same run
+    RESUME_FREE = ("checkpoint_every", "device", "gradient_checkpointing", "out", "save_model", "recipe")
     LORA_RANK = 8  # a fresh LoRA's rank without --lora-rank or modules to take it from
     LORA_TARGETS = None  # a fresh LoRA adapts the modules' layers, else every linear layer of every block
 

@@ -29,6 +29,7 @@ from domix.methods.base import Probe
 from domix.methods.registry import task_method
 from domix.metrics import classification_scores, downsample_curve
 from domix.retention import retention
+from domix.settings import resume_free
 from domix.store import base_of
 from domix.system import DTYPES, peak_memory_mb, reset_peak_memory, resolve_device
 from domix.tasks import Task, encode, pad_batch, read_task
@@ -57,7 +58,7 @@ def finetune(cfg: FinetuneConfig, overwrite: bool = False, on_step: StepHook | N
     cfg.validate()
     ranks = process_group()
     out = Path(cfg.out)
-    previous = check_out(out, cfg.to_dict(), FinetuneConfig.RESUME_FREE, overwrite, cfg.COMMAND, cfg.inputs())
+    previous = check_out(out, cfg.to_dict(), resume_free(cfg), overwrite, cfg.COMMAND, cfg.inputs())
     task = read_task(cfg.task, columns=cfg.columns(), splits=cfg.splits, train=cfg.train, dev=cfg.dev, test=cfg.test)
     mixture = Mixture([task] + [read_task(path, columns=cfg.columns(), splits=cfg.splits) for path in cfg.mix_tasks or []])
     for each in mixture.tasks:

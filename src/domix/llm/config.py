@@ -58,7 +58,8 @@ class InstructConfig(*method_settings("instruct")):
     save_model: bool = True
 
     COMMAND = "instruct"  # whose recipes apply
-    RESUME_FREE = ("checkpoint_every", "device", "gradient_checkpointing", "out", "save_model")
+    # a recipe's name is not compared, its values are: the same values under another name make the same run
+    RESUME_FREE = ("checkpoint_every", "device", "gradient_checkpointing", "out", "save_model", "recipe")
     LORA_RANK = 16  # a fresh LoRA's rank without --lora-rank or modules to take it from
     LORA_TARGETS = DEFAULT_TARGETS  # a fresh LoRA's layers without --target-modules
 

@@ -33,6 +33,7 @@ from domix.methods.registry import task_method
 from domix.metrics import downsample_curve
 from domix.retention import retention
 from domix.store import base_of
+from domix.settings import resume_free
 from domix.system import peak_memory_mb, reset_peak_memory, resolve_device
 
 RESULT_FILE = "result.json"
@@ -112,7 +113,7 @@ def instruct(cfg: InstructConfig, overwrite: bool = False, on_step: StepHook | N
     cfg.validate()
     ranks = process_group()
     out = Path(cfg.out)
-    previous = check_out(out, cfg.to_dict(), InstructConfig.RESUME_FREE, overwrite, cfg.COMMAND, cfg.inputs())
+    previous = check_out(out, cfg.to_dict(), resume_free(cfg), overwrite, cfg.COMMAND, cfg.inputs())
     started = time.perf_counter()
     run = prepare(cfg)
     model, tokenizer, device = run["model"], run["tokenizer"], run["device"]

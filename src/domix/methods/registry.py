@@ -90,7 +90,7 @@ DOMIX_PAPER: Recipes = {"paper": {"finetune": {"lr": 3e-5, "batch_size": 16, "we
                                                "p_weight_decay": 0.0}}}
 
 # the methods' own settings (torch-free modules): a dataclass each, mixed into the command's settings
-BRIDGE = {"finetune": "domix.methods.domix.config:BridgeSettings", "instruct": "domix.methods.domix.config:InstructBridgeSettings"}
+BRIDGE = {"finetune": "domix.methods.domix.config:BridgeSettings", "instruct": "domix.methods.domix.config:BridgeSettings"}
 
 STAGE1: dict[str, Stage1] = {
     "domix": Stage1("domix.methods.domix.pretrain:pretrain_modules", "one LoRA module per domain"),
@@ -159,6 +159,18 @@ def method_settings(command: str) -> tuple[type, ...]:
     the command's settings class inherits them, so their fields are its YAML keys and flags."""
     entries = STAGE1.values() if command == "pretrain" else STAGE2.values()
     return tuple(_import(target) for target in dict.fromkeys(e.settings[command] for e in entries if command in e.settings))
+
+
+def other_methods_settings(command: str, method: str) -> frozenset[str]:
+    """The settings of ``command`` that only other methods read (a LoRA run does not depend on the bridge's): a
+    finished or unfinished run of ``method`` is the same run whatever they hold."""
+    import dataclasses
+
+    entries = STAGE1 if command == "pretrain" else STAGE2
+    own = entries[method].settings.get(command) if method in entries else None
+    own_fields = {f.name for f in dataclasses.fields(_import(own))} if own else set()
+    every = {f.name for cls in method_settings(command) for f in dataclasses.fields(cls)}
+    return frozenset(every - own_fields)
 
 
 def stage1(name: str) -> Stage1:

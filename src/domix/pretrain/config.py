@@ -91,7 +91,8 @@ class PretrainConfig(*method_settings("pretrain")):
 
     COMMAND = "pretrain"  # whose recipes apply
     # Settings that do not change the trained modules, so a resumed run may differ in them.
-    RESUME_FREE = ("checkpoint_every", "device", "out", "gradient_checkpointing")
+    # a recipe's name is not compared, its values are: the same values under another name make the same run
+    RESUME_FREE = ("checkpoint_every", "device", "out", "gradient_checkpointing", "recipe")
 
 
 FIELDS = {f.name for f in dataclasses.fields(PretrainConfig)}

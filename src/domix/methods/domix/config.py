@@ -50,7 +50,9 @@ def resolve_lr(value: str | float | None, lr: float, matched: float | None = Non
 class BridgeConfig:
     # P's initial value c·I: "scaled_identity" c = 1/Σr (the published default), "average" c = 1/N
     # (the N modules' mean update at full strength), "identity" c = 1 (their sum), or a number c.
-    # domix's default is the published bridge (c = 1/Σr, P and B at the run's rate); the dev figures: docs/bridge-init.md
+    # domix's default: c = 1/Σr with P at 10x the run's rate and no weight decay on P (the published LLM code's
+    # bridge), chosen on three dev sets over the published classification bridge (P at the run's rate, weight
+    # decay 0.01: --recipe paper) and four others; the figures: docs/bridge-init.md
     p_init: str | float = setting("scaled_identity", "bridge init c·I: scaled_identity (default, c = 1/Σr, as published), average "
                                                      "(c = 1/N modules: their mean update), identity (c = 1), or a number c")
     # Learning rates of P and B_cat: None (the run's), a number, "Nx" (N times the run's), or "matched".
@@ -59,9 +61,10 @@ class BridgeConfig:
     # With both matched, training is the same (up to Adam's epsilon and weight decay) as at P = I with the
     # modules' B scaled by c: a B step moves the output as much as a plain LoRA-FA's does, and c only sets how
     # strongly the modules' own updates act at the start (1/Σr: hardly; 1/N: their mean; 1: their sum).
-    p_lr: str | float | None = setting(None, "learning rate of the bridge, which trains in its own optimizer group as in the "
-                                             "published code: a number, N times --lr as Nx (e.g. 10x), or matched (--lr times c; default: --lr)")
-    p_weight_decay: float = setting(0.01, "weight decay of the bridge (default 0.01, the published code's)", float)
+    p_lr: str | float | None = setting("10x", "learning rate of the bridge, which trains in its own optimizer group as in the "
+                                              "published code: a number, N times --lr as Nx, or matched (--lr times c; default: 10x, "
+                                              "the published LLM code's; --recipe paper: --lr)")
+    p_weight_decay: float = setting(0.0, "weight decay of the bridge (default 0, the published LLM code's; --recipe paper: 0.01)", float)
     b_lr: str | float | None = setting(None, "learning rate of B_cat: a number, Nx, or matched (--lr / c; default: --lr). With both "
                                              "matched a step moves the output as at P = I, so B learns as a plain LoRA-FA's does, whatever c")
 
@@ -101,8 +104,3 @@ class BridgeSettings(BridgeConfig):
         ])
 
 
-@dataclass(kw_only=True)
-class InstructBridgeSettings(BridgeSettings):
-    """The same for domix instruct, where the published LLM code gives the bridge no weight decay."""
-
-    p_weight_decay: float = setting(0.0, "weight decay of the bridge (default 0, the published LLM code's)", float)
