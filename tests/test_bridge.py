@@ -150,6 +150,24 @@ def test_bridge_learning_rates_by_hand(tiny_llama, llama_store, p_init, c):
         assert all(torch.allclose(m.bridge, torch.eye(6) * c) for m in layers)
 
 
+def test_a_bridge_step_of_half_its_entries_or_more_is_warned(tiny_llama, llama_store, capsys):
+    """Adam moves P by about its learning rate a step; against P's entries c that is what the warning weighs."""
+    from transformers import AutoModelForSequenceClassification
+
+    from domix.finetune.config import FinetuneConfig
+    from domix.methods.registry import task_method
+
+    bridge = BridgeConfig(p_lr="10x")  # c = 1/Σr
+    assert bridge.fast_bridge_warning(1e-2, 24, 3) is None  # the real runs: 0.01 against 1/24
+    line = bridge.fast_bridge_warning(0.1, 8, 2)  # the tiny encoder at lr 1e-2: 0.1 against 1/8
+    assert "learning rate 0.1 moves P" in line and "entries of 0.125" in line and "--p-lr below 0.062" in line
+    for lr, warned in ((1e-2, True), (1e-3, False)):  # Σr 6: P at 0.1 against 1/6, then 0.01
+        cfg = FinetuneConfig(modules=str(llama_store), task="t", out="o", lr=lr).validate()
+        model = AutoModelForSequenceClassification.from_pretrained(tiny_llama, num_labels=3)
+        task_method("domix").build(model, ["score.weight"], load_store(llama_store), cfg)
+        assert ("the bridge may stop learning" in capsys.readouterr().out) == warned
+
+
 @pytest.mark.parametrize("flag, value", [("--p-lr", "fast"), ("--p-lr", "matches"), ("--b-lr", "-1"), ("--b-lr", "0x")])
 def test_a_bad_bridge_learning_rate_is_one_line(flag, value, tmp_path, capsys):
     from domix.cli import main

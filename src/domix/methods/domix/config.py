@@ -73,6 +73,15 @@ class BridgeConfig:
         c = self.initial_scale(total_rank, n_modules)
         return resolve_lr(self.p_lr, lr, matched=lr * c), resolve_lr(self.b_lr, lr, matched=lr / c)
 
+    def fast_bridge_warning(self, p_lr: float, total_rank: int, n_modules: int) -> str | None:
+        """A warning line if each Adam step of P (about ``p_lr``) is at least half of P's initial entries c: on a tiny
+        model at --lr 1e-2 the default's 10x (0.1 against 1/8) stalled the bridge in 2 of 3 seeds (docs/bridge-init.md)."""
+        c = self.initial_scale(total_rank, n_modules)
+        if p_lr < 0.5 * c:
+            return None
+        return (f"domix: warning: the bridge's learning rate {p_lr:.3g} moves P by about that much a step against initial entries "
+                f"of {c:.3g} (c); at such steps the bridge may stop learning: lower --lr, or set --p-lr below {0.5 * c:.2g}")
+
     def initial_scale(self, total_rank: int, n_modules: int) -> float:
         if self.p_init == "scaled_identity":
             return 1.0 / total_rank

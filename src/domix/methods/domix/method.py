@@ -37,6 +37,9 @@ class Bridge(TaskMethod):
         # one rate per group: modules that adapt only some layers give those layers another c (compose), not another rate
         p_lr, b_lr = bridge.learning_rates(cfg.lr, sum(m.rank for m in modules), len(modules))
         self.rates = {"p": p_lr, "b": b_lr}  # what "matched" and "Nx" came to, for the record
+        warning = self.bridge_trains and bridge.fast_bridge_warning(p_lr, sum(m.rank for m in modules), len(modules))
+        if warning:
+            print(warning)
         layers = bridged_layers(model).values()
         groups = [{"params": [m.lora_B for m in layers], "lr": b_lr, "weight_decay": cfg.weight_decay}]
         if head:  # a causal LM (domix instruct) has no new head
