@@ -64,8 +64,9 @@ ROWS: dict[str, tuple[str, bool, dict, str | None]] = {
     "dora": ("dora", False, {}, None),
     "lora_fa": ("lora_fa", False, {}, None),  # LoRA with A frozen: DoMIX's trainable shape without the adapters
     "cat": ("cat", True, {}, None),  # the bridge frozen at P = I
-    "domix": ("domix", True, {}, None),  # domix's default bridge
-    # the published DoMIX LLM bridge (finetune_sepLR.py): P = I/sum r, P at 10x the run's lr, weight decay 0, B at the lr
+    "domix": ("domix", True, {}, None),  # domix's default bridge (since 2026-12-03 the published LLM code's, below)
+    # the published DoMIX LLM bridge (finetune_sepLR.py): P = I/sum r, P at 10x the run's lr, weight decay 0, B at the lr;
+    # spelled out so that the row keeps its meaning whatever domix's default becomes
     "domix_paper": ("domix", True, {"p_init": "scaled_identity", "p_lr": "10x", "p_weight_decay": 0.0, "b_lr": None}, None),
     "mode": ("mode", False, {}, "mode"),  # MoDE: the gates over each adapter sample's experts train on the mixture
 }
