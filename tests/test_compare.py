@@ -113,8 +113,24 @@ def test_a_task_names_its_columns_and_splits_for_every_job(tmp_path, tiny_llama,
         assert job.settings["text_column"] == "sentence" and job.settings["splits"] == {"dev": "validation"}
         job.config().validate()
     spec["topics"]["label"] = "y"
-    with pytest.raises(DomixError, match=r"unknown keys \['label'\]; known: path, domain, text_column"):
+    with pytest.raises(DomixError, match=r"unknown keys \[.label.\]; known: path, domain, finetune, text_column"):
         CompareConfig.from_yaml(write_config(tmp_path / "c.yaml", tiny_llama, corpora, task, tasks=spec))
+
+
+def test_a_task_may_have_its_own_finetune_settings(tmp_path, tiny_llama, corpora, task):
+    """A task that needs a longer schedule gets it; the method's own settings still win over the task's."""
+    spec = {"topics": {"path": str(task), "domain": "food", "finetune": {"epochs": 3, "lr": 1e-3}},
+            "other": {"path": str(task), "domain": "bio"}}
+    cfg = CompareConfig.from_yaml(write_config(tmp_path / "c.yaml", tiny_llama, corpora, task, tasks=spec, methods=["lora", "full"]))
+    settings = {j.name: j.settings for j in plan(cfg) if j.kind == "finetune"}
+    assert (settings["finetune/lora/topics/seed1"]["epochs"], settings["finetune/lora/topics/seed1"]["lr"]) == (3, 1e-3)
+    assert (settings["finetune/lora/other/seed1"]["epochs"], settings["finetune/lora/other/seed1"]["lr"]) == (1, 5e-3)
+    assert settings["finetune/full/topics/seed1"]["lr"] == 1e-3 and settings["finetune/full/topics/seed1"]["epochs"] == 3
+    for bad, message in (({"epochs": 3, "seed": 2}, r"tasks.topics.finetune settings have unknown or reserved keys \['seed'\]"),
+                         (4, "'finetune' must be a mapping of settings")):
+        spec["topics"]["finetune"] = bad
+        with pytest.raises(DomixError, match=message):
+            CompareConfig.from_yaml(write_config(tmp_path / "c.yaml", tiny_llama, corpora, task, tasks=spec))
 
 
 def test_compare_runs_every_method_and_resumes(tmp_path, tiny_llama, corpora, task, capsys):

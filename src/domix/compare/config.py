@@ -9,6 +9,7 @@ A comparison is one YAML file::
       restaurant: {path: tasks/restaurant, domain: restaurant}
       # any source finetune --task takes, with its columns and split names where they differ from domix's:
       # sst2: {path: data/sst2_saved, domain: reviews, text_column: sentence, splits: {dev: validation}}
+      # a task's own finetune settings, over the comparison's and under a method's: {path: ..., domain: ..., finetune: {epochs: 8}}
     methods: [full, lora, domix]
     seeds: [1, 2]
     method_seeds: {full: [1]}   # fewer (or other) seeds for some methods
@@ -47,6 +48,7 @@ class ComparedTask:
     path: str
     domain: str
     data: dict[str, Any] = field(default_factory=dict)  # how to read it: text_column, text_pair_column, label_column, splits
+    finetune: dict[str, Any] = field(default_factory=dict)  # its own fine-tuning settings, over the comparison's (e.g. epochs)
 
 
 @dataclass
@@ -133,6 +135,9 @@ class CompareConfig:
             raise DomixError(f"jobs must be a whole number of at least 1, not {self.jobs!r}")
         _known_keys("pretrain", self.pretrain, PRETRAIN_FIELDS - {"model", "domains", "out", "method", "general"})
         _known_keys("finetune", self.finetune, FINETUNE_FIELDS - {"task", "modules", "domains", "model", "out", "method", "seed", "init_module"})
+        for task in self.tasks:
+            _known_keys(f"tasks.{task.name}.finetune", task.finetune,
+                        FINETUNE_FIELDS - {"task", "modules", "domains", "model", "out", "method", "seed", "init_module", *TASK_DATA_KEYS})
         for method, settings in self.method_settings.items():
             if method not in METHODS:
                 raise DomixError(f"method_settings names unknown method {method!r}; choose from {list(METHODS)}")
@@ -151,10 +156,14 @@ TASK_DATA_KEYS = ("text_column", "text_pair_column", "label_column", "splits")
 def _task(name: str, spec: Any, config_path: Path) -> ComparedTask:
     if not isinstance(spec, dict) or "path" not in spec or "domain" not in spec:
         raise DomixError(f"task {name!r} in {config_path} needs a mapping with 'path' (the task folder) and 'domain'")
-    unknown = sorted(set(spec) - {"path", "domain", *TASK_DATA_KEYS})
+    unknown = sorted(set(spec) - {"path", "domain", "finetune", *TASK_DATA_KEYS})
     if unknown:
-        raise DomixError(f"task {name!r} in {config_path} has unknown keys {unknown}; known: path, domain, {', '.join(TASK_DATA_KEYS)}")
-    return ComparedTask(str(name), str(spec["path"]), str(spec["domain"]), {k: spec[k] for k in TASK_DATA_KEYS if k in spec})
+        raise DomixError(f"task {name!r} in {config_path} has unknown keys {unknown}; known: path, domain, finetune, "
+                         f"{', '.join(TASK_DATA_KEYS)}")
+    own = spec.get("finetune") or {}
+    if not isinstance(own, dict):
+        raise DomixError(f"task {name!r} in {config_path}: 'finetune' must be a mapping of settings (e.g. {{epochs: 8}}), not {own!r}")
+    return ComparedTask(str(name), str(spec["path"]), str(spec["domain"]), {k: spec[k] for k in TASK_DATA_KEYS if k in spec}, own)
 
 
 def _known_keys(where: str, settings: dict, allowed: set[str]) -> None:

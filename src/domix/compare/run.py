@@ -116,7 +116,8 @@ def plan(cfg: CompareConfig) -> list[Job]:
 def _finetune_job(cfg: CompareConfig, name: str, task: ComparedTask, seed: int, order: list[str] | None, source: Job | None) -> Job:
     method = METHODS[name]
     folder = f"finetune/{name}/{task.name}/seed{seed}" + (f"-{slug(order)}" if order else "")
-    settings = {"save_model": False, **({"recipe": method.recipe} if method.recipe else {}), **cfg.finetune,
+    # the comparison's settings, then the task's own, then the method's (the most particular wins)
+    settings = {"save_model": False, **({"recipe": method.recipe} if method.recipe else {}), **cfg.finetune, **task.finetune,
                 **cfg.method_settings.get(name, {}), **task.data, "task": task.path, "out": str(Path(cfg.out) / folder),
                 "method": method.finetune, "seed": seed}
     if source is None:
