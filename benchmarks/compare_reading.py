@@ -1,7 +1,7 @@
 """What a `domix compare` folder says beyond its score table: what domain-adaptive pre-training buys, how much of
 each bridged layer's update reads each domain's subspace, and how fast each method learned.
 
-    python benchmarks/compare_reading.py benchmarks/results/compare-dap
+    python benchmarks/compare_reading.py benchmarks/results/compare-dap --config configs/compare-dap.yaml
 
 Reads the finished runs' records (OUT/finetune/<row>/<task>/<seed>/result.json; the row is the comparison's
 method name, so domix and domix_paper stay apart), finished or not, so it also reads a comparison in progress.
@@ -37,6 +37,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder", help="the out folder of domix compare")
     parser.add_argument("--json", help="write the figures here")
+    parser.add_argument("--config", help="the comparison's YAML, for each task's own domain while the comparison has neither "
+                                         "results.json nor a lora_module job yet")
     args = parser.parse_args()
     folder = Path(args.folder)
     records = []
@@ -47,7 +49,7 @@ def main() -> None:
         records = [r | {"row": r["method"]} for r in json.loads((folder / "results.json").read_text())["runs"]]
     if not records:
         raise SystemExit(f"{folder} holds no finished fine-tuning run")
-    domains = _task_domains(folder)
+    domains = _task_domains(folder, args.config)
     figures = {"differences": differences(records), "bridge_shares": bridge_shares(records, domains, _starting_shares(folder))}
     print_differences(figures["differences"])
     print_shares(figures["bridge_shares"], domains)
@@ -56,13 +58,15 @@ def main() -> None:
         Path(args.json).write_text(json.dumps(figures, indent=1) + "\n")
 
 
-def _task_domains(folder: Path) -> dict[str, str]:
-    """Each task's own domain, from the comparison's saved config (results.json) or its job configs."""
+def _task_domains(folder: Path, config: str | None = None) -> dict[str, str]:
+    """Each task's own domain, from the comparison's saved config (results.json), its YAML, or its job configs."""
     results = folder / "results.json"
     if results.is_file():
         return {t["name"]: t["domain"] for t in json.loads(results.read_text())["settings"]["tasks"]}
     import yaml
 
+    if config:
+        return {str(name): str(spec["domain"]) for name, spec in yaml.safe_load(Path(config).read_text())["tasks"].items()}
     found = {}
     for config in folder.glob("configs/finetune/lora_module/*/*.yaml"):
         found[config.parent.name] = yaml.safe_load(config.read_text()).get("init_module")
