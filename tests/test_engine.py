@@ -135,3 +135,18 @@ def test_fine_tuning_logs_training_and_dev_scores_to_tensorboard(llama_store, ta
     pytest.importorskip("tensorboard")
     finetune(stage2_cfg("domix", llama_store, task, tmp_path / "run", save_model=False))
     assert {"train/loss", "train/lr", "dev/accuracy", "dev/macro_f1"} <= scalars(tmp_path / "run" / "tensorboard")
+
+
+def test_predict_batches_by_length_and_returns_logits_in_order(tiny_llama):
+    """The reference: transformers on each example alone (no padding at all)."""
+    from transformers import AutoModelForSequenceClassification
+
+    from domix.engine.predict import predict
+
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_llama, num_labels=3, dtype=torch.float64)
+    model.config.pad_token_id = 2
+    rows = [torch.randint(3, 30, (n,)).tolist() for n in (9, 2, 14, 5, 5, 11, 3)]
+    alone = torch.cat([model(input_ids=torch.tensor([r])).logits for r in rows]).float()
+    torch.testing.assert_close(predict(model, rows, 2, 3, "cpu"), alone, atol=1e-6, rtol=1e-5)
+    assert predict(model, [], 2, 3, "cpu").numel() == 0
