@@ -385,6 +385,21 @@ def test_generate_with_beams_is_transformers_beam_search_and_is_recorded(tiny_ll
     assert main(["eval-choice", str(tiny_llama), "--task", f"mini={task}", "--num-beams", "0", "--device", "cpu"]) == 2
 
 
+def test_batched_generations_come_back_in_the_prompts_order(tiny_llama):
+    """Batches are formed by length (the longest prompt first here would share a batch with the shortest otherwise);
+    each text is transformers' greedy continuation of its own prompt alone."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float64).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    prompts = ["gene cell enzyme binds inhibits model", "food", "table price protein", "the food service"]
+    texts = generate(model, tok, prompts, max_new_tokens=5, batch_size=2)
+    for prompt, text in zip(prompts, texts):
+        ids = torch.tensor([tok(prompt)["input_ids"]])
+        alone = model.generate(ids, max_new_tokens=5, do_sample=False, pad_token_id=tok.pad_token_id)[0, ids.shape[1]:]
+        assert text == tok.decode(alone, skip_special_tokens=True)
+
+
 def test_lora_fa_and_cat_instruct_train_only_b(llama_store, tiny_llama, data, tmp_path):
     """The ablations of the LLM setting: lora_fa keeps PEFT's random A (B trains), cat keeps the bridge at I."""
     from peft import LoraConfig, get_peft_model

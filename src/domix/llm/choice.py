@@ -284,9 +284,9 @@ def loglikelihoods(model: nn.Module, tokenizer, requests: list[tuple[str, str]],
             raise DomixError(f"the continuation {continuation!r} encodes to no token after the context {context[-40:]!r}")
         encoded.append(((ctx + cont)[-(max_length + 1):][:-1], cont))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    results = []
-    for start in range(0, len(encoded), batch_size):
-        chunk = encoded[start : start + batch_size]
+    results: list[tuple[float, bool]] = [None] * len(encoded)
+    for batch in length_batches([len(ids) for ids, _ in encoded], batch_size):
+        chunk = [encoded[j] for j in batch]
         width = max(len(ids) for ids, _ in chunk)
         ids = torch.full((len(chunk), width), pad, dtype=torch.long)
         mask = torch.zeros((len(chunk), width), dtype=torch.long)
@@ -294,12 +294,18 @@ def loglikelihoods(model: nn.Module, tokenizer, requests: list[tuple[str, str]],
             ids[i, : len(row)] = torch.tensor(row)
             mask[i, : len(row)] = 1
         logprobs = torch.log_softmax(model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.double(), dim=-1).cpu()
-        for i, (row, cont) in enumerate(chunk):
+        for i, (j, (row, cont)) in enumerate(zip(batch, chunk)):
             end = len(row)
             rows = logprobs[i, end - len(cont) : end]  # position t predicts token t + 1
             target = torch.tensor(cont)
-            results.append((float(rows.gather(1, target[:, None]).sum()), bool((rows.argmax(-1) == target).all())))
+            results[j] = (float(rows.gather(1, target[:, None]).sum()), bool((rows.argmax(-1) == target).all()))
     return results
+
+
+def length_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Indices in batches of similar length (a batch pads to its longest; sorting cuts the padding, as lm-eval does)."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
 
 
 def score_loglikelihood(model: nn.Module, tokenizer, questions: list[Question], batch_size: int = 8,
@@ -343,9 +349,10 @@ def generate(model: nn.Module, tokenizer, prompts: list[str], max_new_tokens: in
     search with ``num_beams`` beams (the published DoMIX and LLM-Adapters evaluations use 4)."""
     model.eval()
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    outputs = []
-    for start in range(0, len(prompts), batch_size):
-        rows = [tokenizer(p, add_special_tokens=add_special_tokens)["input_ids"] for p in prompts[start : start + batch_size]]
+    encoded = [tokenizer(p, add_special_tokens=add_special_tokens)["input_ids"] for p in prompts]
+    outputs: list[str] = [None] * len(prompts)
+    for batch in length_batches([len(r) for r in encoded], batch_size):
+        rows = [encoded[j] for j in batch]
         width = max(len(r) for r in rows)
         ids = torch.full((len(rows), width), pad, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -354,7 +361,8 @@ def generate(model: nn.Module, tokenizer, prompts: list[str], max_new_tokens: in
             mask[i, width - len(row):] = 1
         new = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
                              do_sample=False, num_beams=num_beams, pad_token_id=pad)[:, width:]
-        outputs += tokenizer.batch_decode(new.cpu(), skip_special_tokens=True)
+        for j, text in zip(batch, tokenizer.batch_decode(new.cpu(), skip_special_tokens=True)):
+            outputs[j] = text
     return outputs
 
 
