@@ -165,6 +165,7 @@ def test_compare_runs_every_method_and_resumes(tmp_path, tiny_llama, corpora, ta
     run_file = out / "finetune" / "lora" / "topics" / "seed1" / "run.json"
     run = json.loads(run_file.read_text())
     del run["config"]["general_blocks"]
+    run["config"].update(p_lr="3x", p_weight_decay=0.5)  # the bridge's settings: a LoRA run does not read them
     run_file.write_text(json.dumps(run))
     # a run with the published bridge's values made without naming the recipe (a plain finetune with those flags) is the same run
     paper_file = out / "finetune" / "domix_paper" / "topics" / "seed1-food-bio" / "run.json"
