@@ -1,0 +1,53 @@
+"""Every YAML file in configs/ loads with the reader its command uses, and a comparison's every job validates: a
+config a user is told to run must not fail on a key or value after hours of other jobs."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from domix.compare.config import CompareConfig
+from domix.compare.run import plan
+from domix.finetune.config import FinetuneConfig
+from domix.pretrain.config import PretrainConfig
+from domix.settings import build_config
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+DATA = ROOT.parent / "shared" / "data"
+
+
+def test_every_shipped_config_is_tested_here():
+    known = ("compare-", "commonsense", "demo-pretrain", "demo-finetune")
+    assert CONFIGS and all(c.name.startswith(known) for c in CONFIGS), [c.name for c in CONFIGS]
+
+
+@pytest.mark.parametrize("path", [c for c in CONFIGS if c.name.startswith("compare-")], ids=lambda p: p.name)
+def test_a_comparison_config_plans_jobs_that_validate(path, monkeypatch):
+    monkeypatch.chdir(ROOT)  # the configs name paths from the repository's root, as their commands are run
+    cfg = CompareConfig.from_yaml(path)
+    jobs = plan(cfg)
+    assert any(j.kind == "finetune" for j in jobs)
+    for job in jobs:
+        job.config().validate()
+
+
+def test_the_demo_configs_load_as_make_demo_runs_them(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    assert build_config(PretrainConfig, "configs/demo-pretrain.yaml", {}).domains
+    for method in ("domix", "lora_fa", "lora"):
+        build_config(FinetuneConfig, "configs/demo-finetune.yaml", {"method": method, "out": "runs/x"})
+
+
+@pytest.mark.skipif(not (DATA / "commonsense").is_dir(), reason="../shared/data/commonsense is not here")
+@pytest.mark.parametrize("path", [c for c in CONFIGS if c.name.startswith("commonsense")], ids=lambda p: p.name)
+def test_a_commonsense_config_loads_and_its_samples_fit_the_data(path, monkeypatch, tmp_path):
+    monkeypatch.chdir(ROOT)
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from commonsense import CommonsenseConfig, main
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    assert CommonsenseConfig.from_yaml(path).rows
+    monkeypatch.setattr(sys, "argv", ["commonsense.py", str(path), "--out", str(tmp_path / "out"), "--dry-run"])
+    main()  # the dry run draws nothing but checks that every sample fits the sets it is drawn from
