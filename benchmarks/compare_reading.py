@@ -14,7 +14,8 @@ method name, so domix and domix_paper stay apart), finished or not, so it also r
   share of domain j is its usage over the sum over domains, averaged over layers, then over runs; the task's
   own domain is starred, and an even share is 1/N. The share a domain starts with is not 1/N: at P = c·I it is
   its module's own ||s_j B_j A_j||_F, read here from the store's files (safetensors, PEFT's names), so the
-  table also gives each share's change over training: what the bridge learned to favour.
+  table also gives each share's change over training: what the bridge learned to favour. The own domain's lift:
+  its share on its task minus its mean share on the row's other tasks (> 0: the task draws on its domain more).
 - Learning: training loss first -> last step, dev macro-F1 per epoch.
 """
 
@@ -50,7 +51,9 @@ def main() -> None:
     if not records:
         raise SystemExit(f"{folder} holds no finished fine-tuning run")
     domains = _task_domains(folder, args.config)
-    figures = {"differences": differences(records), "bridge_shares": bridge_shares(records, domains, _starting_shares(folder))}
+    shares = bridge_shares(records, domains, _starting_shares(folder))
+    figures = {"differences": differences(records), "bridge_shares": shares,
+               "own_domain_lift": [{"row": row, "task": task, "lift": lift} for (row, task), lift in own_domain_lift(shares).items()]}
     print_differences(figures["differences"])
     print_shares(figures["bridge_shares"], domains)
     print_learning(records)
@@ -119,6 +122,21 @@ def bridge_shares(records: list[dict], own: dict[str, str], start=None) -> list[
     return out
 
 
+def own_domain_lift(rows: list[dict]) -> dict[tuple[str, str], float]:
+    """(row, task) -> the task's own domain's share there minus that domain's mean share on the row's other tasks:
+    what the task itself adds to its domain's share, the modules' sizes and the bridge's drift held fixed."""
+    by_row = {}
+    for r in rows:
+        by_row.setdefault(r["row"], []).append(r)
+    lifts = {}
+    for row, tasks in by_row.items():
+        for r in tasks:
+            others = [o["shares"][r["own"]] for o in tasks if o is not r and r["own"] in o["shares"]]
+            if r["own"] in r["shares"] and others:
+                lifts[(row, r["task"])] = r["shares"][r["own"]] - statistics.fmean(others)
+    return lifts
+
+
 def _starting_shares(folder: Path):
     """A function from a run's ``bridge_usage`` to each domain's share at P = c·I (c cancels in a share): per layer
     ||s_j B_j A_j||_F of each module, from the store the comparison pre-trained (None if it is not there)."""
@@ -168,6 +186,11 @@ def print_shares(rows: list[dict], own: dict[str, str]) -> None:
     for r in rows:
         cells = " ".join(f"{r['shares'][d]:10.3f}" + ("*" if d == r["own"] else " ") for d in domains)
         print(f"  {r['row']:14} {r['task']:11} {cells}  {r['runs']}")
+    lifts = own_domain_lift(rows)
+    if lifts:
+        print("\n  the own domain's share on its task against the same domain's mean share on the row's other tasks (its lift)")
+        for (row, task), lift in lifts.items():
+            print(f"  {row:14} {task:11} {lift:+.3f}")
     moved = [r for r in rows if r["change"]]
     if moved:
         print("\n  the same shares at the start (P = c·I, the modules' own update sizes), and their change over training")

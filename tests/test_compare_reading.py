@@ -1,0 +1,47 @@
+"""benchmarks/compare_reading.py: the bridge shares and their starting values, computed again by hand."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from compare_reading import _starting_shares, own_domain_lift, run_shares  # noqa: E402
+
+
+def test_run_shares_average_each_layers_shares():
+    usage = {"domains": ["a", "b"], "norms": [[3.0, 1.0], [1.0, 1.0]]}
+    assert run_shares(usage) == pytest.approx({"a": (0.75 + 0.5) / 2, "b": (0.25 + 0.5) / 2})
+
+
+def test_own_domain_lift_is_the_share_on_its_task_against_the_other_tasks():
+    rows = [{"row": "domix", "task": "t1", "own": "a", "shares": {"a": 0.6, "b": 0.4}},
+            {"row": "domix", "task": "t2", "own": "b", "shares": {"a": 0.5, "b": 0.5}},
+            {"row": "domix", "task": "t3", "own": "a", "shares": {"a": 0.4, "b": 0.6}}]
+    lifts = own_domain_lift(rows)
+    assert lifts[("domix", "t1")] == pytest.approx(0.6 - (0.5 + 0.4) / 2)
+    assert lifts[("domix", "t2")] == pytest.approx(0.5 - (0.4 + 0.6) / 2)
+
+
+def test_starting_shares_are_each_modules_own_update_size(llama_store, tmp_path):
+    """At P = c·I domain j's part of a layer's update is c·s_j·B_j A_j: its share is ||s_j B_j A_j||_F over the sum,
+    here formed as a full matrix from the PEFT files (the reading computes it without forming B A)."""
+    (tmp_path / "pretrain").mkdir()
+    (tmp_path / "pretrain" / "domix").symlink_to(llama_store)
+    start = _starting_shares(tmp_path)
+    domains = sorted(p.name for p in llama_store.iterdir() if (p / "adapter_model.safetensors").is_file())
+    weights = {d: load_file(str(llama_store / d / "adapter_model.safetensors")) for d in domains}
+    scale = {d: (lambda c: c["lora_alpha"] / c["r"])(json.loads((llama_store / d / "adapter_config.json").read_text())) for d in domains}
+    layers = sorted({k.split(".lora_A")[0].replace("base_model.model.", "") for k in weights[domains[0]] if ".lora_A" in k})[:3]
+
+    def update(d, layer):
+        a = next(v for k, v in weights[d].items() if k.endswith(f"{layer}.lora_A.weight"))
+        b = next(v for k, v in weights[d].items() if k.endswith(f"{layer}.lora_B.weight"))
+        return float(torch.linalg.matrix_norm(scale[d] * (b.double() @ a.double())))
+
+    norms = [[update(d, layer) for d in domains] for layer in layers]
+    want = {d: sum(n[j] / sum(n) for n in norms) / len(norms) for j, d in enumerate(domains)}
+    assert start({"domains": domains, "layers": layers}) == pytest.approx(want, rel=1e-9)
