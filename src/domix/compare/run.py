@@ -236,6 +236,7 @@ def changed_settings(done: dict, config) -> list[str]:
     compared."""
     planned = config.to_dict()
     defaults = type(config)().to_dict()
+    free = resume_free(config)
 
     def value(key: str, recorded: dict):
         v = recorded.get(key, defaults[key])
@@ -247,7 +248,7 @@ def changed_settings(done: dict, config) -> list[str]:
             return [folder.name for folder in domain_folders(recorded["modules"])]
         return v
 
-    return sorted(k for k in planned if k not in resume_free(config) and value(k, done) != value(k, planned))
+    return sorted(k for k in planned if k not in free and value(k, done) != value(k, planned))
 
 
 def _reusable(job: Job, overwrite: bool) -> bool:

@@ -53,6 +53,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from domix.engine.predict import length_batches
 from domix.errors import DomixError
 from domix.sources import json_records
 from domix.llm.config import FORMATS, PROTOCOLS
@@ -300,12 +301,6 @@ def loglikelihoods(model: nn.Module, tokenizer, requests: list[tuple[str, str]],
             target = torch.tensor(cont)
             results[j] = (float(rows.gather(1, target[:, None]).sum()), bool((rows.argmax(-1) == target).all()))
     return results
-
-
-def length_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
-    """Indices in batches of similar length (a batch pads to its longest; sorting cuts the padding, as lm-eval does)."""
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
 
 
 def score_loglikelihood(model: nn.Module, tokenizer, questions: list[Question], batch_size: int = 8,

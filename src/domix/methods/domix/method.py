@@ -35,9 +35,10 @@ class Bridge(TaskMethod):
         bridge = BridgeConfig(p_init=self.p_init(cfg), p_lr=cfg.p_lr, p_weight_decay=cfg.p_weight_decay, b_lr=cfg.b_lr)
         compose(model, modules, bridge)
         # one rate per group: modules that adapt only some layers give those layers another c (compose), not another rate
-        p_lr, b_lr = bridge.learning_rates(cfg.lr, sum(m.rank for m in modules), len(modules))
+        total_rank = sum(m.rank for m in modules)
+        p_lr, b_lr = bridge.learning_rates(cfg.lr, total_rank, len(modules))
         self.rates = {"p": p_lr, "b": b_lr}  # what "matched" and "Nx" came to, for the record
-        warning = self.bridge_trains and bridge.fast_bridge_warning(p_lr, sum(m.rank for m in modules), len(modules))
+        warning = self.bridge_trains and bridge.fast_bridge_warning(p_lr, total_rank, len(modules))
         if warning:
             print(warning)
         layers = bridged_layers(model).values()
