@@ -16,6 +16,10 @@ method name, so domix and domix_paper stay apart), finished or not, so it also r
   its module's own ||s_j B_j A_j||_F, read here from the store's files (safetensors, PEFT's names), so the
   table also gives each share's change over training: what the bridge learned to favour. The own domain's lift:
   its share on its task minus its mean share on the row's other tasks (> 0: the task draws on its domain more).
+- The same on the task's own inputs (runs that recorded it): domain j's part of the update on a test example's
+  tokens, ||B_cat diag(s) P[:, j] A_j x||, RMS over tokens; at the start and as trained. A module's A was
+  trained on its corpus's activations, so a task's inputs can excite its own domain's subspace more than
+  the weights' norms show.
 - Learning: training loss first -> last step, dev macro-F1 per epoch.
 """
 
@@ -52,10 +56,15 @@ def main() -> None:
         raise SystemExit(f"{folder} holds no finished fine-tuning run")
     domains = _task_domains(folder, args.config)
     shares = bridge_shares(records, domains, _starting_shares(folder))
+    input_shares = bridge_shares(records, domains, lambda usage: run_shares(on_inputs(usage, "start")), on_inputs)
     figures = {"differences": differences(records), "bridge_shares": shares,
-               "own_domain_lift": [{"row": row, "task": task, "lift": lift} for (row, task), lift in own_domain_lift(shares).items()]}
+               "own_domain_lift": [{"row": row, "task": task, "lift": lift} for (row, task), lift in own_domain_lift(shares).items()],
+               "input_shares": input_shares,
+               "input_own_domain_lift": [{"row": row, "task": task, "lift": lift} for (row, task), lift in own_domain_lift(input_shares).items()]}
     print_differences(figures["differences"])
     print_shares(figures["bridge_shares"], domains)
+    print_shares(input_shares, domains, "on the task's test inputs (each domain's part of the update, RMS over tokens)",
+                 "at the start (the modules' B, P's init) on the same inputs")
     print_learning(records)
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=1) + "\n")
@@ -106,13 +115,23 @@ def run_shares(usage: dict) -> dict[str, float]:
     return {d: statistics.fmean(layer[j] for layer in per_layer) for j, d in enumerate(usage["domains"])}
 
 
-def bridge_shares(records: list[dict], own: dict[str, str], start=None) -> list[dict]:
-    """Each (row, task)'s mean domain shares; ``start(usage)``, if given, the shares the same layers started with."""
+def on_inputs(usage: dict, when: str = "end") -> dict | None:
+    """A record's input-weighted usage (on its test inputs, ``when`` "start" or "end" of training) in
+    :func:`run_shares`'s form; None for a run recorded before domix recorded it."""
+    inputs = usage.get("inputs")
+    return {"domains": usage["domains"], "norms": inputs["norms"][when]} if inputs else None
+
+
+def bridge_shares(records: list[dict], own: dict[str, str], start=None, view=lambda usage: usage) -> list[dict]:
+    """Each (row, task)'s mean domain shares; ``start(usage)``, if given, the shares the same layers started with.
+    ``view(usage)`` picks the norms to share out (the weights' by default, :func:`on_inputs` for the inputs'); runs
+    where it gives None are left out."""
     out = []
-    for (row, task), runs in sorted(_by([r for r in records if r.get("bridge_usage")], lambda r: (r["row"], r["task"])).items()):
+    with_usage = [r for r in records if r.get("bridge_usage") and view(r["bridge_usage"])]
+    for (row, task), runs in sorted(_by(with_usage, lambda r: (r["row"], r["task"])).items()):
         shares: dict[str, list[float]] = {}
         for r in runs:
-            for d, share in run_shares(r["bridge_usage"]).items():
+            for d, share in run_shares(view(r["bridge_usage"])).items():
                 shares.setdefault(d, []).append(share)
         mean = {d: statistics.fmean(v) for d, v in shares.items()}
         began = start(runs[0]["bridge_usage"]) if start else None
@@ -177,11 +196,12 @@ def print_differences(rows: list[dict]) -> None:
         print(f"  {row['a']} - {row['b']:18} {cells}{mean}    ({row['meaning']})")
 
 
-def print_shares(rows: list[dict], own: dict[str, str]) -> None:
+def print_shares(rows: list[dict], own: dict[str, str], measure: str = "of the weights (every input direction alike)",
+                 started: str = "at the start (P = c·I, the modules' own update sizes)") -> None:
     if not rows:
         return
     domains = list(rows[0]["shares"])
-    print("\nBridge usage: each domain's share of the update, mean over layers and runs (* the task's own domain)")
+    print(f"\nBridge usage {measure}: each domain's share of the update, mean over layers and runs (* the task's own domain)")
     print(f"  {'row':14} {'task':11} " + " ".join(f"{d:>11}" for d in domains) + "  runs")
     for r in rows:
         cells = " ".join(f"{r['shares'][d]:10.3f}" + ("*" if d == r["own"] else " ") for d in domains)
@@ -193,7 +213,7 @@ def print_shares(rows: list[dict], own: dict[str, str]) -> None:
             print(f"  {row:14} {task:11} {lift:+.3f}")
     moved = [r for r in rows if r["change"]]
     if moved:
-        print("\n  the same shares at the start (P = c·I, the modules' own update sizes), and their change over training")
+        print(f"\n  the same shares {started}, and their change over training")
         for r in moved:
             cells = " ".join(f"{r['start'][d]:.3f}{r['change'][d]:+.3f}" + ("*" if d == r["own"] else " ") for d in domains)
             print(f"  {r['row']:14} {r['task']:11} {cells}")

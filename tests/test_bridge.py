@@ -199,3 +199,66 @@ def test_matched_rates_train_as_the_identity_bridge():
             opt.step()
     torch.testing.assert_close(layer.lora_B @ layer.bridge, B_ref @ P_ref, rtol=1e-6, atol=1e-8)
     assert not torch.allclose(layer.lora_B @ layer.bridge, B0 * c)  # it did train
+
+
+def _layer_inputs(model, rows):
+    """Each bridged layer's input on each row, run alone (no padding): the reference's view of the inputs."""
+    seen = {name: [] for name in bridged_layers(model)}
+    handles = [m.register_forward_pre_hook(lambda mod, args, name=name: seen[name].append(args[0][0].detach()))
+               for name, m in bridged_layers(model).items()]
+    with torch.no_grad():
+        for row in rows:
+            model(torch.tensor([row]))
+    for h in handles:
+        h.remove()
+    return {name: torch.cat(xs) for name, xs in seen.items()}  # (tokens, d_in)
+
+
+def test_input_weighted_usage_is_each_module_s_own_lora_output_at_the_identity_bridge(tiny_llama, llama_store):
+    """At P = I, domain j's part of the update on x is what PEFT's LoRA layer of module j alone adds to x."""
+    from peft import PeftModel
+
+    from domix.methods.domix.model import bridge_input_usage, update_maps
+
+    rows = [list(range(3, 3 + n)) for n in (4, 9, 6, 12, 5)]  # lengths that pad in a batch of 4
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float64)
+    compose(model, load_store(llama_store), BridgeConfig(p_init="identity"))
+    maps = update_maps(model)
+    usage = bridge_input_usage(model, {"trained": maps, "half": {k: v / 2 for k, v in maps.items()}}, rows, 0, 4, "cpu")
+    inputs = _layer_inputs(model, rows)
+    assert usage["tokens"] == sum(len(r) for r in rows) and usage["examples"] == len(rows)
+    for domain in ("bio", "food"):
+        peft = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float64), llama_store / domain)
+        lora = {n: m for n, m in peft.named_modules() if hasattr(m, "lora_A") and "default" in m.lora_A}
+        for i, name in enumerate(bridged_layers(model)):
+            layer = next(m for n, m in lora.items() if n.endswith(name))
+            x = inputs[name]
+            with torch.no_grad():
+                added = layer(x) - layer.base_layer(x)  # PEFT's B_j A_j x alpha/r
+            want = added.pow(2).sum(-1).mean().sqrt().item()
+            j = [d for d, _ in bridged_layers(model)[name].blocks].index(domain)
+            assert usage["norms"]["trained"][i][j] == pytest.approx(want, rel=1e-9)
+            assert usage["norms"]["half"][i][j] == pytest.approx(want / 2, rel=1e-9)
+
+
+def test_input_weighted_usage_follows_the_formula_by_hand_for_a_mixing_bridge(tiny_llama, llama_store):
+    """A full P mixes the domains: domain j's part is (B_cat diag(s) P)[:, j-block] A_j x, pads left out."""
+    from domix.methods.domix.model import bridge_input_usage, update_maps
+
+    rows = [list(range(5, 5 + n)) for n in (3, 11, 7)]
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float64)
+    compose(model, load_store(llama_store))
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for m in bridged_layers(model).values():
+            m.bridge.add_(torch.randn_like(m.bridge) * 0.2)
+            m.lora_B.add_(torch.randn_like(m.lora_B) * 0.1)
+    usage = bridge_input_usage(model, {"end": update_maps(model)}, rows, 0, 8, "cpu")
+    inputs = _layer_inputs(model, rows)
+    for i, (name, m) in enumerate(bridged_layers(model).items()):
+        x, start = inputs[name], 0
+        for j, (_, rank) in enumerate(m.blocks):
+            M_j = (m.lora_B @ torch.diag(m.scales) @ m.bridge)[:, start : start + rank]
+            part = x @ m.lora_A[start : start + rank].t() @ M_j.t()
+            assert usage["norms"]["end"][i][j] == pytest.approx(part.pow(2).sum(-1).mean().sqrt().item(), rel=1e-9)
+            start += rank

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from compare_reading import _starting_shares, own_domain_lift, run_shares  # noqa: E402
+from compare_reading import _starting_shares, bridge_shares, on_inputs, own_domain_lift, run_shares  # noqa: E402
 
 
 def test_run_shares_average_each_layers_shares():
@@ -24,6 +24,23 @@ def test_own_domain_lift_is_the_share_on_its_task_against_the_other_tasks():
     lifts = own_domain_lift(rows)
     assert lifts[("domix", "t1")] == pytest.approx(0.6 - (0.5 + 0.4) / 2)
     assert lifts[("domix", "t2")] == pytest.approx(0.5 - (0.4 + 0.6) / 2)
+
+
+def test_input_shares_read_the_inputs_norms_and_leave_out_runs_without_them():
+    def record(task, end, start, inputs=True):
+        usage = {"domains": ["a", "b"], "norms": [[1.0, 1.0]]}
+        if inputs:
+            usage["inputs"] = {"examples": 2, "tokens": 9, "norms": {"start": [start], "end": [end]}}
+        return {"row": "domix", "task": task, "bridge_usage": usage}
+
+    records = [record("t1", [3.0, 1.0], [1.0, 1.0]), record("t1", [1.0, 1.0], [1.0, 1.0]), record("t2", [1.0, 3.0], [2.0, 2.0]),
+               record("t3", [9.0, 1.0], [1.0, 1.0], inputs=False)]
+    rows = bridge_shares(records, {"t1": "a", "t2": "b"}, lambda usage: run_shares(on_inputs(usage, "start")), on_inputs)
+    assert [(r["task"], r["runs"]) for r in rows] == [("t1", 2), ("t2", 1)]  # t3 recorded no inputs
+    assert rows[0]["shares"] == pytest.approx({"a": (0.75 + 0.5) / 2, "b": (0.25 + 0.5) / 2})
+    assert rows[0]["change"]["a"] == pytest.approx((0.75 + 0.5) / 2 - 0.5)
+    assert rows[1]["own_share"] == pytest.approx(0.75)
+    assert bridge_shares(records, {})[-1]["task"] == "t3"  # the weights' shares read every run
 
 
 def test_starting_shares_are_each_modules_own_update_size(llama_store, tmp_path):

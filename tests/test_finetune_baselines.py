@@ -67,6 +67,9 @@ def test_cat_run_keeps_the_bridge_at_identity_and_trains_b(llama_store, task, tm
     assert record["trainable_parameters"] == sum(v.numel() for k, v in weights.items() if k.endswith(".lora_B")) + sum(
         weights[k].numel() for k in record["head"])
     assert bridge_params > 0 and record["bridge_usage"]["domains"] == ["bio", "food"]
+    on_inputs = record["bridge_usage"]["inputs"]  # the test inputs, read by the update as it started and as trained
+    assert set(on_inputs["norms"]) == {"start", "end"} and on_inputs["tokens"] > on_inputs["examples"] > 0
+    assert on_inputs["norms"]["start"] != on_inputs["norms"]["end"]  # B trained
 
 
 @pytest.mark.parametrize("method", ["lora", "dora"])

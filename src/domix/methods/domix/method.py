@@ -12,9 +12,10 @@ from pathlib import Path
 
 from torch import nn
 
-from domix.methods.base import WEIGHTS_FILE, TaskMethod, head_groups, load_head, save_head_tensors
+from domix.methods.base import WEIGHTS_FILE, Probe, TaskMethod, head_groups, load_head, save_head_tensors
 from domix.methods.domix.config import BridgeConfig
-from domix.methods.domix.model import bridge_tensors, bridge_usage, bridged_layers, compose, fold, fresh_module, restore_bridges
+from domix.methods.domix.model import (USAGE_EXAMPLES, bridge_input_usage, bridge_tensors, bridge_usage, bridged_layers, compose, fold,
+                                       fresh_module, restore_bridges, update_maps)
 from domix.store import DomainModule, shared_initialisation
 
 
@@ -34,6 +35,7 @@ class Bridge(TaskMethod):
                   f"before {', '.join(m.name for m in modules[1:])}")
         bridge = BridgeConfig(p_init=self.p_init(cfg), p_lr=cfg.p_lr, p_weight_decay=cfg.p_weight_decay, b_lr=cfg.b_lr)
         compose(model, modules, bridge)
+        self.start_maps = update_maps(model)  # the update as it starts (the modules' B, P's init), for the usage record
         # one rate per group: modules that adapt only some layers give those layers another c (compose), not another rate
         total_rank = sum(m.rank for m in modules)
         p_lr, b_lr = bridge.learning_rates(cfg.lr, total_rank, len(modules))
@@ -55,9 +57,13 @@ class Bridge(TaskMethod):
         return {"p_init": cfg.p_init, "p_lr": cfg.p_lr, "p_weight_decay": cfg.p_weight_decay, "b_lr": cfg.b_lr, "trained": self.bridge_trains,
                 "new_rank": cfg.new_rank, "learning_rates": {"p": self.rates["p"] if self.bridge_trains else None, "b": self.rates["b"]}}
 
-    def record(self, model: nn.Module, pieces: list, cfg, probe=None) -> dict:
+    def record(self, model: nn.Module, pieces: list, cfg, probe: Probe | None = None) -> dict:
+        usage = bridge_usage(model)
+        if probe is not None:  # a classification task: the usage on its test inputs too, as the update started and as trained
+            usage["inputs"] = bridge_input_usage(model, {"start": self.start_maps, "end": update_maps(model)},
+                                                 probe.rows[:USAGE_EXAMPLES], probe.pad_id, cfg.batch_size, probe.device)
         return {**super().record(model, pieces, cfg, probe), "layers": sorted(bridged_layers(model)),
-                "bridge": self.bridge_record(cfg), "bridge_usage": bridge_usage(model)}
+                "bridge": self.bridge_record(cfg), "bridge_usage": usage}
 
     def save(self, model: nn.Module, record: dict, folder: Path) -> None:
         save_head_tensors(model, record["head"], bridge_tensors(model), folder, WEIGHTS_FILE)

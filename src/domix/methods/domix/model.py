@@ -115,6 +115,70 @@ def bridge_usage(model: nn.Module) -> dict:
     return {"domains": domains, "layers": list(layers), "norms": norms}
 
 
+USAGE_EXAMPLES = 128  # task examples the input-weighted usage reads: enough for shares stable to ~0.01, one short pass
+
+
+def update_maps(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every bridged layer's M = B_cat diag(s) P (d_out x Σr), keyed by layer: its update is M A_cat x."""
+    return {name: ((m.lora_B * m.scales) @ m.bridge).detach().double().clone() for name, m in bridged_layers(model).items()}
+
+
+@torch.no_grad()
+def bridge_input_usage(model: nn.Module, maps: dict[str, dict[str, torch.Tensor]], rows: list[list[int]], pad_id: int,
+                       batch_size: int, device) -> dict:
+    """How much each domain's part of the update moves each bridged layer's output on the task's own inputs.
+
+    :func:`bridge_usage` weighs every input direction alike; a task's activations are not isotropic, and a domain
+    module's A was trained on its corpus's activations, so the update a task draws from domain j is M_j A_j x on
+    the task's x. For each ``maps`` entry (name -> ``update_maps`` at some point of training) and each layer: the
+    root mean square over the real (unpadded) tokens of ``rows`` of ||M[:, j] A_j x||, one per domain. The model
+    runs as it is (its trained P and B_cat), so every map sees the same inputs; with several maps, they differ
+    only in which update reads them. Returns ``{"examples", "tokens", "norms": {name: [[per domain] per layer]}}``.
+    """
+    from domix.engine.predict import length_batches
+    from domix.tasks import pad_batch
+
+    layers = bridged_layers(model)
+    sums = {key: {name: torch.zeros(len(m.blocks), dtype=torch.float64) for name, m in layers.items()} for key in maps}
+    # per domain j, ||M_j u_j||^2 = u_j^T (M_j^T M_j) u_j: an r_j x r_j Gram matrix instead of a d_out-wide product per token
+    grams = {key: {name: [] for name in layers} for key in maps}
+    for key, per_layer in maps.items():
+        for name, m in layers.items():
+            start = 0
+            for _, rank in m.blocks:
+                M_j = per_layer[name][:, start : start + rank]
+                grams[key][name].append((start, rank, M_j.t() @ M_j))
+                start += rank
+    mask: list[torch.Tensor] = []
+
+    def hook(name):
+        def read(module, inputs):
+            x = inputs[0]
+            u = (x.to(module.lora_A.dtype) @ module.lora_A.t()).double()[mask[0]]  # real tokens only
+            for key in maps:
+                for j, (start, rank, gram) in enumerate(grams[key][name]):
+                    u_j = u[:, start : start + rank]
+                    sums[key][name][j] += ((u_j @ gram.to(u.device)) * u_j).sum().cpu()
+        return read
+
+    handles = [m.register_forward_pre_hook(hook(name)) for name, m in layers.items()]
+    was_training = model.training
+    model.eval()
+    tokens = 0
+    try:
+        for indices in length_batches([len(r) for r in rows], batch_size):
+            batch = {k: v.to(device) for k, v in pad_batch([rows[i] for i in indices], pad_id).items()}
+            mask[:] = [batch["attention_mask"].bool()]
+            tokens += int(mask[0].sum())
+            model(**batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    norms = {key: [(per_layer[name] / max(tokens, 1)).clamp_min(0).sqrt().tolist() for name in layers] for key, per_layer in sums.items()}
+    return {"examples": len(rows), "tokens": tokens, "norms": norms}
+
+
 @torch.no_grad()
 def fold(model: nn.Module) -> nn.Module:
     """Fold every bridged layer into its weight, W' = W + B_cat diag(s) P A_cat, in place.
