@@ -111,8 +111,9 @@ def differences(records: list[dict]) -> list[dict]:
 
 def run_shares(usage: dict) -> dict[str, float]:
     """One run's share of each domain in its bridged update (a record's ``bridge_usage``), mean over layers."""
-    per_layer = [[n / max(sum(layer), 1e-30) for n in layer] for layer in usage["norms"]]
-    return {d: statistics.fmean(layer[j] for layer in per_layer) for j, d in enumerate(usage["domains"])}
+    from domix.compare.report import layer_mean_shares
+
+    return layer_mean_shares(usage["domains"], usage["norms"])
 
 
 def on_inputs(usage: dict, when: str = "end") -> dict | None:

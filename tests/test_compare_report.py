@@ -7,7 +7,8 @@ import statistics
 
 import pytest
 
-from domix.compare.report import _compact_labels, bridge_usage, format_table, gate_weights, retention_rows, summarise, write_report
+from domix.compare.report import (_compact_labels, bridge_usage, format_table, gate_weights, input_usage_rows, retention_rows, summarise,
+                                  write_report)
 from domix.errors import DomixError
 
 TASKS = ["t1", "t2"]
@@ -181,6 +182,25 @@ def test_bridge_usage_averages_runs_with_columns_in_domains_order():
     # mean over seeds 1, 2 of (value + seed) = value + 1.5, whatever order listed the columns
     assert [pytest.approx(row) for row in ([3.5, 2.5], [5.5, 4.5])] == got["norms"]
     assert bridge_usage(results, "t2") is None
+
+
+def test_input_usage_table_shares_each_layer_then_averages_layers_and_runs(tmp_path):
+    results = make_results()
+    t1 = [r for r in results["runs"] if r["method"] == "domix" and r["task"] == "t1"]
+    for r in t1:  # start: a twice b's size in layer 0, equal in layer 1; end: the run's usage norms
+        norms = {"start": [[2.0, 1.0], [1.0, 1.0]], "end": r["bridge_usage"]["norms"]}
+        if r["bridge_usage"]["domains"] == ["b", "a"]:
+            norms["start"] = [row[::-1] for row in norms["start"]]
+        r["bridge_usage"]["inputs"] = {"examples": 3, "tokens": 30, "norms": norms}
+    header, body = input_usage_rows(results)
+    assert header == ["method", "task", "b", "a", "runs"] and len(body) == 1
+    # a's share at the end, per run: mean over layers of (1+s)/(3+2s) and (3+s)/(7+2s); then the mean over seeds 1, 2 (two orders each)
+    a_end = statistics.fmean(statistics.fmean([(1 + s) / (3 + 2 * s), (3 + s) / (7 + 2 * s)]) for s in (1, 1, 2, 2))
+    a_start = (2 / 3 + 1 / 2) / 2
+    assert body[0] == ["domix", "t1", f"{1 - a_start:.3f} → {1 - a_end:.3f}", f"{a_start:.3f} → {a_end:.3f}", "4"]
+    markdown = write_report(results, tmp_path / "out")["report.md"].read_text()
+    assert "## Bridge usage on the tasks' inputs" in markdown and f"{a_start:.3f} → {a_end:.3f}" in markdown
+    assert input_usage_rows(make_results())[1] == []  # runs recorded before domix recorded it: no table
 
 
 def test_bridge_usage_uses_the_largest_agreeing_group():

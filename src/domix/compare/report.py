@@ -320,6 +320,37 @@ RETENTION_TEXT = (
 )
 
 
+def layer_mean_shares(domains: list[str], norms: list[list[float]]) -> dict[str, float]:
+    """Each domain's share of a layer's update (its norm over the layer's sum), averaged over layers."""
+    per_layer = [[n / max(sum(layer), 1e-30) for n in layer] for layer in norms]
+    return {d: _mean(layer[j] for layer in per_layer) for j, d in enumerate(domains)}
+
+
+def input_usage_rows(results: dict) -> tuple[list[str], list[list[str]]]:
+    """Per (method, task) whose runs recorded it: each domain's share of the bridged update on the task's test
+    inputs, as the update started and as trained (means over runs). Returns (header, body)."""
+    runs = [r for r in _runs(results) if (r.get("bridge_usage") or {}).get("inputs")]
+    domains = _unique([*(results.get("domains") or []), *(d for r in runs for d in r["bridge_usage"]["domains"])])
+    body = []
+    for method, of_method in _by_method(runs).items():
+        for task in _unique(r["task"] for r in of_method):
+            shares = {when: [layer_mean_shares(r["bridge_usage"]["domains"], r["bridge_usage"]["inputs"]["norms"][when])
+                             for r in of_method if r["task"] == task] for when in ("start", "end")}
+            cells = [f"{_mean(s[d] for s in shares['start'] if d in s):.3f} → {_mean(s[d] for s in shares['end'] if d in s):.3f}"
+                     if any(d in s for s in shares["end"]) else "" for d in domains]
+            body.append([method, task, *cells, str(len(shares["end"]))])
+    return ["method", "task", *domains, "runs"], body
+
+
+INPUT_USAGE_TEXT = (
+    "Bridge usage on each task's own inputs: domain j's part of a bridged layer's update on a test example's tokens, "
+    "||B_cat diag(s) P[:, j] A_j x|| (root mean square over the real tokens of the task's first test examples), shared "
+    "out over the domains per layer and averaged over layers; at the start (the modules' B, P's init) → as trained. "
+    "A module's A learned its corpus's activations, so a task that draws on a domain excites that domain's part "
+    "more; compare a domain's share across tasks, since the modules differ in size."
+)
+
+
 def _compact_labels(names: list[str]) -> list[str]:
     """Layer names without the dotted parts that every name shares at its start or end."""
     parts = [name.split(".") for name in names]
@@ -557,6 +588,9 @@ def _blocks(results: dict, rows: list[dict], tasks: list[str], images: dict[str,
     retained = retention_rows(results)
     if retained:
         blocks += [("h2", "Retention"), ("table", RETENTION_HEADER, retained), ("p", RETENTION_TEXT)]
+    header, used = input_usage_rows(results)
+    if used:
+        blocks += [("h2", "Bridge usage on the tasks' inputs"), ("table", header, used), ("p", INPUT_USAGE_TEXT)]
     blocks.append(("h2", "Plots"))
     return blocks + [("image", name, caption) for name, (_, caption) in images.items()]
 
