@@ -120,23 +120,23 @@ def loss_and_movement(store: Path, cfg, base, tokenizer, objective: str) -> dict
 def task_inputs(store: Path, model, tasks: dict[str, str], max_length: int, tokenizer) -> dict:
     """Part 3: per task, each module's share of the composed update on the task's test inputs, and its RMS size.
     ``model`` is the base; the modules are composed into it in place."""
+    from domix.compare.report import layer_mean_shares
     from domix.methods.domix import BridgeConfig, compose
     from domix.methods.domix.model import USAGE_EXAMPLES, bridge_input_usage, bridged_layers, update_maps
     from domix.store import load_store
     from domix.tasks import encode, read_task
 
-    modules = load_store(store)
-    compose(model, modules, BridgeConfig())
-    c = next(iter(bridged_layers(model).values())).bridge[0, 0].item()
-    maps = {name: m / c for name, m in update_maps(model).items()}  # s_j B_j A_j: each module's own update, c left out
+    compose(model, load_store(store), BridgeConfig())
+    layers = bridged_layers(model)
+    # s_j B_j A_j, each module's own update: each layer's c left out (a layer that fewer modules adapt has another c)
+    maps = {name: m / layers[name].bridge[0, 0].item() for name, m in update_maps(model).items()}
+    domains = [d for d, _ in next(iter(layers.values())).blocks]
     out = {}
     for name, path in tasks.items():
         rows = encode(read_task(path).splits["test"], tokenizer, max_length)[:USAGE_EXAMPLES]
         usage = bridge_input_usage(model, {"modules": maps}, rows, tokenizer.pad_token_id, 16, "cpu")
-        domains = [d for d, _ in next(iter(bridged_layers(model).values())).blocks]
         per_layer = usage["norms"]["modules"]
-        out[name] = {"examples": usage["examples"], "tokens": usage["tokens"],
-                     "share": {d: statistics.fmean(layer[j] / sum(layer) for layer in per_layer) for j, d in enumerate(domains)},
+        out[name] = {"examples": usage["examples"], "tokens": usage["tokens"], "share": layer_mean_shares(domains, per_layer),
                      "rms": {d: statistics.fmean(layer[j] for layer in per_layer) for j, d in enumerate(domains)}}
     return out
 

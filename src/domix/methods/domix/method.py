@@ -35,7 +35,9 @@ class Bridge(TaskMethod):
                   f"before {', '.join(m.name for m in modules[1:])}")
         bridge = BridgeConfig(p_init=self.p_init(cfg), p_lr=cfg.p_lr, p_weight_decay=cfg.p_weight_decay, b_lr=cfg.b_lr)
         compose(model, modules, bridge)
-        self.start_maps = update_maps(model)  # the update as it starts (the modules' B, P's init), for the usage record
+        # the update as it starts (the modules' B, P's init), for the usage on a classification task's inputs (record);
+        # a causal LM (domix instruct, no new head) has no test inputs to read it on: no copy of every B
+        self.start_maps = update_maps(model) if head else None
         # one rate per group: modules that adapt only some layers give those layers another c (compose), not another rate
         total_rank = sum(m.rank for m in modules)
         p_lr, b_lr = bridge.learning_rates(cfg.lr, total_rank, len(modules))
@@ -59,7 +61,7 @@ class Bridge(TaskMethod):
 
     def record(self, model: nn.Module, pieces: list, cfg, probe: Probe | None = None) -> dict:
         usage = bridge_usage(model)
-        if probe is not None:  # a classification task: the usage on its test inputs too, as the update started and as trained
+        if probe is not None and self.start_maps is not None:  # a classification task: the usage on its test inputs too
             usage["inputs"] = bridge_input_usage(model, {"start": self.start_maps, "end": update_maps(model)},
                                                  probe.rows[:USAGE_EXAMPLES], probe.pad_id, cfg.batch_size, probe.device)
         return {**super().record(model, pieces, cfg, probe), "layers": sorted(bridged_layers(model)),
