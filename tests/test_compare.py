@@ -39,17 +39,17 @@ def test_plan_shares_pretraining_and_runs_ordered_methods_once_per_order(tmp_pat
     assert pretrain == ["pretrain/domix", "pretrain/joint_lora", "pretrain/mixda", "pretrain/mode", "pretrain/ncl_full-bio-food",
                         "pretrain/ncl_full-food-bio", "pretrain/ncl_lora-bio-food", "pretrain/ncl_lora-food-bio"]
     finetune = [j for j in jobs if j.kind == "finetune"]
-    assert len(finetune) == 13 * 2 + 4 * 2 * 2  # order-free methods x seeds + ordered methods x orders x seeds
+    assert len(finetune) == 15 * 2 + 2 * 2 * 2  # order-free methods x seeds + ordered methods (ncl_*) x orders x seeds
     by_name = {j.name: j.settings for j in finetune}
-    assert by_name["finetune/domix/topics/seed1-bio-food"]["domains"] == ["bio", "food"]
+    assert by_name["finetune/domix/topics/seed1"]["domains"] is None  # the whole store: the bridge lays it out by name
     assert by_name["finetune/lora_module/topics/seed2"]["init_module"] == "food"  # the task's own domain
     assert by_name["finetune/lora/topics/seed1"]["lora_rank"] == 4  # rank 2 x 2 domains
     assert by_name["finetune/lora_module_rank/topics/seed1"]["lora_rank"] == 2  # one module's, as lora_module has
     assert "init_module" not in by_name["finetune/lora_module_rank/topics/seed1"]
-    paper = next(j for j in finetune if j.name == "finetune/domix_paper/topics/seed1-bio-food").config()
+    paper = next(j for j in finetune if j.name == "finetune/domix_paper/topics/seed1").config()
     assert (paper.p_init, paper.p_lr, paper.b_lr, paper.lr) == ("scaled_identity", None, None, 5e-3)  # the published bridge, the comparison's lr
     assert by_name["finetune/ncl_full/topics/seed1-bio-food"]["model"].endswith("pretrain/ncl_full-bio-food/ncl-full")
-    assert by_name["finetune/full/topics/seed1"]["lr"] == 1e-3 and by_name["finetune/domix/topics/seed1-bio-food"]["lr"] == 5e-3
+    assert by_name["finetune/full/topics/seed1"]["lr"] == 1e-3 and by_name["finetune/domix/topics/seed1"]["lr"] == 5e-3
     assert all(j.settings["seed"] in (1, 2) for j in finetune)
     lrs = {j.name: j.settings["lr"] for j in jobs if j.kind == "pretrain"}
     assert lrs["pretrain/ncl_full-food-bio"] == 1e-3 and lrs["pretrain/domix"] == 5e-3
@@ -61,25 +61,26 @@ def test_a_method_may_run_fewer_seeds(tmp_path, tiny_llama, corpora, task):
     cfg = CompareConfig.from_yaml(write_config(tmp_path / "c.yaml", tiny_llama, corpora, task, seeds=[1, 2], methods=["head", "domix"],
                                                method_seeds={"head": [2]}))
     names = sorted(j.name for j in plan(cfg) if j.kind == "finetune")
-    assert names == ["finetune/domix/topics/seed1-bio-food", "finetune/domix/topics/seed1-food-bio", "finetune/domix/topics/seed2-bio-food",
-                     "finetune/domix/topics/seed2-food-bio", "finetune/head/topics/seed2"]
+    assert names == ["finetune/domix/topics/seed1", "finetune/domix/topics/seed2", "finetune/head/topics/seed2"]
     for bad, message in (({"lora": [1]}, "names 'lora', which is not among"), ({"head": []}, "must be a list of whole numbers")):
         with pytest.raises(DomixError, match=message):
             CompareConfig.from_yaml(write_config(tmp_path / "c.yaml", tiny_llama, corpora, task, methods=["head"], method_seeds=bad))
 
 
 def test_an_ordered_method_may_run_fewer_orders(tmp_path, tiny_llama, corpora, task):
-    cfg = CompareConfig.from_yaml(write_config(tmp_path / "c.yaml", tiny_llama, corpora, task, methods=["domix", "domix_paper"],
-                                               method_orders={"domix_paper": 1}))
+    cfg = CompareConfig.from_yaml(write_config(tmp_path / "c.yaml", tiny_llama, corpora, task, methods=["ncl_lora", "ncl_full"],
+                                               method_orders={"ncl_full": 1}))
     names = sorted(j.name for j in plan(cfg) if j.kind == "finetune")
-    assert names == ["finetune/domix/topics/seed1-bio-food", "finetune/domix/topics/seed1-food-bio",
-                     "finetune/domix_paper/topics/seed1-food-bio"]  # the first of the orders
-    assert sorted(j.name for j in plan(cfg.narrowed(methods=["domix"])) if j.kind == "finetune") == names[:2]
+    assert names == ["finetune/ncl_full/topics/seed1-food-bio",  # the first of the orders
+                     "finetune/ncl_lora/topics/seed1-bio-food", "finetune/ncl_lora/topics/seed1-food-bio"]
+    assert sorted(j.name for j in plan(cfg.narrowed(methods=["ncl_lora"])) if j.kind == "finetune") == names[1:]
     for bad, message in (({"lora": 1}, "method_orders names 'lora', which is not among"),
-                         ({"domix": 3}, "method_orders.domix must be a whole number from 1 to 2"),
-                         ({"domix": True}, "method_orders.domix must be a whole number")):
+                         ({"ncl_lora": 3}, "method_orders.ncl_lora must be a whole number from 1 to 2"),
+                         ({"ncl_lora": True}, "method_orders.ncl_lora must be a whole number"),
+                         ({"domix": 1}, "method_orders names 'domix', whose run is the same in every domain order")):
         with pytest.raises(DomixError, match=message):
-            CompareConfig.from_yaml(write_config(tmp_path / "c.yaml", tiny_llama, corpora, task, methods=["domix"], method_orders=bad))
+            CompareConfig.from_yaml(write_config(tmp_path / "c.yaml", tiny_llama, corpora, task, methods=["ncl_lora", "domix"],
+                                                 method_orders=bad))
 
 
 def test_a_part_of_a_comparison_runs_first_and_the_full_run_reuses_it(tmp_path, tiny_llama, corpora, task, capsys):
@@ -90,7 +91,7 @@ def test_a_part_of_a_comparison_runs_first_and_the_full_run_reuses_it(tmp_path, 
     full = {j.name: j.settings for j in plan(cfg)}
     part = cfg.narrowed(methods=["head", "domix"], seeds=[1])
     names = sorted(j.name for j in plan(part) if j.kind == "finetune")
-    assert names == ["finetune/domix/topics/seed1-food-bio"]  # head has only seed 2; lora is left out
+    assert names == ["finetune/domix/topics/seed1"]  # head has only seed 2; lora is left out
     assert all(full[j.name] == j.settings for j in plan(part))  # the very jobs of the full plan
     for bad, message in ((dict(methods=["lorra"]), "--methods lorra names ['lorra']"), (dict(seeds=[3]), "--seeds 3"),
                          (dict(tasks=[]), "names nothing")):
@@ -137,14 +138,11 @@ def test_compare_runs_every_method_and_resumes(tmp_path, tiny_llama, corpora, ta
     config = write_config(tmp_path / "c.yaml", tiny_llama, corpora, task)
     results = compare(CompareConfig.from_yaml(config), in_process=True)
     out = tmp_path / "out"
-    assert {r["method"] for r in results["runs"]} == set(METHODS) and len(results["runs"]) == 13 + 4 * 2
+    assert {r["method"] for r in results["runs"]} == set(METHODS) and len(results["runs"]) == 15 + 2 * 2
     saved = json.loads((out / "results.json").read_text())
     assert saved["runs"] == results["runs"]
-    domix = {r["order"]: r for r in results["runs"] if r["method"] == "domix"}
-    assert set(domix) == {"food>bio", "bio>food"}
-    # order robustness through the whole pipeline (float64): the same scores in either order
-    assert domix["food>bio"]["test"] == domix["bio>food"]["test"]
-    assert domix["food>bio"]["bridge_usage"]["domains"] == ["food", "bio"]
+    domix = [r for r in results["runs"] if r["method"] == "domix"]
+    assert len(domix) == 1 and domix[0]["order"] is None and domix[0]["bridge_usage"]["domains"] == ["bio", "food"]  # by name
     ncl = {r["order"]: r for r in results["runs"] if r["method"] == "ncl_lora"}
     assert ncl["food>bio"]["loss_curve"] != ncl["bio>food"]["loss_curve"]  # sequential pre-training does depend on order
     full = next(r for r in results["runs"] if r["method"] == "full")
@@ -158,7 +156,7 @@ def test_compare_runs_every_method_and_resumes(tmp_path, tiny_llama, corpora, ta
 
     times = (out / "job_times.json").read_text()
     again = compare(CompareConfig.from_yaml(config), in_process=True)  # everything finished: nothing reruns
-    assert "29 jobs, 29 already finished" in capsys.readouterr().out
+    assert "27 jobs, 27 already finished" in capsys.readouterr().out
     assert (out / "job_times.json").read_text() == times and again["runs"] == results["runs"]
 
     # a run made before a setting existed ran with its default: still reused
@@ -168,17 +166,17 @@ def test_compare_runs_every_method_and_resumes(tmp_path, tiny_llama, corpora, ta
     run["config"].update(p_lr="3x", p_weight_decay=0.5)  # the bridge's settings: a LoRA run does not read them
     run_file.write_text(json.dumps(run))
     # a run with the published bridge's values made without naming the recipe (a plain finetune with those flags) is the same run
-    paper_file = out / "finetune" / "domix_paper" / "topics" / "seed1-food-bio" / "run.json"
+    paper_file = out / "finetune" / "domix_paper" / "topics" / "seed1" / "run.json"
     paper = json.loads(paper_file.read_text())
     assert paper["config"]["recipe"] == "paper" and paper["config"]["p_lr"] is None
     paper["config"]["recipe"] = None
     paper_file.write_text(json.dumps(paper))
     compare(CompareConfig.from_yaml(config), in_process=True)
-    assert "29 already finished" in capsys.readouterr().out
+    assert "27 already finished" in capsys.readouterr().out
     paper["config"]["p_weight_decay"] = 0.0  # a value, though, is compared
     paper_file.write_text(json.dumps(paper))
     compare(CompareConfig.from_yaml(config), dry_run=True)
-    assert re.search(r"finished with other p_weight_decay \(--overwrite reruns it\) .*domix_paper/topics/seed1-food-bio",
+    assert re.search(r"finished with other p_weight_decay \(--overwrite reruns it\) .*domix_paper/topics/seed1\.yaml",
                      capsys.readouterr().out)
 
     changed = write_config(tmp_path / "c2.yaml", tiny_llama, corpora, task, finetune={"epochs": 2, "max_length": 32})
@@ -189,24 +187,24 @@ def test_compare_runs_every_method_and_resumes(tmp_path, tiny_llama, corpora, ta
 
 
 def test_compare_command_runs_jobs_in_their_own_processes(tmp_path, tiny_llama, corpora, task, capsys, monkeypatch):
-    config = write_config(tmp_path / "c.yaml", tiny_llama, corpora, task, methods=["domix"], jobs=2)
+    config = write_config(tmp_path / "c.yaml", tiny_llama, corpora, task, methods=["domix", "cat"], jobs=2)
     assert main(["compare", str(config), "--dry-run"]) == 0
     assert capsys.readouterr().out.count("to run") == 3
     monkeypatch.setenv("DOMIX_PROGRESS_EVERY", "0.05")  # the running jobs' lines, as a log gets them every minute
-    assert main(["compare", str(config)]) == 0  # the two orders' fine-tuning jobs run at once
+    assert main(["compare", str(config)]) == 0  # the two fine-tuning jobs run at once
     shown = capsys.readouterr().out
     assert shown.count("] started") == 3 and shown.count("] finished") == 3 and "3 job(s) ran in" in shown
     assert re.search(r"domix: \[1/3\] pretrain/domix: food\+bio step \d/4 \(\d+%\), loss [\d.]+ [\d.]+, ETA \d+s", shown)
-    assert re.search(r"domix: \[[23]/3\] finetune/domix/topics/seed1-\S+: task '\w+' step \d/6 \(\d+%\), loss [\d.]+, ETA", shown)
-    assert re.search(r"domix: \[[23]/3\] finetune/domix/topics/seed1-\S+: task '\w+' trained \(6 steps\), finishing up", shown)
+    assert re.search(r"domix: \[[23]/3\] finetune/(domix|cat)/topics/seed1: task '\w+' step \d/6 \(\d+%\), loss [\d.]+, ETA", shown)
+    assert re.search(r"domix: \[[23]/3\] finetune/(domix|cat)/topics/seed1: task '\w+' trained \(6 steps\), finishing up", shown)
     out = tmp_path / "out"
-    for order in ("food-bio", "bio-food"):
-        log = (out / "logs" / "finetune" / "domix" / "topics" / f"seed1-{order}.log").read_text()
+    for method in ("domix", "cat"):
+        log = (out / "logs" / "finetune" / method / "topics" / "seed1.log").read_text()
         assert "domix finetune --config" in log and "test accuracy" in log
         assert re.search(r"domix: task '\w+': step 6/6, loss", log)  # a log gets progress lines instead of a bar
     results = json.loads((out / "results.json").read_text())
     assert results["settings"]["command"].startswith("domix compare ")
-    assert [r["method"] for r in results["runs"]] == ["domix", "domix"]
+    assert [r["method"] for r in results["runs"]] == ["domix", "cat"]
     capsys.readouterr()
     assert main(["compare", str(config), "--dry-run"]) == 0
     assert capsys.readouterr().out.count("finished") == 3

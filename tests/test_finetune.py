@@ -68,14 +68,15 @@ def test_task_model_reloads_and_exports_to_the_same_logits(store, task, tmp_path
 
 
 def test_domain_order_does_not_change_the_result(llama_store, task, tmp_path):
-    a = finetune(cfg(llama_store, task, tmp_path / "ab", domains=["food", "bio"], dtype="float64", epochs=2))
-    b = finetune(cfg(llama_store, task, tmp_path / "ba", domains=["bio", "food"], dtype="float64", epochs=2))
-    assert a["test"] == b["test"]
-    model_a, _, _ = load_task_model(tmp_path / "ab" / "model")
-    model_b, _, _ = load_task_model(tmp_path / "ba" / "model")
-    ids = torch.randint(3, 30, (4, 12))
-    with torch.no_grad():
-        assert torch.allclose(model_a(ids).logits, model_b(ids).logits, atol=1e-5, rtol=0)
+    """In float32, bit for bit: the bridge lays the modules out by name, so no sum runs in another order."""
+    a = finetune(cfg(llama_store, task, tmp_path / "ab", domains=["food", "bio"], epochs=2))
+    b = finetune(cfg(llama_store, task, tmp_path / "ba", domains=["bio", "food"], epochs=2))
+    assert a["test"] == b["test"] and a["loss_curve"] == b["loss_curve"] and a["dev_history"] == b["dev_history"]
+    assert a["bridge_usage"]["domains"] == b["bridge_usage"]["domains"] == ["bio", "food"]
+    assert [m["name"] for m in a["modules"]] == ["food", "bio"]  # the record keeps the order the user gave
+    saved_a = load_file(str(tmp_path / "ab" / "model" / "task_model.safetensors"))
+    saved_b = load_file(str(tmp_path / "ba" / "model" / "task_model.safetensors"))
+    assert saved_a.keys() == saved_b.keys() and all(torch.equal(saved_a[k], saved_b[k]) for k in saved_a)
 
 
 def test_lora_baseline_has_the_same_total_rank_and_exports(llama_store, task, tmp_path):

@@ -14,7 +14,7 @@ A comparison is one YAML file::
     seeds: [1, 2]
     method_seeds: {full: [1]}   # fewer (or other) seeds for some methods
     orders: 2                   # or a list of domain orders
-    method_orders: {domix_paper: 1}   # fewer orders (the first n) for some order-dependent methods
+    method_orders: {ncl_full: 1}   # fewer orders (the first n) for some order-dependent methods
     pretrain: {steps: 20}       # domix pretrain settings shared by every pre-training run
     finetune: {epochs: 2}       # domix finetune settings shared by every fine-tuning run
     method_settings: {full: {lr: 2.0e-5}}   # per-method finetune overrides
@@ -128,6 +128,9 @@ class CompareConfig:
         for method, n in self.method_orders.items():
             if method not in self.methods:
                 raise DomixError(f"method_orders names {method!r}, which is not among the comparison's methods {self.methods}")
+            if not METHODS[method].ordered:
+                raise DomixError(f"method_orders names {method!r}, whose run is the same in every domain order (it runs once); "
+                                 "remove it from method_orders")
             if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= len(self.orders):
                 raise DomixError(f"method_orders.{method} must be a whole number from 1 to {len(self.orders)} (the comparison's orders), "
                                  f"not {n!r}")

@@ -29,6 +29,10 @@ class Bridge(TaskMethod):
         warning = shared_initialisation(modules)
         if warning:
             print(warning)
+        # the modules are a set, not a sequence: in exact arithmetic the bridge is permutation-equivariant (P starts at
+        # c·I), but floating-point sums in another column order drift apart over training (1.6 macro-F1 points on
+        # ChemProt after 8 epochs). One layout, by name, makes the run the same bit for bit whatever order they come in
+        modules = sorted(modules, key=lambda m: m.name)
         if cfg.new_rank:
             modules = [fresh_module(modules, cfg.new_rank, cfg.seed)] + modules
             print(f"domix: a fresh block of rank {cfg.new_rank} (A random and frozen, B zero) goes first in the bridge, "
