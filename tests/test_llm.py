@@ -159,9 +159,24 @@ def test_any_peft_lora_adapter_composes_and_the_base_comes_from_its_config(llama
     layers = bridged_layers(model)
     adapter, food = load_module(tmp_path / "adapter"), load_module(llama_store / "food")
     q, up = "model.layers.0.self_attn.q_proj", "model.layers.0.mlp.up_proj"
-    assert torch.equal(layers[q].lora_A, torch.cat([adapter.lora_A[q], food.lora_A[q]]))  # rank 2 + 4, in the order given
+    assert torch.equal(layers[q].lora_A, torch.cat([adapter.lora_A[q], food.lora_A[q]]))  # rank 2 + 4, by name
     assert torch.equal(layers[up].lora_A, food.lora_A[up])  # only the domix module adapts it
     assert layers[q].scales.tolist() == [2.0] * 2 + [food.scaling] * 4
+
+
+def test_adapters_of_one_name_are_told_apart_by_path_in_any_order(tiny_llama, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    from domix.store import gather_modules
+
+    for seed, parent in enumerate(("a", "b")):
+        base, _ = load_causal(str(tiny_llama), "float32")
+        torch.manual_seed(seed)
+        get_peft_model(base, LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj"], init_lora_weights=False)).save_pretrained(
+            tmp_path / parent / "adapter")
+    a, b = str(tmp_path / "a" / "adapter"), str(tmp_path / "b" / "adapter")
+    names = [{Path(m.path).parent.name: m.name for m in gather_modules(None, None, given)} for given in ([a, b], [b, a])]
+    assert names[0] == names[1] == {"a": "adapter", "b": "adapter#2"}  # so the bridge's layout by name is one layout
 
 
 def test_gradient_checkpointing_gives_the_same_run(llama_store, data, tmp_path):

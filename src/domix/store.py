@@ -177,11 +177,14 @@ def gather_modules(modules: str | None, domains: list[str] | None = None, adapte
             raise DomixError(f"--adapter {adapters[i]} is given twice; give each adapter once")
     for path in adapters or []:
         found.append(load_module(path))
-    seen: dict[str, int] = {}
-    for m in found:  # two folders may share a name (adapter/, adapter/): keep the bridge's blocks apart
-        seen[m.name] = seen.get(m.name, 0) + 1
-        if seen[m.name] > 1:
-            m.name = f"{m.name}#{seen[m.name]}"
+    # two folders may share a name (a/adapter, b/adapter): keep the bridge's blocks apart, numbered by path so that
+    # the names (the bridge's layout) do not depend on the order the folders were given in
+    by_name: dict[str, list[DomainModule]] = {}
+    for m in found:
+        by_name.setdefault(m.name, []).append(m)
+    for name, same in by_name.items():
+        for i, m in enumerate(sorted(same, key=lambda m: str(Path(m.path).resolve()))[1:], start=2):
+            m.name = f"{name}#{i}"
     return found
 
 

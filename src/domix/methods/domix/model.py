@@ -35,7 +35,7 @@ def restore_bridges(model: nn.Module, tensors: dict[str, torch.Tensor], layers: 
 def compose(model: nn.Module, modules: list[DomainModule], config: BridgeConfig | None = None) -> list[str]:
     """Replace every layer the modules adapt with a :class:`BridgedLinear`, in place.
 
-    A layer's A_cat and B_cat take the modules that adapt it, in the order given. The
+    A layer's A_cat and B_cat take the modules that adapt it, in the order given (the Bridge gives them by name). The
     whole model is frozen except B_cat and P; the caller unfreezes the task head.
     Returns the names of the bridged layers.
     """
