@@ -9,7 +9,8 @@ method name, so domix and domix_paper stay apart), finished or not, so it also r
 - Differences (test, points, mean over each row's runs; "n" the runs on each side), where both rows ran:
   lora_module - lora_module_rank (what DAP buys: the task's own module as LoRA's start, same rank),
   domix - lora_fa (what the modules add to DoMIX's trainable shape), domix - lora_module (what composing
-  buys over the task's own module), domix - domix_paper (the bridge recipe), domix - lora.
+  buys over the task's own module), domix - domix_paper (the bridge recipe), domix - lora; and the macro-F1
+  difference's mean over tasks seed by seed, for the seeds both rows ran on every task.
 - Bridge usage of a layer and domain j: ||B_cat diag(s) P[:, j] A_j||_F (recorded by every bridged run); the
   share of domain j is its usage over the sum over domains, averaged over layers, then over runs; the task's
   own domain is starred, and an even share is 1/N. The share a domain starts with is not 1/N: at P = c·I it is
@@ -105,8 +106,28 @@ def differences(records: list[dict]) -> list[dict]:
                 per_task[task]["n"] = [len(groups[(a, task)]), len(groups[(b, task)])]
         if per_task:
             mean = {m: statistics.fmean(v[m] for v in per_task.values()) for m in METRICS} if len(per_task) == len(tasks) else None
-            rows.append({"a": a, "b": b, "meaning": meaning, "tasks": per_task, "mean": mean})
+            rows.append({"a": a, "b": b, "meaning": meaning, "tasks": per_task, "mean": mean, "by_seed": _by_seed(groups, a, b, tasks)})
     return rows
+
+
+def _by_seed(groups: dict, a: str, b: str, tasks: list[str]) -> dict[str, float]:
+    """Seed -> the macro-F1 difference a - b averaged over the tasks, for each seed both rows ran on every task
+    (a row with several runs of one seed, e.g. domain orders, gives their mean): whether a difference holds seed by seed."""
+    def seed(r: dict) -> str:
+        return r["run"].split("-")[0]
+
+    out = {}
+    for s in sorted({seed(r) for t in tasks for r in groups.get((a, t), [])}):
+        diffs = []
+        for t in tasks:
+            mine = [r["test"]["macro_f1"] for r in groups.get((a, t), []) if seed(r) == s]
+            theirs = [r["test"]["macro_f1"] for r in groups.get((b, t), []) if seed(r) == s]
+            if not (mine and theirs):
+                break
+            diffs.append(100 * (statistics.fmean(mine) - statistics.fmean(theirs)))
+        else:
+            out[s] = statistics.fmean(diffs)
+    return out
 
 
 def run_shares(usage: dict) -> dict[str, float]:
@@ -194,7 +215,9 @@ def print_differences(rows: list[dict]) -> None:
     for row in rows:
         cells = "  ".join(f"{t} {v['macro_f1']:+.1f} / {v['accuracy']:+.1f} (n {v['n'][0]},{v['n'][1]})" for t, v in row["tasks"].items())
         mean = f"  mean {row['mean']['macro_f1']:+.1f} / {row['mean']['accuracy']:+.1f}" if row["mean"] else ""
-        print(f"  {row['a']} - {row['b']:18} {cells}{mean}    ({row['meaning']})")
+        seeds = ", ".join(f"{s} {v:+.1f}" for s, v in row["by_seed"].items())
+        print(f"  {row['a']} - {row['b']:18} {cells}{mean}" + (f"  [macro-F1 mean by seed: {seeds}]" if seeds else "")
+              + f"    ({row['meaning']})")
 
 
 def print_shares(rows: list[dict], own: dict[str, str], measure: str = "of the weights (every input direction alike)",

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from compare_reading import _starting_shares, bridge_shares, on_inputs, own_domain_lift, run_shares  # noqa: E402
+from compare_reading import _starting_shares, bridge_shares, differences, on_inputs, own_domain_lift, run_shares  # noqa: E402
 
 
 def test_run_shares_average_each_layers_shares():
@@ -24,6 +24,20 @@ def test_own_domain_lift_is_the_share_on_its_task_against_the_other_tasks():
     lifts = own_domain_lift(rows)
     assert lifts[("domix", "t1")] == pytest.approx(0.6 - (0.5 + 0.4) / 2)
     assert lifts[("domix", "t2")] == pytest.approx(0.5 - (0.4 + 0.6) / 2)
+
+
+def test_differences_pair_the_runs_of_each_seed():
+    def run(row, task, name, f1):
+        return {"row": row, "task": task, "run": name, "test": {"macro_f1": f1, "accuracy": f1}}
+
+    records = [run("domix", "t1", "seed1", 0.50), run("domix", "t2", "seed1", 0.30),
+               run("domix", "t1", "seed2-x-y", 0.40), run("domix", "t1", "seed2-y-x", 0.44),  # two orders of seed 2: their mean
+               run("domix", "t2", "seed2", 0.36),
+               run("lora_fa", "t1", "seed1", 0.45), run("lora_fa", "t2", "seed1", 0.31), run("lora_fa", "t1", "seed2", 0.40),
+               run("lora_fa", "t2", "seed2", 0.30), run("lora_fa", "t1", "seed3", 0.9)]  # seed 3: lora_fa only, left out
+    row = next(r for r in differences(records) if (r["a"], r["b"]) == ("domix", "lora_fa"))
+    assert row["by_seed"] == pytest.approx({"seed1": 100 * (0.05 - 0.01) / 2, "seed2": 100 * (0.02 + 0.06) / 2})
+    assert row["tasks"]["t1"]["n"] == [3, 3]
 
 
 def test_input_shares_read_the_inputs_norms_and_leave_out_runs_without_them():
