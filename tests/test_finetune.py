@@ -77,6 +77,9 @@ def test_domain_order_does_not_change_the_result(llama_store, task, tmp_path):
     saved_a = load_file(str(tmp_path / "ab" / "model" / "task_model.safetensors"))
     saved_b = load_file(str(tmp_path / "ba" / "model" / "task_model.safetensors"))
     assert saved_a.keys() == saved_b.keys() and all(torch.equal(saved_a[k], saved_b[k]) for k in saved_a)
+    modules = {m.name: m for m in load_store(llama_store)}
+    layer = a["layers"][0]
+    assert torch.equal(saved_a[f"{layer}.lora_A"], torch.cat([modules["bio"].lora_A[layer], modules["food"].lora_A[layer]]))
 
 
 def test_lora_baseline_has_the_same_total_rank_and_exports(llama_store, task, tmp_path):
