@@ -67,6 +67,24 @@ def test_a_method_may_run_fewer_seeds(tmp_path, tiny_llama, corpora, task):
             CompareConfig.from_yaml(write_config(tmp_path / "c.yaml", tiny_llama, corpora, task, methods=["head"], method_seeds=bad))
 
 
+def test_job_times_keep_what_a_comparison_beside_this_one_wrote(tmp_path, tiny_llama, corpora, task, monkeypatch):
+    # two comparisons of one out folder (other --methods) run at once; each job's time is merged into the file
+    from domix.compare import run as run_module
+
+    config = write_config(tmp_path / "c.yaml", tiny_llama, corpora, task, methods=["head"])
+    real_run = run_module._run
+
+    def run_while_another_writes(job, out, *args, **kwargs):
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "job_times.json").write_text(json.dumps({"finetune/other/topics/seed1": 12.5}))
+        return real_run(job, out, *args, **kwargs)
+
+    monkeypatch.setattr(run_module, "_run", run_while_another_writes)
+    compare(CompareConfig.from_yaml(config), in_process=True)
+    times = json.loads((tmp_path / "out" / "job_times.json").read_text())
+    assert times["finetune/other/topics/seed1"] == 12.5 and times["finetune/head/topics/seed1"] > 0
+
+
 def test_an_ordered_method_may_run_fewer_orders(tmp_path, tiny_llama, corpora, task):
     cfg = CompareConfig.from_yaml(write_config(tmp_path / "c.yaml", tiny_llama, corpora, task, methods=["ncl_lora", "ncl_full"],
                                                method_orders={"ncl_full": 1}))

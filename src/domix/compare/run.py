@@ -178,7 +178,9 @@ def compare(cfg: CompareConfig, overwrite: bool = False, dry_run: bool = False, 
             board.end(job.name, ok=False)
             raise
         board.end(job.name, ok=True)
-        with lock:
+        with lock:  # merged into the file as it is now: a comparison run beside this one (other --methods) writes it too
+            if (out / TIMES_FILE).is_file():
+                times.update(atomic.read_json(out / TIMES_FILE))
             times[job.name] = seconds
             atomic.write_json(out / TIMES_FILE, times)
 
