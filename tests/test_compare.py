@@ -85,6 +85,22 @@ def test_job_times_keep_what_a_comparison_beside_this_one_wrote(tmp_path, tiny_l
     assert times["finetune/other/topics/seed1"] == 12.5 and times["finetune/head/topics/seed1"] > 0
 
 
+def test_a_store_without_a_job_time_takes_its_wall_time_from_its_modules(tmp_path, tiny_llama, corpora, task):
+    # a store made before job_times.json kept pre-training times: the report's DAP time came out 0.0
+    config = write_config(tmp_path / "c.yaml", tiny_llama, corpora, task, methods=["domix"])
+    compare(CompareConfig.from_yaml(config), in_process=True)
+    out = tmp_path / "out"
+    times = json.loads((out / "job_times.json").read_text())
+    del times["pretrain/domix"]
+    (out / "job_times.json").write_text(json.dumps(times))
+    compare(CompareConfig.from_yaml(config), in_process=True)
+    manifests = [json.loads(p.read_text()) for p in sorted((out / "pretrain" / "domix").glob("*/domix_manifest.json"))]
+    assert len(manifests) == 2 and all(m["training"]["fused_with"] for m in manifests)  # fused: they started together
+    (pretraining,) = json.loads((out / "results.json").read_text())["pretraining"]
+    assert pretraining["wall_time_s"] > 0
+    assert pretraining["wall_time_s"] == pytest.approx(max(m["wall_time_s"] for m in manifests), abs=0.01)
+
+
 def test_an_ordered_method_may_run_fewer_orders(tmp_path, tiny_llama, corpora, task):
     cfg = CompareConfig.from_yaml(write_config(tmp_path / "c.yaml", tiny_llama, corpora, task, methods=["ncl_lora", "ncl_full"],
                                                method_orders={"ncl_full": 1}))
