@@ -22,7 +22,8 @@ finished, so rerunning the same command goes on where it stopped (a step finishe
    decay); ``cat``: the adapters with the bridge frozen at P = I; ``lora_fa``: LoRA of the same rank with A
    frozen (DoMIX's trainable shape without the adapters); ``mode``: MoDE, a gate over domain experts trained first
    (``OUT/stores/mode``: ``domix pretrain --method mode`` with each adapter's sample as a domain's text, settings
-   ``pretrain``); ``base``: the model zero-shot, untrained.
+   ``pretrain``); ``full``: every weight, at 2e-5 (full fine-tuning, what MoDE's retention is measured against);
+   ``base``: the model zero-shot, untrained.
 4. ``domix eval-choice`` of every row on every test sample in the chosen protocols (``OUT/eval/<row>.json``).
 5. ``OUT/results.json`` and ``OUT/report.md``: accuracy per benchmark and on average per protocol and metric;
    trainable parameters, peak memory and time per training step of every row, and as a ratio to DoRA's
@@ -69,6 +70,9 @@ ROWS: dict[str, tuple[str, bool, dict, str | None]] = {
     # spelled out so that the row keeps its meaning whatever domix's default becomes
     "domix_paper": ("domix", True, {"p_init": "scaled_identity", "p_lr": "10x", "p_weight_decay": 0.0, "b_lr": None}, None),
     "mode": ("mode", False, {}, "mode"),  # MoDE: the gates over each adapter sample's experts train on the mixture
+    # every weight trained: what MoDE's paper measures its retention against; at Alpaca's full fine-tuning rate, since
+    # the adapters' 2e-4 moves every weight of a small model far (row_settings cannot set lr: the config owns it)
+    "full": ("full", False, {"lr": 2e-5, "lora_rank": None}, None),
 }
 BASE = "base"
 # settings the config sets itself; the free-form ones (instruct, row_settings) may not
@@ -316,8 +320,8 @@ def plan(cfg: CommonsenseConfig) -> list[Job | EvalJob]:
             settings.update(adapters=[str(out / "modules" / a) for a in cfg.adapters], new_rank=cfg.rank)
         elif store:
             settings["modules"] = str(out / "stores" / store)
-        else:
-            settings["lora_rank"] = cfg.composed_rank
+        else:  # the composed rank, unless the row's own settings say otherwise (full has no rank)
+            settings.setdefault("lora_rank", cfg.composed_rank)
         settings.update(cfg.row_settings.get(row, {}))
         train = InstructJob("instruct", f"rows/{row}", settings, {"row": row})
         jobs += [train, EvalJob(f"eval/{row}", row, str(train.out / "model"), tasks, out / "eval" / f"{row}.json", train)]
@@ -606,7 +610,8 @@ def report(results: dict) -> str:
         + f". lora and dora: rank {composed} (= {rank} x ({len(s['adapters'])} adapters + 1)), alpha 2 x rank, on the default "
         f"layers (q, k, v, up, down); domix: the {len(s['adapters'])} adapters and a fresh block of rank {rank} in the bridge "
         f"(total rank {composed}); base: the model untrained."
-        + "".join(f" {row}: {_settings(own)}." for row, own in s["row_settings"].items() if own),
+        + "".join(f" {row}: {_settings(own)}." for row in s["rows"]
+                  if (own := {**(ROWS[row][2] if row in ROWS else {}), **s["row_settings"].get(row, {})})),
         f"- Test samples: {tests}.",
         "- Protocols: " + "; ".join(f"**{p}**: {note}" for p, note in results["protocols"].items())
         + (f". generate: num_beams {gen['num_beams']}, max_new_tokens {gen['max_new_tokens']}, template {template}" if gen else "") + ".",

@@ -53,7 +53,7 @@ def _data(root: Path) -> Path:
 def _config(tmp_path: Path, tiny_llama: Path, **changes) -> Path:
     settings = {"model": str(tiny_llama), "out": str(tmp_path / "out"), "data": str(tmp_path / "data"),
                 "train_sample": 12, "adapter_sample": 4, "test_sample": 3, "rank": 2, "lr": 5e-3, "epochs": 1, "batch_size": 4,
-                "max_length": 96, "seed": 0, "rows": ["base", "lora", "dora", "domix", "cat", "lora_fa", "mode"], "max_new_tokens": 4,
+                "max_length": 96, "seed": 0, "rows": ["base", "lora", "dora", "domix", "cat", "lora_fa", "mode", "full"], "max_new_tokens": 4,
                 "eval_batch_size": 4, "instruct": {"checkpoint_every": 1000},
                 "pretrain": {"steps": 2, "batch_size": 2, "seq_len": 16, "mode_block_size": 1, "mode_expert_layers": 1}, **changes}
     path = tmp_path / f"commonsense-{len(list(tmp_path.glob('commonsense-*.yaml')))}.yaml"
@@ -78,19 +78,23 @@ def test_the_comparison_runs_reports_every_row_and_a_rerun_reruns_nothing(tiny_l
     out = tmp_path / "out"
     results = json.loads((out / "results.json").read_text())
     rows = results["rows"]
-    assert list(rows) == ["base", "lora", "dora", "domix", "cat", "lora_fa", "mode"]
+    assert list(rows) == ["base", "lora", "dora", "domix", "cat", "lora_fa", "mode", "full"]
     for name, row in rows.items():
         for protocol, metrics in (("loglikelihood", ("acc", "acc_norm")), ("generate", ("acc",))):
             for metric in metrics:
                 values = row["eval"][protocol][metric]
                 assert set(values) == {*BENCHES, "average"} and all(0 <= v <= 1 for v in values.values()), (name, protocol, metric)
         assert row["n"] == {"boolq": 3, "piqa": 3, "arc_e": 3, "arc_c": 3, "obqa": 2}  # obqa's test set holds 2
-    for name in ("lora", "dora", "domix", "mode"):
+    for name in ("lora", "dora", "domix", "mode", "full"):
         assert rows[name]["trained"] and rows[name]["time_per_step_s"] > 0 and rows[name]["peak_memory_mb"] > 0
         assert set(rows[name]["vs_dora"]) == {"peak_memory", "time_per_step"}
     assert rows["dora"]["vs_dora"] == {"peak_memory": 1.0, "time_per_step": 1.0}
     assert rows["lora"]["lora_rank"] == rows["dora"]["lora_rank"] == 2 * (3 + 1)  # the rank domix composes
     assert not rows["base"]["trained"] and "vs_dora" not in rows["base"]
+    # full: every weight trains, at its own rate (the config's lr is the adapters')
+    total = rows["full"]["total_parameters"]
+    assert rows["full"]["trainable_parameters"] == total and rows["full"]["lora_rank"] is None
+    assert yaml.safe_load((out / "configs" / "rows" / "full.yaml").read_text())["lr"] == 2e-5
     assert set(results["adapters"]) == {"boolq", "arc", "obqa"} and results["adapters_total"]["steps"] > 0
 
     # the samples: in proportion, seeded, and the adapters' records apart from the mixture's
@@ -114,12 +118,12 @@ def test_the_comparison_runs_reports_every_row_and_a_rerun_reruns_nothing(tiny_l
     assert "**loglikelihood: acc**" in report and "**loglikelihood: acc_norm**" in report and "**generate: acc**" in report
     assert "obqa 2 of 2" in report and "vs DoRA" in report and "Training the adapters took" in report
 
-    # the same command again, as a user runs it: every step (samples, 3 adapters, a store, 6 rows, 7 evaluations) is finished, nothing is rerun or rewritten
+    # the same command again, as a user runs it: every step (samples, 3 adapters, a store, 7 rows, 8 evaluations) is finished, nothing is rerun or rewritten
     capsys.readouterr()
     before = _snapshot(out)
     again = _cli(str(config))
     assert again.returncode == 0, again.stderr
-    assert "18 steps, 18 already finished" in again.stdout
+    assert "20 steps, 20 already finished" in again.stdout
     assert _snapshot(out) == before and not (out / "logs").exists()  # the first run was in-process: no job ever ran as a process
     assert json.loads((out / "results.json").read_text())["rows"] == rows
 
