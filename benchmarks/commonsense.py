@@ -506,11 +506,54 @@ def _cost(record: dict, seconds: float | None) -> dict:
             "best_epoch": record["best_epoch"], "retention": record.get("retention")}
 
 
+REFERENCE = "dora"  # the row every other is compared with, question by question
+RESAMPLES = 2000
+
+
+def _correct(details: list[dict], metric: str) -> list[int]:
+    key = "prediction_norm" if metric == "acc_norm" else "prediction"
+    return [int(d[key] == d["label"]) for d in details]
+
+
+def paired(details: dict[str, dict], reference: str, benchmarks: list[str], protocols: list[str]) -> dict:
+    """Each row against ``reference`` on the same questions: the difference of the average accuracy (the mean over the
+    benchmarks of each one's accuracy), its 95% interval from a paired bootstrap (the questions of each benchmark
+    resampled, the same draws for both rows, seeded), and how many questions only one of the two answers right.
+
+    ``details``: {row: the ``--details`` file of its evaluation, {"bench/protocol": [per question]}}.
+    """
+    import numpy as np
+
+    out: dict = {}
+    rng = np.random.default_rng(0)
+    for row, own in details.items():
+        if row == reference or reference not in details:
+            continue
+        for protocol in protocols:
+            for metric in (m for m in METRICS[protocol] if m != "unanswered"):
+                diffs, draws = [], []
+                better = worse = 0
+                for bench in benchmarks:
+                    mine = np.array(_correct(own[f"{bench}/{protocol}"], metric))
+                    theirs = np.array(_correct(details[reference][f"{bench}/{protocol}"], metric))
+                    d = mine - theirs
+                    better, worse = better + int((d > 0).sum()), worse + int((d < 0).sum())
+                    diffs.append(d.mean())
+                    picks = rng.integers(0, len(d), size=(RESAMPLES, len(d)))
+                    draws.append(d[picks].mean(axis=1))
+                spread = np.mean(draws, axis=0)
+                out.setdefault(row, {}).setdefault(protocol, {})[metric] = {
+                    "difference": round(float(np.mean(diffs)), 6),
+                    "ci95": [round(float(np.percentile(spread, 2.5)), 6), round(float(np.percentile(spread, 97.5)), 6)],
+                    "only_this_right": better, "only_reference_right": worse}
+    return out
+
+
 def collect(cfg: CommonsenseConfig, jobs: list, samples: dict, times: dict, command: str | None = None) -> dict:
     """The finished steps' figures: samples, adapters, rows (cost and scores per protocol), ratios to DoRA."""
     from domix.llm.choice import PROTOCOL_NOTES
 
-    adapters, rows, stores = {}, {}, {}
+    adapters, rows, stores, details = {}, {}, {}, {}
     for job in jobs:
         if isinstance(job, Job) and job.kind == "pretrain":
             files = sorted(job.out.glob("*/domix_manifest.json"))
@@ -531,6 +574,8 @@ def collect(cfg: CommonsenseConfig, jobs: list, samples: dict, times: dict, comm
                                          **({"bridge_usage": record["bridge_usage"]} if record.get("bridge_usage") else {})}
             continue
         report = atomic.read_json(job.file)
+        if job.file.with_suffix(".details.json").is_file():
+            details[job.row] = atomic.read_json(job.file.with_suffix(".details.json"))
         scores: dict[str, dict[str, dict[str, float]]] = {}
         n = {}
         for r in report["results"]:
@@ -558,6 +603,8 @@ def collect(cfg: CommonsenseConfig, jobs: list, samples: dict, times: dict, comm
                            "trainable_parameters": sum(a["trainable_parameters"] for a in adapters.values()),
                            "peak_memory_mb": max((a["peak_memory_mb"] for a in adapters.values()), default=None)},
         "stores": stores,
+        "paired": {"reference": REFERENCE, "resamples": RESAMPLES,
+                   "rows": paired(details, REFERENCE, cfg.benchmarks, cfg.protocols)},
         "samples": {name: {"records": len(s["records"]), "from": s["from"]} for name, s in samples.items()},
         "protocols": {p: PROTOCOL_NOTES[p] for p in cfg.protocols},
     }
@@ -616,7 +663,23 @@ def report(results: dict) -> str:
         "- Protocols: " + "; ".join(f"**{p}**: {note}" for p, note in results["protocols"].items())
         + (f". generate: num_beams {gen['num_beams']}, max_new_tokens {gen['max_new_tokens']}, template {template}" if gen else "") + ".",
     ]
-    lines += ["", "## Scores", "", tables(results), "", "## Cost of training (on the training sample)", "",
+    lines += ["", "## Scores", "", tables(results)]
+    pairs = results["paired"]
+    if pairs["rows"]:
+        lines += ["", f"## Against {pairs['reference']}, question by question", "",
+                  f"The difference of the average accuracy (points), with its 95% interval from a paired bootstrap "
+                  f"({pairs['resamples']:,} resamples of each benchmark's questions, the same for both rows), and the "
+                  f"questions only one of the two answers right (of {sum(results['rows'][pairs['reference']]['n'].values()):,}). "
+                  "An interval that holds 0 means the test samples cannot tell the two rows apart.", "",
+                  f"| row | protocol: metric | difference | 95% interval | right only here | right only in {pairs['reference']} |",
+                  "|---|---|---|---|---|---|"]
+        for row, by_protocol in pairs["rows"].items():
+            for protocol, by_metric in by_protocol.items():
+                for metric, p in by_metric.items():
+                    lo, hi = p["ci95"]
+                    lines.append(f"| {row} | {protocol}: {metric} | {100 * p['difference']:+.1f} | {100 * lo:+.1f} to {100 * hi:+.1f} "
+                                 f"| {p['only_this_right']} | {p['only_reference_right']} |")
+    lines += ["", "## Cost of training (on the training sample)", "",
               "Time per step: the training loop's own time over its steps (no loading, no dev loss); peak memory: the "
               "process's peak resident memory on a CPU, peak allocated memory on a GPU; each run is its own process, and "
               "the ratios to DoRA come from the same run.", "",

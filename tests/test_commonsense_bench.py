@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from conftest import WORDS
@@ -114,9 +115,22 @@ def test_the_comparison_runs_reports_every_row_and_a_rerun_reruns_nothing(tiny_l
     record = json.loads((out / "rows" / "mode" / "result.json").read_text())
     assert record["mode"]["domains"] == ["arc", "boolq", "obqa"]
 
+    # every trained row against DoRA, question by question, counted by hand from the details files
+    dora_details = json.loads((out / "eval" / "dora.details.json").read_text())
+    for name in ("base", "lora", "domix", "mode", "full"):
+        mine = json.loads((out / "eval" / f"{name}.details.json").read_text())
+        key = "obqa/generate"
+        only_mine = sum(a["prediction"] == a["label"] and b["prediction"] != b["label"] for a, b in zip(mine[key], dora_details[key]))
+        pair = results["paired"]["rows"][name]["generate"]["acc"]
+        expected = rows[name]["eval"]["generate"]["acc"]["average"] - rows["dora"]["eval"]["generate"]["acc"]["average"]
+        assert pair["difference"] == pytest.approx(expected, abs=1e-6) and pair["ci95"][0] <= pair["difference"] <= pair["ci95"][1]
+        assert only_mine <= pair["only_this_right"] and set(results["paired"]["rows"][name]) == {"loglikelihood", "generate"}
+    assert "dora" not in results["paired"]["rows"]
+
     report = (out / "report.md").read_text()
     assert "**loglikelihood: acc**" in report and "**loglikelihood: acc_norm**" in report and "**generate: acc**" in report
     assert "obqa 2 of 2" in report and "vs DoRA" in report and "Training the adapters took" in report
+    assert "## Against dora, question by question" in report and "| domix | generate: acc |" in report
 
     # the same command again, as a user runs it: every step (samples, 3 adapters, a store, 7 rows, 8 evaluations) is finished, nothing is rerun or rewritten
     capsys.readouterr()
@@ -154,3 +168,29 @@ def test_bad_inputs_are_one_line_and_exit_2(tiny_llama, tmp_path, capsys):
     done = _cli(str(bad))  # the command line itself: exit status 2, one line, no traceback
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "rank_of_bridge" in done.stderr
     assert not (tmp_path / "out").exists()
+
+
+def _details(correct: list[list[int]], protocol: str = "generate") -> dict:
+    return {f"b{i}/{protocol}": [{"label": 0, "prediction": 1 - c, "prediction_norm": 1 - c} for c in bench]
+            for i, bench in enumerate(correct)}
+
+
+def test_paired_differences_against_the_formula():
+    rng = random.Random(1)
+    ref = [[rng.random() < 0.5 for _ in range(400)], [rng.random() < 0.3 for _ in range(100)]]
+    row = [[rng.random() < 0.6 for _ in range(400)], [rng.random() < 0.3 for _ in range(100)]]
+    details = {"dora": _details(ref), "x": _details(row), "same": _details(ref)}
+    out = bench.paired(details, "dora", ["b0", "b1"], ["generate"])
+    assert set(out) == {"x", "same"} and set(out["x"]["generate"]) == {"acc"}  # unanswered is no accuracy
+    same = out["same"]["generate"]["acc"]
+    assert same == {"difference": 0.0, "ci95": [0.0, 0.0], "only_this_right": 0, "only_reference_right": 0}
+    p = out["x"]["generate"]["acc"]
+    d = [[a - b for a, b in zip(x, y)] for x, y in zip(row, ref)]
+    means = [sum(v) / len(v) for v in d]
+    assert p["difference"] == pytest.approx(sum(means) / 2, abs=1e-6)
+    assert p["only_this_right"] == sum(v == 1 for b in d for v in b) and p["only_reference_right"] == sum(v == -1 for b in d for v in b)
+    # the bootstrap interval against the normal approximation of the mean of two independent benchmark means
+    var = sum(sum((v - m) ** 2 for v in b) / (len(b) - 1) / len(b) for b, m in zip(d, means)) / 4
+    half = 1.96 * var ** 0.5
+    assert p["ci95"][0] == pytest.approx(p["difference"] - half, abs=0.008)
+    assert p["ci95"][1] == pytest.approx(p["difference"] + half, abs=0.008)
