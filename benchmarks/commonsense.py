@@ -549,12 +549,20 @@ def paired(details: dict[str, dict], reference: str, benchmarks: list[str], prot
     return out
 
 
+def _finished(job: Job | EvalJob) -> bool:
+    """A training finished, or an evaluation finished after the training it scores."""
+    after = getattr(job, "after", None)
+    return job.finished() and (after is None or after.finished())
+
+
 def collect(cfg: CommonsenseConfig, jobs: list, samples: dict, times: dict, command: str | None = None) -> dict:
     """The finished steps' figures: samples, adapters, rows (cost and scores per protocol), ratios to DoRA."""
     from domix.llm.choice import PROTOCOL_NOTES
 
     adapters, rows, stores, details = {}, {}, {}, {}
     for job in jobs:
+        if not _finished(job):  # not finished yet (``--records`` of a run under way): not in the tables yet
+            continue
         if isinstance(job, Job) and job.kind == "pretrain":
             files = sorted(job.out.glob("*/domix_manifest.json"))
             manifests = [atomic.read_json(p) for p in files]
@@ -596,7 +604,8 @@ def collect(cfg: CommonsenseConfig, jobs: list, samples: dict, times: dict, comm
     settings["command"] = command
     return {
         "settings": settings,
-        "rows": {r: rows[r] for r in cfg.rows},
+        "unfinished": [j.name for j in jobs if not _finished(j)],
+        "rows": {r: rows[r] for r in cfg.rows if r in rows},
         "adapters": adapters,
         "adapters_total": {"train_time_s": round(sum(a["train_time_s"] for a in adapters.values()), 2),
                            "steps": sum(a["steps"] for a in adapters.values()),
@@ -632,7 +641,7 @@ def tables(results: dict) -> str:
             lines = [f"**{protocol}: {metric}** ({what}, %)", "",
                      "| row | " + " | ".join(benches) + " | average |", "|---" * (len(benches) + 2) + "|"]
             for name, row in results["rows"].items():
-                values = row["eval"].get(protocol, {}).get(metric, {})
+                values = row.get("eval", {}).get(protocol, {}).get(metric, {})
                 lines.append(f"| {name} | " + " | ".join(_pct(values.get(b)) for b in [*benches, "average"]) + " |")
             parts.append("\n".join(lines))
     return "\n\n".join(parts)
@@ -660,6 +669,8 @@ def report(results: dict) -> str:
         + "".join(f" {row}: {_settings(own)}." for row in s["rows"]
                   if (own := {**(ROWS[row][2] if row in ROWS else {}), **s["row_settings"].get(row, {})})),
         f"- Test samples: {tests}.",
+        *([f"- **Not finished yet** ({len(results['unfinished'])} steps; rerun the command to go on): "
+           + ", ".join(results["unfinished"]) + "."] if results.get("unfinished") else []),
         "- Protocols: " + "; ".join(f"**{p}**: {note}" for p, note in results["protocols"].items())
         + (f". generate: num_beams {gen['num_beams']}, max_new_tokens {gen['max_new_tokens']}, template {template}" if gen else "") + ".",
     ]
@@ -717,12 +728,51 @@ def report(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def keep_records(cfg: CommonsenseConfig, folder: Path, command: str | None = None) -> list[Path]:
+    """Write results.json and report.md of what has finished, and copy the run's records into ``folder``.
+
+    The records: results, report, the step times, every step's settings and log, the evaluations (with their
+    per-question details), each run's ``result.json`` and ``run.json``, each store's manifests, and the adapters the
+    bridged rows compose (``OUT/modules``, their weights: the rows' inputs). No checkpoint, no row's trained weights.
+    A store's ``run.json`` is kept only once every row built on it has finished: otherwise its weights would be
+    needed, so ``cp -r FOLDER/. OUT/`` on another machine trains it again and goes on. Returns the files copied.
+    """
+    out = Path(cfg.out)
+    if not (out / "data").is_dir():
+        raise DomixError(f"{out} holds no run of this config yet; run it first (python benchmarks/commonsense.py CONFIG)")
+    jobs = plan(cfg)
+    times = atomic.read_json(out / TIMES_FILE) if (out / TIMES_FILE).is_file() else {}
+    results = collect(cfg, jobs, draw_samples(cfg), times, command)
+    atomic.write_json(out / "results.json", results)
+    atomic.write_text(out / "report.md", report(results))
+    wanted = [out / "results.json", out / "report.md", out / TIMES_FILE]
+    wanted += [p for p in (out / "configs").rglob("*.yaml")] + [p for p in (out / "logs").rglob("*.log")]
+    wanted += [p for p in (out / "eval").glob("*.json")] + [p for p in (out / "modules").rglob("*") if p.is_file()]
+    trainings = [j for j in jobs if isinstance(j, Job)]
+    for job in trainings:
+        wanted += [job.out / "result.json"] + sorted(job.out.glob("*/domix_manifest.json"))
+        built_on = [j for j in trainings if j.settings.get("modules") == str(job.out)]
+        if job.kind != "pretrain" or all(j.finished() for j in built_on):
+            wanted.append(job.out / "run.json")
+    copied = []
+    for path in (p for p in wanted if p.is_file()):
+        target = folder / path.relative_to(out)
+        if not target.is_file() or target.read_bytes() != path.read_bytes():
+            atomic.copy_file(path, target)
+            copied.append(target)
+    return copied
+
+
 def main(argv: list[str] | None = None, in_process: bool = False) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", nargs="?", default=str(ROOT / "configs" / "commonsense.yaml"),
                         help="YAML settings (default configs/commonsense.yaml)")
     parser.add_argument("--out", help="output folder (default: the config's out)")
     parser.add_argument("--dry-run", action="store_true", help="list the steps and whether each is finished; run nothing")
+    parser.add_argument("--records", metavar="DIR",
+                        help="run nothing: write the results and report of what has finished, and copy the run's records "
+                             "(no checkpoints, no rows' weights; the adapters the bridged rows compose) into DIR, to commit "
+                             "or to carry; `cp -r DIR/. OUT/` and the same command go on from there on another machine")
     parser.add_argument("--overwrite", action="store_true",
                         help="train or score again what finished with other settings (and what depends on it)")
     args = parser.parse_args(argv)
@@ -733,6 +783,10 @@ def main(argv: list[str] | None = None, in_process: bool = False) -> int:
 
             configure_threads()
         command = "python benchmarks/commonsense.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        if args.records:
+            copied = keep_records(cfg, Path(args.records), command.replace(f" --records {args.records}", ""))
+            print(f"commonsense: {len(copied)} record file(s) copied to {args.records}")
+            return 0
         run(cfg, dry_run=args.dry_run, in_process=in_process, command=command, overwrite=args.overwrite)
     except DomixError as err:
         print(f"commonsense: error: {err}", file=sys.stderr)

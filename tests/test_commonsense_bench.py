@@ -4,6 +4,7 @@ and a second run of the same command that reruns nothing; bad inputs are one lin
 import importlib.util
 import json
 import random
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -148,6 +149,35 @@ def test_the_comparison_runs_reports_every_row_and_a_rerun_reruns_nothing(tiny_l
         err = capsys.readouterr().err.strip()
         assert "\n" not in err and message in err, err
     assert _snapshot(out) == before
+
+    # --records: what to commit or carry; on a new machine (the out folder gone) the records alone resume: nothing reruns
+    records = tmp_path / "records"
+    assert bench.main([str(config), "--records", str(records)]) == 0
+    kept = {str(p.relative_to(records)) for p in records.rglob("*") if p.is_file()}
+    assert {"results.json", "report.md", "job_times.json", "eval/domix.json", "eval/domix.details.json", "rows/domix/result.json",
+            "rows/domix/run.json", "modules/arc/adapter_model.safetensors", "stores/mode/run.json", "stores/mode/arc/domix_manifest.json",
+            "configs/rows/full.yaml"} <= kept
+    assert not any("checkpoint" in k or k.endswith(".progress.json") or "/model/" in k or k.endswith("mode_experts.safetensors")
+                   for k in kept)
+    assert json.loads((records / "results.json").read_text())["rows"] == rows
+    shutil.move(out, tmp_path / "lost")
+    shutil.copytree(records, out)
+    again = _cli(str(config))
+    assert again.returncode == 0, again.stderr
+    assert "20 steps, 19 already finished" in again.stdout  # the samples are drawn again, the same
+    assert json.loads((out / "results.json").read_text())["rows"] == rows
+
+    # a run under way: a store whose row is unfinished travels without its run.json (its weights stay behind), so it
+    # trains again where the records land; the report says what is not finished
+    (tmp_path / "lost" / "rows" / "mode" / "run.json").unlink()
+    shutil.rmtree(records)
+    shutil.move(out, tmp_path / "restored")
+    shutil.move(tmp_path / "lost", out)
+    assert bench.main([str(config), "--records", str(records)]) == 0
+    assert not (records / "stores" / "mode" / "run.json").exists() and (records / "stores" / "mode" / "arc" / "domix_manifest.json").is_file()
+    partial = json.loads((records / "results.json").read_text())
+    assert partial["unfinished"] == ["rows/mode", "eval/mode"]  # mode's evaluation scored a training not finished
+    assert "mode" not in partial["rows"] and "Not finished yet" in (records / "report.md").read_text()
 
 
 def test_bad_inputs_are_one_line_and_exit_2(tiny_llama, tmp_path, capsys):

@@ -83,6 +83,10 @@ def write_text(path: Path, text: str) -> None:
     _replace_from_temp(Path(path), lambda tmp: tmp.write_text(text))
 
 
+def copy_file(source: Path, target: Path) -> None:
+    _replace_from_temp(Path(target), lambda tmp: shutil.copyfile(source, tmp))
+
+
 def torch_save(path: Path, obj: Any) -> None:
     _replace_from_temp(Path(path), lambda tmp: torch.save(obj, tmp))
 
