@@ -549,6 +549,15 @@ def paired(details: dict[str, dict], reference: str, benchmarks: list[str], prot
     return out
 
 
+def majority(samples: dict, benchmarks: list[str]) -> dict[str, float]:
+    """The accuracy of always giving each test sample's most frequent answer: the floor a trained row must clear."""
+    shares = {}
+    for bench in benchmarks:
+        answers = [r["answer"] for r in samples[f"test-{bench}.json"]["records"]]
+        shares[bench] = max(answers.count(a) for a in set(answers)) / len(answers)
+    return {**shares, "average": sum(shares.values()) / len(shares)}
+
+
 def _finished(job: Job | EvalJob) -> bool:
     """A training finished, or an evaluation finished after the training it scores."""
     after = getattr(job, "after", None)
@@ -614,6 +623,7 @@ def collect(cfg: CommonsenseConfig, jobs: list, samples: dict, times: dict, comm
         "stores": stores,
         "paired": {"reference": REFERENCE, "resamples": RESAMPLES,
                    "rows": paired(details, REFERENCE, cfg.benchmarks, cfg.protocols)},
+        "majority": majority(samples, cfg.benchmarks),
         "samples": {name: {"records": len(s["records"]), "from": s["from"]} for name, s in samples.items()},
         "protocols": {p: PROTOCOL_NOTES[p] for p in cfg.protocols},
     }
@@ -643,6 +653,9 @@ def tables(results: dict) -> str:
             for name, row in results["rows"].items():
                 values = row.get("eval", {}).get(protocol, {}).get(metric, {})
                 lines.append(f"| {name} | " + " | ".join(_pct(values.get(b)) for b in [*benches, "average"]) + " |")
+            if metric != "unanswered" and results.get("majority"):
+                values = results["majority"]
+                lines.append("| *majority answer* | " + " | ".join(_pct(values.get(b)) for b in [*benches, "average"]) + " |")
             parts.append("\n".join(lines))
     return "\n\n".join(parts)
 
