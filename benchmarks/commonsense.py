@@ -525,9 +525,11 @@ def paired(details: dict[str, dict], reference: str, benchmarks: list[str], prot
     import numpy as np
 
     out: dict = {}
+    if reference not in details:
+        return out
     rng = np.random.default_rng(0)
     for row, own in details.items():
-        if row == reference or reference not in details:
+        if row == reference:
             continue
         for protocol in protocols:
             for metric in (m for m in METRICS[protocol] if m != "unanswered"):
@@ -747,8 +749,9 @@ def keep_records(cfg: CommonsenseConfig, folder: Path, command: str | None = Non
     The records: results, report, the step times, every step's settings and log, the evaluations (with their
     per-question details), each run's ``result.json`` and ``run.json``, each store's manifests, and the adapters the
     bridged rows compose (``OUT/modules``, their weights: the rows' inputs). No checkpoint, no row's trained weights.
-    A store's ``run.json`` is kept only once every row built on it has finished: otherwise its weights would be
-    needed, so ``cp -r FOLDER/. OUT/`` on another machine trains it again and goes on. Returns the files copied.
+    A run's ``run.json`` is kept only once it has finished (an unfinished one's checkpoint stays behind), and a
+    store's only once every row built on it has finished too: otherwise its weights would be needed, so
+    ``cp -r FOLDER/. OUT/`` on another machine trains it again and goes on. Returns the files copied.
     """
     out = Path(cfg.out)
     if not (out / "data").is_dir():
@@ -759,13 +762,13 @@ def keep_records(cfg: CommonsenseConfig, folder: Path, command: str | None = Non
     atomic.write_json(out / "results.json", results)
     atomic.write_text(out / "report.md", report(results))
     wanted = [out / "results.json", out / "report.md", out / TIMES_FILE]
-    wanted += [p for p in (out / "configs").rglob("*.yaml")] + [p for p in (out / "logs").rglob("*.log")]
-    wanted += [p for p in (out / "eval").glob("*.json")] + [p for p in (out / "modules").rglob("*") if p.is_file()]
+    wanted += [*(out / "configs").rglob("*.yaml"), *(out / "logs").rglob("*.log"), *(out / "eval").glob("*.json")]
+    wanted += [p for p in (out / "modules").rglob("*") if p.is_file()]
     trainings = [j for j in jobs if isinstance(j, Job)]
     for job in trainings:
         wanted += [job.out / "result.json"] + sorted(job.out.glob("*/domix_manifest.json"))
         built_on = [j for j in trainings if j.settings.get("modules") == str(job.out)]
-        if job.kind != "pretrain" or all(j.finished() for j in built_on):
+        if job.finished() and all(j.finished() for j in built_on):
             wanted.append(job.out / "run.json")
     copied = []
     for path in (p for p in wanted if p.is_file()):
@@ -796,8 +799,9 @@ def main(argv: list[str] | None = None, in_process: bool = False) -> int:
 
             configure_threads()
         command = "python benchmarks/commonsense.py " + " ".join(argv if argv is not None else sys.argv[1:])
-        if args.records:
-            copied = keep_records(cfg, Path(args.records), command.replace(f" --records {args.records}", ""))
+        if args.records:  # the results name the command that runs the comparison, not this one
+            rerun = f"python benchmarks/commonsense.py {args.config}" + (f" --out {args.out}" if args.out else "")
+            copied = keep_records(cfg, Path(args.records), rerun)
             print(f"commonsense: {len(copied)} record file(s) copied to {args.records}")
             return 0
         run(cfg, dry_run=args.dry_run, in_process=in_process, command=command, overwrite=args.overwrite)

@@ -173,12 +173,14 @@ def test_the_comparison_runs_reports_every_row_and_a_rerun_reruns_nothing(tiny_l
 
     # a run under way: a store whose row is unfinished travels without its run.json (its weights stay behind), so it
     # trains again where the records land; the report says what is not finished
-    (tmp_path / "lost" / "rows" / "mode" / "run.json").unlink()
+    running = tmp_path / "lost" / "rows" / "mode" / "run.json"
+    running.write_text(json.dumps({**json.loads(running.read_text()), "status": "running"}))
     shutil.rmtree(records)
     shutil.move(out, tmp_path / "restored")
     shutil.move(tmp_path / "lost", out)
     assert bench.main([str(config), "--records", str(records)]) == 0
     assert not (records / "stores" / "mode" / "run.json").exists() and (records / "stores" / "mode" / "arc" / "domix_manifest.json").is_file()
+    assert not (records / "rows" / "mode" / "run.json").exists()  # a run under way: its checkpoint does not travel
     partial = json.loads((records / "results.json").read_text())
     assert partial["unfinished"] == ["rows/mode", "eval/mode"]  # mode's evaluation scored a training not finished
     assert "mode" not in partial["rows"] and "Not finished yet" in (records / "report.md").read_text()
