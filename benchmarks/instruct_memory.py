@@ -12,6 +12,11 @@ The data is real text: the restaurant aspect-sentiment task of ../shared/data as
 for memory or time, their shapes do).
 
     python benchmarks/instruct_memory.py --model .cache/smollm2-135m --batch-size 8 --max-length 128
+
+``--row NAME=YAML`` (repeated) times the runs of settings files instead, each as its ``domix instruct`` run
+builds it (method, adapters or store, rank, batch, length, data): the commonsense comparison's rows side by
+side in one session, for example (``runs/commonsense/configs/rows/*.yaml``), when its rows trained in
+different sessions of a machine whose speed drifts.
 """
 
 from __future__ import annotations
@@ -53,17 +58,29 @@ def make_adapters(args, store: Path) -> None:
 def child(args) -> dict:
     """One method: build through domix instruct's own code path, then time training steps."""
     from domix.llm.config import InstructConfig
-    from domix.llm.data import collate
     from domix.llm.train import prepare
-    from domix.lm_loss import lm_losses
-    from domix.system import peak_memory_mb
 
+    if args.row_file:  # a row's own settings, as its domix instruct run reads them
+        import yaml
+
+        settings = {k: v for k, v in yaml.safe_load(Path(args.row_file).read_text()).items() if k in InstructConfig.__dataclass_fields__}
+        cfg = InstructConfig(**{**settings, "out": "unused", "general": None})
+        args.batch_size = cfg.batch_size
+        return _time_steps(args, prepare(cfg))
     cfg = InstructConfig(train=args.train, model=args.model, method=args.method, out="unused", batch_size=args.batch_size,
                          max_length=args.max_length, gradient_checkpointing=args.gradient_checkpointing, dtype=args.dtype,
                          device=args.device, modules=args.store if args.method == "domix" else None,
                          lora_rank=None if args.method == "domix" else 2 * args.rank,
                          target_modules=None if args.method == "domix" else TARGETS.split(","))
-    run = prepare(cfg)
+    return _time_steps(args, prepare(cfg))
+
+
+def _time_steps(args, run: dict) -> dict:
+    """Median time of ``args.steps`` training steps (the second of two passes over the same batches) and the peak memory."""
+    from domix.llm.data import collate
+    from domix.lm_loss import lm_losses
+    from domix.system import peak_memory_mb
+
     model, device, groups = run["model"], run["device"], run["groups"]
     optimizer = torch.optim.AdamW(groups, lr=1e-4)
     pad_id = run["tokenizer"].pad_token_id
@@ -105,12 +122,18 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--task", default=str(TASK), help="aspect-sentiment rows (text, text_pair, label) made into instructions")
     parser.add_argument("--domain", action="append", metavar="NAME=PATH", help="a corpus for an adapter (repeat; default: two shared ones)")
+    parser.add_argument("--row", action="append", metavar="NAME=YAML",
+                        help="time a domix instruct settings file instead (repeat; the methods, data and shapes are the files')")
     parser.add_argument("--json", default="benchmarks/results/instruct_memory.json")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--method", help=argparse.SUPPRESS)
     parser.add_argument("--store", help=argparse.SUPPRESS)
     parser.add_argument("--train", help=argparse.SUPPRESS)
+    parser.add_argument("--row-file", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    rows_given = dict(r.split("=", 1) for r in args.row or [])
+    if rows_given:
+        args.methods = list(rows_given)
     args.domains = dict(d.split("=", 1) for d in args.domain) if args.domain else CORPORA
     if args.child:
         print(json.dumps(child(args)))
@@ -120,13 +143,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as root:
         root = Path(root)
         train = root / "train.jsonl"
-        write_instructions(Path(args.task), train, 40 * args.batch_size)
-        if "domix" in args.methods:
+        if not rows_given:
+            write_instructions(Path(args.task), train, 40 * args.batch_size)
+        if "domix" in args.methods and not rows_given:
             make_adapters(args, root / "store")
         for _ in range(args.repeats):
             for method in args.methods:  # interleaved: a drift of a shared machine hits every method alike
                 cmd = [sys.executable, __file__, *sys.argv[1:], "--child", "--method", method, "--store", str(root / "store"),
-                       "--train", str(train)]
+                       "--train", str(train)] + (["--row-file", rows_given[method]] if rows_given else [])
                 out = subprocess.run(cmd, capture_output=True, text=True)
                 if out.returncode != 0:
                     sys.exit(out.stderr)
@@ -135,7 +159,9 @@ def main() -> None:
                 "first_pass_step_s": statistics.median(r["first_pass_step_s"] for r in rs), "peak_mb": statistics.median(r["peak_mb"] for r in rs),
                 "trainable": rs[0]["trainable"], "total": rs[0]["total"], "runs": rs} for m, rs in runs.items()}
     first = next(iter(runs.values()))[0]
-    print(f"{args.model}: batch {args.batch_size} x {args.max_length} tokens, {first['dtype']} on {first['device']}, "
+    what = f"rows {', '.join(f'{k}={v}' for k, v in rows_given.items())}, their batches and lengths" if rows_given \
+        else f"{args.model}: batch {args.batch_size} x {args.max_length} tokens"
+    print(f"{what}, {first['dtype']} on {first['device']}, "
           f"gradient checkpointing {'on' if args.gradient_checkpointing else 'off'}; median of {args.repeats} runs x {args.steps} steps")
     ref = rows.get("dora")
     print(f"{'method':7} {'trainable':>11} {'%':>6} {'peak MB':>8} {'step s':>7} {'peak vs DoRA':>13} {'step vs DoRA':>13} {'1st pass s':>11}")
@@ -143,7 +169,7 @@ def main() -> None:
         vs = f"{r['peak_mb'] / ref['peak_mb']:>13.2f} {r['step_s'] / ref['step_s']:>13.2f}" if ref else " " * 27
         print(f"{m:7} {r['trainable']:>11,} {100 * r['trainable'] / r['total']:>6.2f} {r['peak_mb']:>8.0f} {r['step_s']:>7.2f} {vs} {r['first_pass_step_s']:>11.2f}")
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps({"settings": {k: v for k, v in vars(args).items() if k not in ("child", "method", "store", "train", "domain")},
+    Path(args.json).write_text(json.dumps({"settings": {k: v for k, v in vars(args).items() if k not in ("child", "method", "store", "train", "domain", "row_file")},
                                            "rows": rows}, indent=2) + "\n")
 
 

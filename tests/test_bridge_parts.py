@@ -92,3 +92,30 @@ def test_a_row_without_a_bridge_or_settings_is_one_line_and_exit_2(tiny_llama, c
         err = capsys.readouterr().err.strip()  # after transformers' loading bars: one line, no traceback
         last = err.splitlines()[-1]
         assert "Traceback" not in err and last.startswith("bridge_parts: error: ") and message in last, err
+
+
+def test_instruct_memory_times_rows_from_their_settings_files(tiny_llama, tmp_path):
+    """benchmarks/instruct_memory.py --row: each settings file built as its instruct run builds it; the trainable count is
+    PEFT's own for the LoRA row of that rank."""
+    import subprocess
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    train = instruction_data(tmp_path / "train.jsonl", 16, 0)
+    rows = {}
+    for method in ("lora", "dora"):
+        settings = dict(model=str(tiny_llama), method=method, train=str(train), out="x", lora_rank=4, batch_size=4, max_length=16,
+                        template="plain", general="ignored.txt")
+        (tmp_path / f"{method}.yaml").write_text(yaml.safe_dump(settings))
+        rows[method] = str(tmp_path / f"{method}.yaml")
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "instruct_memory.py"), *(f"--row={k}={v}" for k, v in rows.items()),
+                          "--steps", "1", "--repeats", "1", "--json", str(tmp_path / "t.json")], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    table = json.loads((tmp_path / "t.json").read_text())["rows"]
+    assert list(table) == ["lora", "dora"] and all(r["step_s"] > 0 and r["peak_mb"] > 0 for r in table.values())
+    targets = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]
+    peft = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_llama), LoraConfig(r=4, target_modules=targets))
+    assert table["lora"]["trainable"] == sum(p.numel() for p in peft.parameters() if p.requires_grad)
+    assert table["dora"]["trainable"] > table["lora"]["trainable"]  # DoRA's magnitudes on top
+    assert "peak vs DoRA" in out.stdout
