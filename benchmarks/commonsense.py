@@ -507,6 +507,7 @@ def _cost(record: dict, seconds: float | None) -> dict:
 
 
 REFERENCE = "dora"  # the row every other is compared with, question by question
+WITHOUT_ADAPTERS = "lora_fa"  # the rows that compose the adapters against their trainable shape without them
 RESAMPLES = 2000
 
 
@@ -625,6 +626,9 @@ def collect(cfg: CommonsenseConfig, jobs: list, samples: dict, times: dict, comm
         "stores": stores,
         "paired": {"reference": REFERENCE, "resamples": RESAMPLES,
                    "rows": paired(details, REFERENCE, cfg.benchmarks, cfg.protocols)},
+        "paired_adapters": {"reference": WITHOUT_ADAPTERS, "resamples": RESAMPLES,
+                            "rows": paired({r: d for r, d in details.items() if r == WITHOUT_ADAPTERS or (r in ROWS and ROWS[r][1])},
+                                           WITHOUT_ADAPTERS, cfg.benchmarks, cfg.protocols)},
         "majority": majority(samples, cfg.benchmarks),
         "samples": {name: {"records": len(s["records"]), "from": s["from"]} for name, s in samples.items()},
         "protocols": {p: PROTOCOL_NOTES[p] for p in cfg.protocols},
@@ -690,9 +694,13 @@ def report(results: dict) -> str:
         + (f". generate: num_beams {gen['num_beams']}, max_new_tokens {gen['max_new_tokens']}, template {template}" if gen else "") + ".",
     ]
     lines += ["", "## Scores", "", tables(results)]
-    pairs = results["paired"]
-    if pairs["rows"]:
-        lines += ["", f"## Against {pairs['reference']}, question by question", "",
+    for pairs, title in [(results["paired"], f"Against {results['paired']['reference']}, question by question"),
+                         (results.get("paired_adapters", {"rows": {}}),
+                          f"What the adapters add: the rows that compose them against {WITHOUT_ADAPTERS} (their trainable shape "
+                          "without them), question by question")]:
+        if not pairs["rows"]:
+            continue
+        lines += ["", f"## {title}", "",
                   f"The difference of the average accuracy (points), with its 95% interval from a paired bootstrap "
                   f"({pairs['resamples']:,} resamples of each benchmark's questions, the same for both rows), and the "
                   f"questions only one of the two answers right (of {sum(results['rows'][pairs['reference']]['n'].values()):,}). "

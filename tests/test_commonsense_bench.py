@@ -127,6 +127,12 @@ def test_the_comparison_runs_reports_every_row_and_a_rerun_reruns_nothing(tiny_l
         assert pair["difference"] == pytest.approx(expected, abs=1e-6) and pair["ci95"][0] <= pair["difference"] <= pair["ci95"][1]
         assert only_mine <= pair["only_this_right"] and set(results["paired"]["rows"][name]) == {"loglikelihood", "generate"}
     assert "dora" not in results["paired"]["rows"]
+    # what the adapters add: the rows that compose them against lora_fa (their trainable shape without them), alone
+    adapters = results["paired_adapters"]
+    assert adapters["reference"] == "lora_fa" and set(adapters["rows"]) == {"domix", "cat"}
+    mine, theirs = (json.loads((out / "eval" / f"{r}.details.json").read_text())["boolq/loglikelihood"] for r in ("cat", "lora_fa"))
+    assert adapters["rows"]["cat"]["loglikelihood"]["acc"]["only_this_right"] >= sum(
+        a["prediction"] == a["label"] and b["prediction"] != b["label"] for a, b in zip(mine, theirs))
     for name in BENCHES:  # the majority answer's accuracy, counted from the test sample
         answers = [r["answer"] for r in json.loads((out / "data" / f"test-{name}.json").read_text())]
         assert results["majority"][name] == max(answers.count(a) for a in answers) / len(answers)
@@ -135,6 +141,7 @@ def test_the_comparison_runs_reports_every_row_and_a_rerun_reruns_nothing(tiny_l
     assert "**loglikelihood: acc**" in report and "**loglikelihood: acc_norm**" in report and "**generate: acc**" in report
     assert "obqa 2 of 2" in report and "vs DoRA" in report and "Training the adapters took" in report
     assert "## Against dora, question by question" in report and "| domix | generate: acc |" in report
+    assert "## What the adapters add: the rows that compose them against lora_fa" in report
     assert report.count("| *majority answer* |") == 3  # loglikelihood acc and acc_norm, generate acc
 
     # the same command again, as a user runs it: every step (samples, 3 adapters, a store, 7 rows, 8 evaluations) is finished, nothing is rerun or rewritten
