@@ -161,15 +161,21 @@ def main() -> None:
     first = next(iter(runs.values()))[0]
     what = f"rows {', '.join(f'{k}={v}' for k, v in rows_given.items())}, their batches and lengths" if rows_given \
         else f"{args.model}: batch {args.batch_size} x {args.max_length} tokens"
-    print(f"{what}, {first['dtype']} on {first['device']}, "
-          f"gradient checkpointing {'on' if args.gradient_checkpointing else 'off'}; median of {args.repeats} runs x {args.steps} steps")
+    checkpointing = "" if rows_given else f", gradient checkpointing {'on' if args.gradient_checkpointing else 'off'}"
+    print(f"{what}, {first['dtype']} on {first['device']}{checkpointing}; median of {args.repeats} runs x {args.steps} steps")
     ref = rows.get("dora")
     print(f"{'method':7} {'trainable':>11} {'%':>6} {'peak MB':>8} {'step s':>7} {'peak vs DoRA':>13} {'step vs DoRA':>13} {'1st pass s':>11}")
     for m, r in rows.items():
         vs = f"{r['peak_mb'] / ref['peak_mb']:>13.2f} {r['step_s'] / ref['step_s']:>13.2f}" if ref else " " * 27
         print(f"{m:7} {r['trainable']:>11,} {100 * r['trainable'] / r['total']:>6.2f} {r['peak_mb']:>8.0f} {r['step_s']:>7.2f} {vs} {r['first_pass_step_s']:>11.2f}")
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps({"settings": {k: v for k, v in vars(args).items() if k not in ("child", "method", "store", "train", "domain", "row_file")},
+    unused = ("child", "method", "store", "train", "domain", "row_file") + (  # --row: the files set these
+        ("model", "batch_size", "max_length", "rank", "task", "domains", "dtype", "device", "gradient_checkpointing") if rows_given else ())
+    settings = {k: v for k, v in vars(args).items() if k not in unused}
+    if rows_given:
+        settings["batches"] = (f"the first {args.steps} batches of each row's training records (file order, after the dev slice), "
+                               "each timed twice; the second pass")
+    Path(args.json).write_text(json.dumps({"settings": settings,
                                            "rows": rows}, indent=2) + "\n")
 
 

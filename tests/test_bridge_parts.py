@@ -112,7 +112,9 @@ def test_instruct_memory_times_rows_from_their_settings_files(tiny_llama, tmp_pa
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "instruct_memory.py"), *(f"--row={k}={v}" for k, v in rows.items()),
                           "--steps", "1", "--repeats", "1", "--json", str(tmp_path / "t.json")], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stderr
-    table = json.loads((tmp_path / "t.json").read_text())["rows"]
+    recorded = json.loads((tmp_path / "t.json").read_text())
+    assert "batch_size" not in recorded["settings"] and "first 1 batches" in recorded["settings"]["batches"]  # the files' own
+    table = recorded["rows"]
     assert list(table) == ["lora", "dora"] and all(r["step_s"] > 0 and r["peak_mb"] > 0 for r in table.values())
     targets = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]
     peft = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_llama), LoraConfig(r=4, target_modules=targets))
