@@ -131,6 +131,9 @@ def main() -> None:
     parser.add_argument("--train", help=argparse.SUPPRESS)
     parser.add_argument("--row-file", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    for row in args.row or []:
+        if "=" not in row or not Path(row.split("=", 1)[1]).is_file():
+            parser.error(f"--row {row}: give NAME=YAML, YAML a domix instruct settings file that exists")
     rows_given = dict(r.split("=", 1) for r in args.row or [])
     if rows_given:
         args.methods = list(rows_given)

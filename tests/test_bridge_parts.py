@@ -121,3 +121,6 @@ def test_instruct_memory_times_rows_from_their_settings_files(tiny_llama, tmp_pa
     assert table["lora"]["trainable"] == sum(p.numel() for p in peft.parameters() if p.requires_grad)
     assert table["dora"]["trainable"] > table["lora"]["trainable"]  # DoRA's magnitudes on top
     assert "peak vs DoRA" in out.stdout
+    bad = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "instruct_memory.py"), "--row", f"x={tmp_path / 'none.yaml'}"],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and "--row x=" in bad.stderr.splitlines()[-1]
