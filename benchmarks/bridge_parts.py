@@ -19,7 +19,6 @@ import sys
 from pathlib import Path
 
 import torch
-import yaml
 
 from domix import atomic
 from domix.errors import DomixError
@@ -29,6 +28,7 @@ from domix.llm.model import load_causal_task_model
 from domix.llm.train import _splits, dev_loss
 from domix.methods.domix.layer import BridgedLinear
 from domix.retention import retention
+from domix.settings import build_config
 
 
 def part_masks(ranks: list[int], fresh: bool) -> dict[str, torch.Tensor]:
@@ -61,10 +61,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def bridge_parts(row_folder: str, config: str) -> dict:
     """Print and return the table of ``row_folder`` (a bridged instruct run) trained with the settings in ``config``."""
-    if not Path(config).is_file():
-        raise DomixError(f"{config} does not exist; give the YAML settings the row was trained with")
-    settings = yaml.safe_load(Path(config).read_text())
-    cfg = InstructConfig(**{k: v for k, v in settings.items() if k in InstructConfig.__dataclass_fields__})
+    cfg = build_config(InstructConfig, config, {})  # read as `domix instruct --config` reads it (recipe, types, checks)
     if not cfg.general:
         raise DomixError(f"{config} names no general text (general:); retention needs it")
     model, tokenizer, record = load_causal_task_model(Path(row_folder) / "model")

@@ -60,11 +60,12 @@ def child(args) -> dict:
     from domix.llm.config import InstructConfig
     from domix.llm.train import prepare
 
-    if args.row_file:  # a row's own settings, as its domix instruct run reads them
-        import yaml
+    if args.row_file:  # a row's own settings, read as `domix instruct --config` reads them (recipe, types, checks)
+        import dataclasses
 
-        settings = {k: v for k, v in yaml.safe_load(Path(args.row_file).read_text()).items() if k in InstructConfig.__dataclass_fields__}
-        cfg = InstructConfig(**{**settings, "out": "unused", "general": None})
+        from domix.settings import build_config
+
+        cfg = dataclasses.replace(build_config(InstructConfig, args.row_file, {}), out="unused", general=None)
         args.batch_size = cfg.batch_size
         return _time_steps(args, prepare(cfg))
     cfg = InstructConfig(train=args.train, model=args.model, method=args.method, out="unused", batch_size=args.batch_size,
