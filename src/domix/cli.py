@@ -14,6 +14,7 @@ import traceback
 from domix import __version__
 from domix.console import set_verbose, verbose
 from domix.errors import DomixError
+from domix.finetune.config import RunOptions
 from domix.llm.cli import COMMANDS as LLM_COMMANDS
 from domix.llm.cli import add_parsers as add_llm_parsers
 from domix.methods.registry import STAGE1, STAGE2, method_help, method_settings, recipe_help
@@ -118,6 +119,7 @@ def _add_finetune(sub) -> None:
     p.add_argument("--save-model", action=argparse.BooleanOptionalAction, default=None,
                    help="write the task model (default: yes); --no-save-model keeps only result.json")
     add_setting_flags(p, method_settings("finetune"))  # each method's own (the bridge's, mode_*), from the registry
+    add_setting_flags(p, (RunOptions,))
     p.add_argument("--lr", type=float, help="learning rate of B_cat and the head (default 3e-5)")
     p.add_argument("--weight-decay", type=float, help="AdamW weight decay of B_cat and the head (default 0)")
     p.add_argument("--warmup-ratio", type=float, help="(default 0: linear decay from the start)")

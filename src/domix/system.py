@@ -28,6 +28,16 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def autocast(dtype: str | None, device: torch.device | str):
+    """The forward passes' mixed precision (``--autocast``): matrix products in ``dtype`` while the weights and
+    the optimizer stay in theirs (torch.autocast); a no-op context for None."""
+    from contextlib import nullcontext
+
+    if dtype is None:
+        return nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=DTYPES[dtype])
+
+
 def reset_peak_memory(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

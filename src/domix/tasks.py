@@ -101,17 +101,18 @@ def _split(name: str, source: str, texts: list[str], pairs: list, labels: list[s
 
 
 def read_task(path: str | Path | None = None, name: str | None = None, columns: Columns = Columns(),
-              splits: dict[str, str] | None = None, **files: str | None) -> Task:
+              splits: dict[str, str] | None = None, without_test: bool = False, **files: str | None) -> Task:
     """Read a task: a folder of split files, a saved DatasetDict or dataset name, or explicit ``train=``,
     ``dev=``, ``test=`` sources (which win). ``splits`` maps domix's split names to the source's
-    (``{"dev": "validation"}``); datasets' usual names (validation, valid, val) are tried for dev anyway."""
+    (``{"dev": "validation"}``); datasets' usual names (validation, valid, val) are tried for dev anyway.
+    ``without_test``: the test split is not read at all (a selection run's task has train and dev only)."""
     splits = splits or {}
     unknown = sorted(set(splits) - set(SPLITS))
     if unknown:
         raise DomixError(f"--splits names {unknown}; name domix's splits train, dev and test, e.g. --splits dev=validation")
     table = _task_table(path)
     chosen = {}
-    for split in SPLITS:
+    for split in SPLITS[:2] if without_test else SPLITS:
         given = files.get(split)
         if given is not None:
             chosen[split] = read_split(given, split, columns, splits.get(split))
@@ -125,11 +126,11 @@ def read_task(path: str | Path | None = None, name: str | None = None, columns: 
     labels = sorted(set(chosen["train"].labels))
     if len(labels) < 2:
         raise DomixError(f"the train split has only the label {labels}; a classification task needs at least two")
-    for split in ("dev", "test"):
+    for split in list(chosen)[1:]:
         unseen = sorted(set(chosen[split].labels) - set(labels))
         if unseen:
             raise DomixError(f"the {split} split has label(s) {unseen} that train never has; the label sets must match (train has {labels})")
-    if (chosen["train"].pairs is None) != (chosen["test"].pairs is None) or (chosen["train"].pairs is None) != (chosen["dev"].pairs is None):
+    if len({chosen[split].pairs is None for split in chosen}) > 1:
         raise DomixError("'text_pair' is in some splits and not in others; use it in all splits or none")
     return Task(name=name or (Path(str(path)).name if path else "task"), splits=chosen, labels=labels)
 

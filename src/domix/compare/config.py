@@ -21,6 +21,15 @@ A comparison is one YAML file::
     pretrain_method_settings: {ncl_full: {lr: 1.0e-4}}   # per pre-training method overrides
     jobs: 2                     # jobs at once (pre-training first, then fine-tuning)
     general: corpora/general.txt   # general-domain text for MixDA's retention loss
+    stores: {domix: runs/store}    # a finished pre-training's folder to use instead of running that pre-training
+    # equal tuning (compare/search.py): every method gets the same number of configurations per task, chosen on
+    # dev at the selection seeds by runs that never read the test split; the chosen one then trains at ``seeds``
+    # (fresh: none of them a selection seed, at least 3) and only those runs score test
+    search:
+      seeds: [1, 2]
+      space: {lr: [3.0e-4, 1.0e-3, 3.0e-3]}        # every method's grid (the product of the lists) ...
+      methods: {domix: {lr: [1.0e-3, 3.0e-3], p_lr: [10x, null]}}   # ... or its own, of no more and no fewer points
+    reference: lora   # the row every other is compared with, pair by pair (default: the best on dev without pre-training)
     # a fine-tuning run given general text also scores retention (LM loss on it before and after):
     # finetune: {general: corpora/general.txt} for every method, or method_settings: {mode: {general: ...}}
 """
@@ -33,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from domix.compare.search import Search
 from domix.errors import DomixError
 from domix.finetune.config import FIELDS as FINETUNE_FIELDS
 from domix.methods.registry import COMPARE as METHODS
@@ -68,11 +78,14 @@ class CompareConfig:
     pretrain_method_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
     jobs: int = 1  # jobs at once (each its own process with cores/jobs threads)
     general: str | None = None  # general-domain corpus for MixDA's pre-training (retention scores: finetune: {general: ...})
+    stores: dict[str, str] = field(default_factory=dict)  # pre-training method -> a finished run's folder to use instead
+    search: Search | None = None  # equal tuning on dev before the test runs (compare/search.py)
+    reference: str | None = None  # the row the paired differences are taken against (None: chosen on dev)
 
     def inputs(self) -> list[str]:
         """The paths the comparison reads: its out folder may never be, hold or lie inside one of them."""
         return [p for p in (self.model, *self.domains.values(), *(t.path for t in self.tasks), self.general,
-                            self.finetune.get("general")) if p]
+                            self.finetune.get("general"), *self.stores.values()) if p]
 
     @classmethod
     def from_yaml(cls, path: str | Path, out: str | None = None) -> "CompareConfig":
@@ -87,6 +100,8 @@ class CompareConfig:
         data["tasks"] = [_task(name, spec, path) for name, spec in data["tasks"].items()]
         # by default a domain order and its reverse; one domain has only one order
         data["orders"] = domain_orders(list(data["domains"]), data.get("orders", 2 if len(data["domains"]) > 1 else 1))
+        if data.get("search") is not None:
+            data["search"] = Search.from_dict(data["search"], path)
         return cls(**data).validate()
 
     def narrowed(self, methods: list[str] | None = None, tasks: list[str] | None = None,
@@ -136,6 +151,17 @@ class CompareConfig:
                                  f"not {n!r}")
         if not isinstance(self.jobs, int) or self.jobs < 1:
             raise DomixError(f"jobs must be a whole number of at least 1, not {self.jobs!r}")
+        if self.reference is not None and self.reference not in self.methods:
+            raise DomixError(f"reference {self.reference!r} is not among the comparison's methods {self.methods}; name one of them")
+        pretrain_methods = {m.pretrain for m in METHODS.values() if m.pretrain}
+        for method, folder in self.stores.items():
+            if method not in pretrain_methods:
+                raise DomixError(f"stores names {method!r}, which is not a pre-training method; choose from {sorted(pretrain_methods)}")
+            if not isinstance(folder, str) or not Path(folder).is_dir():
+                raise DomixError(f"stores.{method} must be the folder of a finished domix pretrain --method {method} run; "
+                                 f"{folder!r} is not a folder")
+        if self.search is not None:
+            self.search.check(self)
         _known_keys("pretrain", self.pretrain, PRETRAIN_FIELDS - {"model", "domains", "out", "method", "general"})
         _known_keys("finetune", self.finetune, FINETUNE_FIELDS - {"task", "modules", "domains", "model", "out", "method", "seed", "init_module"})
         for task in self.tasks:
@@ -145,7 +171,6 @@ class CompareConfig:
             if method not in METHODS:
                 raise DomixError(f"method_settings names unknown method {method!r}; choose from {list(METHODS)}")
             _known_keys(f"method_settings.{method}", settings, FINETUNE_FIELDS - {"task", "modules", "domains", "model", "out", "method", "seed"})
-        pretrain_methods = {m.pretrain for m in METHODS.values() if m.pretrain}
         for method, settings in self.pretrain_method_settings.items():
             if method not in pretrain_methods:
                 raise DomixError(f"pretrain_method_settings names {method!r}, which is not a pre-training method; choose from {sorted(pretrain_methods)}")

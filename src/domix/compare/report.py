@@ -585,6 +585,7 @@ def _blocks(results: dict, rows: list[dict], tasks: list[str], images: dict[str,
     if not rows:
         return [*blocks, ("p", "No finished runs yet.")]
     blocks += [("table", *_table_cells(rows, tasks)), ("h2", "How to read"), ("p", HOW_TO_READ)]
+    blocks += paired_blocks(results, tasks) + search_blocks(results)
     retained = retention_rows(results)
     if retained:
         blocks += [("h2", "Retention"), ("table", RETENTION_HEADER, retained), ("p", RETENTION_TEXT)]
@@ -593,6 +594,65 @@ def _blocks(results: dict, rows: list[dict], tasks: list[str], images: dict[str,
         blocks += [("h2", "Bridge usage on the tasks' inputs"), ("table", header, used), ("p", INPUT_USAGE_TEXT)]
     blocks.append(("h2", "Plots"))
     return blocks + [("image", name, caption) for name, (_, caption) in images.items()]
+
+
+PAIRED_TEXT = (
+    "Each cell: the mean paired difference from the reference row in {metric} points (row − reference, pairs of runs "
+    "at the same seed on the same task), its {level:.0%} bootstrap interval in brackets (seeds and test examples "
+    "resampled together, {resamples} resamples), and how many pairs came out above the reference. 'within noise': the "
+    "interval covers 0. Pooled: the mean of the tasks' differences, each task resampled on its own."
+)
+SEARCH_TEXT = (
+    "Each method had the same number of configurations per task, declared before any run. Every configuration trained "
+    "at the selection seeds {seeds} in runs that never read the test split; the table gives each one's mean dev {metric} "
+    "(%) over those seeds, and the chosen one (the highest; the first declared on a tie), which then trained at the "
+    "comparison's own, fresh seeds: the only runs that score test, and the only ones in the tables above."
+)
+
+
+def format_difference(entry: dict) -> str:
+    """``+1.2 [-0.5, +2.9] 4/6`` in points (the entry's fractions x 100)."""
+    return (f"{100 * entry['mean']:+.1f} [{100 * entry['low']:+.1f}, {100 * entry['high']:+.1f}] "
+            f"{entry['positive']}/{entry['pairs']}")
+
+
+def verdict(entry: dict) -> str:
+    return "within noise" if entry["within_noise"] else "above" if entry["low"] > 0 else "below"
+
+
+def paired_blocks(results: dict, tasks: list[str]) -> list[tuple]:
+    """The paired-differences tables (one per metric), or nothing without a reference."""
+    table = results.get("paired")
+    if not table:
+        return []
+    blocks: list[tuple] = [("h2", f"Paired differences against {table['reference']}"),
+                           ("p", f"Reference: {table['reference']}, {table['why']}.")]
+    for metric in ("macro_f1", "accuracy"):
+        rows = table.get(metric) or {}
+        if not rows:
+            continue
+        shown = [t for t in tasks if any(t in r["tasks"] for r in rows.values())]
+        header = ["method", *shown, "pooled", "reading (pooled)"]
+        body = [[m, *(format_difference(r["tasks"][t]) if t in r["tasks"] else "-" for t in shown), format_difference(r["pooled"]),
+                 verdict(r["pooled"]) + ("" if r["pooled"]["resampled"] == "seeds and test examples" else " (seeds only)")]
+                for m, r in rows.items()]
+        blocks += [("p", f"{metric.replace('_', '-')}:"), ("table", header, body)]
+    name = "macro-F1"
+    blocks.append(("p", PAIRED_TEXT.format(metric=name, level=table["level"], resamples=table["resamples"])))
+    return blocks
+
+
+def search_blocks(results: dict) -> list[tuple]:
+    """The selection table of a comparison with a search: each candidate's mean dev score and the choice."""
+    search = results.get("search")
+    if not search:
+        return []
+    budget = search["budget"]
+    header = ["method", "task", *(f"configuration {i + 1}" for i in range(budget)), "chosen"]
+    body = [[c["method"], c["task"], *(f"{x['label']}: {100 * x['mean']:.1f}" for x in c["candidates"]), c["chosen"]]
+            for c in search["choices"]]
+    return [("h2", "Selection on dev (the test split never read)"), ("table", header, body),
+            ("p", SEARCH_TEXT.format(seeds=", ".join(map(str, search["seeds"])), metric=search["metric"].replace("_", "-")))]
 
 
 def _plain(value: Any) -> str:

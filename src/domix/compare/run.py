@@ -9,6 +9,12 @@ each peak memory is its own) with its output in ``OUT/logs/<job>.log``:
     OUT/pretrain/ncl_full-<order>      the full model through the domains in that order
     OUT/pretrain/joint_lora            one LoRA on all corpora mixed
     OUT/finetune/<method>/<task>/seed<s>[-<order>]
+    OUT/search/<method>/<task>/<configuration>/seed<s>[-<order>]   with a search: the selection runs (no test)
+
+With a ``search`` section (compare/search.py) the fine-tuning comes in two phases: every method's
+configurations at the selection seeds, scored on dev only (those runs never read the test split), then
+each method's chosen configuration per task at the comparison's own, fresh seeds, the only runs that
+score test. ``stores`` names a finished pre-training to use instead of running it.
 
 With ``jobs: N`` in the config, N jobs run at once (the pre-training ones first), each with its share of the
 CPU cores (on GPUs, give each process its device with CUDA_VISIBLE_DEVICES as usual); every job
@@ -22,6 +28,7 @@ runs go to ``OUT/results.json`` and the report to ``OUT/report.md`` and ``OUT/re
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import subprocess
 import sys
@@ -36,6 +43,7 @@ import yaml
 from domix import atomic
 from domix.compare.config import METHODS, CompareConfig, ComparedTask
 from domix.compare.progress import Board
+from domix.compare.search import choose, point_label
 from domix.errors import DomixError
 from domix.finetune.config import FinetuneConfig
 from domix.finetune.run import RESULT_FILE
@@ -48,7 +56,8 @@ from domix.system import THREADS_ENV, cores_given
 
 TIMES_FILE = "job_times.json"  # wall seconds of each job's command, as the comparison measured it
 # what some records add: DoMIX's bridge usage, MixDA's and MoDE's gate weights, retention, the majority-class scores
-OPTIONAL_RECORD_KEYS = ("bridge_usage", "gate_weights", "retention", "majority")
+# and each test example's prediction (paired statistics), where the phases of a run's time went
+OPTIONAL_RECORD_KEYS = ("bridge_usage", "gate_weights", "retention", "majority", "test_predictions", "time_s")
 
 
 @dataclass
@@ -61,6 +70,11 @@ class Job:
     @property
     def out(self) -> Path:
         return Path(self.settings["out"])
+
+    @property
+    def given(self) -> bool:
+        """A pre-training the config's ``stores`` names: used as it is, never run."""
+        return bool(self.info.get("given"))
 
     def config(self):
         cls = PretrainConfig if self.kind == "pretrain" else FinetuneConfig
@@ -81,7 +95,8 @@ def order_label(order: list[str] | None) -> str | None:
 
 
 def plan(cfg: CompareConfig) -> list[Job]:
-    """Every pre-training job the chosen methods need (once each), then every fine-tuning job."""
+    """Every pre-training job the chosen methods need (once each), then every fine-tuning job; with a search,
+    the fine-tuning jobs are the selection runs (the test runs follow the choice: :func:`plan_tests`)."""
     out = Path(cfg.out)
     methods = [METHODS[m] for m in cfg.methods]
     pretrain_jobs: dict[tuple[str, str | None], Job] = {}
@@ -91,35 +106,81 @@ def plan(cfg: CompareConfig) -> list[Job]:
         if key not in pretrain_jobs:
             name = f"pretrain/{method}" + (f"-{key[1]}" if order else "")
             domains = {d: cfg.domains[d] for d in (order or cfg.domains)}
+            given = cfg.stores.get(method) if not order else None
             settings = {**cfg.pretrain, **cfg.pretrain_method_settings.get(method, {}),
-                        "model": cfg.model, "domains": domains, "out": str(out / name), "method": method}
+                        "model": cfg.model, "domains": domains, "out": given or str(out / name), "method": method}
             if STAGE1[method].needs_general:
                 settings["general"] = cfg.general
             users = [n for n in cfg.methods if METHODS[n].pretrain == method]
-            pretrain_jobs[key] = Job("pretrain", name, settings, {"method": method, "order": order_label(order), "used_by": users})
+            info = {"method": method, "order": order_label(order), "used_by": users, **({"given": given} if given else {})}
+            pretrain_jobs[key] = Job("pretrain", name, settings, info)
         return pretrain_jobs[key]
 
     jobs = []
     for name, method in zip(cfg.methods, methods):
         orders = cfg.orders[:cfg.method_orders.get(name, len(cfg.orders))] if method.ordered else [None]
         for task in cfg.tasks:
-            for seed in cfg.method_seeds.get(name, cfg.seeds):
-                for order in orders:
-                    source = None
-                    if method.pretrain is not None:
-                        # a sequential pre-training depends on the order; the domix modules do not
-                        source = pretrain_job(method.pretrain, order if STAGE1[method.pretrain].ordered else None)
-                    jobs.append(_finetune_job(cfg, name, task, seed, order, source))
+            for order in orders:
+                source = None
+                if method.pretrain is not None:
+                    # a sequential pre-training depends on the order; the domix modules do not
+                    source = pretrain_job(method.pretrain, order if STAGE1[method.pretrain].ordered else None)
+                if cfg.search is None:
+                    jobs += [_finetune_job(cfg, name, task, seed, order, source) for seed in cfg.method_seeds.get(name, cfg.seeds)]
+                else:
+                    jobs += [_finetune_job(cfg, name, task, seed, order, source, point, selection=True)
+                             for point in cfg.search.points(name) for seed in cfg.search.seeds]
     return list(pretrain_jobs.values()) + jobs
 
 
-def _finetune_job(cfg: CompareConfig, name: str, task: ComparedTask, seed: int, order: list[str] | None, source: Job | None) -> Job:
+def plan_tests(cfg: CompareConfig, jobs: list[Job], choices: dict[tuple[str, str], dict]) -> list[Job]:
+    """The test runs of a search: each method's chosen configuration per task (``choices``) at the comparison's seeds."""
+    sources = {(j.info["method"], j.info["order"]): j for j in jobs if j.kind == "pretrain"}
+    tests = []
+    for name in cfg.methods:
+        method = METHODS[name]
+        orders = cfg.orders[:cfg.method_orders.get(name, len(cfg.orders))] if method.ordered else [None]
+        for task in cfg.tasks:
+            point = choices[(name, task.name)]["point"]
+            for order in orders:
+                source = None
+                if method.pretrain is not None:
+                    source = sources[(method.pretrain, order_label(order) if STAGE1[method.pretrain].ordered else None)]
+                tests += [_finetune_job(cfg, name, task, seed, order, source, point) for seed in cfg.method_seeds.get(name, cfg.seeds)]
+    return tests
+
+
+def choices_of(cfg: CompareConfig, jobs: list[Job]) -> dict[tuple[str, str], dict]:
+    """Per (method, task), the configuration chosen on the selection runs' dev scores (mean over their seeds and
+    orders); the selection runs must have finished."""
+    runs: dict[tuple[str, str], dict[str, dict]] = {}
+    for job in jobs:
+        if not job.info.get("selection"):
+            continue
+        record = atomic.read_json(job.out / RESULT_FILE)
+        candidates = runs.setdefault((job.info["method"], job.info["task"]), {})
+        entry = candidates.setdefault(job.info["point"], {"label": job.info["point"], "point": job.info["settings_point"], "dev": [],
+                                                          "seeds": [], "best_epoch": []})
+        entry["dev"].append(record["dev"][cfg.search.metric])
+        entry["seeds"].append(job.info["seed"])
+        entry["best_epoch"].append(record["best_epoch"])
+    return {key: choose(list(candidates.values()), cfg.search.metric) for key, candidates in runs.items()}
+
+
+def _finetune_job(cfg: CompareConfig, name: str, task: ComparedTask, seed: int, order: list[str] | None, source: Job | None,
+                  point: dict | None = None, selection: bool = False) -> Job:
+    """A fine-tuning job: a test run (``selection`` False; with a search, of the chosen ``point``) or a selection run
+    of ``point``, which never reads the test split."""
     method = METHODS[name]
-    folder = f"finetune/{name}/{task.name}/seed{seed}" + (f"-{slug(order)}" if order else "")
-    # the comparison's settings, then the task's own, then the method's (the most particular wins)
+    label = point_label(point) if point is not None else None
+    where = f"search/{name}/{task.name}/{label}" if selection else f"finetune/{name}/{task.name}"
+    folder = f"{where}/seed{seed}" + (f"-{slug(order)}" if order else "")
+    # the comparison's settings, then the task's own, then the method's, then the searched point (the most particular wins)
     settings = {"save_model": False, **({"recipe": method.recipe} if method.recipe else {}), **cfg.finetune, **task.finetune,
-                **cfg.method_settings.get(name, {}), **task.data, "task": task.path, "out": str(Path(cfg.out) / folder),
-                "method": method.finetune, "seed": seed}
+                **cfg.method_settings.get(name, {}), **(point or {}), **task.data, "task": task.path,
+                "out": str(Path(cfg.out) / folder), "method": method.finetune, "seed": seed}
+    if selection:
+        settings["score_test"] = False
     if source is None:
         settings["model"] = cfg.model
         if STAGE2[method.finetune].lora_rank:  # the same total rank as the composed modules, or one module's
@@ -136,6 +197,10 @@ def _finetune_job(cfg: CompareConfig, name: str, task: ComparedTask, seed: int, 
         else:
             settings["domains"] = order
     info = {"method": name, "task": task.name, "seed": seed, "order": order_label(order)}
+    if point is not None:
+        info.update(point=label, settings_point=point)
+    if selection:
+        info["selection"] = True
     return Job("finetune", folder, settings, info)
 
 
@@ -150,22 +215,30 @@ def compare(cfg: CompareConfig, overwrite: bool = False, dry_run: bool = False, 
     jobs = plan(cfg)
     out = Path(cfg.out)
     refuse_own_inputs(out, cfg.inputs())
-    for job in jobs:  # every job's settings and output folder are checked before anything runs
-        config = job.config().validate()
-        refuse_own_inputs(job.out, config.inputs())
-        if (job.out / RUN_FILE).is_file():
-            refuse_other_kind(job.out, atomic.read_json(job.out / RUN_FILE), job.kind)
+    _check(jobs)  # every job's settings and output folder are checked before anything runs
+    for job in jobs:
+        if job.given and not job.finished():
+            raise DomixError(f"stores.{job.info['method']} is {job.out}, which holds no finished domix pretrain run; "
+                             "name the --out folder of a finished one, or drop it from stores to pre-train here")
+    selection = [j for j in jobs if j.info.get("selection")]
+    tests = plan_tests(cfg, jobs, choices_of(cfg, jobs)) if selection and all(j.finished() for j in selection) else []
     if dry_run:
-        for job in jobs:
-            differing = _changed_settings(job)
-            state = "to run" if differing is None else f"finished with other {', '.join(differing)} (--overwrite reruns it)" if differing else "finished"
+        for job in jobs + tests:
+            differing = None if job.given else _changed_settings(job)
+            state = ("given" if job.given else "to run" if differing is None else
+                     f"finished with other {', '.join(differing)} (--overwrite reruns it)" if differing else "finished")
             print(f"{state:9} domix {job.kind} --config {out / 'configs' / (job.name + '.yaml')}")
+        if selection and not tests:
+            print(f"then the test runs: each method's configuration chosen on dev per task at seeds {cfg.seeds}, planned once the "
+                  f"{len(selection)} selection runs have finished")
         return None
     times = atomic.read_json(out / TIMES_FILE) if (out / TIMES_FILE).is_file() else {}
-    pending = [j for j in jobs if not _reusable(j, overwrite)]
+    pending = [j for j in jobs if not j.given and not _reusable(j, overwrite)]
     print(f"domix: comparison of {len(cfg.methods)} methods on {len(cfg.tasks)} tasks: {len(jobs)} jobs, "
-          f"{len(jobs) - len(pending)} already finished" + (f"; {cfg.jobs} at a time" if cfg.jobs > 1 else ""))
-    lock, numbers = threading.Lock(), iter(range(1, len(pending) + 1))
+          f"{len(jobs) - len(pending)} already finished" + (f"; {cfg.jobs} at a time" if cfg.jobs > 1 else "")
+          + (f"; {len(selection)} of them selection runs (dev only), then "
+             f"{len(cfg.tasks) * sum(len(cfg.method_seeds.get(m, cfg.seeds)) for m in cfg.methods)} test runs" if selection else ""))
+    lock, numbers = threading.Lock(), itertools.count(1)
     board = Board(len(pending))
 
     def run(job: Job) -> None:
@@ -184,19 +257,32 @@ def compare(cfg: CompareConfig, overwrite: bool = False, dry_run: bool = False, 
             times[job.name] = seconds
             atomic.write_json(out / TIMES_FILE, times)
 
-    # the pre-training runs are independent of each other; fine-tuning needs them all finished
+    def run_all(batch: list[Job]) -> None:
+        if cfg.jobs == 1 or in_process:
+            for job in batch:
+                run(job)
+        else:
+            with ThreadPoolExecutor(cfg.jobs) as pool:
+                list(pool.map(run, batch))  # list(): re-raises a failed job's error
+
+    # the pre-training runs are independent of each other; fine-tuning needs them all finished; a search's
+    # test runs need its selection runs finished (the choice)
+    choices = None
     with board:
-        for kind in ("pretrain", "finetune"):
-            batch = [j for j in pending if j.kind == kind]
-            if cfg.jobs == 1 or in_process:
-                for job in batch:
-                    run(job)
-            else:
-                with ThreadPoolExecutor(cfg.jobs) as pool:
-                    list(pool.map(run, batch))  # list(): re-raises a failed job's error
+        run_all([j for j in pending if j.kind == "pretrain"])
+        run_all([j for j in pending if j.kind == "finetune"])
+        if selection:
+            choices = choices_of(cfg, jobs)
+            tests = plan_tests(cfg, jobs, choices)
+            _check(tests)
+            pending_tests = [j for j in tests if not _reusable(j, overwrite)]
+            board.total += len(pending_tests)
+            pending += pending_tests
+            run_all(pending_tests)
+            jobs = jobs + tests
     if pending:
         print(board.summary())
-    results = collect(cfg, jobs, times, command)
+    results = collect(cfg, jobs, times, command, choices)
     from domix.compare.report import format_table, summarise, write_report
 
     print(format_table(summarise(results), [t.name for t in cfg.tasks]))
@@ -218,6 +304,16 @@ def rewrite_report(cfg: CompareConfig) -> list[Path]:
         raise DomixError(f"{results_file} does not exist: run the comparison first (without --report-only)")
     written = write_report(atomic.read_json(results_file), Path(cfg.out))
     return [written["report.md"], written["report.html"], Path(cfg.out) / "plots"]
+
+
+def _check(jobs: list[Job]) -> None:
+    """Each job's settings as its command will build them, and its output folder, checked."""
+    for job in jobs:
+        config = job.config().validate()
+        if not job.given:
+            refuse_own_inputs(job.out, config.inputs())
+        if (job.out / RUN_FILE).is_file():
+            refuse_other_kind(job.out, atomic.read_json(job.out / RUN_FILE), job.kind)
 
 
 def _changed_settings(job: Job) -> list[str] | None:
@@ -311,16 +407,22 @@ def _store_wall_time(manifests: list[dict]) -> float | None:
     return round(max(walls) if fused else sum(walls), 2)
 
 
-def collect(cfg: CompareConfig, jobs: list[Job], times: dict[str, float], command: str | None = None) -> dict:
-    """The results of finished jobs, in the schema the report reads."""
+def collect(cfg: CompareConfig, jobs: list[Job], times: dict[str, float], command: str | None = None,
+            choices: dict[tuple[str, str], dict] | None = None) -> dict:
+    """The results of finished jobs, in the schema the report reads: the test runs (``runs``), the pre-training,
+    with a search its selection (each candidate's dev scores and the choice; no test score exists there), and the
+    paired differences of every row from the reference row."""
+    from domix.compare.stats import paired_table, reference_row
+
     runs, pretraining = [], []
     for job in jobs:
-        if job.kind == "finetune":
+        if job.kind == "finetune" and not job.info.get("selection"):
             record = atomic.read_json(job.out / RESULT_FILE)
-            runs.append({**job.info, **{k: record[k] for k in ("test", "dev", "trainable_percent", "peak_memory_mb", "wall_time_s",
-                                                                  "train_time_s", "loss_curve")},
+            info = {k: v for k, v in job.info.items() if k != "settings_point"}
+            runs.append({**info, **{k: record[k] for k in ("test", "dev", "trainable_percent", "peak_memory_mb", "wall_time_s",
+                                                           "train_time_s", "loss_curve")},
                          **{k: record.get(k) for k in OPTIONAL_RECORD_KEYS}})
-        else:
+        elif job.kind == "pretrain":
             manifests = [atomic.read_json(p) for p in sorted(job.out.glob("*/domix_*.json"))]
             pretraining.append({
                 "name": job.name, **job.info,
@@ -331,5 +433,12 @@ def collect(cfg: CompareConfig, jobs: list[Job], times: dict[str, float], comman
             })
     settings = dataclasses.asdict(cfg)
     settings["command"] = command  # what reproduces it
-    return {"settings": settings, "methods": cfg.methods, "tasks": [t.name for t in cfg.tasks], "domains": list(cfg.domains),
-            "runs": runs, "pretraining": pretraining}
+    results = {"settings": settings, "methods": cfg.methods, "tasks": [t.name for t in cfg.tasks], "domains": list(cfg.domains),
+               "runs": runs, "pretraining": pretraining}
+    if choices is not None:
+        results["search"] = {"seeds": cfg.search.seeds, "metric": cfg.search.metric, "budget": cfg.search.budget(cfg.methods),
+                             "choices": [{"method": m, "task": t, **choice} for (m, t), choice in choices.items()]}
+    reference = reference_row(results, cfg.reference)
+    if reference is not None:
+        results["paired"] = paired_table(runs, reference, [t.name for t in cfg.tasks], cfg.methods)
+    return results

@@ -245,6 +245,28 @@ def batch_rows(n_train: int, batch_size: int, seed: int, step: int) -> torch.Ten
     return perm[i * batch_size : (i + 1) * batch_size]
 
 
+GROUP_SPAN = 50  # batches per group whose examples are sorted by length (transformers' group_by_length uses 50 too)
+
+
+def grouped_batch_rows(lengths: list[int], batch_size: int, seed: int, step: int) -> torch.Tensor:
+    """Indices of ``step``'s batch when batches hold examples of similar length (``--group-by-length``).
+
+    Each epoch shuffles the examples as :func:`batch_rows` does, sorts each span of ``GROUP_SPAN`` batches
+    by length, cuts it into batches, and shuffles the order of those batches: every batch is a random draw
+    of similar lengths (a batch pads to its longest, so far fewer padding tokens are computed) and no epoch
+    runs from long to short. Same number of batches of the same size as without grouping.
+    """
+    n = len(lengths)
+    per_epoch = math.ceil(n / batch_size)
+    epoch, i = divmod(step, per_epoch)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(step_seed(seed, -1 - epoch))).tolist()
+    span = batch_size * GROUP_SPAN
+    ordered = [j for start in range(0, n, span) for j in sorted(perm[start : start + span], key=lambda j: -lengths[j])]
+    batches = [ordered[start : start + batch_size] for start in range(0, n, batch_size)]
+    shuffle = torch.randperm(len(batches), generator=torch.Generator().manual_seed(step_seed(seed, -(10**5) - epoch))).tolist()
+    return torch.tensor(batches[shuffle[i]])
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, blocks: Blocks, objective: str, tokenizer, cfg, device) -> float:
     """Mean loss per predicted token over ``blocks``, with fixed masks (same before and after)."""

@@ -8,11 +8,25 @@ from typing import Any
 
 from domix.errors import DomixError
 from domix.methods.registry import method_settings, stage2
-from domix.settings import check
+from domix.settings import check, setting
+
+AUTOCAST = ("bfloat16", "float16")  # --autocast's choices
 
 
 @dataclass(kw_only=True)
-class FinetuneConfig(*method_settings("finetune")):
+class RunOptions:
+    """How a fine-tuning run computes and what it scores (flags generated from these fields)."""
+
+    autocast: str | None = setting(None, "mixed precision of the forward passes: bfloat16 or float16 (matrix products in that "
+                                         "dtype, weights and optimizer in --dtype; default: none)")
+    group_by_length: bool = setting(False, "batches of examples of similar length (shuffled, a fresh draw every epoch): far fewer "
+                                           "padding tokens computed (default: no, batches drawn at random)")
+    score_test: bool = setting(True, "score the test split at the end (default: yes); --no-score-test is a selection run: the "
+                                     "test split is neither read nor scored, so no decision made on the run can see it")
+
+
+@dataclass(kw_only=True)
+class FinetuneConfig(RunOptions, *method_settings("finetune")):
     """The settings of domix finetune. A method's own settings (the bridge's p_init, MoDE's mode_*) come
     from its settings class in the registry, which this class inherits: the same YAML keys and flags."""
 
@@ -96,6 +110,7 @@ class FinetuneConfig(*method_settings("finetune")):
             (self.max_length >= 2, "--max-length must be at least 2"),
             (self.select_metric in ("accuracy", "macro_f1", "micro_f1"), "--select-metric must be accuracy, macro_f1 or micro_f1"),
             (self.dtype in ("float32", "bfloat16", "float16", "float64"), "--dtype must be float32, bfloat16, float16 or float64"),
+            (self.autocast is None or self.autocast in AUTOCAST, f"--autocast must be {' or '.join(AUTOCAST)} (or unset), not {self.autocast!r}"),
             (self.train_limit is None or self.train_limit >= 2, "--train-limit must be at least 2"),
             (self.eval_limit is None or self.eval_limit >= 1, "--eval-limit must be at least 1"),
             (self.general_blocks >= 1, "--general-blocks must be at least 1"),

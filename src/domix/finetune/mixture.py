@@ -54,13 +54,15 @@ class Mixture:
             allowed[k, start:end] = True
         return torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, float("-inf"))[owner]
 
+    def predictions(self, logits: torch.Tensor, k: int) -> torch.Tensor:
+        """Task ``k``'s predicted label ids (its own labels' index) from its examples' joint logits."""
+        start, end = self.spans[k]
+        return logits[:, start:end].argmax(-1)
+
     def scores(self, logits: list[torch.Tensor], split: str) -> list[dict]:
         """Each task's scores on ``split`` from its examples' joint logits, read on its own labels only."""
-        out = []
-        for task, (start, end), task_logits in zip(self.tasks, self.spans, logits):
-            predicted = task_logits[:, start:end].argmax(-1)
-            out.append(classification_scores(predicted, task.label_ids(split), len(task.labels)))
-        return out
+        return [classification_scores(self.predictions(task_logits, k), task.label_ids(split), len(task.labels))
+                for k, (task, task_logits) in enumerate(zip(self.tasks, logits))]
 
 
 @torch.no_grad()

@@ -18,7 +18,7 @@ from domix import atomic
 from domix.base_model import model_reference, weights_fingerprint
 from domix.corpus import read_corpus
 from domix.engine.distributed import DataParallel, process_group
-from domix.engine.loop import Loop, StepHook, TrainResult, batch_rows, my_rows, no_rows, share, train
+from domix.engine.loop import Loop, StepHook, TrainResult, batch_rows, grouped_batch_rows, my_rows, no_rows, share, train
 from domix.engine.predict import predict
 from domix.engine.runfolder import RUN_FILE, begin, check_out
 from domix.errors import DomixError
@@ -31,7 +31,7 @@ from domix.metrics import classification_scores, downsample_curve
 from domix.retention import retention
 from domix.settings import resume_free
 from domix.store import base_of
-from domix.system import DTYPES, peak_memory_mb, reset_peak_memory, resolve_device
+from domix.system import DTYPES, autocast, peak_memory_mb, reset_peak_memory, resolve_device
 from domix.tasks import Task, encode, pad_batch, read_task
 
 RESULT_FILE = "result.json"  # the run's record: scores, trainable share, memory, time
@@ -59,11 +59,15 @@ def finetune(cfg: FinetuneConfig, overwrite: bool = False, on_step: StepHook | N
     ranks = process_group()
     out = Path(cfg.out)
     previous = check_out(out, cfg.to_dict(), resume_free(cfg), overwrite, cfg.COMMAND, cfg.inputs())
-    task = read_task(cfg.task, columns=cfg.columns(), splits=cfg.splits, train=cfg.train, dev=cfg.dev, test=cfg.test)
-    mixture = Mixture([task] + [read_task(path, columns=cfg.columns(), splits=cfg.splits) for path in cfg.mix_tasks or []])
+    # a selection run (--no-score-test) never reads the test split: nothing it records can depend on it
+    held_out = ("dev", "test") if cfg.score_test else ("dev",)
+    task = read_task(cfg.task, columns=cfg.columns(), splits=cfg.splits, without_test=not cfg.score_test,
+                     train=cfg.train, dev=cfg.dev, test=cfg.test if cfg.score_test else None)
+    mixture = Mixture([task] + [read_task(path, columns=cfg.columns(), splits=cfg.splits, without_test=not cfg.score_test)
+                                for path in cfg.mix_tasks or []])
     for each in mixture.tasks:
         _subsample(each, "train", cfg.train_limit, cfg.sample_seed)
-        for split in ("dev", "test"):
+        for split in held_out:
             _subsample(each, split, cfg.eval_limit, cfg.sample_seed)
     if cfg.general:  # fail before training, not after
         read_corpus("general", cfg.general)
@@ -87,29 +91,36 @@ def finetune(cfg: FinetuneConfig, overwrite: bool = False, on_step: StepHook | N
     trainable = sum(p.numel() for g in groups for p in g["params"])
     run = {"status": "running", "kind": cfg.COMMAND, "config": cfg.to_dict()}
     begin(out, run, previous, overwrite, ranks)
-    print(f"domix: {cfg.method} on task {task.name!r} ({len(task.labels)} labels; {len(task.splits['train'].texts)} train, "
-          f"{len(task.splits['dev'].texts)} dev, {len(task.splits['test'].texts)} test); trainable {trainable:,} "
+    sizes = ", ".join(f"{len(task.splits[s].texts)} {s}" for s in task.splits) + ("" if cfg.score_test else "; test not read")
+    print(f"domix: {cfg.method} on task {task.name!r} ({len(task.labels)} labels; {sizes}); trainable {trainable:,} "
           f"of {total_params:,} parameters ({100 * trainable / total_params:.2f}%)")
     for other in mixture.tasks[1:]:
         print(f"domix: mixed in task {other.name!r} ({len(other.labels)} labels, {len(other.splits['train'].texts)} train): "
               "shuffled with the task's examples, each scored on its own labels")
 
-    rows = {s: [encode(t.splits[s], tokenizer, cfg.max_length) for t in mixture.tasks] for s in ("dev", "test")}
-    labels = {s: task.label_ids(s) for s in ("train", "dev", "test")}
+    rows = {s: [encode(t.splits[s], tokenizer, cfg.max_length) for t in mixture.tasks] for s in held_out}
+    labels = {s: task.label_ids(s) for s in ("train", *held_out)}
+    setup_s = time.perf_counter() - started
     progress = _train(model, groups, mixture, rows, cfg, tokenizer, device, out / "checkpoint", on_step, ranks.everyone())
     state = progress.extra
     params = dict(model.named_parameters())
     with torch.no_grad():
         for name, value in state["best_state"].items():
             params[name].copy_(value)
-    test_logits = [predict(model, r, tokenizer.pad_token_id, cfg.batch_size, device) for r in rows["test"]]
-    test_scores, *mixed_scores = mixture.scores(test_logits, "test")
+    test_scores, mixed_scores, test_predictions = None, [], None
+    test_started = time.perf_counter()
+    if cfg.score_test:
+        test_logits = [predict(model, r, tokenizer.pad_token_id, cfg.batch_size, device, cfg.autocast) for r in rows["test"]]
+        test_scores, *mixed_scores = mixture.scores(test_logits, "test")
+        # each example's predicted label, beside the gold ones: paired statistics resample the test examples
+        test_predictions = {"predicted": mixture.predictions(test_logits[0], 0).tolist(), "gold": labels["test"].tolist()}
     if len(mixture.tasks) > 1:  # the saved model: the run's own task's rows of the joint head
         keep_own_rows(model, head, task.labels)
-    added = method.record(model, pieces, cfg, Probe(rows["test"][0], tokenizer.pad_token_id, device))
+    probe_split = "test" if cfg.score_test else "dev"  # the inputs the record's bridge usage is measured on
+    added = method.record(model, pieces, cfg, Probe(rows[probe_split][0], tokenizer.pad_token_id, device))
     # the run's cost is that of training and testing: retention below loads a second copy of the base
-    peak_mb, wall_s = peak_memory_mb(device), time.perf_counter() - started
-    retained = None
+    peak_mb, wall_s, test_s = peak_memory_mb(device), time.perf_counter() - started, time.perf_counter() - test_started
+    retained, retention_started = None, time.perf_counter()
     if cfg.general:
         retained = retention(model, base_name, cfg.general, cfg.max_length, cfg.general_blocks, cfg.batch_size, device)
     record = {
@@ -129,6 +140,7 @@ def finetune(cfg: FinetuneConfig, overwrite: bool = False, on_step: StepHook | N
         "best_epoch": state["best_epoch"],
         "dev": state["history"][state["best_epoch"] - 1],
         "test": test_scores,
+        "test_predictions": test_predictions,
         "majority": majority_scores(labels, len(task.labels)),
         "trainable_parameters": trainable,
         "total_parameters": total_params,
@@ -136,6 +148,10 @@ def finetune(cfg: FinetuneConfig, overwrite: bool = False, on_step: StepHook | N
         "steps": progress.steps,
         "train_time_s": round(progress.train_seconds, 2),
         "wall_time_s": round(wall_s, 2),
+        # where the wall time went (this session's part, for a resumed run): loading and setup, training steps,
+        # dev scoring at the epochs' ends, the test split with the record's probes; retention comes after
+        "time_s": {"setup": round(setup_s, 2), "train": round(progress.train_seconds, 2), "dev": round(state.get("dev_seconds", 0.0), 2),
+                   "test": round(test_s, 2), "retention": round(time.perf_counter() - retention_started, 2) if cfg.general else 0.0},
         "peak_memory_mb": peak_mb,
         "retention": retained,
         "saved_model": cfg.save_model,
@@ -157,10 +173,11 @@ def finetune(cfg: FinetuneConfig, overwrite: bool = False, on_step: StepHook | N
 
 
 def majority_scores(labels: dict[str, torch.Tensor], num_labels: int) -> dict:
-    """The scores of always answering the training set's most frequent label: what learning nothing gets."""
+    """The scores of always answering the training set's most frequent label: what learning nothing gets (on the
+    held-out splits ``labels`` has)."""
     label = int(torch.bincount(labels["train"], minlength=num_labels).argmax())
     return {"label": label, **{split: classification_scores(torch.full_like(labels[split], label), labels[split], num_labels)
-                               for split in ("dev", "test")}}
+                               for split in labels if split != "train"}}
 
 
 def _train(model, groups, mixture: Mixture, rows: dict[str, list], cfg: FinetuneConfig, tokenizer, device, ckpt_dir: Path,
@@ -173,24 +190,27 @@ def _train(model, groups, mixture: Mixture, rows: dict[str, list], cfg: Finetune
 
     pad_id = tokenizer.pad_token_id
     train_rows, train_labels, owner = mixture.train_set(tokenizer, cfg.max_length)
+    lengths = [len(r) for r in train_rows]
     optimizer = torch.optim.AdamW(groups)
     per_epoch = math.ceil(len(train_rows) / cfg.batch_size)
     total = per_epoch * cfg.epochs
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total), total)
 
     def step_loss(step: int) -> tuple[torch.Tensor, int]:
-        idx = batch_rows(len(train_rows), cfg.batch_size, cfg.seed, step).tolist()
+        if cfg.group_by_length:
+            idx = grouped_batch_rows(lengths, cfg.batch_size, cfg.seed, step).tolist()
+        else:
+            idx = batch_rows(len(train_rows), cfg.batch_size, cfg.seed, step).tolist()
         mine = my_rows(idx, dp)
         if not mine:
             return no_rows(device), 0
         batch = pad_batch([train_rows[i] for i in mine], pad_id)
-        if len(mixture.tasks) == 1:
-            batch["labels"] = train_labels[mine]
-            loss = model(**{k: v.to(device) for k, v in batch.items()}).loss  # the mean over its examples
-        else:  # each example against its own task's labels only
+        with autocast(cfg.autocast, device):
             logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
-            loss = torch.nn.functional.cross_entropy(logits + mixture.mask(owner[mine], logits.dtype).to(device),
-                                                     train_labels[mine].to(device))
+        logits = logits.float()  # the loss in float32, under autocast too
+        if len(mixture.tasks) > 1:  # each example against its own task's labels only
+            logits = logits + mixture.mask(owner[mine], logits.dtype).to(device)
+        loss = torch.nn.functional.cross_entropy(logits, train_labels[mine].to(device))  # the mean over its examples
         return share(loss, len(mine), len(idx)), int(batch["attention_mask"].sum())
 
     def after_step(progress: TrainResult, log) -> bool:
@@ -198,7 +218,8 @@ def _train(model, groups, mixture: Mixture, rows: dict[str, list], cfg: Finetune
             return False
         # the end of an epoch: dev scores, keep the best, checkpoint
         state = progress.extra
-        every = mixture.scores([predict(model, r, pad_id, cfg.batch_size, device) for r in rows["dev"]], "dev")
+        scoring_started = time.perf_counter()
+        every = mixture.scores([predict(model, r, pad_id, cfg.batch_size, device, cfg.autocast) for r in rows["dev"]], "dev")
         scores = dict(every[0])
         if len(every) > 1:
             scores["mixed"] = {t.name: s for t, s in zip(mixture.tasks[1:], every[1:])}
@@ -209,6 +230,7 @@ def _train(model, groups, mixture: Mixture, rows: dict[str, list], cfg: Finetune
         selected = sum(s[cfg.select_metric] for s in every) / len(every)
         if selected > state["best_score"]:
             state.update(best_epoch=epoch, best_score=selected, best_state=trainable_state(model))
+        state["dev_seconds"] = state.get("dev_seconds", 0.0) + time.perf_counter() - scoring_started
         tqdm.write(f"domix: epoch {epoch}: dev accuracy {scores['accuracy']:.4f}, macro-F1 {scores['macro_f1']:.4f}")
         return True
 
@@ -221,10 +243,13 @@ def _train(model, groups, mixture: Mixture, rows: dict[str, list], cfg: Finetune
 
 
 def format_record(record: dict) -> str:
-    t, d, m = record["test"], record["dev"], record["majority"]["test"]
+    t, d = record["test"], record["dev"]
+    split, m = ("test", record["majority"]["test"]) if t else ("dev", record["majority"]["dev"])
+    scores = (f"test accuracy {t['accuracy']:.4f}, macro-F1 {t['macro_f1']:.4f}, micro-F1 {t['micro_f1']:.4f}" if t else
+              "test not scored (a selection run)")
     return (f"domix: {record['method']} on {record['task']}: best epoch {record['best_epoch']} "
-            f"(dev macro-F1 {d['macro_f1']:.4f}); test accuracy {t['accuracy']:.4f}, macro-F1 {t['macro_f1']:.4f}, "
-            f"micro-F1 {t['micro_f1']:.4f} (majority class: {m['accuracy']:.4f}, {m['macro_f1']:.4f}); trainable {record['trainable_percent']:.2f}%, "
+            f"(dev accuracy {d['accuracy']:.4f}, macro-F1 {d['macro_f1']:.4f}); {scores} (majority class on {split}: "
+            f"{m['accuracy']:.4f}, {m['macro_f1']:.4f}); trainable {record['trainable_percent']:.2f}%, "
             f"peak memory {record['peak_memory_mb']:.0f} MB, {record['wall_time_s']:.0f} s")
 
 

@@ -90,7 +90,15 @@ class BridgedLinear(nn.Module):
             # a trainable base weight (a task model loaded to train further): plain autograd, which keeps x
             path = ((x.to(self.lora_A.dtype) @ self.lora_A.t() @ self.bridge.t()) * self.scales) @ self.lora_B.t()
             return self.base_layer(x) + path.to(x.dtype)
-        return _BridgePath.apply(x, self.base_layer.weight, self.base_layer.bias, self.lora_A, self.bridge, self.lora_B, self.scales)
+        args = (x, self.base_layer.weight, self.base_layer.bias, self.lora_A, self.bridge, self.lora_B, self.scales)
+        device = x.device.type
+        if torch.is_autocast_enabled(device):
+            # Under autocast (--autocast) every product of the layer runs in the autocast dtype, as torch.amp.custom_fwd's
+            # cast_inputs does; the casts sit outside the function, so the gradients reach the float32 weights through them
+            low = torch.get_autocast_dtype(device)
+            with torch.autocast(device, enabled=False):
+                return _BridgePath.apply(*(t.to(low) if t is not None and t.is_floating_point() else t for t in args))
+        return _BridgePath.apply(*args)
 
     def delta_weight(self) -> torch.Tensor:
         """The layer's whole update, B_cat diag(s) P A_cat, shaped like W."""

@@ -1,0 +1,180 @@
+"""The fair-comparison protocol of domix compare: equal budgets declared before any run, selection on dev by runs
+that never read the test split, fresh test seeds, and paired differences with bootstrap intervals."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import yaml
+
+from domix.compare.config import CompareConfig
+from domix.compare.run import compare, plan
+from domix.compare.stats import paired, reference_row, scores
+from domix.errors import DomixError
+
+SEARCH = {"seeds": [1], "space": {"lr": [5.0e-3, "2e-2"]}}  # "2e-2": YAML reads it as text; the search converts it
+
+
+def write_config(path, tiny_llama, corpora, task, **kw):
+    config = {
+        "model": str(tiny_llama),
+        "out": str(path.parent / "out"),
+        "domains": {name: str(p) for name, p in corpora.items()},
+        "tasks": {"topics": {"path": str(task), "domain": "food"}},
+        "methods": ["head", "lora", "domix"],
+        "seeds": [2, 3, 4],
+        "pretrain": {"steps": 4, "batch_size": 8, "seq_len": 32, "rank": 2, "lr": 5e-3, "heldout_max_blocks": 4},
+        "finetune": {"epochs": 2, "batch_size": 16, "lr": 5e-3, "max_length": 32, "dtype": "float64"},
+        "search": SEARCH,
+    }
+    config.update(kw)
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def test_a_search_plans_every_method_the_same_configurations_at_the_selection_seeds(tmp_path, tiny_llama, corpora, task):
+    cfg = CompareConfig.from_yaml(write_config(tmp_path / "c.yaml", tiny_llama, corpora, task, search={
+        "seeds": [1, 5], "space": {"lr": [1e-3, 3e-3]},
+        "methods": {"domix": [{"lr": 1e-3, "p_lr": "10x"}, {"lr": 3e-3, "p_lr": None}]}}))
+    jobs = [j for j in plan(cfg) if j.kind == "finetune"]
+    assert len(jobs) == 3 * 2 * 2  # methods x configurations x selection seeds; the test runs come after the choice
+    assert all(j.settings["score_test"] is False and j.name.startswith("search/") for j in jobs)
+    assert {j.settings["seed"] for j in jobs} == {1, 5}
+    domix = sorted(j.name for j in jobs if j.info["method"] == "domix")
+    assert domix == ["search/domix/topics/lr=0.001,p_lr=10x/seed1", "search/domix/topics/lr=0.001,p_lr=10x/seed5",
+                     "search/domix/topics/lr=0.003,p_lr=none/seed1", "search/domix/topics/lr=0.003,p_lr=none/seed5"]
+    lora = next(j for j in jobs if j.name == "search/lora/topics/lr=0.003/seed5")
+    assert lora.settings["lr"] == 3e-3 and lora.config().lr == 3e-3
+
+
+@pytest.mark.parametrize("search, extra, message", [
+    ({"seeds": [1], "space": {"lr": [1e-3, 3e-3]}, "methods": {"domix": {"lr": [1e-3, 3e-3], "p_lr": ["10x", None]}}}, {},
+     r"unequal budgets \(head 2, lora 2, domix 4 configurations per task\)"),
+    ({"seeds": [1, 2], "space": {"lr": [1e-3]}}, {}, r"seed\(s\) \[2\] are both selection seeds"),
+    ({"seeds": [1], "space": {"lr": [1e-3]}}, {"seeds": [2, 3]}, "3 or more fresh seeds"),
+    ({"seeds": [1], "space": {"lr": [1e-3]}}, {"method_seeds": {"head": [7]}}, r"\['head'\] have fewer"),
+    ({"seeds": [1], "space": {"seed": [1, 2]}}, {}, "sets \\['seed'\\], which a search may not vary"),
+    ({"seeds": [1], "space": {"score_test": [True]}}, {}, "which a search may not vary"),
+    ({"seeds": [1], "space": {"lr": []}}, {}, "search.space.lr must be a non-empty list"),
+    ({"seeds": [1], "space": {"lr": [1e-3, 1e-3]}}, {}, "gives the configuration lr=0.001 more than once"),
+    ({"seeds": [], "space": {"lr": [1e-3]}}, {}, "search.seeds must be a non-empty list"),
+    ({"seeds": [1], "space": {"lr": ["fast"]}}, {}, "setting 'lr' in search.space is 'fast', which is not a number"),
+    ({"seeds": [1], "space": {"lr": [1e-3]}, "methods": {"dora": {"lr": [1e-3]}}}, {}, "search.methods names 'dora'"),
+    ({"seeds": [1], "budget": 3}, {}, "search in .* has unknown keys \\['budget'\\]"),
+    ({"seeds": [1], "space": {"lr": [1e-3]}}, {"reference": "full"}, "reference 'full' is not among"),
+])
+def test_unequal_or_leaky_searches_are_refused_before_anything_runs(tmp_path, tiny_llama, corpora, task, search, extra, message):
+    with pytest.raises(DomixError, match=message):
+        CompareConfig.from_yaml(write_config(tmp_path / "c.yaml", tiny_llama, corpora, task, search=search, **extra))
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_protocol_chooses_on_dev_without_reading_test_then_scores_fresh_seeds(tmp_path, tiny_llama, corpora, task, capsys):
+    # the task's test split is unreadable during the selection runs: they must all finish without it
+    own_task = tmp_path / "task"
+    shutil.copytree(task, own_task)
+    good_test = (own_task / "test.jsonl").read_text()
+    (own_task / "test.jsonl").write_text("this is not json\n")
+    config = write_config(tmp_path / "c.yaml", tiny_llama, corpora, task, tasks={"topics": {"path": str(own_task), "domain": "food"}})
+    with pytest.raises(DomixError, match="test.jsonl"):
+        compare(CompareConfig.from_yaml(config), in_process=True)
+    out = tmp_path / "out"
+    selection = sorted((out / "search").rglob("result.json"))
+    assert len(selection) == 3 * 2  # every selection run finished with the test split unreadable
+    for path in selection:
+        record = json.loads(path.read_text())
+        assert record["test"] is None and record["test_predictions"] is None and "test" not in record["majority"]
+        assert json.loads((path.parent / "run.json").read_text())["test"] is None
+    assert "test accuracy" not in capsys.readouterr().out
+
+    (own_task / "test.jsonl").write_text(good_test)
+    results = compare(CompareConfig.from_yaml(config), in_process=True)  # resumes: the selection is reused
+    assert "7 jobs, 7 already finished; 6 of them selection runs (dev only), then 9 test runs" in capsys.readouterr().out
+    assert sorted({r["seed"] for r in results["runs"]}) == [2, 3, 4] and len(results["runs"]) == 3 * 3
+    # the choice, recomputed by hand from the selection records: the highest mean dev macro-F1 per method
+    for choice in results["search"]["choices"]:
+        folder = out / "search" / choice["method"] / "topics"
+        dev = {p.name: json.loads((p / "seed1" / "result.json").read_text())["dev"]["macro_f1"] for p in folder.iterdir()}
+        assert choice["chosen"] == max(dev, key=lambda k: (dev[k], k == "lr=0.005"))  # a tie goes to the first declared
+        assert [c["dev"] for c in choice["candidates"]] == [[dev["lr=0.005"]], [dev["lr=0.02"]]]
+        test_runs = [r for r in results["runs"] if r["method"] == choice["method"]]
+        assert all(r["point"] == choice["chosen"] for r in test_runs)
+        config_file = out / "configs" / "finetune" / choice["method"] / "topics" / "seed2.yaml"
+        assert yaml.safe_load(config_file.read_text())["lr"] == choice["point"]["lr"]
+    assert all(r["test_predictions"] and len(r["test_predictions"]["predicted"]) == 32 for r in results["runs"])
+    # the reference: named nowhere, so the best mean dev score among head and lora (no domain pre-training)
+    ref = results["paired"]
+    dev = {m: np.mean([r["dev"]["macro_f1"] for r in results["runs"] if r["method"] == m]) for m in ("head", "lora")}
+    assert ref["reference"] == max(dev, key=dev.get)
+    other = next(m for m in ("head", "lora", "domix") if m != ref["reference"])
+    assert set(ref["macro_f1"]) == {"head", "lora", "domix"} - {ref["reference"]}
+    mine = ref["macro_f1"][other]["tasks"]["topics"]
+    by_seed = {r["seed"]: r["test"]["macro_f1"] for r in results["runs"] if r["method"] == ref["reference"]}
+    expected = np.mean([r["test"]["macro_f1"] - by_seed[r["seed"]] for r in results["runs"] if r["method"] == other])
+    assert mine["mean"] == pytest.approx(expected) and mine["pairs"] == 3 and mine["resampled"] == "seeds and test examples"
+    report = (out / "report.md").read_text()
+    assert f"## Paired differences against {ref['reference']}" in report and "## Selection on dev (the test split never read)" in report
+    assert "lr=0.005: " in report
+
+
+def test_macro_f1_of_resamples_matches_sklearn():
+    from sklearn.metrics import f1_score
+
+    rng = np.random.default_rng(1)
+    predicted, gold = rng.integers(0, 5, (50, 40)), rng.integers(0, 4, (50, 40))
+    predicted[3] = 0  # a row that predicts one label only
+    ours = scores(predicted, gold, "macro_f1")
+    for i in range(50):
+        present = np.union1d(predicted[i], gold[i])
+        assert ours[i] == pytest.approx(f1_score(gold[i], predicted[i], labels=present, average="macro"))
+    assert np.allclose(scores(predicted, gold, "accuracy"), (predicted == gold).mean(1))
+
+
+def _run(method, seed, predicted, gold, metric="accuracy"):
+    predicted, gold = np.asarray(predicted), np.asarray(gold)
+    score = float(scores(predicted[None], gold[None], metric)[0])
+    return {"method": method, "task": "t", "seed": seed, "test": {metric: score},
+            "test_predictions": {"predicted": predicted.tolist(), "gold": gold.tolist()}}
+
+
+def test_one_seed_accuracy_interval_matches_the_normal_approximation_of_the_paired_difference():
+    rng = np.random.default_rng(2)
+    gold = rng.integers(0, 2, 2000)
+    a = np.where(rng.random(2000) < 0.75, gold, 1 - gold)
+    b = np.where(rng.random(2000) < 0.70, gold, 1 - gold)
+    result = paired([_run("a", 1, a, gold), _run("b", 1, b, gold)], "a", "b", ["t"], "accuracy")["tasks"]["t"]
+    d = (a == gold).astype(float) - (b == gold).astype(float)
+    half = 1.96 * d.std(ddof=1) / np.sqrt(len(d))
+    assert result["mean"] == pytest.approx(d.mean())
+    assert result["low"] == pytest.approx(d.mean() - half, abs=0.006) and result["high"] == pytest.approx(d.mean() + half, abs=0.006)
+    assert not result["within_noise"] and result["positive"] == 1
+
+
+def test_runs_without_predictions_are_resampled_over_seeds_only():
+    runs = [{"method": m, "task": "t", "seed": s, "test": {"accuracy": v}}
+            for m, values in (("a", (0.60, 0.70, 0.62)), ("b", (0.61, 0.60, 0.60))) for s, v in zip((1, 2, 3), values)]
+    result = paired(runs, "a", "b", ["t"], "accuracy")["tasks"]["t"]
+    differences = np.array([0.60 - 0.61, 0.70 - 0.60, 0.62 - 0.60])
+    # every one of the 27 equally likely resamples of three seeds, enumerated
+    means = np.array([differences[[i, j, k]].mean() for i in range(3) for j in range(3) for k in range(3)])
+    assert result["mean"] == pytest.approx(differences.mean()) and result["resampled"] == "seeds only"
+    assert means.min() <= result["low"] <= np.quantile(means, 0.1) and np.quantile(means, 0.9) <= result["high"] <= means.max()
+    assert result["positive"] == 2 and result["pairs"] == 3 and result["within_noise"]
+
+
+def test_the_pooled_difference_averages_the_tasks_and_only_pairs_shared_seeds():
+    gold = [0, 1] * 50
+    runs = [_run("a", 1, gold, gold), _run("b", 1, [0] * 100, gold), _run("a", 9, gold, gold)]
+    runs += [{**r, "task": "u"} for r in (_run("a", 1, [1] * 100, gold), _run("b", 1, gold, gold))]
+    result = paired(runs, "a", "b", ["t", "u"], "accuracy")
+    assert result["tasks"]["t"]["pairs"] == 1  # seed 9 has no reference run
+    assert result["pooled"]["mean"] == pytest.approx((0.5 + -0.5) / 2) and result["pooled"]["pairs"] == 2
+
+
+def test_the_reference_is_chosen_on_dev_among_rows_without_domain_pretraining():
+    runs = [{"method": m, "task": "t", "seed": 1, "dev": {"macro_f1": d}, "test": {"macro_f1": t}}
+            for m, d, t in (("lora", 0.5, 0.9), ("lora_fa", 0.6, 0.1), ("domix", 0.9, 0.9))]
+    results = {"methods": ["lora", "lora_fa", "domix"], "runs": runs}
+    assert reference_row(results, None)["method"] == "lora_fa"  # dev decides, never test; domix has pre-training
+    assert reference_row(results, "lora")["method"] == "lora"
