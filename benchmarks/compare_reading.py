@@ -6,7 +6,9 @@ each bridged layer's update reads each domain's subspace, and how fast each meth
 Reads the finished runs' records (OUT/finetune/<row>/<task>/<seed>/result.json; the row is the comparison's
 method name, so domix and domix_paper stay apart), finished or not, so it also reads a comparison in progress.
 
-- Differences (test, points, mean over each row's runs; "n" the runs on each side), where both rows ran:
+- Differences (test, points, mean over each row's runs; "n" the runs on each side), where both rows ran, each with
+  its paired statistics as ``domix compare`` reports them (domix.compare.stats: pairs at the same seed, 95% bootstrap
+  interval over seeds and test examples, pairs above, "within noise" where the interval covers 0):
   lora_module - lora_module_rank (what DAP buys: the task's own module as LoRA's start, same rank),
   domix - lora_fa (what the modules add to DoMIX's trainable shape), domix - lora_module (what composing
   buys over the task's own module), domix - domix_paper (the bridge recipe), domix - lora; and the macro-F1
@@ -94,8 +96,13 @@ def _by(records: list[dict], key) -> dict:
 
 
 def differences(records: list[dict]) -> list[dict]:
+    from domix.compare.stats import paired
+
     groups = _by(records, lambda r: (r["row"], r["task"]))
     tasks = sorted({r["task"] for r in records})
+    # the records as domix compare's paired statistics read runs: pairs at the same seed, intervals over seeds and test examples
+    as_runs = [{"method": r["row"], "task": r["task"], "seed": r["run"].split("-")[0], "test": r["test"],
+                "test_predictions": r.get("test_predictions")} for r in records]
     rows = []
     for a, b, meaning in PAIRS:
         per_task = {}
@@ -106,7 +113,8 @@ def differences(records: list[dict]) -> list[dict]:
                 per_task[task]["n"] = [len(groups[(a, task)]), len(groups[(b, task)])]
         if per_task:
             mean = {m: statistics.fmean(v[m] for v in per_task.values()) for m in METRICS} if len(per_task) == len(tasks) else None
-            rows.append({"a": a, "b": b, "meaning": meaning, "tasks": per_task, "mean": mean, "by_seed": _by_seed(groups, a, b, tasks)})
+            rows.append({"a": a, "b": b, "meaning": meaning, "tasks": per_task, "mean": mean, "by_seed": _by_seed(groups, a, b, tasks),
+                         "paired": {m: paired(as_runs, a, b, tasks, m) for m in METRICS}})
     return rows
 
 
@@ -218,6 +226,12 @@ def print_differences(rows: list[dict]) -> None:
         seeds = ", ".join(f"{s} {v:+.1f}" for s, v in row["by_seed"].items())
         print(f"  {row['a']} - {row['b']:18} {cells}{mean}" + (f"  [macro-F1 mean by seed: {seeds}]" if seeds else "")
               + f"    ({row['meaning']})")
+        pooled = (row.get("paired") or {}).get("macro_f1")
+        if pooled:
+            from domix.compare.report import format_difference, verdict
+
+            print(f"    paired macro-F1, pooled over tasks: {format_difference(pooled['pooled'])} ({verdict(pooled['pooled'])}; "
+                  f"95% interval, resampling {pooled['pooled']['resampled']}; pairs above the reference / pairs)")
 
 
 def print_shares(rows: list[dict], own: dict[str, str], measure: str = "of the weights (every input direction alike)",

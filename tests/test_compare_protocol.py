@@ -115,7 +115,7 @@ def test_the_protocol_chooses_on_dev_without_reading_test_then_scores_fresh_seed
     assert mine["mean"] == pytest.approx(expected) and mine["pairs"] == 3 and mine["resampled"] == "seeds and test examples"
     report = (out / "report.md").read_text()
     assert f"## Paired differences against {ref['reference']}" in report and "## Selection on dev (the test split never read)" in report
-    assert "lr=0.005: " in report
+    assert "lr=0.005: " in report and "Cost: 6 selection runs" in report
 
 
 def test_macro_f1_of_resamples_matches_sklearn():

@@ -38,6 +38,10 @@ def test_differences_pair_the_runs_of_each_seed():
     row = next(r for r in differences(records) if (r["a"], r["b"]) == ("domix", "lora_fa"))
     assert row["by_seed"] == pytest.approx({"seed1": 100 * (0.05 - 0.01) / 2, "seed2": 100 * (0.02 + 0.06) / 2})
     assert row["tasks"]["t1"]["n"] == [3, 3]
+    pooled = row["paired"]["macro_f1"]  # pairs at a seed both have: seed 1 on both tasks, seed 2 (two orders) on both
+    assert pooled["tasks"]["t1"]["pairs"] == 3 and pooled["tasks"]["t2"]["pairs"] == 2
+    assert pooled["tasks"]["t2"]["mean"] == pytest.approx(((0.30 - 0.31) + (0.36 - 0.30)) / 2)
+    assert pooled["pooled"]["resampled"] == "seeds only"  # these records kept no test predictions
 
 
 def test_input_shares_read_the_inputs_norms_and_leave_out_runs_without_them():

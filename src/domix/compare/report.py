@@ -651,8 +651,12 @@ def search_blocks(results: dict) -> list[tuple]:
     header = ["method", "task", *(f"configuration {i + 1}" for i in range(budget)), "chosen"]
     body = [[c["method"], c["task"], *(f"{x['label']}: {100 * x['mean']:.1f}" for x in c["candidates"]), c["chosen"]]
             for c in search["choices"]]
+    test_s = [r.get("wall_time_s") for r in results.get("runs") or []]
+    cost = (f"Cost: {search['runs']} selection runs, {search['wall_time_s'] / 3600:.1f} h of wall time; {len(test_s)} test runs, "
+            f"{sum(test_s) / 3600:.1f} h (each run's own record)." if search.get("wall_time_s") and None not in test_s else "")
     return [("h2", "Selection on dev (the test split never read)"), ("table", header, body),
-            ("p", SEARCH_TEXT.format(seeds=", ".join(map(str, search["seeds"])), metric=search["metric"].replace("_", "-")))]
+            ("p", SEARCH_TEXT.format(seeds=", ".join(map(str, search["seeds"])), metric=search["metric"].replace("_", "-"))
+             + (" " + cost if cost else ""))]
 
 
 def _plain(value: Any) -> str:

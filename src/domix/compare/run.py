@@ -407,6 +407,12 @@ def _store_wall_time(manifests: list[dict]) -> float | None:
     return round(max(walls) if fused else sum(walls), 2)
 
 
+def _total_time(jobs: list[Job], times: dict[str, float]) -> float | None:
+    """The jobs' summed wall time as the comparison measured it (job_times.json); None if one is missing."""
+    found = [times.get(j.name) for j in jobs]
+    return round(sum(found), 2) if found and None not in found else None
+
+
 def collect(cfg: CompareConfig, jobs: list[Job], times: dict[str, float], command: str | None = None,
             choices: dict[tuple[str, str], dict] | None = None) -> dict:
     """The results of finished jobs, in the schema the report reads: the test runs (``runs``), the pre-training,
@@ -436,7 +442,9 @@ def collect(cfg: CompareConfig, jobs: list[Job], times: dict[str, float], comman
     results = {"settings": settings, "methods": cfg.methods, "tasks": [t.name for t in cfg.tasks], "domains": list(cfg.domains),
                "runs": runs, "pretraining": pretraining}
     if choices is not None:
+        selection = [j for j in jobs if j.info.get("selection")]
         results["search"] = {"seeds": cfg.search.seeds, "metric": cfg.search.metric, "budget": cfg.search.budget(cfg.methods),
+                             "runs": len(selection), "wall_time_s": _total_time(selection, times),
                              "choices": [{"method": m, "task": t, **choice} for (m, t), choice in choices.items()]}
     reference = reference_row(results, cfg.reference)
     if reference is not None:
