@@ -44,6 +44,7 @@ $(VENV)/.installed: pyproject.toml $(LOCK)
 lock:
 	python3 -m pip install -q uv==$(UV_VERSION)
 	echo "torch==2.13.0$(if $(TORCH_WHEELS),+cpu)" > .lock-torch.txt
+	cp $(LOCK) $(LOCK).new  # uv keeps an output file's pins where they still satisfy: only what changed moves
 	python3 -m uv pip compile pyproject.toml --extra test --extra tensorboard --extra lm-eval \
 		--universal --python-version 3.11 --generate-hashes --no-header \
 		$(if $(TORCH_WHEELS),--find-links $(TORCH_WHEELS),$(addprefix --no-emit-package ,$(TORCH_CUDA_DEPS))) \

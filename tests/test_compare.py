@@ -110,7 +110,7 @@ def test_an_ordered_method_may_run_fewer_orders(tmp_path, tiny_llama, corpora, t
     assert sorted(j.name for j in plan(cfg.narrowed(methods=["ncl_lora"])) if j.kind == "finetune") == names[1:]
     for bad, message in (({"lora": 1}, "method_orders names 'lora', which is not among"),
                          ({"ncl_lora": 3}, "method_orders.ncl_lora must be a whole number from 1 to 2"),
-                         ({"ncl_lora": True}, "method_orders.ncl_lora must be a whole number"),
+                         ({"ncl_lora": True}, "setting 'method_orders' holds True, which is not a whole number"),
                          ({"domix": 1}, "method_orders names 'domix', whose run is the same in every domain order")):
         with pytest.raises(DomixError, match=message):
             CompareConfig.from_yaml(write_config(tmp_path / "c.yaml", tiny_llama, corpora, task, methods=["ncl_lora", "domix"],

@@ -130,6 +130,8 @@ def coerce(key: str, value: Any, hint: Any, where: str = "") -> Any:
             return float(value) if isinstance(value, int) and int not in kinds else value
         if kind in (str, list, dict) and isinstance(value, kind):
             return value
+        if kind is Any or isinstance(kind, type) and kind not in (int, float) and isinstance(value, kind):  # a settings object (a search)
+            return value
     if isinstance(value, str):
         for kind in (int, float):
             if kind in kinds:
@@ -139,6 +141,44 @@ def coerce(key: str, value: Any, hint: Any, where: str = "") -> Any:
                     pass
     wanted = " or ".join(_NAMES.get(k, getattr(k, "__name__", str(k))) for k in kinds)
     raise DomixError(f"setting {key!r}{where} is {value!r}, which is not {wanted}")
+
+
+def check_fields(obj: Any) -> None:
+    """Every field of the settings dataclass ``obj`` as its type hint asks, every number finite, or one DomixError
+    naming the field, its value and what it takes: the one check of every surface (flags, YAML, Python). Values
+    are converted where :func:`coerce` converts (an int for a float, a number written as text), a path object
+    becomes its text, and a list or mapping given in its flag's text form is read by the parser its class names in
+    ``TEXT_FORMS`` (field -> function of the text); the fields are set to the converted values."""
+    import math
+    import os
+
+    hints = typing.get_type_hints(type(obj))
+    forms = {name: form for cls in reversed(type(obj).__mro__) for name, form in vars(cls).get("TEXT_FORMS", {}).items()}
+    for f in dataclasses.fields(obj):
+        hint, value = hints[f.name], getattr(obj, f.name)
+        if f.name in forms and isinstance(value, (str, int)) and not isinstance(value, bool):
+            value = forms[f.name](value)  # the flag's text form of a list or mapping ("7,11", "dev=validation")
+        value = coerce(f.name, os.fspath(value) if isinstance(value, os.PathLike) else value, hint)
+        items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+        wanted = _item_type(hint)
+        for key, item in list(items):
+            if wanted is str and isinstance(item, os.PathLike):
+                value[key] = item = os.fspath(item)
+            if wanted is not None and not (isinstance(item, wanted) and not isinstance(item, bool)):
+                raise DomixError(f"setting {f.name!r} holds {item!r}, which is not {_NAMES.get(wanted, wanted.__name__)}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise DomixError(f"setting {f.name!r} is {value!r}; give a finite number")
+        setattr(obj, f.name, value)
+
+
+def _item_type(hint: Any) -> type | None:
+    """The type of the items of a ``list[X]`` or the values of a ``dict[K, X]`` in ``hint`` (None: not such a hint)."""
+    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    for option in options:
+        if typing.get_origin(option) in (list, dict) and typing.get_args(option):
+            item = typing.get_args(option)[-1]
+            return item if isinstance(item, type) and item is not Any else None
+    return None
 
 
 def with_recipe(cls: type, values: dict[str, Any]) -> dict[str, Any]:

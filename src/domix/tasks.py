@@ -135,14 +135,6 @@ def read_task(path: str | Path | None = None, name: str | None = None, columns: 
     return Task(name=name or (Path(str(path)).name if path else "task"), splits=chosen, labels=labels)
 
 
-def parse_splits(text: str) -> dict[str, str]:
-    """``dev=validation,test=test`` as a mapping, refusing other shapes."""
-    pairs = [part.partition("=") for part in text.split(",") if part.strip()]
-    if not pairs or any(not sep or not a.strip() or not b.strip() for a, sep, b in pairs):
-        raise DomixError(f"--splits {text!r} is not SPLIT=NAME[,SPLIT=NAME]; e.g. --splits dev=validation")
-    return {a.strip(): b.strip() for a, _, b in pairs}
-
-
 def _task_table(path: str | Path | None):
     """The DatasetDict of a saved dataset folder or dataset name, else None (a folder of split files)."""
     if path is None:

@@ -47,7 +47,8 @@ from domix.errors import DomixError
 from domix.finetune.config import FIELDS as FINETUNE_FIELDS
 from domix.methods.registry import COMPARE as METHODS
 from domix.pretrain.config import FIELDS as PRETRAIN_FIELDS
-from domix.settings import read_yaml_mapping
+from domix.settings import check_fields, read_yaml_mapping
+from domix.sources import looks_like_dataset_name
 
 
 @dataclass
@@ -96,10 +97,18 @@ class CompareConfig:
                 raise DomixError(f"comparison config {path} needs {key!r}")
         if out:
             data["out"] = out
-        data["domains"] = {str(k): str(v) for k, v in data["domains"].items()}
+        for key in ("domains", "tasks"):
+            if not isinstance(data[key], dict):
+                raise DomixError(f"{key} in comparison config {path} must be a mapping of name: "
+                                 f"{'corpus path' if key == 'domains' else '{path: ..., domain: ...}'}, not {data[key]!r}")
+        data["domains"] = {str(k): v for k, v in data["domains"].items()}
         data["tasks"] = [_task(name, spec, path) for name, spec in data["tasks"].items()]
+        orders = data.get("orders", 2 if len(data["domains"]) > 1 else 1)
+        if not (isinstance(orders, int) and not isinstance(orders, bool)) and not (
+                isinstance(orders, list) and all(isinstance(o, list) for o in orders)):
+            raise DomixError(f"orders in comparison config {path} must be a number of orders or a list of domain lists, not {orders!r}")
         # by default a domain order and its reverse; one domain has only one order
-        data["orders"] = domain_orders(list(data["domains"]), data.get("orders", 2 if len(data["domains"]) > 1 else 1))
+        data["orders"] = domain_orders(list(data["domains"]), orders)
         if data.get("search") is not None:
             data["search"] = Search.from_dict(data["search"], path)
         return cls(**data).validate()
@@ -127,14 +136,23 @@ class CompareConfig:
                                    method_seeds=own, method_orders={m: n for m, n in self.method_orders.items() if m in chosen})
 
     def validate(self) -> "CompareConfig":
+        check_fields(self)
+        for key in ("methods", "seeds", "domains", "tasks"):
+            if not getattr(self, key):
+                raise DomixError(f"the comparison's {key} is empty; it needs at least one (a comparison of nothing would run nothing)")
+        for key, values in (("seeds", self.seeds), *((f"method_seeds.{m}", v) for m, v in self.method_seeds.items())):
+            if not isinstance(values, list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in values):
+                raise DomixError(f"{key} must be a list of whole numbers, not {values!r}")
+        for name, path in [*self.domains.items(), *((t.name, t.path) for t in self.tasks)]:
+            if not Path(path).exists() and not looks_like_dataset_name(path):
+                raise DomixError(f"{name!r} reads {path}, which does not exist; fix the path in the comparison config "
+                                 "(relative paths are read from where domix compare runs)")
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown:
             raise DomixError(f"unknown method(s) {unknown} in the comparison; choose from {list(METHODS)}")
         for task in self.tasks:
             if task.domain not in self.domains:
                 raise DomixError(f"task {task.name!r} belongs to domain {task.domain!r}, which is not among the domains {list(self.domains)}")
-        if not self.seeds:
-            raise DomixError("the comparison needs at least one seed")
         for method, seeds in self.method_seeds.items():
             if method not in self.methods:
                 raise DomixError(f"method_seeds names {method!r}, which is not among the comparison's methods {self.methods}")

@@ -8,9 +8,17 @@ from typing import Any
 
 from domix.errors import DomixError
 from domix.methods.registry import method_settings, stage2
-from domix.settings import check, setting
+from domix.settings import check, check_fields, setting
 
 AUTOCAST = ("bfloat16", "float16")  # --autocast's choices
+
+
+def parse_splits(text: str) -> dict[str, str]:
+    """``dev=validation,test=test`` as a mapping, refusing other shapes."""
+    pairs = [part.partition("=") for part in str(text).split(",") if part.strip()]
+    if not pairs or any(not sep or not a.strip() or not b.strip() for a, sep, b in pairs):
+        raise DomixError(f"--splits {text!r} is not SPLIT=NAME[,SPLIT=NAME]; e.g. --splits dev=validation")
+    return {a.strip(): b.strip() for a, _, b in pairs}
 
 
 @dataclass(kw_only=True)
@@ -68,27 +76,26 @@ class FinetuneConfig(RunOptions, *method_settings("finetune")):
     dtype: str = "float32"
     device: str = "auto"
 
+    # a list or mapping given as a flag's text: one task; "dev=validation,test=test"
+    TEXT_FORMS = {"mix_tasks": lambda text: [text], "splits": lambda text: parse_splits(text)}
     COMMAND = "finetune"  # whose recipes apply
     # a recipe's name is not compared, its values are: the same values under another name make the same run
     RESUME_FREE = ("checkpoint_every", "device", "gradient_checkpointing", "out", "save_model", "recipe")
     LORA_RANK = 8  # a fresh LoRA's rank without --lora-rank or modules to take it from
     LORA_TARGETS = None  # a fresh LoRA adapts the modules' layers, else every linear layer of every block
 
+    def __post_init__(self) -> None:
+        check_fields(self)
+
     def validate(self) -> "FinetuneConfig":
         if not self.out:
             raise DomixError("no output folder given; pass --out DIR")
         if self.task is None and None in (self.train, self.dev, self.test):
             raise DomixError("no task given; pass --task FOLDER (with train/dev/test.jsonl) or --train, --dev and --test files")
-        if isinstance(self.mix_tasks, str):
-            self.mix_tasks = [self.mix_tasks]
         if self.mix_tasks and self.task in self.mix_tasks:
             raise DomixError(f"--mix-task {self.task} is the run's own --task; mix in other tasks")
         if self.mix_tasks and self.task is None:
             raise DomixError("--mix-task needs the run's own task as a folder (--task), not --train/--dev/--test files")
-        if isinstance(self.splits, str):  # "dev=validation,test=test" from a flag
-            from domix.tasks import parse_splits
-
-            self.splits = parse_splits(self.splits)
         spec = stage2(self.method)
         if spec.modules_required and not self.modules:
             raise DomixError(f"method {self.method} needs the {spec.pieces} of domix pretrain --method {spec.store}; "
@@ -105,9 +112,14 @@ class FinetuneConfig(RunOptions, *method_settings("finetune")):
                 raise DomixError("--init-module names a module of a store; pass --modules STORE too")
         check([
             (self.lr > 0, "--lr must be positive"),
+            (self.weight_decay >= 0, "--weight-decay must be zero or positive"),
+            (0 <= self.warmup_ratio < 1, "--warmup-ratio must be in [0, 1)"),
+            (self.max_grad_norm > 0, "--max-grad-norm must be positive"),
             (self.epochs >= 1, "--epochs must be at least 1"),
             (self.batch_size >= 1, "--batch-size must be at least 1"),
             (self.max_length >= 2, "--max-length must be at least 2"),
+            (self.lora_rank is None or self.lora_rank >= 1, "--lora-rank must be at least 1"),
+            (self.checkpoint_every >= 1, "--checkpoint-every must be at least 1"),
             (self.select_metric in ("accuracy", "macro_f1", "micro_f1"), "--select-metric must be accuracy, macro_f1 or micro_f1"),
             (self.dtype in ("float32", "bfloat16", "float16", "float64"), "--dtype must be float32, bfloat16, float16 or float64"),
             (self.autocast is None or self.autocast in AUTOCAST, f"--autocast must be {' or '.join(AUTOCAST)} (or unset), not {self.autocast!r}"),

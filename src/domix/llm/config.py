@@ -8,7 +8,7 @@ from typing import Any
 
 from domix.errors import DomixError
 from domix.methods.registry import INSTRUCT, method_settings, stage2
-from domix.settings import check
+from domix.settings import check, check_fields
 
 DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]  # the paper's LLM setting
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16", "float64")
@@ -63,6 +63,9 @@ class InstructConfig(*method_settings("instruct")):
     LORA_RANK = 16  # a fresh LoRA's rank without --lora-rank or modules to take it from
     LORA_TARGETS = DEFAULT_TARGETS  # a fresh LoRA's layers without --target-modules
 
+    def __post_init__(self) -> None:
+        check_fields(self)
+
     def validate(self) -> "InstructConfig":
         if not self.out:
             raise DomixError("no output folder given; pass --out DIR")
@@ -81,6 +84,9 @@ class InstructConfig(*method_settings("instruct")):
         check([
             (self.template in TEMPLATES, f"--template must be one of {', '.join(TEMPLATES)}"),
             (self.lr > 0, "--lr must be positive"),
+            (self.weight_decay >= 0, "--weight-decay must be zero or positive"),
+            (0 <= self.warmup_ratio < 1, "--warmup-ratio must be in [0, 1)"),
+            (self.max_grad_norm > 0, "--max-grad-norm must be positive"),
             (self.epochs >= 1, "--epochs must be at least 1"),
             (self.batch_size >= 1, "--batch-size must be at least 1"),
             (self.max_length >= 2, "--max-length must be at least 2"),

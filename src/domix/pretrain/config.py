@@ -8,7 +8,7 @@ from typing import Any
 
 from domix.errors import DomixError
 from domix.methods.registry import method_settings, stage1
-from domix.settings import check
+from domix.settings import check, check_fields
 
 
 @dataclass(kw_only=True)
@@ -49,6 +49,9 @@ class PretrainConfig(*method_settings("pretrain")):
     dtype: str = "float32"  # float32, bfloat16 or float16
     device: str = "auto"  # auto, cpu, cuda, cuda:1, ...
 
+    def __post_init__(self) -> None:
+        check_fields(self)
+
     def validate(self) -> "PretrainConfig":
         stage1(self.method)  # an unknown method is named first
         if not self.model:
@@ -67,7 +70,10 @@ class PretrainConfig(*method_settings("pretrain")):
             (self.alpha > 0, "--alpha must be positive"),
             (0 <= self.dropout < 1, "--dropout must be in [0, 1)"),
             (self.lr > 0, "--lr must be positive"),
+            (self.weight_decay >= 0, "--weight-decay must be zero or positive"),
+            (self.max_grad_norm > 0, "--max-grad-norm must be positive"),
             (0 <= self.warmup_ratio < 1, "--warmup-ratio must be in [0, 1)"),
+            (self.heldout_max_blocks >= 1, "--heldout-max-blocks must be at least 1"),
             (self.epochs > 0, "--epochs must be positive (a fraction such as 0.25 trains on that share of an epoch)"),
             (self.steps is None or self.steps >= 1, "--steps must be at least 1"),
             (self.batch_size >= 1, "--batch-size must be at least 1"),

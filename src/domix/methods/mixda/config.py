@@ -62,9 +62,9 @@ class MixdaSettings:
                                                    "e.g. 9,14 of SmolLM2's 30)")
     mixda_reduction: int = setting(REDUCTION, "mixda: domain adapter bottleneck = FFN width / this (default 16)", int)
 
+    TEXT_FORMS = {"mixda_layers": lambda text: parse_layers(str(text))}  # "7,11" from a flag, 7 from YAML
+
     def check_settings(self) -> None:
-        if isinstance(self.mixda_layers, (str, int)):  # "7,11" from a flag or YAML
-            self.mixda_layers = parse_layers(str(self.mixda_layers))
         check([
             (self.mixda_reduction >= 1, "--mixda-reduction must be at least 1"),
             (self.mixda_layers is None or (isinstance(self.mixda_layers, list) and len(self.mixda_layers) > 0

@@ -108,6 +108,14 @@ def parse_device_map(text: str) -> dict[str, str]:
     return out
 
 
+def parse_blocks(text: str | int) -> list[int]:
+    """``"0,2"`` (or one number) -> [0, 2]."""
+    try:
+        return [int(b) for b in str(text).split(",") if b.strip()]
+    except ValueError:
+        raise DomixError(f"--mode-blocks must list block numbers separated by commas (e.g. 0,2), not {text!r}") from None
+
+
 def _read_device_map(value) -> dict[str, str] | None:
     """A device map from a flag's text (backbone=cuda:0,experts=cuda:1) or YAML's mapping, checked."""
     device_map = parse_device_map(value) if isinstance(value, str) else value
@@ -128,13 +136,11 @@ class ModePretrainSettings:
     mode_device_map: dict[str, str] | None = setting(None, "mode: where experts run, e.g. experts=cuda:1 or bio=cuda:1,law=cuda:2 "
                                                            "(backbone=DEVICE moves the rest; default: all on --device)")
 
+    # a flag's text: "0,2" (or 2 from YAML); "backbone=cuda:0,experts=cuda:1"
+    TEXT_FORMS = {"mode_blocks": lambda text: parse_blocks(text), "mode_device_map": lambda text: parse_device_map(str(text))}
+
     def check_settings(self) -> None:
         self.mode_device_map = _read_device_map(self.mode_device_map)
-        if isinstance(self.mode_blocks, (str, int)):
-            try:
-                self.mode_blocks = [int(b) for b in str(self.mode_blocks).split(",") if b.strip()]
-            except ValueError:
-                raise DomixError(f"--mode-blocks must list block numbers separated by commas (e.g. 0,2), not {self.mode_blocks!r}") from None
         check_settings(self.mode_block_size, self.mode_expert_layers, self.mode_blocks)
         if self.mode_backbone_prior is not None and not 0 < self.mode_backbone_prior < 1:
             raise DomixError(f"--mode-backbone-prior must be between 0 and 1 (exclusive), not {self.mode_backbone_prior!r}")
@@ -148,6 +154,8 @@ class ModeFinetuneSettings:
     mode_train_experts: bool = setting(False, "mode: train the domain experts too (default: no, only the gates and the head)")
     mode_gate_lr: float | None = setting(None, "mode: learning rate of the gates (default: --lr)", float)
     mode_device_map: dict[str, str] | None = setting(None, "mode: where experts run, e.g. experts=cuda:1 (as in pretrain)")
+
+    TEXT_FORMS = {"mode_device_map": lambda text: parse_device_map(str(text))}
 
     def check_settings(self) -> None:
         self.mode_device_map = _read_device_map(self.mode_device_map)
