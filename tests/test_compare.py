@@ -300,3 +300,16 @@ def test_report_only_writes_the_report_again_from_results(tmp_path, tiny_llama, 
     (out / "results.json").write_text(json.dumps(make_results()))
     assert main(["compare", str(config), "--report-only"]) == 0
     assert (out / "report.html").is_file() and (out / "plots" / "bridge_t1.png").is_file() and not (out / "logs").exists()
+
+
+def test_two_processes_recording_job_times_in_one_folder_lose_no_entry(tmp_path):
+    # two comparisons of one out folder (other --methods), each its own process, record their jobs' times at once
+    import subprocess
+    import sys
+
+    script = ("import sys; from pathlib import Path; from domix.compare.run import record_time\n"
+              "for i in range(40): record_time(Path(sys.argv[1]), f'{sys.argv[2]}/job{i}', float(i))")
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path), who]) for who in ("a", "b")]
+    assert all(p.wait(timeout=120) == 0 for p in procs)
+    times = json.loads((tmp_path / "job_times.json").read_text())
+    assert len(times) == 80 and times["a/job39"] == 39.0 and times["b/job0"] == 0.0

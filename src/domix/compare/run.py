@@ -251,11 +251,7 @@ def compare(cfg: CompareConfig, overwrite: bool = False, dry_run: bool = False, 
             board.end(job.name, ok=False)
             raise
         board.end(job.name, ok=True)
-        with lock:  # merged into the file as it is now: a comparison run beside this one (other --methods) writes it too
-            if (out / TIMES_FILE).is_file():
-                times.update(atomic.read_json(out / TIMES_FILE))
-            times[job.name] = seconds
-            atomic.write_json(out / TIMES_FILE, times)
+        times.update(record_time(out, job.name, seconds))
 
     def run_all(batch: list[Job]) -> None:
         if cfg.jobs == 1 or in_process:
@@ -304,6 +300,20 @@ def rewrite_report(cfg: CompareConfig) -> list[Path]:
         raise DomixError(f"{results_file} does not exist: run the comparison first (without --report-only)")
     written = write_report(atomic.read_json(results_file), Path(cfg.out))
     return [written["report.md"], written["report.html"], Path(cfg.out) / "plots"]
+
+
+def record_time(out: Path, name: str, seconds: float) -> dict[str, float]:
+    """Merge one job's wall time into OUT/job_times.json as the file is now, under a lock file: another comparison
+    of the same folder (other --methods, another process) writes it too. Returns the file's new content."""
+    from filelock import FileLock
+
+    path = out / TIMES_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        times = atomic.read_json(path) if path.is_file() else {}
+        times[name] = seconds
+        atomic.write_json(path, times)
+    return times
 
 
 def _check(jobs: list[Job]) -> None:
