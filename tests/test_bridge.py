@@ -111,6 +111,12 @@ def test_a_fresh_block_goes_first_in_the_bridge_trains_its_b_and_folds(llama_sto
     export(tmp_path / "run" / "model", tmp_path / "exported")  # W' = W + B_cat diag(s) P A_cat, the fresh block folded in
     plain, plain_tokenizer, _, _ = load_any(tmp_path / "exported")
     assert torch.allclose(predict(plain, rows, plain_tokenizer.pad_token_id, 8, "cpu"), logits, atol=1e-8)
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(tmp_path / "exported" / "README.md")  # its model card, as huggingface_hub reads one
+    record = load_task_model(tmp_path / "run" / "model")[2]
+    assert card.data.pipeline_tag == "text-classification" and "domix" in card.data.tags
+    assert f"labels {', '.join(record['labels'])}" in card.text and f"{record['test']['macro_f1']}" in card.text
 
 
 def test_a_trainable_base_weight_gets_its_gradient_through_the_bridged_layer():

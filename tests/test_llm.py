@@ -380,6 +380,44 @@ def test_a_composed_model_runs_in_lm_evaluation_harness_with_our_scores(llama_st
     assert theirs["acc,none"] == pytest.approx(ours["acc"]) and theirs["acc_norm,none"] == pytest.approx(ours["acc_norm"])
 
 
+def test_an_exported_model_has_a_model_card_and_runs_in_lm_eval_s_own_command(llama_store, data, tmp_path):
+    pytest.importorskip("lm_eval")
+    import subprocess
+    import sys
+
+    from huggingface_hub import ModelCard
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    instruct(cfg(data, tmp_path / "run", modules=str(llama_store), epochs=1))
+    exported = tmp_path / "exported"
+    assert main(["export", str(tmp_path / "run" / "model"), str(exported)]) == 0
+    card = ModelCard.load(exported / "README.md")  # huggingface_hub reads it as a model card: metadata and text
+    record = json.loads((tmp_path / "run" / "model" / "domix_task.json").read_text())
+    assert card.data.pipeline_tag == "text-generation" and card.data.library_name == "transformers"
+    assert set(card.data.tags) == {"domix", record["method"]}
+    assert "Method: `domix`, DoMIX" in card.text and record["base_model"]["fingerprint"] in card.text
+    assert '"lr": 0.02' in card.text and '"template": "plain"' in card.text  # the run's settings
+
+    rng = random.Random(0)
+    rows = [{"context": " ".join(rng.choice(WORDS) for _ in range(3)),
+             "choices": [" ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 3))) for _ in range(3)], "label": i % 3} for i in range(12)]
+    task_file = write_jsonl(tmp_path / "tiny.jsonl", rows)
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "tiny.yaml").write_text(
+        "task: domix_tiny_export\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: " + str(task_file) + "\n"
+        "output_type: multiple_choice\ntest_split: test\ndoc_to_text: '{{context}}'\ndoc_to_choice: '{{choices}}'\n"
+        "doc_to_target: label\nmetric_list:\n  - metric: acc\n")
+    # lm-evaluation-harness's own command line, its transformers backend (--model hf) on the exported folder
+    done = subprocess.run([sys.executable, "-m", "lm_eval", "run", "--model", "hf", "--model_args", f"pretrained={exported}",
+                           "--tasks", "domix_tiny_export", "--include_path", str(tmp_path / "tasks"), "--device", "cpu",
+                           "--batch_size", "4", "--output_path", str(tmp_path / "lm_eval")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    theirs = json.loads(next((tmp_path / "lm_eval").rglob("results*.json")).read_text())["results"]["domix_tiny_export"]
+    plain = AutoModelForCausalLM.from_pretrained(exported).eval()
+    ours = score_loglikelihood(plain, AutoTokenizer.from_pretrained(exported), read_questions(task_file)[1])
+    assert theirs["acc,none"] == pytest.approx(ours["acc"])
+
+
 def test_generate_with_beams_is_transformers_beam_search_and_is_recorded(tiny_llama, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from domix import atomic
+from domix.model_card import run_settings, write_model_card
 from domix.base_model import load_failed, model_source, weights_fingerprint
 from domix.errors import DomixError
 from domix.methods.base import EXPORT_FILE, TASK_FILE
@@ -111,5 +112,6 @@ def export(folder: str | Path, out: str | Path, base: str | None = None) -> None
         tokenizer.save_pretrained(tmp)
         atomic.write_json(tmp / EXPORT_FILE, {"from": str(Path(folder).resolve()), "method": record["method"],
                                               "max_length": record["max_length"], "base_model": record["base_model"]})
+        write_model_card(tmp, record, run_settings(Path(folder)), causal=False)
 
     atomic.replace_dir(Path(out), fill)
