@@ -354,6 +354,20 @@ def test_eval_choice_names_the_protocol_of_every_number(tiny_llama, tmp_path):
     assert main(["eval-choice", str(tiny_llama), "--task", f"x={tmp_path / 'none.jsonl'}"]) == 2
 
 
+def tiny_choice_task(tmp_path: Path, name: str) -> Path:
+    """12 three-way questions in a jsonl file, and an lm-evaluation-harness task ``name`` over it in tmp_path/tasks."""
+    rng = random.Random(0)
+    rows = [{"context": " ".join(rng.choice(WORDS) for _ in range(3)),
+             "choices": [" ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 3))) for _ in range(3)], "label": i % 3} for i in range(12)]
+    task_file = write_jsonl(tmp_path / "tiny.jsonl", rows)
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "tiny.yaml").write_text(
+        f"task: {name}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: " + str(task_file) + "\n"
+        "output_type: multiple_choice\ntest_split: test\ndoc_to_text: '{{context}}'\ndoc_to_choice: '{{choices}}'\n"
+        "doc_to_target: label\nmetric_list:\n  - metric: acc\n  - metric: acc_norm\n")
+    return task_file
+
+
 def test_a_composed_model_runs_in_lm_evaluation_harness_with_our_scores(llama_store, data, tmp_path):
     pytest.importorskip("lm_eval")
     from lm_eval import simple_evaluate
@@ -362,15 +376,7 @@ def test_a_composed_model_runs_in_lm_evaluation_harness_with_our_scores(llama_st
     from domix.llm.harness import harness_model
 
     instruct(cfg(data, tmp_path / "run", modules=str(llama_store), epochs=1))
-    rng = random.Random(0)
-    rows = [{"context": " ".join(rng.choice(WORDS) for _ in range(3)),
-             "choices": [" ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 3))) for _ in range(3)], "label": i % 3} for i in range(12)]
-    task_file = write_jsonl(tmp_path / "tiny.jsonl", rows)
-    (tmp_path / "tasks").mkdir()
-    (tmp_path / "tasks" / "tiny.yaml").write_text(
-        "task: domix_tiny_choice\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: " + str(task_file) + "\n"
-        "output_type: multiple_choice\ntest_split: test\ndoc_to_text: '{{context}}'\ndoc_to_choice: '{{choices}}'\n"
-        "doc_to_target: label\nmetric_list:\n  - metric: acc\n  - metric: acc_norm\n")
+    task_file = tiny_choice_task(tmp_path, "domix_tiny_choice")
     lm = harness_model(str(tmp_path / "run" / "model"), batch_size=4)
     assert bridged_layers(lm.model)
     out = simple_evaluate(model=lm, tasks=["domix_tiny_choice"], task_manager=TaskManager(include_path=str(tmp_path / "tasks"), include_defaults=False))
@@ -398,15 +404,7 @@ def test_an_exported_model_has_a_model_card_and_runs_in_lm_eval_s_own_command(ll
     assert "Method: `domix`, DoMIX" in card.text and record["base_model"]["fingerprint"] in card.text
     assert '"lr": 0.02' in card.text and '"template": "plain"' in card.text  # the run's settings
 
-    rng = random.Random(0)
-    rows = [{"context": " ".join(rng.choice(WORDS) for _ in range(3)),
-             "choices": [" ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 3))) for _ in range(3)], "label": i % 3} for i in range(12)]
-    task_file = write_jsonl(tmp_path / "tiny.jsonl", rows)
-    (tmp_path / "tasks").mkdir()
-    (tmp_path / "tasks" / "tiny.yaml").write_text(
-        "task: domix_tiny_export\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: " + str(task_file) + "\n"
-        "output_type: multiple_choice\ntest_split: test\ndoc_to_text: '{{context}}'\ndoc_to_choice: '{{choices}}'\n"
-        "doc_to_target: label\nmetric_list:\n  - metric: acc\n")
+    task_file = tiny_choice_task(tmp_path, "domix_tiny_export")
     # lm-evaluation-harness's own command line, its transformers backend (--model hf) on the exported folder
     done = subprocess.run([sys.executable, "-m", "lm_eval", "run", "--model", "hf", "--model_args", f"pretrained={exported}",
                            "--tasks", "domix_tiny_export", "--include_path", str(tmp_path / "tasks"), "--device", "cpu",
