@@ -224,8 +224,11 @@ def compare(cfg: CompareConfig, overwrite: bool = False, dry_run: bool = False, 
     tests = plan_tests(cfg, jobs, choices_of(cfg, jobs)) if selection and all(j.finished() for j in selection) else []
     if dry_run:
         for job in jobs + tests:
-            differing = None if job.given else _changed_settings(job)
-            state = ("given" if job.given else "to run" if differing is None else
+            if job.given:
+                print(f"{'given':9} {job.out} (stores.{job.info['method']}: a finished domix pretrain, used as it is)")
+                continue
+            differing = _changed_settings(job)
+            state = ("to run" if differing is None else
                      f"finished with other {', '.join(differing)} (--overwrite reruns it)" if differing else "finished")
             print(f"{state:9} domix {job.kind} --config {out / 'configs' / (job.name + '.yaml')}")
         if selection and not tests:
