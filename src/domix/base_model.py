@@ -46,10 +46,13 @@ def model_source(name: str) -> tuple[str, dict]:
 
 
 def model_reference(name: str) -> str:
-    """How records name a base model: a local folder or file by its absolute path (so the record works
-    from any directory), anything else (a hub name) as given."""
-    path = Path(name)
-    return str(path.resolve()) if path.exists() else name
+    """How records name a base model: as the user named it (a hub name, or a local folder or file relative to
+    where domix ran), never by one machine's absolute path (settings.portable_path), so that records, stores and run
+    folders copied to another machine name the same model there. The weights' fingerprint beside the name says
+    which model it was."""
+    from domix.settings import portable_path
+
+    return portable_path(name)
 
 
 def load_failed(name: str, err: Exception) -> DomixError:

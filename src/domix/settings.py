@@ -181,6 +181,37 @@ def _item_type(hint: Any) -> type | None:
     return None
 
 
+def portable_path(name: str) -> str:
+    """A path as records keep it: as given, except that an absolute path below the working folder becomes relative to
+    it, so a record names no path of one machine (every command of a project runs from its folder). A hub name,
+    or an absolute path outside the working folder (the user's own choice), is kept as given."""
+    path = Path(name)
+    if not path.is_absolute():
+        return name
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return name
+
+
+PATH_FIELDS = ("task", "train", "dev", "test", "modules", "model", "general", "out", "mix_tasks", "adapters", "domains")
+
+
+def recorded_settings(config: Any) -> dict[str, Any]:
+    """A run config's settings as its run records them (run.json): every path made portable (:func:`portable_path`),
+    in lists and in a mapping of domain corpora too."""
+    values = dataclasses.asdict(config)
+    for key in PATH_FIELDS:
+        value = values.get(key)
+        if isinstance(value, str) and value:
+            values[key] = portable_path(value)
+        elif isinstance(value, list):
+            values[key] = [portable_path(v) if isinstance(v, str) else v for v in value]
+        elif isinstance(value, dict):
+            values[key] = {k: portable_path(v) if isinstance(v, str) else v for k, v in value.items()}
+    return values
+
+
 def with_recipe(cls: type, values: dict[str, Any]) -> dict[str, Any]:
     """``values`` over the settings of the recipe they name (``recipe``), for their method (else the default)."""
     if not values.get("recipe"):

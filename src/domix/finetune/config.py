@@ -8,7 +8,7 @@ from typing import Any
 
 from domix.errors import DomixError
 from domix.methods.registry import method_settings, stage2
-from domix.settings import check, check_fields, setting
+from domix.settings import check, check_fields, recorded_settings, setting
 
 AUTOCAST = ("bfloat16", "float16")  # --autocast's choices
 
@@ -130,7 +130,8 @@ class FinetuneConfig(RunOptions, *method_settings("finetune")):
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The settings as the run's records keep them: paths portable (settings.recorded_settings)."""
+        return recorded_settings(self)
 
     def inputs(self) -> list[str]:
         """The paths this run reads: its output may never be, hold or lie inside one of them."""

@@ -15,7 +15,7 @@ from torch import nn
 
 from domix import atomic
 from domix.model_card import run_settings, write_model_card
-from domix.base_model import load_failed, model_source, weights_fingerprint
+from domix.base_model import load_failed, model_reference, model_source, weights_fingerprint
 from domix.errors import DomixError
 from domix.methods.base import EXPORT_FILE, TASK_FILE
 from domix.methods.registry import task_method
@@ -110,7 +110,7 @@ def export(folder: str | Path, out: str | Path, base: str | None = None) -> None
     def fill(tmp: Path) -> None:
         plain.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        atomic.write_json(tmp / EXPORT_FILE, {"from": str(Path(folder).resolve()), "method": record["method"],
+        atomic.write_json(tmp / EXPORT_FILE, {"from": model_reference(str(folder)), "method": record["method"],
                                               "max_length": record["max_length"], "base_model": record["base_model"]})
         write_model_card(tmp, record, run_settings(Path(folder)), causal=False)
 

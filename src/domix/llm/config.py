@@ -8,7 +8,7 @@ from typing import Any
 
 from domix.errors import DomixError
 from domix.methods.registry import INSTRUCT, method_settings, stage2
-from domix.settings import check, check_fields
+from domix.settings import check, check_fields, recorded_settings
 
 DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]  # the paper's LLM setting
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16", "float64")
@@ -101,7 +101,8 @@ class InstructConfig(*method_settings("instruct")):
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The settings as the run's records keep them: paths portable (settings.recorded_settings)."""
+        return recorded_settings(self)
 
     def inputs(self) -> list[str]:
         """The paths this run reads: its output may never be, hold or lie inside one of them."""

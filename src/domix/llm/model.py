@@ -15,7 +15,7 @@ from torch import nn
 
 from domix import atomic
 from domix.model_card import run_settings, write_model_card
-from domix.base_model import load_base_model, weights_fingerprint
+from domix.base_model import load_base_model, model_reference, weights_fingerprint
 from domix.errors import DomixError
 from domix.finetune.model import recorded_base, save_task_model
 from domix.llm.config import InstructConfig
@@ -113,7 +113,7 @@ def export_causal(folder: str | Path, out: str | Path, base: str | None = None) 
     def fill(tmp: Path) -> None:
         plain.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        atomic.write_json(tmp / EXPORT_FILE, {"from": str(folder), "method": record["method"],
+        atomic.write_json(tmp / EXPORT_FILE, {"from": model_reference(str(folder)), "method": record["method"],
                                                       "template": record["template"], "base_model": record["base_model"]})
         write_model_card(tmp, record, run_settings(Path(folder)), causal=True)
 

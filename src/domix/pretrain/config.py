@@ -8,7 +8,7 @@ from typing import Any
 
 from domix.errors import DomixError
 from domix.methods.registry import method_settings, stage1
-from domix.settings import check, check_fields
+from domix.settings import check, check_fields, recorded_settings
 
 
 @dataclass(kw_only=True)
@@ -89,7 +89,8 @@ class PretrainConfig(*method_settings("pretrain")):
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The settings as the run's records keep them: paths portable (settings.recorded_settings)."""
+        return recorded_settings(self)
 
     def inputs(self) -> list[str]:
         """The paths this run reads: its output may never be, hold or lie inside one of them."""
