@@ -29,3 +29,14 @@ def test_gguf_loads_as_a_causal_lm_and_converts_to_the_same_model(tmp_path):
     assert loss < 8.0  # a trained model, not random weights (ln 49152 = 10.8)
     direct = load_base_model(str(gguf))
     assert weights_fingerprint(direct.model) == weights_fingerprint(base.model)
+    # where the folder came from: the file (its SHA-256 computed here by hand), its quantisation as gguf reads it
+    import hashlib
+    import json
+
+    import gguf as gguf_lib
+
+    source = json.loads((converted / "domix_source.json").read_text())
+    assert source["sha256"] == hashlib.sha256(gguf.read_bytes()).hexdigest() and source["gguf_file"] == gguf.name
+    file_type = gguf_lib.GGUFReader(gguf).fields["general.file_type"]
+    assert source["quantisation"] == "Q4_1" == gguf_lib.LlamaFileType(int(file_type.parts[file_type.data[0]][0])).name[7:]
+    assert source["fingerprint"] == weights_fingerprint(base.model)

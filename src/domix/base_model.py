@@ -158,11 +158,63 @@ def convert_gguf(gguf_file: str, out_dir: str) -> None:
     plain = type(base.model)(config)
     plain.load_state_dict(base.model.state_dict())
 
+    source = gguf_provenance(gguf_file)
+    source["fingerprint"] = weights_fingerprint(plain)
+
     def fill(tmp: Path) -> None:
         plain.save_pretrained(tmp)
         base.tokenizer.save_pretrained(tmp)
+        from domix.atomic import write_json
+
+        write_json(tmp / SOURCE_FILE, source)
 
     replace_dir(Path(out_dir), fill)
+
+
+SOURCE_FILE = "domix_source.json"  # in a converted model folder: the file it came from, its quantisation, its fingerprint
+
+
+def gguf_provenance(gguf_file: str) -> dict:
+    """Where a converted model came from: the GGUF file's name, size and SHA-256, its quantisation (the file's
+    general.file_type, as gguf names it) and its own name for the model."""
+    import hashlib
+
+    import gguf
+
+    path = Path(gguf_file)
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    reader = gguf.GGUFReader(path)
+
+    def field(key: str):
+        found = reader.fields.get(key)
+        return None if found is None else found.parts[found.data[0]]
+
+    file_type, name = field("general.file_type"), field("general.name")
+    quantisation = None
+    if file_type is not None:
+        try:
+            quantisation = gguf.LlamaFileType(int(file_type[0])).name.removeprefix("MOSTLY_")
+        except ValueError:
+            quantisation = f"file type {int(file_type[0])}"
+    return {"gguf_file": path.name, "bytes": path.stat().st_size, "sha256": digest.hexdigest(), "quantisation": quantisation,
+            "gguf_name": bytes(name).decode() if name is not None else None,
+            "conversion": "domix convert-gguf: de-quantised to the model's own float dtype by transformers' GGUF loader"}
+
+
+def provenance(model: str) -> str:
+    """One line saying what a base model is: its name, and for a converted GGUF file its source file, quantisation
+    and fingerprint (from the folder's domix_source.json)."""
+    source = Path(model) / SOURCE_FILE
+    if not source.is_file():
+        return model
+    from domix.atomic import read_json
+
+    s = read_json(source)
+    return (f"{model}: {s['gguf_file']} ({s['quantisation']} quantisation, sha256 {s['sha256'][:12]}), {s['conversion']}; "
+            f"weights fingerprint {s['fingerprint']}")
 
 
 def weights_fingerprint(model: nn.Module) -> str:

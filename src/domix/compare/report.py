@@ -578,7 +578,8 @@ def _plots(results: dict, rows: list[dict], tasks: list[str]) -> dict[str, tuple
 
 def _blocks(results: dict, rows: list[dict], tasks: list[str], images: dict[str, tuple[bytes, str]]) -> list[tuple]:
     settings = results.get("settings") or {}
-    items = [f"{key}: {_plain(settings[key])}" for key in ("model", "seeds", "orders") if key in settings]
+    items = [f"base model: {results['base_model']}"] if results.get("base_model") else []
+    items += [f"{key}: {_plain(settings[key])}" for key in ("model", "seeds", "orders") if key in settings]
     items += [f"tasks: {_plain(tasks)}", f"domains: {_plain(results.get('domains') or [])}",
               f"runs: {len(results.get('runs') or [])} fine-tuning, {len(results.get('pretraining') or [])} pre-training"]
     blocks: list[tuple] = [("h1", "Comparison report"), ("h2", "Settings"), ("list", items), ("h2", "Results")]

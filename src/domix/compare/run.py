@@ -452,8 +452,10 @@ def collect(cfg: CompareConfig, jobs: list[Job], times: dict[str, float], comman
             })
     settings = dataclasses.asdict(cfg)
     settings["command"] = command  # what reproduces it
-    results = {"settings": settings, "methods": cfg.methods, "tasks": [t.name for t in cfg.tasks], "domains": list(cfg.domains),
-               "runs": runs, "pretraining": pretraining}
+    from domix.base_model import provenance
+
+    results = {"settings": settings, "base_model": provenance(cfg.model), "methods": cfg.methods,
+               "tasks": [t.name for t in cfg.tasks], "domains": list(cfg.domains), "runs": runs, "pretraining": pretraining}
     if choices is not None:
         selection = [j for j in jobs if j.info.get("selection")]
         results["search"] = {"seeds": cfg.search.seeds, "metric": cfg.search.metric, "budget": cfg.search.budget(cfg.methods),
