@@ -139,7 +139,7 @@ class CompareConfig:
         check_fields(self)
         for key in ("methods", "seeds", "domains", "tasks"):
             if not getattr(self, key):
-                raise DomixError(f"the comparison's {key} is empty; it needs at least one (a comparison of nothing would run nothing)")
+                raise DomixError(f"the comparison's {key} is an empty list; give at least one (a comparison of nothing runs nothing)")
         for key, values in (("seeds", self.seeds), *((f"method_seeds.{m}", v) for m, v in self.method_seeds.items())):
             if not isinstance(values, list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in values):
                 raise DomixError(f"{key} must be a list of whole numbers, not {values!r}")

@@ -322,7 +322,10 @@ def record_time(out: Path, name: str, seconds: float) -> dict[str, float]:
 def _check(jobs: list[Job]) -> None:
     """Each job's settings as its command will build them, and its output folder, checked."""
     for job in jobs:
-        config = job.config().validate()
+        try:
+            config = job.config().validate()
+        except DomixError as err:
+            raise DomixError(f"job {job.name} of the comparison would get a bad setting, so nothing has run: {err}") from None
         if not job.given:
             refuse_own_inputs(job.out, config.inputs())
         if (job.out / RUN_FILE).is_file():
