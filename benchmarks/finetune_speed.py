@@ -74,7 +74,8 @@ def table(rows: list[list[str]]) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", required=True)
+    parser.add_argument("--tables", help="run nothing: print the tables of a results JSON this script wrote")
+    parser.add_argument("--task")
     parser.add_argument("--method", default="lora")
     parser.add_argument("--model")
     parser.add_argument("--modules")
@@ -84,6 +85,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, help="threads of each run (default: torch's)")
     parser.add_argument("--json", help="write the runs and the summary here")
     args = parser.parse_args(argv)
+    if args.tables:
+        out = json.loads(Path(args.tables).read_text())
+        print(f"$ {out['command']}")
+        print_tables(out)
+        return out
+    if not args.task:
+        parser.error("--task is required (or --tables FILE)")
     base = {"task": args.task, "method": args.method, "save_model": False, "score_test": False, **parse_set(args.set)}
     base.update({k: v for k, v in (("model", args.model), ("modules", args.modules)) if v})
     runs = []
@@ -94,15 +102,38 @@ def main(argv: list[str] | None = None) -> dict:
                 runs.append({"variant": variant, "seed": seed, **summary(record)})
                 print(f"{variant} seed {seed}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                                                              for k, v in runs[-1].items() if k not in ("variant", "seed")), flush=True)
+    out = {"command": " ".join(["python", "benchmarks/finetune_speed.py", *(argv if argv is not None else sys.argv[1:])]),
+           "settings": base, "runs": runs, "variants": summarise(runs, args.variants)}
+    print_tables(out)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
+    return out
+
+
+def print_tables(out: dict) -> None:
+    """The runs' table and the variants' summary of a benchmark's results (as run, or as read back with --tables)."""
+    runs, per_variant = out["runs"], out["variants"]
+    first = next(iter(per_variant))
     header = ["variant", "seed", "wall s", "setup s", "train s", "dev s", "test s", "step s", "peak MB", "epoch", "dev acc", "dev macro-F1"]
     rows = [header] + [[r["variant"], str(r["seed"]), f"{r['wall_s']:.0f}", f"{r['setup_s']:.0f}", f"{r['train_s']:.0f}",
                         f"{r['dev_s']:.0f}", f"{r['test_s']:.0f}", f"{r['step_s']:.2f}", f"{r['peak_mb']:.0f}", str(r["best_epoch"]),
                         f"{100 * r['dev_accuracy']:.1f}", f"{100 * r['dev_macro_f1']:.1f}"] for r in runs]
     print(table(rows))
-    first = args.variants[0]
+    rows = [["variant", "median wall s", f"x {first}", "median step s", "median dev s", "peak MB", "mean dev macro-F1",
+             f"- {first}, per seed"]]
+    rows += [[v, f"{s['wall_s']:.0f}", f"{s['speedup']:.2f}", f"{s['step_s']:.2f}", f"{s['dev_s']:.0f}", f"{s['peak_mb']:.0f}",
+              f"{s['dev_macro_f1']:.1f}", " ".join(f"{d:+.1f}" for d in s["dev_macro_f1_diffs"])] for v, s in per_variant.items()]
+    print(table(rows))
+
+
+def summarise(runs: list[dict], variants: list[str]) -> dict:
+    """Per variant: medians of wall, step and dev-scoring time, peak memory, the speed-up over the first variant
+    (per seed, then the median) and the mean dev macro-F1 with its per-seed difference from the first variant."""
+    first = variants[0]
     reference = {r["seed"]: r for r in runs if r["variant"] == first}
     per_variant = {}
-    for variant in args.variants:
+    for variant in variants:
         mine = [r for r in runs if r["variant"] == variant]
         diffs = [100 * (r["dev_macro_f1"] - reference[r["seed"]]["dev_macro_f1"]) for r in mine]
         per_variant[variant] = {
@@ -112,17 +143,7 @@ def main(argv: list[str] | None = None) -> dict:
             "dev_macro_f1": statistics.fmean(100 * r["dev_macro_f1"] for r in mine),
             "dev_macro_f1_diff": statistics.fmean(diffs), "dev_macro_f1_diffs": diffs,
         }
-    rows = [["variant", "median wall s", f"x {first}", "median step s", "median dev s", "peak MB", "mean dev macro-F1",
-             f"- {first}, per seed"]]
-    rows += [[v, f"{s['wall_s']:.0f}", f"{s['speedup']:.2f}", f"{s['step_s']:.2f}", f"{s['dev_s']:.0f}", f"{s['peak_mb']:.0f}",
-              f"{s['dev_macro_f1']:.1f}", " ".join(f"{d:+.1f}" for d in s["dev_macro_f1_diffs"])] for v, s in per_variant.items()]
-    print(table(rows))
-    out = {"command": " ".join(["python", "benchmarks/finetune_speed.py", *(argv if argv is not None else sys.argv[1:])]),
-           "settings": base, "runs": runs, "variants": per_variant}
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
-    return out
+    return per_variant
 
 
 if __name__ == "__main__":
