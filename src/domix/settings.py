@@ -171,6 +171,29 @@ def check_fields(obj: Any) -> None:
         setattr(obj, f.name, value)
 
 
+POSITIVE = (lambda v: v > 0, "must be positive")
+NON_NEGATIVE = (lambda v: v >= 0, "must be zero or positive")
+FRACTION = (lambda v: 0 <= v < 1, "must be in [0, 1)")
+OPEN_FRACTION = (lambda v: 0 < v < 1, "must be in (0, 1)")
+
+
+def at_least(n: int) -> tuple:
+    return (lambda v: v >= n, f"must be at least {n}")
+
+
+def one_of(*choices: str) -> tuple:
+    return (lambda v: v in choices, "must be " + ", ".join(choices[:-1]) + f" or {choices[-1]}")
+
+
+def check_ranges(obj: Any) -> None:
+    """Each field named in the class's ``RANGES`` (field -> (test, what it must be)) passes its test, or one
+    DomixError naming the flag, what it must be and the value given; an unset (None) field passes."""
+    for name, (ok, expected) in type(obj).RANGES.items():
+        value = getattr(obj, name)
+        if value is not None and not ok(value):
+            raise DomixError(f"--{name.replace('_', '-')} {expected} (got {value!r})")
+
+
 def _item_type(hint: Any) -> type | None:
     """The type of the items of a ``list[X]`` or the values of a ``dict[K, X]`` in ``hint`` (None: not such a hint)."""
     options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)

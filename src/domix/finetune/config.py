@@ -8,7 +8,8 @@ from typing import Any
 
 from domix.errors import DomixError
 from domix.methods.registry import method_settings, stage2
-from domix.settings import check, check_fields, recorded_settings, setting
+from domix.settings import (FRACTION, NON_NEGATIVE, POSITIVE, at_least, check_fields, check_ranges, one_of,
+                            recorded_settings, setting)
 
 AUTOCAST = ("bfloat16", "float16")  # --autocast's choices
 
@@ -78,6 +79,12 @@ class FinetuneConfig(RunOptions, *method_settings("finetune")):
 
     # a list or mapping given as a flag's text: one task; "dev=validation,test=test"
     TEXT_FORMS = {"mix_tasks": lambda text: [text], "splits": lambda text: parse_splits(text)}
+    # each field's own range, checked when the settings are built (settings.check_ranges)
+    RANGES = {"lr": POSITIVE, "weight_decay": NON_NEGATIVE, "warmup_ratio": FRACTION, "max_grad_norm": POSITIVE,
+              "epochs": at_least(1), "batch_size": at_least(1), "max_length": at_least(2), "lora_rank": at_least(1),
+              "checkpoint_every": at_least(1), "select_metric": one_of("accuracy", "macro_f1", "micro_f1"),
+              "dtype": one_of("float32", "bfloat16", "float16", "float64"), "autocast": one_of(*AUTOCAST),
+              "train_limit": at_least(2), "eval_limit": at_least(1), "general_blocks": at_least(1)}
     COMMAND = "finetune"  # whose recipes apply
     # a recipe's name is not compared, its values are: the same values under another name make the same run
     RESUME_FREE = ("checkpoint_every", "device", "gradient_checkpointing", "out", "save_model", "recipe")
@@ -86,6 +93,7 @@ class FinetuneConfig(RunOptions, *method_settings("finetune")):
 
     def __post_init__(self) -> None:
         check_fields(self)
+        check_ranges(self)
 
     def validate(self) -> "FinetuneConfig":
         if not self.out:
@@ -110,23 +118,6 @@ class FinetuneConfig(RunOptions, *method_settings("finetune")):
                                  + (" (its A stays at a random init by definition)" if spec.lora_rank else ""))
             if not self.modules:
                 raise DomixError("--init-module names a module of a store; pass --modules STORE too")
-        check([
-            (self.lr > 0, "--lr must be positive"),
-            (self.weight_decay >= 0, "--weight-decay must be zero or positive"),
-            (0 <= self.warmup_ratio < 1, "--warmup-ratio must be in [0, 1)"),
-            (self.max_grad_norm > 0, "--max-grad-norm must be positive"),
-            (self.epochs >= 1, "--epochs must be at least 1"),
-            (self.batch_size >= 1, "--batch-size must be at least 1"),
-            (self.max_length >= 2, "--max-length must be at least 2"),
-            (self.lora_rank is None or self.lora_rank >= 1, "--lora-rank must be at least 1"),
-            (self.checkpoint_every >= 1, "--checkpoint-every must be at least 1"),
-            (self.select_metric in ("accuracy", "macro_f1", "micro_f1"), "--select-metric must be accuracy, macro_f1 or micro_f1"),
-            (self.dtype in ("float32", "bfloat16", "float16", "float64"), "--dtype must be float32, bfloat16, float16 or float64"),
-            (self.autocast is None or self.autocast in AUTOCAST, f"--autocast must be {' or '.join(AUTOCAST)} (or unset), not {self.autocast!r}"),
-            (self.train_limit is None or self.train_limit >= 2, "--train-limit must be at least 2"),
-            (self.eval_limit is None or self.eval_limit >= 1, "--eval-limit must be at least 1"),
-            (self.general_blocks >= 1, "--general-blocks must be at least 1"),
-        ])
         return self
 
     def to_dict(self) -> dict[str, Any]:

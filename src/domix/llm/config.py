@@ -8,7 +8,8 @@ from typing import Any
 
 from domix.errors import DomixError
 from domix.methods.registry import INSTRUCT, method_settings, stage2
-from domix.settings import check, check_fields, recorded_settings
+from domix.settings import (FRACTION, NON_NEGATIVE, OPEN_FRACTION, POSITIVE, at_least, check_fields, check_ranges, one_of,
+                            recorded_settings)
 
 DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]  # the paper's LLM setting
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16", "float64")
@@ -63,8 +64,15 @@ class InstructConfig(*method_settings("instruct")):
     LORA_RANK = 16  # a fresh LoRA's rank without --lora-rank or modules to take it from
     LORA_TARGETS = DEFAULT_TARGETS  # a fresh LoRA's layers without --target-modules
 
+    # each field's own range, checked when the settings are built (settings.check_ranges)
+    RANGES = {"template": one_of(*TEMPLATES), "lr": POSITIVE, "weight_decay": NON_NEGATIVE, "warmup_ratio": FRACTION,
+              "max_grad_norm": POSITIVE, "epochs": at_least(1), "batch_size": at_least(1), "max_length": at_least(2),
+              "dev_fraction": OPEN_FRACTION, "lora_rank": at_least(1), "warmup_steps": at_least(0), "train_limit": at_least(2),
+              "checkpoint_every": at_least(1), "dtype": one_of(*DTYPE_CHOICES), "general_blocks": at_least(1)}
+
     def __post_init__(self) -> None:
         check_fields(self)
+        check_ranges(self)
 
     def validate(self) -> "InstructConfig":
         if not self.out:
@@ -81,23 +89,6 @@ class InstructConfig(*method_settings("instruct")):
             raise DomixError("--domains picks modules of a store; pass --modules STORE too")
         for settings in method_settings(self.COMMAND):
             settings.check_settings(self)
-        check([
-            (self.template in TEMPLATES, f"--template must be one of {', '.join(TEMPLATES)}"),
-            (self.lr > 0, "--lr must be positive"),
-            (self.weight_decay >= 0, "--weight-decay must be zero or positive"),
-            (0 <= self.warmup_ratio < 1, "--warmup-ratio must be in [0, 1)"),
-            (self.max_grad_norm > 0, "--max-grad-norm must be positive"),
-            (self.epochs >= 1, "--epochs must be at least 1"),
-            (self.batch_size >= 1, "--batch-size must be at least 1"),
-            (self.max_length >= 2, "--max-length must be at least 2"),
-            (0 < self.dev_fraction < 1, "--dev-fraction must be between 0 and 1"),
-            (self.lora_rank is None or self.lora_rank >= 1, "--lora-rank must be at least 1"),
-            (self.warmup_steps is None or self.warmup_steps >= 0, "--warmup-steps must be zero or more"),
-            (self.train_limit is None or self.train_limit >= 2, "--train-limit must be at least 2"),
-            (self.checkpoint_every >= 1, "--checkpoint-every must be at least 1"),
-            (self.dtype in DTYPE_CHOICES, f"--dtype must be one of {', '.join(DTYPE_CHOICES)}"),
-            (self.general_blocks >= 1, "--general-blocks must be at least 1"),
-        ])
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -8,7 +8,8 @@ from typing import Any
 
 from domix.errors import DomixError
 from domix.methods.registry import method_settings, stage1
-from domix.settings import check, check_fields, recorded_settings
+from domix.settings import (FRACTION, NON_NEGATIVE, OPEN_FRACTION, POSITIVE, at_least, check_fields, check_ranges, one_of,
+                            recorded_settings)
 
 
 @dataclass(kw_only=True)
@@ -49,8 +50,17 @@ class PretrainConfig(*method_settings("pretrain")):
     dtype: str = "float32"  # float32, bfloat16 or float16
     device: str = "auto"  # auto, cpu, cuda, cuda:1, ...
 
+    # each field's own range, checked when the settings are built (settings.check_ranges)
+    RANGES = {"rank": at_least(1), "alpha": POSITIVE, "dropout": FRACTION, "lr": POSITIVE, "weight_decay": NON_NEGATIVE,
+              "max_grad_norm": POSITIVE, "warmup_ratio": FRACTION, "heldout_max_blocks": at_least(1),
+              "epochs": (POSITIVE[0], "must be positive (a fraction such as 0.25 trains on that share of an epoch)"),
+              "steps": at_least(1), "batch_size": at_least(1), "seq_len": at_least(2), "mlm_probability": OPEN_FRACTION,
+              "heldout_fraction": FRACTION, "checkpoint_every": at_least(1), "dtype": one_of("float32", "bfloat16", "float16", "float64"),
+              "objective": one_of("auto", "mlm", "clm")}
+
     def __post_init__(self) -> None:
         check_fields(self)
+        check_ranges(self)
 
     def validate(self) -> "PretrainConfig":
         stage1(self.method)  # an unknown method is named first
@@ -65,27 +75,9 @@ class PretrainConfig(*method_settings("pretrain")):
                 raise DomixError(f"domain name {name!r} cannot be a folder name; use letters, digits, '-' or '_'")
         for settings in method_settings(self.COMMAND):
             settings.check_settings(self)
-        check([
-            (self.rank >= 1, "--rank must be at least 1"),
-            (self.alpha > 0, "--alpha must be positive"),
-            (0 <= self.dropout < 1, "--dropout must be in [0, 1)"),
-            (self.lr > 0, "--lr must be positive"),
-            (self.weight_decay >= 0, "--weight-decay must be zero or positive"),
-            (self.max_grad_norm > 0, "--max-grad-norm must be positive"),
-            (0 <= self.warmup_ratio < 1, "--warmup-ratio must be in [0, 1)"),
-            (self.heldout_max_blocks >= 1, "--heldout-max-blocks must be at least 1"),
-            (self.epochs > 0, "--epochs must be positive (a fraction such as 0.25 trains on that share of an epoch)"),
-            (self.steps is None or self.steps >= 1, "--steps must be at least 1"),
-            (self.batch_size >= 1, "--batch-size must be at least 1"),
-            (self.seq_len >= 2, "--seq-len must be at least 2"),
-            (0 < self.mlm_probability < 1, "--mlm-probability must be in (0, 1)"),
-            (0 <= self.heldout_fraction < 1, "--heldout-fraction must be in [0, 1)"),
-            (self.checkpoint_every >= 1, "--checkpoint-every must be at least 1"),
-            (self.dtype in ("float32", "bfloat16", "float16", "float64"), "--dtype must be float32, bfloat16, float16 or float64"),
-            (self.objective in ("auto", "mlm", "clm"), "--objective must be auto, mlm or clm"),
-            (not stage1(self.method).needs_general or bool(self.general),
-             f"--method {self.method} needs general-domain text for its retention loss; pass --general PATH (a file or folder of text)"),
-        ])
+        if stage1(self.method).needs_general and not self.general:
+            raise DomixError(f"--method {self.method} needs general-domain text for its retention loss; pass --general PATH "
+                             "(a file or folder of text)")
         return self
 
     def to_dict(self) -> dict[str, Any]:
