@@ -51,7 +51,7 @@ def test_a_subpackage_of_the_same_name_does_not_hide_the_function():
 
 def readme_python_section() -> list[str]:
     text = (ROOT / "README.md").read_text()
-    section = text.split("\n## Python\n", 1)[1].split("\n## ", 1)[0]
+    section = text.split("\n### In Python\n", 1)[1].split("\n## ", 1)[0]
     return re.findall(r"```python\n(.*?)```", section, flags=re.S)
 
 

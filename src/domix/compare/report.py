@@ -612,13 +612,17 @@ SEARCH_TEXT = (
 
 
 def format_difference(entry: dict) -> str:
-    """``+1.2 [-0.5, +2.9] 4/6`` in points (the entry's fractions x 100)."""
-    return (f"{100 * entry['mean']:+.1f} [{100 * entry['low']:+.1f}, {100 * entry['high']:+.1f}] "
-            f"{entry['positive']}/{entry['pairs']}")
+    """``+1.2 [-0.5, +2.9] 4/6`` in points (the entry's fractions x 100); ``+1.2 [no interval] 1/1`` without one."""
+    interval = "no interval" if entry["low"] is None else f"{100 * entry['low']:+.1f}, {100 * entry['high']:+.1f}"
+    return f"{100 * entry['mean']:+.1f} [{interval}] {entry['positive']}/{entry['pairs']}"
 
 
 def verdict(entry: dict) -> str:
-    return "within noise" if entry["within_noise"] else "above" if entry["low"] > 0 else "below"
+    """within noise, above or below (the interval against 0), with how it was resampled where that is not both."""
+    if entry["within_noise"] is None:
+        return "unknown: one seed, no recorded predictions"
+    word = "within noise" if entry["within_noise"] else "above" if entry["low"] > 0 else "below"
+    return word if entry["resampled"] == "seeds and test examples" else f"{word} ({entry['resampled']})"
 
 
 def paired_blocks(results: dict, tasks: list[str]) -> list[tuple]:
@@ -635,8 +639,7 @@ def paired_blocks(results: dict, tasks: list[str]) -> list[tuple]:
         shown = [t for t in tasks if any(t in r["tasks"] for r in rows.values())]
         header = ["method", *shown, "pooled", "reading (pooled)"]
         body = [[m, *(format_difference(r["tasks"][t]) if t in r["tasks"] else "-" for t in shown), format_difference(r["pooled"]),
-                 verdict(r["pooled"]) + ("" if r["pooled"]["resampled"] == "seeds and test examples" else " (seeds only)")]
-                for m, r in rows.items()]
+                 verdict(r["pooled"])] for m, r in rows.items()]
         blocks += [("p", f"{metric.replace('_', '-')}:"), ("table", header, body)]
     name = "macro-F1"
     blocks.append(("p", PAIRED_TEXT.format(metric=name, level=table["level"], resamples=table["resamples"])))

@@ -65,11 +65,18 @@ def task_resamples(pairs: list[tuple[dict, dict]], metric: str, rng: np.random.G
         diffs = np.stack([scores(np.asarray(a["test_predictions"]["predicted"])[examples], g, metric)
                           - scores(np.asarray(b["test_predictions"]["predicted"])[examples], g, metric) for a, b in pairs], axis=1)
         return np.take_along_axis(diffs, seeds, axis=1).mean(axis=1), True
+    if k < 2:  # one pair and no predictions: nothing to resample, so no interval
+        return None, False
     recorded = np.asarray([a["test"][metric] - b["test"][metric] for a, b in pairs])
     return recorded[seeds].mean(axis=1), False
 
 
-def _entry(point: float, distribution: np.ndarray, positive: int, n: int, examples: bool) -> dict:
+def _entry(point: float, distribution: np.ndarray | None, positive: int, n: int, examples: bool) -> dict:
+    """One difference: its mean, interval (None where nothing could be resampled: one seed without predictions),
+    pairs above the reference, pairs, and whether the interval covers 0 (None without an interval)."""
+    if distribution is None:
+        return {"mean": float(point), "low": None, "high": None, "positive": positive, "pairs": n, "within_noise": None,
+                "resampled": "nothing (one seed, no recorded predictions)"}
     low, high = np.quantile(distribution, [(1 - LEVEL) / 2, (1 + LEVEL) / 2])
     return {"mean": float(point), "low": float(low), "high": float(high), "positive": positive, "pairs": n,
             "within_noise": bool(low <= 0 <= high), "resampled": "seeds and test examples" if examples else "seeds only"}
@@ -91,7 +98,8 @@ def paired(runs: list[dict], method: str, reference: str, tasks: list[str], metr
         all_examples &= examples
     if not per_task:
         return None
-    pooled = _entry(statistics.fmean(e["mean"] for e in per_task.values()), np.mean(distributions, axis=0),
+    whole = None if any(d is None for d in distributions) else np.mean(distributions, axis=0)
+    pooled = _entry(statistics.fmean(e["mean"] for e in per_task.values()), whole,
                     sum(e["positive"] for e in per_task.values()), sum(e["pairs"] for e in per_task.values()), all_examples)
     return {"tasks": per_task, "pooled": pooled}
 
