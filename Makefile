@@ -84,6 +84,7 @@ demo: install $(SMOLLM)/config.json
 	$(VENV)/bin/domix finetune --config configs/demo-finetune.yaml --method lora --out runs/demo-restaurant-lora --overwrite
 	$(VENV)/bin/domix report runs/demo-restaurant-domix runs/demo-restaurant-lora_fa runs/demo-restaurant-lora
 	@cat docs/demo-reading.txt
+	@$(PY) tools/readme_results.py --print
 
 clean:
 	rm -rf $(VENV) $(LATEST) .cache runs

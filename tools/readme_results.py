@@ -2,6 +2,7 @@
 
     python tools/readme_results.py            # rewrites the block between the markers in README.md
     python tools/readme_results.py --check    # exit 1 if README.md's block is not what the records give
+    python tools/readme_results.py --print    # print it (make demo's closing lines)
 
 For each comparison listed in COMPARISONS whose results.json is committed: each row's mean test macro-F1 per task
 and over the tasks, and its paired difference from the reference row (pooled over tasks, with its 95% interval and
@@ -78,7 +79,11 @@ def generate() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check", action="store_true", help="only compare README.md's block with what the records give")
+    parser.add_argument("--print", action="store_true", help="only print the block (make demo's closing lines)")
     args = parser.parse_args(argv)
+    if args.print:
+        print("\n".join(generate().splitlines()[1:-1]).strip())
+        return 0
     readme = ROOT / "README.md"
     text = readme.read_text()
     if START not in text or END not in text:
