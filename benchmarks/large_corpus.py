@@ -2,7 +2,7 @@
 which counts the heap and anonymous memory but not the memory-mapped token cache), first tokenizing, then
 from the cache; optionally an older domix source tree under the same cap, for contrast.
 
-    python benchmarks/large_corpus.py --tokens 200e6 --cap-mb 1280 [--older-src /tmp/old/src]
+    python benchmarks/large_corpus.py --tokens 200e6 --cap-mb 1280 [--older-src ../old/src]
 
 The corpus is passages of ../shared/data's three corpora, shuffled and repeated up to ``--tokens`` tokens;
 the model a small random Llama with SmolLM2's tokenizer (49,152 ids: uint16), so the figures are the data

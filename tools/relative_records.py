@@ -17,7 +17,7 @@ from pathlib import Path
 
 TEXT = {".json", ".jsonl", ".txt", ".log", ".md", ".yaml", ".yml", ".html", ".csv"}
 RULES = [(re.compile(r"/work/main/"), ""), (re.compile(r"/work/main\b"), "."), (re.compile(r"/work/shared/"), "../shared/"),
-         (re.compile(r"/tmp/(tmp|pytest-of-root/)[A-Za-z0-9_./-]*?(?=/)"), "<temporary folder>")]
+         (re.compile(r"/tmp/(pytest-of-root/)?[A-Za-z0-9_.-]+(?=/)"), "<temporary folder>")]
 
 
 def rewrite(text: str) -> str:

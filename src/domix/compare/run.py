@@ -399,7 +399,7 @@ def _run(job: Job, out: Path, overwrite: bool, in_process: bool, threads: int | 
     log.parent.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "domix", job.kind, "--config", str(config_file)] + (["--overwrite"] if overwrite else [])
     with open(log, "a") as sink:
-        sink.write("$ " + " ".join(command) + "\n")
+        sink.write("$ " + " ".join(["python", *command[1:]]) + "\n")  # the log names no path of this machine
         sink.flush()
         status = _status_file(out, job)
         status.unlink(missing_ok=True)  # an earlier attempt's

@@ -1,8 +1,8 @@
 """Write the stores and task models tests/test_legacy.py loads: made once by domix 87241a2, the version
 before the methods moved into their own folders (domix.methods) and the engine was unified.
 
-    git worktree add /tmp/domix-87241a2 87241a2
-    cd tests/data/legacy && PYTHONPATH=/tmp/domix-87241a2/src python make_legacy.py
+    git worktree add ../domix-87241a2 87241a2
+    cd tests/data/legacy && PYTHONPATH=../domix-87241a2/src python make_legacy.py
 
 Everything is tiny (a 2-layer Llama of width 32) and seeded; paths are recorded relative to this folder.
 """
