@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 import types
 import typing
 from pathlib import Path
@@ -149,9 +151,6 @@ def check_fields(obj: Any) -> None:
     are converted where :func:`coerce` converts (an int for a float, a number written as text), a path object
     becomes its text, and a list or mapping given in its flag's text form is read by the parser its class names in
     ``TEXT_FORMS`` (field -> function of the text); the fields are set to the converted values."""
-    import math
-    import os
-
     hints = typing.get_type_hints(type(obj))
     forms = {name: form for cls in reversed(type(obj).__mro__) for name, form in vars(cls).get("TEXT_FORMS", {}).items()}
     for f in dataclasses.fields(obj):

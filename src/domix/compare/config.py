@@ -140,9 +140,6 @@ class CompareConfig:
         for key in ("methods", "seeds", "domains", "tasks"):
             if not getattr(self, key):
                 raise DomixError(f"the comparison's {key} is an empty list; give at least one (a comparison of nothing runs nothing)")
-        for key, values in (("seeds", self.seeds), *((f"method_seeds.{m}", v) for m, v in self.method_seeds.items())):
-            if not isinstance(values, list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in values):
-                raise DomixError(f"{key} must be a list of whole numbers, not {values!r}")
         for name, path in [*self.domains.items(), *((t.name, t.path) for t in self.tasks)]:
             if not Path(path).exists() and not looks_like_dataset_name(path):
                 raise DomixError(f"{name!r} reads {path}, which does not exist; fix the path in the comparison config "
@@ -156,7 +153,7 @@ class CompareConfig:
         for method, seeds in self.method_seeds.items():
             if method not in self.methods:
                 raise DomixError(f"method_seeds names {method!r}, which is not among the comparison's methods {self.methods}")
-            if not isinstance(seeds, list) or not seeds or not all(isinstance(x, int) for x in seeds):
+            if not isinstance(seeds, list) or not seeds or not all(isinstance(x, int) and not isinstance(x, bool) for x in seeds):
                 raise DomixError(f"method_seeds.{method} must be a list of whole numbers, not {seeds!r}")
         for method, n in self.method_orders.items():
             if method not in self.methods:
