@@ -25,7 +25,7 @@ from domix.errors import DomixError
 from domix.llm.config import InstructConfig
 from domix.llm.data import encode_examples
 from domix.llm.model import load_causal_task_model
-from domix.llm.train import _splits, dev_loss
+from domix.llm.train import train_dev_examples, dev_loss
 from domix.methods.domix.layer import BridgedLinear
 from domix.retention import retention
 from domix.settings import build_config
@@ -71,7 +71,7 @@ def bridge_parts(row_folder: str, config: str) -> dict:
     new_rank = (record.get("bridge") or {}).get("new_rank")
     ranks = ([new_rank] if new_rank else []) + [m["rank"] for m in record["modules"]]
     masks = part_masks(ranks, bool(new_rank))
-    _, dev_examples = _splits(cfg)
+    _, dev_examples = train_dev_examples(cfg)
     dev_rows, _ = encode_examples(dev_examples, tokenizer, cfg.template, cfg.max_length, "dev")
 
     norms = {name: 0.0 for name in ["all", *masks]}

@@ -58,7 +58,7 @@ def same_run(cfg, compare_out: Path, label: str, task: str, seed: int, store_ord
     folder = compare_out / "finetune" / COMPARE_ROWS[label] / task / (f"seed{seed}" + ("-" + "-".join(store_order) if label in ("paper", "p10x") else ""))
     if not (folder / RESULT_FILE).is_file():
         return None
-    from domix.compare.run import changed_settings  # the test by which the comparison itself reuses a run
+    from domix.engine.runfolder import changed_settings  # the rule by which a run resumes and the comparison reuses one
 
     return None if changed_settings(json.loads((folder / RUN_FILE).read_text())["config"], cfg) else folder
 

@@ -50,7 +50,7 @@ from typing import Any
 
 from domix import atomic
 from domix.compare.progress import Board
-from domix.compare.run import TIMES_FILE, Job, _reusable, _run, _status_file
+from domix.compare.run import TIMES_FILE, Job, progress_file, reusable, run_job
 from domix.errors import DomixError
 from domix.llm.config import FIELDS as INSTRUCT_FIELDS
 from domix.llm.config import PROTOCOLS, InstructConfig
@@ -399,7 +399,7 @@ def _train(job: Job, out: Path, in_process: bool, overwrite: bool = False) -> fl
     """Run one training; ``overwrite`` replaces a run finished with other settings (an unfinished one resumes)."""
     overwrite = overwrite and job.finished()
     if not in_process:
-        return _run(job, out, overwrite, False)  # domix compare's runner: OUT/configs, OUT/logs, the progress file
+        return run_job(job, out, overwrite, False)  # domix compare's runner: OUT/configs, OUT/logs, the progress file
     import yaml
 
     from domix.llm.train import instruct
@@ -428,7 +428,7 @@ def run(cfg: CommonsenseConfig, dry_run: bool = False, in_process: bool = False,
     for job in trainings:  # every run's settings are checked before anything runs
         job.config().validate()
     samples = draw_samples(cfg)
-    done = {j.name: _reusable(j, overwrite) for j in trainings}  # finished with other settings: refused, or rerun with overwrite
+    done = {j.name: reusable(j, overwrite) for j in trainings}  # finished with other settings: refused, or rerun with overwrite
     composed = [j.name for j in trainings if "adapter" in j.info]
     stores = {str(j.out): j.name for j in trainings if "store" in j.info}
     for job in trainings:  # a row that composes an adapter or a store to be trained again trains again too
@@ -466,7 +466,7 @@ def run(cfg: CommonsenseConfig, dry_run: bool = False, in_process: bool = False,
     board = Board(len(pending))
     with board:
         for number, job in enumerate(pending, 1):
-            board.start(number, job.name, _status_file(out, job))  # an evaluation writes none: "starting"
+            board.start(number, job.name, progress_file(out, job))  # an evaluation writes none: "starting"
             try:
                 if isinstance(job, Job):
                     seconds = _train(job, out, in_process, overwrite)

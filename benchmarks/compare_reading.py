@@ -78,13 +78,16 @@ def _task_domains(folder: Path, config: str | None = None) -> dict[str, str]:
     results = folder / "results.json"
     if results.is_file():
         return {t["name"]: t["domain"] for t in json.loads(results.read_text())["settings"]["tasks"]}
-    import yaml
+    if config:  # read as domix compare reads it (its checks, its task specs)
+        from domix.compare.config import CompareConfig
 
-    if config:
-        return {str(name): str(spec["domain"]) for name, spec in yaml.safe_load(Path(config).read_text())["tasks"].items()}
+        return {t.name: t.domain for t in CompareConfig.from_yaml(config).tasks}
+    from domix.finetune.config import FinetuneConfig
+    from domix.settings import build_config
+
     found = {}
-    for config in folder.glob("configs/finetune/lora_module/*/*.yaml"):
-        found[config.parent.name] = yaml.safe_load(config.read_text()).get("init_module")
+    for config in folder.glob("configs/finetune/lora_module/*/*.yaml"):  # a job's settings, read as domix finetune reads them
+        found[config.parent.name] = build_config(FinetuneConfig, str(config), {}).init_module
     return found
 
 

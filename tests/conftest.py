@@ -142,7 +142,7 @@ def _store(root: Path, model: Path, corpora: dict, ranks=(4, 4)) -> Path:
     from domix.pretrain.run import pretrain
 
     for (name, path), rank in zip(corpora.items(), ranks):
-        pretrain(PretrainConfig(model=str(model), domains={name: str(path)}, out=str(root / name), rank=rank,
+        pretrain(PretrainConfig(model=str(model), domains={name: str(path)}, out=str(root / name), lora_rank=rank,
                                 steps=8, batch_size=8, seq_len=32, lr=5e-3))
     store = root / "store"
     store.mkdir()

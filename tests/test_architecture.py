@@ -1,69 +1,18 @@
 """The layout's rules, checked on the source: no import cycles, method names only in the registry's reach."""
 
-import ast
+import importlib.util
 import re
+import sys
 from pathlib import Path
 
 from domix.methods.registry import COMPARE, STAGE1, STAGE2
 
-SRC = Path(__file__).resolve().parents[1] / "src" / "domix"
-
-
-def module_name(path: Path) -> str:
-    parts = path.relative_to(SRC.parent).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-
-
-def imports_of(path: Path, modules: set[str]) -> set[str]:
-    """Every domix module ``path`` imports, at the top or inside a function (``from a import b`` counts
-    a.b when that is a module, else a)."""
-    found = set()
-    package = module_name(path) if path.name == "__init__.py" else module_name(path).rpartition(".")[0]
-    tree = ast.parse(path.read_text())
-    for block in ast.walk(tree):  # `if TYPE_CHECKING:` imports never run: they are for type checkers
-        if isinstance(block, ast.If) and isinstance(block.test, ast.Name) and block.test.id == "TYPE_CHECKING":
-            block.body = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            found |= {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
-            for alias in node.names:
-                found.add(f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base)
-    return {m for m in found if m in modules}
-
-
-def import_graph() -> dict[str, set[str]]:
-    files = {module_name(p): p for p in SRC.rglob("*.py")}
-    return {name: imports_of(path, set(files)) - {name} for name, path in files.items()}
-
-
-def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
-    state: dict[str, int] = {}  # 1: on the current path, 2: done
-    path: list[str] = []
-
-    def visit(node: str) -> list[str] | None:
-        state[node] = 1
-        path.append(node)
-        for nxt in sorted(graph[node]):
-            if state.get(nxt) == 1:
-                return path[path.index(nxt):] + [nxt]
-            if nxt not in state:
-                cycle = visit(nxt)
-                if cycle:
-                    return cycle
-        state[node] = 2
-        path.pop()
-        return None
-
-    for node in sorted(graph):
-        if node not in state:
-            cycle = visit(node)
-            if cycle:
-                return cycle
-    return None
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src" / "domix"
+SPEC = importlib.util.spec_from_file_location("import_graph", ROOT / "tools" / "import_graph.py")
+graph_tool = sys.modules[SPEC.name] = importlib.util.module_from_spec(SPEC)
+SPEC.loader.exec_module(graph_tool)
+import_graph, find_cycle, folder_of = graph_tool.import_graph, graph_tool.find_cycle, graph_tool.folder_of
 
 
 def test_the_cycle_finder_finds_a_cycle():
@@ -89,7 +38,42 @@ def test_layers_do_not_import_trainers():
 
 def test_method_names_are_compared_only_inside_the_methods():
     names = sorted(set(STAGE1) | set(STAGE2) | set(COMPARE), key=len, reverse=True)
-    compared = re.compile(r"""(==|!=|\bin\b)\s*[(\[{]?\s*["'](%s)["']""" % "|".join(names))
+    alternatives = "|".join(names)
+    # a name on the right of ==, != or in (a tuple of names too), or on their left: "mixda" in manifest
+    compared = re.compile(r"""(==|!=|\bin\b)\s*[(\[{]?\s*["'](%s)["']|["'](%s)["']\s*(==|!=|\bin\b|\bnot in\b)""" % (alternatives, alternatives))
     outside = [f"{p.relative_to(SRC)}:{i}: {line.strip()}" for p in SRC.rglob("*.py") if "methods" not in p.relative_to(SRC).parts
                for i, line in enumerate(p.read_text().splitlines(), 1) if compared.search(line)]
     assert outside == []
+
+
+# The layers of src/domix, bottom to top: a module imports its own layer's modules or lower ones, never higher.
+LAYERS = [
+    ("errors", "lazy", "version", "console", "system", "atomic", "settings"),  # foundations: no torch, no domix above them
+    ("sources", "tokens", "tasks", "corpus", "batches", "metrics", "base_model", "store", "lm_loss", "model_card"),  # data, models
+    ("engine", "retention"),  # the training loop, run folders, what every recipe measures
+    ("methods",),  # each method's layers, models and trainers; the registry
+    ("pretrain", "finetune", "llm"),  # the recipes
+    ("compare", "api"),  # what runs recipes
+    ("cli", "__main__", ""),  # the command line and the package's lazy names
+]
+
+
+def layer_of(module: str) -> int:
+    part = module.split(".")[1] if "." in module else ""
+    found = [i for i, names in enumerate(LAYERS) if part in names]
+    assert found, f"{module} is in no layer: add its folder to LAYERS"
+    return found[0]
+
+
+def test_no_import_goes_up_the_layers():
+    graph = import_graph()
+    up = [f"{m} -> {d}" for m, deps in graph.items() for d in deps if layer_of(d) > layer_of(m)]
+    assert up == []
+
+
+def test_no_cycle_between_folders_either():
+    """Two folders never import each other, even through modules that do not import each other."""
+    folders = graph_tool.folder_graph(import_graph())
+    assert "domix.methods" in folders["domix.pretrain"]  # the recipe reads the registry: an edge the graph must see
+    assert find_cycle({k: v & set(folders) for k, v in folders.items()}) is None
+    assert find_cycle({"domix.methods": {"domix.pretrain"}, "domix.pretrain": {"domix.methods"}}) is not None

@@ -72,14 +72,14 @@ def test_job_times_keep_what_a_comparison_beside_this_one_wrote(tmp_path, tiny_l
     from domix.compare import run as run_module
 
     config = write_config(tmp_path / "c.yaml", tiny_llama, corpora, task, methods=["head"])
-    real_run = run_module._run
+    real_run = run_module.run_job
 
     def run_while_another_writes(job, out, *args, **kwargs):
         out.mkdir(parents=True, exist_ok=True)
         (out / "job_times.json").write_text(json.dumps({"finetune/other/topics/seed1": 12.5}))
         return real_run(job, out, *args, **kwargs)
 
-    monkeypatch.setattr(run_module, "_run", run_while_another_writes)
+    monkeypatch.setattr(run_module, "run_job", run_while_another_writes)
     compare(CompareConfig.from_yaml(config), in_process=True)
     times = json.loads((tmp_path / "out" / "job_times.json").read_text())
     assert times["finetune/other/topics/seed1"] == 12.5 and times["finetune/head/topics/seed1"] > 0

@@ -95,7 +95,7 @@ def test_non_finite_loss_keeps_the_last_good_checkpoint(tiny_llama, tmp_path):
 
 
 def test_bad_settings(tiny_llama, corpora, tmp_path, capsys):
-    assert "--rank must be at least 1" in run_cli(pretrain_args(tiny_llama, tmp_path / "o", f"food={corpora['food']}", extra=["--rank", "0"]), capsys)
+    assert "--lora-rank must be at least 1" in run_cli(pretrain_args(tiny_llama, tmp_path / "o", f"food={corpora['food']}", extra=["--rank", "0"]), capsys)
     assert "no domain corpus given" in run_cli(pretrain_args(tiny_llama, tmp_path / "o"), capsys)
     (tmp_path / "c.yaml").write_text("rnak: 4\n")
     assert "unknown settings ['rnak']" in run_cli(["pretrain", "--config", str(tmp_path / "c.yaml")], capsys)

@@ -30,7 +30,7 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def store(model, corpora, out, **kw):
-    settings = dict(steps=4, batch_size=8, seq_len=32, lr=5e-3, rank=4, heldout_fraction=0.1, checkpoint_every=100)
+    settings = dict(steps=4, batch_size=8, seq_len=32, lr=5e-3, lora_rank=4, heldout_fraction=0.1, checkpoint_every=100)
     settings.update(kw)
     pretrain(PretrainConfig(model=str(model), domains={k: str(v) for k, v in corpora.items()}, out=str(out), **settings))
     return out

@@ -52,8 +52,7 @@ def test_every_registry_settings_class_lives_in_its_methods_folder():
     for entries in (STAGE1, STAGE2):
         for name, entry in entries.items():
             for command, target in entry.settings.items():
-                module = target.split(":")[0]
-                assert module.startswith("domix.methods."), (name, target)
+                assert target.__module__.startswith("domix.methods."), (name, target)
                 assert command in COMMANDS
 
 

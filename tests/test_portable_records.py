@@ -28,7 +28,7 @@ def test_a_projects_records_hold_no_machine_path_and_load_after_a_move(tmp_path,
     monkeypatch.chdir(project)
     pretrain(PretrainConfig(model=str(project / "models" / "tiny"),  # given absolute: recorded relative to the project
                             domains={"food": "corpora/food.txt", "bio": "corpora/bio.txt"}, out="runs/store", steps=2,
-                            batch_size=4, seq_len=16, rank=2, heldout_max_blocks=2))
+                            batch_size=4, seq_len=16, lora_rank=2, heldout_max_blocks=2))
     finetune(FinetuneConfig(task="tasks/topics", modules="runs/store", out="runs/task", epochs=1, lr=5e-3, max_length=16))
     text = written_text(project / "runs")
     assert str(tmp_path) not in text and "machine-a" not in text  # no path of this machine in any record

@@ -54,7 +54,7 @@ def train_by_hand(model_path: Path, corpora: dict, cfg: PretrainConfig) -> dict[
     base = load_base_model(str(model_path), objective, torch.float32, tokenizer)
     target_modules, _ = resolve_target_modules(base.model, None)
     torch.manual_seed(cfg.seed)
-    lora = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=target_modules, bias="none")
+    lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=target_modules, bias="none")
     model = get_peft_model(base.model, lora)
     for name, path in corpora.items():
         data = DomainData.build(read_corpus(name, path), tokenizer, objective, cfg)

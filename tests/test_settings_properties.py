@@ -146,7 +146,7 @@ RANGES = {
                      "epochs": (1, True, None), "batch_size": (1, True, None), "max_length": (2, True, None), "lora_rank": (1, True, None),
                      "checkpoint_every": (1, True, None), "train_limit": (2, True, None), "eval_limit": (1, True, None),
                      "general_blocks": (1, True, None)},
-    PretrainConfig: {"rank": (1, True, None), "alpha": (0, False, None), "dropout": (0, True, 1), "lr": (0, False, None),
+    PretrainConfig: {"lora_rank": (1, True, None), "alpha": (0, False, None), "dropout": (0, True, 1), "lr": (0, False, None),
                      "weight_decay": (0, True, None), "max_grad_norm": (0, False, None), "warmup_ratio": (0, True, 1), "epochs": (0, False, None),
                      "steps": (1, True, None), "batch_size": (1, True, None), "seq_len": (2, True, None), "mlm_probability": (0, False, 1),
                      "heldout_fraction": (0, True, 1), "heldout_max_blocks": (1, True, None), "checkpoint_every": (1, True, None)},

@@ -18,10 +18,9 @@ import sys
 import types
 from typing import TYPE_CHECKING
 
-__version__ = "0.1.0"
-
-from domix.errors import DomixError  # noqa: E402
-from domix.lazy import lazy_attributes  # noqa: E402
+from domix.errors import DomixError
+from domix.lazy import lazy_attributes
+from domix.version import __version__
 
 # public name -> the module that defines it (imported on first use: PEP 562)
 _EXPORTS = {

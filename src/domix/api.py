@@ -29,12 +29,12 @@ def export(task_model: str | Path, out: str | Path, model: str | None = None, ov
 
 
 def evaluate(task_model: str | Path, data: str | Path, predictions: str | Path | None = None, model: str | None = None,
-             columns: Columns = Columns(), split: str | None = None, max_length: int = 128) -> dict[str, float]:
+             columns: Columns = Columns(), split: str | None = None, max_length: int | None = None) -> dict[str, float]:
     """Accuracy and F1 scores of a classifier (a task model or an exported folder) on labeled ``data``.
 
     ``data``: a jsonl/CSV/TSV/Parquet file, a ``save_to_disk`` folder or a dataset name (its ``split``,
     default test). ``predictions``: also write one prediction a line to this jsonl file. ``model``: the
-    base to rebuild a task model on (default: its record's). ``max_length`` applies to exported
+    base to rebuild a task model on (default: its record's). ``max_length`` (default: domix finetune's) applies to exported
     folders only (task models know theirs).
     """
     from domix.engine.runfolder import check_new_file

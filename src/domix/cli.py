@@ -11,148 +11,39 @@ import argparse
 import sys
 import traceback
 
-from domix import __version__
 from domix.console import set_verbose, verbose
 from domix.errors import DomixError
-from domix.finetune.config import RunOptions
+from domix.finetune.config import EvaluateSettings, FinetuneConfig
+from domix.llm.config import InstructConfig
 from domix.llm.cli import COMMANDS as LLM_COMMANDS
 from domix.llm.cli import add_parsers as add_llm_parsers
-from domix.methods.registry import STAGE1, STAGE2, method_help, method_settings, recipe_help
-from domix.settings import add_setting_flags
+from domix.methods.registry import INSTRUCT, PIECE_DESCRIPTIONS, STAGE1, STAGE2, method_help, recipe_help
+from domix.pretrain.config import PretrainConfig
+from domix.settings import add_setting_flags, flag_values, from_flags
+from domix.version import __version__
 
 
-def _domain(text: str) -> tuple[str, str]:
-    name, sep, path = text.partition("=")
-    if not sep or not name or not path:
-        raise argparse.ArgumentTypeError(f"expected NAME=PATH, got {text!r}")
-    return name, path
-
-
-def _add_pretrain(sub) -> None:
-    p = sub.add_parser("pretrain", help="train one LoRA domain module per corpus (domain-adaptive pre-training)",
-                       description="Train one LoRA module per domain corpus on a frozen base model. "
-                                   "Flags override the settings of --config; unset flags keep them.")
+def add_run_command(sub, command: str, cls: type, methods: dict, help: str, description: str) -> None:
+    """A subcommand that runs a recipe (pretrain, finetune, instruct): --config, --overwrite and a flag per setting of
+    ``cls`` (settings.add_setting_flags: name, type, help and default from the field); the methods' choices and the
+    recipes' help come from the registry."""
+    p = sub.add_parser(command, help=help, description=description + " Flags override the settings of --config; unset flags "
+                                                                      "keep them.")
     p.add_argument("--config", help="YAML file of settings (keys as the flags, with _ or -)")
-    p.add_argument("--model", help="base model: a local folder, a .gguf file, or a Hugging Face name")
-    p.add_argument("--domain", dest="domains", action="append", type=_domain, metavar="NAME=PATH",
-                   help="a domain and its corpus: .txt (a passage a line), .jsonl, .csv, .tsv or .parquet with a text column, "
-                        "a folder of them, a save_to_disk folder, or a dataset name (NAME or NAME:CONFIG); repeat per domain")
-    p.add_argument("--text-column", help="the corpora's text column or jsonl field (default 'text')")
-    p.add_argument("--out", help="output folder: the module store")
     p.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
-    p.add_argument("--objective", choices=["auto", "mlm", "clm"], help="default: auto (masked LM for encoders, causal for decoders)")
-    p.add_argument("--recipe", help=recipe_help("pretrain"))
-    p.add_argument("--method", choices=list(STAGE1),
-                   help=method_help(STAGE1, "default domix. The baselines (ncl_lora, joint_lora, ncl_full) train one model "
-                                            "for all domains, in one process. "))
-    p.add_argument("--general", help="a general-domain corpus (as --domain's PATH): MixDA's retention loss trains on it")
-    add_setting_flags(p, method_settings("pretrain"))  # each method's own (mixda_*, mode_*), from the registry
-    p.add_argument("--rank", type=int, help="LoRA rank (default 8)")
-    p.add_argument("--alpha", type=float, help="LoRA alpha (default 16)")
-    p.add_argument("--dropout", type=float, help="LoRA dropout (default 0)")
-    p.add_argument("--target-modules", help="comma-separated layer names or a regex (default: every linear layer of every block)")
-    p.add_argument("--train-head", action=argparse.BooleanOptionalAction, default=None, help="also train the LM head (default: no)")
-    p.add_argument("--lr", type=float, help="AdamW learning rate (default 5e-4)")
-    p.add_argument("--weight-decay", type=float, help="AdamW weight decay (default 0)")
-    p.add_argument("--warmup-ratio", type=float, help="linear warm-up share of the steps (default 0.1)")
-    p.add_argument("--epochs", type=float, help="passes over each corpus (default 1; 0.25: a quarter of one, with its own schedule)")
-    p.add_argument("--steps", type=int, help="steps per domain; overrides --epochs")
-    p.add_argument("--batch-size", type=int, help="sequences per step (default 16)")
-    p.add_argument("--seq-len", type=int, help="tokens per sequence (default 128)")
-    p.add_argument("--max-grad-norm", type=float, help="gradient clipping (default 1.0)")
-    p.add_argument("--seed", type=int, help="random seed (default 42)")
-    p.add_argument("--heldout-fraction", type=float, help="share of each corpus held out for evaluation (default 0.05)")
-    p.add_argument("--heldout-max-blocks", type=int, help="cap on held-out sequences (default 256)")
-    p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default 100)")
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16", "float64"], help="base model dtype (default float32)")
-    p.add_argument("--fused", action=argparse.BooleanOptionalAction, default=None,
-                   help="train several domains at once over one base (default: yes); --no-fused trains them one after another; "
-                        "ignored by the baseline methods")
-    p.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None,
-                   help="recompute activations in backward instead of keeping them: far less memory, about a third more "
-                        "compute (default: no)")
-    p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
+    add_setting_flags(p, cls, extra={"method": {"choices": list(methods), "help": method_help(methods, "")},
+                                     "recipe": {"help": recipe_help(command)}})
+    p.set_defaults(settings_class=cls)
 
 
-def _run_pretrain(args: argparse.Namespace) -> None:
-    from domix.pretrain.config import FIELDS, PretrainConfig
-    from domix.pretrain.run import pretrain
-    from domix.settings import build_config, unique_names
-
-    overrides = {k: v for k, v in vars(args).items() if k in FIELDS}
-    if overrides.get("domains"):
-        overrides["domains"] = unique_names(overrides["domains"], "--domain")
-    if isinstance(overrides.get("target_modules"), str) and not any(c in overrides["target_modules"] for c in "\\*()[]|"):
-        overrides["target_modules"] = [t.strip() for t in overrides["target_modules"].split(",") if t.strip()]
-    pretrain(build_config(PretrainConfig, args.config, overrides), overwrite=args.overwrite)
-
-
-def _add_finetune(sub) -> None:
-    p = sub.add_parser("finetune", help="fine-tune an end task on composed domain modules (DoMIX) or a baseline",
-                       description="Fine-tune a sequence classifier: the domain modules concatenated with a trainable "
-                                   "bridge (DoMIX), or a baseline (fixed bridge, PEFT LoRA/DoRA, full fine-tuning). "
-                                   "Flags override the settings of --config.")
-    p.add_argument("--config", help="YAML file of settings (keys as the flags)")
-    p.add_argument("--task", help="folder with train, dev and test files (.jsonl, .csv, .tsv or .parquet with columns 'text', "
-                                  "optional 'text_pair', 'label'), a save_to_disk folder, or a dataset name (NAME or NAME:CONFIG)")
-    _add_task_columns(p)
-    p.add_argument("--mix-task", dest="mix_tasks", action="append", metavar="TASK",
-                   help="another task to train along with --task (repeat): the examples are shuffled together, each task "
-                        "has its own labels of one head, and the dev mean picks the epoch; MoDE's stage 2 trains its gates on "
-                        "such mixed target data. The saved model is --task's; result.json scores every task")
-    p.add_argument("--splits", help="the task's split names where they are not train, dev, test, e.g. dev=validation "
-                                    "(validation, valid and val are tried for dev anyway)")
-    p.add_argument("--train", help="train file (overrides the task folder's)")
-    p.add_argument("--dev", help="dev file")
-    p.add_argument("--test", help="test file")
-    p.add_argument("--modules", help="module store: the --out folder of domix pretrain")
-    p.add_argument("--domains", type=lambda s: [d for d in s.split(",") if d], help="comma-separated modules to compose, in order (default: all)")
-    p.add_argument("--model", help="base model (default: the one the modules were trained on)")
-    p.add_argument("--out", help="output folder")
-    p.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
-    p.add_argument("--recipe", help=recipe_help("finetune"))
-    p.add_argument("--method", choices=list(STAGE2), help=method_help(STAGE2, "default domix. "))
-    p.add_argument("--general", help="a general-domain corpus: the record gives the language-model loss on it before and after (retention)")
-    p.add_argument("--general-blocks", type=int, help="sequences of --max-length tokens of --general that retention scores (default 64)")
-    p.add_argument("--lora-rank", type=int, help="rank for lora/dora from the base (default: the modules' total rank, else 8)")
-    p.add_argument("--init-module", help="lora/dora: start from this module of --modules (its rank, alpha and weights)")
-    p.add_argument("--save-model", action=argparse.BooleanOptionalAction, default=None,
-                   help="write the task model (default: yes); --no-save-model keeps only result.json")
-    add_setting_flags(p, method_settings("finetune"))  # each method's own (the bridge's, mode_*), from the registry
-    add_setting_flags(p, (RunOptions,))
-    p.add_argument("--lr", type=float, help="learning rate of B_cat and the head (default 3e-5)")
-    p.add_argument("--weight-decay", type=float, help="AdamW weight decay of B_cat and the head (default 0)")
-    p.add_argument("--warmup-ratio", type=float, help="(default 0: linear decay from the start)")
-    p.add_argument("--epochs", type=int, help="(default 5)")
-    p.add_argument("--batch-size", type=int, help="(default 16)")
-    p.add_argument("--max-length", type=int, help="tokens per example (default 128)")
-    p.add_argument("--max-grad-norm", type=float, help="gradient clipping (default 1.0)")
-    p.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None,
-                   help="recompute activations in backward instead of keeping them: far less memory, about a third more "
-                        "compute, the same weights (default: no)")
-    p.add_argument("--select-metric", choices=["accuracy", "macro_f1", "micro_f1"], help="dev metric that picks the kept epoch")
-    p.add_argument("--train-limit", type=int, help="use a seeded sample of this many training examples")
-    p.add_argument("--eval-limit", type=int, help="use a seeded sample of this many dev and test examples")
-    p.add_argument("--seed", type=int, help="head init, batch order and dropout (default 42)")
-    p.add_argument("--sample-seed", type=int, help="seed of the --train-limit/--eval-limit samples (default 0, the same for every --seed)")
-    p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default 200; also at every epoch's end)")
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16", "float64"], help="base model dtype (default float32)")
-    p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
-
-
-def _add_task_columns(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--text-column", help="the task's text column (default 'text')")
-    p.add_argument("--text-pair-column", help="the second text of a pair (default 'text_pair' where there is one)")
-    p.add_argument("--label-column", help="the task's label column (default 'label'; a ClassLabel's names are used)")
-
-
-def _run_finetune(args: argparse.Namespace) -> None:
-    from domix.finetune.config import FIELDS, FinetuneConfig
-    from domix.finetune.run import finetune
+def _run_recipe(args: argparse.Namespace) -> None:
+    """Defaults, the recipe, the YAML file and the flags given, then the recipe's function of the same name
+    (domix.pretrain, domix.finetune, domix.instruct)."""
+    import domix
     from domix.settings import build_config
 
-    overrides = {k: v for k, v in vars(args).items() if k in FIELDS}
-    finetune(build_config(FinetuneConfig, args.config, overrides), overwrite=args.overwrite)
+    cfg = build_config(args.settings_class, args.config, flag_values(args, args.settings_class))
+    getattr(domix, args.command)(cfg, overwrite=args.overwrite)
 
 
 def _run_export(args: argparse.Namespace) -> None:
@@ -166,11 +57,10 @@ def _run_export(args: argparse.Namespace) -> None:
 
 def _run_evaluate(args: argparse.Namespace) -> None:
     from domix.api import evaluate
-    from domix.sources import Columns
 
-    columns = Columns(args.text_column or "text", args.text_pair_column, args.label_column or "label")
-    scores = evaluate(args.task_model, args.data, args.predictions, args.base_model, columns=columns, split=args.split,
-                      max_length=args.max_length)
+    o = from_flags(args, EvaluateSettings)
+    scores = evaluate(args.task_model, args.data, o.predictions, o.base_model, columns=o.columns(), split=o.split,
+                      max_length=o.max_length)
     print(" ".join(f"{k} {v:.4f}" for k, v in scores.items()))
 
 
@@ -202,7 +92,7 @@ def _run_compare(args: argparse.Namespace) -> None:
 def _run_modules(args: argparse.Namespace) -> None:
     from domix.store import describe_store
 
-    print("\n".join(describe_store(args.store)))
+    print("\n".join(describe_store(args.store, PIECE_DESCRIPTIONS)))
 
 
 def _run_convert(args: argparse.Namespace) -> None:
@@ -222,9 +112,21 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also show the load reports, warnings and progress bars of transformers, PEFT and datasets "
                              "(silenced by default; DOMIX_VERBOSE=1 does the same)")
     sub = parser.add_subparsers(dest="command", required=True)
-    _add_pretrain(sub)
-    _add_finetune(sub)
-    add_llm_parsers(sub)  # instruct, eval-choice, generate
+    add_run_command(sub, "pretrain", PretrainConfig, STAGE1,
+                    help="train one LoRA domain module per corpus (domain-adaptive pre-training)",
+                    description="Train one LoRA module per domain corpus on a frozen base model (--method domix), or a stage-1 "
+                                "baseline: ncl_lora, joint_lora and ncl_full train one model for all domains, in one process.")
+    add_run_command(sub, "finetune", FinetuneConfig, STAGE2,
+                    help="fine-tune an end task on composed domain modules (DoMIX) or a baseline",
+                    description="Fine-tune a sequence classifier: the domain modules concatenated with a trainable bridge "
+                                "(DoMIX), or a baseline (fixed bridge, PEFT LoRA/DoRA, full fine-tuning).")
+    add_run_command(sub, "instruct", InstructConfig, {m: STAGE2[m] for m in INSTRUCT},
+                    help="instruction fine-tuning of a causal LM: composed LoRA modules (DoMIX) or a baseline",
+                    description="Fine-tune a causal LM on prompt/response (or instruction/input/output) jsonl rows, loss on the "
+                                "response tokens only. domix: LoRA modules (--modules STORE and/or --adapter PATH) concatenated "
+                                "with a trainable bridge; lora/dora: PEFT adapters; mode: a gate over the experts of domix "
+                                "pretrain --method mode; full: every weight.")
+    add_llm_parsers(sub)  # eval-choice, generate
     p = sub.add_parser("export", help="fold a task model into a plain transformers model folder")
     p.add_argument("task_model", help="the model/ folder of a domix finetune or domix instruct run")
     p.add_argument("out", help="a new folder for the plain transformers model")
@@ -234,11 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("task_model", metavar="model", help="a task model folder or an exported folder")
     p.add_argument("data", help="a .jsonl, .csv, .tsv or .parquet file with 'text', optional 'text_pair', 'label', "
                                 "a save_to_disk folder or a dataset name")
-    _add_task_columns(p)
-    p.add_argument("--split", help="the split of a dataset with several (default test)")
-    p.add_argument("--predictions", help="write one prediction a line to this jsonl file")
-    p.add_argument("--max-length", type=int, default=128, help="for exported folders (task models know theirs)")
-    p.add_argument("--model", dest="base_model", help="the base model to rebuild a task model on (default: the one its record names)")
+    add_setting_flags(p, EvaluateSettings)
     p = sub.add_parser("report", help="a table of finished finetune runs, side by side")
     p.add_argument("runs", nargs="+", help="finetune --out folders")
     p = sub.add_parser("compare", help="run methods x tasks x seeds (x domain orders) and write a report",
@@ -263,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMANDS = {"pretrain": _run_pretrain, "finetune": _run_finetune, "export": _run_export, "evaluate": _run_evaluate,
+COMMANDS = {"pretrain": _run_recipe, "finetune": _run_recipe, "instruct": _run_recipe, "export": _run_export, "evaluate": _run_evaluate,
             "report": _run_report, "compare": _run_compare, "modules": _run_modules, "convert-gguf": _run_convert,
             **LLM_COMMANDS}
 

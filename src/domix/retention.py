@@ -11,13 +11,13 @@ alone keeps the base's loss exactly; the rise is what adaptation cost.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from domix.base_model import load_base_model, load_tokenizer
 from domix.corpus import read_corpus, tokenize_blocks
-from domix.pretrain.config import PretrainConfig
 from domix.engine.loop import evaluate
 
 
@@ -37,6 +37,16 @@ def backbone(model: nn.Module) -> nn.Module:
     return getattr(model, model.base_model_prefix)
 
 
+@dataclass(frozen=True)
+class LMEval:
+    """How retention scores the LM loss (engine.loop.evaluate): its masks' seed and share (an encoder's masked LM),
+    fixed here, apart from domix pretrain's settings, so that retention figures of every run compare."""
+
+    batch_size: int
+    seed: int = 42
+    mlm_probability: float = 0.15
+
+
 def retention(task_model: nn.Module, base_name: str, general: str, seq_len: int, max_blocks: int,
               batch_size: int, device: torch.device | str) -> dict:
     """LM loss on general text of the base model and of ``task_model``'s backbone under the base's LM head."""
@@ -45,7 +55,7 @@ def retention(task_model: nn.Module, base_name: str, general: str, seq_len: int,
     blocks = general_blocks(general, tokenizer, objective, seq_len, max_blocks)
     dtype = next(task_model.parameters()).dtype
     lm = load_base_model(base_name, objective, dtype, tokenizer).model.to(device)
-    settings = PretrainConfig(batch_size=batch_size, seq_len=seq_len)  # evaluate's seed, batch and masking
+    settings = LMEval(batch_size=batch_size)
     before = evaluate(lm, blocks, objective, tokenizer, settings, device)
     prefix, head = lm.base_model_prefix, lm.get_output_embeddings()
     base_backbone, base_head_weight = getattr(lm, prefix), head.weight

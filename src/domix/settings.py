@@ -17,36 +17,149 @@ from domix.errors import DomixError
 T = TypeVar("T")
 
 
-def setting(default: Any, help: str, flag_type: Any = None) -> Any:
-    """A method's own setting (a dataclass field): its default and what its flag says (``flag_type``
-    converts the flag's text; None keeps it text, which the method's check then reads)."""
-    return dataclasses.field(default=default, metadata={"help": help, "flag_type": flag_type})
+_UNSET = dataclasses.MISSING
 
 
-def add_setting_flags(parser, classes: tuple[type, ...]) -> None:
-    """A flag per field of ``classes`` (the methods' own settings, domix.methods.registry.method_settings):
-    --NAME-WITH-DASHES, unset by default so that a YAML file's or recipe's value stands."""
+def setting(default: Any = _UNSET, help: str = "", flag_type: Any = None, *, factory: Any = _UNSET, flag: str | None = None,
+            aliases: tuple[str, ...] = (), metavar: str | None = None, repeat: bool = False, collect: Any = None) -> Any:
+    """A setting (a field of a settings dataclass) with what its flag needs: the one place its default and help are
+    written. ``flag_type`` converts the flag's text (default: the field's int or float type, else text, which the
+    settings' checks then read); ``flag`` names the flag where it is not --NAME-WITH-DASHES, ``aliases`` are older
+    spellings still taken; ``repeat``: the flag may be given again, each value added to a list, which ``collect``
+    turns into the setting's value (NAME=PATH pairs into a mapping, say)."""
+    meta = {"help": help, "flag_type": flag_type, "flag": flag, "aliases": tuple(aliases), "metavar": metavar, "repeat": repeat,
+            "collect": collect}
+    if factory is not _UNSET:
+        return dataclasses.field(default_factory=factory, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def _shown(value: Any) -> str | None:
+    """A default as the help text shows it (None: nothing to show)."""
+    if value is None or value == [] or value == {} or value == "":
+        return None
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+def field_default(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+def flag_names(f: dataclasses.Field) -> list[str]:
+    """The flags of setting ``f``: its own, then its older spellings."""
+    return [f.metadata.get("flag") or "--" + f.name.replace("_", "-"), *f.metadata.get("aliases", ())]
+
+
+def add_setting_flags(parser, cls: type, extra: dict[str, dict] | None = None) -> None:
+    """A flag per field of the settings dataclass ``cls`` (its methods' settings included), made from the field: its
+    name, type, help and default (added to the help as "(default X)"); unset by default so that a YAML file's or
+    recipe's value stands. ``extra``: argparse arguments that come from elsewhere than the field (the registry's
+    method names as ``choices``, a help text listing its recipes)."""
     import argparse
 
-    seen: set[str] = set()
-    for cls in classes:
-        for f in dataclasses.fields(cls):
-            if f.name in seen:
-                continue
-            seen.add(f.name)
-            flag, help = "--" + f.name.replace("_", "-"), f.metadata["help"]
-            if isinstance(f.default, bool):
-                parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help)
-            else:
-                parser.add_argument(flag, type=f.metadata["flag_type"], help=help)
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        meta, kwargs = f.metadata, dict((extra or {}).get(f.name, {}))
+        help = kwargs.pop("help", meta.get("help", ""))
+        shown = _shown(field_default(f))
+        if shown is not None and "(default" not in help:
+            help += f" (default {shown})"
+        kwargs["help"] = help.replace("%", "%%")
+        if meta.get("metavar"):
+            kwargs.setdefault("metavar", meta["metavar"])
+        if isinstance(field_default(f), bool):
+            parser.add_argument(*flag_names(f), dest=f.name, action=argparse.BooleanOptionalAction, default=None, **kwargs)
+            continue
+        options = _options(hints[f.name])  # a number, unless the setting also takes text ("10x", "matched")
+        kind = meta.get("flag_type") or (None if str in options else next((t for t in (int, float) if t in options), None))
+        if meta.get("repeat"):
+            kwargs["action"] = "append"
+        parser.add_argument(*flag_names(f), dest=f.name, type=kind, **kwargs)
 
 
-def resume_free(cfg: Any) -> tuple[str, ...]:
-    """The settings a run of ``cfg`` may be resumed or reused under other values of: its class's ``RESUME_FREE``
-    (where and how it runs, a recipe's name) and the settings only other methods read."""
-    from domix.methods.registry import other_methods_settings
+def flag_values(args: Any, cls: type) -> dict[str, Any]:
+    """The settings of ``cls`` given as flags in the parsed ``args`` (unset flags are None, left to the YAML file)."""
+    values = {}
+    for f in dataclasses.fields(cls):
+        value = getattr(args, f.name, None)
+        if value is not None and f.metadata.get("collect"):
+            value = f.metadata["collect"](value)
+        values[f.name] = value
+    return values
 
-    return (*type(cfg).RESUME_FREE, *sorted(other_methods_settings(cfg.COMMAND, cfg.method)))
+
+def from_flags(args: Any, cls: type[T]) -> T:
+    """The settings ``cls`` (a command's options that have no YAML file) with the flags given, the others at their
+    defaults."""
+    return cls(**{k: v for k, v in flag_values(args, cls).items() if v is not None})
+
+
+def _options(hint: Any) -> tuple:
+    return typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+
+
+def renamed(cls: type, values: dict[str, Any], where: str = "") -> dict[str, Any]:
+    """``values`` with the settings ``cls`` renamed (its ``RENAMED``: old name -> name) under their names of today, so
+    that old YAML files and run records still read; both names at once is refused."""
+    names = getattr(cls, "RENAMED", {})
+    for old, new in names.items():
+        if old in values:
+            if new in values:
+                raise DomixError(f"settings{where} give both {old!r} and {new!r}, two names of one setting; keep {new!r}")
+            values = {(new if k == old else k): v for k, v in values.items()}
+    return values
+
+
+class RunSettings:
+    """What the settings of a run (domix pretrain, finetune, instruct) share: built from defaults, a recipe, a YAML
+    file and flags (:func:`build_config`), checked field by field when made, recorded with portable paths. A
+    subclass, a dataclass, names its command (``COMMAND``), the settings a resumed run may change (``RESUME_FREE``),
+    each method's own settings class (``OWN_SETTINGS``, from the registry) and the registry's recipes
+    (``recipe_values``)."""
+
+    COMMAND = ""
+    RESUME_FREE: tuple[str, ...] = ()
+    OWN_SETTINGS: dict[str, type] = {}  # method -> the settings class only that method reads
+    RANGES: dict[str, tuple] = {}
+    TEXT_FORMS: dict[str, Any] = {}
+    RENAMED: dict[str, str] = {}  # an older name of a setting -> its name: old YAML files and records still read
+    PATHS: tuple[str, ...] = ()  # the settings that are paths (a path, a list of paths, a mapping of name -> path)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        check_ranges(self)
+
+    @staticmethod
+    def recipe_values(method: str, name: str) -> dict[str, Any]:
+        """The values recipe ``name`` sets for ``method`` (the subclass asks the registry)."""
+        raise NotImplementedError
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as the run's records keep them: paths portable (:func:`recorded_settings`)."""
+        return recorded_settings(self)
+
+    def inputs(self) -> list[str]:
+        """The paths this run reads (every path but ``out``): its output may never be, hold or lie inside one of them."""
+        found: list[str] = []
+        for key in self.PATHS:
+            if key != "out":
+                value = getattr(self, key)
+                found += value if isinstance(value, list) else list(value.values()) if isinstance(value, dict) else [value]
+        return [p for p in found if p]
+
+    def resume_free(self) -> tuple[str, ...]:
+        """The settings a run may be resumed or reused under other values of: ``RESUME_FREE`` (where and how it runs,
+        a recipe's name) and the settings only other methods read (a LoRA run does not depend on the bridge's)."""
+        own = self.OWN_SETTINGS.get(self.method)
+        own_fields = {f.name for f in dataclasses.fields(own)} if own else set()
+        others = {f.name for cls in self.OWN_SETTINGS.values() for f in dataclasses.fields(cls)} - own_fields
+        return (*self.RESUME_FREE, *sorted(others))
 
 
 def check(rules: list[tuple[bool, str]]) -> None:
@@ -54,6 +167,11 @@ def check(rules: list[tuple[bool, str]]) -> None:
     for ok, message in rules:
         if not ok:
             raise DomixError(message)
+
+
+def comma_list(text: str) -> list[str]:
+    """A flag's comma-separated names as a list."""
+    return [t.strip() for t in text.split(",") if t.strip()]
 
 
 def unique_names(pairs: list[tuple[str, str]], flag: str) -> dict[str, str]:
@@ -216,14 +334,11 @@ def portable_path(name: str) -> str:
         return name
 
 
-PATH_FIELDS = ("task", "train", "dev", "test", "modules", "model", "general", "out", "mix_tasks", "adapters", "domains")
-
-
 def recorded_settings(config: Any) -> dict[str, Any]:
-    """A run config's settings as its run records them (run.json): every path made portable (:func:`portable_path`),
-    in lists and in a mapping of domain corpora too."""
+    """A run config's settings as its run records them (run.json): every path (the class's ``PATHS``) made portable
+    (:func:`portable_path`), in lists and in a mapping of domain corpora too."""
     values = dataclasses.asdict(config)
-    for key in PATH_FIELDS:
+    for key in type(config).PATHS:
         value = values.get(key)
         if isinstance(value, str) and value:
             values[key] = portable_path(value)
@@ -238,16 +353,14 @@ def with_recipe(cls: type, values: dict[str, Any]) -> dict[str, Any]:
     """``values`` over the settings of the recipe they name (``recipe``), for their method (else the default)."""
     if not values.get("recipe"):
         return values
-    from domix.methods.registry import recipe
-
     method = values.get("method") or cls.method  # the dataclass's default
-    return {**recipe(cls.COMMAND, method, values["recipe"]), **values}
+    return {**cls.recipe_values(method, values["recipe"]), **values}
 
 
 def build_config(cls: type[T], yaml_path: str | None, overrides: dict[str, Any]) -> T:
     """Defaults, then the recipe (``--recipe``), then the YAML file, then the command-line values that were given."""
-    fields = {f.name for f in dataclasses.fields(cls)}
-    values: dict[str, Any] = load_yaml(yaml_path, fields) if yaml_path else {}
+    fields = {f.name for f in dataclasses.fields(cls)} | set(getattr(cls, "RENAMED", {}))
+    values: dict[str, Any] = renamed(cls, load_yaml(yaml_path, fields), f" in {yaml_path}") if yaml_path else {}
     hints = typing.get_type_hints(cls)
     values = {k: coerce(k, v, hints[k], f" in {yaml_path}") for k, v in values.items()}
     for key, value in overrides.items():

@@ -11,12 +11,14 @@ import platform
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
 
 from domix import atomic
 from domix.errors import DomixError
+from domix.version import __version__
 
 MANIFEST_NAME = "domix_manifest.json"
 _LORA_KEY = re.compile(r"^base_model\.model\.(?P<layer>.+)\.lora_(?P<part>[AB])\.weight$")
@@ -27,9 +29,7 @@ def versions() -> dict[str, str]:
     import peft
     import transformers
 
-    import domix
-
-    return {"domix": domix.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
+    return {"domix": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
             "peft": peft.__version__, "python": platform.python_version()}
 
 
@@ -188,8 +188,10 @@ def gather_modules(modules: str | None, domains: list[str] | None = None, adapte
     return found
 
 
-def describe_store(path: str | Path) -> list[str]:
-    """A line per finished domain of a store of any method: what it holds, its base, training and held-out loss."""
+def describe_store(path: str | Path, describers: dict[str, Callable[[dict], str]] | None = None) -> list[str]:
+    """A line per finished domain of a store of any method: what it holds, its base, training and held-out loss.
+    ``describers``: manifest kind -> what a folder of that kind holds (the registry's, for pieces that are not LoRA
+    modules); a LoRA module is described by its rank and layers, anything else by its kind."""
     path = Path(path)
     folders = [p for p in sorted(path.iterdir()) if (p / MANIFEST_NAME).is_file()] if path.is_dir() else []
     if not folders:
@@ -197,14 +199,8 @@ def describe_store(path: str | Path) -> list[str]:
     lines = []
     for folder in folders:
         m = atomic.read_json(folder / MANIFEST_NAME)
-        if "mixda" in m:
-            a = m["mixda"]
-            what = f"MixDA adapters at blocks {a['layers']}, bottleneck {a['adapter']}"
-        elif "mode" in m:
-            e = m["mode"]
-            spans = ", ".join(f"{b['layers'][0]}-{b['layers'][-1]}" for b in e["blocks"])
-            what = (f"MoDE experts beside the blocks of layers {spans}, {e['expert_layers']} "
-                    f"layer(s) each ({e['expert_parameters']:,} parameters)")
+        if m.get("kind") in (describers or {}):
+            what = describers[m["kind"]](m)
         elif (folder / "adapter_config.json").is_file():
             module = load_module(folder)
             what = f"LoRA rank {module.rank}, {len(module.lora_A)} layers"

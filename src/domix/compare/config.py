@@ -47,7 +47,8 @@ from domix.errors import DomixError
 from domix.finetune.config import FIELDS as FINETUNE_FIELDS
 from domix.methods.registry import COMPARE as METHODS
 from domix.pretrain.config import FIELDS as PRETRAIN_FIELDS
-from domix.settings import check_fields, read_yaml_mapping
+from domix.pretrain.config import PretrainConfig
+from domix.settings import check_fields, read_yaml_mapping, renamed
 from domix.sources import looks_like_dataset_name
 
 
@@ -111,6 +112,10 @@ class CompareConfig:
         data["orders"] = domain_orders(list(data["domains"]), orders)
         if data.get("search") is not None:
             data["search"] = Search.from_dict(data["search"], path)
+        for key in ("pretrain", "pretrain_method_settings"):  # a setting's older name, as domix pretrain --config reads it
+            if isinstance(data.get(key), dict):
+                data[key] = (renamed(PretrainConfig, data[key], f" in {path}") if key == "pretrain" else
+                             {m: renamed(PretrainConfig, v, f" in {path}") if isinstance(v, dict) else v for m, v in data[key].items()})
         return cls(**data).validate()
 
     def narrowed(self, methods: list[str] | None = None, tasks: list[str] | None = None,

@@ -22,7 +22,6 @@ from domix import atomic
 from domix.errors import DomixError
 
 METRICS = ("accuracy", "macro_f1")
-BRIDGE_METHOD = "domix"  # whose bridge usage the heatmaps show; another method's only where it has none
 DPI = 100
 HEATMAP_TITLE = "each domain's share of the weight update norm the bridge feeds into each layer"
 
@@ -248,14 +247,14 @@ def format_table(rows: list[dict], tasks: list[str]) -> str:
 def bridge_usage(results: dict, task: str) -> dict | None:
     """The bridge usage of a task averaged over runs, or None where no run of the task has any.
 
-    Uses the ``domix`` method's runs (another method's, in ``methods`` order, where domix has none).
+    Uses the runs of the first method, in the comparison's ``methods`` order, that records a bridge usage.
     Columns are put in the ``domains`` order (other domains by name) so that runs whose orders differ
     average; where runs disagree on the domains or layers, the largest group of agreeing runs is used.
     Returns ``{method, layers, domains, norms (a list of rows, one per layer), n_runs}``.
     """
     runs = _runs(results)
     by_method = _by_method(runs)
-    for method in _unique([BRIDGE_METHOD, *_methods(results, runs)]):
+    for method in _methods(results, runs):
         usages = [run["bridge_usage"] for run in by_method[method] if run["task"] == task and run.get("bridge_usage")]
         if usages:
             return {"method": method, **_average_usage(usages, results.get("domains") or [])}

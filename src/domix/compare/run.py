@@ -50,8 +50,8 @@ from domix.finetune.run import RESULT_FILE
 from domix.methods.registry import STAGE1, STAGE2
 from domix.pretrain.config import PretrainConfig
 from domix.engine.progress import PROGRESS_FILE_ENV
-from domix.engine.runfolder import RUN_FILE, refuse_other_kind, refuse_own_inputs
-from domix.settings import resume_free, with_recipe
+from domix.engine.runfolder import RUN_FILE, changed_settings, refuse_other_kind, refuse_own_inputs
+from domix.settings import with_recipe
 from domix.system import THREADS_ENV, cores_given
 
 TIMES_FILE = "job_times.json"  # wall seconds of each job's command, as the comparison measured it
@@ -184,7 +184,7 @@ def _finetune_job(cfg: CompareConfig, name: str, task: ComparedTask, seed: int, 
     if source is None:
         settings["model"] = cfg.model
         if STAGE2[method.finetune].lora_rank:  # the same total rank as the composed modules, or one module's
-            rank = cfg.pretrain.get("rank", PretrainConfig.rank)
+            rank = cfg.pretrain.get("lora_rank", PretrainConfig.lora_rank)
             settings.setdefault("lora_rank", rank if method.one_module_rank else rank * len(cfg.domains))
     elif STAGE1[method.pretrain].gives_model:
         settings["model"] = str(source.out / STAGE1[method.pretrain].output)
@@ -236,7 +236,7 @@ def compare(cfg: CompareConfig, overwrite: bool = False, dry_run: bool = False, 
                   f"{len(selection)} selection runs have finished")
         return None
     times = atomic.read_json(out / TIMES_FILE) if (out / TIMES_FILE).is_file() else {}
-    pending = [j for j in jobs if not j.given and not _reusable(j, overwrite)]
+    pending = [j for j in jobs if not j.given and not reusable(j, overwrite)]
     print(f"domix: comparison of {len(cfg.methods)} methods on {len(cfg.tasks)} tasks: {len(jobs)} jobs, "
           f"{len(jobs) - len(pending)} already finished" + (f"; {cfg.jobs} at a time" if cfg.jobs > 1 else "")
           + (f"; {len(selection)} of them selection runs (dev only), then "
@@ -247,9 +247,9 @@ def compare(cfg: CompareConfig, overwrite: bool = False, dry_run: bool = False, 
     def run(job: Job) -> None:
         with lock:
             number = next(numbers)
-        board.start(number, job.name, _status_file(out, job))
+        board.start(number, job.name, progress_file(out, job))
         try:
-            seconds = _run(job, out, overwrite, in_process, threads=_threads(cfg.jobs))
+            seconds = run_job(job, out, overwrite, in_process, threads=_threads(cfg.jobs))
         except BaseException:
             board.end(job.name, ok=False)
             raise
@@ -274,7 +274,7 @@ def compare(cfg: CompareConfig, overwrite: bool = False, dry_run: bool = False, 
             choices = choices_of(cfg, jobs)
             tests = plan_tests(cfg, jobs, choices)
             _check(tests)
-            pending_tests = [j for j in tests if not _reusable(j, overwrite)]
+            pending_tests = [j for j in tests if not reusable(j, overwrite)]
             board.total += len(pending_tests)
             pending += pending_tests
             run_all(pending_tests)
@@ -339,34 +339,9 @@ def _changed_settings(job: Job) -> list[str] | None:
     return changed_settings(atomic.read_json(job.out / RUN_FILE).get("config", {}), job.config())
 
 
-PATH_SETTINGS = ("task", "train", "dev", "test", "modules", "model", "general")
-
-
-def changed_settings(done: dict, config) -> list[str]:
-    """The settings of ``config`` (a FinetuneConfig) that a recorded run (its run.json "config") has other values
-    of, as a run's outcome sees them: a path is the file it names, wherever it was run from; ``domains`` unset is
-    the whole store in its own order; a setting the record lacks came after it (the run had its default); the
-    settings a run may differ in (``resume_free``: where it runs, a recipe's name, other methods' settings) are not
-    compared."""
-    planned = config.to_dict()
-    defaults = type(config)().to_dict()
-    free = resume_free(config)
-
-    def value(key: str, recorded: dict):
-        v = recorded.get(key, defaults[key])
-        if key in PATH_SETTINGS and v:
-            return Path(v).resolve()
-        if key == "domains" and v is None and recorded.get("modules"):
-            from domix.store import domain_folders
-
-            return [folder.name for folder in domain_folders(recorded["modules"])]
-        return v
-
-    return sorted(k for k in planned if k not in free and value(k, done) != value(k, planned))
-
-
-def _reusable(job: Job, overwrite: bool) -> bool:
-    """A finished job with the planned settings is reused; one with other settings is refused."""
+def reusable(job: Job, overwrite: bool) -> bool:
+    """Whether ``job`` has finished with the planned settings (then it is reused, not run again); a finished run with
+    other settings is refused, or with ``overwrite`` run again."""
     differing = _changed_settings(job)
     if differing is None:
         return False
@@ -381,11 +356,14 @@ def _threads(jobs: int) -> int | None:
     return max(1, cores_given() // jobs) if jobs > 1 else None  # the cores this process is given, not the machine's
 
 
-def _status_file(out: Path, job: Job) -> Path:
+def progress_file(out: Path, job: Job) -> Path:
+    """Where a running job's progress is written (what the comparison's board shows)."""
     return out / "logs" / f"{job.name}.progress.json"
 
 
-def _run(job: Job, out: Path, overwrite: bool, in_process: bool, threads: int | None = None) -> float:
+def run_job(job: Job, out: Path, overwrite: bool, in_process: bool, threads: int | None = None) -> float:
+    """Run ``job`` as its command would (``domix pretrain`` or ``finetune --config OUT/configs/NAME.yaml``): in a process
+    of its own, its output in OUT/logs/NAME.log, or ``in_process``; returns its wall time in seconds."""
     config_file = out / "configs" / f"{job.name}.yaml"
     atomic.write_text(config_file, yaml.safe_dump(job.settings, sort_keys=False))
     started = time.perf_counter()
@@ -401,7 +379,7 @@ def _run(job: Job, out: Path, overwrite: bool, in_process: bool, threads: int | 
     with open(log, "a") as sink:
         sink.write("$ " + " ".join(["python", *command[1:]]) + "\n")  # the log names no path of this machine
         sink.flush()
-        status = _status_file(out, job)
+        status = progress_file(out, job)
         status.unlink(missing_ok=True)  # an earlier attempt's
         env = {**os.environ, PROGRESS_FILE_ENV: str(status), **({"OMP_NUM_THREADS": str(threads), THREADS_ENV: str(threads)} if threads else {})}
         code = subprocess.run(command, stdout=sink, stderr=subprocess.STDOUT, env=env).returncode

@@ -29,7 +29,6 @@ from domix.engine.loop import TrainResult, domain_seed
 from domix.engine.runfolder import RUN_FILE, check_corpora_unchanged, check_out, clear
 from domix.errors import DomixError
 from domix.metrics import downsample_curve
-from domix.settings import resume_free
 from domix.store import MANIFEST_NAME, versions
 from domix.system import DTYPES, peak_memory_mb
 
@@ -49,7 +48,7 @@ class PretrainRun:
         """Check the folder, read the corpora (and ``extra`` ones, e.g. general text: key -> corpus,
         recorded in run.json under that key), and the tokenizer."""
         out = Path(cfg.out)
-        previous = check_out(out, cfg.to_dict(), resume_free(cfg), overwrite, cfg.COMMAND, cfg.inputs())
+        previous = check_out(out, cfg, overwrite)
         corpora = {name: read_corpus(name, path, cfg.text_column) for name, path in cfg.domains.items()}
         run = cls(cfg, out, previous, overwrite, corpora, None, "")
         if run.resuming:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 from domix import atomic
 from domix.errors import DomixError
+from domix.settings import renamed
 
 RUN_FILE = "run.json"
 
@@ -55,14 +57,12 @@ def refuse_other_kind(out: Path, previous: dict, kind: str | None) -> None:
                          f"{KIND_NAMES.get(kind, kind)}; choose another --out (or delete that folder yourself if you mean to)")
 
 
-def check_out(out: Path, settings: dict, resume_free: tuple[str, ...], overwrite: bool,
-              kind: str | None = None, inputs: list[str | Path] = ()) -> dict | None:
-    """Check ``out`` can take this run; return its previous run record (None for a new folder).
-
-    ``kind``: the command (pretrain, finetune, instruct); ``--overwrite`` replaces only a run of the
-    same kind. ``inputs``: the run's own input paths, never an output, even with ``overwrite``.
-    """
-    out = Path(out)
+def check_out(out: Path, cfg: Any, overwrite: bool) -> dict | None:
+    """Check ``out`` can take the run of settings ``cfg`` (a settings.RunSettings); return its previous run record
+    (None for a new folder). ``--overwrite`` replaces only a run of the same command; the run's own inputs
+    (``cfg.inputs()``) are never an output, even with ``overwrite``; an unfinished run resumes only under the same
+    settings (:func:`changed_settings`)."""
+    out, kind, inputs = Path(out), cfg.COMMAND, cfg.inputs()
     refuse_own_inputs(out, inputs)
     if not out.exists():  # made when the run begins: a run refused before that leaves no folder behind
         _check_writable_parent(out)
@@ -84,15 +84,47 @@ def check_out(out: Path, settings: dict, resume_free: tuple[str, ...], overwrite
         return previous
     if previous.get("status") == "finished":
         raise DomixError(f"{out} holds a finished run; pass --overwrite to replace it or choose another --out")
-    old = previous.get("config", {})
-    # a setting only one side has came or went with a domix version, at the value the other side's code assumed
-    differing = sorted(k for k in (set(old) & set(settings)) - set(resume_free) if old[k] != settings[k])
+    differing = changed_settings(previous.get("config", {}), cfg)
     if differing:
         raise DomixError(
             f"{out} holds an unfinished run with other settings ({', '.join(differing)}); "
             "rerun it with the same settings to resume, or pass --overwrite to start over"
         )
     return previous
+
+
+def changed_settings(recorded: dict, cfg: Any) -> list[str]:
+    """The settings of ``cfg`` that a recorded run (its run.json "config") has other values of, as the run's outcome
+    sees them: the one rule by which a run resumes (:func:`check_out`) and a comparison reuses a finished run. A path
+    is the file it names, wherever the run was started from; ``domains`` unset is the whole store in its own order;
+    a setting the record lacks came after it (the run had its default), one it names by an older name is read under
+    today's (``RENAMED``); the settings a run may differ in (``cfg.resume_free()``: where it runs, a recipe's name,
+    other methods' settings) are not compared."""
+    recorded = renamed(type(cfg), recorded)
+    planned, defaults, free = cfg.to_dict(), type(cfg)().to_dict(), set(cfg.resume_free())
+
+    def value(key: str, values: dict) -> Any:
+        v = values.get(key, defaults[key])
+        if key == "domains" and v is None and values.get("modules"):
+            from domix.store import domain_folders
+
+            return [folder.name for folder in domain_folders(values["modules"])]
+        if key in cfg.PATHS:
+            return _resolved(v)
+        return v
+
+    return sorted(k for k in planned if k not in free and value(k, recorded) != value(k, planned))
+
+
+def _resolved(value: Any) -> Any:
+    """Paths (alone, in a list, or the values of a mapping) as the files they name."""
+    if isinstance(value, str) and value:
+        return Path(value).resolve()
+    if isinstance(value, list):
+        return [_resolved(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _resolved(v) for k, v in value.items()}
+    return value
 
 
 def check_new_output(out: str | Path, inputs: list[str | Path], overwrite: bool, what: str = "a model folder") -> None:

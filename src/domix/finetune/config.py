@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
 
 from domix.errors import DomixError
-from domix.methods.registry import method_settings, stage2
-from domix.settings import (FRACTION, NON_NEGATIVE, POSITIVE, at_least, check_fields, check_ranges, one_of,
-                            recorded_settings, setting)
+from domix.methods.registry import method_settings, own_settings, recipe_of, stage2
+from domix.settings import FRACTION, NON_NEGATIVE, POSITIVE, RunSettings, at_least, comma_list, one_of, setting
 
 AUTOCAST = ("bfloat16", "float16")  # --autocast's choices
 
@@ -29,53 +28,87 @@ class RunOptions:
     autocast: str | None = setting(None, "mixed precision of the forward passes: bfloat16 or float16 (matrix products in that "
                                          "dtype, weights and optimizer in --dtype; default: none)")
     group_by_length: bool = setting(False, "batches of examples of similar length (shuffled, a fresh draw every epoch): far fewer "
-                                           "padding tokens computed (default: no, batches drawn at random)")
-    score_test: bool = setting(True, "score the test split at the end (default: yes); --no-score-test is a selection run: the "
+                                           "padding tokens computed (no: batches drawn at random)")
+    score_test: bool = setting(True, "score the test split at the end; --no-score-test is a selection run: the "
                                      "test split is neither read nor scored, so no decision made on the run can see it")
 
 
+TASK_HELP = ("folder with train, dev and test files (.jsonl, .csv, .tsv or .parquet with columns 'text', optional 'text_pair', "
+             "'label'), a save_to_disk folder, or a dataset name (NAME or NAME:CONFIG)")
+
+
 @dataclass(kw_only=True)
-class FinetuneConfig(RunOptions, *method_settings("finetune")):
+class TaskColumns:
+    """The columns of a labelled task, where they are named otherwise (domix finetune and domix evaluate)."""
+
+    text_column: str = setting("text", "the task's text column")
+    text_pair_column: str | None = setting(None, "the second text of a pair (default: 'text_pair' where there is one)")
+    label_column: str = setting("label", "the task's label column (a ClassLabel's names are used)")
+
+    def columns(self):
+        from domix.sources import Columns
+
+        return Columns(self.text_column, self.text_pair_column, self.label_column)
+
+
+@dataclass(kw_only=True)
+class EvaluateSettings(TaskColumns):
+    """What domix evaluate reads besides the model and the data."""
+
+    split: str | None = setting(None, "the split of a dataset with several (default: test)")
+    predictions: str | None = setting(None, "write one prediction a line to this jsonl file")
+    base_model: str | None = setting(None, "the base model to rebuild a task model on (default: the one its record names)",
+                                     flag="--model")
+    max_length: int | None = setting(None, "tokens per example, for exported folders without domix export's record (task models "
+                                           "know theirs; default: domix finetune's)")
+
+
+@dataclass(kw_only=True)
+class FinetuneConfig(RunSettings, RunOptions, TaskColumns, *method_settings("finetune")):
     """The settings of domix finetune. A method's own settings (the bridge's p_init, MoDE's mode_*) come
     from its settings class in the registry, which this class inherits: the same YAML keys and flags."""
 
-    task: str | None = None  # a folder of train/dev/test files, a save_to_disk folder or a dataset name
-    train: str | None = None  # or explicit files (they win over the folder's)
-    dev: str | None = None
-    test: str | None = None
-    text_column: str = "text"  # the task's columns, where they are named otherwise
-    text_pair_column: str | None = None  # default: "text_pair" where the task has it
-    label_column: str = "label"
-    splits: dict[str, str] | None = None  # domix split -> the source's split or file stem: {"dev": "validation"}
-    mix_tasks: list[str] | None = None  # other tasks trained along (MoDE's stage 2 on mixed target data): finetune/mixture.py
-    modules: str | None = None  # the module store (domix pretrain --out)
-    domains: list[str] | None = None  # which modules, in this order (default: all)
-    model: str | None = None  # default: the base the modules were trained on
-    out: str = ""
-    method: str = "domix"  # a stage-2 method of domix.methods.registry
-    recipe: str | None = None  # a named preset of the method's settings (registry: recipes), under YAML and flags
-    lora_rank: int | None = None  # for lora/dora from the base; default: the modules' total rank (else 8)
-    init_module: str | None = None  # for lora/dora: start from this module of --modules (its rank and alpha)
-    general: str | None = None  # a general-domain corpus: the record gives the LM loss on it before and after (retention)
-    general_blocks: int = 64  # sequences of max_length tokens of it that retention scores
-    save_model: bool = True  # False: keep only the scores (result.json), e.g. for full fine-tuning in a comparison
+    task: str | None = setting(None, TASK_HELP)
+    train: str | None = setting(None, "train file (overrides the task folder's)")
+    dev: str | None = setting(None, "dev file")
+    test: str | None = setting(None, "test file")
+    splits: dict[str, str] | None = setting(None, "the task's split names where they are not train, dev, test, e.g. dev=validation "
+                                                  "(validation, valid and val are tried for dev anyway)")
+    mix_tasks: list[str] | None = setting(
+        None, flag="--mix-task", repeat=True, metavar="TASK",
+        help="another task to train along with --task (repeat): the examples are shuffled together, each task has its own labels "
+             "of one head, and the dev mean picks the epoch; MoDE's stage 2 trains its gates on such mixed target data. The "
+             "saved model is --task's; result.json scores every task (finetune/mixture.py)")
+    modules: str | None = setting(None, "module store: the --out folder of domix pretrain")
+    domains: list[str] | None = setting(None, "comma-separated modules to compose, in order (default: all)", comma_list)
+    model: str | None = setting(None, "base model (default: the one the modules were trained on)")
+    out: str = setting("", "output folder")
+    method: str = setting("domix", "a stage-2 method")
+    recipe: str | None = setting(None, "a named preset of the method's settings, under the YAML file and the flags")
+    lora_rank: int | None = setting(None, "rank for lora/dora from the base (default: the modules' total rank, else 8)")
+    init_module: str | None = setting(None, "lora/dora: start from this module of --modules (its rank, alpha and weights)")
+    general: str | None = setting(None, "a general-domain corpus: the record gives the language-model loss on it before and "
+                                        "after (retention)")
+    general_blocks: int = setting(64, "sequences of --max-length tokens of --general that retention scores")
+    save_model: bool = setting(True, "write the task model; --no-save-model keeps only result.json")
     # optimisation (reference: AdamW 3e-5, batch 16, linear decay)
-    lr: float = 3e-5
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.0
-    epochs: int = 5
-    batch_size: int = 16
-    max_length: int = 128
-    max_grad_norm: float = 1.0
-    gradient_checkpointing: bool = False  # recompute activations in backward: far less memory, about a third more compute
-    select_metric: str = "macro_f1"  # dev metric that picks the kept epoch
-    train_limit: int | None = None  # subsample the splits (seeded), for quick runs
-    eval_limit: int | None = None
-    seed: int = 42  # head init, batch order, dropout
-    sample_seed: int = 0  # which examples --train-limit/--eval-limit keep: fixed, so every seed and method sees the same
-    checkpoint_every: int = 200
-    dtype: str = "float32"
-    device: str = "auto"
+    lr: float = setting(3e-5, "learning rate of B_cat and the head")
+    weight_decay: float = setting(0.0, "AdamW weight decay of B_cat and the head")
+    warmup_ratio: float = setting(0.0, "linear warm-up share of the steps (0: linear decay from the start)")
+    epochs: int = setting(5, "passes over the training set")
+    batch_size: int = setting(16, "examples per step")
+    max_length: int = setting(128, "tokens per example")
+    max_grad_norm: float = setting(1.0, "gradient clipping")
+    gradient_checkpointing: bool = setting(False, "recompute activations in backward instead of keeping them: far less memory, "
+                                                  "about a third more compute, the same weights")
+    select_metric: str = setting("macro_f1", "dev metric that picks the kept epoch: accuracy, macro_f1 or micro_f1")
+    train_limit: int | None = setting(None, "use a seeded sample of this many training examples")
+    eval_limit: int | None = setting(None, "use a seeded sample of this many dev and test examples")
+    seed: int = setting(42, "head init, batch order and dropout")
+    sample_seed: int = setting(0, "seed of the --train-limit/--eval-limit samples: fixed, so every --seed and method sees the same")
+    checkpoint_every: int = setting(200, "steps between checkpoints (also at every epoch's end)")
+    dtype: str = setting("float32", "base model dtype: float32, bfloat16, float16 or float64")
+    device: str = setting("auto", "auto, cpu, cuda or cuda:N")
 
     # a list or mapping given as a flag's text: one task; "dev=validation,test=test"
     TEXT_FORMS = {"mix_tasks": lambda text: [text], "splits": lambda text: parse_splits(text)}
@@ -86,14 +119,13 @@ class FinetuneConfig(RunOptions, *method_settings("finetune")):
               "dtype": one_of("float32", "bfloat16", "float16", "float64"), "autocast": one_of(*AUTOCAST),
               "train_limit": at_least(2), "eval_limit": at_least(1), "general_blocks": at_least(1)}
     COMMAND = "finetune"  # whose recipes apply
+    OWN_SETTINGS = own_settings(COMMAND)
+    recipe_values = staticmethod(partial(recipe_of, COMMAND))
+    PATHS = ("task", "train", "dev", "test", "mix_tasks", "modules", "model", "out", "general")
     # a recipe's name is not compared, its values are: the same values under another name make the same run
     RESUME_FREE = ("checkpoint_every", "device", "gradient_checkpointing", "out", "save_model", "recipe")
     LORA_RANK = 8  # a fresh LoRA's rank without --lora-rank or modules to take it from
     LORA_TARGETS = None  # a fresh LoRA adapts the modules' layers, else every linear layer of every block
-
-    def __post_init__(self) -> None:
-        check_fields(self)
-        check_ranges(self)
 
     def validate(self) -> "FinetuneConfig":
         if not self.out:
@@ -119,20 +151,6 @@ class FinetuneConfig(RunOptions, *method_settings("finetune")):
             if not self.modules:
                 raise DomixError("--init-module names a module of a store; pass --modules STORE too")
         return self
-
-    def to_dict(self) -> dict[str, Any]:
-        """The settings as the run's records keep them: paths portable (settings.recorded_settings)."""
-        return recorded_settings(self)
-
-    def inputs(self) -> list[str]:
-        """The paths this run reads: its output may never be, hold or lie inside one of them."""
-        return [p for p in (self.task, self.train, self.dev, self.test, *(self.mix_tasks or []), self.modules, self.model,
-                            self.general) if p]
-
-    def columns(self):
-        from domix.sources import Columns
-
-        return Columns(self.text_column, self.text_pair_column, self.label_column)
 
 
 FIELDS = {f.name for f in dataclasses.fields(FinetuneConfig)}

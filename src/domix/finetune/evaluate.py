@@ -9,6 +9,7 @@ import torch
 
 from domix import atomic
 from domix.errors import DomixError
+from domix.finetune.config import FinetuneConfig
 from domix.engine.predict import predict
 from domix.finetune.model import load_task_model
 from domix.methods.base import EXPORT_FILE, TASK_FILE
@@ -35,7 +36,7 @@ def load_any(folder: str | Path, device: str = "cpu", base: str | None = None):
 
 
 def evaluate_file(folder: str | Path, data: str | Path, predictions: str | Path | None = None,
-                  max_length: int = 128, batch_size: int = 32, base: str | None = None, columns: Columns = Columns(),
+                  max_length: int | None = None, batch_size: int = 32, base: str | None = None, columns: Columns = Columns(),
                   split: str | None = None) -> dict[str, float]:
     """Scores of a task model on ``data`` (any source ``domix.sources`` reads; a dataset's ``split``, default test)."""
     examples = read_split(data, "evaluation", columns, split or "test")
@@ -43,7 +44,7 @@ def evaluate_file(folder: str | Path, data: str | Path, predictions: str | Path 
     unseen = sorted(set(examples.labels) - set(labels))
     if unseen:
         raise DomixError(f"{data} has label(s) {unseen} that the model does not know; it knows {labels}")
-    rows = encode(examples, tokenizer, trained_length or max_length)
+    rows = encode(examples, tokenizer, trained_length or max_length or FinetuneConfig.max_length)
     logits = predict(model, rows, tokenizer.pad_token_id, batch_size, "cpu")
     predicted = logits.argmax(-1)
     gold = torch.tensor([labels.index(label) for label in examples.labels])

@@ -29,7 +29,6 @@ from domix.methods.base import Probe
 from domix.methods.registry import task_method
 from domix.metrics import classification_scores, downsample_curve
 from domix.retention import retention
-from domix.settings import resume_free
 from domix.store import base_of
 from domix.system import DTYPES, autocast, peak_memory_mb, reset_peak_memory, resolve_device
 from domix.tasks import Task, encode, pad_batch, read_task
@@ -58,7 +57,7 @@ def finetune(cfg: FinetuneConfig, overwrite: bool = False, on_step: StepHook | N
     cfg.validate()
     ranks = process_group()
     out = Path(cfg.out)
-    previous = check_out(out, cfg.to_dict(), resume_free(cfg), overwrite, cfg.COMMAND, cfg.inputs())
+    previous = check_out(out, cfg, overwrite)
     # a selection run (--no-score-test) never reads the test split: nothing it records can depend on it
     held_out = ("dev", "test") if cfg.score_test else ("dev",)
     task = read_task(cfg.task, columns=cfg.columns(), splits=cfg.splits, without_test=not cfg.score_test,
@@ -133,8 +132,6 @@ def finetune(cfg: FinetuneConfig, overwrite: bool = False, on_step: StepHook | N
         "dtype": cfg.dtype,
         "max_length": cfg.max_length,
         "layers": None,  # the method's record below says which layers it adapted, and what else it adds
-        "bridge": None,
-        "bridge_usage": None,
         "loss_curve": downsample_curve(progress.losses, 200),
         "dev_history": state["history"],
         "best_epoch": state["best_epoch"],

@@ -56,7 +56,7 @@ from torch import nn
 from domix.engine.predict import length_batches
 from domix.errors import DomixError
 from domix.sources import json_records
-from domix.llm.config import FORMATS, PROTOCOLS
+from domix.llm.config import FORMATS, PROTOCOLS, ChoiceSettings
 
 _REQUIRED = {  # detection order: the first format whose fields a row has
     "hellaswag": ("activity_label", "ctx_a", "ctx_b", "endings", "label"),
@@ -273,8 +273,8 @@ def _encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int],
 
 
 @torch.no_grad()
-def loglikelihoods(model: nn.Module, tokenizer, requests: list[tuple[str, str]], batch_size: int = 8,
-                   max_length: int = 2048, device="cpu") -> list[tuple[float, bool]]:
+def loglikelihoods(model: nn.Module, tokenizer, requests: list[tuple[str, str]], batch_size: int = ChoiceSettings.batch_size,
+                   max_length: int = ChoiceSettings.max_length, device="cpu") -> list[tuple[float, bool]]:
     """(summed log-probability of the continuation given the context, whether it is the greedy continuation)
     for each (context, continuation); the input is cut from the left to ``max_length`` tokens."""
     model.eval()
@@ -303,8 +303,8 @@ def loglikelihoods(model: nn.Module, tokenizer, requests: list[tuple[str, str]],
     return results
 
 
-def score_loglikelihood(model: nn.Module, tokenizer, questions: list[Question], batch_size: int = 8,
-                        max_length: int = 2048, device="cpu") -> dict:
+def score_loglikelihood(model: nn.Module, tokenizer, questions: list[Question], batch_size: int = ChoiceSettings.batch_size,
+                        max_length: int = ChoiceSettings.max_length, device="cpu") -> dict:
     """acc and acc_norm over the questions, and each question's choice scores."""
     requests = [(c, t) for q in questions for c, t in zip(q.contexts, q.continuations)]
     lls = [ll for ll, _ in loglikelihoods(model, tokenizer, requests, batch_size, max_length, device)]
@@ -338,7 +338,8 @@ def check_beams(num_beams: int) -> None:
 
 
 @torch.no_grad()
-def generate(model: nn.Module, tokenizer, prompts: list[str], max_new_tokens: int = 32, batch_size: int = 8,
+def generate(model: nn.Module, tokenizer, prompts: list[str], max_new_tokens: int = ChoiceSettings.max_new_tokens,
+             batch_size: int = ChoiceSettings.batch_size,
              device="cpu", add_special_tokens: bool = True, num_beams: int = 1) -> list[str]:
     """Continuations of ``prompts`` (left-padded batches), decoded without special tokens: greedy, or beam
     search with ``num_beams`` beams (the published DoMIX and LLM-Adapters evaluations use 4)."""
@@ -390,7 +391,8 @@ PROTOCOL_NOTES = {
 
 
 def evaluate_choice(source: str, tasks: dict[str, str], protocols: tuple[str, ...] = PROTOCOLS, out: str | None = None,
-                    limit: int | None = None, batch_size: int = 8, max_length: int = 2048, max_new_tokens: int = 32,
+                    limit: int | None = None, batch_size: int = ChoiceSettings.batch_size, max_length: int = ChoiceSettings.max_length,
+                    max_new_tokens: int = ChoiceSettings.max_new_tokens,
                     template: str | None = None, device: str = "auto", dtype: str = "auto", details: str | None = None,
                     base: str | None = None, num_beams: int = 1) -> dict:
     """Score a model (domix instruct folder, exported folder, or any causal LM) on task files.

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
 
 from domix.errors import DomixError
-from domix.methods.registry import INSTRUCT, method_settings, stage2
-from domix.settings import (FRACTION, NON_NEGATIVE, OPEN_FRACTION, POSITIVE, at_least, check_fields, check_ranges, one_of,
-                            recorded_settings)
+from domix.methods.registry import INSTRUCT, method_settings, own_settings, recipe_of, stage2
+from domix.settings import FRACTION, NON_NEGATIVE, OPEN_FRACTION, POSITIVE, RunSettings, at_least, comma_list, one_of, setting
 
 DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]  # the paper's LLM setting
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16", "float64")
@@ -21,44 +20,50 @@ FORMATS = ("boolq", "piqa", "siqa", "hellaswag", "winogrande", "arc", "openbookq
 
 
 @dataclass(kw_only=True)
-class InstructConfig(*method_settings("instruct")):
+class InstructConfig(RunSettings, *method_settings("instruct")):
     """The settings of domix instruct. A method's own settings (the bridge's p_init, new_rank) come from its
     settings class in the registry, which this class inherits: the same YAML keys and flags."""
 
-    train: str | None = None  # jsonl: prompt/response or instruction/input/output
-    dev: str | None = None  # default: a seeded dev_fraction of train
-    dev_fraction: float = 0.05
-    modules: str | None = None  # a module store (domix pretrain --out) ...
-    domains: list[str] | None = None  # ... which of its modules, in this order (default: all)
-    adapters: list[str] | None = None  # and/or PEFT LoRA adapter folders (trained anywhere)
-    model: str | None = None  # default: the base the modules were trained on
-    out: str = ""
-    method: str = "domix"  # a stage-2 method of domix.methods.registry that instruct offers (INSTRUCT)
-    recipe: str | None = None  # a named preset of the method's settings (registry: recipes), under YAML and flags
-    target_modules: list[str] | None = None  # lora/dora: the layers adapted (default DEFAULT_TARGETS)
-    lora_rank: int | None = None  # lora/dora: default the modules' total rank if any are given, else 16
-    template: str = "alpaca"  # see llm/data.py
-    general: str | None = None  # general-domain text: the record gives the LM loss on it before and after (retention)
-    general_blocks: int = 64  # sequences of max_length tokens of it that retention scores
+    train: str | None = setting(None, "jsonl (or a JSON list) of prompt/response or instruction/input/output rows")
+    dev: str | None = setting(None, "dev jsonl (default: a seeded --dev-fraction of --train)")
+    dev_fraction: float = setting(0.05, "share of --train held out when no --dev is given")
+    modules: str | None = setting(None, "module store to compose (the --out folder of domix pretrain)")
+    domains: list[str] | None = setting(None, "comma-separated modules of --modules, in order (default: all)", comma_list)
+    adapters: list[str] | None = setting(None, "a PEFT LoRA adapter folder to compose (adapter_config.json + "
+                                               "adapter_model.safetensors); repeat", flag="--adapter", repeat=True, metavar="PATH")
+    model: str | None = setting(None, "base causal LM (default: the one the modules name)")
+    out: str = setting("", "output folder")
+    method: str = setting("domix", "a stage-2 method that instruct offers")
+    recipe: str | None = setting(None, "a named preset of the method's settings, under the YAML file and the flags")
+    target_modules: list[str] | None = setting(None, "lora/dora: comma-separated layer names (default: "
+                                                     f"{','.join(DEFAULT_TARGETS)})", comma_list)
+    lora_rank: int | None = setting(None, "lora/dora rank (default: the modules' total rank, else 16); alpha is 2x the rank")
+    template: str = setting("alpaca", f"prompt template: {', '.join(TEMPLATES)} (chat: the tokenizer's; see llm/data.py)")
+    general: str | None = setting(None, "general-domain text (a file or folder, as pretrain's --domain PATH): the record gives "
+                                        "the LM loss on it before and after training (retention)")
+    general_blocks: int = setting(64, "sequences of --max-length tokens of --general that retention scores")
     # optimisation
-    lr: float = 2e-4
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.03
-    warmup_steps: int | None = None  # if set, overrides warmup_ratio (the published LLM recipe: 100)
-    epochs: int = 2
-    batch_size: int = 8
-    max_length: int = 256
-    max_grad_norm: float = 1.0
-    gradient_checkpointing: bool = False
-    train_limit: int | None = None  # a seeded sample of the training examples
-    seed: int = 42  # batch order, dropout, LoRA init
-    sample_seed: int = 0  # which examples train_limit and the dev hold-out take
-    checkpoint_every: int = 200
-    dtype: str = "auto"  # auto: bfloat16 on a GPU that has it, else float32
-    device: str = "auto"
-    save_model: bool = True
+    lr: float = setting(2e-4, "AdamW learning rate")
+    weight_decay: float = setting(0.0, "AdamW weight decay")
+    warmup_ratio: float = setting(0.03, "linear warm-up share of the steps")
+    warmup_steps: int | None = setting(None, "linear warm-up steps; overrides --warmup-ratio (the published LLM recipe: 100)")
+    epochs: int = setting(2, "passes over the training set")
+    batch_size: int = setting(8, "examples per step")
+    max_length: int = setting(256, "tokens per example, prompt and response")
+    max_grad_norm: float = setting(1.0, "gradient clipping")
+    gradient_checkpointing: bool = setting(False, "recompute activations in backward to save memory")
+    train_limit: int | None = setting(None, "use a seeded sample of this many training examples")
+    seed: int = setting(42, "batch order, dropout, LoRA init")
+    sample_seed: int = setting(0, "seed of the dev hold-out and the --train-limit sample")
+    checkpoint_every: int = setting(200, "steps between checkpoints (also at every epoch's end)")
+    dtype: str = setting("auto", f"{', '.join(DTYPE_CHOICES)}; auto: bfloat16 on a GPU that has it, else float32")
+    device: str = setting("auto", "auto, cpu, cuda or cuda:N")
+    save_model: bool = setting(True, "write the model; --no-save-model keeps only result.json")
 
     COMMAND = "instruct"  # whose recipes apply
+    OWN_SETTINGS = own_settings(COMMAND)
+    recipe_values = staticmethod(partial(recipe_of, COMMAND))
+    PATHS = ("train", "dev", "modules", "adapters", "model", "out", "general")
     # a recipe's name is not compared, its values are: the same values under another name make the same run
     RESUME_FREE = ("checkpoint_every", "device", "gradient_checkpointing", "out", "save_model", "recipe")
     LORA_RANK = 16  # a fresh LoRA's rank without --lora-rank or modules to take it from
@@ -69,10 +74,6 @@ class InstructConfig(*method_settings("instruct")):
               "max_grad_norm": POSITIVE, "epochs": at_least(1), "batch_size": at_least(1), "max_length": at_least(2),
               "dev_fraction": OPEN_FRACTION, "lora_rank": at_least(1), "warmup_steps": at_least(0), "train_limit": at_least(2),
               "checkpoint_every": at_least(1), "dtype": one_of(*DTYPE_CHOICES), "general_blocks": at_least(1)}
-
-    def __post_init__(self) -> None:
-        check_fields(self)
-        check_ranges(self)
 
     def validate(self) -> "InstructConfig":
         if not self.out:
@@ -91,13 +92,37 @@ class InstructConfig(*method_settings("instruct")):
             settings.check_settings(self)
         return self
 
-    def to_dict(self) -> dict[str, Any]:
-        """The settings as the run's records keep them: paths portable (settings.recorded_settings)."""
-        return recorded_settings(self)
-
-    def inputs(self) -> list[str]:
-        """The paths this run reads: its output may never be, hold or lie inside one of them."""
-        return [p for p in (self.train, self.dev, self.modules, *(self.adapters or []), self.model, self.general) if p]
-
 
 FIELDS = {f.name for f in dataclasses.fields(InstructConfig)}
+
+
+@dataclass(kw_only=True)
+class LoadSettings:
+    """How domix eval-choice and domix generate load a model and prompt it."""
+
+    base_model: str | None = setting(None, "the base to rebuild a domix instruct model on (default: the one its record names)")
+    template: str | None = setting(None, f"prompt template: {', '.join(TEMPLATES)} (default: the model's, else alpaca)")
+    dtype: str = setting("auto", f"{', '.join(DTYPE_CHOICES)}, for models that are not domix instruct folders")
+    device: str = setting("auto", "auto, cpu, cuda or cuda:N")
+    num_beams: int = setting(1, "beams of beam search (1: greedy; the published DoMIX evaluation uses 4); recorded with the scores")
+
+
+@dataclass(kw_only=True)
+class ChoiceSettings(LoadSettings):
+    """How domix eval-choice scores (its flags; llm/choice.py's defaults)."""
+
+    protocol: str = setting("both", "loglikelihood (lm-eval style acc and acc_norm), generate (LLM-Adapters style), or both")
+    out: str | None = setting(None, "write the results as JSON here")
+    details: str | None = setting(None, "write each question's scores or generated text as JSON here")
+    limit: int | None = setting(None, "only the first N questions of each file")
+    batch_size: int = setting(8, "questions scored at once")
+    max_length: int = setting(2048, "log-likelihood: inputs cut from the left to this many tokens")
+    max_new_tokens: int = setting(32, "generate: tokens generated per question")
+
+
+@dataclass(kw_only=True)
+class GenerateSettings(LoadSettings):
+    """How domix generate continues its prompts."""
+
+    max_new_tokens: int = setting(128, "tokens generated per prompt")
+

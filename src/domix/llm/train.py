@@ -33,7 +33,6 @@ from domix.methods.registry import task_method
 from domix.metrics import downsample_curve
 from domix.retention import retention
 from domix.store import base_of
-from domix.settings import resume_free
 from domix.system import peak_memory_mb, reset_peak_memory, resolve_device
 
 RESULT_FILE = "result.json"
@@ -59,7 +58,9 @@ def _seeded_sample(n: int, k: int, seed: int) -> list[int]:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:k].sort().values.tolist()
 
 
-def _splits(cfg: InstructConfig) -> tuple[list[Example], list[Example]]:
+def train_dev_examples(cfg: InstructConfig) -> tuple[list[Example], list[Example]]:
+    """The run's training and dev examples: ``cfg.dev``, else a seeded ``dev_fraction`` of ``cfg.train``; a seeded
+    ``train_limit`` sample of the training examples."""
     train = read_examples(cfg.train, "train")
     if cfg.dev:
         dev = read_examples(cfg.dev, "dev")
@@ -81,7 +82,7 @@ def prepare(cfg: InstructConfig) -> dict:
     A benchmark can call this and time its own steps on ``batches``.
     """
     cfg.validate()
-    train_examples, dev_examples = _splits(cfg)
+    train_examples, dev_examples = train_dev_examples(cfg)
     if cfg.general:  # fail before training, not after
         read_corpus("general", cfg.general)
     method = task_method(cfg.method)
@@ -113,7 +114,7 @@ def instruct(cfg: InstructConfig, overwrite: bool = False, on_step: StepHook | N
     cfg.validate()
     ranks = process_group()
     out = Path(cfg.out)
-    previous = check_out(out, cfg.to_dict(), resume_free(cfg), overwrite, cfg.COMMAND, cfg.inputs())
+    previous = check_out(out, cfg, overwrite)
     started = time.perf_counter()
     run = prepare(cfg)
     model, tokenizer, device = run["model"], run["tokenizer"], run["device"]
@@ -142,8 +143,6 @@ def instruct(cfg: InstructConfig, overwrite: bool = False, on_step: StepHook | N
         "max_length": cfg.max_length,
         "layers": None,  # the method's record says which layers it adapted, and what else it adds
         "lora_rank": None,
-        "bridge": None,
-        "bridge_usage": None,
         **run["method"].record(model, run["modules"], cfg),
         "gradient_checkpointing": cfg.gradient_checkpointing,
         "examples": {"train": len(run["train"]), "dev": len(run["dev"]), "dropped": dropped},

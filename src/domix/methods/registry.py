@@ -7,24 +7,26 @@
   that builds the task model, records, saves, reloads and exports it.
 - Comparison rows (``domix compare``): a stage-2 method on what a stage-1 method wrote.
 
-An entry holds what the command line, the settings checks and the comparison planner need, so
-none of them imports torch (``domix --help`` stays fast); the implementation is imported on
-first use. Adding a method means one folder under ``domix/methods/`` and one line here; nothing
-outside this file compares method names.
+An entry holds what the command line, the settings checks and the comparison planner need, and
+points at the method's own objects: its settings class, and its trainer or task method as its
+package offers them (a function that imports the torch side on first call, so that ``domix --help``
+and the settings load no torch). Adding a method means one folder under ``domix/methods/`` and one
+line here; nothing outside this file compares method names.
 """
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
+from typing import Callable
 
 from domix.errors import DomixError
-
-
-def _import(target: str):
-    module, _, attr = target.partition(":")
-    return getattr(importlib.import_module(module), attr)
-
+from domix.methods import baselines, domix, full, head, mixda, mode, peft
+from domix.methods.baselines.config import OUTPUTS, WHOLE_MODELS
+from domix.methods.domix.config import BridgeSettings
+from domix.methods.mixda import config as mixda_config
+from domix.methods.mixda.config import MixdaSettings
+from domix.methods.mode import config as mode_config
+from domix.methods.mode.config import ModeFinetuneSettings, ModePretrainSettings
 
 # Named presets of settings (``--recipe NAME``): recipe -> command -> settings. A preset replaces domix's
 # defaults; a YAML file and flags still override it. "paper": the published code's values.
@@ -35,24 +37,21 @@ Recipes = dict[str, dict[str, dict]]
 class Stage1:
     """A pre-training method (``domix pretrain --method``)."""
 
-    trainer: str  # "module:function"
+    trainer: Callable  # (cfg, overwrite, on_step) -> each domain's manifest
     help: str
     output: str | None = None  # the folder inside the store that fine-tuning starts from (None: one piece per domain)
     gives_model: bool = False  # that output is a whole model (finetune --model), not a LoRA module (--modules)
     ordered: bool = False  # what it writes depends on the order of the domains
     needs_general: bool = False  # it also trains on general-domain text (--general)
     recipes: Recipes = field(default_factory=dict)
-    settings: dict[str, str] = field(default_factory=dict)  # command -> "module:Class", the method's own settings
-
-    def trainer_function(self):
-        return _import(self.trainer)
+    settings: dict[str, type] = field(default_factory=dict)  # command -> the method's own settings class
 
 
 @dataclass(frozen=True)
 class Stage2:
     """A task method (``domix finetune`` / ``domix instruct --method``)."""
 
-    composer: str  # "module:Class", a methods.base.TaskMethod
+    composer: Callable  # () -> a fresh methods.base.TaskMethod
     help: str
     store: str | None = None  # the stage-1 method whose store --modules must hold ...
     pieces: str = "domain modules"  # ... and what it calls its pieces, for messages
@@ -60,12 +59,8 @@ class Stage2:
     lora_rank: bool = False  # a fresh adapter of --lora-rank (default: the modules' total rank)
     init_module: bool = False  # may start from one module of --modules (--init-module)
     instruct: bool = False  # offered by domix instruct (causal LMs) too
-    new_rank: bool = False  # takes --new-rank R: a fresh block of rank R in the bridge, before the modules
     recipes: Recipes = field(default_factory=dict)
-    settings: dict[str, str] = field(default_factory=dict)  # command -> "module:Class", the method's own settings
-
-    def composer_class(self):
-        return _import(self.composer)
+    settings: dict[str, type] = field(default_factory=dict)  # command -> the method's own settings class
 
 
 @dataclass(frozen=True)
@@ -90,44 +85,44 @@ DOMIX_PAPER: Recipes = {"paper": {"finetune": {"lr": 3e-5, "batch_size": 16, "we
                                                "p_weight_decay": 0.0}}}
 
 # the methods' own settings (torch-free modules): a dataclass each, mixed into the command's settings
-BRIDGE = {"finetune": "domix.methods.domix.config:BridgeSettings", "instruct": "domix.methods.domix.config:BridgeSettings"}
+BRIDGE = {"finetune": BridgeSettings, "instruct": BridgeSettings}
 
 STAGE1: dict[str, Stage1] = {
-    "domix": Stage1("domix.methods.domix.pretrain:pretrain_modules", "one LoRA module per domain"),
-    "ncl_lora": Stage1("domix.methods.baselines.pretrain:pretrain_baseline",
-                       "one LoRA trained on the domains in --domain order (OUT/ncl/)", output="ncl", ordered=True),
-    "joint_lora": Stage1("domix.methods.baselines.pretrain:pretrain_baseline",
-                         "one LoRA on the domains mixed (OUT/joint/)", output="joint"),
-    "ncl_full": Stage1("domix.methods.baselines.pretrain:pretrain_baseline",
-                       "the whole model in --domain order (OUT/ncl-full/)", output="ncl-full", gives_model=True, ordered=True),
-    "mixda": Stage1("domix.methods.mixda.pretrain:pretrain_mixda",
+    "domix": Stage1(domix.pretrain_modules, "one LoRA module per domain"),
+    "ncl_lora": Stage1(baselines.pretrain_baseline,
+                       "one LoRA trained on the domains in --domain order (OUT/ncl/)", output=OUTPUTS["ncl_lora"], ordered=True),
+    "joint_lora": Stage1(baselines.pretrain_baseline,
+                         "one LoRA on the domains mixed (OUT/joint/)", output=OUTPUTS["joint_lora"]),
+    "ncl_full": Stage1(baselines.pretrain_baseline,
+                       "the whole model in --domain order (OUT/ncl-full/)", output=OUTPUTS["ncl_full"],
+                       gives_model="ncl_full" in WHOLE_MODELS, ordered=True),
+    "mixda": Stage1(mixda.pretrain_mixda,
                     "one FFN adapter per domain (stage 1 of MixDA, needs --general)", needs_general=True,
                     recipes={"paper": {"pretrain": {"lr": 5e-4, "weight_decay": 0.05}}},  # its stage-1 defaults
-                    settings={"pretrain": "domix.methods.mixda.config:MixdaSettings"}),
-    "mode": Stage1("domix.methods.mode.pretrain:pretrain_mode", "expert layers per domain (stage 1 of MoDE)",
-                   settings={"pretrain": "domix.methods.mode.config:ModePretrainSettings"}),
+                    settings={"pretrain": MixdaSettings}),
+    "mode": Stage1(mode.pretrain_mode, "expert layers per domain (stage 1 of MoDE)",
+                   settings={"pretrain": ModePretrainSettings}),
 }
 
 STAGE2: dict[str, Stage2] = {
-    "domix": Stage2("domix.methods.domix.method:Bridge", "modules + trainable bridge", store="domix",
-                    modules_required=True, instruct=True, new_rank=True, recipes=DOMIX_PAPER, settings=BRIDGE),
-    "domix_fixed": Stage2("domix.methods.domix.method:FixedBridge", "the bridge frozen at its init", store="domix",
-                          modules_required=True, new_rank=True, recipes=DOMIX_PAPER, settings=BRIDGE),
-    "cat": Stage2("domix.methods.domix.method:Cat", "the bridge frozen at I", store="domix", modules_required=True, new_rank=True, instruct=True,
+    "domix": Stage2(domix.bridge, "modules + trainable bridge", store="domix",
+                    modules_required=True, instruct=True, recipes=DOMIX_PAPER, settings=BRIDGE),
+    "domix_fixed": Stage2(domix.fixed_bridge, "the bridge frozen at its init", store="domix",
+                          modules_required=True, recipes=DOMIX_PAPER, settings=BRIDGE),
+    "cat": Stage2(domix.cat, "the bridge frozen at I", store="domix", modules_required=True, instruct=True,
                   recipes=DOMIX_PAPER, settings=BRIDGE),
-    "lora": Stage2("domix.methods.peft.method:Lora", "a PEFT LoRA", store="domix", lora_rank=True, init_module=True, instruct=True),
-    "lora_fa": Stage2("domix.methods.peft.method:LoraFA", "a fresh LoRA with A frozen (DoMIX's trainable shape without "
+    "lora": Stage2(peft.lora, "a PEFT LoRA", store="domix", lora_rank=True, init_module=True, instruct=True),
+    "lora_fa": Stage2(peft.lora_fa, "a fresh LoRA with A frozen (DoMIX's trainable shape without "
                       "domain modules)", store="domix", lora_rank=True, instruct=True),
-    "dora": Stage2("domix.methods.peft.method:Dora", "a PEFT DoRA", store="domix", lora_rank=True, init_module=True, instruct=True),
-    "full": Stage2("domix.methods.full.method:Full", "every weight trains", instruct=True),
-    "head": Stage2("domix.methods.head.method:Head", "only the classification head"),
-    "mixda": Stage2("domix.methods.mixda.method:MixDA", "a gate over the domain adapters of domix pretrain --method mixda",
+    "dora": Stage2(peft.dora, "a PEFT DoRA", store="domix", lora_rank=True, init_module=True, instruct=True),
+    "full": Stage2(full.full, "every weight trains", instruct=True),
+    "head": Stage2(head.head, "only the classification head"),
+    "mixda": Stage2(mixda.mixda, "a gate over the domain adapters of domix pretrain --method mixda",
                     store="mixda", pieces="domain adapters", modules_required=True,
                     recipes={"paper": {"finetune": {"lr": 1e-4, "weight_decay": 0.01}}}),  # its stage-2 AdamW
-    "mode": Stage2("domix.methods.mode.method:MoDE", "a gate over the experts of domix pretrain --method mode",
+    "mode": Stage2(mode.mode, "a gate over the experts of domix pretrain --method mode",
                    store="mode", pieces="domain experts", modules_required=True, instruct=True,
-                   settings={"finetune": "domix.methods.mode.config:ModeFinetuneSettings",
-                             "instruct": "domix.methods.mode.config:ModeFinetuneSettings"}),
+                   settings={"finetune": ModeFinetuneSettings, "instruct": ModeFinetuneSettings}),
 }
 
 COMPARE: dict[str, Row] = {
@@ -152,26 +147,22 @@ COMPARE: dict[str, Row] = {
     "mode": Row("mode", pretrain="mode"),
 }
 
+# what a store's folder holds, by its manifest's kind, where it is not a LoRA module (domix modules)
+PIECE_DESCRIPTIONS = {mixda_config.KIND: mixda_config.describe_adapters, mode_config.KIND: mode_config.describe_experts}
+
 INSTRUCT = tuple(name for name, entry in STAGE2.items() if entry.instruct)
 
 
-def method_settings(command: str) -> tuple[type, ...]:
-    """The settings dataclasses of the methods ``command`` (pretrain, finetune, instruct) offers, each once:
-    the command's settings class inherits them, so their fields are its YAML keys and flags."""
-    entries = STAGE1.values() if command == "pretrain" else STAGE2.values()
-    return tuple(_import(target) for target in dict.fromkeys(e.settings[command] for e in entries if command in e.settings))
-
-
-def other_methods_settings(command: str, method: str) -> frozenset[str]:
-    """The settings of ``command`` that only other methods read (a LoRA run does not depend on the bridge's): a
-    finished or unfinished run of ``method`` is the same run whatever they hold."""
-    import dataclasses
-
+def own_settings(command: str) -> dict[str, type]:
+    """Method -> the settings dataclass only that method reads in ``command`` (pretrain, finetune, instruct)."""
     entries = STAGE1 if command == "pretrain" else STAGE2
-    own = entries[method].settings.get(command) if method in entries else None
-    own_fields = {f.name for f in dataclasses.fields(_import(own))} if own else set()
-    every = {f.name for cls in method_settings(command) for f in dataclasses.fields(cls)}
-    return frozenset(every - own_fields)
+    return {name: e.settings[command] for name, e in entries.items() if command in e.settings}
+
+
+def method_settings(command: str) -> tuple[type, ...]:
+    """The settings dataclasses of the methods ``command`` offers, each once: the command's settings class inherits
+    them, so their fields are its YAML keys and flags."""
+    return tuple(dict.fromkeys(own_settings(command).values()))
 
 
 def stage1(name: str) -> Stage1:
@@ -189,12 +180,12 @@ def stage2(name: str, choices: tuple[str, ...] | None = None) -> Stage2:
 
 def task_method(name: str):
     """A fresh :class:`~domix.methods.base.TaskMethod` of stage-2 method ``name`` (it keeps per-run state)."""
-    method = stage2(name).composer_class()()
+    method = stage2(name).composer()
     method.name = name
     return method
 
 
-def recipe(command: str, method: str, name: str) -> dict:
+def recipe_of(command: str, method: str, name: str) -> dict:
     """The settings recipe ``name`` gives ``method`` in ``command`` (pretrain, finetune, instruct)."""
     entry = (STAGE1 if command == "pretrain" else STAGE2).get(method)
     if entry is None:

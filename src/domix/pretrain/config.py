@@ -3,64 +3,83 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from functools import partial
 
 from domix.errors import DomixError
-from domix.methods.registry import method_settings, stage1
-from domix.settings import (FRACTION, NON_NEGATIVE, OPEN_FRACTION, POSITIVE, at_least, check_fields, check_ranges, one_of,
-                            recorded_settings)
+from domix.methods.registry import method_settings, own_settings, recipe_of, stage1
+from domix.settings import (FRACTION, NON_NEGATIVE, OPEN_FRACTION, POSITIVE, RunSettings, at_least, one_of, setting,
+                            unique_names)
+
+
+def _domain(text: str) -> tuple[str, str]:
+    import argparse
+
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"expected NAME=PATH, got {text!r}")
+    return name, path
+
+
+def _targets(text: str) -> list[str] | str:
+    """--target-modules: comma-separated layer names, or a regex (kept whole)."""
+    if any(c in text for c in "\\*()[]|"):
+        return text
+    return [t.strip() for t in text.split(",") if t.strip()]
 
 
 @dataclass(kw_only=True)
-class PretrainConfig(*method_settings("pretrain")):
+class PretrainConfig(RunSettings, *method_settings("pretrain")):
     """The settings of domix pretrain. A method's own settings (MixDA's mixda_*, MoDE's mode_*) come from
     its settings class in the registry, which this class inherits: the same YAML keys and flags."""
 
-    model: str = ""
-    domains: dict[str, str] = field(default_factory=dict)  # name -> corpus path
-    out: str = ""
-    objective: str = "auto"  # mlm, clm or auto (from the model)
-    method: str = "domix"  # a stage-1 method of domix.methods.registry
-    recipe: str | None = None  # a named preset of the method's settings (registry: recipes), under YAML and flags
-    general: str | None = None  # a general-domain corpus: MixDA's retention loss trains on it
-    text_column: str = "text"  # the corpora's text column (jsonl, CSV, Parquet, datasets)
+    model: str = setting("", "base model: a local folder, a .gguf file, or a Hugging Face name")
+    domains: dict[str, str] = setting(
+        factory=dict, flag="--domain", repeat=True, flag_type=_domain, metavar="NAME=PATH",
+        collect=lambda pairs: unique_names(pairs, "--domain"),
+        help="a domain and its corpus: .txt (a passage a line), .jsonl, .csv, .tsv or .parquet with a text column, a folder of "
+             "them, a save_to_disk folder, or a dataset name (NAME or NAME:CONFIG); repeat per domain")
+    out: str = setting("", "output folder: the module store")
+    objective: str = setting("auto", "mlm, clm or auto (masked LM for encoders, causal for decoders)")
+    method: str = setting("domix", "a stage-1 method")
+    recipe: str | None = setting(None, "a named preset of the method's settings, under the YAML file and the flags")
+    general: str | None = setting(None, "a general-domain corpus (as --domain's PATH): MixDA's retention loss trains on it")
+    text_column: str = setting("text", "the corpora's text column or jsonl field")
     # LoRA: r 8, alpha 16, no dropout, every linear layer of every block (DoMIX reference)
-    rank: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.0
-    target_modules: list[str] | str | None = None
-    train_head: bool = False
+    lora_rank: int = setting(8, "rank of each domain's LoRA module", aliases=("--rank",))
+    alpha: float = setting(16.0, "LoRA alpha")
+    dropout: float = setting(0.0, "LoRA dropout")
+    target_modules: list[str] | str | None = setting(None, "comma-separated layer names or a regex (default: every linear layer of "
+                                                           "every block)", _targets)
+    train_head: bool = setting(False, "also train the LM head")
     # optimisation: AdamW 5e-4, linear schedule, 10% warm-up, one epoch
-    lr: float = 5e-4
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.1
-    epochs: float = 1  # passes over each corpus; a fraction (0.25) trains on that share of one, with its own schedule
-    steps: int | None = None  # if set, overrides epochs
-    batch_size: int = 16
-    seq_len: int = 128
-    max_grad_norm: float = 1.0
-    mlm_probability: float = 0.15
-    seed: int = 42
-    heldout_fraction: float = 0.05
-    heldout_max_blocks: int = 256
-    checkpoint_every: int = 100
-    fused: bool = True  # several domains train at once over one base (not with train_head)
-    gradient_checkpointing: bool = False  # recompute activations in backward: far less memory, ~1/3 more compute
-    dtype: str = "float32"  # float32, bfloat16 or float16
-    device: str = "auto"  # auto, cpu, cuda, cuda:1, ...
+    lr: float = setting(5e-4, "AdamW learning rate")
+    weight_decay: float = setting(0.0, "AdamW weight decay")
+    warmup_ratio: float = setting(0.1, "linear warm-up share of the steps")
+    epochs: float = setting(1, "passes over each corpus (0.25: a quarter of one, with its own schedule)", float)
+    steps: int | None = setting(None, "steps per domain; overrides --epochs")
+    batch_size: int = setting(16, "sequences per step")
+    seq_len: int = setting(128, "tokens per sequence")
+    max_grad_norm: float = setting(1.0, "gradient clipping")
+    mlm_probability: float = setting(0.15, "masked LM: the share of tokens masked")
+    seed: int = setting(42, "random seed")
+    heldout_fraction: float = setting(0.05, "share of each corpus held out for evaluation")
+    heldout_max_blocks: int = setting(256, "cap on held-out sequences")
+    checkpoint_every: int = setting(100, "steps between checkpoints")
+    fused: bool = setting(True, "train several domains at once over one base; --no-fused trains them one after another; ignored "
+                                "by the baseline methods and with --train-head")
+    gradient_checkpointing: bool = setting(False, "recompute activations in backward instead of keeping them: far less memory, "
+                                                  "about a third more compute")
+    dtype: str = setting("float32", "base model dtype: float32, bfloat16, float16 or float64")
+    device: str = setting("auto", "auto, cpu, cuda or cuda:N")
 
     # each field's own range, checked when the settings are built (settings.check_ranges)
-    RANGES = {"rank": at_least(1), "alpha": POSITIVE, "dropout": FRACTION, "lr": POSITIVE, "weight_decay": NON_NEGATIVE,
+    RANGES = {"lora_rank": at_least(1), "alpha": POSITIVE, "dropout": FRACTION, "lr": POSITIVE, "weight_decay": NON_NEGATIVE,
               "max_grad_norm": POSITIVE, "warmup_ratio": FRACTION, "heldout_max_blocks": at_least(1),
               "epochs": (POSITIVE[0], "must be positive (a fraction such as 0.25 trains on that share of an epoch)"),
               "steps": at_least(1), "batch_size": at_least(1), "seq_len": at_least(2), "mlm_probability": OPEN_FRACTION,
               "heldout_fraction": FRACTION, "checkpoint_every": at_least(1), "dtype": one_of("float32", "bfloat16", "float16", "float64"),
               "objective": one_of("auto", "mlm", "clm")}
-
-    def __post_init__(self) -> None:
-        check_fields(self)
-        check_ranges(self)
 
     def validate(self) -> "PretrainConfig":
         stage1(self.method)  # an unknown method is named first
@@ -80,15 +99,11 @@ class PretrainConfig(*method_settings("pretrain")):
                              "(a file or folder of text)")
         return self
 
-    def to_dict(self) -> dict[str, Any]:
-        """The settings as the run's records keep them: paths portable (settings.recorded_settings)."""
-        return recorded_settings(self)
-
-    def inputs(self) -> list[str]:
-        """The paths this run reads: its output may never be, hold or lie inside one of them."""
-        return [p for p in (self.model, *self.domains.values(), self.general) if p]
-
     COMMAND = "pretrain"  # whose recipes apply
+    OWN_SETTINGS = own_settings(COMMAND)
+    recipe_values = staticmethod(partial(recipe_of, COMMAND))
+    PATHS = ("model", "domains", "out", "general")
+    RENAMED = {"rank": "lora_rank"}  # domix 0.x records and YAML files: pretrain's rank, named as finetune's and instruct's
     # Settings that do not change the trained modules, so a resumed run may differ in them.
     # a recipe's name is not compared, its values are: the same values under another name make the same run
     RESUME_FREE = ("checkpoint_every", "device", "out", "gradient_checkpointing", "recipe")

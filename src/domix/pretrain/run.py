@@ -20,4 +20,4 @@ def pretrain(cfg: PretrainConfig, overwrite: bool = False, on_step: StepHook | N
     ncl_full) the one model it trains over all the domains.
     """
     cfg.validate()
-    return stage1(cfg.method).trainer_function()(cfg, overwrite, on_step)
+    return stage1(cfg.method).trainer(cfg, overwrite, on_step)

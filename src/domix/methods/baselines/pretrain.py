@@ -21,6 +21,7 @@ import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -29,9 +30,8 @@ from domix import atomic
 from domix.engine import checkpoint
 from domix.base_model import BaseModel, model_reference, resolve_target_modules, weights_fingerprint
 from domix.engine.distributed import require_one_process
-from domix.methods.registry import stage1
+from domix.methods.baselines.config import OUTPUTS, WHOLE_MODELS
 from domix.metrics import downsample_curve
-from domix.pretrain.config import PretrainConfig
 from domix.engine.loop import (
     StepHook,
     TrainResult,
@@ -46,6 +46,9 @@ from domix.methods.domix.pretrain import lora_config
 from domix.store import MANIFEST_NAME, versions
 from domix.system import peak_memory_mb, reset_peak_memory, resolve_device
 from domix.tokens import TokenBlocks
+
+if TYPE_CHECKING:  # the settings' class only names a type here: methods/ sits below the recipes that import it
+    from domix.pretrain.config import PretrainConfig
 
 KINDS = {"ncl_lora": "domix-sequential-module", "joint_lora": "domix-joint-module", "ncl_full": "domix-ncl-full-model"}
 # A full model's manifest has its own name, so load_store never takes the folder for a LoRA module.
@@ -73,7 +76,7 @@ class Baseline:
 
     @property
     def folder(self) -> Path:
-        return self.out / stage1(self.cfg.method).output
+        return self.out / OUTPUTS[self.cfg.method]
 
     @property
     def checkpoints(self) -> Path:
@@ -81,7 +84,7 @@ class Baseline:
 
 
 def manifest_name(method: str) -> str:
-    return MODEL_MANIFEST_NAME if stage1(method).gives_model else MANIFEST_NAME
+    return MODEL_MANIFEST_NAME if method in WHOLE_MODELS else MANIFEST_NAME
 
 
 def pretrain_baseline(cfg: PretrainConfig, overwrite: bool = False, on_step: StepHook | None = None) -> dict[str, dict]:
@@ -89,7 +92,7 @@ def pretrain_baseline(cfg: PretrainConfig, overwrite: bool = False, on_step: Ste
     cfg.validate()
     require_one_process(cfg.method, "trains one model over all the domains")
     run = PretrainRun.open(cfg, overwrite)
-    folder_name = stage1(cfg.method).output
+    folder_name = OUTPUTS[cfg.method]
     data = run.domain_data(list(run.corpora))  # all data is checked before the (possibly large) model is loaded
     saved = run.out / folder_name / manifest_name(cfg.method)
     if run.resuming and saved.is_file():  # trained and saved, but the run did not record its end
@@ -107,11 +110,11 @@ def _train_baseline(run: PretrainRun, data: dict[str, DomainData], on_step: Step
     cfg = run.cfg
     device = resolve_device(cfg.device)
     base, fingerprint = run.load_base(device)
-    lora = not stage1(cfg.method).gives_model
+    lora = cfg.method not in WHOLE_MODELS
     target_modules, matched = resolve_target_modules(base.model, cfg.target_modules) if lora else (None, [])
     setup = Baseline(cfg, run.out, base, data, fingerprint, target_modules, device)
     record = run.start(fingerprint, output=setup.folder.name)
-    trains = f"LoRA r={cfg.rank} on {len(matched)} layers" if matched else f"the whole model ({_count(base.model):,} parameters)"
+    trains = f"LoRA r={cfg.lora_rank} on {len(matched)} layers" if matched else f"the whole model ({_count(base.model):,} parameters)"
     print(f"domix: {cfg.method}: base {cfg.model} ({run.objective}, fingerprint {fingerprint}); {trains}; domains {list(data)}")
     reset_peak_memory(device)
     return record, TRAINERS[cfg.method](setup, on_step)
@@ -139,7 +142,7 @@ def _train_lora(s: Baseline, phases: list[Phase], on_step: StepHook | None) -> d
     try:
         manifest = _train_phases(s, model, phases, on_step)
         cfg = s.cfg
-        manifest["lora"] = {"r": cfg.rank, "alpha": cfg.alpha, "dropout": cfg.dropout, "target_modules": s.target_modules,
+        manifest["lora"] = {"r": cfg.lora_rank, "alpha": cfg.alpha, "dropout": cfg.dropout, "target_modules": s.target_modules,
                             "train_head": cfg.train_head}
 
         def fill(tmp: Path) -> None:

@@ -53,7 +53,7 @@ class BridgeConfig:
     # domix's default: c = 1/Σr with P at 10x the run's rate and no weight decay on P (the published LLM code's
     # bridge), chosen on three dev sets over the published classification bridge (P at the run's rate, weight
     # decay 0.01: --recipe paper) and four others; the figures: docs/bridge-init.md
-    p_init: str | float = setting("scaled_identity", "bridge init c·I: scaled_identity (default, c = 1/Σr, as published), average "
+    p_init: str | float = setting("scaled_identity", "bridge init c·I: scaled_identity (c = 1/Σr, as published), average "
                                                      "(c = 1/N modules: their mean update), identity (c = 1), or a number c")
     # Learning rates of P and B_cat: None (the run's), a number, "Nx" (N times the run's), or "matched".
     # Adam moves a weight by about its learning rate a step, whatever the gradient's size, and P = c·I scales
@@ -62,9 +62,9 @@ class BridgeConfig:
     # modules' B scaled by c: a B step moves the output as much as a plain LoRA-FA's does, and c only sets how
     # strongly the modules' own updates act at the start (1/Σr: hardly; 1/N: their mean; 1: their sum).
     p_lr: str | float | None = setting("10x", "learning rate of the bridge, which trains in its own optimizer group as in the "
-                                              "published code: a number, N times --lr as Nx, or matched (--lr times c; default: 10x, "
-                                              "the published LLM code's; --recipe paper: --lr)")
-    p_weight_decay: float = setting(0.0, "weight decay of the bridge (default 0, the published LLM code's; --recipe paper: 0.01)", float)
+                                              "published code: a number, N times --lr as Nx, or matched (--lr times c); 10x is the "
+                                              "published LLM code's, --recipe paper's is --lr")
+    p_weight_decay: float = setting(0.0, "weight decay of the bridge (0: the published LLM code's; --recipe paper: 0.01)", float)
     b_lr: str | float | None = setting(None, "learning rate of B_cat: a number, Nx, or matched (--lr / c; default: --lr). With both "
                                              "matched a step moves the output as at P = I, so B learns as a plain LoRA-FA's does, whatever c")
 
@@ -101,9 +101,8 @@ class BridgeSettings(BridgeConfig):
                                          "and frozen, B zero and trained), as the published LLM code adds (it uses the modules' rank)", int)
 
     def check_settings(self) -> None:
-        from domix.methods.registry import stage2
-
-        if self.new_rank is not None and not stage2(self.method).new_rank:
+        own = self.OWN_SETTINGS.get(self.method)  # the run's settings class knows each method's own (the registry's)
+        if self.new_rank is not None and not (own and issubclass(own, BridgeSettings)):
             raise DomixError(f"--new-rank adds a fresh block to the bridge; it does not apply to method {self.method}")
         self.p_init = parse_p_init(self.p_init)
         self.p_lr, self.b_lr = parse_lr(self.p_lr, "--p-lr"), parse_lr(self.b_lr, "--b-lr")

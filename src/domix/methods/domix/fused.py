@@ -10,7 +10,7 @@ base model's own dropout, where it has any, draws its masks over the fused batch
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from torch import nn
@@ -18,11 +18,13 @@ from torch import nn
 from domix.base_model import set_submodule
 from domix.batches import lm_batch
 from domix.lm_loss import lm_losses
-from domix.pretrain.config import PretrainConfig
 from domix.tokens import Blocks
 from domix.engine.fused import FusedStep, RowSegments, train_domains
 from domix.engine.loop import StepHook, TrainResult, batch_rows, evaluate, step_seed, total_steps
 from domix.methods.domix.layer import add_product_, input_gradient
+
+if TYPE_CHECKING:  # the settings' class only names a type here: methods/ sits below the recipes that import it
+    from domix.pretrain.config import PretrainConfig
 
 
 class _FusedLoRA(torch.autograd.Function):
@@ -130,7 +132,7 @@ def train_fused(
     ``on_done(name, pairs, result, heldout_loss_after)`` is called as each domain finishes; ``logdir``: TensorBoard.
     """
     names = list(initial)
-    segments, layers = install(model, initial, cfg.alpha / cfg.rank, cfg.dropout)
+    segments, layers = install(model, initial, cfg.alpha / cfg.lora_rank, cfg.dropout)
 
     def step_losses(active: list[int]) -> FusedStep:
         batches, spans, start = [], [], 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -22,9 +23,11 @@ from domix.engine.logs import format_summary, log_heldout
 from domix.engine.loop import StepHook, TrainResult, domain_seed, evaluate, train_domain
 from domix.engine.pretraining import PretrainRun, domain_manifest, heldout_summary
 from domix.methods.domix.fused import train_fused
-from domix.pretrain.config import PretrainConfig
 from domix.store import MANIFEST_NAME
 from domix.system import reset_peak_memory, resolve_device
+
+if TYPE_CHECKING:  # the settings' class only names a type here: methods/ sits below the recipes that import it
+    from domix.pretrain.config import PretrainConfig
 
 
 def pretrain_modules(cfg: PretrainConfig, overwrite: bool = False, on_step: StepHook | None = None) -> dict[str, dict]:
@@ -39,7 +42,7 @@ def pretrain_modules(cfg: PretrainConfig, overwrite: bool = False, on_step: Step
     ranks.barrier()  # every process has checked the folder and the inputs
     record = run.start(fingerprint, write=ranks.is_main)
     if ranks.is_main:
-        print(f"domix: base {cfg.model} ({run.objective}, fingerprint {fingerprint}); LoRA r={cfg.rank} on {len(matched)} layers")
+        print(f"domix: base {cfg.model} ({run.objective}, fingerprint {fingerprint}); LoRA r={cfg.lora_rank} on {len(matched)} layers")
         for name in run.corpora:
             if name not in data:
                 print(f"domix: domain {name!r} already finished, kept")
@@ -67,7 +70,7 @@ def lora_config(base: BaseModel, cfg: PretrainConfig, target_modules):
     from peft import LoraConfig
 
     return LoraConfig(
-        r=cfg.rank,
+        r=cfg.lora_rank,
         lora_alpha=cfg.alpha,
         lora_dropout=cfg.dropout,
         target_modules=target_modules,
@@ -80,7 +83,7 @@ def _manifest(base: BaseModel, data: DomainData, cfg: PretrainConfig, target_mod
               result: TrainResult, loss_before: float | None, loss_after: float | None, started: float, fused_with: list[str]) -> dict:
     return domain_manifest(
         "domix-domain-module", data, cfg, base, fingerprint, device, result, loss_before, loss_after, started,
-        lora={"r": cfg.rank, "alpha": cfg.alpha, "dropout": cfg.dropout, "target_modules": target_modules, "train_head": cfg.train_head},
+        lora={"r": cfg.lora_rank, "alpha": cfg.alpha, "dropout": cfg.dropout, "target_modules": target_modules, "train_head": cfg.train_head},
         training={"fused_with": fused_with},
     )
 

@@ -1,1 +1,17 @@
 """Only the classification head trains: what a task gets from the frozen base's features alone."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from domix.engine.loop import StepHook
+    from domix.methods.base import TaskMethod
+    from domix.pretrain.config import PretrainConfig
+
+
+def head() -> TaskMethod:
+    """A fresh head-only task method (method.py; imported on first use: settings stay torch-free)."""
+    from domix.methods.head.method import Head
+
+    return Head()

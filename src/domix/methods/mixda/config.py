@@ -17,6 +17,12 @@ from domix.settings import check, setting
 REDUCTION = 16  # bottleneck d_ff / 16 (domain adapters) and d_model / 16 (the task adapter)
 LM_WEIGHT = 0.5  # stage 1: 0.5 x the language-model loss + the retention MSE on general text
 KIND = "domix-mixda-adapter"  # a stage-1 domain folder's manifest kind
+
+
+def describe_adapters(manifest: dict) -> str:
+    """What one domain's folder of a MixDA store holds (domix modules)."""
+    a = manifest["mixda"]
+    return f"MixDA adapters at blocks {a['layers']}, bottleneck {a['adapter']}"
 WEIGHTS_FILE = "mixda_adapter.safetensors"
 
 
@@ -60,7 +66,7 @@ class MixdaSettings:
     mixda_layers: list[int] | None = setting(None, "mixda: comma-separated block indices to adapt, 0 = the first (default: the "
                                                    "published blocks 7,11 of RoBERTa-large's 24 at the same relative depth, "
                                                    "e.g. 9,14 of SmolLM2's 30)")
-    mixda_reduction: int = setting(REDUCTION, "mixda: domain adapter bottleneck = FFN width / this (default 16)", int)
+    mixda_reduction: int = setting(REDUCTION, "mixda: domain adapter bottleneck = FFN width / this", int)
 
     TEXT_FORMS = {"mixda_layers": lambda text: parse_layers(str(text))}  # "7,11" from a flag, 7 from YAML
 

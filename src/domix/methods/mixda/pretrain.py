@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -32,7 +33,6 @@ from domix.metrics import downsample_curve
 from domix.methods.mixda.config import KIND, LM_WEIGHT
 from domix.methods.mixda.layer import Segments, adapter_dtype
 from domix.methods.mixda.model import Site, adapter_sites, adapter_tensors, install_domain_adapters, new_adapters, uninstall, widths, write_domain
-from domix.pretrain.config import PretrainConfig
 from domix.engine.fused import FusedStep, train_domains
 from domix.engine.loop import (
     StepHook, TrainResult, batch_rows, domain_seed, evaluate, step_seed, total_steps,
@@ -44,6 +44,9 @@ from domix.engine.logs import format_summary, log_heldout
 from domix.engine.pretraining import PretrainRun, domain_manifest, heldout_summary
 from domix.store import MANIFEST_NAME
 from domix.system import reset_peak_memory, resolve_device
+
+if TYPE_CHECKING:  # the settings' class only names a type here: methods/ sits below the recipes that import it
+    from domix.pretrain.config import PretrainConfig
 
 GENERAL = "general"  # the general corpus's name in messages and records
 

@@ -16,6 +16,16 @@ from dataclasses import dataclass
 from domix.errors import DomixError
 from domix.settings import setting
 
+KIND = "domix-mode-experts"  # a stage-1 domain folder's manifest kind
+
+
+def describe_experts(manifest: dict) -> str:
+    """What one domain's folder of a MoDE store holds (domix modules)."""
+    e = manifest["mode"]
+    spans = ", ".join(f"{b['layers'][0]}-{b['layers'][-1]}" for b in e["blocks"])
+    return (f"MoDE experts beside the blocks of layers {spans}, {e['expert_layers']} layer(s) each "
+            f"({e['expert_parameters']:,} parameters)")
+
 DEFAULT_BLOCK_SIZE = 6
 DEFAULT_EXPERT_LAYERS = None  # the block size: full copies
 BACKBONE_PRIOR_FULL = 0.5  # full copies: an even start (the branches are equal at first)
@@ -127,7 +137,7 @@ def _read_device_map(value) -> dict[str, str] | None:
 class ModePretrainSettings:
     """MoDE's stage-1 settings (domix pretrain --method mode): how the backbone is cut into blocks, how big an expert is."""
 
-    mode_block_size: int = setting(DEFAULT_BLOCK_SIZE, "mode: consecutive backbone layers per block (default 6)", int)
+    mode_block_size: int = setting(DEFAULT_BLOCK_SIZE, "mode: consecutive backbone layers per block", int)
     mode_expert_layers: int | None = setting(DEFAULT_EXPERT_LAYERS, "mode: layers of a domain's expert per block, copies of the "
                                              "block's last ones (default: the block size, the paper's full copies; fewer is cheaper)", int)
     mode_blocks: list[int] | None = setting(None, "mode: comma-separated block numbers that get experts, 0 = the first (default: all)")
@@ -151,7 +161,7 @@ class ModeFinetuneSettings:
     """MoDE's stage-2 settings (domix finetune and domix instruct --method mode): the gates (and a classifier's head)
     train; the experts too on request."""
 
-    mode_train_experts: bool = setting(False, "mode: train the domain experts too (default: no, only the gates and the head)")
+    mode_train_experts: bool = setting(False, "mode: train the domain experts too, not only the gates and the head")
     mode_gate_lr: float | None = setting(None, "mode: learning rate of the gates (default: --lr)", float)
     mode_device_map: dict[str, str] | None = setting(None, "mode: where experts run, e.g. experts=cuda:1 (as in pretrain)")
 

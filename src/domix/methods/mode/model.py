@@ -20,11 +20,10 @@ from domix import atomic
 from domix.base_model import find_blocks
 from domix.engine.predict import predict
 from domix.errors import DomixError
-from domix.methods.mode.config import BlockPlan, check_device_map
+from domix.methods.mode.config import KIND, BlockPlan, check_device_map
 from domix.methods.mode.layer import BACKBONE, BlockSlot, ExpertBlock
 from domix.store import MANIFEST_NAME, StoredDomain, domain_folders
 
-KIND = "domix-mode-experts"  # a stage-1 domain folder's manifest kind
 EXPERTS_FILE = "mode_experts.safetensors"
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -19,17 +20,19 @@ from domix import atomic
 from domix.base_model import BaseModel, find_blocks
 from domix.engine.distributed import require_one_process
 from domix.errors import DomixError
-from domix.methods.mode.config import BlockPlan, backbone_prior_of, expert_layers_of, plan_blocks
+from domix.methods.mode.config import KIND, BlockPlan, backbone_prior_of, expert_layers_of, plan_blocks
 from domix.methods.mode.model import (
-    EXPERTS_FILE, KIND, add_domain, block_tensors, init_stage1_gates, insert_blocks, place, remove_blocks, set_trainable,
+    EXPERTS_FILE, add_domain, block_tensors, init_stage1_gates, insert_blocks, place, remove_blocks, set_trainable,
 )
-from domix.pretrain.config import PretrainConfig
 from domix.engine.loop import StepHook, TrainResult, evaluate, train_domain
 from domix.engine.data import DomainData
 from domix.engine.logs import format_summary, log_heldout
 from domix.engine.pretraining import PretrainRun, domain_manifest, heldout_summary
 from domix.store import MANIFEST_NAME
 from domix.system import reset_peak_memory, resolve_device
+
+if TYPE_CHECKING:  # the settings' class only names a type here: methods/ sits below the recipes that import it
+    from domix.pretrain.config import PretrainConfig
 
 
 def pretrain_mode(cfg: PretrainConfig, overwrite: bool = False, on_step: StepHook | None = None) -> dict[str, dict]:
