@@ -51,7 +51,7 @@ COMPARE_ROWS = {"lora": "lora", "lora_fa": "lora_fa", "paper": "domix_paper", "p
 def same_run(cfg, compare_out: Path, label: str, task: str, seed: int, store_order: list[str]) -> Path | None:
     """The comparison's finished run of this variant, task and seed if it ran with exactly ``cfg``'s settings."""
     from domix.engine.runfolder import RUN_FILE
-    from domix.finetune.run import RESULT_FILE
+    from domix.engine.runfolder import RESULT_FILE
 
     if label not in COMPARE_ROWS:
         return None
@@ -88,7 +88,8 @@ def main() -> None:
     from domix import atomic
     from domix.console import quiet_third_party
     from domix.finetune.config import FinetuneConfig
-    from domix.finetune.run import RESULT_FILE, finetune
+    from domix.engine.runfolder import RESULT_FILE
+    from domix.finetune.run import finetune
     from domix.store import base_of, load_store
     from domix.system import configure_threads
 

@@ -86,13 +86,13 @@ def main() -> None:
     results, tables = {}, {}
 
     # fused: every domain's pair in each targeted layer
-    peft_model = get_peft_model(model, LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets))
+    peft_model = get_peft_model(model, LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets))
     layers = [n.removeprefix("base_model.model.") for n, m in peft_model.named_modules() if hasattr(m, "lora_A") and "default" in m.lora_A]
     model = peft_model.unload()
     shapes = {n: (model.get_submodule(n).in_features, model.get_submodule(n).out_features) for n in layers}
-    initial = {f"d{k}": {n: (torch.randn(cfg.rank, i, generator=g) / i**0.5, torch.randn(o, cfg.rank, generator=g) / cfg.rank)
+    initial = {f"d{k}": {n: (torch.randn(cfg.lora_rank, i, generator=g) / i**0.5, torch.randn(o, cfg.lora_rank, generator=g) / cfg.lora_rank)
                          for n, (i, o) in shapes.items()} for k in range(args.domains)}
-    segments, fused = install(model, initial, cfg.alpha / cfg.rank, cfg.dropout)
+    segments, fused = install(model, initial, cfg.alpha / cfg.lora_rank, cfg.dropout)
 
     def fused_step() -> None:
         segments.spans = [(k, s, e) for k, (s, e) in enumerate(spans)]
@@ -106,7 +106,7 @@ def main() -> None:
     uninstall(model, fused)
 
     # sequential: one PEFT LoRA model per domain, one after another
-    peft_model = get_peft_model(model, LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets))
+    peft_model = get_peft_model(model, LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets))
 
     def sequential_step() -> None:
         for s, e in spans:

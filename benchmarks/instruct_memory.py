@@ -46,7 +46,7 @@ def write_instructions(task: Path, path: Path, limit: int) -> None:
 
 
 def make_adapters(args, store: Path) -> None:
-    cmd = [sys.executable, "-m", "domix", "pretrain", "--model", args.model, "--out", str(store), "--rank", str(args.rank),
+    cmd = [sys.executable, "-m", "domix", "pretrain", "--model", args.model, "--out", str(store), "--lora-rank", str(args.rank),
            "--alpha", str(2 * args.rank), "--target-modules", TARGETS, "--steps", "2", "--batch-size", "2", "--seq-len", "64",
            "--heldout-max-blocks", "1"]
     cmd += ["--dtype", args.dtype if args.dtype != "auto" else "float32", "--device", args.device]

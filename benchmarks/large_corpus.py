@@ -25,10 +25,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "corpora"
 TOKENIZER = ROOT / ".cache" / "smollm2-135m"
+CORPORA = [DATA / f"{name}.txt" for name in ("restaurant", "biomed", "cs")]
 
 
-def build_corpus(path: Path, tokens: int, tokenizer) -> dict:
-    lines = [line.strip() for name in ("restaurant", "biomed", "cs") for line in (DATA / f"{name}.txt").read_text().splitlines() if line.strip()]
+def build_corpus(path: Path, tokens: int, tokenizer, corpora: list[Path]) -> dict:
+    lines = [line.strip() for corpus in corpora for line in Path(corpus).read_text().splitlines() if line.strip()]
     per_line = sum(len(ids) + 1 for ids in tokenizer(lines)["input_ids"]) / len(lines)
     rng = random.Random(0)
     n = int(tokens / per_line)
@@ -77,14 +78,17 @@ def main() -> None:
     parser.add_argument("--cap-mb", type=int, default=1280, help="RLIMIT_DATA of the pretrain process, MB (default 1280)")
     parser.add_argument("--older-src", help="an older domix src/ folder to run under the same cap (e.g. from git archive)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "large_corpus.json"))
+    parser.add_argument("--tokenizer", default=str(TOKENIZER), help="the tokenizer's folder (default: SmolLM2's)")
+    parser.add_argument("--corpora", nargs="+", default=[str(c) for c in CORPORA],
+                        help="text files whose passages make the corpus (default: ../shared/data's three)")
     args = parser.parse_args()
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(TOKENIZER)
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
     with tempfile.TemporaryDirectory(prefix="domix-large-corpus-") as tmp:
         tmp = Path(tmp)
         corpus = tmp / "big.txt"
-        info = build_corpus(corpus, int(args.tokens), tokenizer)
+        info = build_corpus(corpus, int(args.tokens), tokenizer, [Path(c) for c in args.corpora])
         tiny_model(tmp / "model", tokenizer)
         int64_mb = info["tokens_estimated"] * 8 / 2**20
         print(f"corpus: {info['passages']:,} passages, {info['bytes'] / 2**20:,.0f} MB of text, ~{info['tokens_estimated'] / 1e6:.0f}M tokens "

@@ -87,7 +87,7 @@ def dap(args, device, dtype, ids):
     cfg = PretrainConfig(model=args.model)
     base = load_base_model(args.model, dtype=dtype)
     targets, _ = resolve_target_modules(base.model, cfg.target_modules)
-    model = get_peft_model(base.model, LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, target_modules=targets)).to(device).train()
+    model = get_peft_model(base.model, LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.alpha, target_modules=targets)).to(device).train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
 
     def step(_):

@@ -137,6 +137,25 @@ def task(tmp_path_factory) -> Path:
     return make_task(tmp_path_factory.mktemp("task"))
 
 
+def write_compare_config(path: Path, tiny_llama: Path, corpora: dict, task: Path, **settings) -> Path:
+    """A comparison config over the tiny model, the test corpora and the topics task (``settings`` over the defaults).
+    Its pre-training names the LoRA rank by its old name, rank: old configs keep loading."""
+    import yaml
+
+    config = {
+        "model": str(tiny_llama),
+        "out": str(path.parent / "out"),
+        "domains": {name: str(p) for name, p in corpora.items()},
+        "tasks": {"topics": {"path": str(task), "domain": "food"}},
+        "seeds": [1],
+        "pretrain": {"steps": 4, "batch_size": 8, "seq_len": 32, "rank": 2, "lr": 5e-3, "heldout_max_blocks": 4},
+        "finetune": {"epochs": 1, "batch_size": 16, "lr": 5e-3, "max_length": 32, "dtype": "float64"},
+        **settings,
+    }
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
 def _store(root: Path, model: Path, corpora: dict, ranks=(4, 4)) -> Path:
     from domix.pretrain.config import PretrainConfig
     from domix.pretrain.run import pretrain

@@ -4,32 +4,23 @@ import json
 import re
 
 import pytest
-import yaml
 
 from domix.cli import main
 from domix.compare.config import METHODS, CompareConfig, domain_orders
 from domix.compare.run import compare, plan
 from domix.errors import DomixError
 
+from conftest import write_compare_config
+
 
 def write_config(path, tiny_llama, corpora, task, **kw):
-    config = {
-        "model": str(tiny_llama),
-        "out": str(path.parent / "out"),
-        "domains": {name: str(p) for name, p in corpora.items()},
-        "tasks": {"topics": {"path": str(task), "domain": "food"}},
-        "methods": list(METHODS),
-        "seeds": [1],
-        "orders": 2,
-        "pretrain": {"steps": 4, "batch_size": 8, "seq_len": 32, "rank": 2, "lr": 5e-3, "heldout_max_blocks": 4},
-        "finetune": {"epochs": 1, "batch_size": 16, "lr": 5e-3, "max_length": 32, "dtype": "float64"},
+    """Every method, two domain orders, a learning rate of full fine-tuning's own, MixDA's retention text."""
+    return write_compare_config(path, tiny_llama, corpora, task, **{
+        "methods": list(METHODS), "orders": 2,
         "method_settings": {"full": {"lr": 1e-3}, "ncl_full": {"lr": 1e-3}},
         "pretrain_method_settings": {"ncl_full": {"lr": 1e-3}},
         "general": str(corpora["bio"]),  # MixDA's retention text (any text will do for the plumbing)
-    }
-    config.update(kw)
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return path
+        **kw})
 
 
 def test_plan_shares_pretraining_and_runs_ordered_methods_once_per_order(tmp_path, tiny_llama, corpora, task):

@@ -13,24 +13,16 @@ from domix.compare.run import compare, plan
 from domix.compare.stats import paired, reference_row, scores
 from domix.errors import DomixError
 
+from conftest import write_compare_config
+
 SEARCH = {"seeds": [1], "space": {"lr": [5.0e-3, "2e-2"]}}  # "2e-2": YAML reads it as text; the search converts it
 
 
 def write_config(path, tiny_llama, corpora, task, **kw):
-    config = {
-        "model": str(tiny_llama),
-        "out": str(path.parent / "out"),
-        "domains": {name: str(p) for name, p in corpora.items()},
-        "tasks": {"topics": {"path": str(task), "domain": "food"}},
-        "methods": ["head", "lora", "domix"],
-        "seeds": [2, 3, 4],
-        "pretrain": {"steps": 4, "batch_size": 8, "seq_len": 32, "rank": 2, "lr": 5e-3, "heldout_max_blocks": 4},
-        "finetune": {"epochs": 2, "batch_size": 16, "lr": 5e-3, "max_length": 32, "dtype": "float64"},
-        "search": SEARCH,
-    }
-    config.update(kw)
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return path
+    """head, lora and domix searched over SEARCH, tested at seeds 2, 3 and 4, two epochs."""
+    return write_compare_config(path, tiny_llama, corpora, task, **{
+        "methods": ["head", "lora", "domix"], "seeds": [2, 3, 4], "search": SEARCH,
+        "finetune": {"epochs": 2, "batch_size": 16, "lr": 5e-3, "max_length": 32, "dtype": "float64"}, **kw})
 
 
 def test_a_search_plans_every_method_the_same_configurations_at_the_selection_seeds(tmp_path, tiny_llama, corpora, task):

@@ -289,35 +289,31 @@ def test_two_processes_train_the_modules_of_one(tiny_llama, corpora, tmp_path):
     """torchrun with 2 CPU processes (gloo): each trains one domain; the modules equal one process's."""
     common = ["--model", str(tiny_llama), "--domain", f"food={corpora['food']}", "--domain", f"bio={corpora['bio']}",
               "--steps", "12", "--batch-size", "8", "--seq-len", "32", "--lr", "5e-3", "--dtype", "float64"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    one = subprocess.run([sys.executable, "-m", "domix", "pretrain", *common, "--out", str(tmp_path / "one")],
-                         env=env, capture_output=True, text=True)
-    assert one.returncode == 0, one.stderr
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          "-m", "domix", "pretrain", *common, "--out", str(tmp_path / "two")], env=env, capture_output=True, text=True)
-    assert two.returncode == 0, two.stderr[-3000:]
-    assert "process 1 of 2 trains ['bio']" in two.stdout
-    assert atomic.read_json(tmp_path / "two" / "run.json")["status"] == "finished"
-    for domain in ("food", "bio"):
-        a, b = adapter(tmp_path / "one", domain), adapter(tmp_path / "two", domain)
-        assert all(torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-7) for k in a), domain
+    assert "process 1 of 2 trains ['bio']" in _one_and_parallel(common, 2, tmp_path)
+    assert atomic.read_json(tmp_path / "parallel" / "run.json")["status"] == "finished"
 
 
 def test_more_processes_than_domains_train_data_parallel(tiny_llama, corpora, tmp_path):
     """3 processes, 2 domains: 'food' is shared by ranks 0 and 2; the modules equal one process's."""
     common = ["--model", str(tiny_llama), "--domain", f"food={corpora['food']}", "--domain", f"bio={corpora['bio']}",
               "--steps", "10", "--batch-size", "8", "--seq-len", "32", "--lr", "5e-3", "--dtype", "float64", "--no-fused"]
+    assert "process 2 of 3 trains ['food'], data-parallel with 1 other process(es)" in _one_and_parallel(common, 3, tmp_path)
+
+
+def _one_and_parallel(common: list[str], processes: int, tmp_path) -> str:
+    """domix pretrain with ``common`` flags in one process (OUT one/) and under torchrun with ``processes`` (OUT
+    parallel/); asserts both made the same modules; returns what the parallel run printed."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     one = subprocess.run([sys.executable, "-m", "domix", "pretrain", *common, "--out", str(tmp_path / "one")],
                          env=env, capture_output=True, text=True)
     assert one.returncode == 0, one.stderr
-    three = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "3",
-                            "-m", "domix", "pretrain", *common, "--out", str(tmp_path / "three")], env=env, capture_output=True, text=True)
-    assert three.returncode == 0, three.stderr[-3000:]
-    assert "process 2 of 3 trains ['food'], data-parallel with 1 other process(es)" in three.stdout
+    many = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
+                           "-m", "domix", "pretrain", *common, "--out", str(tmp_path / "parallel")], env=env, capture_output=True, text=True)
+    assert many.returncode == 0, many.stderr[-3000:]
     for domain in ("food", "bio"):
-        a, b = adapter(tmp_path / "one", domain), adapter(tmp_path / "three", domain)
+        a, b = adapter(tmp_path / "one", domain), adapter(tmp_path / "parallel", domain)
         assert all(torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-7) for k in a), domain
+    return many.stdout
 
 
 def test_a_fraction_of_an_epoch_trains_that_share_of_the_batches(tiny_llama, corpora, tmp_path):

@@ -208,13 +208,20 @@ WRONG_COMPARISON = {
 @SETTINGS
 @given(data=st.data())
 def test_a_comparison_field_of_the_wrong_type_or_empty_is_refused_naming_it(key, data, tiny_llama, corpora, task):
-    value = data.draw(WRONG_COMPARISON[key])
+    _refused_before_anything({key: data.draw(WRONG_COMPARISON[key])}, key, CompareConfig.from_yaml, tiny_llama, corpora, task)
+
+
+def _refused_before_anything(change: dict, match: str, run, tiny_llama, corpora, task, yaml_non_finite: bool = False) -> None:
+    """A comparison config with ``change`` is refused by ``run(config file)`` with an error matching ``match``, and
+    nothing is made (``yaml_non_finite``: '.nan' and '.inf' written as YAML's own non-finite numbers)."""
     with tempfile.TemporaryDirectory() as tmp:
-        config = {**_comparison(Path(tmp), tiny_llama, corpora, task), key: value}
-        Path(tmp, "c.yaml").write_text(yaml.safe_dump(config))
-        with pytest.raises(DomixError, match=key):
-            CompareConfig.from_yaml(Path(tmp, "c.yaml"))
-        assert not Path(tmp, "out").exists()
+        text = yaml.safe_dump({**_comparison(Path(tmp), tiny_llama, corpora, task), **change})
+        if yaml_non_finite:
+            text = text.replace("'.nan'", ".nan").replace("'.inf'", ".inf")
+        Path(tmp, "c.yaml").write_text(text)
+        with pytest.raises(DomixError, match=match):
+            run(Path(tmp, "c.yaml"))
+        assert not Path(tmp, "out").exists()  # no folder, log or record: no job started
 
 
 JOB_SETTINGS = {"lr": st.one_of(st.floats(max_value=0), NOT_A_NUMBER, st.just(".nan")), "epochs": st.integers(max_value=0),
@@ -225,11 +232,6 @@ JOB_SETTINGS = {"lr": st.one_of(st.floats(max_value=0), NOT_A_NUMBER, st.just(".
 @SETTINGS
 @given(data=st.data())
 def test_a_bad_job_setting_stops_the_comparison_before_its_first_job(key, data, tiny_llama, corpora, task):
-    value = data.draw(JOB_SETTINGS[key])
-    with tempfile.TemporaryDirectory() as tmp:
-        config = {**_comparison(Path(tmp), tiny_llama, corpora, task), "finetune": {key: value}}
-        text = yaml.safe_dump(config).replace("'.nan'", ".nan").replace("'.inf'", ".inf")  # YAML's own non-finite numbers
-        Path(tmp, "c.yaml").write_text(text)
-        with pytest.raises(DomixError, match=key.replace("_", "-") + "|" + key):
-            compare(CompareConfig.from_yaml(Path(tmp, "c.yaml")), in_process=True)
-        assert not Path(tmp, "out").exists()  # no folder, log or record: no job started
+    _refused_before_anything({"finetune": {key: data.draw(JOB_SETTINGS[key])}}, key.replace("_", "-") + "|" + key,
+                             lambda path: compare(CompareConfig.from_yaml(path), in_process=True), tiny_llama, corpora, task,
+                             yaml_non_finite=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from dataclasses import dataclass
 import os
 import types
 import typing
@@ -302,10 +303,24 @@ def one_of(*choices: str) -> tuple:
     return (lambda v: v in choices, "must be " + ", ".join(choices[:-1]) + f" or {choices[-1]}")
 
 
+@dataclass(kw_only=True)
+class TrainingSettings:
+    """The settings every training run has alike (domix pretrain, finetune, instruct): their flags and defaults."""
+
+    weight_decay: float = setting(0.0, "AdamW weight decay")
+    max_grad_norm: float = setting(1.0, "gradient clipping")
+    gradient_checkpointing: bool = setting(False, "recompute activations in backward instead of keeping them: far less memory, "
+                                                  "about a third more compute, the same weights")
+    device: str = setting("auto", "auto, cpu, cuda or cuda:N")
+
+    RANGES = {"weight_decay": NON_NEGATIVE, "max_grad_norm": POSITIVE}
+
+
 def check_ranges(obj: Any) -> None:
-    """Each field named in the class's ``RANGES`` (field -> (test, what it must be)) passes its test, or one
-    DomixError naming the flag, what it must be and the value given; an unset (None) field passes."""
-    for name, (ok, expected) in type(obj).RANGES.items():
+    """Each field named in the ``RANGES`` of the class and its bases (field -> (test, what it must be)) passes its test,
+    or one DomixError naming the flag, what it must be and the value given; an unset (None) field passes."""
+    ranges = {name: rule for cls in reversed(type(obj).__mro__) for name, rule in vars(cls).get("RANGES", {}).items()}
+    for name, (ok, expected) in ranges.items():
         value = getattr(obj, name)
         if value is not None and not ok(value):
             raise DomixError(f"--{name.replace('_', '-')} {expected} (got {value!r})")

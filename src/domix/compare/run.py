@@ -46,11 +46,10 @@ from domix.compare.progress import Board
 from domix.compare.search import choose, point_label
 from domix.errors import DomixError
 from domix.finetune.config import FinetuneConfig
-from domix.finetune.run import RESULT_FILE
 from domix.methods.registry import STAGE1, STAGE2
 from domix.pretrain.config import PretrainConfig
 from domix.engine.progress import PROGRESS_FILE_ENV
-from domix.engine.runfolder import RUN_FILE, changed_settings, refuse_other_kind, refuse_own_inputs
+from domix.engine.runfolder import RESULT_FILE, RUN_FILE, changed_settings, refuse_other_kind, refuse_own_inputs
 from domix.settings import with_recipe
 from domix.system import THREADS_ENV, cores_given
 

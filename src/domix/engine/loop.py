@@ -19,7 +19,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -268,18 +268,27 @@ def grouped_batch_rows(lengths: list[int], batch_size: int, seed: int, step: int
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, blocks: Blocks, objective: str, tokenizer, cfg, device) -> float:
-    """Mean loss per predicted token over ``blocks``, with fixed masks (same before and after)."""
+def mean_loss(model: nn.Module, batches: Iterable[dict], objective: str, device) -> float:
+    """Mean loss per predicted token over ``batches`` (input_ids, labels and, where rows are padded, attention_mask):
+    held-out LM loss in pre-training and retention, dev loss in instruction tuning."""
     was_training = model.training
     model.eval()
-    generator = torch.Generator().manual_seed(step_seed(cfg.seed, -(10**6)))
     total, count = 0.0, 0
-    for start in range(0, blocks.shape[0], cfg.batch_size):
-        batch = lm_batch(blocks[start : start + cfg.batch_size], objective, tokenizer, generator, cfg.mlm_probability)
-        total += float(lm_losses(model, batch["input_ids"].to(device), batch["labels"], objective, denominators=[1.0])[0])
+    for batch in batches:
+        mask = batch.get("attention_mask")
+        total += float(lm_losses(model, batch["input_ids"].to(device), batch["labels"], objective, denominators=[1.0],
+                                 attention_mask=mask.to(device) if mask is not None else None)[0])
         count += predicted_tokens(batch["labels"], objective)
     model.train(was_training)
     return total / max(count, 1)
+
+
+def evaluate(model: nn.Module, blocks: Blocks, objective: str, tokenizer, cfg, device) -> float:
+    """Mean loss per predicted token over ``blocks``, with fixed masks (same before and after)."""
+    generator = torch.Generator().manual_seed(step_seed(cfg.seed, -(10**6)))
+    batches = (lm_batch(blocks[start : start + cfg.batch_size], objective, tokenizer, generator, cfg.mlm_probability)
+               for start in range(0, blocks.shape[0], cfg.batch_size))
+    return mean_loss(model, batches, objective, device)
 
 
 @contextmanager

@@ -21,12 +21,11 @@ from pathlib import Path
 
 import torch
 
-from domix import atomic
 from domix.base_model import BaseModel, load_base_model, load_tokenizer, model_reference, weights_fingerprint
 from domix.corpus import Corpus, read_corpus
 from domix.engine.data import DomainData
 from domix.engine.loop import TrainResult, domain_seed
-from domix.engine.runfolder import RUN_FILE, check_corpora_unchanged, check_out, clear
+from domix.engine.runfolder import RunFolder, check_corpora_unchanged
 from domix.errors import DomixError
 from domix.metrics import downsample_curve
 from domix.store import MANIFEST_NAME, versions
@@ -35,10 +34,7 @@ from domix.system import DTYPES, peak_memory_mb
 
 @dataclass
 class PretrainRun:
-    cfg: object  # a PretrainConfig
-    out: Path
-    previous: dict | None  # the unfinished (or, with overwrite, any) run found in the folder
-    overwrite: bool
+    folder: RunFolder  # the lifecycle every run shares
     corpora: dict[str, Corpus]
     tokenizer: object
     objective: str  # mlm or clm
@@ -47,20 +43,31 @@ class PretrainRun:
     def open(cls, cfg, overwrite: bool, extra: dict[str, Corpus] | None = None) -> "PretrainRun":
         """Check the folder, read the corpora (and ``extra`` ones, e.g. general text: key -> corpus,
         recorded in run.json under that key), and the tokenizer."""
-        out = Path(cfg.out)
-        previous = check_out(out, cfg, overwrite)
+        folder = RunFolder.open(cfg, overwrite)
         corpora = {name: read_corpus(name, path, cfg.text_column) for name, path in cfg.domains.items()}
-        run = cls(cfg, out, previous, overwrite, corpora, None, "")
+        run = cls(folder, corpora, None, "")
         if run.resuming:
-            extra = extra or {}
+            extra, previous = extra or {}, folder.previous
             check_corpora_unchanged({**previous.get("corpora", {}), **{k: previous.get(k) for k in extra}},
                                     {**run.fingerprints, **{k: c.fingerprint for k, c in extra.items()}})
         run.tokenizer, run.objective = load_tokenizer(cfg.model, cfg.objective)
         return run
 
     @property
+    def cfg(self):  # a PretrainConfig
+        return self.folder.cfg
+
+    @property
+    def out(self) -> Path:
+        return self.folder.out
+
+    @property
+    def previous(self) -> dict | None:
+        return self.folder.previous
+
+    @property
     def resuming(self) -> bool:
-        return self.previous is not None and not self.overwrite
+        return self.folder.resuming
 
     @property
     def fingerprints(self) -> dict[str, str]:
@@ -85,23 +92,13 @@ class PretrainRun:
 
     def start(self, fingerprint: str, write: bool = True, **extra) -> dict:
         """The run's record, written as running (``write``: this is the process that writes)."""
-        run = {"status": "running", "kind": self.cfg.COMMAND, "method": self.cfg.method, "config": self.cfg.to_dict(), "base_fingerprint": fingerprint,
-               "corpora": self.fingerprints, "domains": list(self.cfg.domains), **extra}
-        if write:
-            if self.previous is not None and self.overwrite:
-                clear(self.out)
-            atomic.write_json(self.out / RUN_FILE, run)
-        return run
+        return self.folder.start(write=write, base_fingerprint=fingerprint, corpora=self.fingerprints,
+                                 domains=list(self.cfg.domains), **extra)
 
     def finish(self, run: dict, manifests: dict[str, dict], summary: dict) -> None:
         """Record the run as finished with ``summary`` (output -> its held-out losses)."""
-        run["status"] = "finished"
-        run["summary"] = summary
-        atomic.write_json(self.out / RUN_FILE, run)
-        try:
-            (self.out / "checkpoints").rmdir()
-        except OSError:  # absent, or holding other files
-            pass
+        self.folder.record = run
+        self.folder.finish(summary=summary)
 
 
 def heldout_summary(manifests: dict[str, dict]) -> dict:

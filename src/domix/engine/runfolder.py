@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import os
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from domix import atomic
 from domix.errors import DomixError
 from domix.settings import renamed
 
-RUN_FILE = "run.json"
+RUN_FILE = "run.json"  # a run's status and settings: running or finished (every command)
+RESULT_FILE = "result.json"  # a finished task run's record: scores, trainable share, memory, time (finetune, instruct)
 
 
 def check_corpora_unchanged(recorded: dict[str, str | None], fingerprints: dict[str, str]) -> None:
@@ -157,17 +159,73 @@ def _check_writable_parent(out: Path) -> None:
         raise DomixError(f"cannot write the output {out}: {parent} is not a folder you can write to; choose another")
 
 
-def begin(out: Path, run: dict, previous: dict | None, overwrite: bool, ranks) -> None:
-    """Record ``run`` as running in ``out`` once every process (``ranks``: engine.distributed.Ranks) has
-    checked the folder and its inputs; with ``overwrite``, what a previous run wrote goes first."""
-    ranks.barrier()
-    if ranks.is_main:
-        if previous is not None and overwrite:
-            clear(out)
-        atomic.write_json(Path(out) / RUN_FILE, run)
-    ranks.barrier()
-    if ranks.world > 1:
-        print(f"domix: process {ranks.rank} of {ranks.world}, data-parallel")
+@dataclass
+class RunFolder:
+    """A run's folder through its life, the same for domix pretrain, finetune and instruct.
+
+    1. :meth:`open`: the folder may take the run of ``cfg`` (:func:`check_out`: a finished run is never replaced
+       without --overwrite, an unfinished one resumes only under the same settings);
+    2. :meth:`start`: once every process has checked it, ``run.json`` says the run is running (what a previous run
+       wrote goes first, with --overwrite);
+    3. the recipe trains, checkpointing into the folder;
+    4. :meth:`finish`: ``run.json`` says it finished, with the run's summary; the checkpoints go.
+    """
+
+    cfg: Any  # a settings.RunSettings
+    previous: dict | None  # the unfinished (or, with overwrite, any) run found in the folder
+    overwrite: bool
+    record: dict = field(default_factory=dict)  # run.json as this run writes it
+
+    @classmethod
+    def open(cls, cfg: Any, overwrite: bool) -> "RunFolder":
+        return cls(cfg, check_out(cfg.out, cfg, overwrite), overwrite)
+
+    @property
+    def out(self) -> Path:
+        return Path(self.cfg.out)
+
+    @property
+    def resuming(self) -> bool:
+        return self.previous is not None and not self.overwrite
+
+    def start(self, ranks: Any = None, write: bool = True, **extra: Any) -> dict:
+        """Record the run as running (``extra``: what the recipe adds to run.json); returns the record. With ``ranks``
+        (engine.distributed.Ranks) the main process writes, once every process has checked the folder; without, the
+        process writes if ``write``."""
+        self.record = {"status": "running", "kind": self.cfg.COMMAND, "method": self.cfg.method, "config": self.cfg.to_dict(),
+                       **extra}
+        if ranks is not None:
+            ranks.barrier()
+        if ranks.is_main if ranks is not None else write:
+            if self.previous is not None and self.overwrite:
+                clear(self.out)
+            atomic.write_json(self.out / RUN_FILE, self.record)
+        if ranks is not None:
+            ranks.barrier()
+            if ranks.world > 1:
+                print(f"domix: process {ranks.rank} of {ranks.world}, data-parallel")
+        return self.record
+
+    def finish(self, **summary: Any) -> None:
+        """Record the run as finished with ``summary``; a store's folder of checkpoints goes if its domains left it
+        empty (it may hold what a user put there)."""
+        self.record.update(status="finished", **summary)
+        atomic.write_json(self.out / RUN_FILE, self.record)
+        try:
+            (self.out / "checkpoints").rmdir()
+        except OSError:  # absent, or holding other files
+            pass
+
+    def finish_task(self, record: dict, save: Callable[[Path], None] | None, ranks: Any, **summary: Any) -> None:
+        """The end of a task run (finetune, instruct): the main process saves the model (``save(folder)``, unless
+        None), writes ``result.json`` and finishes the run."""
+        if not ranks.is_main:  # the main process writes what every process trained alike
+            return
+        if save is not None:
+            save(self.out / "model")
+        atomic.write_json(self.out / RESULT_FILE, record)
+        shutil.rmtree(self.out / "checkpoint", ignore_errors=True)
+        self.finish(**summary)
 
 
 def check_new_file(path: str | Path, inputs: list[str | Path] = ()) -> None:

@@ -8,7 +8,7 @@ from functools import partial
 
 from domix.errors import DomixError
 from domix.methods.registry import method_settings, own_settings, recipe_of, stage2
-from domix.settings import FRACTION, NON_NEGATIVE, POSITIVE, RunSettings, at_least, comma_list, one_of, setting
+from domix.settings import FRACTION, POSITIVE, RunSettings, TrainingSettings, at_least, comma_list, one_of, setting
 
 AUTOCAST = ("bfloat16", "float16")  # --autocast's choices
 
@@ -64,7 +64,7 @@ class EvaluateSettings(TaskColumns):
 
 
 @dataclass(kw_only=True)
-class FinetuneConfig(RunSettings, RunOptions, TaskColumns, *method_settings("finetune")):
+class FinetuneConfig(RunSettings, TrainingSettings, RunOptions, TaskColumns, *method_settings("finetune")):
     """The settings of domix finetune. A method's own settings (the bridge's p_init, MoDE's mode_*) come
     from its settings class in the registry, which this class inherits: the same YAML keys and flags."""
 
@@ -93,14 +93,10 @@ class FinetuneConfig(RunSettings, RunOptions, TaskColumns, *method_settings("fin
     save_model: bool = setting(True, "write the task model; --no-save-model keeps only result.json")
     # optimisation (reference: AdamW 3e-5, batch 16, linear decay)
     lr: float = setting(3e-5, "learning rate of B_cat and the head")
-    weight_decay: float = setting(0.0, "AdamW weight decay of B_cat and the head")
     warmup_ratio: float = setting(0.0, "linear warm-up share of the steps (0: linear decay from the start)")
     epochs: int = setting(5, "passes over the training set")
     batch_size: int = setting(16, "examples per step")
     max_length: int = setting(128, "tokens per example")
-    max_grad_norm: float = setting(1.0, "gradient clipping")
-    gradient_checkpointing: bool = setting(False, "recompute activations in backward instead of keeping them: far less memory, "
-                                                  "about a third more compute, the same weights")
     select_metric: str = setting("macro_f1", "dev metric that picks the kept epoch: accuracy, macro_f1 or micro_f1")
     train_limit: int | None = setting(None, "use a seeded sample of this many training examples")
     eval_limit: int | None = setting(None, "use a seeded sample of this many dev and test examples")
@@ -108,12 +104,11 @@ class FinetuneConfig(RunSettings, RunOptions, TaskColumns, *method_settings("fin
     sample_seed: int = setting(0, "seed of the --train-limit/--eval-limit samples: fixed, so every --seed and method sees the same")
     checkpoint_every: int = setting(200, "steps between checkpoints (also at every epoch's end)")
     dtype: str = setting("float32", "base model dtype: float32, bfloat16, float16 or float64")
-    device: str = setting("auto", "auto, cpu, cuda or cuda:N")
 
     # a list or mapping given as a flag's text: one task; "dev=validation,test=test"
     TEXT_FORMS = {"mix_tasks": lambda text: [text], "splits": lambda text: parse_splits(text)}
     # each field's own range, checked when the settings are built (settings.check_ranges)
-    RANGES = {"lr": POSITIVE, "weight_decay": NON_NEGATIVE, "warmup_ratio": FRACTION, "max_grad_norm": POSITIVE,
+    RANGES = {"lr": POSITIVE, "warmup_ratio": FRACTION,
               "epochs": at_least(1), "batch_size": at_least(1), "max_length": at_least(2), "lora_rank": at_least(1),
               "checkpoint_every": at_least(1), "select_metric": one_of("accuracy", "macro_f1", "micro_f1"),
               "dtype": one_of("float32", "bfloat16", "float16", "float64"), "autocast": one_of(*AUTOCAST),

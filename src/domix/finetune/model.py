@@ -54,10 +54,6 @@ def load_tokenizer_for(base: str, model: nn.Module):
     return tokenizer
 
 
-def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
-
-
 def save_task_model(model: nn.Module, tokenizer, record: dict, folder: Path) -> None:
     """Write a task model folder atomically: the method's weights, the tokenizer, the record."""
 
@@ -104,14 +100,23 @@ def load_task_model(folder: str | Path, device: torch.device | str = "cpu", base
 def export(folder: str | Path, out: str | Path, base: str | None = None) -> None:
     """Fold a task model into a plain transformers folder (no domix needed to load it)."""
     model, tokenizer, record = load_task_model(folder, base=base)
+    write_export(folder, out, model, tokenizer, record, causal=False, max_length=record["max_length"])
+
+
+def write_export(folder: str | Path, out: str | Path, model: nn.Module, tokenizer, record: dict, causal: bool, **recorded) -> None:
+    """The task model of ``folder`` (loaded: ``model``, its record) in the base's own architecture, written to ``out``
+    atomically with its tokenizer, a model card and where it came from (``recorded``: what its loader needs to know:
+    a classifier's max length, a causal LM's prompt template)."""
     plain = task_method(record["method"]).plain(model, record)
     plain.name_or_path = record["base_model"]["name"]
+    if causal:
+        plain.config.use_cache = True
 
     def fill(tmp: Path) -> None:
         plain.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        atomic.write_json(tmp / EXPORT_FILE, {"from": model_reference(str(folder)), "method": record["method"],
-                                              "max_length": record["max_length"], "base_model": record["base_model"]})
-        write_model_card(tmp, record, run_settings(Path(folder)), causal=False)
+        atomic.write_json(tmp / EXPORT_FILE, {"from": model_reference(str(folder)), "method": record["method"], **recorded,
+                                              "base_model": record["base_model"]})
+        write_model_card(tmp, record, run_settings(Path(folder)), causal=causal)
 
     atomic.replace_dir(Path(out), fill)

@@ -6,25 +6,23 @@ atomic, and rerunning the same command resumes. The epoch with the best dev scor
 
 from __future__ import annotations
 
-import math
-import shutil
 import time
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from domix import atomic
 from domix.base_model import model_reference, weights_fingerprint
 from domix.corpus import read_corpus
 from domix.engine.distributed import DataParallel, process_group
-from domix.engine.loop import Loop, StepHook, TrainResult, batch_rows, grouped_batch_rows, my_rows, no_rows, share, train
+from domix.engine.loop import StepHook, TrainResult, batch_rows, grouped_batch_rows, my_rows, no_rows, share
 from domix.engine.predict import predict
-from domix.engine.runfolder import RUN_FILE, begin, check_out
+from domix.engine.runfolder import RESULT_FILE, RunFolder
+from domix.engine.selection import DevScore, train_epochs
 from domix.errors import DomixError
 from domix.finetune.config import FinetuneConfig
 from domix.finetune.mixture import Mixture, keep_own_rows
-from domix.finetune.model import classification_model, load_tokenizer_for, save_task_model, trainable_state
+from domix.finetune.model import classification_model, load_tokenizer_for, save_task_model
 from domix.methods.base import Probe
 from domix.methods.registry import task_method
 from domix.metrics import classification_scores, downsample_curve
@@ -33,7 +31,6 @@ from domix.store import base_of
 from domix.system import DTYPES, autocast, peak_memory_mb, reset_peak_memory, resolve_device
 from domix.tasks import Task, encode, pad_batch, read_task
 
-RESULT_FILE = "result.json"  # the run's record: scores, trainable share, memory, time
 
 
 def _subsample(task: Task, split: str, limit: int | None, seed: int) -> None:
@@ -56,8 +53,7 @@ def finetune(cfg: FinetuneConfig, overwrite: bool = False, on_step: StepHook | N
     """
     cfg.validate()
     ranks = process_group()
-    out = Path(cfg.out)
-    previous = check_out(out, cfg, overwrite)
+    folder = RunFolder.open(cfg, overwrite)
     # a selection run (--no-score-test) never reads the test split: nothing it records can depend on it
     held_out = ("dev", "test") if cfg.score_test else ("dev",)
     task = read_task(cfg.task, columns=cfg.columns(), splits=cfg.splits, without_test=not cfg.score_test,
@@ -88,8 +84,7 @@ def finetune(cfg: FinetuneConfig, overwrite: bool = False, on_step: StepHook | N
     model.to(device)
     method.place(model, cfg)
     trainable = sum(p.numel() for g in groups for p in g["params"])
-    run = {"status": "running", "kind": cfg.COMMAND, "config": cfg.to_dict()}
-    begin(out, run, previous, overwrite, ranks)
+    folder.start(ranks)
     sizes = ", ".join(f"{len(task.splits[s].texts)} {s}" for s in task.splits) + ("" if cfg.score_test else "; test not read")
     print(f"domix: {cfg.method} on task {task.name!r} ({len(task.labels)} labels; {sizes}); trainable {trainable:,} "
           f"of {total_params:,} parameters ({100 * trainable / total_params:.2f}%)")
@@ -100,12 +95,8 @@ def finetune(cfg: FinetuneConfig, overwrite: bool = False, on_step: StepHook | N
     rows = {s: [encode(t.splits[s], tokenizer, cfg.max_length) for t in mixture.tasks] for s in held_out}
     labels = {s: task.label_ids(s) for s in ("train", *held_out)}
     setup_s = time.perf_counter() - started
-    progress = _train(model, groups, mixture, rows, cfg, tokenizer, device, out / "checkpoint", on_step, ranks.everyone())
+    progress = _train(model, groups, mixture, rows, cfg, tokenizer, device, folder.out / "checkpoint", on_step, ranks.everyone())
     state = progress.extra
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, value in state["best_state"].items():
-            params[name].copy_(value)
     test_scores, mixed_scores, test_predictions = None, [], None
     test_started = time.perf_counter()
     if cfg.score_test:
@@ -157,15 +148,10 @@ def finetune(cfg: FinetuneConfig, overwrite: bool = False, on_step: StepHook | N
                     "dev": state["history"][state["best_epoch"] - 1].get("mixed")} if mixed_scores else None,
     }
     record.update(added)
-    if not ranks.is_main:  # the main process writes what every process trained alike
-        return record
-    if cfg.save_model:
-        save_task_model(model, tokenizer, record, out / "model")
-    atomic.write_json(out / RESULT_FILE, record)
-    shutil.rmtree(out / "checkpoint", ignore_errors=True)
-    run.update(status="finished", test=test_scores, best_epoch=state["best_epoch"])
-    atomic.write_json(out / RUN_FILE, run)
-    print(format_record(record))
+    save = (lambda where: save_task_model(model, tokenizer, record, where)) if cfg.save_model else None
+    folder.finish_task(record, save, ranks, test=test_scores, best_epoch=state["best_epoch"])
+    if ranks.is_main:
+        print(format_record(record))
     return record
 
 
@@ -179,19 +165,12 @@ def majority_scores(labels: dict[str, torch.Tensor], num_labels: int) -> dict:
 
 def _train(model, groups, mixture: Mixture, rows: dict[str, list], cfg: FinetuneConfig, tokenizer, device, ckpt_dir: Path,
            on_step: StepHook | None, dp: DataParallel | None = None) -> TrainResult:
-    """The engine's loop over shuffled batches of the training examples (of every task of ``mixture``); the
-    dev scores after every epoch (their mean over the tasks) pick the kept weights (``extra``: history,
-    best_epoch, best_score, best_state). With ``dp``, this process trains on its slice of each batch (every
-    process scores the whole dev set, so all keep alike)."""
-    from transformers import get_linear_schedule_with_warmup
-
+    """Epochs over shuffled batches of the training examples (of every task of ``mixture``), the dev scores after
+    every epoch (their mean over the tasks, ``cfg.select_metric``) picking the kept weights (engine.selection). With
+    ``dp``, this process trains on its slice of each batch (every process scores the whole dev set, so all keep alike)."""
     pad_id = tokenizer.pad_token_id
     train_rows, train_labels, owner = mixture.train_set(tokenizer, cfg.max_length)
     lengths = [len(r) for r in train_rows]
-    optimizer = torch.optim.AdamW(groups)
-    per_epoch = math.ceil(len(train_rows) / cfg.batch_size)
-    total = per_epoch * cfg.epochs
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total), total)
 
     def step_loss(step: int) -> tuple[torch.Tensor, int]:
         if cfg.group_by_length:
@@ -210,33 +189,17 @@ def _train(model, groups, mixture: Mixture, rows: dict[str, list], cfg: Finetune
         loss = torch.nn.functional.cross_entropy(logits, train_labels[mine].to(device))  # the mean over its examples
         return share(loss, len(mine), len(idx)), int(batch["attention_mask"].sum())
 
-    def after_step(progress: TrainResult, log) -> bool:
-        if progress.steps % per_epoch:
-            return False
-        # the end of an epoch: dev scores, keep the best, checkpoint
-        state = progress.extra
-        scoring_started = time.perf_counter()
+    def score_dev(epoch: int) -> DevScore:
         every = mixture.scores([predict(model, r, pad_id, cfg.batch_size, device, cfg.autocast) for r in rows["dev"]], "dev")
         scores = dict(every[0])
         if len(every) > 1:
             scores["mixed"] = {t.name: s for t, s in zip(mixture.tasks[1:], every[1:])}
-        state["history"].append(scores)
-        for metric in ("accuracy", "macro_f1"):
-            log(f"dev/{metric}", scores[metric])
-        epoch = len(state["history"])
-        selected = sum(s[cfg.select_metric] for s in every) / len(every)
-        if selected > state["best_score"]:
-            state.update(best_epoch=epoch, best_score=selected, best_state=trainable_state(model))
-        state["dev_seconds"] = state.get("dev_seconds", 0.0) + time.perf_counter() - scoring_started
-        tqdm.write(f"domix: epoch {epoch}: dev accuracy {scores['accuracy']:.4f}, macro-F1 {scores['macro_f1']:.4f}")
-        return True
+        return DevScore(sum(s[cfg.select_metric] for s in every) / len(every), scores,
+                        f"dev accuracy {scores['accuracy']:.4f}, macro-F1 {scores['macro_f1']:.4f}",
+                        {m: scores[m] for m in ("accuracy", "macro_f1")})
 
-    def fresh() -> TrainResult:
-        return TrainResult(extra={"history": [], "best_epoch": 0, "best_score": -1.0, "best_state": None})
-
-    loop = Loop(f"task {mixture.tasks[0].name!r}" + (f" + {len(mixture.tasks) - 1} mixed" if len(mixture.tasks) > 1 else ""), total, cfg.seed, cfg.lr, cfg.max_grad_norm, cfg.checkpoint_every, cfg.gradient_checkpointing)
-    return train(model, optimizer, scheduler, loop, step_loss, ckpt_dir / "state.pt", on_step, ckpt_dir.parent / "tensorboard",
-                 after_step=after_step, fresh=fresh, dp=dp)
+    label = f"task {mixture.tasks[0].name!r}" + (f" + {len(mixture.tasks) - 1} mixed" if len(mixture.tasks) > 1 else "")
+    return train_epochs(model, groups, cfg, label, len(train_rows), step_loss, score_dev, ckpt_dir, on_step, dp, higher_is_better=True)
 
 
 def format_record(record: dict) -> str:

@@ -8,7 +8,7 @@ from functools import partial
 
 from domix.errors import DomixError
 from domix.methods.registry import INSTRUCT, method_settings, own_settings, recipe_of, stage2
-from domix.settings import FRACTION, NON_NEGATIVE, OPEN_FRACTION, POSITIVE, RunSettings, at_least, comma_list, one_of, setting
+from domix.settings import FRACTION, OPEN_FRACTION, POSITIVE, RunSettings, TrainingSettings, at_least, comma_list, one_of, setting
 
 DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]  # the paper's LLM setting
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16", "float64")
@@ -20,7 +20,7 @@ FORMATS = ("boolq", "piqa", "siqa", "hellaswag", "winogrande", "arc", "openbookq
 
 
 @dataclass(kw_only=True)
-class InstructConfig(RunSettings, *method_settings("instruct")):
+class InstructConfig(RunSettings, TrainingSettings, *method_settings("instruct")):
     """The settings of domix instruct. A method's own settings (the bridge's p_init, new_rank) come from its
     settings class in the registry, which this class inherits: the same YAML keys and flags."""
 
@@ -44,20 +44,16 @@ class InstructConfig(RunSettings, *method_settings("instruct")):
     general_blocks: int = setting(64, "sequences of --max-length tokens of --general that retention scores")
     # optimisation
     lr: float = setting(2e-4, "AdamW learning rate")
-    weight_decay: float = setting(0.0, "AdamW weight decay")
     warmup_ratio: float = setting(0.03, "linear warm-up share of the steps")
     warmup_steps: int | None = setting(None, "linear warm-up steps; overrides --warmup-ratio (the published LLM recipe: 100)")
     epochs: int = setting(2, "passes over the training set")
     batch_size: int = setting(8, "examples per step")
     max_length: int = setting(256, "tokens per example, prompt and response")
-    max_grad_norm: float = setting(1.0, "gradient clipping")
-    gradient_checkpointing: bool = setting(False, "recompute activations in backward to save memory")
     train_limit: int | None = setting(None, "use a seeded sample of this many training examples")
     seed: int = setting(42, "batch order, dropout, LoRA init")
     sample_seed: int = setting(0, "seed of the dev hold-out and the --train-limit sample")
     checkpoint_every: int = setting(200, "steps between checkpoints (also at every epoch's end)")
     dtype: str = setting("auto", f"{', '.join(DTYPE_CHOICES)}; auto: bfloat16 on a GPU that has it, else float32")
-    device: str = setting("auto", "auto, cpu, cuda or cuda:N")
     save_model: bool = setting(True, "write the model; --no-save-model keeps only result.json")
 
     COMMAND = "instruct"  # whose recipes apply
@@ -70,8 +66,8 @@ class InstructConfig(RunSettings, *method_settings("instruct")):
     LORA_TARGETS = DEFAULT_TARGETS  # a fresh LoRA's layers without --target-modules
 
     # each field's own range, checked when the settings are built (settings.check_ranges)
-    RANGES = {"template": one_of(*TEMPLATES), "lr": POSITIVE, "weight_decay": NON_NEGATIVE, "warmup_ratio": FRACTION,
-              "max_grad_norm": POSITIVE, "epochs": at_least(1), "batch_size": at_least(1), "max_length": at_least(2),
+    RANGES = {"template": one_of(*TEMPLATES), "lr": POSITIVE, "warmup_ratio": FRACTION,
+              "epochs": at_least(1), "batch_size": at_least(1), "max_length": at_least(2),
               "dev_fraction": OPEN_FRACTION, "lora_rank": at_least(1), "warmup_steps": at_least(0), "train_limit": at_least(2),
               "checkpoint_every": at_least(1), "dtype": one_of(*DTYPE_CHOICES), "general_blocks": at_least(1)}
 

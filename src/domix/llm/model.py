@@ -14,10 +14,9 @@ import torch
 from torch import nn
 
 from domix import atomic
-from domix.model_card import run_settings, write_model_card
-from domix.base_model import load_base_model, model_reference, weights_fingerprint
+from domix.base_model import load_base_model, weights_fingerprint
 from domix.errors import DomixError
-from domix.finetune.model import recorded_base, save_task_model
+from domix.finetune.model import recorded_base, save_task_model, write_export
 from domix.llm.config import InstructConfig
 from domix.methods.base import EXPORT_FILE, TASK_FILE, TaskMethod
 from domix.methods.registry import task_method
@@ -106,15 +105,4 @@ def load_for_eval(source: str, device: torch.device | str = "cpu", dtype: str = 
 def export_causal(folder: str | Path, out: str | Path, base: str | None = None) -> None:
     """Fold a ``domix instruct`` model into a plain causal-LM folder (W' = W + B_cat diag(s) P A_cat)."""
     model, tokenizer, record = load_causal_task_model(folder, base=base)
-    plain = task_method(record["method"]).plain(model, record)
-    plain.name_or_path = record["base_model"]["name"]
-    plain.config.use_cache = True
-
-    def fill(tmp: Path) -> None:
-        plain.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        atomic.write_json(tmp / EXPORT_FILE, {"from": model_reference(str(folder)), "method": record["method"],
-                                                      "template": record["template"], "base_model": record["base_model"]})
-        write_model_card(tmp, record, run_settings(Path(folder)), causal=True)
-
-    atomic.replace_dir(Path(out), fill)
+    write_export(folder, out, model, tokenizer, record, causal=True, template=record["template"])

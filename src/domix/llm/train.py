@@ -7,25 +7,21 @@ atomic, and rerunning the same command resumes to the same model.
 
 from __future__ import annotations
 
-import math
-import shutil
 import time
 from pathlib import Path
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from domix import atomic
 from domix.base_model import model_reference, weights_fingerprint
 from domix.batches import IGNORE_INDEX
 from domix.corpus import read_corpus
 from domix.engine.distributed import DataParallel, process_group
-from domix.engine.loop import Loop, StepHook, TrainResult, batch_rows, my_rows, no_rows, train
-from domix.engine.runfolder import RUN_FILE, begin, check_out
+from domix.engine.loop import StepHook, TrainResult, batch_rows, mean_loss, my_rows, no_rows
+from domix.engine.runfolder import RunFolder
+from domix.engine.selection import DevScore, train_epochs
 from domix.errors import DomixError
-from domix.lm_loss import lm_losses, predicted_tokens
-from domix.finetune.model import trainable_state
+from domix.lm_loss import lm_losses
 from domix.llm.config import InstructConfig
 from domix.llm.data import Example, collate, encode_examples, read_examples
 from domix.llm.model import CAUSAL_KIND, build, load_causal, resolve_dtype, save_task_model
@@ -35,23 +31,13 @@ from domix.retention import retention
 from domix.store import base_of
 from domix.system import peak_memory_mb, reset_peak_memory, resolve_device
 
-RESULT_FILE = "result.json"
 Rows = list[tuple[list[int], list[int]]]
 
 
-@torch.no_grad()
 def dev_loss(model: nn.Module, rows: Rows, pad_id: int, batch_size: int, device) -> float:
-    """Mean loss per response token over ``rows``."""
-    was_training = model.training
-    model.eval()
-    total, count = 0.0, 0
-    for start in range(0, len(rows), batch_size):
-        batch = collate(rows[start : start + batch_size], pad_id)
-        total += float(lm_losses(model, batch["input_ids"].to(device), batch["labels"], "clm", denominators=[1.0],
-                                 attention_mask=batch["attention_mask"].to(device))[0])
-        count += predicted_tokens(batch["labels"], "clm")
-    model.train(was_training)
-    return total / max(count, 1)
+    """Mean loss per response token over ``rows`` (engine.loop.mean_loss over their collated batches)."""
+    return mean_loss(model, (collate(rows[start : start + batch_size], pad_id) for start in range(0, len(rows), batch_size)),
+                     "clm", device)
 
 
 def _seeded_sample(n: int, k: int, seed: int) -> list[int]:
@@ -113,26 +99,20 @@ def instruct(cfg: InstructConfig, overwrite: bool = False, on_step: StepHook | N
     """
     cfg.validate()
     ranks = process_group()
-    out = Path(cfg.out)
-    previous = check_out(out, cfg, overwrite)
+    folder = RunFolder.open(cfg, overwrite)
     started = time.perf_counter()
     run = prepare(cfg)
     model, tokenizer, device = run["model"], run["tokenizer"], run["device"]
     trainable = sum(p.numel() for g in run["groups"] for p in g["params"])
-    status = {"status": "running", "kind": cfg.COMMAND, "config": cfg.to_dict()}
-    begin(out, status, previous, overwrite, ranks)
+    folder.start(ranks)
     dropped = run["dropped"]
     print(f"domix: instruct {cfg.method} on {run['base_name']} ({len(run['train'])} train, {len(run['dev'])} dev examples"
           + (f"; {dropped['train'] + dropped['dev']} dropped, their prompt fills --max-length" if any(dropped.values()) else "")
           + f"); trainable {trainable:,} of {run['total_params']:,} parameters ({100 * trainable / run['total_params']:.2f}%)")
 
-    progress = _train(model, run["groups"], run["train"], run["dev"], cfg, tokenizer.pad_token_id, device, out / "checkpoint", on_step,
-                      ranks.everyone())
+    progress = _train(model, run["groups"], run["train"], run["dev"], cfg, tokenizer.pad_token_id, device, folder.out / "checkpoint",
+                      on_step, ranks.everyone())
     state = progress.extra
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, value in state["best_state"].items():
-            params[name].copy_(value)
     record = {
         "kind": CAUSAL_KIND,
         "method": cfg.method,
@@ -163,14 +143,10 @@ def instruct(cfg: InstructConfig, overwrite: bool = False, on_step: StepHook | N
     # the run's cost is that of training: retention loads a second copy of the base
     record["retention"] = (retention(model, run["base_name"], cfg.general, cfg.max_length, cfg.general_blocks, cfg.batch_size, device)
                            if cfg.general else None)
-    if not ranks.is_main:  # the main process writes what every process trained alike
+    save = (lambda where: save_task_model(model, tokenizer, record, where)) if cfg.save_model else None
+    folder.finish_task(record, save, ranks, dev_loss=record["dev_loss"], best_epoch=record["best_epoch"])
+    if not ranks.is_main:
         return record
-    if cfg.save_model:
-        save_task_model(model, tokenizer, record, out / "model")
-    atomic.write_json(out / RESULT_FILE, record)
-    shutil.rmtree(out / "checkpoint", ignore_errors=True)
-    status.update(status="finished", dev_loss=record["dev_loss"], best_epoch=record["best_epoch"])
-    atomic.write_json(out / RUN_FILE, status)
     print(f"domix: instruct {cfg.method}: dev loss {record['dev_loss_before']:.4f} -> {record['dev_loss']:.4f} "
           f"(best epoch {record['best_epoch']}); trainable {record['trainable_percent']:.2f}%, "
           f"peak memory {record['peak_memory_mb']:.0f} MB, {record['wall_time_s']:.0f} s")
@@ -179,16 +155,8 @@ def instruct(cfg: InstructConfig, overwrite: bool = False, on_step: StepHook | N
 
 def _train(model, groups, train_rows: Rows, dev_rows: Rows, cfg: InstructConfig, pad_id: int, device, ckpt_dir: Path,
            on_step: StepHook | None, dp: DataParallel | None = None) -> TrainResult:
-    """The engine's loop over shuffled batches of the examples; the dev loss after every epoch picks the
-    kept weights (``extra``: history, best_epoch, best_loss, best_state, dev_loss_before)."""
-    from transformers import get_linear_schedule_with_warmup
-
-    optimizer = torch.optim.AdamW(groups)
-    per_epoch = math.ceil(len(train_rows) / cfg.batch_size)
-    total = per_epoch * cfg.epochs
-    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else int(cfg.warmup_ratio * total)
-    scheduler = get_linear_schedule_with_warmup(optimizer, min(warmup, total), total)
-
+    """Epochs over shuffled batches of the examples, the dev loss after every epoch picking the kept weights
+    (engine.selection; ``extra`` adds dev_loss_before, the base's)."""
     def step_loss(step: int) -> tuple[torch.Tensor, int]:
         rows = [train_rows[i] for i in batch_rows(len(train_rows), cfg.batch_size, cfg.seed, step).tolist()]
         mine = my_rows(rows, dp)
@@ -200,28 +168,15 @@ def _train(model, groups, train_rows: Rows, dev_rows: Rows, cfg: InstructConfig,
                          attention_mask=batch["attention_mask"].to(device))[0]
         return loss, int(batch["attention_mask"].sum())
 
-    def after_step(progress: TrainResult, log) -> bool:
-        if progress.steps % per_epoch:
-            return False
-        state = progress.extra  # the end of an epoch: dev loss, keep the best, checkpoint
+    def score_dev(epoch: int) -> DevScore:
         value = dev_loss(model, dev_rows, pad_id, cfg.batch_size, device)
-        state["history"].append({"epoch": len(state["history"]) + 1, "loss": value})
-        log("dev/loss", value)
-        if value < state["best_loss"]:
-            state.update(best_epoch=len(state["history"]), best_loss=value, best_state=trainable_state(model))
-        tqdm.write(f"domix: epoch {len(state['history'])}: dev loss {value:.4f}")
-        return True
+        return DevScore(value, {"epoch": epoch, "loss": value}, f"dev loss {value:.4f}", {"loss": value})
 
-    def fresh() -> TrainResult:
-        return TrainResult(extra={"history": [], "best_epoch": 0, "best_loss": math.inf, "best_state": None,
-                                  "dev_loss_before": dev_loss(model, dev_rows, pad_id, cfg.batch_size, device)})
+    def before() -> dict:
+        return {"dev_loss_before": dev_loss(model, dev_rows, pad_id, cfg.batch_size, device)}
 
-    loop = Loop("instruct", total, cfg.seed, cfg.lr, cfg.max_grad_norm, cfg.checkpoint_every, cfg.gradient_checkpointing)
-    progress = train(model, optimizer, scheduler, loop, step_loss, ckpt_dir / "state.pt", on_step, ckpt_dir.parent / "tensorboard",
-                     after_step=after_step, fresh=fresh, dp=dp)
-    if progress.extra["best_state"] is None:  # every dev loss was NaN
-        raise DomixError("the dev loss was never finite; check the data and lower --lr")
-    return progress
+    return train_epochs(model, groups, cfg, "instruct", len(train_rows), step_loss, score_dev, ckpt_dir, on_step, dp,
+                        higher_is_better=False, warmup_steps=cfg.warmup_steps, before=before)
 
 
 def _predicted(rows: Rows) -> int:

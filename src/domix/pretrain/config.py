@@ -8,7 +8,7 @@ from functools import partial
 
 from domix.errors import DomixError
 from domix.methods.registry import method_settings, own_settings, recipe_of, stage1
-from domix.settings import (FRACTION, NON_NEGATIVE, OPEN_FRACTION, POSITIVE, RunSettings, at_least, one_of, setting,
+from domix.settings import (FRACTION, OPEN_FRACTION, POSITIVE, RunSettings, TrainingSettings, at_least, one_of, setting,
                             unique_names)
 
 
@@ -29,7 +29,7 @@ def _targets(text: str) -> list[str] | str:
 
 
 @dataclass(kw_only=True)
-class PretrainConfig(RunSettings, *method_settings("pretrain")):
+class PretrainConfig(RunSettings, TrainingSettings, *method_settings("pretrain")):
     """The settings of domix pretrain. A method's own settings (MixDA's mixda_*, MoDE's mode_*) come from
     its settings class in the registry, which this class inherits: the same YAML keys and flags."""
 
@@ -54,13 +54,11 @@ class PretrainConfig(RunSettings, *method_settings("pretrain")):
     train_head: bool = setting(False, "also train the LM head")
     # optimisation: AdamW 5e-4, linear schedule, 10% warm-up, one epoch
     lr: float = setting(5e-4, "AdamW learning rate")
-    weight_decay: float = setting(0.0, "AdamW weight decay")
     warmup_ratio: float = setting(0.1, "linear warm-up share of the steps")
     epochs: float = setting(1, "passes over each corpus (0.25: a quarter of one, with its own schedule)", float)
     steps: int | None = setting(None, "steps per domain; overrides --epochs")
     batch_size: int = setting(16, "sequences per step")
     seq_len: int = setting(128, "tokens per sequence")
-    max_grad_norm: float = setting(1.0, "gradient clipping")
     mlm_probability: float = setting(0.15, "masked LM: the share of tokens masked")
     seed: int = setting(42, "random seed")
     heldout_fraction: float = setting(0.05, "share of each corpus held out for evaluation")
@@ -68,14 +66,11 @@ class PretrainConfig(RunSettings, *method_settings("pretrain")):
     checkpoint_every: int = setting(100, "steps between checkpoints")
     fused: bool = setting(True, "train several domains at once over one base; --no-fused trains them one after another; ignored "
                                 "by the baseline methods and with --train-head")
-    gradient_checkpointing: bool = setting(False, "recompute activations in backward instead of keeping them: far less memory, "
-                                                  "about a third more compute")
     dtype: str = setting("float32", "base model dtype: float32, bfloat16, float16 or float64")
-    device: str = setting("auto", "auto, cpu, cuda or cuda:N")
 
     # each field's own range, checked when the settings are built (settings.check_ranges)
-    RANGES = {"lora_rank": at_least(1), "alpha": POSITIVE, "dropout": FRACTION, "lr": POSITIVE, "weight_decay": NON_NEGATIVE,
-              "max_grad_norm": POSITIVE, "warmup_ratio": FRACTION, "heldout_max_blocks": at_least(1),
+    RANGES = {"lora_rank": at_least(1), "alpha": POSITIVE, "dropout": FRACTION, "lr": POSITIVE,
+              "warmup_ratio": FRACTION, "heldout_max_blocks": at_least(1),
               "epochs": (POSITIVE[0], "must be positive (a fraction such as 0.25 trains on that share of an epoch)"),
               "steps": at_least(1), "batch_size": at_least(1), "seq_len": at_least(2), "mlm_probability": OPEN_FRACTION,
               "heldout_fraction": FRACTION, "checkpoint_every": at_least(1), "dtype": one_of("float32", "bfloat16", "float16", "float64"),

@@ -1,0 +1,257 @@
+"""The benchmark scripts no other test runs, each end to end at a size of seconds on the tiny models, corpora and task
+of conftest.py: the table each prints and the JSON each writes. Each runs in this process through its main(), its
+command line in sys.argv; the processes a script starts itself (finetune_memory's, large_corpus's and
+pretrain_throughput's) are started for real. The machine's matrix-multiply rate is measured on a small product,
+and every child process gets one thread."""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import json
+import math
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))  # as when a script of it runs: the scripts import each other (step_rate, compare_reading)
+
+
+def script(name: str):
+    """benchmarks/<name>.py as a module."""
+    return importlib.import_module(name)
+
+
+@pytest.fixture
+def run(monkeypatch, capsys, tmp_path):
+    """``run(name, *args)``: benchmarks/<name>.py's main() with ``args`` as its command line, from a fresh folder (a
+    default output path lands there, never in benchmarks/results); returns what it printed."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DOMIX_THREADS", "1")  # the processes a script starts: one thread each
+
+    def run(name: str, *args) -> str:
+        monkeypatch.setattr(sys, "argv", [str(BENCHMARKS / f"{name}.py"), *map(str, args)])
+        capsys.readouterr()
+        script(name).main()
+        return capsys.readouterr().out
+
+    return run
+
+
+@pytest.fixture
+def small_matmul(monkeypatch):
+    """step_rate.matmul_gflops on a 128^3 product where the scripts call it (their 2048^3 takes seconds on one thread)."""
+    small = functools.partial(script("step_rate").matmul_gflops, n=128, repeats=2)
+    monkeypatch.setattr(script("step_rate"), "matmul_gflops", small)
+    monkeypatch.setattr(script("pretrain_throughput"), "matmul_gflops", small)
+
+
+def numbers(value) -> list[float]:
+    """Every number in a JSON value, nested at any depth."""
+    if isinstance(value, dict):
+        return [x for v in value.values() for x in numbers(v)]
+    if isinstance(value, list):
+        return [x for v in value for x in numbers(v)]
+    return [float(value)] if isinstance(value, (int, float)) and not isinstance(value, bool) else []
+
+
+def all_finite(value) -> bool:
+    """Whether a JSON value holds numbers and every one is finite."""
+    found = numbers(value)
+    return bool(found) and all(math.isfinite(x) for x in found)
+
+
+def rows_of(out: str, header: str, n: int) -> dict[str, list[str]]:
+    """The ``n`` rows printed under the line that starts with ``header`` (a rule of dashes skipped): first cell -> the
+    other cells."""
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(header)) + 1
+    body = [line for line in lines[start:] if not set(line) <= set("- ")][:n]
+    return {first: cells for first, *cells in (re.split(r"\s{2,}|\s(?=[-+\d])", line.strip()) for line in body)}
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, tiny_llama, corpora) -> Path:
+    """A finished two-domain domix pretrain run on the tiny Llama (food and bio, rank 4, 4 steps each)."""
+    from domix.pretrain.config import PretrainConfig
+    from domix.pretrain.run import pretrain
+
+    out = tmp_path_factory.mktemp("bench-store") / "store"
+    pretrain(PretrainConfig(model=str(tiny_llama), domains={n: str(p) for n, p in corpora.items()}, out=str(out), lora_rank=4,
+                            steps=4, batch_size=8, seq_len=32, lr=5e-3, heldout_max_blocks=4))
+    return out
+
+
+@pytest.fixture(scope="module")
+def wide_llama(tmp_path_factory) -> Path:
+    """A tiny random Llama with 1,024 token ids and no tokenizer: the scripts that draw ids up to 1000 themselves."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("wide-llama")
+    LlamaForCausalLM(LlamaConfig(vocab_size=1024, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                 num_key_value_heads=1, max_position_embeddings=256, pad_token_id=0, bos_token_id=1,
+                                 eos_token_id=2)).save_pretrained(path)
+    return path
+
+
+def test_module_overlap_reports_cosines_and_the_rank_of_a_cat(run, store, tmp_path):
+    """module_overlap.py: both modules and all 14 layers, |cos| in [0, 1], A_cat's rank at most Σr and its singular values;
+    a store of one module is refused."""
+    out = run("module_overlap", store)
+    assert "2 modules (bio, food), 14 layers" in out
+    cos = re.search(r"median ([\d.]+), max ([\d.]+); above 0.9: \d+ of 14\b", out)
+    assert cos and 0 <= float(cos[1]) <= float(cos[2]) <= 1
+    ranks = re.search(r"numerical rank of A_cat: min (\d+), median [\d.]+, max (\d+) \(Σr = 8\)", out)
+    assert ranks and 1 <= int(ranks[1]) <= int(ranks[2]) <= 8
+    values = re.search(r"layers\.0\.mlp\.down_proj: singular values of A_cat (.*)", out)[1].split()
+    assert len(values) == 8 and all(math.isfinite(float(v)) and float(v) >= 0 for v in values)
+
+    shutil.copytree(store / "food", tmp_path / "one" / "food")
+    with pytest.raises(SystemExit, match="fewer than two LoRA modules"):
+        run("module_overlap", tmp_path / "one")
+
+
+def test_module_knowledge_tables_match_the_stores_own_figures(run, store, task, tmp_path):
+    """module_knowledge.py: the module x corpus loss table (its base row and diagonal are the manifests' held-out losses
+    before and after), how far each module moved, and each module's share on a task's inputs; --only-tasks replaces
+    only its own part of the JSON."""
+    out = run("module_knowledge", store, "--tasks", f"topics={task}", "--max-length", 32, "--json", tmp_path / "k.json")
+    figures = json.loads((tmp_path / "k.json").read_text())
+    assert list(figures["loss"]) == ["base", "food", "bio"] and all_finite(figures["loss"])
+    for name in ("food", "bio"):
+        heldout = json.loads((store / name / "domix_manifest.json").read_text())["heldout"]
+        assert figures["loss"]["base"][name] == pytest.approx(heldout["loss_before"], abs=1e-6)
+        assert figures["loss"][name][name] == pytest.approx(heldout["loss_after"], abs=1e-6)
+        moved = figures["movement"][name]
+        assert moved["layers"] == 14 and 0 < moved["a_moved_median"] <= moved["a_moved_max"] and moved["b_norm_median"] > 0
+    for row in ("base", "food", "bio"):  # the loss table's rows, then the movement table's
+        assert re.search(rf"^{row}\s+[\d.]+\*?\s+[\d.]+\*?\s*$", out, re.M), row
+    for row in ("food", "bio"):
+        assert re.search(rf"^{row}\s+[\d.]+\s+[\d.]+\s+[\d.]+$", out, re.M), row
+    topics = figures["task_inputs"]["topics"]
+    assert topics["examples"] > 0 and sum(topics["share"].values()) == pytest.approx(1) and all_finite(topics["rms"])
+    assert re.search(r"^topics\s+[\d.]+\*?\s+[\d.]+\*?\s+\d+$", out, re.M)
+
+    figures["task_inputs"] = "stale"
+    (tmp_path / "k.json").write_text(json.dumps(figures))
+    run("module_knowledge", store, "--only-tasks", "--tasks", f"topics={task}", "--max-length", 32, "--json", tmp_path / "k.json")
+    again = json.loads((tmp_path / "k.json").read_text())
+    assert again["task_inputs"] == {"topics": topics} and again["loss"] == figures["loss"]
+
+
+def test_bridge_recipe_trains_tabulates_and_reads_a_comparisons_runs(run, store, task, tmp_path):
+    """bridge_recipe.py: a reference (lora) and a candidate (p10x) fine-tuned on a task under --data, the table of dev
+    scores and the JSON; then --read-only --reuse reads the lora run from a comparison's folder instead."""
+    shutil.copytree(task, tmp_path / "data" / "tasks" / "topics")
+    common = ["--modules", store, "--tasks", "topics", "--data", tmp_path / "data", "--references", "lora", "--epochs", 1,
+              "--train-limit", 32, "--eval-limit", 16, "--batch-size", 16, "--max-length", 32]
+    out = run("bridge_recipe", *common, "--candidates", "p10x", "--out", tmp_path / "runs", "--json", tmp_path / "recipe.json")
+    results = json.loads((tmp_path / "recipe.json").read_text())
+    assert results["total_rank"] == 8
+    assert [(r["variant"], r["task"]) for r in results["results"]] == [("lora", "topics"), ("p10x", "topics")]
+    assert all(0 <= r["dev"]["macro_f1"] <= 1 and len(r["dev_history"]) == 1 for r in results["results"])
+    assert results["results"][1]["bridge_shares"] and all_finite(results["results"][1]["bridge_shares"])
+    table = rows_of(out, "variant", 3)
+    assert list(table) == ["majority class", "lora", "p10x"] and all(len(cells) == 2 for cells in table.values())
+    assert all(math.isfinite(float(c)) for cells in table.values() for c in cells)
+
+    comparison = tmp_path / "comparison" / "finetune" / "lora" / "topics" / "seed1"
+    shutil.copytree(tmp_path / "runs" / "topics" / "lora" / "seed1", comparison)
+    out = run("bridge_recipe", *common, "--candidates", "p10x", "--out", tmp_path / "elsewhere", "--read-only",
+              "--reuse", tmp_path / "comparison")
+    assert f"[the comparison's run {comparison}]" in out
+    assert list(rows_of(out, "variant", 3)) == ["majority class", "lora"]  # the table ends: p10x was neither run nor read
+    assert not (tmp_path / "elsewhere").exists()
+
+
+def test_finetune_memory_measures_both_methods_in_their_own_processes(run, store, tmp_path):
+    """finetune_memory.py: DoMIX and LoRA each measured in a child process, the table and the ratios finite."""
+    out = run("finetune_memory", "--modules", store, "--batch-size", 2, "--seq-len", 16, "--steps", 1, "--json", tmp_path / "m.json")
+    result = json.loads((tmp_path / "m.json").read_text())
+    assert [r["method"] for r in result["rows"]] == ["domix", "lora"]
+    for row in result["rows"]:
+        assert row["trainable"] > 0 and row["saved_for_backward_mb"] > 0 and row["peak_memory_mb"] > 0 and len(row["step_s_all"]) == 1
+    assert set(result["ratios"]) == {"saved_for_backward_mb", "peak_memory_mb", "step_s_median"} and all_finite(result["ratios"])
+    assert list(rows_of(out, "method", 2)) == ["domix", "lora"] and "domix / lora: saved_for_backward_mb" in out
+
+
+@pytest.mark.parametrize("plain", [False, True], ids=["chunked-loss", "plain-loss"])
+def test_fused_step_profile_times_and_profiles_both_ways(run, tiny_llama, tmp_path, plain):
+    """fused_step_profile.py: fused and sequential steps timed, their ratio, a profiler table for each."""
+    out = run("fused_step_profile", "--model", tiny_llama, "--domains", 2, "--batch-size", 2, "--seq-len", 16, "--repeats", 1,
+              "--top", 3, "--json", tmp_path / "p.json", *(["--plain-loss"] if plain else []))
+    assert f"2 domains x 2 x 16 tokens, forward+backward, median of 1, 1 threads, {'plain' if plain else 'chunked'} loss" in out
+    assert re.search(r"^fused\s+[\d.]+ s/step\s+\d+ tokens/s$", out, re.M) and re.search(r"^sequential\s+[\d.]+ s/step", out, re.M)
+    result = json.loads((tmp_path / "p.json").read_text())
+    assert set(result["seconds_per_step"]) == {"fused", "sequential"} and all(s > 0 for s in result["seconds_per_step"].values())
+    assert math.isfinite(result["fused_vs_sequential"]) and f"{result['fused_vs_sequential']:.2f}x" in out
+    assert all("aten::" in table for table in result["profiles"].values()) and out.count("top operators by self CPU time") == 2
+
+
+def test_mode_decoding_gives_the_same_tokens_with_and_without_the_cache(run, wide_llama, tmp_path):
+    """mode_decoding.py: a MoDE model's greedy decoding cached and uncached, ms per token of each, the same tokens."""
+    out = run("mode_decoding", "--model", wide_llama, "--block-size", 1, "--expert-layers", 1, "--domains", 2, "--prompt-tokens", 4,
+              "--new-tokens", 4, "--repeats", 1, "--json", tmp_path / "d.json")
+    result = json.loads((tmp_path / "d.json").read_text())
+    assert result["same_tokens"] is True and "same tokens cached and uncached: True" in out
+    assert result["layers"] == 2 and all(v > 0 for v in result["ms_per_token"].values()) and all_finite(result)
+    assert list(rows_of(out, "decoding", 2)) == ["cached", "uncached"]
+
+
+def test_scale_table_measures_the_factor_and_fills_the_table(run, wide_llama, tmp_path):
+    """scale_table.py: the activation factor measured in float32 and bfloat16, and the markdown table's four rows
+    (Llama-3 8B and 70B at ranks 8 and 16), every figure finite."""
+    out = run("scale_table", "--model", wide_llama, "--json", tmp_path / "s.json")
+    result = json.loads((tmp_path / "s.json").read_text())
+    assert [m["dtype"] for m in result["measured"]] == ["float32", "bfloat16"] and all(m["factor"] > 0 for m in result["measured"])
+    assert [(r["base"], r["rank"]) for r in result["rows"]] == [(base, r) for base in ("Llama-3-8B", "Llama-3-70B") for r in (8, 16)]
+    assert all_finite(result["rows"]) and all(r["gpu_hours_per_domain_ckpt"] > 0 for r in result["rows"])
+    table = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| Llama-3")]
+    assert len(table) == 4 and all(len(cells) == 9 for cells in table)
+
+
+def test_step_rate_times_the_three_kinds_of_step(run, small_matmul, tiny_llama, store, tmp_path):
+    """step_rate.py: DAP, fine-tuning and instruct steps on a given store, tokens/s and their share of the matmul rate."""
+    out = run("step_rate", "--model", tiny_llama, "--store", store, "--batch-size", 2, "--seq-len", 16, "--steps", 1,
+              "--json", tmp_path / "r.json")
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result["matmul_gflops"] > 0 and list(result["rows"]) == ["dap", "finetune", "instruct"]
+    for row in result["rows"].values():
+        assert row["step_s"] > 0 and row["tokens_per_s"] == pytest.approx(32 / row["step_s"]) and len(row["runs"]) == 1
+        assert all_finite(row) and row["share_of_matmul_rate"] > 0
+    assert list(rows_of(out, "kind", 3)) == ["dap", "finetune", "instruct"]
+
+
+def test_pretrain_throughput_runs_fused_and_ncl(run, small_matmul, monkeypatch, tiny_llama, corpora, tmp_path):
+    """pretrain_throughput.py: the fused variant (a domix pretrain process) and NCL (a child of the script itself) on
+    the same tokens, the table with its comparison against fused."""
+    monkeypatch.setattr(script("pretrain_throughput"), "cores_given", lambda: 1)
+    out = run("pretrain_throughput", "--model", tiny_llama, "--steps", 2, "--batch-size", 2, "--seq-len", 16, "--repeats", 1,
+              "--variants", "fused", "ncl", *[a for n, p in corpora.items() for a in ("--domain", f"{n}={p}")],
+              "--json", tmp_path / "t.json")
+    result = json.loads((tmp_path / "t.json").read_text())
+    assert list(result["rows"]) == ["fused", "ncl"]
+    for row in result["rows"].values():
+        assert row["tokens"] == 2 * 2 * 2 * 16 and row["tokens_per_s"] > 0 and row["peak_mb"] > 0 and all_finite(row)
+    table = rows_of(out, "variant", 2)
+    assert list(table) == ["fused", "ncl"] and table["fused"][-2:] == ["1.00", "1.00"]
+
+
+def test_large_corpus_pretrains_under_the_cap_twice(run, tiny_llama, corpora, tmp_path):
+    """large_corpus.py on a small corpus of the test corpora and the tiny Llama's tokenizer: both capped domix pretrain
+    runs (tokenizing, then from the cache) exit cleanly, and the table and JSON say so."""
+    out = run("large_corpus", "--tokens", 2e4, "--tokenizer", tiny_llama, "--corpora", *corpora.values(), "--out", tmp_path / "c.json")
+    result = json.loads((tmp_path / "c.json").read_text())
+    assert result["corpus"]["passages"] > 0 and result["corpus"]["tokens_estimated"] == pytest.approx(2e4, rel=0.01)
+    assert list(result["runs"]) == ["domix, first run (tokenizes into the cache)", "domix, second run (reads the cache)"]
+    for name, row in result["runs"].items():
+        assert row["exit"] == 0, row["last_line"]
+        assert row["wall_s"] > 0 and row["peak_rss_mb"] > 0 and row["last_line"].startswith("big ")
+        assert re.search(rf"^{re.escape(name)}\s+0\s+[\d.]+\s+\d+$", out, re.M)
+    assert f"wrote {tmp_path / 'c.json'}" in out
