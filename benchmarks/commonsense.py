@@ -50,6 +50,7 @@ from typing import Any
 
 from domix import atomic
 from domix.compare.progress import Board
+from domix.cli import guarded
 from domix.compare.run import TIMES_FILE, Job, progress_file, reusable, run_job
 from domix.errors import DomixError
 from domix.llm.config import FIELDS as INSTRUCT_FIELDS
@@ -800,26 +801,22 @@ def main(argv: list[str] | None = None, in_process: bool = False) -> int:
     parser.add_argument("--overwrite", action="store_true",
                         help="train or score again what finished with other settings (and what depends on it)")
     args = parser.parse_args(argv)
-    try:
+
+    def command() -> None:
         cfg = CommonsenseConfig.from_yaml(args.config, args.out)
         if in_process:
             from domix.system import configure_threads
 
             configure_threads()
-        command = "python benchmarks/commonsense.py " + " ".join(argv if argv is not None else sys.argv[1:])
         if args.records:  # the results name the command that runs the comparison, not this one
             rerun = f"python benchmarks/commonsense.py {args.config}" + (f" --out {args.out}" if args.out else "")
             copied = keep_records(cfg, Path(args.records), rerun)
             print(f"commonsense: {len(copied)} record file(s) copied to {args.records}")
-            return 0
-        run(cfg, dry_run=args.dry_run, in_process=in_process, command=command, overwrite=args.overwrite)
-    except DomixError as err:
-        print(f"commonsense: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("commonsense: interrupted; rerun the same command to go on from there", file=sys.stderr)
-        return 130
-    return 0
+            return
+        run(cfg, dry_run=args.dry_run, in_process=in_process, overwrite=args.overwrite,
+            command="python benchmarks/commonsense.py " + " ".join(argv if argv is not None else sys.argv[1:]))
+
+    return guarded(command, "commonsense", interrupted="rerun the same command to go on from there")
 
 
 if __name__ == "__main__":

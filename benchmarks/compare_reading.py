@@ -143,7 +143,7 @@ def _by_seed(groups: dict, a: str, b: str, tasks: list[str]) -> dict[str, float]
 
 def run_shares(usage: dict) -> dict[str, float]:
     """One run's share of each domain in its bridged update (a record's ``bridge_usage``), mean over layers."""
-    from domix.compare.report import layer_mean_shares
+    from domix.compare.summary import layer_mean_shares
 
     return layer_mean_shares(usage["domains"], usage["norms"])
 

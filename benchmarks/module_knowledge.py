@@ -120,7 +120,7 @@ def loss_and_movement(store: Path, cfg, base, tokenizer, objective: str) -> dict
 def task_inputs(store: Path, model, tasks: dict[str, str], max_length: int, tokenizer) -> dict:
     """Part 3: per task, each module's share of the composed update on the task's test inputs, and its RMS size.
     ``model`` is the base; the modules are composed into it in place."""
-    from domix.compare.report import layer_mean_shares
+    from domix.compare.summary import layer_mean_shares
     from domix.methods.domix import BridgeConfig, compose
     from domix.methods.domix.model import USAGE_EXAMPLES, bridge_input_usage, bridged_layers, update_maps
     from domix.store import load_store

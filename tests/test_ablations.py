@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from domix.compare.report import summarise
+from domix.compare.summary import summarise
 from domix.errors import DomixError
 from domix.finetune.config import FinetuneConfig
 from domix.finetune.model import load_task_model

@@ -7,8 +7,9 @@ import statistics
 
 import pytest
 
-from domix.compare.report import (_compact_labels, bridge_usage, format_table, gate_weights, input_usage_rows, retention_rows, summarise,
-                                  write_report)
+from domix.compare.report import write_report
+from domix.compare.summary import (bridge_usage, compact_labels, format_table, gate_weights, input_usage_rows, retention_rows,
+                                   summarise)
 from domix.errors import DomixError
 
 TASKS = ["t1", "t2"]
@@ -234,9 +235,9 @@ def test_gate_weights_average_runs_in_the_domains_order_and_retention_rows(tmp_p
 
 
 def test_compact_layer_labels():
-    assert _compact_labels(LAYERS) == ["0", "1"]
-    assert _compact_labels(["m.layers.0.q_proj", "m.layers.0.v_proj", "m.layers.1.q_proj"]) == ["0.q_proj", "0.v_proj", "1.q_proj"]
-    assert _compact_labels(["only.one"]) == ["only.one"]
+    assert compact_labels(LAYERS) == ["0", "1"]
+    assert compact_labels(["m.layers.0.q_proj", "m.layers.0.v_proj", "m.layers.1.q_proj"]) == ["0.q_proj", "0.v_proj", "1.q_proj"]
+    assert compact_labels(["only.one"]) == ["only.one"]
 
 
 def test_write_report(tmp_path):
@@ -295,7 +296,7 @@ def test_malformed_run_is_a_user_error():
 def test_bridge_usage_is_drawn_as_blocks_by_projection_types_on_one_screen(tmp_path):
     import struct
 
-    from domix.compare.report import _usage_plot, layer_grid
+    from domix.compare.plots import _usage_plot, layer_grid
 
     kinds = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
     layers = [f"model.layers.{b}.{k}" for b in range(30) for k in kinds]  # SmolLM2-135M: 210 adapted layers

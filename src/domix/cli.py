@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 import traceback
+from typing import Callable
 
 from domix.console import set_verbose, verbose
 from domix.errors import DomixError
@@ -169,17 +170,28 @@ COMMANDS = {"pretrain": _run_recipe, "finetune": _run_recipe, "instruct": _run_r
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     set_verbose(args.verbose or verbose())
-    try:
+
+    def command() -> None:
         from domix.system import configure_threads
 
         configure_threads()
         COMMANDS[args.command](args)
+
+    return guarded(command, "domix", args.debug)
+
+
+def guarded(action: Callable[[], None], prog: str = "domix", debug: bool = False,
+            interrupted: str = "rerun the same command to resume from the last checkpoint") -> int:
+    """Run ``action`` as a command does: its exit status, a DomixError as one line on stderr and status 2 (with
+    ``debug``, where it was raised too), an interrupt as status 130 with what to do next."""
+    try:
+        action()
     except DomixError as err:
-        if args.debug:
+        if debug:
             traceback.print_exc()
-        print(f"domix: error: {err}", file=sys.stderr)
+        print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("domix: interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)
+        print(f"{prog}: interrupted; {interrupted}", file=sys.stderr)
         return 130
     return 0

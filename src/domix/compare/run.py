@@ -281,7 +281,8 @@ def compare(cfg: CompareConfig, overwrite: bool = False, dry_run: bool = False, 
     if pending:
         print(board.summary())
     results = collect(cfg, jobs, times, command, choices)
-    from domix.compare.report import format_table, summarise, write_report
+    from domix.compare.report import write_report
+    from domix.compare.summary import format_table, summarise
 
     print(format_table(summarise(results), [t.name for t in cfg.tasks]))
     if not write:
