@@ -26,7 +26,7 @@ from domix.llm.config import InstructConfig
 from domix.llm.data import encode_examples
 from domix.llm.model import load_causal_task_model
 from domix.llm.train import train_dev_examples, dev_loss
-from domix.methods.domix.layer import BridgedLinear
+from domix.methods.bridge.layer import BridgedLinear
 from domix.retention import retention
 from domix.settings import build_config
 

@@ -36,7 +36,7 @@ PAPER = {"p_init": "scaled_identity", "p_lr": None, "p_weight_decay": 0.01, "b_l
 # name -> (finetune settings, epochs as a multiple of --epochs)
 CANDIDATES: dict[str, tuple[dict, int]] = {
     "paper": (PAPER, 1),  # the published classification code: P = I/Σr, P and B at the run's lr
-    # P and B "matched" (domix.methods.domix.config.BridgeConfig): steps move the output as at P = I, so B learns as
+    # P and B "matched" (domix.methods.bridge.config.BridgeConfig): steps move the output as at P = I, so B learns as
     # lora_fa's does; c then only sets how strongly the modules' own updates act at the start
     "average-matched": ({**PAPER, "p_init": "average", "p_lr": "matched", "b_lr": "matched"}, 1),  # their mean
     "identity": ({**PAPER, "p_init": "identity"}, 1),  # their sum (matched is the run's lr at c = 1)
@@ -87,9 +87,9 @@ def main() -> None:
     from compare_reading import run_shares  # the same share the comparison's reading gives
     from domix import atomic
     from domix.console import quiet_third_party
-    from domix.finetune.config import FinetuneConfig
+    from domix.finetuning.config import FinetuneConfig
     from domix.engine.runfolder import RESULT_FILE
-    from domix.finetune.run import finetune
+    from domix.finetuning.run import finetune
     from domix.store import base_of, load_store
     from domix.system import configure_threads
 

@@ -49,9 +49,9 @@ from pathlib import Path
 from typing import Any
 
 from domix import atomic
-from domix.compare.progress import Board
+from domix.comparison.progress import Board
 from domix.cli import guarded
-from domix.compare.run import TIMES_FILE, Job, progress_file, reusable, run_job
+from domix.comparison.run import TIMES_FILE, Job, progress_file, reusable, run_job
 from domix.errors import DomixError
 from domix.llm.config import FIELDS as INSTRUCT_FIELDS
 from domix.llm.config import PROTOCOLS, InstructConfig
@@ -146,7 +146,7 @@ class CommonsenseConfig:
         if any(ROWS[r][1] for r in self.rows if r in ROWS) and not self.adapters:
             raise DomixError("the rows that compose adapters (domix, domix_paper, cat) need at least one adapter in adapters")
         _instruct_keys("instruct", self.instruct)
-        from domix.pretrain.config import FIELDS as PRETRAIN_FIELDS
+        from domix.pretraining.config import FIELDS as PRETRAIN_FIELDS
 
         wrong = sorted(set(self.pretrain) - (PRETRAIN_FIELDS - STORE_RESERVED))
         if wrong:
@@ -272,7 +272,7 @@ def write_samples(cfg: CommonsenseConfig, samples: dict[str, dict]) -> int:
 
 
 class InstructJob(Job):
-    """A ``domix instruct`` job of the comparison's runner (domix/compare/run.py)."""
+    """A ``domix instruct`` job of the comparison's runner (domix/comparison/run.py)."""
 
     def config(self) -> InstructConfig:
         return InstructConfig(**with_recipe(InstructConfig, self.settings)).validate()
@@ -404,7 +404,7 @@ def _train(job: Job, out: Path, in_process: bool, overwrite: bool = False) -> fl
     import yaml
 
     from domix.llm.train import instruct
-    from domix.pretrain.run import pretrain
+    from domix.pretraining.run import pretrain
 
     config_file = out / "configs" / f"{job.name}.yaml"
     atomic.write_text(config_file, yaml.safe_dump(job.settings, sort_keys=False))

@@ -7,7 +7,7 @@ Reads the finished runs' records (OUT/finetune/<row>/<task>/<seed>/result.json; 
 method name, so domix and domix_paper stay apart), finished or not, so it also reads a comparison in progress.
 
 - Differences (test, points, mean over each row's runs; "n" the runs on each side), where both rows ran, each with
-  its paired statistics as ``domix compare`` reports them (domix.compare.stats: pairs at the same seed, 95% bootstrap
+  its paired statistics as ``domix compare`` reports them (domix.comparison.stats: pairs at the same seed, 95% bootstrap
   interval over seeds and test examples, pairs above, "within noise" where the interval covers 0):
   lora_module - lora_module_rank (what DAP buys: the task's own module as LoRA's start, same rank),
   domix - lora_fa (what the modules add to DoMIX's trainable shape), domix - lora_module (what composing
@@ -79,10 +79,10 @@ def _task_domains(folder: Path, config: str | None = None) -> dict[str, str]:
     if results.is_file():
         return {t["name"]: t["domain"] for t in json.loads(results.read_text())["settings"]["tasks"]}
     if config:  # read as domix compare reads it (its checks, its task specs)
-        from domix.compare.config import CompareConfig
+        from domix.comparison.config import CompareConfig
 
         return {t.name: t.domain for t in CompareConfig.from_yaml(config).tasks}
-    from domix.finetune.config import FinetuneConfig
+    from domix.finetuning.config import FinetuneConfig
     from domix.settings import build_config
 
     found = {}
@@ -99,7 +99,7 @@ def _by(records: list[dict], key) -> dict:
 
 
 def differences(records: list[dict]) -> list[dict]:
-    from domix.compare.stats import paired
+    from domix.comparison.stats import paired
 
     groups = _by(records, lambda r: (r["row"], r["task"]))
     tasks = sorted({r["task"] for r in records})
@@ -143,7 +143,7 @@ def _by_seed(groups: dict, a: str, b: str, tasks: list[str]) -> dict[str, float]
 
 def run_shares(usage: dict) -> dict[str, float]:
     """One run's share of each domain in its bridged update (a record's ``bridge_usage``), mean over layers."""
-    from domix.compare.summary import layer_mean_shares
+    from domix.comparison.summary import layer_mean_shares
 
     return layer_mean_shares(usage["domains"], usage["norms"])
 
@@ -231,7 +231,7 @@ def print_differences(rows: list[dict]) -> None:
               + f"    ({row['meaning']})")
         pooled = (row.get("paired") or {}).get("macro_f1")
         if pooled:
-            from domix.compare.report import format_difference, verdict
+            from domix.comparison.report import format_difference, verdict
 
             print(f"    paired macro-F1, pooled over tasks: {format_difference(pooled['pooled'])} ({verdict(pooled['pooled'])}; "
                   f"95% interval, resampling {pooled['pooled']['resampled']}; pairs above the reference / pairs)")

@@ -24,8 +24,8 @@ import torch
 
 
 def measure(method: str, args) -> dict:
-    from domix.finetune.config import FinetuneConfig
-    from domix.finetune.model import classification_model
+    from domix.finetuning.config import FinetuneConfig
+    from domix.finetuning.model import classification_model
     from domix.methods.registry import task_method
     from domix.store import load_store
     from domix.system import peak_memory_mb, resolve_device

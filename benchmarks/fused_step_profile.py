@@ -71,8 +71,8 @@ def main() -> None:
     from peft import LoraConfig, get_peft_model
 
     from domix.base_model import load_base_model, resolve_target_modules
-    from domix.methods.domix.fused import install, uninstall
-    from domix.pretrain.config import PretrainConfig
+    from domix.methods.bridge.fused import install, uninstall
+    from domix.pretraining.config import PretrainConfig
 
     cfg = PretrainConfig(model=args.model)
     base = load_base_model(args.model)

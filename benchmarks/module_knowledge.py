@@ -8,7 +8,7 @@
    again by PEFT from the domain's seed (``domix pretrain`` seeds each domain from the run seed and its
    name), and ||B|| (B starts at zero); medians over layers.
 3. With ``--tasks``: which modules each task's inputs excite. All modules composed as a domix run starts them
-   (P = c·I), the task's first test examples (``domix.methods.domix.model.USAGE_EXAMPLES``, at the comparison's
+   (P = c·I), the task's first test examples (``domix.methods.bridge.model.USAGE_EXAMPLES``, at the comparison's
    max length) run through; per layer, each module's own update on the tokens, ||s_j B_j A_j x|| (RMS over
    tokens), shared out over the modules and averaged over layers. A module whose A learned its corpus's
    activations is excited more by in-domain text; the same start figure a domix run records (``bridge_usage``).
@@ -44,7 +44,7 @@ def main() -> None:
         raise SystemExit("error: give tasks as NAME=PATH (--tasks restaurant=../shared/data/tasks/restaurant); --only-tasks needs --tasks")
 
     from domix.base_model import load_base_model, load_tokenizer
-    from domix.pretrain.config import PretrainConfig
+    from domix.pretraining.config import PretrainConfig
     from domix.console import quiet_third_party
     from domix.system import configure_threads
 
@@ -120,9 +120,9 @@ def loss_and_movement(store: Path, cfg, base, tokenizer, objective: str) -> dict
 def task_inputs(store: Path, model, tasks: dict[str, str], max_length: int, tokenizer) -> dict:
     """Part 3: per task, each module's share of the composed update on the task's test inputs, and its RMS size.
     ``model`` is the base; the modules are composed into it in place."""
-    from domix.compare.summary import layer_mean_shares
-    from domix.methods.domix import BridgeConfig, compose
-    from domix.methods.domix.model import USAGE_EXAMPLES, bridge_input_usage, bridged_layers, update_maps
+    from domix.comparison.summary import layer_mean_shares
+    from domix.methods.bridge import BridgeConfig, compose
+    from domix.methods.bridge.model import USAGE_EXAMPLES, bridge_input_usage, bridged_layers, update_maps
     from domix.store import load_store
     from domix.tasks import encode, read_task
 

@@ -108,7 +108,7 @@ def ncl_child(args) -> dict:
     from domix.batches import lm_batch
     from domix.corpus import read_corpus
     from domix.lm_loss import lm_losses
-    from domix.pretrain.config import PretrainConfig
+    from domix.pretraining.config import PretrainConfig
     from domix.engine.loop import batch_rows, step_seed
     from domix.engine.data import DomainData
     from domix.system import DTYPES, peak_memory_mb, reset_peak_memory, resolve_device

@@ -82,7 +82,7 @@ def dap(args, device, dtype, ids):
 
     from domix.base_model import load_base_model, resolve_target_modules
     from domix.lm_loss import lm_losses
-    from domix.pretrain.config import PretrainConfig
+    from domix.pretraining.config import PretrainConfig
 
     cfg = PretrainConfig(model=args.model)
     base = load_base_model(args.model, dtype=dtype)
@@ -99,8 +99,8 @@ def dap(args, device, dtype, ids):
 
 
 def finetune(args, device, dtype, ids):
-    from domix.finetune.config import FinetuneConfig
-    from domix.finetune.model import classification_model
+    from domix.finetuning.config import FinetuneConfig
+    from domix.finetuning.model import classification_model
     from domix.methods.registry import task_method
     from domix.store import load_store
 

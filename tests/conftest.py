@@ -157,8 +157,8 @@ def write_compare_config(path: Path, tiny_llama: Path, corpora: dict, task: Path
 
 
 def _store(root: Path, model: Path, corpora: dict, ranks=(4, 4)) -> Path:
-    from domix.pretrain.config import PretrainConfig
-    from domix.pretrain.run import pretrain
+    from domix.pretraining.config import PretrainConfig
+    from domix.pretraining.run import pretrain
 
     for (name, path), rank in zip(corpora.items(), ranks):
         pretrain(PretrainConfig(model=str(model), domains={name: str(path)}, out=str(root / name), lora_rank=rank,

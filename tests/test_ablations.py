@@ -8,11 +8,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from domix.compare.summary import summarise
+from domix.comparison.summary import summarise
 from domix.errors import DomixError
-from domix.finetune.config import FinetuneConfig
-from domix.finetune.model import load_task_model
-from domix.finetune.run import finetune, majority_scores
+from domix.finetuning.config import FinetuneConfig
+from domix.finetuning.model import load_task_model
+from domix.finetuning.run import finetune, majority_scores
 from domix.store import load_store
 
 from conftest import make_task

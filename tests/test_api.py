@@ -36,14 +36,20 @@ def test_every_public_name_imports_with_its_documentation(name):
         assert signature.return_annotation is not inspect.Signature.empty, f"domix.{name}: no return type"
 
 
-def test_a_subpackage_of_the_same_name_does_not_hide_the_function():
-    import domix.compare.config  # noqa: F401  Python binds domix.compare to the subpackage here, unless domix refuses
-    import domix.finetune.config  # noqa: F401
-    import domix.pretrain.config  # noqa: F401
+def test_no_subpackage_shares_a_name_with_a_function():
+    """The functions are domix.pretrain, finetune, compare; their packages are pretraining, finetuning, comparison: importing
+    a package never rebinds a function's name (nothing in domix guards it)."""
+    import importlib
+    import pkgutil
+
+    packages = {m.name for m in pkgutil.iter_modules(domix.__path__)}
+    assert not packages & set(domix.__all__), packages & set(domix.__all__)
+    for package in ("comparison", "finetuning", "pretraining"):
+        importlib.import_module(f"domix.{package}.config")
     from domix import compare, finetune, pretrain
-    from domix.compare.run import compare as compare_function
-    from domix.finetune.run import finetune as finetune_function
-    from domix.pretrain.run import pretrain as pretrain_function
+    from domix.comparison.run import compare as compare_function
+    from domix.finetuning.run import finetune as finetune_function
+    from domix.pretraining.run import pretrain as pretrain_function
 
     assert (compare, finetune, pretrain) == (compare_function, finetune_function, pretrain_function)
     assert domix.finetune is finetune_function

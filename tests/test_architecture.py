@@ -22,7 +22,7 @@ def test_the_cycle_finder_finds_a_cycle():
 
 def test_no_import_cycles_even_through_imports_inside_functions():
     graph = import_graph()
-    assert "domix.finetune.run" in graph and "domix.methods.registry" in graph["domix.finetune.config"]
+    assert "domix.finetuning.run" in graph and "domix.methods.registry" in graph["domix.finetuning.config"]
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
 
 
@@ -32,7 +32,7 @@ def test_layers_do_not_import_trainers():
     layers = [m for m in graph if m.endswith(".layer")]
     assert layers
     for layer in layers:
-        bad = {m for m in graph[layer] if ".pretrain" in m or m.startswith(("domix.engine.loop", "domix.finetune", "domix.llm"))}
+        bad = {m for m in graph[layer] if ".pretrain" in m or m.startswith(("domix.engine.loop", "domix.finetuning", "domix.llm"))}
         assert not bad, f"{layer} imports {bad}"
 
 
@@ -52,8 +52,8 @@ LAYERS = [
     ("sources", "tokens", "tasks", "corpus", "batches", "metrics", "base_model", "store", "lm_loss", "model_card"),  # data, models
     ("engine", "retention"),  # the training loop, run folders, what every recipe measures
     ("methods",),  # each method's layers, models and trainers; the registry
-    ("pretrain", "finetune", "llm"),  # the recipes
-    ("compare", "api"),  # what runs recipes
+    ("pretraining", "finetuning", "llm"),  # the recipes
+    ("comparison", "api"),  # what runs recipes
     ("cli", "__main__", ""),  # the command line and the package's lazy names
 ]
 
@@ -74,6 +74,6 @@ def test_no_import_goes_up_the_layers():
 def test_no_cycle_between_folders_either():
     """Two folders never import each other, even through modules that do not import each other."""
     folders = graph_tool.folder_graph(import_graph())
-    assert "domix.methods" in folders["domix.pretrain"]  # the recipe reads the registry: an edge the graph must see
+    assert "domix.methods" in folders["domix.pretraining"]  # the recipe reads the registry: an edge the graph must see
     assert find_cycle({k: v & set(folders) for k, v in folders.items()}) is None
-    assert find_cycle({"domix.methods": {"domix.pretrain"}, "domix.pretrain": {"domix.methods"}}) is not None
+    assert find_cycle({"domix.methods": {"domix.pretraining"}, "domix.pretraining": {"domix.methods"}}) is not None

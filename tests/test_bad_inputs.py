@@ -49,7 +49,7 @@ def test_a_moved_base_is_named_and_pointed_to_with_model(head_model, task, tmp_p
         shutil.move(moved, head_model / "base")
     exported = atomic.read_json(tmp_path / "plain" / "domix_export.json")
     assert exported["max_length"] == 24  # evaluate reads it back for the exported folder
-    from domix.finetune.evaluate import load_any
+    from domix.finetuning.evaluate import load_any
 
     assert load_any(tmp_path / "plain")[3] == 24
 
@@ -151,7 +151,7 @@ def test_a_module_of_the_lm_model_fits_the_bare_model_too(llama_store, tiny_llam
     AutoModel (layers.0...) it changes the hidden states exactly as in the LM model's backbone."""
     from transformers import AutoModel, AutoModelForCausalLM
 
-    from domix.methods.domix import compose
+    from domix.methods.bridge import compose
     from domix.store import load_store, merge_into
 
     modules = load_store(llama_store)

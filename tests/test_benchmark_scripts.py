@@ -78,8 +78,8 @@ def rows_of(out: str, header: str, n: int) -> dict[str, list[str]]:
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, tiny_llama, corpora) -> Path:
     """A finished two-domain domix pretrain run on the tiny Llama (food and bio, rank 4, 4 steps each)."""
-    from domix.pretrain.config import PretrainConfig
-    from domix.pretrain.run import pretrain
+    from domix.pretraining.config import PretrainConfig
+    from domix.pretraining.run import pretrain
 
     out = tmp_path_factory.mktemp("bench-store") / "store"
     pretrain(PretrainConfig(model=str(tiny_llama), domains={n: str(p) for n, p in corpora.items()}, out=str(out), lora_rank=4,

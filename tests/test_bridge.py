@@ -3,9 +3,9 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
-from domix.methods.domix import BridgeConfig, BridgedLinear, compose, fold
-from domix.methods.domix.layer import _BridgePath
-from domix.methods.domix.model import bridged_layers, fresh_module
+from domix.methods.bridge import BridgeConfig, BridgedLinear, compose, fold
+from domix.methods.bridge.layer import _BridgePath
+from domix.methods.bridge.model import bridged_layers, fresh_module
 from domix.store import load_store, merge_into
 
 
@@ -85,10 +85,10 @@ def test_a_fresh_block_goes_first_in_the_bridge_trains_its_b_and_folds(llama_sto
     """--new-rank: the published LLM setting's own block (random A, frozen; zero B, trained) before the modules."""
     import math
 
-    from domix.finetune.config import FinetuneConfig
-    from domix.finetune.evaluate import load_any
-    from domix.finetune.model import export, load_task_model
-    from domix.finetune.run import finetune, predict
+    from domix.finetuning.config import FinetuneConfig
+    from domix.finetuning.evaluate import load_any
+    from domix.finetuning.model import export, load_task_model
+    from domix.finetuning.run import finetune, predict
     from domix.tasks import encode, read_split
 
     modules = load_store(llama_store)
@@ -137,7 +137,7 @@ def test_bridge_learning_rates_by_hand(tiny_llama, llama_store, p_init, c):
     and c scales the effect of a B step on the output; see test_matched_rates_train_as_the_identity_bridge)."""
     from transformers import AutoModelForSequenceClassification
 
-    from domix.finetune.config import FinetuneConfig
+    from domix.finetuning.config import FinetuneConfig
     from domix.methods.registry import task_method
 
     modules = load_store(llama_store)  # ranks 4 + 2: Σr 6, N 2
@@ -160,7 +160,7 @@ def test_a_bridge_step_of_half_its_entries_or_more_is_warned(tiny_llama, llama_s
     """Adam moves P by about its learning rate a step; against P's entries c that is what the warning weighs."""
     from transformers import AutoModelForSequenceClassification
 
-    from domix.finetune.config import FinetuneConfig
+    from domix.finetuning.config import FinetuneConfig
     from domix.methods.registry import task_method
 
     bridge = BridgeConfig(p_lr="10x")  # c = 1/Σr
@@ -224,7 +224,7 @@ def test_input_weighted_usage_is_each_module_s_own_lora_output_at_the_identity_b
     """At P = I, domain j's part of the update on x is what PEFT's LoRA layer of module j alone adds to x."""
     from peft import PeftModel
 
-    from domix.methods.domix.model import bridge_input_usage, update_maps
+    from domix.methods.bridge.model import bridge_input_usage, update_maps
 
     rows = [list(range(3, 3 + n)) for n in (4, 9, 6, 12, 5)]  # lengths that pad in a batch of 4
     model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float64)
@@ -249,7 +249,7 @@ def test_input_weighted_usage_is_each_module_s_own_lora_output_at_the_identity_b
 
 def test_input_weighted_usage_follows_the_formula_by_hand_for_a_mixing_bridge(tiny_llama, llama_store):
     """A full P mixes the domains: domain j's part is (B_cat diag(s) P)[:, j-block] A_j x, pads left out."""
-    from domix.methods.domix.model import bridge_input_usage, update_maps
+    from domix.methods.bridge.model import bridge_input_usage, update_maps
 
     rows = [list(range(5, 5 + n)) for n in (3, 11, 7)]
     model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float64)

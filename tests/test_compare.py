@@ -6,8 +6,8 @@ import re
 import pytest
 
 from domix.cli import main
-from domix.compare.config import METHODS, CompareConfig, domain_orders
-from domix.compare.run import compare, plan
+from domix.comparison.config import METHODS, CompareConfig, domain_orders
+from domix.comparison.run import compare, plan
 from domix.errors import DomixError
 
 from conftest import write_compare_config
@@ -60,7 +60,7 @@ def test_a_method_may_run_fewer_seeds(tmp_path, tiny_llama, corpora, task):
 
 def test_job_times_keep_what_a_comparison_beside_this_one_wrote(tmp_path, tiny_llama, corpora, task, monkeypatch):
     # two comparisons of one out folder (other --methods) run at once; each job's time is merged into the file
-    from domix.compare import run as run_module
+    from domix.comparison import run as run_module
 
     config = write_config(tmp_path / "c.yaml", tiny_llama, corpora, task, methods=["head"])
     real_run = run_module.run_job
@@ -260,7 +260,7 @@ def test_the_live_view_redraws_one_line_per_running_job_on_a_terminal(tmp_path):
     import io
     import time
 
-    from domix.compare.progress import Board
+    from domix.comparison.progress import Board
 
     class Terminal(io.StringIO):
         def isatty(self):
@@ -298,7 +298,7 @@ def test_two_processes_recording_job_times_in_one_folder_lose_no_entry(tmp_path)
     import subprocess
     import sys
 
-    script = ("import sys; from pathlib import Path; from domix.compare.run import record_time\n"
+    script = ("import sys; from pathlib import Path; from domix.comparison.run import record_time\n"
               "for i in range(40): record_time(Path(sys.argv[1]), f'{sys.argv[2]}/job{i}', float(i))")
     procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path), who]) for who in ("a", "b")]
     assert all(p.wait(timeout=120) == 0 for p in procs)

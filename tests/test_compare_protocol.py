@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import yaml
 
-from domix.compare.config import CompareConfig
-from domix.compare.run import compare, plan
-from domix.compare.stats import paired, reference_row, scores
+from domix.comparison.config import CompareConfig
+from domix.comparison.run import compare, plan
+from domix.comparison.stats import paired, reference_row, scores
 from domix.errors import DomixError
 
 from conftest import write_compare_config

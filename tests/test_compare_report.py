@@ -7,8 +7,8 @@ import statistics
 
 import pytest
 
-from domix.compare.report import write_report
-from domix.compare.summary import (bridge_usage, compact_labels, format_table, gate_weights, input_usage_rows, retention_rows,
+from domix.comparison.report import write_report
+from domix.comparison.summary import (bridge_usage, compact_labels, format_table, gate_weights, input_usage_rows, retention_rows,
                                    summarise)
 from domix.errors import DomixError
 
@@ -296,7 +296,7 @@ def test_malformed_run_is_a_user_error():
 def test_bridge_usage_is_drawn_as_blocks_by_projection_types_on_one_screen(tmp_path):
     import struct
 
-    from domix.compare.plots import _usage_plot, layer_grid
+    from domix.comparison.plots import _usage_plot, layer_grid
 
     kinds = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
     layers = [f"model.layers.{b}.{k}" for b in range(30) for k in kinds]  # SmolLM2-135M: 210 adapted layers

@@ -12,10 +12,10 @@ import torch
 from safetensors.torch import load_file
 
 from domix.errors import DomixError
-from domix.finetune.run import finetune
+from domix.finetuning.run import finetune
 from domix.methods.registry import STAGE1, STAGE2
-from domix.pretrain.config import PretrainConfig
-from domix.pretrain.run import pretrain
+from domix.pretraining.config import PretrainConfig
+from domix.pretraining.run import pretrain
 
 from test_finetune import cfg as finetune_cfg
 from test_mixda import general, mixda_store  # noqa: F401  (fixtures)

@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from domix.cli import main
 from domix.errors import DomixError
-from domix.pretrain.config import PretrainConfig
+from domix.pretraining.config import PretrainConfig
 from domix.engine.loop import train_domain
 
 
@@ -114,8 +114,8 @@ def tree(folder) -> dict:
 
 
 def test_export_never_replaces_a_folder_or_file_nor_its_own_input(tiny_llama, task, tmp_path, capsys):
-    from domix.finetune.config import FinetuneConfig
-    from domix.finetune.run import finetune
+    from domix.finetuning.config import FinetuneConfig
+    from domix.finetuning.run import finetune
 
     finetune(FinetuneConfig(model=str(tiny_llama), task=str(task), out=str(tmp_path / "run"), method="head", epochs=1,
                             batch_size=16, max_length=32))
@@ -195,7 +195,7 @@ def test_a_damaged_module_file_is_refused(llama_store, task, tmp_path, capsys, d
 
 
 def test_yaml_numbers_are_converted_and_bad_values_named(tiny_llama, corpora, tmp_path, capsys):
-    from domix.pretrain.config import PretrainConfig
+    from domix.pretraining.config import PretrainConfig
     from domix.settings import build_config
 
     good = tmp_path / "good.yaml"

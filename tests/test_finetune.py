@@ -5,13 +5,13 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification
 
-from domix.methods.domix.model import bridged_layers
+from domix.methods.bridge.model import bridged_layers
 from domix.cli import main
 from domix.errors import DomixError
-from domix.finetune.config import FinetuneConfig
-from domix.finetune.evaluate import evaluate_file, load_any
-from domix.finetune.model import export, load_task_model
-from domix.finetune.run import finetune, predict
+from domix.finetuning.config import FinetuneConfig
+from domix.finetuning.evaluate import evaluate_file, load_any
+from domix.finetuning.model import export, load_task_model
+from domix.finetuning.run import finetune, predict
 from domix.store import load_store
 from domix.tasks import encode, read_split
 

@@ -7,14 +7,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from domix.methods.domix.model import bridge_usage, bridged_layers, compose
+from domix.methods.bridge.model import bridge_usage, bridged_layers, compose
 from domix.cli import main
 from domix.errors import DomixError
-from domix.finetune.config import FinetuneConfig
-from domix.finetune.model import classification_model, export
+from domix.finetuning.config import FinetuneConfig
+from domix.finetuning.model import classification_model, export
 from domix.methods.peft.method import build_peft
 from domix.methods.registry import task_method
-from domix.finetune.run import RESULT_FILE, finetune
+from domix.finetuning.run import RESULT_FILE, finetune
 from domix.store import load_store, merge_into
 
 from test_finetune import cfg, logits_of

@@ -11,9 +11,9 @@ import pytest
 
 from domix.cli import build_parser
 from domix.engine.runfolder import changed_settings
-from domix.finetune.config import EvaluateSettings, FinetuneConfig
+from domix.finetuning.config import EvaluateSettings, FinetuneConfig
 from domix.llm.config import ChoiceSettings, GenerateSettings, InstructConfig
-from domix.pretrain.config import PretrainConfig
+from domix.pretraining.config import PretrainConfig
 from domix.settings import build_config, field_default, flag_names, flag_values
 
 COMMANDS = {"pretrain": PretrainConfig, "finetune": FinetuneConfig, "instruct": InstructConfig,

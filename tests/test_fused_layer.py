@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from domix.methods.domix.fused import install
+from domix.methods.bridge.fused import install
 
 
 def _peft_layer(base: nn.Linear, a: torch.Tensor, b: torch.Tensor):
@@ -52,7 +52,7 @@ def test_each_domains_rows_get_what_peft_lora_gives_them(sizes):
 
 @pytest.mark.parametrize("dropped", [False, True], ids=["no-dropout", "dropout-input"])
 def test_the_fused_products_gradients_match_finite_differences(dropped):
-    from domix.methods.domix.fused import _FusedLoRA
+    from domix.methods.bridge.fused import _FusedLoRA
 
     g = torch.Generator().manual_seed(1)
     rows, length, d_in, d_out, r = 5, 3, 4, 6, 2

@@ -10,11 +10,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from domix.finetune.config import FinetuneConfig
-from domix.finetune.run import finetune
-from domix.pretrain.config import PretrainConfig
+from domix.finetuning.config import FinetuneConfig
+from domix.finetuning.run import finetune
+from domix.pretraining.config import PretrainConfig
 from domix.engine.loop import domain_seed
-from domix.pretrain.run import pretrain
+from domix.pretraining.run import pretrain
 
 from conftest import make_tiny_model
 

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from domix.finetune.config import FinetuneConfig
-from domix.finetune.evaluate import load_any
-from domix.finetune.model import export
-from domix.finetune.run import finetune
+from domix.finetuning.config import FinetuneConfig
+from domix.finetuning.evaluate import load_any
+from domix.finetuning.model import export
+from domix.finetuning.run import finetune
 from domix.engine.predict import predict
 from domix.llm.model import load_causal_task_model
 from domix.methods.registry import STAGE2

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from domix.batches import IGNORE_INDEX
-from domix.methods.domix.model import bridged_layers
+from domix.methods.bridge.model import bridged_layers
 from domix.cli import main
 from domix.errors import DomixError
 from domix.llm.choice import (

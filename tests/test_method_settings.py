@@ -10,14 +10,14 @@ import pytest
 
 from domix.cli import build_parser
 from domix.errors import DomixError
-from domix.finetune.config import FinetuneConfig
+from domix.finetuning.config import FinetuneConfig
 from domix.llm.config import InstructConfig
 from domix.methods.registry import STAGE1, STAGE2, method_settings
-from domix.pretrain.config import PretrainConfig
+from domix.pretraining.config import PretrainConfig
 from domix.settings import build_config
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "domix"
-COMMANDS = {"pretrain": (PretrainConfig, "pretrain/config.py"), "finetune": (FinetuneConfig, "finetune/config.py"),
+COMMANDS = {"pretrain": (PretrainConfig, "pretraining/config.py"), "finetune": (FinetuneConfig, "finetuning/config.py"),
             "instruct": (InstructConfig, "llm/config.py")}
 
 

@@ -14,17 +14,17 @@ from domix import atomic
 from domix.batches import lm_batch
 from domix.cli import main
 from domix.errors import DomixError
-from domix.finetune.config import FinetuneConfig
-from domix.finetune.evaluate import evaluate_file
-from domix.finetune.model import classification_model, export, load_task_model, load_tokenizer_for
-from domix.finetune.run import finetune, predict
+from domix.finetuning.config import FinetuneConfig
+from domix.finetuning.evaluate import evaluate_file
+from domix.finetuning.model import classification_model, export, load_task_model, load_tokenizer_for
+from domix.finetuning.run import finetune, predict
 from domix.methods.mixda.config import choose_layers, default_layers, parse_layers
 from domix.methods.mixda.layer import BottleneckAdapter, DomainAdapterLinear, Gate, MaskContext, Segments, combine_gates
 from domix.methods.mixda.model import adapter_sites, build_mixda, install_domain_adapters, load_adapters, mixture_layers, new_adapters
 from domix.methods.mixda.pretrain import retention_terms
-from domix.pretrain.config import PretrainConfig
+from domix.pretraining.config import PretrainConfig
 from domix.engine.loop import batch_rows, step_seed
-from domix.pretrain.run import pretrain
+from domix.pretraining.run import pretrain
 from domix.tasks import encode, read_split
 
 from conftest import make_corpus, make_tiny_model
@@ -490,8 +490,8 @@ def test_command_line(tiny_llama, corpora, general, task, tmp_path, capsys):
 
 
 def test_compare_runs_mixda(tiny_llama, corpora, general, task, tmp_path):
-    from domix.compare.config import CompareConfig
-    from domix.compare.run import compare
+    from domix.comparison.config import CompareConfig
+    from domix.comparison.run import compare
 
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump({

@@ -11,9 +11,9 @@ from torch import nn
 
 from domix.engine.loop import batch_rows, grouped_batch_rows
 from domix.errors import DomixError
-from domix.finetune.config import FinetuneConfig
-from domix.finetune.run import finetune
-from domix.methods.domix.layer import BridgedLinear
+from domix.finetuning.config import FinetuneConfig
+from domix.finetuning.run import finetune
+from domix.methods.bridge.layer import BridgedLinear
 
 
 def test_the_bridged_layer_under_bf16_autocast_matches_the_formula_in_float32():

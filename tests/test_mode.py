@@ -12,17 +12,17 @@ from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 from domix.base_model import find_blocks, weights_fingerprint
 from domix.cli import main
 from domix.errors import DomixError
-from domix.finetune.config import FinetuneConfig
-from domix.finetune.model import export, load_task_model
-from domix.finetune.run import finetune, predict
+from domix.finetuning.config import FinetuneConfig
+from domix.finetuning.model import export, load_task_model
+from domix.finetuning.run import finetune, predict
 from domix.methods.mode.config import plan_blocks
 from domix.methods.mode.layer import BlockSlot, ExpertBlock
 from domix.methods.mode.model import (
     EXPERTS_FILE, add_domain, expert_blocks, gate_weights, init_stage1_gates, insert_blocks, place, recording_gates,
     remove_blocks,
 )
-from domix.pretrain.config import PretrainConfig
-from domix.pretrain.run import pretrain
+from domix.pretraining.config import PretrainConfig
+from domix.pretraining.run import pretrain
 from domix.tasks import encode, read_split
 
 from conftest import make_tiny_model
@@ -315,7 +315,7 @@ def test_stage2_trains_gates_and_head_records_gates_and_reloads_exactly(kind, mo
 def test_stage2_gates_start_from_the_stage1_gates(mode_stores, tiny_llama):
     from types import SimpleNamespace
 
-    from domix.finetune.model import classification_model
+    from domix.finetuning.model import classification_model
     from domix.methods.mode.model import build_task_model, load_expert_store
 
     experts = load_expert_store(mode_stores["llama"])
@@ -410,8 +410,8 @@ def test_command_line_runs_both_stages(tiny_llama, corpora, task, tmp_path, caps
 def test_compare_runs_mode(tmp_path, tiny_llama, corpora, task):
     from test_compare import write_config
 
-    from domix.compare.config import CompareConfig
-    from domix.compare.run import compare
+    from domix.comparison.config import CompareConfig
+    from domix.comparison.run import compare
 
     config = write_config(tmp_path / "c.yaml", tiny_llama, corpora, task, methods=["mode"],
                           pretrain={"steps": 4, "batch_size": 8, "seq_len": 32, "lr": 5e-3, "heldout_max_blocks": 4,
@@ -463,7 +463,7 @@ def test_stage2_gates_train_on_a_mixture_of_tasks_each_scored_on_its_own_labels(
     import torch.nn.functional as F
 
     from conftest import make_task
-    from domix.finetune.mixture import Mixture
+    from domix.finetuning.mixture import Mixture
     from domix.tasks import read_task
 
     other = make_task(tmp_path / "other", seed=5, sizes=(48, 16, 16))

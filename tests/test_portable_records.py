@@ -7,11 +7,11 @@ import shutil
 
 import torch
 
-from domix.finetune.config import FinetuneConfig
-from domix.finetune.model import load_task_model
-from domix.finetune.run import finetune
-from domix.pretrain.config import PretrainConfig
-from domix.pretrain.run import pretrain
+from domix.finetuning.config import FinetuneConfig
+from domix.finetuning.model import load_task_model
+from domix.finetuning.run import finetune
+from domix.pretraining.config import PretrainConfig
+from domix.pretraining.run import pretrain
 
 
 def written_text(root) -> str:

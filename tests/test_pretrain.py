@@ -14,9 +14,9 @@ from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 from domix import atomic
 from domix.cli import main
 from domix.errors import DomixError
-from domix.pretrain.config import PretrainConfig
+from domix.pretraining.config import PretrainConfig
 from domix.engine.loop import batch_rows
-from domix.pretrain.run import pretrain
+from domix.pretraining.run import pretrain
 from domix.store import load_module, load_store, merge_into
 
 AUTO = {"mlm": AutoModelForMaskedLM, "clm": AutoModelForCausalLM}

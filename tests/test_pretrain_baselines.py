@@ -11,8 +11,8 @@ from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 from domix import atomic
 from domix.cli import main
 from domix.errors import DomixError
-from domix.pretrain.config import PretrainConfig
-from domix.pretrain.run import pretrain
+from domix.pretraining.config import PretrainConfig
+from domix.pretraining.run import pretrain
 from domix.store import check_base, load_store
 
 AUTO = {"mlm": AutoModelForMaskedLM, "clm": AutoModelForCausalLM}

@@ -4,9 +4,9 @@ import pytest
 
 from domix.cli import main
 from domix.errors import DomixError
-from domix.finetune.config import FinetuneConfig
+from domix.finetuning.config import FinetuneConfig
 from domix.llm.config import InstructConfig
-from domix.pretrain.config import PretrainConfig
+from domix.pretraining.config import PretrainConfig
 from domix.settings import build_config
 
 
@@ -38,8 +38,8 @@ def test_a_recipe_a_method_does_not_have_is_one_line(tmp_path, capsys):
 
 
 def test_a_comparison_job_gets_its_recipe_as_its_command_does(tmp_path, tiny_llama, corpora, task):
-    from domix.compare.config import CompareConfig
-    from domix.compare.run import plan
+    from domix.comparison.config import CompareConfig
+    from domix.comparison.run import plan
 
     from test_compare import write_config
 

@@ -5,9 +5,9 @@ import torch
 
 from domix.base_model import load_base_model
 from domix.errors import DomixError
-from domix.finetune.model import classification_model
-from domix.finetune.run import finetune
-from domix.pretrain.config import PretrainConfig
+from domix.finetuning.model import classification_model
+from domix.finetuning.run import finetune
+from domix.pretraining.config import PretrainConfig
 from domix.engine.loop import evaluate
 from domix.retention import backbone, general_blocks, retention
 

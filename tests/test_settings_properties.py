@@ -15,12 +15,12 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from domix.compare.config import CompareConfig
-from domix.compare.run import compare
+from domix.comparison.config import CompareConfig
+from domix.comparison.run import compare
 from domix.errors import DomixError
-from domix.finetune.config import FinetuneConfig
+from domix.finetuning.config import FinetuneConfig
 from domix.llm.config import InstructConfig
-from domix.pretrain.config import PretrainConfig
+from domix.pretraining.config import PretrainConfig
 
 CLASSES = [FinetuneConfig, PretrainConfig, InstructConfig]
 SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

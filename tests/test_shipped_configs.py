@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from domix.compare.config import CompareConfig
-from domix.compare.run import plan
-from domix.finetune.config import FinetuneConfig
-from domix.pretrain.config import PretrainConfig
+from domix.comparison.config import CompareConfig
+from domix.comparison.run import plan
+from domix.finetuning.config import FinetuneConfig
+from domix.pretraining.config import PretrainConfig
 from domix.settings import build_config
 
 ROOT = Path(__file__).resolve().parents[1]

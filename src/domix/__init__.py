@@ -14,8 +14,6 @@ Importing domix is cheap: torch and transformers load when a function first need
 
 from __future__ import annotations
 
-import sys
-import types
 from typing import TYPE_CHECKING
 
 from domix.errors import DomixError
@@ -24,19 +22,19 @@ from domix.version import __version__
 
 # public name -> the module that defines it (imported on first use: PEP 562)
 _EXPORTS = {
-    "PretrainConfig": "domix.pretrain.config",
-    "FinetuneConfig": "domix.finetune.config",
+    "PretrainConfig": "domix.pretraining.config",
+    "FinetuneConfig": "domix.finetuning.config",
     "InstructConfig": "domix.llm.config",
-    "CompareConfig": "domix.compare.config",
-    "BridgeConfig": "domix.methods.domix.config",
-    "pretrain": "domix.pretrain.run",
-    "finetune": "domix.finetune.run",
+    "CompareConfig": "domix.comparison.config",
+    "BridgeConfig": "domix.methods.bridge.config",
+    "pretrain": "domix.pretraining.run",
+    "finetune": "domix.finetuning.run",
     "instruct": "domix.llm.train",
-    "compare": "domix.compare.run",
+    "compare": "domix.comparison.run",
     "load_store": "domix.store",
     "DomainModule": "domix.store",
-    "compose": "domix.methods.domix.model",
-    "fold": "domix.methods.domix.model",
+    "compose": "domix.methods.bridge.model",
+    "fold": "domix.methods.bridge.model",
     "export": "domix.api",
     "evaluate": "domix.api",
 }
@@ -51,31 +49,16 @@ def __dir__() -> list[str]:
     return sorted(__all__)
 
 
-class _Package(types.ModuleType):
-    """domix itself. pretrain, finetune and compare are functions here and subpackages too: importing a
-    subpackage (domix.finetune.config, say) makes Python bind it on its parent, which would hide the
-    function of that name. The binding is skipped, so ``domix.finetune`` is always the function (import
-    the subpackages' contents with ``from domix.finetune.config import ...``)."""
-
-    def __setattr__(self, name: str, value) -> None:
-        if name in _EXPORTS and isinstance(value, types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
-
-
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
     from domix.api import evaluate, export
-    from domix.compare.config import CompareConfig
-    from domix.compare.run import compare
-    from domix.finetune.config import FinetuneConfig
-    from domix.finetune.run import finetune
+    from domix.comparison.config import CompareConfig
+    from domix.comparison.run import compare
+    from domix.finetuning.config import FinetuneConfig
+    from domix.finetuning.run import finetune
     from domix.llm.config import InstructConfig
     from domix.llm.train import instruct
-    from domix.methods.domix.config import BridgeConfig
-    from domix.methods.domix.model import compose, fold
-    from domix.pretrain.config import PretrainConfig
-    from domix.pretrain.run import pretrain
+    from domix.methods.bridge.config import BridgeConfig
+    from domix.methods.bridge.model import compose, fold
+    from domix.pretraining.config import PretrainConfig
+    from domix.pretraining.run import pretrain
     from domix.store import DomainModule, load_store

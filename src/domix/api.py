@@ -20,7 +20,7 @@ def export(task_model: str | Path, out: str | Path, model: str | None = None, ov
     never the task model itself. Returns ``out``.
     """
     from domix.engine.runfolder import check_new_output
-    from domix.finetune.model import export as export_classifier
+    from domix.finetuning.model import export as export_classifier
     from domix.llm.model import export_causal, is_causal_task_model
 
     check_new_output(out, [task_model], overwrite, what="an exported model")
@@ -38,7 +38,7 @@ def evaluate(task_model: str | Path, data: str | Path, predictions: str | Path |
     folders only (task models know theirs).
     """
     from domix.engine.runfolder import check_new_file
-    from domix.finetune.evaluate import evaluate_file
+    from domix.finetuning.evaluate import evaluate_file
 
     if predictions:
         check_new_file(predictions, [data])

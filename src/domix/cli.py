@@ -14,12 +14,12 @@ from typing import Callable
 
 from domix.console import set_verbose, verbose
 from domix.errors import DomixError
-from domix.finetune.config import EvaluateSettings, FinetuneConfig
+from domix.finetuning.config import EvaluateSettings, FinetuneConfig
 from domix.llm.config import InstructConfig
 from domix.llm.cli import COMMANDS as LLM_COMMANDS
 from domix.llm.cli import add_parsers as add_llm_parsers
 from domix.methods.registry import INSTRUCT, PIECE_DESCRIPTIONS, STAGE1, STAGE2, method_help, recipe_help
-from domix.pretrain.config import PretrainConfig
+from domix.pretraining.config import PretrainConfig
 from domix.settings import add_setting_flags, flag_values, from_flags
 from domix.version import __version__
 
@@ -66,7 +66,7 @@ def _run_evaluate(args: argparse.Namespace) -> None:
 
 
 def _run_report(args: argparse.Namespace) -> None:
-    from domix.finetune.run import format_table
+    from domix.finetuning.run import format_table
 
     print(format_table(args.runs))
 
@@ -74,12 +74,12 @@ def _run_report(args: argparse.Namespace) -> None:
 def _run_compare(args: argparse.Namespace) -> None:
     import shlex
 
-    from domix.compare.config import CompareConfig
-    from domix.compare.run import compare
+    from domix.comparison.config import CompareConfig
+    from domix.comparison.run import compare
 
     cfg = CompareConfig.from_yaml(args.config, out=args.out)
     if args.report_only:
-        from domix.compare.run import rewrite_report
+        from domix.comparison.run import rewrite_report
 
         print("\n".join(f"domix: wrote {path}" for path in rewrite_report(cfg)))
         return

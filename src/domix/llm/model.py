@@ -16,7 +16,7 @@ from torch import nn
 from domix import atomic
 from domix.base_model import load_base_model, weights_fingerprint
 from domix.errors import DomixError
-from domix.finetune.model import recorded_base, save_task_model, write_export
+from domix.finetuning.model import recorded_base, save_task_model, write_export
 from domix.llm.config import InstructConfig
 from domix.methods.base import EXPORT_FILE, TASK_FILE, TaskMethod
 from domix.methods.registry import task_method

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from domix.errors import DomixError
-from domix.methods import baselines, domix, full, head, mixda, mode, peft
+from domix.methods import baselines, bridge, full, head, mixda, mode, peft
 from domix.methods.baselines.config import OUTPUTS, WHOLE_MODELS
-from domix.methods.domix.config import BridgeSettings
+from domix.methods.bridge.config import BridgeSettings
 from domix.methods.mixda import config as mixda_config
 from domix.methods.mixda.config import MixdaSettings
 from domix.methods.mode import config as mode_config
@@ -88,7 +88,7 @@ DOMIX_PAPER: Recipes = {"paper": {"finetune": {"lr": 3e-5, "batch_size": 16, "we
 BRIDGE = {"finetune": BridgeSettings, "instruct": BridgeSettings}
 
 STAGE1: dict[str, Stage1] = {
-    "domix": Stage1(domix.pretrain_modules, "one LoRA module per domain"),
+    "domix": Stage1(bridge.pretrain_modules, "one LoRA module per domain"),
     "ncl_lora": Stage1(baselines.pretrain_baseline,
                        "one LoRA trained on the domains in --domain order (OUT/ncl/)", output=OUTPUTS["ncl_lora"], ordered=True),
     "joint_lora": Stage1(baselines.pretrain_baseline,
@@ -105,11 +105,11 @@ STAGE1: dict[str, Stage1] = {
 }
 
 STAGE2: dict[str, Stage2] = {
-    "domix": Stage2(domix.bridge, "modules + trainable bridge", store="domix",
+    "domix": Stage2(bridge.bridge, "modules + trainable bridge", store="domix",
                     modules_required=True, instruct=True, recipes=DOMIX_PAPER, settings=BRIDGE),
-    "domix_fixed": Stage2(domix.fixed_bridge, "the bridge frozen at its init", store="domix",
+    "domix_fixed": Stage2(bridge.fixed_bridge, "the bridge frozen at its init", store="domix",
                           modules_required=True, recipes=DOMIX_PAPER, settings=BRIDGE),
-    "cat": Stage2(domix.cat, "the bridge frozen at I", store="domix", modules_required=True, instruct=True,
+    "cat": Stage2(bridge.cat, "the bridge frozen at I", store="domix", modules_required=True, instruct=True,
                   recipes=DOMIX_PAPER, settings=BRIDGE),
     "lora": Stage2(peft.lora, "a PEFT LoRA", store="domix", lora_rank=True, init_module=True, instruct=True),
     "lora_fa": Stage2(peft.lora_fa, "a fresh LoRA with A frozen (DoMIX's trainable shape without "
@@ -137,7 +137,7 @@ COMPARE: dict[str, Row] = {
     "joint_lora": Row("lora", pretrain="joint_lora", init="output"),
     "lora_fa": Row("lora_fa"),  # DoMIX's trainable shape (A frozen) without domain modules
     "head": Row("head"),  # only the classification head: what the frozen base's features give
-    # the bridge lays the modules out by name (methods/domix/method.py): any domain order gives the same run, bit for bit
+    # the bridge lays the modules out by name (methods/bridge/method.py): any domain order gives the same run, bit for bit
     "cat": Row("cat", pretrain="domix"),
     "domix_fixed": Row("domix_fixed", pretrain="domix"),
     "domix": Row("domix", pretrain="domix"),

@@ -21,13 +21,13 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 torch.set_num_threads(1)
 
 from conftest import make_corpus, make_task, make_tiny_model, WORDS  # noqa: E402
-from domix.finetune.config import FinetuneConfig  # noqa: E402
-from domix.finetune.evaluate import load_any  # noqa: E402
-from domix.finetune.run import finetune, predict  # noqa: E402
+from domix.finetuning.config import FinetuneConfig  # noqa: E402
+from domix.finetuning.evaluate import load_any  # noqa: E402
+from domix.finetuning.run import finetune, predict  # noqa: E402
 from domix.llm.config import InstructConfig  # noqa: E402
 from domix.llm.train import instruct  # noqa: E402
-from domix.pretrain.config import PretrainConfig  # noqa: E402
-from domix.pretrain.run import pretrain  # noqa: E402
+from domix.pretraining.config import PretrainConfig  # noqa: E402
+from domix.pretraining.run import pretrain  # noqa: E402
 from domix.tasks import encode, read_split  # noqa: E402
 
 make_tiny_model(Path("base"), "llama")

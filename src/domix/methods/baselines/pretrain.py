@@ -41,14 +41,14 @@ from domix.engine.loop import (
     train_domain,
 )
 from domix.engine.data import DomainData
-from domix.engine.pretraining import PretrainRun
-from domix.methods.domix.pretrain import lora_config
+from domix.engine.pretrain_run import PretrainRun
+from domix.methods.bridge.pretrain import lora_config
 from domix.store import MANIFEST_NAME, versions
 from domix.system import peak_memory_mb, reset_peak_memory, resolve_device
 from domix.tokens import TokenBlocks
 
 if TYPE_CHECKING:  # the settings' class only names a type here: methods/ sits below the recipes that import it
-    from domix.pretrain.config import PretrainConfig
+    from domix.pretraining.config import PretrainConfig
 
 KINDS = {"ncl_lora": "domix-sequential-module", "joint_lora": "domix-joint-module", "ncl_full": "domix-ncl-full-model"}
 # A full model's manifest has its own name, so load_store never takes the folder for a LoRA module.

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from domix.engine.loop import StepHook
     from domix.methods.base import TaskMethod
-    from domix.pretrain.config import PretrainConfig
+    from domix.pretraining.config import PretrainConfig
 
 
 def full() -> TaskMethod:

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from domix.errors import DomixError
-from domix.methods.domix.fused import RowSegments
+from domix.methods.bridge.fused import RowSegments
 
 
 def adapter_dtype(base_dtype: torch.dtype) -> torch.dtype:

@@ -39,4 +39,4 @@ class MixDA(TaskMethod):
     def plain(self, model: nn.Module, record: dict) -> nn.Module:
         raise DomixError("a MixDA task model cannot be exported as a plain transformers model: its gates weigh the domain "
                          "adapters per input, which no fixed weight can hold; use the task model folder itself "
-                         "(domix evaluate, or: from domix.finetune.model import load_task_model)")
+                         "(domix evaluate, or: from domix.finetuning.model import load_task_model)")

@@ -6,7 +6,7 @@ or causal, as the base) of its adapters and gates on a batch of its corpus, plus
 MSE between that output and the plain one W2 h at each adapted block (mean over blocks), on a batch of
 general text fed through the backbone. The published code compares a tensor with itself there.
 
-Several domains train fused, as DoMIX's modules do (methods/domix/fused.py): the batch stacks every
+Several domains train fused, as DoMIX's modules do (methods/bridge/fused.py): the batch stacks every
 unfinished domain's rows, each domain's adapters see only its rows, and each domain keeps its own
 loss, optimizer, schedule, clipping, data order and masks, so its adapters equal a separate run's.
 Data order, masks and dropout come from per-step seeds (engine/loop.py), checkpoints are atomic, and
@@ -41,12 +41,12 @@ from domix.engine.data import DomainData
 from domix.sources import looks_like_dataset_name
 from domix.tokens import TokenBlocks
 from domix.engine.logs import format_summary, log_heldout
-from domix.engine.pretraining import PretrainRun, domain_manifest, heldout_summary
+from domix.engine.pretrain_run import PretrainRun, domain_manifest, heldout_summary
 from domix.store import MANIFEST_NAME
 from domix.system import reset_peak_memory, resolve_device
 
 if TYPE_CHECKING:  # the settings' class only names a type here: methods/ sits below the recipes that import it
-    from domix.pretrain.config import PretrainConfig
+    from domix.pretraining.config import PretrainConfig
 
 GENERAL = "general"  # the general corpus's name in messages and records
 

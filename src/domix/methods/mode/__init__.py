@@ -10,7 +10,7 @@ from domix.methods.mode.config import BlockPlan, plan_blocks
 if TYPE_CHECKING:
     from domix.engine.loop import StepHook
     from domix.methods.base import TaskMethod
-    from domix.pretrain.config import PretrainConfig
+    from domix.pretraining.config import PretrainConfig
 
 _MODEL = ("add_domain", "build_task_model", "expert_blocks", "gate_weights", "insert_blocks", "load_expert_store", "place",
           "recording_gates", "remove_blocks")

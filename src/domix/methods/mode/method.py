@@ -44,4 +44,4 @@ class MoDE(TaskMethod):
     def plain(self, model: nn.Module, record: dict) -> nn.Module:
         raise DomixError("a MoDE task model cannot be exported as a plain transformers model: its blocks add expert layers "
                          "beside the backbone's and mix them per token, which no plain model of the base's architecture holds; "
-                         "use the task model folder itself (domix evaluate, or: from domix.finetune.model import load_task_model)")
+                         "use the task model folder itself (domix evaluate, or: from domix.finetuning.model import load_task_model)")

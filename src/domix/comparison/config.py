@@ -22,7 +22,7 @@ A comparison is one YAML file::
     jobs: 2                     # jobs at once (pre-training first, then fine-tuning)
     general: corpora/general.txt   # general-domain text for MixDA's retention loss
     stores: {domix: runs/store}    # a finished pre-training's folder to use instead of running that pre-training
-    # equal tuning (compare/search.py): every method gets the same number of configurations per task, chosen on
+    # equal tuning (comparison/search.py): every method gets the same number of configurations per task, chosen on
     # dev at the selection seeds by runs that never read the test split; the chosen one then trains at ``seeds``
     # (fresh: none of them a selection seed, at least 3) and only those runs score test
     search:
@@ -42,12 +42,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from domix.compare.search import Search
+from domix.comparison.search import Search
 from domix.errors import DomixError
-from domix.finetune.config import FIELDS as FINETUNE_FIELDS
+from domix.finetuning.config import FIELDS as FINETUNE_FIELDS
 from domix.methods.registry import COMPARE as METHODS
-from domix.pretrain.config import FIELDS as PRETRAIN_FIELDS
-from domix.pretrain.config import PretrainConfig
+from domix.pretraining.config import FIELDS as PRETRAIN_FIELDS
+from domix.pretraining.config import PretrainConfig
 from domix.settings import check_fields, read_yaml_mapping, renamed
 from domix.sources import looks_like_dataset_name
 
@@ -81,7 +81,7 @@ class CompareConfig:
     jobs: int = 1  # jobs at once (each its own process with cores/jobs threads)
     general: str | None = None  # general-domain corpus for MixDA's pre-training (retention scores: finetune: {general: ...})
     stores: dict[str, str] = field(default_factory=dict)  # pre-training method -> a finished run's folder to use instead
-    search: Search | None = None  # equal tuning on dev before the test runs (compare/search.py)
+    search: Search | None = None  # equal tuning on dev before the test runs (comparison/search.py)
     reference: str | None = None  # the row the paired differences are taken against (None: chosen on dev)
 
     def inputs(self) -> list[str]:

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from domix import atomic
-from domix.compare.plots import all_plots
-from domix.compare.summary import (INPUT_USAGE_TEXT, RETENTION_HEADER, RETENTION_TEXT, input_usage_rows, retention_rows,
+from domix.comparison.plots import all_plots
+from domix.comparison.summary import (INPUT_USAGE_TEXT, RETENTION_HEADER, RETENTION_TEXT, input_usage_rows, retention_rows,
                                    runs_of, summarise, table_cells, tasks_of)
 
 HOW_TO_READ = (

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from domix.methods.domix.config import BridgeConfig
-from domix.methods.domix.layer import BridgedLinear
+from domix.methods.bridge.config import BridgeConfig
+from domix.methods.bridge.layer import BridgedLinear
 from domix.base_model import set_submodule
 from domix.errors import DomixError
 from domix.store import DomainModule, locate

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from domix.engine.loop import StepHook
 from domix.methods.registry import stage1
-from domix.pretrain.config import PretrainConfig
+from domix.pretraining.config import PretrainConfig
 
 
 def pretrain(cfg: PretrainConfig, overwrite: bool = False, on_step: StepHook | None = None) -> dict[str, dict]:

@@ -20,9 +20,9 @@ from domix.engine.predict import predict
 from domix.engine.runfolder import RESULT_FILE, RunFolder
 from domix.engine.selection import DevScore, train_epochs
 from domix.errors import DomixError
-from domix.finetune.config import FinetuneConfig
-from domix.finetune.mixture import Mixture, keep_own_rows
-from domix.finetune.model import classification_model, load_tokenizer_for, save_task_model
+from domix.finetuning.config import FinetuneConfig
+from domix.finetuning.mixture import Mixture, keep_own_rows
+from domix.finetuning.model import classification_model, load_tokenizer_for, save_task_model
 from domix.methods.base import Probe
 from domix.methods.registry import task_method
 from domix.metrics import classification_scores, downsample_curve

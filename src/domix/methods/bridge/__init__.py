@@ -5,41 +5,41 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from domix.lazy import lazy_attributes
-from domix.methods.domix.config import BridgeConfig
+from domix.methods.bridge.config import BridgeConfig
 
 if TYPE_CHECKING:
     from domix.engine.loop import StepHook
     from domix.methods.base import TaskMethod
-    from domix.pretrain.config import PretrainConfig
+    from domix.pretraining.config import PretrainConfig
 
 __all__ = ["BridgeConfig", "BridgedLinear", "compose", "fold"]
-__getattr__ = lazy_attributes(__name__, {"BridgedLinear": "domix.methods.domix.layer", "compose": "domix.methods.domix.model",
-                                         "fold": "domix.methods.domix.model"})
+__getattr__ = lazy_attributes(__name__, {"BridgedLinear": "domix.methods.bridge.layer", "compose": "domix.methods.bridge.model",
+                                         "fold": "domix.methods.bridge.model"})
 
 
 def pretrain_modules(cfg: PretrainConfig, overwrite: bool = False, on_step: StepHook | None = None) -> dict[str, dict]:
     """Stage 1 of DoMIX: one LoRA module per domain (pretrain.py; imported on first use: settings stay torch-free)."""
-    from domix.methods.domix.pretrain import pretrain_modules as train
+    from domix.methods.bridge.pretrain import pretrain_modules as train
 
     return train(cfg, overwrite, on_step)
 
 
 def bridge() -> TaskMethod:
     """A fresh domix task method: modules and a trainable bridge (method.py; imported on first use: settings stay torch-free)."""
-    from domix.methods.domix.method import Bridge
+    from domix.methods.bridge.method import Bridge
 
     return Bridge()
 
 
 def fixed_bridge() -> TaskMethod:
     """A fresh domix_fixed task method: the bridge frozen at init (method.py; imported on first use: settings stay torch-free)."""
-    from domix.methods.domix.method import FixedBridge
+    from domix.methods.bridge.method import FixedBridge
 
     return FixedBridge()
 
 
 def cat() -> TaskMethod:
     """A fresh cat task method: the bridge frozen at I (method.py; imported on first use: settings stay torch-free)."""
-    from domix.methods.domix.method import Cat
+    from domix.methods.bridge.method import Cat
 
     return Cat()

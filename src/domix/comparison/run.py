@@ -11,7 +11,7 @@ each peak memory is its own) with its output in ``OUT/logs/<job>.log``:
     OUT/finetune/<method>/<task>/seed<s>[-<order>]
     OUT/search/<method>/<task>/<configuration>/seed<s>[-<order>]   with a search: the selection runs (no test)
 
-With a ``search`` section (compare/search.py) the fine-tuning comes in two phases: every method's
+With a ``search`` section (comparison/search.py) the fine-tuning comes in two phases: every method's
 configurations at the selection seeds, scored on dev only (those runs never read the test split), then
 each method's chosen configuration per task at the comparison's own, fresh seeds, the only runs that
 score test. ``stores`` names a finished pre-training to use instead of running it.
@@ -41,13 +41,13 @@ from pathlib import Path
 import yaml
 
 from domix import atomic
-from domix.compare.config import METHODS, CompareConfig, ComparedTask
-from domix.compare.progress import Board
-from domix.compare.search import choose, point_label
+from domix.comparison.config import METHODS, CompareConfig, ComparedTask
+from domix.comparison.progress import Board
+from domix.comparison.search import choose, point_label
 from domix.errors import DomixError
-from domix.finetune.config import FinetuneConfig
+from domix.finetuning.config import FinetuneConfig
 from domix.methods.registry import STAGE1, STAGE2
-from domix.pretrain.config import PretrainConfig
+from domix.pretraining.config import PretrainConfig
 from domix.engine.progress import PROGRESS_FILE_ENV
 from domix.engine.runfolder import RESULT_FILE, RUN_FILE, changed_settings, refuse_other_kind, refuse_own_inputs
 from domix.settings import with_recipe
@@ -281,8 +281,8 @@ def compare(cfg: CompareConfig, overwrite: bool = False, dry_run: bool = False, 
     if pending:
         print(board.summary())
     results = collect(cfg, jobs, times, command, choices)
-    from domix.compare.report import write_report
-    from domix.compare.summary import format_table, summarise
+    from domix.comparison.report import write_report
+    from domix.comparison.summary import format_table, summarise
 
     print(format_table(summarise(results), [t.name for t in cfg.tasks]))
     if not write:
@@ -296,7 +296,7 @@ def compare(cfg: CompareConfig, overwrite: bool = False, dry_run: bool = False, 
 
 def rewrite_report(cfg: CompareConfig) -> list[Path]:
     """Write the report of a finished comparison again from its results.json; returns the report files."""
-    from domix.compare.report import write_report
+    from domix.comparison.report import write_report
 
     results_file = Path(cfg.out) / "results.json"
     if not results_file.is_file():
@@ -368,8 +368,8 @@ def run_job(job: Job, out: Path, overwrite: bool, in_process: bool, threads: int
     atomic.write_text(config_file, yaml.safe_dump(job.settings, sort_keys=False))
     started = time.perf_counter()
     if in_process:
-        from domix.finetune.run import finetune
-        from domix.pretrain.run import pretrain
+        from domix.finetuning.run import finetune
+        from domix.pretraining.run import pretrain
 
         (pretrain if job.kind == "pretrain" else finetune)(job.config(), overwrite=overwrite)
         return round(time.perf_counter() - started, 2)
@@ -412,7 +412,7 @@ def collect(cfg: CompareConfig, jobs: list[Job], times: dict[str, float], comman
     """The results of finished jobs, in the schema the report reads: the test runs (``runs``), the pre-training,
     with a search its selection (each candidate's dev scores and the choice; no test score exists there), and the
     paired differences of every row from the reference row."""
-    from domix.compare.stats import paired_table, reference_row
+    from domix.comparison.stats import paired_table, reference_row
 
     runs, pretraining = [], []
     for job in jobs:

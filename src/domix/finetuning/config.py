@@ -78,7 +78,7 @@ class FinetuneConfig(RunSettings, TrainingSettings, RunOptions, TaskColumns, *me
         None, flag="--mix-task", repeat=True, metavar="TASK",
         help="another task to train along with --task (repeat): the examples are shuffled together, each task has its own labels "
              "of one head, and the dev mean picks the epoch; MoDE's stage 2 trains its gates on such mixed target data. The "
-             "saved model is --task's; result.json scores every task (finetune/mixture.py)")
+             "saved model is --task's; result.json scores every task (finetuning/mixture.py)")
     modules: str | None = setting(None, "module store: the --out folder of domix pretrain")
     domains: list[str] | None = setting(None, "comma-separated modules to compose, in order (default: all)", comma_list)
     model: str | None = setting(None, "base model (default: the one the modules were trained on)")

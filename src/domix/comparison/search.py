@@ -47,7 +47,7 @@ class Search:
 
     def check(self, cfg) -> None:
         """Refuse a search that is not equal for every method, or whose seeds are not kept apart from the test seeds."""
-        from domix.finetune.config import FIELDS
+        from domix.finetuning.config import FIELDS
 
         seeds = self.seeds
         if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
@@ -117,7 +117,7 @@ def _coerced(grid: Any, where: str) -> Any:
     """The grid with each value as its setting's type asks (YAML reads 1e-3 as text); unknown keys are left for check."""
     import typing
 
-    from domix.finetune.config import FinetuneConfig
+    from domix.finetuning.config import FinetuneConfig
     from domix.settings import coerce
 
     hints = typing.get_type_hints(FinetuneConfig)

@@ -21,10 +21,10 @@ from domix.lm_loss import lm_losses
 from domix.tokens import Blocks
 from domix.engine.fused import FusedStep, RowSegments, train_domains
 from domix.engine.loop import StepHook, TrainResult, batch_rows, evaluate, step_seed, total_steps
-from domix.methods.domix.layer import add_product_, input_gradient
+from domix.methods.bridge.layer import add_product_, input_gradient
 
 if TYPE_CHECKING:  # the settings' class only names a type here: methods/ sits below the recipes that import it
-    from domix.pretrain.config import PretrainConfig
+    from domix.pretraining.config import PretrainConfig
 
 
 class _FusedLoRA(torch.autograd.Function):

@@ -21,13 +21,13 @@ from domix.engine.data import DomainData
 from domix.engine.distributed import DataParallel, process_group
 from domix.engine.logs import format_summary, log_heldout
 from domix.engine.loop import StepHook, TrainResult, domain_seed, evaluate, train_domain
-from domix.engine.pretraining import PretrainRun, domain_manifest, heldout_summary
-from domix.methods.domix.fused import train_fused
+from domix.engine.pretrain_run import PretrainRun, domain_manifest, heldout_summary
+from domix.methods.bridge.fused import train_fused
 from domix.store import MANIFEST_NAME
 from domix.system import reset_peak_memory, resolve_device
 
 if TYPE_CHECKING:  # the settings' class only names a type here: methods/ sits below the recipes that import it
-    from domix.pretrain.config import PretrainConfig
+    from domix.pretraining.config import PretrainConfig
 
 
 def pretrain_modules(cfg: PretrainConfig, overwrite: bool = False, on_step: StepHook | None = None) -> dict[str, dict]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 import re
 
-from domix.compare.summary import bridge_usage, compact_labels, gate_weights, group_by_method, runs_of
+from domix.comparison.summary import bridge_usage, compact_labels, gate_weights, group_by_method, runs_of
 
 DPI = 100
 HEATMAP_TITLE = "each domain's share of the weight update norm the bridge feeds into each layer"

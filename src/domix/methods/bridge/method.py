@@ -13,8 +13,8 @@ from pathlib import Path
 from torch import nn
 
 from domix.methods.base import WEIGHTS_FILE, Probe, TaskMethod, head_groups, load_head, save_head_tensors
-from domix.methods.domix.config import BridgeConfig
-from domix.methods.domix.model import (USAGE_EXAMPLES, bridge_input_usage, bridge_tensors, bridge_usage, bridged_layers, compose, fold,
+from domix.methods.bridge.config import BridgeConfig
+from domix.methods.bridge.model import (USAGE_EXAMPLES, bridge_input_usage, bridge_tensors, bridge_usage, bridged_layers, compose, fold,
                                        fresh_module, restore_bridges, update_maps)
 from domix.store import DomainModule, shared_initialisation
 

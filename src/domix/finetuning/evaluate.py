@@ -9,9 +9,9 @@ import torch
 
 from domix import atomic
 from domix.errors import DomixError
-from domix.finetune.config import FinetuneConfig
+from domix.finetuning.config import FinetuneConfig
 from domix.engine.predict import predict
-from domix.finetune.model import load_task_model
+from domix.finetuning.model import load_task_model
 from domix.methods.base import EXPORT_FILE, TASK_FILE
 from domix.metrics import classification_scores
 from domix.sources import Columns
