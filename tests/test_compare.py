@@ -38,7 +38,7 @@ def test_plan_shares_pretraining_and_runs_ordered_methods_once_per_order(tmp_pat
     assert by_name["finetune/lora_module_rank/topics/seed1"]["lora_rank"] == 2  # one module's, as lora_module has
     assert "init_module" not in by_name["finetune/lora_module_rank/topics/seed1"]
     paper = next(j for j in finetune if j.name == "finetune/domix_paper/topics/seed1").config()
-    assert (paper.p_init, paper.p_lr, paper.b_lr, paper.lr) == ("scaled_identity", None, None, 5e-3)  # the published bridge, the comparison's lr
+    assert (paper.method_options.p_init, paper.method_options.p_lr, paper.method_options.b_lr, paper.lr) == ("scaled_identity", None, None, 5e-3)  # the published bridge, the comparison's lr
     assert by_name["finetune/ncl_full/topics/seed1-bio-food"]["model"].endswith("pretrain/ncl_full-bio-food/ncl-full")
     assert by_name["finetune/full/topics/seed1"]["lr"] == 1e-3 and by_name["finetune/domix/topics/seed1"]["lr"] == 5e-3
     assert all(j.settings["seed"] in (1, 2) for j in finetune)

@@ -14,7 +14,7 @@ from domix.engine.runfolder import changed_settings
 from domix.finetuning.config import EvaluateSettings, FinetuneConfig
 from domix.llm.config import ChoiceSettings, GenerateSettings, InstructConfig
 from domix.pretraining.config import PretrainConfig
-from domix.settings import build_config, field_default, flag_names, flag_values
+from domix.settings import build_config, field_default, flag_names, flag_values, setting_fields
 
 COMMANDS = {"pretrain": PretrainConfig, "finetune": FinetuneConfig, "instruct": InstructConfig,
             "eval-choice": ChoiceSettings, "generate": GenerateSettings, "evaluate": EvaluateSettings}
@@ -31,7 +31,7 @@ def test_every_setting_has_one_flag_made_from_its_field(command):
     by_dest = {}
     for action in parser._actions:
         by_dest.setdefault(action.dest, []).append(action)
-    for f in dataclasses.fields(cls):
+    for f in setting_fields(cls):  # the method's own settings given flat, by their fields
         assert len(by_dest.get(f.name, [])) == 1, f"{command}: {f.name} has {len(by_dest.get(f.name, []))} flags"
         action = by_dest[f.name][0]
         names = flag_names(f)
@@ -54,7 +54,7 @@ NOT_SETTINGS = {"help", "config", "overwrite", "model", "prompt", "task_model", 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_no_flag_of_a_setting_is_written_by_hand(command):
     """Every option of the command is a field's generated flag, or one of the few that are not settings."""
-    fields = {f.name for f in dataclasses.fields(COMMANDS[command])}
+    fields = {f.name for f in setting_fields(COMMANDS[command])}
     others = {a.dest for a in subparser(command)._actions} - fields
     assert others <= NOT_SETTINGS, f"{command} has hand-written options {sorted(others - NOT_SETTINGS)}"
 
@@ -71,7 +71,7 @@ def test_defaults_are_written_once():
 
 def test_one_name_for_the_lora_rank_everywhere_and_the_old_spellings_still_read(tmp_path):
     for cls in (PretrainConfig, FinetuneConfig, InstructConfig):
-        assert "lora_rank" in {f.name for f in dataclasses.fields(cls)} and "rank" not in {f.name for f in dataclasses.fields(cls)}
+        assert "lora_rank" in {f.name for f in setting_fields(cls)} and "rank" not in {f.name for f in setting_fields(cls)}
     args = build_parser().parse_args(["pretrain", "--rank", "4", "--model", "m", "--domain", "a=x.txt", "--out", "o"])
     assert flag_values(args, PretrainConfig)["lora_rank"] == 4  # the old flag, an alias
     old_yaml = tmp_path / "old.yaml"

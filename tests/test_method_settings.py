@@ -1,6 +1,7 @@
 """Method settings live with their method: each is a dataclass in the method's folder, named in the
-registry, which the command's settings inherit. The generic settings name no method's field; the flags
-and YAML keys come from the method's class; old YAML files and run records keep loading."""
+registry; a run's settings hold the chosen method's object (``method_options``), not every method's fields.
+The generic settings name no method's field; the flags and YAML keys, flat, come from the method's class;
+old YAML files and run records keep loading."""
 
 import ast
 import dataclasses
@@ -12,9 +13,9 @@ from domix.cli import build_parser
 from domix.errors import DomixError
 from domix.finetuning.config import FinetuneConfig
 from domix.llm.config import InstructConfig
-from domix.methods.registry import STAGE1, STAGE2, method_settings
+from domix.methods.registry import STAGE1, STAGE2, own_settings
 from domix.pretraining.config import PretrainConfig
-from domix.settings import build_config
+from domix.settings import build_config, setting_names
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "domix"
 COMMANDS = {"pretrain": (PretrainConfig, "pretraining/config.py"), "finetune": (FinetuneConfig, "finetuning/config.py"),
@@ -22,7 +23,7 @@ COMMANDS = {"pretrain": (PretrainConfig, "pretraining/config.py"), "finetune": (
 
 
 def own_fields(command: str) -> set[str]:
-    return {f.name for cls in method_settings(command) for f in dataclasses.fields(cls)}
+    return {f.name for cls in own_settings(command).values() for f in dataclasses.fields(cls)}
 
 
 def flags_of(command: str) -> set[str]:
@@ -42,10 +43,21 @@ def test_the_generic_settings_name_no_methods_field(command):
     source = (SRC / path).read_text()
     for name in own_fields(command):
         assert f".{name}" not in source, f"{path} reads the method's field {name}"
-    # ... yet the command's settings have every one of them, as YAML keys and flags
-    names = {f.name for f in dataclasses.fields(cls)}
-    assert own_fields(command) <= names
+    # ... nor holds them: a run's settings hold its method's own object ...
+    assert not own_fields(command) & {f.name for f in dataclasses.fields(cls)}
+    # ... yet the command takes every one of them, as YAML keys and flags
+    assert own_fields(command) <= setting_names(cls)
     assert {"--" + n.replace("_", "-") for n in own_fields(command)} <= flags_of(command)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_a_run_holds_its_methods_settings_only(command):
+    cls = COMMANDS[command][0]
+    for method, options in cls.OWN_SETTINGS.items():
+        assert isinstance(cls(method=method).method_options, options)
+    without = next(m for m in (STAGE1 if command == "pretrain" else STAGE2) if m not in cls.OWN_SETTINGS)
+    cfg = cls(method=without)
+    assert cfg.method_options is None and not own_fields(command) & set(cfg.to_dict())
 
 
 def test_every_registry_settings_class_lives_in_its_methods_folder():
@@ -61,27 +73,35 @@ def test_old_yaml_and_recorded_settings_keep_loading(tmp_path):
     old = tmp_path / "old.yaml"
     old.write_text("task: t\nmodules: m\nout: o\nmethod: mode\nmode_gate_lr: 0.001\nmode_device_map: {experts: cpu}\n")
     cfg = build_config(FinetuneConfig, str(old), {})
-    assert (cfg.mode_gate_lr, cfg.mode_device_map) == (0.001, {"experts": "cpu"})
+    assert (cfg.method_options.mode_gate_lr, cfg.method_options.mode_device_map) == (0.001, {"experts": "cpu"})
     old.write_text("task: t\nmodules: m\nout: o\np_init: average\np_lr: 10x\nb_lr: matched\np_weight_decay: 0.0\n")
     cfg = build_config(FinetuneConfig, str(old), {})
-    assert (cfg.p_init, cfg.p_lr, cfg.b_lr, cfg.p_weight_decay) == ("average", "10x", "matched", 0.0)
-    old.write_text("model: m\nout: o\nmethod: mixda\ngeneral: g\ndomains: {a: x}\nmixda_layers: [1, 3]\nmode_blocks: [0, 2]\n")
+    o = cfg.method_options
+    assert (o.p_init, o.p_lr, o.b_lr, o.p_weight_decay) == ("average", "10x", "matched", 0.0)
+    # another method's settings at their defaults (old files and records hold every method's) are dropped
+    old.write_text("model: m\nout: o\nmethod: mixda\ngeneral: g\ndomains: {a: x}\nmixda_layers: [1, 3]\nmode_block_size: 6\n")
     cfg = build_config(PretrainConfig, str(old), {})
-    assert (cfg.mixda_layers, cfg.mode_blocks) == ([1, 3], [0, 2])
+    assert cfg.method_options.mixda_layers == [1, 3] and "mode_block_size" not in cfg.to_dict()
+    old.write_text("model: m\nout: o\nmethod: mode\ndomains: {a: x}\nmode_blocks: [0, 2]\n")
+    assert build_config(PretrainConfig, str(old), {}).method_options.mode_blocks == [0, 2]
     # a run record's settings (run.json "config") rebuild the same settings object
     recorded = FinetuneConfig(**FinetuneConfig(task="t", modules="m", out="o").to_dict()).validate()
-    assert (recorded.p_lr, recorded.p_weight_decay) == ("10x", 0.0)  # domix's default bridge: the published LLM code's
-    assert (InstructConfig(train="x", modules="m", out="o").validate().p_weight_decay) == 0.0
+    assert (recorded.method_options.p_lr, recorded.method_options.p_weight_decay) == ("10x", 0.0)  # the published LLM code's
+    assert InstructConfig(train="x", modules="m", out="o").validate().method_options.p_weight_decay == 0.0
+    # a record written when every run held every method's settings: a LoRA run's, with the bridge's defaults in it
+    old_lora = {**FinetuneConfig(task="t", model="m", out="o", method="lora").to_dict(), "p_lr": "10x", "p_init": "scaled_identity",
+                "mode_gate_lr": None, "mode_train_experts": False}
+    assert FinetuneConfig(**old_lora).method_options is None
 
 
 def test_a_methods_check_still_refuses_its_bad_values():
     with pytest.raises(DomixError, match="--mode-gate-lr must be positive"):
         FinetuneConfig(task="t", modules="m", out="o", method="mode", mode_gate_lr=-1).validate()
-    with pytest.raises(DomixError, match="apply to --method mode, not domix"):
+    with pytest.raises(DomixError, match="--mode-gate-lr is a setting of method mode; --method domix does not read it"):
         FinetuneConfig(task="t", modules="m", out="o", mode_gate_lr=1e-3).validate()
-    with pytest.raises(DomixError, match="--new-rank adds a fresh block"):
+    with pytest.raises(DomixError, match="--new-rank is a setting of method domix, domix_fixed, cat; --method lora does not"):
         FinetuneConfig(task="t", model="m", out="o", method="lora", new_rank=4).validate()
     with pytest.raises(DomixError, match="--mixda-layers takes comma-separated"):
-        PretrainConfig(model="m", out="o", domains={"a": "x"}, mixda_layers="a,b").validate()
+        PretrainConfig(model="m", out="o", domains={"a": "x"}, method="mixda", general="g", mixda_layers="a,b").validate()
     with pytest.raises(DomixError, match="--p-weight-decay must be zero or positive"):
         InstructConfig(train="x", modules="m", out="o", p_weight_decay=-1.0).validate()

@@ -83,7 +83,7 @@ def test_default_layers_are_the_references_relative_depth():
     assert parse_layers("7, 11") == [7, 11]
     with pytest.raises(DomixError, match="comma-separated block indices"):
         parse_layers("seven")
-    assert PretrainConfig(model="m", domains={"a": "x"}, out="o", method="mixda", general="g", mixda_layers="1").validate().mixda_layers == [1]
+    assert PretrainConfig(model="m", domains={"a": "x"}, out="o", method="mixda", general="g", mixda_layers="1").validate().method_options.mixda_layers == [1]
     with pytest.raises(DomixError, match="distinct block indices"):
         PretrainConfig(model="m", domains={"a": "x"}, out="o", method="mixda", general="g", mixda_layers=[1, 1]).validate()
     with pytest.raises(DomixError, match="needs general-domain text .* pass --general PATH"):

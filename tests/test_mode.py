@@ -316,11 +316,12 @@ def test_stage2_gates_start_from_the_stage1_gates(mode_stores, tiny_llama):
     from types import SimpleNamespace
 
     from domix.finetuning.model import classification_model
+    from domix.methods.mode.config import ModeFinetuneSettings
     from domix.methods.mode.model import build_task_model, load_expert_store
 
     experts = load_expert_store(mode_stores["llama"])
     model, head = classification_model(str(tiny_llama), ["a", "b", "c"], torch.float64, seed=0)
-    build_task_model(model, head, experts, SimpleNamespace(mode_train_experts=False, mode_gate_lr=None, lr=1e-3, weight_decay=0.0))
+    build_task_model(model, head, experts, SimpleNamespace(method_options=ModeFinetuneSettings(), lr=1e-3, weight_decay=0.0))
     x = torch.randn(2, 5, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     for block in expert_blocks(model):
         a = torch.softmax(block.gate(x), -1)
@@ -373,7 +374,7 @@ def test_stage2_refuses_experts_of_another_base_and_a_missing_store(mode_stores,
         finetune(finetune_cfg(mode_stores["llama"], task, tmp_path / "a", model=str(other)))
     with pytest.raises(DomixError, match="needs the domain experts"):
         FinetuneConfig(method="mode", model=str(other), task=str(task), out=str(tmp_path / "b")).validate()
-    with pytest.raises(DomixError, match="apply to --method mode, not lora"):
+    with pytest.raises(DomixError, match="is a setting of method mode; --method lora does not read it"):
         FinetuneConfig(method="lora", model=str(other), task=str(task), out=str(tmp_path / "b"), mode_gate_lr=1e-3).validate()
     with pytest.raises(DomixError, match="has no domain"):
         finetune(finetune_cfg(mode_stores["llama"], task, tmp_path / "c", domains=["law"]))
@@ -443,7 +444,7 @@ def test_default_whole_block_experts_start_as_the_backbone_with_even_gates(kind,
     base = lm(tiny_bert if kind == "bert" else tiny_llama)
     ids, mask = batch()
     expected = base(input_ids=ids, attention_mask=mask).logits
-    cfg = PretrainConfig(model="m", domains={"a": "x"}, out="o", method="mode").validate()
+    cfg = PretrainConfig(model="m", domains={"a": "x"}, out="o", method="mode").validate().method_options
     (block,) = insert_blocks(base, plan_blocks(2, cfg.mode_block_size, cfg.mode_expert_layers, cfg.mode_blocks))
     add_domain(base, "bio")
     init_stage1_gates(base, backbone_prior_of(cfg.mode_block_size, cfg.mode_expert_layers, cfg.mode_backbone_prior))

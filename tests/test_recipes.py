@@ -13,8 +13,8 @@ from domix.settings import build_config
 def test_the_paper_recipe_sets_the_published_values_and_yaml_and_flags_win(tmp_path):
     common = {"task": "t", "modules": "m", "out": "o"}
     domix = build_config(FinetuneConfig, None, {**common, "recipe": "paper"})
-    assert (domix.lr, domix.batch_size, domix.weight_decay, domix.p_weight_decay) == (3e-5, 16, 0.01, 0.01)
-    assert (domix.p_init, domix.p_lr, domix.b_lr) == ("scaled_identity", None, None)  # P = I/Σr; P and B at the run's lr
+    assert (domix.lr, domix.batch_size, domix.weight_decay, domix.method_options.p_weight_decay) == (3e-5, 16, 0.01, 0.01)
+    assert (domix.method_options.p_init, domix.method_options.p_lr, domix.method_options.b_lr) == ("scaled_identity", None, None)  # P = I/Σr; P and B at the run's lr
     assert FinetuneConfig(**common).validate().weight_decay == 0.0  # without the recipe: domix's default
     mixda = build_config(FinetuneConfig, None, {**common, "recipe": "paper", "method": "mixda"})
     assert (mixda.lr, mixda.weight_decay) == (1e-4, 0.01)
@@ -27,7 +27,7 @@ def test_the_paper_recipe_sets_the_published_values_and_yaml_and_flags_win(tmp_p
     assert (stage1.lr, stage1.weight_decay) == (5e-4, 0.05)
     llm = build_config(InstructConfig, None, {"train": "t.jsonl", "modules": "m", "out": "o", "recipe": "paper"})
     assert (llm.lr, llm.epochs, llm.warmup_steps) == (2e-4, 3, 100)
-    assert (llm.p_init, llm.p_lr, llm.p_weight_decay, llm.b_lr) == ("scaled_identity", "10x", 0.0, None)  # finetune_sepLR.py
+    assert (llm.method_options.p_init, llm.method_options.p_lr, llm.method_options.p_weight_decay, llm.method_options.b_lr) == ("scaled_identity", "10x", 0.0, None)  # finetune_sepLR.py
 
 
 def test_a_recipe_a_method_does_not_have_is_one_line(tmp_path, capsys):

@@ -21,6 +21,7 @@ from domix.errors import DomixError
 from domix.finetuning.config import FinetuneConfig
 from domix.llm.config import InstructConfig
 from domix.pretraining.config import PretrainConfig
+from domix.settings import method_option_names, setting_classes, setting_fields
 
 CLASSES = [FinetuneConfig, PretrainConfig, InstructConfig]
 SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -28,7 +29,7 @@ SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[Healt
 
 def options(cls, name: str) -> tuple[set, bool, type | None]:
     """The kinds a field takes (float, int, str, bool, list, dict), whether None, and its list items' or dict values' type."""
-    hint = typing.get_type_hints(cls)[name]
+    hint = next(h[name] for c in setting_classes(cls) if name in (h := typing.get_type_hints(c)))
     parts = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
     kinds, item = set(), None
     for part in parts:
@@ -42,7 +43,7 @@ def options(cls, name: str) -> tuple[set, bool, type | None]:
 
 def text_forms(cls) -> set[str]:
     """Fields whose flag gives a list or mapping as text (read by the class's own parser)."""
-    return {name for c in cls.__mro__ for name in vars(c).get("TEXT_FORMS", {})}
+    return {name for s in setting_classes(cls) for c in s.__mro__ for name in vars(c).get("TEXT_FORMS", {})}
 
 
 NOT_A_NUMBER = st.text(alphabet="abcdeghkmopqrstuvwxyz ", min_size=1, max_size=8)  # no nan/inf spelling, no digits
@@ -92,7 +93,19 @@ def right_values(cls, name: str):
 
 
 def every_field():
-    return [(cls, f.name) for cls in CLASSES for f in fields(cls)]
+    """Each setting of each class, flat: a method's own given by its fields (the object, method_options, is not one)."""
+    return [(cls, f.name) for cls in CLASSES for f in setting_fields(cls)]
+
+
+def make(cls, name: str, value):
+    """``cls`` with setting ``name`` at ``value``, for a method that reads it (a method's own setting: the first such)."""
+    readers = method_option_names(cls).get(name)
+    return cls(**{name: value}, **({"method": readers[0]} if readers else {}))
+
+
+def read(config, name: str):
+    """Setting ``name`` of ``config``, where it is kept (a method's own, in its method_options)."""
+    return getattr(config.method_options if name in method_option_names(type(config)) else config, name)
 
 
 @pytest.mark.parametrize("cls, name", every_field(), ids=lambda v: getattr(v, "__name__", v))
@@ -101,7 +114,7 @@ def every_field():
 def test_a_value_of_the_wrong_type_is_refused_naming_the_field(cls, name, data):
     value = data.draw(wrong_values(cls, name))
     with pytest.raises(DomixError, match=f"'{name}'"):
-        cls(**{name: value})
+        make(cls, name, value)
 
 
 # the settings that take one of a few names
@@ -125,8 +138,8 @@ def in_range(cls, name: str, value) -> bool:
 def test_a_value_of_the_right_type_is_taken(cls, name, data):
     choices = DTYPES[cls] if name == "dtype" else CHOICES.get(name)
     value = data.draw(st.sampled_from(choices) if choices else right_values(cls, name).filter(lambda v: in_range(cls, name, v)))
-    config = cls(**{name: value})
-    assert getattr(config, name) == value or (isinstance(value, int) and getattr(config, name) == float(value))
+    config = make(cls, name, value)
+    assert read(config, name) == value or (isinstance(value, int) and read(config, name) == float(value))
 
 
 FLOAT_FIELDS = [(cls, name) for cls, name in every_field() if float in options(cls, name)[0]]
@@ -137,7 +150,7 @@ FLOAT_FIELDS = [(cls, name) for cls, name in every_field() if float in options(c
 @given(value=st.sampled_from([math.nan, math.inf, -math.inf]))
 def test_a_number_that_is_not_finite_is_refused_naming_the_field(cls, name, value):
     with pytest.raises(DomixError, match=f"setting '{name}' is .*; give a finite number"):
-        cls(**{name: value})
+        make(cls, name, value)
 
 
 # Each run config's ranges: field -> (lowest allowed, whether the lowest itself is allowed, highest (exclusive) or None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass
 import os
@@ -64,8 +65,8 @@ def add_setting_flags(parser, cls: type, extra: dict[str, dict] | None = None) -
     method names as ``choices``, a help text listing its recipes)."""
     import argparse
 
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
+    hints = {k: v for c in setting_classes(cls) for k, v in typing.get_type_hints(c).items()}
+    for f in setting_fields(cls):
         meta, kwargs = f.metadata, dict((extra or {}).get(f.name, {}))
         help = kwargs.pop("help", meta.get("help", ""))
         shown = _shown(field_default(f))
@@ -84,10 +85,26 @@ def add_setting_flags(parser, cls: type, extra: dict[str, dict] | None = None) -
         parser.add_argument(*flag_names(f), dest=f.name, type=kind, **kwargs)
 
 
+def setting_classes(cls: type) -> list[type]:
+    """``cls`` and, for run settings, each method's own settings class."""
+    return [cls, *dict.fromkeys(getattr(cls, "OWN_SETTINGS", {}).values())]
+
+
+def setting_fields(cls: type) -> list[dataclasses.Field]:
+    """The fields of every setting ``cls`` takes, flat, each name once (a method's own object, method_options, is
+    given by its fields)."""
+    found: dict[str, dataclasses.Field] = {}
+    for c in setting_classes(cls):
+        for f in dataclasses.fields(c):
+            if f.name != "method_options":
+                found.setdefault(f.name, f)
+    return list(found.values())
+
+
 def flag_values(args: Any, cls: type) -> dict[str, Any]:
     """The settings of ``cls`` given as flags in the parsed ``args`` (unset flags are None, left to the YAML file)."""
     values = {}
-    for f in dataclasses.fields(cls):
+    for f in setting_fields(cls):
         value = getattr(args, f.name, None)
         if value is not None and f.metadata.get("collect"):
             value = f.metadata["collect"](value)
@@ -120,9 +137,13 @@ def renamed(cls: type, values: dict[str, Any], where: str = "") -> dict[str, Any
 class RunSettings:
     """What the settings of a run (domix pretrain, finetune, instruct) share: built from defaults, a recipe, a YAML
     file and flags (:func:`build_config`), checked field by field when made, recorded with portable paths. A
-    subclass, a dataclass, names its command (``COMMAND``), the settings a resumed run may change (``RESUME_FREE``),
-    each method's own settings class (``OWN_SETTINGS``, from the registry) and the registry's recipes
-    (``recipe_values``)."""
+    subclass, a dataclass made with :func:`run_settings`, names its command (``COMMAND``), the settings a resumed run
+    may change (``RESUME_FREE``), each method's own settings class (``OWN_SETTINGS``, from the registry) and the
+    registry's recipes (``recipe_values``).
+
+    A method's own settings (the bridge's p_lr, MoDE's mode_*) are an object of its class in ``method_options``,
+    None for a method without any: a run holds its method's settings, not every method's. They are given flat, as
+    the other settings are (``FinetuneConfig(method="domix", p_lr="10x")``, YAML keys, flags), and recorded flat."""
 
     COMMAND = ""
     RESUME_FREE: tuple[str, ...] = ()
@@ -135,6 +156,8 @@ class RunSettings:
     def __post_init__(self) -> None:
         check_fields(self)
         check_ranges(self)
+        if self.method_options is not None:
+            check_fields(self.method_options)
 
     @staticmethod
     def recipe_values(method: str, name: str) -> dict[str, Any]:
@@ -142,7 +165,8 @@ class RunSettings:
         raise NotImplementedError
 
     def to_dict(self) -> dict[str, Any]:
-        """The settings as the run's records keep them: paths portable (:func:`recorded_settings`)."""
+        """The settings as the run's records keep them: flat (the method's own among the others), paths portable
+        (:func:`recorded_settings`)."""
         return recorded_settings(self)
 
     def inputs(self) -> list[str]:
@@ -155,12 +179,65 @@ class RunSettings:
         return [p for p in found if p]
 
     def resume_free(self) -> tuple[str, ...]:
-        """The settings a run may be resumed or reused under other values of: ``RESUME_FREE`` (where and how it runs,
-        a recipe's name) and the settings only other methods read (a LoRA run does not depend on the bridge's)."""
-        own = self.OWN_SETTINGS.get(self.method)
-        own_fields = {f.name for f in dataclasses.fields(own)} if own else set()
-        others = {f.name for cls in self.OWN_SETTINGS.values() for f in dataclasses.fields(cls)} - own_fields
-        return (*self.RESUME_FREE, *sorted(others))
+        """The settings a run may be resumed or reused under other values of (where and how it runs, a recipe's name)."""
+        return self.RESUME_FREE
+
+    def check_method_options(self) -> None:
+        """The method's own settings checked against the run's (called by ``validate``)."""
+        if self.method_options is not None:
+            self.method_options.check_settings(self)
+
+
+def method_option_names(cls: type) -> dict[str, list[str]]:
+    """Each method's own setting of the run settings ``cls`` -> the methods that read it."""
+    names: dict[str, list[str]] = {}
+    for method, options in cls.OWN_SETTINGS.items():
+        for f in dataclasses.fields(options):
+            names.setdefault(f.name, []).append(method)
+    return names
+
+
+def setting_names(cls: type) -> set[str]:
+    """Every setting ``cls`` takes, flat: its own fields and every method's own (the YAML keys, the flags)."""
+    return {f.name for f in setting_fields(cls)}
+
+
+def run_settings(cls: type[T]) -> type[T]:
+    """Make the dataclass ``cls`` (a RunSettings) take its method's own settings flat: they become its
+    ``method_options``, an object of the method's class. A setting of another method is dropped where it holds its
+    default (old YAML files and records hold every method's) and refused where it holds anything else (it would
+    change nothing: the user meant another method). Settings under an older name (``RENAMED``) are read too."""
+    init = cls.__init__
+
+    @functools.wraps(init)
+    def __init__(self, **values: Any) -> None:
+        init(self, **_with_method_options(cls, renamed(cls, values)))
+
+    cls.__init__ = __init__
+    return cls
+
+
+def _with_method_options(cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    method = values.get("method", cls.method)
+    own = cls.OWN_SETTINGS.get(method) if isinstance(method, str) else None  # not a name: check_fields says so
+    own_names = {f.name for f in dataclasses.fields(own)} if own else set()
+    readers = method_option_names(cls)
+    defaults = {f.name: field_default(f) for c in cls.OWN_SETTINGS.values() for f in dataclasses.fields(c)}
+    given = {k: values.pop(k) for k in list(values) if k in readers}
+    others = sorted(k for k, v in given.items() if k not in own_names and v is not None and v != defaults[k])
+    if others:
+        key = others[0]
+        raise DomixError(f"--{key.replace('_', '-')} is a setting of method {', '.join(readers[key])}; --method {method} does not "
+                         "read it: drop it, or choose one of those methods")
+    mine = {k: v for k, v in given.items() if k in own_names}
+    options = values.get("method_options")
+    if own is None:
+        values["method_options"] = None
+    elif not isinstance(options, own):  # not given, or another method's (a copy of a run with another method)
+        values["method_options"] = own(**mine)
+    elif mine:
+        values["method_options"] = dataclasses.replace(options, **mine)
+    return values
 
 
 def check(rules: list[tuple[bool, str]]) -> None:
@@ -304,6 +381,17 @@ def one_of(*choices: str) -> tuple:
 
 
 @dataclass(kw_only=True)
+class MethodChoice:
+    """The method a run uses, its recipe, and the method's own settings (every run has them alike; the registry's
+    method names are the flag's choices)."""
+
+    method: str = setting("domix", "the method")
+    recipe: str | None = setting(None, "a named preset of the method's settings, under the YAML file and the flags")
+    method_options: Any = setting(None, "the method's own settings, an object of its class in the registry, given flat by its "
+                                        "fields (--p-lr, --mode-gate-lr, ...); None for a method without any")
+
+
+@dataclass(kw_only=True)
 class TrainingSettings:
     """The settings every training run has alike (domix pretrain, finetune, instruct): their flags and defaults."""
 
@@ -353,6 +441,7 @@ def recorded_settings(config: Any) -> dict[str, Any]:
     """A run config's settings as its run records them (run.json): every path (the class's ``PATHS``) made portable
     (:func:`portable_path`), in lists and in a mapping of domain corpora too."""
     values = dataclasses.asdict(config)
+    values.update(values.pop("method_options", None) or {})  # a method's own settings, flat as they are given
     for key in type(config).PATHS:
         value = values.get(key)
         if isinstance(value, str) and value:
@@ -374,9 +463,9 @@ def with_recipe(cls: type, values: dict[str, Any]) -> dict[str, Any]:
 
 def build_config(cls: type[T], yaml_path: str | None, overrides: dict[str, Any]) -> T:
     """Defaults, then the recipe (``--recipe``), then the YAML file, then the command-line values that were given."""
-    fields = {f.name for f in dataclasses.fields(cls)} | set(getattr(cls, "RENAMED", {}))
+    fields = setting_names(cls) | set(getattr(cls, "RENAMED", {}))
     values: dict[str, Any] = renamed(cls, load_yaml(yaml_path, fields), f" in {yaml_path}") if yaml_path else {}
-    hints = typing.get_type_hints(cls)
+    hints = {k: v for c in setting_classes(cls) for k, v in typing.get_type_hints(c).items()}
     values = {k: coerce(k, v, hints[k], f" in {yaml_path}") for k, v in values.items()}
     for key, value in overrides.items():
         if value is None:

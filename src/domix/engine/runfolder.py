@@ -103,7 +103,7 @@ def changed_settings(recorded: dict, cfg: Any) -> list[str]:
     today's (``RENAMED``); the settings a run may differ in (``cfg.resume_free()``: where it runs, a recipe's name,
     other methods' settings) are not compared."""
     recorded = renamed(type(cfg), recorded)
-    planned, defaults, free = cfg.to_dict(), type(cfg)().to_dict(), set(cfg.resume_free())
+    planned, defaults, free = cfg.to_dict(), type(cfg)(method=cfg.method).to_dict(), set(cfg.resume_free())
 
     def value(key: str, values: dict) -> Any:
         v = values.get(key, defaults[key])

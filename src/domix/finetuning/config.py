@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from functools import partial
 
 from domix.errors import DomixError
-from domix.methods.registry import method_settings, own_settings, recipe_of, stage2
-from domix.settings import FRACTION, POSITIVE, RunSettings, TrainingSettings, at_least, comma_list, one_of, setting
+from domix.methods.registry import own_settings, recipe_of, stage2
+from domix.settings import (FRACTION, POSITIVE, MethodChoice, RunSettings, TrainingSettings, at_least, comma_list, one_of,
+                            run_settings, setting, setting_names)
 
 AUTOCAST = ("bfloat16", "float16")  # --autocast's choices
 
@@ -63,10 +63,11 @@ class EvaluateSettings(TaskColumns):
                                            "know theirs; default: domix finetune's)")
 
 
+@run_settings
 @dataclass(kw_only=True)
-class FinetuneConfig(RunSettings, TrainingSettings, RunOptions, TaskColumns, *method_settings("finetune")):
-    """The settings of domix finetune. A method's own settings (the bridge's p_init, MoDE's mode_*) come
-    from its settings class in the registry, which this class inherits: the same YAML keys and flags."""
+class FinetuneConfig(RunSettings, MethodChoice, TrainingSettings, RunOptions, TaskColumns):
+    """The settings of domix finetune. A method's own settings (the bridge's p_init, MoDE's mode_*) are an object of
+    its class in the registry, ``method_options``, given flat: the same YAML keys and flags."""
 
     task: str | None = setting(None, TASK_HELP)
     train: str | None = setting(None, "train file (overrides the task folder's)")
@@ -83,8 +84,6 @@ class FinetuneConfig(RunSettings, TrainingSettings, RunOptions, TaskColumns, *me
     domains: list[str] | None = setting(None, "comma-separated modules to compose, in order (default: all)", comma_list)
     model: str | None = setting(None, "base model (default: the one the modules were trained on)")
     out: str = setting("", "output folder")
-    method: str = setting("domix", "a stage-2 method")
-    recipe: str | None = setting(None, "a named preset of the method's settings, under the YAML file and the flags")
     lora_rank: int | None = setting(None, "rank for lora/dora from the base (default: the modules' total rank, else 8)")
     init_module: str | None = setting(None, "lora/dora: start from this module of --modules (its rank, alpha and weights)")
     general: str | None = setting(None, "a general-domain corpus: the record gives the language-model loss on it before and "
@@ -135,8 +134,7 @@ class FinetuneConfig(RunSettings, TrainingSettings, RunOptions, TaskColumns, *me
         if spec.modules_required and not self.modules:
             raise DomixError(f"method {self.method} needs the {spec.pieces} of domix pretrain --method {spec.store}; "
                              "pass --modules STORE (its --out folder)")
-        for settings in method_settings(self.COMMAND):
-            settings.check_settings(self)
+        self.check_method_options()
         if not spec.modules_required and not (self.modules or self.model):
             raise DomixError(f"method {self.method} needs a base model; pass --model (or --modules to take theirs)")
         if self.init_module is not None:
@@ -148,4 +146,4 @@ class FinetuneConfig(RunSettings, TrainingSettings, RunOptions, TaskColumns, *me
         return self
 
 
-FIELDS = {f.name for f in dataclasses.fields(FinetuneConfig)}
+FIELDS = setting_names(FinetuneConfig)

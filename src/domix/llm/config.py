@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from functools import partial
 
 from domix.errors import DomixError
-from domix.methods.registry import INSTRUCT, method_settings, own_settings, recipe_of, stage2
-from domix.settings import FRACTION, OPEN_FRACTION, POSITIVE, RunSettings, TrainingSettings, at_least, comma_list, one_of, setting
+from domix.methods.registry import INSTRUCT, own_settings, recipe_of, stage2
+from domix.settings import (FRACTION, OPEN_FRACTION, POSITIVE, MethodChoice, RunSettings, TrainingSettings, at_least, comma_list, one_of,
+                            run_settings, setting, setting_names)
 
 DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]  # the paper's LLM setting
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16", "float64")
@@ -19,10 +19,11 @@ FORMATS = ("boolq", "piqa", "siqa", "hellaswag", "winogrande", "arc", "openbookq
            "llm_adapters")  # task files: llm/choice.py
 
 
+@run_settings
 @dataclass(kw_only=True)
-class InstructConfig(RunSettings, TrainingSettings, *method_settings("instruct")):
-    """The settings of domix instruct. A method's own settings (the bridge's p_init, new_rank) come from its
-    settings class in the registry, which this class inherits: the same YAML keys and flags."""
+class InstructConfig(RunSettings, MethodChoice, TrainingSettings):
+    """The settings of domix instruct. A method's own settings (the bridge's p_init, new_rank) are an object of its
+    class in the registry, ``method_options``, given flat: the same YAML keys and flags."""
 
     train: str | None = setting(None, "jsonl (or a JSON list) of prompt/response or instruction/input/output rows")
     dev: str | None = setting(None, "dev jsonl (default: a seeded --dev-fraction of --train)")
@@ -33,8 +34,6 @@ class InstructConfig(RunSettings, TrainingSettings, *method_settings("instruct")
                                                "adapter_model.safetensors); repeat", flag="--adapter", repeat=True, metavar="PATH")
     model: str | None = setting(None, "base causal LM (default: the one the modules name)")
     out: str = setting("", "output folder")
-    method: str = setting("domix", "a stage-2 method that instruct offers")
-    recipe: str | None = setting(None, "a named preset of the method's settings, under the YAML file and the flags")
     target_modules: list[str] | None = setting(None, "lora/dora: comma-separated layer names (default: "
                                                      f"{','.join(DEFAULT_TARGETS)})", comma_list)
     lora_rank: int | None = setting(None, "lora/dora rank (default: the modules' total rank, else 16); alpha is 2x the rank")
@@ -84,12 +83,11 @@ class InstructConfig(RunSettings, TrainingSettings, *method_settings("instruct")
             raise DomixError(f"method {self.method} needs a base model; pass --model")
         if self.domains and not self.modules:
             raise DomixError("--domains picks modules of a store; pass --modules STORE too")
-        for settings in method_settings(self.COMMAND):
-            settings.check_settings(self)
+        self.check_method_options()
         return self
 
 
-FIELDS = {f.name for f in dataclasses.fields(InstructConfig)}
+FIELDS = setting_names(InstructConfig)
 
 
 @dataclass(kw_only=True)

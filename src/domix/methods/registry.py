@@ -159,12 +159,6 @@ def own_settings(command: str) -> dict[str, type]:
     return {name: e.settings[command] for name, e in entries.items() if command in e.settings}
 
 
-def method_settings(command: str) -> tuple[type, ...]:
-    """The settings dataclasses of the methods ``command`` offers, each once: the command's settings class inherits
-    them, so their fields are its YAML keys and flags."""
-    return tuple(dict.fromkeys(own_settings(command).values()))
-
-
 def stage1(name: str) -> Stage1:
     if name not in STAGE1:
         raise DomixError(f"unknown --method {name!r}; choose one of {', '.join(STAGE1)}")

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from functools import partial
 
 from domix.errors import DomixError
-from domix.methods.registry import method_settings, own_settings, recipe_of, stage1
-from domix.settings import (FRACTION, OPEN_FRACTION, POSITIVE, RunSettings, TrainingSettings, at_least, one_of, setting,
-                            unique_names)
+from domix.methods.registry import own_settings, recipe_of, stage1
+from domix.settings import (FRACTION, OPEN_FRACTION, POSITIVE, MethodChoice, RunSettings, TrainingSettings, at_least, one_of,
+                            run_settings, setting, setting_names, unique_names)
 
 
 def _domain(text: str) -> tuple[str, str]:
@@ -28,10 +27,11 @@ def _targets(text: str) -> list[str] | str:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
+@run_settings
 @dataclass(kw_only=True)
-class PretrainConfig(RunSettings, TrainingSettings, *method_settings("pretrain")):
-    """The settings of domix pretrain. A method's own settings (MixDA's mixda_*, MoDE's mode_*) come from
-    its settings class in the registry, which this class inherits: the same YAML keys and flags."""
+class PretrainConfig(RunSettings, MethodChoice, TrainingSettings):
+    """The settings of domix pretrain. A method's own settings (MixDA's mixda_*, MoDE's mode_*) are an object of
+    its class in the registry, ``method_options``, given flat: the same YAML keys and flags."""
 
     model: str = setting("", "base model: a local folder, a .gguf file, or a Hugging Face name")
     domains: dict[str, str] = setting(
@@ -41,8 +41,6 @@ class PretrainConfig(RunSettings, TrainingSettings, *method_settings("pretrain")
              "them, a save_to_disk folder, or a dataset name (NAME or NAME:CONFIG); repeat per domain")
     out: str = setting("", "output folder: the module store")
     objective: str = setting("auto", "mlm, clm or auto (masked LM for encoders, causal for decoders)")
-    method: str = setting("domix", "a stage-1 method")
-    recipe: str | None = setting(None, "a named preset of the method's settings, under the YAML file and the flags")
     general: str | None = setting(None, "a general-domain corpus (as --domain's PATH): MixDA's retention loss trains on it")
     text_column: str = setting("text", "the corpora's text column or jsonl field")
     # LoRA: r 8, alpha 16, no dropout, every linear layer of every block (DoMIX reference)
@@ -87,8 +85,7 @@ class PretrainConfig(RunSettings, TrainingSettings, *method_settings("pretrain")
         for name in self.domains:
             if not name or "/" in name or name.startswith("."):
                 raise DomixError(f"domain name {name!r} cannot be a folder name; use letters, digits, '-' or '_'")
-        for settings in method_settings(self.COMMAND):
-            settings.check_settings(self)
+        self.check_method_options()
         if stage1(self.method).needs_general and not self.general:
             raise DomixError(f"--method {self.method} needs general-domain text for its retention loss; pass --general PATH "
                              "(a file or folder of text)")
@@ -104,4 +101,4 @@ class PretrainConfig(RunSettings, TrainingSettings, *method_settings("pretrain")
     RESUME_FREE = ("checkpoint_every", "device", "out", "gradient_checkpointing", "recipe")
 
 
-FIELDS = {f.name for f in dataclasses.fields(PretrainConfig)}
+FIELDS = setting_names(PretrainConfig)

@@ -100,10 +100,9 @@ class BridgeSettings(BridgeConfig):
     new_rank: int | None = setting(None, "domix and its bridge variants: a fresh LoRA block of this rank first in the bridge (A random "
                                          "and frozen, B zero and trained), as the published LLM code adds (it uses the modules' rank)", int)
 
-    def check_settings(self) -> None:
-        own = self.OWN_SETTINGS.get(self.method)  # the run's settings class knows each method's own (the registry's)
-        if self.new_rank is not None and not (own and issubclass(own, BridgeSettings)):
-            raise DomixError(f"--new-rank adds a fresh block to the bridge; it does not apply to method {self.method}")
+    def check_settings(self, run) -> None:
+        """Read the bridge's init and learning rates as the run takes them; refuse what cannot train (``run``: the
+        run's settings)."""
         self.p_init = parse_p_init(self.p_init)
         self.p_lr, self.b_lr = parse_lr(self.p_lr, "--p-lr"), parse_lr(self.b_lr, "--b-lr")
         check([

@@ -23,7 +23,7 @@ class Bridge(TaskMethod):
     bridge_trains = True
 
     def p_init(self, cfg):
-        return cfg.p_init
+        return cfg.method_options.p_init
 
     def build(self, model: nn.Module, head: list[str], modules: list[DomainModule], cfg) -> tuple[nn.Module, list[dict]]:
         warning = shared_initialisation(modules)
@@ -33,11 +33,12 @@ class Bridge(TaskMethod):
         # c·I), but floating-point sums in another column order drift apart over training (1.6 macro-F1 points on
         # ChemProt after 8 epochs). One layout, by name, makes the run the same bit for bit whatever order they come in
         modules = sorted(modules, key=lambda m: m.name)
-        if cfg.new_rank:
-            modules = [fresh_module(modules, cfg.new_rank, cfg.seed)] + modules
-            print(f"domix: a fresh block of rank {cfg.new_rank} (A random and frozen, B zero) goes first in the bridge, "
+        if cfg.method_options.new_rank:
+            modules = [fresh_module(modules, cfg.method_options.new_rank, cfg.seed)] + modules
+            print(f"domix: a fresh block of rank {cfg.method_options.new_rank} (A random and frozen, B zero) goes first in the bridge, "
                   f"before {', '.join(m.name for m in modules[1:])}")
-        bridge = BridgeConfig(p_init=self.p_init(cfg), p_lr=cfg.p_lr, p_weight_decay=cfg.p_weight_decay, b_lr=cfg.b_lr)
+        own = cfg.method_options  # the bridge's settings (BridgeSettings)
+        bridge = BridgeConfig(p_init=self.p_init(cfg), p_lr=own.p_lr, p_weight_decay=own.p_weight_decay, b_lr=own.b_lr)
         compose(model, modules, bridge)
         # the update as it starts (the modules' B, P's init), for the usage on a classification task's inputs (record);
         # a causal LM (domix instruct, no new head) has no test inputs to read it on: no copy of every B
@@ -57,11 +58,11 @@ class Bridge(TaskMethod):
             for m in layers:
                 m.bridge.requires_grad_(False)
             return model, groups
-        return model, [{"params": [m.bridge for m in layers], "lr": p_lr, "weight_decay": cfg.p_weight_decay}] + groups
+        return model, [{"params": [m.bridge for m in layers], "lr": p_lr, "weight_decay": cfg.method_options.p_weight_decay}] + groups
 
     def bridge_record(self, cfg) -> dict | None:
-        return {"p_init": cfg.p_init, "p_lr": cfg.p_lr, "p_weight_decay": cfg.p_weight_decay, "b_lr": cfg.b_lr, "trained": self.bridge_trains,
-                "new_rank": cfg.new_rank, "learning_rates": {"p": self.rates["p"] if self.bridge_trains else None, "b": self.rates["b"]}}
+        return {"p_init": cfg.method_options.p_init, "p_lr": cfg.method_options.p_lr, "p_weight_decay": cfg.method_options.p_weight_decay, "b_lr": cfg.method_options.b_lr, "trained": self.bridge_trains,
+                "new_rank": cfg.method_options.new_rank, "learning_rates": {"p": self.rates["p"] if self.bridge_trains else None, "b": self.rates["b"]}}
 
     def record(self, model: nn.Module, pieces: list, cfg, probe: Probe | None = None) -> dict:
         usage = bridge_usage(model)
@@ -97,4 +98,4 @@ class Cat(Bridge):
         return "identity"
 
     def bridge_record(self, cfg) -> dict | None:
-        return {"new_rank": cfg.new_rank} if cfg.new_rank else None
+        return {"new_rank": cfg.method_options.new_rank} if cfg.method_options.new_rank else None

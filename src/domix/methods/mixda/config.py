@@ -70,7 +70,8 @@ class MixdaSettings:
 
     TEXT_FORMS = {"mixda_layers": lambda text: parse_layers(str(text))}  # "7,11" from a flag, 7 from YAML
 
-    def check_settings(self) -> None:
+    def check_settings(self, run) -> None:
+        """Refuse values MixDA cannot train with (``run``: the run's settings)."""
         check([
             (self.mixda_reduction >= 1, "--mixda-reduction must be at least 1"),
             (self.mixda_layers is None or (isinstance(self.mixda_layers, list) and len(self.mixda_layers) > 0

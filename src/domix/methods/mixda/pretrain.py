@@ -85,11 +85,11 @@ def pretrain_mixda(cfg: PretrainConfig, overwrite: bool = False, on_step: StepHo
     general_blocks = tokenize_blocks(general, run.tokenizer, cfg.seq_len, append_eos=run.objective == "clm")
     device = resolve_device(cfg.device)
     base, fingerprint = run.load_base(device)
-    sites = adapter_sites(base.model, cfg.mixda_layers)
+    sites = adapter_sites(base.model, cfg.method_options.mixda_layers)
     base.model.requires_grad_(False)
     record = run.start(fingerprint, general_corpus=general.fingerprint, layers=[s.index for s in sites])
     print(f"domix: mixda: base {cfg.model} ({run.objective}, fingerprint {fingerprint}); domain adapters "
-          f"(bottleneck {widths(sites[0], cfg.mixda_reduction)['adapter']}) beside {', '.join(s.name for s in sites)}")
+          f"(bottleneck {widths(sites[0], cfg.method_options.mixda_reduction)['adapter']}) beside {', '.join(s.name for s in sites)}")
     for name in run.corpora:
         if name not in data:
             print(f"domix: domain {name!r} already finished, kept")
@@ -120,7 +120,7 @@ def _train_group(s: Setup, data: dict[str, DomainData], on_step: StepHook | None
     if len(names) > 1:
         print(f"domix: training {len(names)} domains fused in one pass over the base")
     dtype = adapter_dtype(next(model.parameters()).dtype)
-    adapters = [new_adapters(s.sites, cfg.mixda_reduction, domain_seed(cfg.seed, n), dtype) for n in names]  # (adapters, gates)
+    adapters = [new_adapters(s.sites, cfg.method_options.mixda_reduction, domain_seed(cfg.seed, n), dtype) for n in names]  # (adapters, gates)
     segments, layers = install_domain_adapters(model, s.sites, adapters, causal=objective == "clm")
     checkpoint = s.out / "checkpoints" / ("mixda-fused.pt" if cfg.fused else f"mixda-{names[0]}.pt")
 
@@ -198,7 +198,7 @@ def _manifest(s: Setup, data: DomainData, result: MixDAResult, loss_before: floa
         method="mixda",
         general_corpus=s.general_info,
         mixda={"layers": [site.index for site in s.sites], "layer_names": [site.name for site in s.sites],
-               "reduction": cfg.mixda_reduction, **widths(s.sites[0], cfg.mixda_reduction), "lm_weight": LM_WEIGHT,
+               "reduction": cfg.method_options.mixda_reduction, **widths(s.sites[0], cfg.method_options.mixda_reduction), "lm_weight": LM_WEIGHT,
                "gate": "two-way", "gate_pooling": "causal" if s.base.objective == "clm" else "mean"},
         training={"general_tokens_seen": result.general_tokens_seen, "fused_with": fused_with if len(fused_with) > 1 else [],
                   "lm_loss_curve": downsample_curve(result.lm_losses, 200),

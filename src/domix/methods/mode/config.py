@@ -149,7 +149,8 @@ class ModePretrainSettings:
     # a flag's text: "0,2" (or 2 from YAML); "backbone=cuda:0,experts=cuda:1"
     TEXT_FORMS = {"mode_blocks": lambda text: parse_blocks(text), "mode_device_map": lambda text: parse_device_map(str(text))}
 
-    def check_settings(self) -> None:
+    def check_settings(self, run) -> None:
+        """Refuse values MoDE's stage 1 cannot train with (``run``: the run's settings)."""
         self.mode_device_map = _read_device_map(self.mode_device_map)
         check_settings(self.mode_block_size, self.mode_expert_layers, self.mode_blocks)
         if self.mode_backbone_prior is not None and not 0 < self.mode_backbone_prior < 1:
@@ -167,12 +168,11 @@ class ModeFinetuneSettings:
 
     TEXT_FORMS = {"mode_device_map": lambda text: parse_device_map(str(text))}
 
-    def check_settings(self) -> None:
+    def check_settings(self, run) -> None:
+        """Refuse values MoDE's stage 2 cannot train with, and LoRA adapters given to it (``run``: the run's settings)."""
         self.mode_device_map = _read_device_map(self.mode_device_map)
         if self.mode_gate_lr is not None and not self.mode_gate_lr > 0:
             raise DomixError(f"--mode-gate-lr must be positive, not {self.mode_gate_lr!r}")
-        if self.method != "mode" and (self.mode_train_experts or self.mode_gate_lr is not None or self.mode_device_map):
-            raise DomixError(f"--mode-train-experts, --mode-gate-lr and --mode-device-map apply to --method mode, not {self.method}")
-        if self.method == "mode" and getattr(self, "adapters", None):
+        if getattr(run, "adapters", None):
             raise DomixError("--adapter gives LoRA adapters, which MoDE does not compose; give its experts with --modules STORE "
                              "(the --out folder of domix pretrain --method mode)")

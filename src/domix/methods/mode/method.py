@@ -23,7 +23,7 @@ class MoDE(TaskMethod):
         return model, build_task_model(model, head, pieces, cfg)
 
     def place(self, model: nn.Module, cfg) -> None:
-        place(model, cfg.mode_device_map)  # experts on their own devices, if a map says so
+        place(model, cfg.method_options.mode_device_map)  # experts on their own devices, if a map says so
 
     def record(self, model: nn.Module, pieces: list, cfg, probe: Probe | None = None) -> dict:
         if probe is None:  # domix instruct: no classification test set to read the gates on

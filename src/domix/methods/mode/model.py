@@ -300,12 +300,12 @@ def build_task_model(model: nn.Module, head: list[str], experts: list[DomainExpe
     for e in experts:
         load_block_tensors(model, e.tensors, domain_of_stage1=e.name, gates=False, where=f"the expert store {e.path}")
     init_stage2_gates(model, experts)
-    set_trainable(model, head, experts=cfg.mode_train_experts)
+    set_trainable(model, head, experts=cfg.method_options.mode_train_experts)
     blocks = expert_blocks(model)
     gates = [p for b in blocks for p in b.gate.parameters()]
     params = dict(model.named_parameters())
-    rest = [params[n] for n in head] + ([p for b in blocks for p in b.experts.parameters()] if cfg.mode_train_experts else [])
-    return [{"params": gates, "lr": cfg.mode_gate_lr or cfg.lr, "weight_decay": 0.0},
+    rest = [params[n] for n in head] + ([p for b in blocks for p in b.experts.parameters()] if cfg.method_options.mode_train_experts else [])
+    return [{"params": gates, "lr": cfg.method_options.mode_gate_lr or cfg.lr, "weight_decay": 0.0},
             {"params": rest, "lr": cfg.lr, "weight_decay": cfg.weight_decay}]
 
 
@@ -324,8 +324,8 @@ def task_record(model: nn.Module, experts: list[DomainExperts], cfg, rows=None, 
         "bridge_usage": None,
         "mode": {"block_size": first["block_size"], "expert_layers": first["expert_layers"],
                  "blocks": [p.to_dict() for p in experts[0].plans], "domains": [e.name for e in experts],
-                 "gate_init": "stage1", "train_experts": cfg.mode_train_experts, "gate_lr": cfg.mode_gate_lr or cfg.lr,
-                 "device_map": cfg.mode_device_map},
+                 "gate_init": "stage1", "train_experts": cfg.method_options.mode_train_experts, "gate_lr": cfg.method_options.mode_gate_lr or cfg.lr,
+                 "device_map": cfg.method_options.mode_device_map},
     }
 
 

@@ -40,16 +40,16 @@ def pretrain_mode(cfg: PretrainConfig, overwrite: bool = False, on_step: StepHoo
     cfg.validate()
     require_one_process(cfg.method, "trains its domains one after another")
     run = PretrainRun.open(cfg, overwrite)
-    unknown = sorted(set(cfg.mode_device_map or {}) - set(run.corpora) - {"backbone", "experts"})
+    unknown = sorted(set(cfg.method_options.mode_device_map or {}) - set(run.corpora) - {"backbone", "experts"})
     if unknown:
         raise DomixError(f"--mode-device-map names {unknown}, which are neither 'backbone', 'experts' nor a domain ({list(run.corpora)})")
     pending = run.pending()
     data = run.domain_data(pending)  # all data is checked before the (possibly large) model is loaded
-    device = resolve_device((cfg.mode_device_map or {}).get("backbone", cfg.device))
+    device = resolve_device((cfg.method_options.mode_device_map or {}).get("backbone", cfg.device))
     base, fingerprint = run.load_base(device)
     base.model.requires_grad_(False)  # the backbone never trains
     _, layers = find_blocks(base.model)
-    plans = plan_blocks(len(layers), cfg.mode_block_size, cfg.mode_expert_layers, cfg.mode_blocks)
+    plans = plan_blocks(len(layers), cfg.method_options.mode_block_size, cfg.method_options.mode_expert_layers, cfg.method_options.mode_blocks)
     record = run.start(fingerprint)
     sizes = ", ".join(f"{p.layers[0]}-{p.layers[-1]}" for p in plans)
     print(f"domix: mode: base {cfg.model} ({run.objective}, fingerprint {fingerprint}); {len(layers)} layers, experts of "
@@ -78,8 +78,8 @@ def _train_experts(base: BaseModel, data: DomainData, plans: list[BlockPlan], cf
     insert_blocks(model, plans)
     try:
         add_domain(model, name)
-        init_stage1_gates(model, backbone_prior_of(cfg.mode_block_size, cfg.mode_expert_layers, cfg.mode_backbone_prior))
-        place(model, cfg.mode_device_map)
+        init_stage1_gates(model, backbone_prior_of(cfg.method_options.mode_block_size, cfg.method_options.mode_expert_layers, cfg.method_options.mode_backbone_prior))
+        place(model, cfg.method_options.mode_device_map)
         set_trainable(model, experts=True)
         result = train_domain(model, name, data.train, base.objective, base.tokenizer, cfg, device, checkpoint, on_step,
                               out / "tensorboard" / name)
@@ -108,9 +108,9 @@ def _manifest(base: BaseModel, data: DomainData, plans: list[BlockPlan], cfg: Pr
     gate_params = sum(t.numel() for k, t in tensors.items() if ".gate." in k)
     return domain_manifest(
         KIND, data, cfg, base, fingerprint, device, result, loss_before, loss_after, started,
-        mode={"block_size": cfg.mode_block_size, "expert_layers": expert_layers_of(cfg.mode_block_size, cfg.mode_expert_layers),
-              "backbone_prior": backbone_prior_of(cfg.mode_block_size, cfg.mode_expert_layers, cfg.mode_backbone_prior),
+        mode={"block_size": cfg.method_options.mode_block_size, "expert_layers": expert_layers_of(cfg.method_options.mode_block_size, cfg.method_options.mode_expert_layers),
+              "backbone_prior": backbone_prior_of(cfg.method_options.mode_block_size, cfg.method_options.mode_expert_layers, cfg.method_options.mode_backbone_prior),
               "blocks": [p.to_dict() for p in plans], "expert_parameters": expert_params, "gate_parameters": gate_params,
-              "device_map": cfg.mode_device_map},
+              "device_map": cfg.method_options.mode_device_map},
         training={"init_seed": None},  # the experts start as copies of the backbone's layers, the gates at the prior
     )
