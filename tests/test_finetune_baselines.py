@@ -15,6 +15,7 @@ from domix.finetuning.model import classification_model, export
 from domix.methods.peft.method import build_peft
 from domix.methods.registry import task_method
 from domix.finetuning.run import RESULT_FILE, finetune
+from domix.methods.bridge.config import BridgeSettings
 from domix.store import load_store, merge_into
 
 from test_finetune import cfg, logits_of
@@ -23,9 +24,9 @@ LABELS = ["bio", "cs", "food"]
 
 
 def hparams(method: str, **kw) -> SimpleNamespace:
-    settings = dict(method=method, p_init="scaled_identity", p_lr=None, b_lr=None, p_weight_decay=0.0, lr=1e-3, weight_decay=0.0, seed=0,
-                    new_rank=None)
-    return SimpleNamespace(**{**settings, **kw})
+    """A task method's settings as a run gives them: the bridge's own (P and B at the run's rate, no fresh block)."""
+    bridge = BridgeSettings(p_init="scaled_identity", p_lr=None, b_lr=None, p_weight_decay=0.0, new_rank=None)
+    return SimpleNamespace(**{**dict(method=method, lr=1e-3, weight_decay=0.0, seed=0, method_options=bridge), **kw})
 
 
 def base_model(tiny_llama):

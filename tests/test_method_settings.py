@@ -97,10 +97,13 @@ def test_old_yaml_and_recorded_settings_keep_loading(tmp_path):
 def test_a_methods_check_still_refuses_its_bad_values():
     with pytest.raises(DomixError, match="--mode-gate-lr must be positive"):
         FinetuneConfig(task="t", modules="m", out="o", method="mode", mode_gate_lr=-1).validate()
+    # another method's setting given as a flag: the user meant it, so it is refused ...
     with pytest.raises(DomixError, match="--mode-gate-lr is a setting of method mode; --method domix does not read it"):
-        FinetuneConfig(task="t", modules="m", out="o", mode_gate_lr=1e-3).validate()
+        build_config(FinetuneConfig, None, {"task": "t", "modules": "m", "out": "o", "mode_gate_lr": 1e-3})
     with pytest.raises(DomixError, match="--new-rank is a setting of method domix, domix_fixed, cat; --method lora does not"):
-        FinetuneConfig(task="t", model="m", out="o", method="lora", new_rank=4).validate()
+        build_config(FinetuneConfig, None, {"task": "t", "model": "m", "out": "o", "method": "lora", "new_rank": 4})
+    # ... while settings shared by several methods (a YAML file, a comparison's shared section) leave it out
+    assert FinetuneConfig(task="t", model="m", out="o", method="lora", new_rank=4, mode_gate_lr=1e-3).method_options is None
     with pytest.raises(DomixError, match="--mixda-layers takes comma-separated"):
         PretrainConfig(model="m", out="o", domains={"a": "x"}, method="mixda", general="g", mixda_layers="a,b").validate()
     with pytest.raises(DomixError, match="--p-weight-decay must be zero or positive"):

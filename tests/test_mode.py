@@ -23,6 +23,7 @@ from domix.methods.mode.model import (
 )
 from domix.pretraining.config import PretrainConfig
 from domix.pretraining.run import pretrain
+from domix.settings import build_config
 from domix.tasks import encode, read_split
 
 from conftest import make_tiny_model
@@ -375,7 +376,7 @@ def test_stage2_refuses_experts_of_another_base_and_a_missing_store(mode_stores,
     with pytest.raises(DomixError, match="needs the domain experts"):
         FinetuneConfig(method="mode", model=str(other), task=str(task), out=str(tmp_path / "b")).validate()
     with pytest.raises(DomixError, match="is a setting of method mode; --method lora does not read it"):
-        FinetuneConfig(method="lora", model=str(other), task=str(task), out=str(tmp_path / "b"), mode_gate_lr=1e-3).validate()
+        build_config(FinetuneConfig, None, dict(method="lora", model=str(other), task=str(task), out=str(tmp_path / "b"), mode_gate_lr=1e-3))
     with pytest.raises(DomixError, match="has no domain"):
         finetune(finetune_cfg(mode_stores["llama"], task, tmp_path / "c", domains=["law"]))
 

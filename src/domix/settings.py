@@ -204,9 +204,9 @@ def setting_names(cls: type) -> set[str]:
 
 def run_settings(cls: type[T]) -> type[T]:
     """Make the dataclass ``cls`` (a RunSettings) take its method's own settings flat: they become its
-    ``method_options``, an object of the method's class. A setting of another method is dropped where it holds its
-    default (old YAML files and records hold every method's) and refused where it holds anything else (it would
-    change nothing: the user meant another method). Settings under an older name (``RENAMED``) are read too."""
+    ``method_options``, an object of the method's class. Another method's settings are left out (a YAML file or a
+    comparison's shared settings may hold several methods'; :func:`build_config` refuses one given as a flag).
+    Settings under an older name (``RENAMED``) are read too."""
     init = cls.__init__
 
     @functools.wraps(init)
@@ -222,14 +222,9 @@ def _with_method_options(cls: type, values: dict[str, Any]) -> dict[str, Any]:
     own = cls.OWN_SETTINGS.get(method) if isinstance(method, str) else None  # not a name: check_fields says so
     own_names = {f.name for f in dataclasses.fields(own)} if own else set()
     readers = method_option_names(cls)
-    defaults = {f.name: field_default(f) for c in cls.OWN_SETTINGS.values() for f in dataclasses.fields(c)}
-    given = {k: values.pop(k) for k in list(values) if k in readers}
-    others = sorted(k for k, v in given.items() if k not in own_names and v is not None and v != defaults[k])
-    if others:
-        key = others[0]
-        raise DomixError(f"--{key.replace('_', '-')} is a setting of method {', '.join(readers[key])}; --method {method} does not "
-                         "read it: drop it, or choose one of those methods")
-    mine = {k: v for k, v in given.items() if k in own_names}
+    mine = {k: values.pop(k) for k in list(values) if k in readers and k in own_names}
+    for other in [k for k in values if k in readers]:
+        del values[other]
     options = values.get("method_options")
     if own is None:
         values["method_options"] = None
@@ -238,6 +233,19 @@ def _with_method_options(cls: type, values: dict[str, Any]) -> dict[str, Any]:
     elif mine:
         values["method_options"] = dataclasses.replace(options, **mine)
     return values
+
+
+def refuse_other_methods_flags(cls: type, flags: dict[str, Any], method: str) -> None:
+    """A flag given on the command line that only other methods read, refused in one line: the user meant it."""
+    if not isinstance(method, str):  # check_fields names a method that is not a name
+        return
+    readers = method_option_names(cls)
+    own = cls.OWN_SETTINGS.get(method)
+    own_names = {f.name for f in dataclasses.fields(own)} if own else set()
+    for key, value in flags.items():
+        if value is not None and key in readers and key not in own_names:
+            raise DomixError(f"--{key.replace('_', '-')} is a setting of method {', '.join(readers[key])}; --method {method} does not "
+                             "read it: drop it, or choose one of those methods")
 
 
 def check(rules: list[tuple[bool, str]]) -> None:
@@ -473,6 +481,8 @@ def build_config(cls: type[T], yaml_path: str | None, overrides: dict[str, Any])
         if key == "domains" and isinstance(value, dict):
             value = {**values.get("domains", {}), **value}
         values[key] = value
+    if hasattr(cls, "OWN_SETTINGS"):
+        refuse_other_methods_flags(cls, overrides, values.get("method") or cls.method)
     try:
         return cls(**with_recipe(cls, values)).validate()
     except TypeError as err:

@@ -38,13 +38,18 @@ HOW_TO_READ = (
 # Blocks: ("h1" | "h2" | "p", text), ("list", [items]), ("table", header, body), ("image", file name, caption).
 
 
+def title(tasks: list[str]) -> str:
+    """The report's title, naming what was compared (a browser tab tells two reports apart)."""
+    return f"Comparison report: {', '.join(tasks)}" if tasks else "Comparison report"
+
+
 def _blocks(results: dict, rows: list[dict], tasks: list[str], images: dict[str, tuple[bytes, str]]) -> list[tuple]:
     settings = results.get("settings") or {}
     items = [f"base model: {results['base_model']}"] if results.get("base_model") else []
     items += [f"{key}: {_plain(settings[key])}" for key in ("model", "seeds", "orders") if key in settings]
     items += [f"tasks: {_plain(tasks)}", f"domains: {_plain(results.get('domains') or [])}",
               f"runs: {len(results.get('runs') or [])} fine-tuning, {len(results.get('pretraining') or [])} pre-training"]
-    blocks: list[tuple] = [("h1", "Comparison report"), ("h2", "Settings"), ("list", items), ("h2", "Results")]
+    blocks: list[tuple] = [("h1", title(tasks)), ("h2", "Settings"), ("list", items), ("h2", "Results")]
     if not rows:
         return [*blocks, ("p", "No finished runs yet.")]
     blocks += [("table", *table_cells(rows, tasks)), ("h2", "How to read"), ("p", HOW_TO_READ)]
@@ -173,8 +178,8 @@ def _html(blocks: list[tuple], images: dict[str, tuple[bytes, str]]) -> str:
             data = base64.b64encode(images[name][0]).decode("ascii")
             out.append(f'<figure><img src="data:image/png;base64,{data}" alt="{esc(caption)}">'
                        f"<figcaption>{esc(caption)}</figcaption></figure>")
-    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head><meta charset=\"utf-8\"><title>Comparison report</title>"
-            f"<style>{CSS}</style></head>\n<body>\n" + "\n".join(out) + "\n</body>\n</html>\n")
+    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head><meta charset=\"utf-8\">"
+            f"<title>{esc(blocks[0][1])}</title><style>{CSS}</style></head>\n<body>\n" + "\n".join(out) + "\n</body>\n</html>\n")
 
 
 def write_report(results: dict, out_dir: Path) -> dict[str, Path]:

@@ -224,18 +224,20 @@ def format_table(rows: list[dict], tasks: list[str]) -> str:
 def bridge_usage(results: dict, task: str) -> dict | None:
     """The bridge usage of a task averaged over runs, or None where no run of the task has any.
 
-    Uses the runs of the first method, in the comparison's ``methods`` order, that records a bridge usage.
-    Columns are put in the ``domains`` order (other domains by name) so that runs whose orders differ
+    Uses the runs of the method that trains the most parameters among those that record a bridge usage (a bridge that
+    trains before one frozen at its init; the comparison's ``methods`` order among equals). Columns are put in the ``domains`` order (other domains by name) so that runs whose orders differ
     average; where runs disagree on the domains or layers, the largest group of agreeing runs is used.
     Returns ``{method, layers, domains, norms (a list of rows, one per layer), n_runs}``.
     """
     runs = runs_of(results)
     by_method = group_by_method(runs)
-    for method in methods_of(results, runs):
-        usages = [run["bridge_usage"] for run in by_method[method] if run["task"] == task and run.get("bridge_usage")]
-        if usages:
-            return {"method": method, **_average_usage(usages, results.get("domains") or [])}
-    return None
+    usages = {method: [run["bridge_usage"] for run in by_method[method] if run["task"] == task and run.get("bridge_usage")]
+              for method in methods_of(results, runs)}
+    shown = [m for m in usages if usages[m]]
+    if not shown:
+        return None
+    method = max(shown, key=lambda m: (mean_of(run.get("trainable_percent") for run in by_method[m]) or 0.0, -shown.index(m)))
+    return {"method": method, **_average_usage(usages[method], results.get("domains") or [])}
 
 
 def _average_usage(usages: list[dict], domain_order: list[str]) -> dict:
