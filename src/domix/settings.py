@@ -5,10 +5,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from dataclasses import dataclass
 import os
 import types
 import typing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -146,7 +146,7 @@ class RunSettings:
     the other settings are (``FinetuneConfig(method="domix", p_lr="10x")``, YAML keys, flags), and recorded flat."""
 
     COMMAND = ""
-    RESUME_FREE: tuple[str, ...] = ()
+    RESUME_FREE: tuple[str, ...] = ()  # the settings a run may be resumed or reused under other values of
     OWN_SETTINGS: dict[str, type] = {}  # method -> the settings class only that method reads
     RANGES: dict[str, tuple] = {}
     TEXT_FORMS: dict[str, Any] = {}
@@ -178,10 +178,6 @@ class RunSettings:
                 found += value if isinstance(value, list) else list(value.values()) if isinstance(value, dict) else [value]
         return [p for p in found if p]
 
-    def resume_free(self) -> tuple[str, ...]:
-        """The settings a run may be resumed or reused under other values of (where and how it runs, a recipe's name)."""
-        return self.RESUME_FREE
-
     def check_method_options(self) -> None:
         """The method's own settings checked against the run's (called by ``validate``)."""
         if self.method_options is not None:
@@ -195,6 +191,13 @@ def method_option_names(cls: type) -> dict[str, list[str]]:
         for f in dataclasses.fields(options):
             names.setdefault(f.name, []).append(method)
     return names
+
+
+def own_option_names(cls: type, method: Any) -> tuple[type | None, set[str]]:
+    """The settings class of ``method`` among the run settings ``cls``'s (None: it has none, or ``method`` is not a
+    name, which check_fields then names) and its fields."""
+    own = cls.OWN_SETTINGS.get(method) if isinstance(method, str) else None
+    return own, {f.name for f in dataclasses.fields(own)} if own else set()
 
 
 def setting_names(cls: type) -> set[str]:
@@ -218,9 +221,7 @@ def run_settings(cls: type[T]) -> type[T]:
 
 
 def _with_method_options(cls: type, values: dict[str, Any]) -> dict[str, Any]:
-    method = values.get("method", cls.method)
-    own = cls.OWN_SETTINGS.get(method) if isinstance(method, str) else None  # not a name: check_fields says so
-    own_names = {f.name for f in dataclasses.fields(own)} if own else set()
+    own, own_names = own_option_names(cls, values.get("method", cls.method))
     readers = method_option_names(cls)
     mine = {k: values.pop(k) for k in list(values) if k in readers and k in own_names}
     for other in [k for k in values if k in readers]:
@@ -239,9 +240,7 @@ def refuse_other_methods_flags(cls: type, flags: dict[str, Any], method: str) ->
     """A flag given on the command line that only other methods read, refused in one line: the user meant it."""
     if not isinstance(method, str):  # check_fields names a method that is not a name
         return
-    readers = method_option_names(cls)
-    own = cls.OWN_SETTINGS.get(method)
-    own_names = {f.name for f in dataclasses.fields(own)} if own else set()
+    readers, (_, own_names) = method_option_names(cls), own_option_names(cls, method)
     for key, value in flags.items():
         if value is not None and key in readers and key not in own_names:
             raise DomixError(f"--{key.replace('_', '-')} is a setting of method {', '.join(readers[key])}; --method {method} does not "

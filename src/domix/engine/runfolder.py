@@ -100,10 +100,10 @@ def changed_settings(recorded: dict, cfg: Any) -> list[str]:
     sees them: the one rule by which a run resumes (:func:`check_out`) and a comparison reuses a finished run. A path
     is the file it names, wherever the run was started from; ``domains`` unset is the whole store in its own order;
     a setting the record lacks came after it (the run had its default), one it names by an older name is read under
-    today's (``RENAMED``); the settings a run may differ in (``cfg.resume_free()``: where it runs, a recipe's name,
-    other methods' settings) are not compared."""
+    today's (``RENAMED``); the settings a run may differ in (``RESUME_FREE``: where it runs, a recipe's name) are not
+    compared, nor other methods' settings (a run holds only its own method's)."""
     recorded = renamed(type(cfg), recorded)
-    planned, defaults, free = cfg.to_dict(), type(cfg)(method=cfg.method).to_dict(), set(cfg.resume_free())
+    planned, defaults, free = cfg.to_dict(), type(cfg)(method=cfg.method).to_dict(), set(cfg.RESUME_FREE)
 
     def value(key: str, values: dict) -> Any:
         v = values.get(key, defaults[key])

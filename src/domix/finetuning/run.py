@@ -32,7 +32,6 @@ from domix.system import DTYPES, autocast, peak_memory_mb, reset_peak_memory, re
 from domix.tasks import Task, encode, pad_batch, read_task
 
 
-
 def _subsample(task: Task, split: str, limit: int | None, seed: int) -> None:
     s = task.splits[split]
     if limit is None or limit >= len(s.texts):

@@ -23,10 +23,10 @@ from domix.errors import DomixError
 from domix.methods import baselines, bridge, full, head, mixda, mode, peft
 from domix.methods.baselines.config import OUTPUTS, WHOLE_MODELS
 from domix.methods.bridge.config import BridgeSettings
-from domix.methods.mixda import config as mixda_config
-from domix.methods.mixda.config import MixdaSettings
-from domix.methods.mode import config as mode_config
-from domix.methods.mode.config import ModeFinetuneSettings, ModePretrainSettings
+from domix.methods.mixda.config import KIND as MIXDA_KIND
+from domix.methods.mixda.config import MixdaSettings, describe_adapters
+from domix.methods.mode.config import KIND as MODE_KIND
+from domix.methods.mode.config import ModeFinetuneSettings, ModePretrainSettings, describe_experts
 
 # Named presets of settings (``--recipe NAME``): recipe -> command -> settings. A preset replaces domix's
 # defaults; a YAML file and flags still override it. "paper": the published code's values.
@@ -148,7 +148,7 @@ COMPARE: dict[str, Row] = {
 }
 
 # what a store's folder holds, by its manifest's kind, where it is not a LoRA module (domix modules)
-PIECE_DESCRIPTIONS = {mixda_config.KIND: mixda_config.describe_adapters, mode_config.KIND: mode_config.describe_experts}
+PIECE_DESCRIPTIONS = {MIXDA_KIND: describe_adapters, MODE_KIND: describe_experts}
 
 INSTRUCT = tuple(name for name, entry in STAGE2.items() if entry.instruct)
 

@@ -6,7 +6,6 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from domix.engine.loop import StepHook
-    from domix.methods.base import TaskMethod
     from domix.pretraining.config import PretrainConfig
 
 

@@ -5,9 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from domix.engine.loop import StepHook
     from domix.methods.base import TaskMethod
-    from domix.pretraining.config import PretrainConfig
 
 
 def head() -> TaskMethod:
