@@ -1,16 +1,23 @@
-"""Do a store's modules carry their domains? Held-out LM loss of every module on every corpus, and how far training moved them.
+"""Do a store's modules carry their domains? Held-out LM loss of every module on every corpus, what training cost, and
+(LoRA stores) how far training moved the modules and which ones a task's inputs excite.
 
-1. The module x corpus table: each module loaded with PEFT alone (``PeftModel.from_pretrained``) onto the
-   base, scored on every domain's held-out slice (the slice ``domix pretrain`` set aside, rebuilt from the
-   store's own settings), with the base model as the first row. A module that learned its domain lowers
-   its own corpus's loss most; the diagonal equals the store's own "after" figures.
-2. How far training moved each module: ||A - A0|| / ||A0|| per layer, A0 the domain's initial draw made
-   again by PEFT from the domain's seed (``domix pretrain`` seeds each domain from the run seed and its
+Any per-domain store: DoMIX's LoRA modules, MixDA's adapters, MoDE's experts (``domix pretrain --method ...``).
+
+1. The module x corpus table: each domain's piece put on the base as stage 1 trained it, by its method's own
+   loader (the registry's ``domain_model``: PEFT's ``PeftModel.from_pretrained`` for a LoRA module; MixDA's
+   adapters and two-way gates; MoDE's experts and gates), scored on every domain's held-out slice (the slice
+   ``domix pretrain`` set aside, rebuilt from the store's own settings), with the base model as the first row.
+   A module that learned its domain lowers its own corpus's loss most; the diagonal equals the store's own
+   "after" figures, measured while it trained.
+2. What training cost, from the domains' manifests: steps, tokens, training and wall time, peak memory; the
+   store's wall time (a fused run's domains train together: its longest; otherwise their sum).
+3. LoRA stores: how far training moved each module: ||A - A0|| / ||A0|| per layer, A0 the domain's initial draw
+   made again by PEFT from the domain's seed (``domix pretrain`` seeds each domain from the run seed and its
    name), and ||B|| (B starts at zero); medians over layers.
-3. With ``--tasks``: which modules each task's inputs excite. All modules composed as a domix run starts them
-   (P = c·I), the task's first test examples (``domix.methods.bridge.model.USAGE_EXAMPLES``, at the comparison's
-   max length) run through; per layer, each module's own update on the tokens, ||s_j B_j A_j x|| (RMS over
-   tokens), shared out over the modules and averaged over layers. A module whose A learned its corpus's
+4. LoRA stores, with ``--tasks``: which modules each task's inputs excite. All modules composed as a domix run
+   starts them (P = c·I), the task's first test examples (``domix.methods.bridge.model.USAGE_EXAMPLES``, at the
+   comparison's max length) run through; per layer, each module's own update on the tokens, ||s_j B_j A_j x||
+   (RMS over tokens), shared out over the modules and averaged over layers. A module whose A learned its corpus's
    activations is excited more by in-domain text; the same start figure a domix run records (``bridge_usage``).
 
     python benchmarks/module_knowledge.py benchmarks/results/compare-dap/pretrain/domix \\
@@ -18,6 +25,8 @@
     python benchmarks/module_knowledge.py benchmarks/results/compare-dap/pretrain/domix --only-tasks --max-length 128 \\
         --tasks restaurant=../shared/data/tasks/restaurant chemprot=../shared/data/tasks/chemprot acl_arc=../shared/data/tasks/acl_arc \\
         --json benchmarks/results/compare-dap/module_knowledge.json
+    python benchmarks/module_knowledge.py benchmarks/results/compare-dap-fair/pretrain/mixda \\
+        --json benchmarks/results/compare-dap-fair/knowledge-mixda.json
 """
 
 from __future__ import annotations
@@ -37,15 +46,16 @@ def main() -> None:
     parser.add_argument("--json", help="write the figures here (into the file's figures, if it has some: each part replaces its own)")
     parser.add_argument("--tasks", nargs="+", default=[], metavar="NAME=PATH", help="tasks whose test inputs to read (part 3)")
     parser.add_argument("--max-length", type=int, default=128, help="the tasks' max length in tokens (the comparison's)")
-    parser.add_argument("--only-tasks", action="store_true", help="part 3 alone (parts 1-2 evaluate every corpus: minutes)")
+    parser.add_argument("--only-tasks", action="store_true", help="part 4 alone (parts 1-3 evaluate every corpus: minutes)")
     args = parser.parse_args()
     tasks = dict(t.split("=", 1) for t in args.tasks)
     if any("=" not in t for t in args.tasks) or (args.only_tasks and not tasks):
         raise SystemExit("error: give tasks as NAME=PATH (--tasks restaurant=../shared/data/tasks/restaurant); --only-tasks needs --tasks")
 
     from domix.base_model import load_base_model, load_tokenizer
-    from domix.pretraining.config import PretrainConfig
     from domix.console import quiet_third_party
+    from domix.methods.registry import STAGE1
+    from domix.pretraining.config import PretrainConfig
     from domix.system import configure_threads
 
     configure_threads()
@@ -55,11 +65,24 @@ def main() -> None:
     if run.get("status") != "finished":
         raise SystemExit(f"error: {store} holds no finished pre-training run; let domix pretrain finish first")
     cfg = PretrainConfig(**run["config"])
+    domain_model = STAGE1[cfg.method].domain_model
+    if domain_model is None:
+        raise SystemExit(f"error: {store} holds one model for all its domains ({cfg.method}), not a piece per domain; "
+                         "give a store of domix pretrain --method domix, mixda or mode")
+    lora = all((store / name / "adapter_model.safetensors").is_file() for name in cfg.domains)  # PEFT LoRA modules
+    if tasks and not lora:
+        raise SystemExit(f"error: --tasks reads LoRA modules composed by the bridge; {store}'s pieces are {cfg.method}'s")
     tokenizer, objective = load_tokenizer(cfg.model, cfg.objective)
     started = time.perf_counter()
-    result = {"store": str(store), "settings": run["config"]}
+    result = {"store": str(store), "method": cfg.method, "settings": run["config"]}
     if not args.only_tasks:
-        result |= loss_and_movement(store, cfg, load_base_model(cfg.model, objective, torch.float32, tokenizer).model, tokenizer, objective)
+        base = load_base_model(cfg.model, objective, torch.float32, tokenizer).model
+        result |= loss_table(store, cfg, base, tokenizer, objective, domain_model)
+        result["cost"] = training_cost(store, list(cfg.domains))
+        print_cost(result["cost"])
+        if lora:
+            result["movement"] = movement(store, cfg, base)
+            print_movement(result["movement"])
         result["seconds"] = round(time.perf_counter() - started, 1)
     if tasks:  # a fresh base: composing replaces its layers in place
         started = time.perf_counter()
@@ -74,14 +97,11 @@ def main() -> None:
         write_json(path, (json.loads(path.read_text()) if path.is_file() else {}) | result)
 
 
-def loss_and_movement(store: Path, cfg, base, tokenizer, objective: str) -> dict:
-    """Parts 1 and 2: the module x corpus loss table and how far training moved each module."""
-    from peft import LoraConfig, PeftModel, get_peft_model
-    from safetensors.torch import load_file
-
+def loss_table(store: Path, cfg, base, tokenizer, objective: str, domain_model) -> dict:
+    """Part 1: the module x corpus held-out loss table, each domain's piece loaded by its method's ``domain_model``."""
     from domix.corpus import read_corpus
     from domix.engine.data import DomainData
-    from domix.engine.loop import domain_seed, evaluate
+    from domix.engine.loop import evaluate
 
     heldout = {name: DomainData.build(read_corpus(name, path, cfg.text_column), tokenizer, objective, cfg).heldout
                for name, path in cfg.domains.items()}
@@ -91,12 +111,37 @@ def loss_and_movement(store: Path, cfg, base, tokenizer, objective: str) -> dict
             return {name: evaluate(model, blocks, objective, tokenizer, cfg, torch.device("cpu")) for name, blocks in heldout.items()}
 
     table = {"base": losses(base)}
-    movement = {}
+    for name in cfg.domains:
+        with domain_model(base, store / name) as model:
+            table[name] = losses(model)
+    print_loss_table(table, list(cfg.domains))
+    return {"heldout_sequences": {n: len(b) for n, b in heldout.items()}, "loss": table}
+
+
+def training_cost(store: Path, domains: list[str]) -> dict:
+    """Part 2: what each domain's training cost, from its manifest, and the store's wall time."""
+    manifests = {n: json.loads((store / n / "domix_manifest.json").read_text()) for n in domains}
+    per_domain = {n: {"steps": m["training"].get("steps"), "tokens_seen": m["training"].get("tokens_seen"),
+                      "corpus_tokens": m["corpus"].get("tokens"), "train_time_s": m.get("train_time_s"),
+                      "wall_time_s": m.get("wall_time_s"), "peak_memory_mb": m.get("peak_memory_mb")}
+                  for n, m in manifests.items()}
+    fused = all(m["training"].get("fused_with") for m in manifests.values())
+    walls = [c["wall_time_s"] for c in per_domain.values()]
+    return {"domains": per_domain, "fused": fused, "wall_time_s": round(max(walls) if fused else sum(walls), 1),
+            "tokens_seen": sum(c["tokens_seen"] for c in per_domain.values()),
+            "peak_memory_mb": max(c["peak_memory_mb"] for c in per_domain.values())}
+
+
+def movement(store: Path, cfg, base) -> dict:
+    """Part 3 (LoRA stores): how far training moved each module's A from its initial draw, and ||B||."""
+    from peft import LoraConfig, get_peft_model
+    from safetensors.torch import load_file
+
+    from domix.engine.loop import domain_seed
+
+    out = {}
     for name in cfg.domains:
         folder = store / name
-        model = PeftModel.from_pretrained(base, str(folder))
-        table[name] = losses(model)
-        base = model.unload()
         trained = load_file(str(folder / "adapter_model.safetensors"))
         torch.manual_seed(domain_seed(cfg.seed, name))  # the domain's initial draw, made again by PEFT
         fresh = get_peft_model(base, LoraConfig.from_pretrained(str(folder)))
@@ -107,14 +152,9 @@ def loss_and_movement(store: Path, cfg, base, tokenizer, objective: str) -> dict
         moved = [float((trained[k] - initial[k.replace("base_model.model.", "")]).norm() / initial[k.replace("base_model.model.", "")].norm())
                  for k in a_keys]
         b_norms = [float(trained[k].norm()) for k in trained if ".lora_B." in k]
-        movement[name] = {"a_moved_median": statistics.median(moved), "a_moved_max": max(moved),
-                          "b_norm_median": statistics.median(b_norms), "layers": len(a_keys)}
-    manifests = {n: json.loads((store / n / "domix_manifest.json").read_text()) for n in cfg.domains}
-    print_tables(table, movement, list(cfg.domains))
-    return {"heldout_sequences": {n: len(b) for n, b in heldout.items()},
-            "loss": table, "movement": movement, "steps": {n: m.get("training", {}).get("steps") for n, m in manifests.items()},
-            "tokens_seen": {n: m["training"].get("tokens_seen") for n, m in manifests.items()},
-            "corpus_tokens": {n: m["corpus"].get("tokens") for n, m in manifests.items()}}
+        out[name] = {"a_moved_median": statistics.median(moved), "a_moved_max": max(moved),
+                     "b_norm_median": statistics.median(b_norms), "layers": len(a_keys)}
+    return out
 
 
 def task_inputs(store: Path, model, tasks: dict[str, str], max_length: int, tokenizer) -> dict:
@@ -150,7 +190,7 @@ def print_task_inputs(figures: dict) -> None:
         print(f"{task:12}" + "".join(f"{f['share'][d]:>11.3f}" + ("*" if d == top else " ") for d in domains) + f"   {f['examples']}")
 
 
-def print_tables(table: dict, movement: dict, domains: list[str]) -> None:
+def print_loss_table(table: dict, domains: list[str]) -> None:
     print("held-out LM loss (nats per token), module x corpus; * marks each corpus's lowest")
     print(f"{'':12}" + "".join(f"{d:>12}" for d in domains))
     for row, scores in table.items():
@@ -159,6 +199,17 @@ def print_tables(table: dict, movement: dict, domains: list[str]) -> None:
     print("\nchange against the base (negative: lower loss)")
     for row in domains:
         print(f"{row:12}" + "".join(f"{table[row][d] - table['base'][d]:>+12.4f}" for d in domains))
+
+
+def print_cost(cost: dict) -> None:
+    print(f"\nwhat training cost ({'fused: the domains trained together' if cost['fused'] else 'one domain after another'})")
+    print(f"{'':12}{'steps':>8}{'tokens':>11}{'train s':>10}{'wall s':>10}{'peak MB':>10}")
+    for name, c in cost["domains"].items():
+        print(f"{name:12}{c['steps']:>8}{c['tokens_seen']:>11,}{c['train_time_s']:>10.0f}{c['wall_time_s']:>10.0f}{c['peak_memory_mb']:>10.0f}")
+    print(f"{'store':12}{'':>8}{cost['tokens_seen']:>11,}{'':>10}{cost['wall_time_s']:>10.0f}{cost['peak_memory_mb']:>10.0f}")
+
+
+def print_movement(movement: dict) -> None:
     print("\nhow far training moved each module (medians over layers)")
     print(f"{'':12}{'|A-A0|/|A0|':>14}{'max':>9}{'|B|':>10}")
     for name, m in movement.items():

@@ -145,6 +145,36 @@ def test_module_knowledge_tables_match_the_stores_own_figures(run, store, task, 
     assert again["task_inputs"] == {"topics": topics} and again["loss"] == figures["loss"]
 
 
+@pytest.mark.parametrize("method", ["mixda", "mode"])
+def test_module_knowledge_reads_mixda_and_mode_stores_as_they_trained(run, method, tiny_llama, corpora, tmp_path):
+    """module_knowledge.py on a MixDA and a MoDE store: each domain's piece loaded by its method's own loader scores its
+    held-out slice as stage 1 did while it trained (the diagonal is the manifests' "after", the base row their
+    "before"), the base comes back whole after each (the base row again), the cost table reads the manifests; LoRA's
+    parts are left out, and --tasks (the bridge's composition) is refused."""
+    from domix.pretraining.config import PretrainConfig
+    from domix.pretraining.run import pretrain
+
+    store = tmp_path / "store"
+    pretrain(PretrainConfig(model=str(tiny_llama), domains={k: str(v) for k, v in corpora.items()}, out=str(store), method=method,
+                            general=str(corpora["bio"]) if method == "mixda" else None, mode_block_size=1, steps=4, batch_size=8,
+                            seq_len=32, lr=1e-2, heldout_max_blocks=4))
+    out = run("module_knowledge", store, "--json", tmp_path / "k.json")
+    figures = json.loads((tmp_path / "k.json").read_text())
+    assert figures["method"] == method and list(figures["loss"]) == ["base", "food", "bio"] and all_finite(figures["loss"])
+    for name in ("food", "bio"):
+        manifest = json.loads((store / name / "domix_manifest.json").read_text())
+        assert figures["loss"]["base"][name] == pytest.approx(manifest["heldout"]["loss_before"], abs=1e-6)
+        assert figures["loss"][name][name] == pytest.approx(manifest["heldout"]["loss_after"], abs=1e-6)
+        assert figures["loss"][name][name] != pytest.approx(manifest["heldout"]["loss_before"], abs=1e-4)  # it trained
+        cost = figures["cost"]["domains"][name]
+        assert cost["steps"] == 4 and cost["tokens_seen"] == 4 * 8 * 32 and cost["peak_memory_mb"] > 0
+    assert figures["cost"]["fused"] == (method == "mixda") and figures["cost"]["tokens_seen"] == 2 * 4 * 8 * 32
+    assert "movement" not in figures and "how far training moved" not in out
+    assert re.search(r"^store\s+[\d,]+\s+\d+\s+\d+$", out, re.M)
+    with pytest.raises(SystemExit, match="LoRA modules"):
+        run("module_knowledge", store, "--tasks", "x=y")
+
+
 def test_bridge_recipe_trains_tabulates_and_reads_a_comparisons_runs(run, store, task, tmp_path):
     """bridge_recipe.py: a reference (lora) and a candidate (p10x) fine-tuned on a task under --data, the table of dev
     scores and the JSON; then --read-only --reuse reads the lora run from a comparison's folder instead."""

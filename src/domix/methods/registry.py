@@ -45,6 +45,9 @@ class Stage1:
     needs_general: bool = False  # it also trains on general-domain text (--general)
     recipes: Recipes = field(default_factory=dict)
     settings: dict[str, type] = field(default_factory=dict)  # command -> the method's own settings class
+    # (base LM, one domain's folder of the store) -> a context manager: the LM with that domain's piece as trained,
+    # for scoring text (benchmarks/module_knowledge.py); None: a store of one model for all the domains
+    domain_model: Callable | None = None
 
 
 @dataclass(frozen=True)
@@ -88,7 +91,7 @@ DOMIX_PAPER: Recipes = {"paper": {"finetune": {"lr": 3e-5, "batch_size": 16, "we
 BRIDGE = {"finetune": BridgeSettings, "instruct": BridgeSettings}
 
 STAGE1: dict[str, Stage1] = {
-    "domix": Stage1(bridge.pretrain_modules, "one LoRA module per domain"),
+    "domix": Stage1(bridge.pretrain_modules, "one LoRA module per domain", domain_model=bridge.stage1_model),
     "ncl_lora": Stage1(baselines.pretrain_baseline,
                        "one LoRA trained on the domains in --domain order (OUT/ncl/)", output=OUTPUTS["ncl_lora"], ordered=True),
     "joint_lora": Stage1(baselines.pretrain_baseline,
@@ -98,9 +101,10 @@ STAGE1: dict[str, Stage1] = {
                        gives_model="ncl_full" in WHOLE_MODELS, ordered=True),
     "mixda": Stage1(mixda.pretrain_mixda,
                     "one FFN adapter per domain (stage 1 of MixDA, needs --general)", needs_general=True,
+                    domain_model=mixda.stage1_model,
                     recipes={"paper": {"pretrain": {"lr": 5e-4, "weight_decay": 0.05}}},  # its stage-1 defaults
                     settings={"pretrain": MixdaSettings}),
-    "mode": Stage1(mode.pretrain_mode, "expert layers per domain (stage 1 of MoDE)",
+    "mode": Stage1(mode.pretrain_mode, "expert layers per domain (stage 1 of MoDE)", domain_model=mode.stage1_model,
                    settings={"pretrain": ModePretrainSettings}),
 }
 

@@ -8,6 +8,11 @@ from domix.lazy import lazy_attributes
 from domix.methods.bridge.config import BridgeConfig
 
 if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
+    from pathlib import Path
+
+    from torch import nn
+
     from domix.engine.loop import StepHook
     from domix.methods.base import TaskMethod
     from domix.pretraining.config import PretrainConfig
@@ -43,3 +48,10 @@ def cat() -> TaskMethod:
     from domix.methods.bridge.method import Cat
 
     return Cat()
+
+
+def stage1_model(model: nn.Module, folder: str | Path) -> AbstractContextManager[nn.Module]:
+    """The base language model with a domain's PEFT module as stage 1 trained them (a context manager; pretrain.py, imported on first use)."""
+    from domix.methods.bridge.pretrain import stage1_model as load
+
+    return load(model, folder)

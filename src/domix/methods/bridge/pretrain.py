@@ -10,8 +10,9 @@ weights come from its own seed (``engine.loop.domain_seed``), so the module is t
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 import torch
 
@@ -155,6 +156,19 @@ def _write_module(folder: Path, lora_config, base: BaseModel, base_name: str, pa
         atomic.write_json(tmp / MANIFEST_NAME, manifest)
 
     atomic.replace_dir(folder, fill)
+
+
+@contextmanager
+def stage1_model(model: torch.nn.Module, folder: str | Path) -> Iterator[torch.nn.Module]:
+    """``model`` (the base language model) with one domain's module as trained, loaded by PEFT alone
+    (``PeftModel.from_pretrained``), for scoring text; unloaded again on exit (the base's weights untouched)."""
+    from peft import PeftModel
+
+    adapted = PeftModel.from_pretrained(model, str(folder))
+    try:
+        yield adapted
+    finally:
+        adapted.unload()
 
 
 def _pretrain_fused(

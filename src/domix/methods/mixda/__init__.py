@@ -5,6 +5,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
+    from pathlib import Path
+
+    from torch import nn
+
     from domix.engine.loop import StepHook
     from domix.methods.base import TaskMethod
     from domix.pretraining.config import PretrainConfig
@@ -22,3 +27,10 @@ def mixda() -> TaskMethod:
     from domix.methods.mixda.method import MixDA
 
     return MixDA()
+
+
+def stage1_model(model: nn.Module, folder: str | Path) -> AbstractContextManager[nn.Module]:
+    """The base language model with a domain's adapters and gates as stage 1 trained them (a context manager; model.py, imported on first use)."""
+    from domix.methods.mixda.model import stage1_model as load
+
+    return load(model, folder)

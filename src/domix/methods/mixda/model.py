@@ -13,6 +13,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from torch import nn
@@ -151,6 +152,30 @@ def load_adapters(store: str | Path, domains: list[str] | None = None) -> list[D
             raise DomixError(f"the adapters of {a.name!r} and {loaded[0].name!r} differ in base model, layers or width; "
                              "compose adapters of one domix pretrain --method mixda run")
     return loaded
+
+
+@contextmanager
+def stage1_model(model: nn.Module, folder: str | Path) -> Iterator[nn.Module]:
+    """``model`` (the base language model) with one domain's stage-1 adapters and two-way gates as trained, for
+    scoring text; taken out again on exit. ``folder``: the domain's folder of a ``domix pretrain --method mixda`` store."""
+    folder = Path(folder)
+    (stored,) = load_adapters(folder.parent, [folder.name])
+    sites = adapter_sites(model, stored.layers)
+    with torch.random.fork_rng(devices=[]):  # shapes only: the stored tensors replace the draw, the caller's RNG stays
+        adapters, gates = new_adapters(sites, stored.manifest["mixda"]["reduction"], 0, adapter_dtype(next(model.parameters()).dtype))
+    for site, adapter, gate in zip(sites, adapters, gates):
+        gate_state = stored.gate_state(site.index)
+        if gate_state is None:
+            raise DomixError(f"{folder} was written before MixDA's stage 1 had gates; pre-train the domain again")
+        mismatch = f"{folder} holds tensors for block {site.index} that this model's adapters do not have; it belongs to another base model"
+        _copy_state(adapter.state_dict(), stored.state(site.index), mismatch)
+        _copy_state(gate.state_dict(), gate_state, mismatch)
+    segments, _ = install_domain_adapters(model, sites, [(adapters, gates)], causal=stored.manifest["mixda"]["gate_pooling"] == "causal")
+    segments.only(0)
+    try:
+        yield model
+    finally:
+        uninstall(model, sites)
 
 
 # ---- stage 2 -------------------------------------------------------------------------------------

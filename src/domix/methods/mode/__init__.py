@@ -8,6 +8,11 @@ from domix.lazy import lazy_attributes
 from domix.methods.mode.config import BlockPlan, plan_blocks
 
 if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
+    from pathlib import Path
+
+    from torch import nn
+
     from domix.engine.loop import StepHook
     from domix.methods.base import TaskMethod
     from domix.pretraining.config import PretrainConfig
@@ -31,3 +36,10 @@ def mode() -> TaskMethod:
     from domix.methods.mode.method import MoDE
 
     return MoDE()
+
+
+def stage1_model(model: nn.Module, folder: str | Path) -> AbstractContextManager[nn.Module]:
+    """The base language model with a domain's experts and gates as stage 1 trained them (a context manager; model.py, imported on first use)."""
+    from domix.methods.mode.model import stage1_model as load
+
+    return load(model, folder)

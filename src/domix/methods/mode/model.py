@@ -286,6 +286,21 @@ def load_expert_store(path: str | Path, domains: list[str] | None = None) -> lis
     return out
 
 
+@contextmanager
+def stage1_model(model: nn.Module, folder: str | Path) -> Iterator[nn.Module]:
+    """``model`` (the base language model) with one domain's stage-1 experts and two-way gates as trained, for
+    scoring text; the blocks come out again on exit. ``folder``: the domain's folder of a ``domix pretrain --method mode`` store."""
+    folder = Path(folder)
+    (experts,) = load_expert_store(folder.parent, [folder.name])
+    insert_blocks(model, experts.plans)
+    try:
+        add_domain(model, experts.name)
+        load_block_tensors(model, experts.tensors, domain_of_stage1=experts.name, where=f"the expert store {folder}")
+        yield model
+    finally:
+        remove_blocks(model)
+
+
 # --- stage 2 ------------------------------------------------------------------------------------------
 
 def build_task_model(model: nn.Module, head: list[str], experts: list[DomainExperts], cfg) -> list[dict]:
