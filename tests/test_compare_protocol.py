@@ -110,6 +110,38 @@ def test_the_protocol_chooses_on_dev_without_reading_test_then_scores_fresh_seed
     assert "lr=0.005: " in report and "Cost: 6 selection runs" in report
 
 
+def test_rows_added_to_a_finished_search_run_only_their_own_jobs(tmp_path, tiny_llama, corpora, task, capsys):
+    """How MixDA and MoDE join a finished comparison: the same config with two more methods (their stores trained by
+    the comparison itself, MixDA on its general text) runs only the new rows' jobs, under the same search and the
+    fair configs' speed settings (bfloat16 autocast, length-grouped batches); the finished rows' records stay as
+    they were, and the new rows are chosen on dev, tested at the fresh seeds and paired against the reference."""
+    fast = {"epochs": 2, "batch_size": 16, "lr": 5e-3, "max_length": 32, "autocast": "bfloat16", "group_by_length": True}
+    first = write_config(tmp_path / "c.yaml", tiny_llama, corpora, task, methods=["head", "lora"], finetune=fast)
+    compare(CompareConfig.from_yaml(first), in_process=True)
+    out = tmp_path / "out"
+    before = {p: p.read_text() for p in out.rglob("result.json")}
+    assert len(before) == 2 * 2 + 2 * 3
+
+    capsys.readouterr()
+    more = write_config(tmp_path / "c.yaml", tiny_llama, corpora, task, methods=["head", "lora", "mixda", "mode"], finetune=fast,
+                        general=str(corpora["bio"]), pretrain_method_settings={"mode": {"mode_block_size": 1, "mode_blocks": [1]}})
+    results = compare(CompareConfig.from_yaml(more), in_process=True)
+    printed = capsys.readouterr().out
+    assert "10 jobs, 4 already finished; 8 of them selection runs (dev only), then 12 test runs" in printed
+    assert all(p.read_text() == text for p, text in before.items())  # the finished rows were reused, not run again
+    for method in ("mixda", "mode"):
+        assert json.loads((out / "pretrain" / method / "run.json").read_text())["status"] == "finished"
+        selection = sorted((out / "search" / method).rglob("result.json"))
+        assert len(selection) == 2 and all(json.loads(p.read_text())["test"] is None for p in selection)
+        runs = [r for r in results["runs"] if r["method"] == method]
+        assert sorted(r["seed"] for r in runs) == [2, 3, 4] and all(0 <= r["test"]["macro_f1"] <= 1 for r in runs)
+        choice = next(c for c in results["search"]["choices"] if c["method"] == method)
+        assert all(r["point"] == choice["chosen"] for r in runs)
+    assert {"mixda", "mode"} <= set(results["paired"]["macro_f1"])
+    record = json.loads((out / "finetune" / "mode" / "topics" / "seed2" / "run.json").read_text())
+    assert record["config"]["autocast"] == "bfloat16" and record["config"]["group_by_length"] is True
+
+
 def test_macro_f1_of_resamples_matches_sklearn():
     from sklearn.metrics import f1_score
 
