@@ -48,6 +48,17 @@ def test_plan_shares_pretraining_and_runs_ordered_methods_once_per_order(tmp_pat
     assert general["pretrain/mixda"] == str(corpora["bio"]) and general["pretrain/domix"] is None
 
 
+def test_a_missing_general_text_stops_the_comparison_before_its_first_job(tmp_path, tiny_llama, corpora, task, capsys):
+    """MixDA's stage 1 reads general-domain text: a comparison naming a file that is not there says so, with the make
+    target that writes the shipped configs' one, before any job runs (not after the jobs planned before it)."""
+    config = write_config(tmp_path / "c.yaml", tiny_llama, corpora, task, methods=["head", "mixda"], general=str(tmp_path / "general.txt"))
+    assert main(["compare", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert f"pretrain/mixda trains on the general-domain text {tmp_path / 'general.txt'}, which does not exist" in err
+    assert "make .cache/general.txt" in err and "Traceback" not in err
+    assert not (tmp_path / "out" / "finetune").exists() and not (tmp_path / "out" / "pretrain").exists()
+
+
 def test_a_method_may_run_fewer_seeds(tmp_path, tiny_llama, corpora, task):
     cfg = CompareConfig.from_yaml(write_config(tmp_path / "c.yaml", tiny_llama, corpora, task, seeds=[1, 2], methods=["head", "domix"],
                                                method_seeds={"head": [2]}))

@@ -51,6 +51,7 @@ from domix.pretraining.config import PretrainConfig
 from domix.engine.progress import PROGRESS_FILE_ENV
 from domix.engine.runfolder import RESULT_FILE, RUN_FILE, changed_settings, refuse_other_kind, refuse_own_inputs
 from domix.settings import with_recipe
+from domix.sources import looks_like_dataset_name
 from domix.system import THREADS_ENV, cores_given
 
 TIMES_FILE = "job_times.json"  # wall seconds of each job's command, as the comparison measured it
@@ -328,6 +329,11 @@ def _check(jobs: list[Job]) -> None:
             raise DomixError(f"job {job.name} of the comparison would get a bad setting, so nothing has run: {err}") from None
         if not job.given:
             refuse_own_inputs(job.out, config.inputs())
+        general = job.settings.get("general") if job.kind == "pretrain" else None
+        if general and not job.given and not job.finished() and not Path(general).exists() and not looks_like_dataset_name(general):
+            raise DomixError(f"{job.name} trains on the general-domain text {general}, which does not exist, so nothing has run; "
+                             "make it (make .cache/general.txt writes the one the shipped configs name) or fix general: in the "
+                             "comparison config")
         if (job.out / RUN_FILE).is_file():
             refuse_other_kind(job.out, atomic.read_json(job.out / RUN_FILE), job.kind)
 
