@@ -12,7 +12,8 @@ from domix.comparison.summary import summarise
 from domix.errors import DomixError
 from domix.finetuning.config import FinetuneConfig
 from domix.finetuning.model import load_task_model
-from domix.finetuning.run import finetune, majority_scores
+from domix.finetuning.run import finetune
+from domix.metrics import majority_scores
 from domix.store import load_store
 
 from conftest import make_task

@@ -24,6 +24,14 @@ def classification_scores(predictions: torch.Tensor, labels: torch.Tensor, num_l
     return {"accuracy": accuracy, "macro_f1": sum(f1s) / len(f1s) if f1s else 0.0, "micro_f1": accuracy}
 
 
+def majority_scores(labels: dict[str, torch.Tensor], num_labels: int) -> dict:
+    """The scores of always answering the training set's most frequent label: what learning nothing gets (on the
+    held-out splits ``labels`` has)."""
+    label = int(torch.bincount(labels["train"], minlength=num_labels).argmax())
+    return {"label": label, **{split: classification_scores(torch.full_like(labels[split], label), labels[split], num_labels)
+                               for split in labels if split != "train"}}
+
+
 def downsample_curve(values: list[float], points: int) -> list[list[float]]:
     """[step, mean loss] over at most ``points`` equal windows of the steps (a loss curve for a record)."""
     if not values:

@@ -182,3 +182,15 @@ def pad_batch(rows: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
         ids[i, : len(row)] = torch.tensor(row)
         mask[i, : len(row)] = 1
     return {"input_ids": ids, "attention_mask": mask}
+
+
+def subsample(task: Task, split: str, limit: int | None, seed: int) -> None:
+    """Keep a seeded sample of ``limit`` examples of the task's ``split`` (in their order), in place."""
+    s = task.splits[split]
+    if limit is None or limit >= len(s.texts):
+        return
+    keep = torch.randperm(len(s.texts), generator=torch.Generator().manual_seed(seed))[:limit].sort().values.tolist()
+    s.texts = [s.texts[i] for i in keep]
+    s.labels = [s.labels[i] for i in keep]
+    if s.pairs is not None:
+        s.pairs = [s.pairs[i] for i in keep]

@@ -25,22 +25,13 @@ from domix.finetuning.mixture import Mixture, keep_own_rows
 from domix.finetuning.model import classification_model, load_tokenizer_for, save_task_model
 from domix.methods.base import Probe
 from domix.methods.registry import task_method
-from domix.metrics import classification_scores, downsample_curve
+from domix.metrics import downsample_curve, majority_scores
 from domix.retention import retention
 from domix.store import base_of
 from domix.system import DTYPES, autocast, peak_memory_mb, reset_peak_memory, resolve_device
-from domix.tasks import Task, encode, pad_batch, read_task
+from domix.tasks import encode, pad_batch, read_task, subsample
 
 
-def _subsample(task: Task, split: str, limit: int | None, seed: int) -> None:
-    s = task.splits[split]
-    if limit is None or limit >= len(s.texts):
-        return
-    keep = torch.randperm(len(s.texts), generator=torch.Generator().manual_seed(seed))[:limit].sort().values.tolist()
-    s.texts = [s.texts[i] for i in keep]
-    s.labels = [s.labels[i] for i in keep]
-    if s.pairs is not None:
-        s.pairs = [s.pairs[i] for i in keep]
 
 
 def finetune(cfg: FinetuneConfig, overwrite: bool = False, on_step: StepHook | None = None) -> dict:
@@ -60,9 +51,9 @@ def finetune(cfg: FinetuneConfig, overwrite: bool = False, on_step: StepHook | N
     mixture = Mixture([task] + [read_task(path, columns=cfg.columns(), splits=cfg.splits, without_test=not cfg.score_test)
                                 for path in cfg.mix_tasks or []])
     for each in mixture.tasks:
-        _subsample(each, "train", cfg.train_limit, cfg.sample_seed)
+        subsample(each, "train", cfg.train_limit, cfg.sample_seed)
         for split in held_out:
-            _subsample(each, split, cfg.eval_limit, cfg.sample_seed)
+            subsample(each, split, cfg.eval_limit, cfg.sample_seed)
     if cfg.general:  # fail before training, not after
         read_corpus("general", cfg.general)
     method = task_method(cfg.method)
@@ -152,14 +143,6 @@ def finetune(cfg: FinetuneConfig, overwrite: bool = False, on_step: StepHook | N
     if ranks.is_main:
         print(format_record(record))
     return record
-
-
-def majority_scores(labels: dict[str, torch.Tensor], num_labels: int) -> dict:
-    """The scores of always answering the training set's most frequent label: what learning nothing gets (on the
-    held-out splits ``labels`` has)."""
-    label = int(torch.bincount(labels["train"], minlength=num_labels).argmax())
-    return {"label": label, **{split: classification_scores(torch.full_like(labels[split], label), labels[split], num_labels)
-                               for split in labels if split != "train"}}
 
 
 def _train(model, groups, mixture: Mixture, rows: dict[str, list], cfg: FinetuneConfig, tokenizer, device, ckpt_dir: Path,

@@ -26,6 +26,11 @@ class InstructConfig(RunSettings, MethodChoice, TrainingSettings):
     class in the registry, ``method_options``, given flat: the same YAML keys and flags."""
 
     train: str | None = setting(None, "jsonl (or a JSON list) of prompt/response or instruction/input/output rows")
+    task: str | None = setting(None, "instead of --train: a labelled task folder (train, dev, test files, as domix finetune "
+                                     "reads), its examples as instructions that list the labels, the answer the label word; "
+                                     "dev and test scored by the label words (llm/labelled.py)")
+    task_instruction: str | None = setting(None, "--task: the instruction every example gets, {labels} standing for the label list "
+                                                 "(default: 'Classify the input. Answer with exactly one of these labels: {labels}.')")
     dev: str | None = setting(None, "dev jsonl (default: a seeded --dev-fraction of --train)")
     dev_fraction: float = setting(0.05, "share of --train held out when no --dev is given")
     modules: str | None = setting(None, "module store to compose (the --out folder of domix pretrain)")
@@ -49,6 +54,9 @@ class InstructConfig(RunSettings, MethodChoice, TrainingSettings):
     batch_size: int = setting(8, "examples per step")
     max_length: int = setting(256, "tokens per example, prompt and response")
     train_limit: int | None = setting(None, "use a seeded sample of this many training examples")
+    eval_limit: int | None = setting(None, "--task: a seeded sample of this many dev and test examples each")
+    score_test: bool = setting(True, "--task: score the test split; --no-score-test leaves it unread (a selection run: "
+                                     "choices made on dev never see test)")
     seed: int = setting(42, "batch order, dropout, LoRA init")
     sample_seed: int = setting(0, "seed of the dev hold-out and the --train-limit sample")
     checkpoint_every: int = setting(200, "steps between checkpoints (also at every epoch's end)")
@@ -58,7 +66,7 @@ class InstructConfig(RunSettings, MethodChoice, TrainingSettings):
     COMMAND = "instruct"  # whose recipes apply
     OWN_SETTINGS = own_settings(COMMAND)
     recipe_values = staticmethod(partial(recipe_of, COMMAND))
-    PATHS = ("train", "dev", "modules", "adapters", "model", "out", "general")
+    PATHS = ("train", "task", "dev", "modules", "adapters", "model", "out", "general")
     # a recipe's name is not compared, its values are: the same values under another name make the same run
     RESUME_FREE = ("checkpoint_every", "device", "gradient_checkpointing", "out", "save_model", "recipe")
     LORA_RANK = 16  # a fresh LoRA's rank without --lora-rank or modules to take it from
@@ -67,14 +75,19 @@ class InstructConfig(RunSettings, MethodChoice, TrainingSettings):
     # each field's own range, checked when the settings are built (settings.check_ranges)
     RANGES = {"template": one_of(*TEMPLATES), "lr": POSITIVE, "warmup_ratio": FRACTION,
               "epochs": at_least(1), "batch_size": at_least(1), "max_length": at_least(2),
-              "dev_fraction": OPEN_FRACTION, "lora_rank": at_least(1), "warmup_steps": at_least(0), "train_limit": at_least(2),
+              "dev_fraction": OPEN_FRACTION, "lora_rank": at_least(1), "warmup_steps": at_least(0), "train_limit": at_least(2), "eval_limit": at_least(1),
               "checkpoint_every": at_least(1), "dtype": one_of(*DTYPE_CHOICES), "general_blocks": at_least(1)}
 
     def validate(self) -> "InstructConfig":
         if not self.out:
             raise DomixError("no output folder given; pass --out DIR")
-        if not self.train:
-            raise DomixError("no training data given; pass --train FILE (jsonl of prompt/response or instruction/output rows)")
+        if not self.train and not self.task:
+            raise DomixError("no training data given; pass --train FILE (jsonl of prompt/response or instruction/output rows) "
+                             "or --task FOLDER (a labelled task, read as instructions)")
+        if self.task and (self.train or self.dev):
+            raise DomixError("--task reads the task folder's train and dev splits; drop --train and --dev (or --task)")
+        if not self.task and (self.task_instruction or self.eval_limit is not None or not self.score_test):
+            raise DomixError("--task-instruction, --eval-limit and --no-score-test apply to a labelled task; pass --task FOLDER")
         spec = stage2(self.method, INSTRUCT)
         if spec.modules_required and not (self.modules or self.adapters):
             raise DomixError(f"method {self.method} composes the {spec.pieces} of domix pretrain --method {spec.store}; pass --modules "

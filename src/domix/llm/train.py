@@ -24,9 +24,11 @@ from domix.errors import DomixError
 from domix.lm_loss import lm_losses
 from domix.llm.config import InstructConfig
 from domix.llm.data import Example, collate, encode_examples, read_examples
+from domix.llm.labelled import LabelledTask, generated_labels, read_labelled, score_loglikelihood, training_rows
+from domix.llm.labelled import scores as label_scores
 from domix.llm.model import CAUSAL_KIND, build, load_causal, resolve_dtype, save_task_model
 from domix.methods.registry import task_method
-from domix.metrics import downsample_curve
+from domix.metrics import classification_scores, downsample_curve, majority_scores
 from domix.retention import retention
 from domix.store import base_of
 from domix.system import peak_memory_mb, reset_peak_memory, resolve_device
@@ -67,8 +69,11 @@ def prepare(cfg: InstructConfig) -> dict:
 
     A benchmark can call this and time its own steps on ``batches``.
     """
+    started = time.perf_counter()
     cfg.validate()
-    train_examples, dev_examples = train_dev_examples(cfg)
+    labelled = (read_labelled(cfg.task, cfg.task_instruction, cfg.train_limit, cfg.eval_limit, cfg.sample_seed, cfg.score_test)
+                if cfg.task else None)
+    train_examples, dev_examples = (labelled.examples["train"], labelled.examples["dev"]) if labelled else train_dev_examples(cfg)
     if cfg.general:  # fail before training, not after
         read_corpus("general", cfg.general)
     method = task_method(cfg.method)
@@ -84,11 +89,16 @@ def prepare(cfg: InstructConfig) -> dict:
     model, groups = build(model, modules, cfg, method)
     model.to(device)
     method.place(model, cfg)  # a method's own placement after the move (MoDE's --mode-device-map)
-    train_rows, dropped = encode_examples(train_examples, tokenizer, cfg.template, cfg.max_length, "train")
-    dev_rows, dev_dropped = encode_examples(dev_examples, tokenizer, cfg.template, cfg.max_length, "dev")
+    if labelled:  # every example kept, its input cut to fit: each label is scored whole
+        train_rows, dropped = training_rows(train_examples, labelled.labels, tokenizer, cfg.template, cfg.max_length), 0
+        dev_rows, dev_dropped = training_rows(dev_examples, labelled.labels, tokenizer, cfg.template, cfg.max_length), 0
+    else:
+        train_rows, dropped = encode_examples(train_examples, tokenizer, cfg.template, cfg.max_length, "train")
+        dev_rows, dev_dropped = encode_examples(dev_examples, tokenizer, cfg.template, cfg.max_length, "dev")
     return {"model": model, "tokenizer": tokenizer, "groups": groups, "modules": modules, "method": method,
             "base_name": base_name, "fingerprint": fingerprint, "device": device, "dtype": dtype,
-            "total_params": total_params, "train": train_rows, "dev": dev_rows, "dropped": {"train": dropped, "dev": dev_dropped}}
+            "total_params": total_params, "train": train_rows, "dev": dev_rows, "dropped": {"train": dropped, "dev": dev_dropped},
+            "labelled": labelled, "setup_s": time.perf_counter() - started}
 
 
 def instruct(cfg: InstructConfig, overwrite: bool = False, on_step: StepHook | None = None) -> dict:
@@ -110,9 +120,13 @@ def instruct(cfg: InstructConfig, overwrite: bool = False, on_step: StepHook | N
           + (f"; {dropped['train'] + dropped['dev']} dropped, their prompt fills --max-length" if any(dropped.values()) else "")
           + f"); trainable {trainable:,} of {run['total_params']:,} parameters ({100 * trainable / run['total_params']:.2f}%)")
 
-    progress = _train(model, run["groups"], run["train"], run["dev"], cfg, tokenizer.pad_token_id, device, folder.out / "checkpoint",
-                      on_step, ranks.everyone())
+    labelled = run["labelled"]
+    progress = _train(model, run["groups"], run["train"], run["dev"], cfg, tokenizer, device, folder.out / "checkpoint",
+                      on_step, ranks.everyone(), labelled)
     state = progress.extra
+    test_started = time.perf_counter()
+    scored = _labelled_record(model, tokenizer, labelled, state, cfg, device) if labelled else {}
+    test_s = time.perf_counter() - test_started
     record = {
         "kind": CAUSAL_KIND,
         "method": cfg.method,
@@ -139,24 +153,69 @@ def instruct(cfg: InstructConfig, overwrite: bool = False, on_step: StepHook | N
         "wall_time_s": round(time.perf_counter() - started, 2),
         "peak_memory_mb": peak_memory_mb(device),
         "saved_model": cfg.save_model,
+        **scored,
     }
-    # the run's cost is that of training: retention loads a second copy of the base
+    # the run's cost is that of training (and, for a labelled task, of scoring): retention loads a second copy of the base
+    retention_started = time.perf_counter()
     record["retention"] = (retention(model, run["base_name"], cfg.general, cfg.max_length, cfg.general_blocks, cfg.batch_size, device)
                            if cfg.general else None)
+    # where the wall time went (this session's part, for a resumed run): as domix finetune records it
+    record["time_s"] = {"setup": round(run["setup_s"], 2), "train": round(progress.train_seconds, 2),
+                        "dev": round(state.get("dev_seconds", 0.0), 2), "test": round(test_s, 2),
+                        "retention": round(time.perf_counter() - retention_started, 2) if cfg.general else 0.0}
     save = (lambda where: save_task_model(model, tokenizer, record, where)) if cfg.save_model else None
-    folder.finish_task(record, save, ranks, dev_loss=record["dev_loss"], best_epoch=record["best_epoch"])
+    folder.finish_task(record, save, ranks, dev_loss=record["dev_loss"], best_epoch=record["best_epoch"],
+                       **({"test": record["test"]} if labelled else {}))
     if not ranks.is_main:
         return record
     print(f"domix: instruct {cfg.method}: dev loss {record['dev_loss_before']:.4f} -> {record['dev_loss']:.4f} "
           f"(best epoch {record['best_epoch']}); trainable {record['trainable_percent']:.2f}%, "
           f"peak memory {record['peak_memory_mb']:.0f} MB, {record['wall_time_s']:.0f} s")
+    if labelled:
+        print(format_labelled(record))
     return record
 
 
-def _train(model, groups, train_rows: Rows, dev_rows: Rows, cfg: InstructConfig, pad_id: int, device, ckpt_dir: Path,
-           on_step: StepHook | None, dp: DataParallel | None = None) -> TrainResult:
+def _labelled_record(model: nn.Module, tokenizer, labelled: LabelledTask, state: dict, cfg: InstructConfig, device) -> dict:
+    """What a labelled task's run records beside the LM record: the labels, the kept epoch's dev scores, the majority
+    label's, and (unless a selection run) the test split scored in both protocols, each example's answer kept."""
+    labels, best = labelled.labels, state["history"][state["best_epoch"] - 1]
+    out = {"task": labelled.task.name, "labels": labels, "dev": {k: best[k] for k in ("accuracy", "macro_f1", "micro_f1")},
+           "majority": majority_scores(labelled.gold, len(labels)), "test": None, "test_predictions": None,
+           "test_generate": None, "generate_predictions": None}
+    if not cfg.score_test:
+        return out
+    gold = labelled.gold["test"]
+    loglik = score_loglikelihood(model, tokenizer, labelled.examples["test"], labels, cfg.template, cfg.max_length,
+                                 cfg.batch_size, device)
+    predicted = loglik.argmax(1)
+    answers, texts = generated_labels(model, tokenizer, labelled.examples["test"], labels, cfg.template, cfg.max_length,
+                                      cfg.batch_size, device)
+    out.update(test=classification_scores(predicted, gold, len(labels)),
+               test_predictions={"predicted": predicted.tolist(), "gold": gold.tolist()},
+               test_generate=label_scores(answers, gold, len(labels)),
+               generate_predictions={"predicted": answers, "outputs": texts})
+    return out
+
+
+def format_labelled(record: dict) -> str:
+    """A labelled task's scores, one line (the record's dev; test in both protocols, or 'test not read')."""
+    d = record["dev"]
+    line = f"domix: {record['task']}: dev accuracy {d['accuracy']:.4f}, macro-F1 {d['macro_f1']:.4f}"
+    if record["test"] is None:
+        return line + "; test not read (a selection run)"
+    t, g = record["test"], record["test_generate"]
+    return (line + f"; test by log-likelihood: accuracy {t['accuracy']:.4f}, macro-F1 {t['macro_f1']:.4f}; generated: accuracy "
+            f"{g['accuracy']:.4f}, macro-F1 {g['macro_f1']:.4f}, {100 * g['unanswered']:.1f}% no label "
+            f"(majority label: macro-F1 {record['majority']['test']['macro_f1']:.4f})")
+
+
+def _train(model, groups, train_rows: Rows, dev_rows: Rows, cfg: InstructConfig, tokenizer, device, ckpt_dir: Path,
+           on_step: StepHook | None, dp: DataParallel | None = None, labelled: LabelledTask | None = None) -> TrainResult:
     """Epochs over shuffled batches of the examples, the dev loss after every epoch picking the kept weights
-    (engine.selection; ``extra`` adds dev_loss_before, the base's)."""
+    (engine.selection; ``extra`` adds dev_loss_before, the base's); for a ``labelled`` task the dev macro-F1 by the
+    label words' log-likelihood picks them, as a classifier's does."""
+    pad_id = tokenizer.pad_token_id
     def step_loss(step: int) -> tuple[torch.Tensor, int]:
         rows = [train_rows[i] for i in batch_rows(len(train_rows), cfg.batch_size, cfg.seed, step).tolist()]
         mine = my_rows(rows, dp)
@@ -170,13 +229,20 @@ def _train(model, groups, train_rows: Rows, dev_rows: Rows, cfg: InstructConfig,
 
     def score_dev(epoch: int) -> DevScore:
         value = dev_loss(model, dev_rows, pad_id, cfg.batch_size, device)
-        return DevScore(value, {"epoch": epoch, "loss": value}, f"dev loss {value:.4f}", {"loss": value})
+        if labelled is None:
+            return DevScore(value, {"epoch": epoch, "loss": value}, f"dev loss {value:.4f}", {"loss": value})
+        loglik = score_loglikelihood(model, tokenizer, labelled.examples["dev"], labelled.labels, cfg.template, cfg.max_length,
+                                     cfg.batch_size, device)
+        s = classification_scores(loglik.argmax(1), labelled.gold["dev"], len(labelled.labels))
+        return DevScore(s["macro_f1"], {"epoch": epoch, "loss": value, **s},
+                        f"dev loss {value:.4f}, accuracy {s['accuracy']:.4f}, macro-F1 {s['macro_f1']:.4f}",
+                        {"loss": value, "accuracy": s["accuracy"], "macro_f1": s["macro_f1"]})
 
     def before() -> dict:
         return {"dev_loss_before": dev_loss(model, dev_rows, pad_id, cfg.batch_size, device)}
 
     return train_epochs(model, groups, cfg, "instruct", len(train_rows), step_loss, score_dev, ckpt_dir, on_step, dp,
-                        higher_is_better=False, warmup_steps=cfg.warmup_steps, before=before)
+                        higher_is_better=labelled is not None, warmup_steps=cfg.warmup_steps, before=before)
 
 
 def _predicted(rows: Rows) -> int:

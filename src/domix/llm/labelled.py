@@ -1,0 +1,156 @@
+"""A labelled task (a classification folder, as ``domix finetune`` reads) as instructions for a causal LM, scored by
+its label words (``domix instruct --task FOLDER``).
+
+Each example becomes an instruction that lists the task's labels, the example's text (and its text pair, on the
+next line) as the input, and its label as the response: the label word itself, as training teaches it (then the
+end of text). A model answers in two ways, both scored:
+
+- **loglikelihood**: every label's response scored given the example's prompt, the summed log-probability of its
+  tokens (the end of text included, so a label that is the start of another is not favoured); the most probable
+  label is the prediction. Every example gets one, so accuracy and macro-F1 compare with a classifier's.
+- **generate**: greedy decoding from the prompt; the prediction is the label the output equals once trimmed
+  (case-sensitive), and an output that is no label is no answer (wrong; counted as ``unanswered``).
+
+The input is cut (from its end, in tokens) where prompt and the longest label would pass ``max_length``, so every
+label is scored whole; the labels' order is the task's (sorted), the index a classifier would give.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from domix.batches import IGNORE_INDEX
+from domix.errors import DomixError
+from domix.llm.data import Example, collate, encode_example, prompt_text
+from domix.metrics import classification_scores
+from domix.tasks import Split, Task, read_task, subsample
+
+DEFAULT_INSTRUCTION = "Classify the input. Answer with exactly one of these labels: {labels}."
+PROTOCOLS = ("loglikelihood", "generate")
+
+
+@dataclass
+class LabelledTask:
+    """A labelled task's splits as instructions: the examples and their gold label ids, per split."""
+
+    task: Task
+    examples: dict[str, list[Example]]
+    gold: dict[str, torch.Tensor]
+
+    @property
+    def labels(self) -> list[str]:
+        return self.task.labels
+
+
+def read_labelled(path: str, instruction: str | None, train_limit: int | None, eval_limit: int | None, sample_seed: int,
+                  score_test: bool) -> LabelledTask:
+    """The task at ``path``: seeded samples of ``train_limit`` training and ``eval_limit`` dev and test examples (as
+    ``domix finetune`` draws them), as instructions; without ``score_test`` the test split is not read at all."""
+    task = read_task(path, without_test=not score_test)
+    subsample(task, "train", train_limit, sample_seed)
+    for split in list(task.splits)[1:]:
+        subsample(task, split, eval_limit, sample_seed)
+    return LabelledTask(task, {name: split_examples(s, task.labels, instruction) for name, s in task.splits.items()},
+                        {name: task.label_ids(name) for name in task.splits})
+
+
+def instruction_text(labels: list[str], instruction: str | None = None) -> str:
+    """The instruction every example of the task gets (``instruction`` may name ``{labels}``)."""
+    return (instruction or DEFAULT_INSTRUCTION).replace("{labels}", ", ".join(labels))
+
+
+def split_examples(split: Split, labels: list[str], instruction: str | None = None) -> list[Example]:
+    """The split's examples as instructions, each with its gold label as the output."""
+    text = instruction_text(labels, instruction)
+    pairs = split.pairs or [None] * len(split.texts)
+    return [Example(text, f"{t}\n{p}" if p is not None else t, label) for t, p, label in zip(split.texts, pairs, split.labels)]
+
+
+def fitted(example: Example, labels: list[str], tokenizer, template: str, max_length: int) -> Example:
+    """``example`` with its input cut so that the prompt and the longest label's response fit ``max_length`` tokens."""
+    longest = max(labels, key=lambda label: len(tokenizer(label, add_special_tokens=False)["input_ids"]))
+    for _ in range(4):  # a cut input may tokenize a token or two longer once decoded: cut again
+        total = len(encode_example(Example(example.instruction, example.input, longest), tokenizer, template, 10**9)[0])
+        if total <= max_length:
+            return example
+        input_ids = tokenizer(example.input, add_special_tokens=False)["input_ids"]
+        keep = len(input_ids) - (total - max_length) - 1
+        if keep <= 0:
+            raise DomixError(f"the instruction and the label {longest!r} leave no room for an input in --max-length "
+                             f"{max_length} tokens; raise --max-length")
+        example = Example(example.instruction, tokenizer.decode(input_ids[:keep]), example.output)
+    raise DomixError(f"an input could not be cut to fit --max-length {max_length}; raise --max-length")
+
+
+def training_rows(examples: list[Example], labels: list[str], tokenizer, template: str, max_length: int) -> list[tuple[list[int], list[int]]]:
+    """Encoded training (or dev-loss) rows: each example, cut to fit, with its own label as the response."""
+    return [encode_example(fitted(e, labels, tokenizer, template, max_length), tokenizer, template, max_length) for e in examples]
+
+
+@torch.no_grad()
+def response_loglikelihoods(model: nn.Module, rows: list[tuple[list[int], list[int]]], pad_id: int, batch_size: int,
+                            device) -> list[float]:
+    """Each row's summed log-probability of its labelled (response) tokens given what precedes them."""
+    was_training = model.training
+    model.eval()
+    try:
+        return _response_loglikelihoods(model, rows, pad_id, batch_size, device)
+    finally:
+        model.train(was_training)
+
+
+def _response_loglikelihoods(model: nn.Module, rows: list[tuple[list[int], list[int]]], pad_id: int, batch_size: int,
+                             device) -> list[float]:
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]))  # like lengths together: less padding
+    out: list[float] = [0.0] * len(rows)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        batch = collate([rows[i] for i in chunk], pad_id)
+        logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
+        logprobs = torch.log_softmax(logits[:, :-1].double(), dim=-1).cpu()  # position t predicts token t + 1
+        targets = batch["labels"][:, 1:]
+        picked = logprobs.gather(2, targets.clamp(min=0)[..., None])[..., 0]
+        sums = (picked * (targets != IGNORE_INDEX)).sum(1)
+        for i, value in zip(chunk, sums.tolist()):
+            out[i] = value
+    return out
+
+
+def score_loglikelihood(model: nn.Module, tokenizer, examples: list[Example], labels: list[str], template: str, max_length: int,
+                        batch_size: int, device) -> torch.Tensor:
+    """(examples, labels) summed log-probabilities of each label's response given each example's prompt."""
+    rows = []
+    for example in examples:
+        fit = fitted(example, labels, tokenizer, template, max_length)
+        rows += [encode_example(Example(fit.instruction, fit.input, label), tokenizer, template, max_length) for label in labels]
+    scores = response_loglikelihoods(model, rows, tokenizer.pad_token_id, batch_size, device)
+    return torch.tensor(scores, dtype=torch.float64).view(len(examples), len(labels))
+
+
+def generated_labels(model: nn.Module, tokenizer, examples: list[Example], labels: list[str], template: str, max_length: int,
+                     batch_size: int, device) -> tuple[list[int | None], list[str]]:
+    """Each example's greedy answer: the index of the label it equals once trimmed (None: no label), and the text."""
+    from domix.llm.choice import generate
+
+    longest = max(len(tokenizer(label, add_special_tokens=False)["input_ids"]) for label in labels)
+    prompts = [prompt_text(e.instruction, e.input, template, tokenizer)
+               for e in (fitted(e, labels, tokenizer, template, max_length) for e in examples)]
+    was_training = model.training
+    try:
+        texts = generate(model, tokenizer, prompts, max_new_tokens=longest + 2, batch_size=batch_size, device=device,
+                         add_special_tokens=template != "chat")
+    finally:
+        model.train(was_training)
+    index = {label: i for i, label in enumerate(labels)}
+    return [index.get(text.strip()) for text in texts], texts
+
+
+def scores(predicted: list[int | None] | torch.Tensor, gold: torch.Tensor, num_labels: int) -> dict[str, float]:
+    """Accuracy, macro-F1 and micro-F1 (metrics.classification_scores), an unanswered example counting as wrong; and
+    the share unanswered."""
+    as_ids = torch.tensor([-1 if p is None else int(p) for p in predicted], dtype=torch.long)
+    unanswered = float((as_ids < 0).double().mean()) if len(as_ids) else 0.0
+    return {**classification_scores(as_ids, gold, num_labels), "unanswered": unanswered}
