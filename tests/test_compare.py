@@ -150,7 +150,7 @@ def test_a_task_names_its_columns_and_splits_for_every_job(tmp_path, tiny_llama,
         assert job.settings["text_column"] == "sentence" and job.settings["splits"] == {"dev": "validation"}
         job.config().validate()
     spec["topics"]["label"] = "y"
-    with pytest.raises(DomixError, match=r"unknown keys \[.label.\]; known: path, domain, finetune, text_column"):
+    with pytest.raises(DomixError, match=r"unknown keys \[.label.\]; a classification task knows: path, domain, kind, finetune, text_column"):
         CompareConfig.from_yaml(write_config(tmp_path / "c.yaml", tiny_llama, corpora, task, tasks=spec))
 
 

@@ -142,6 +142,35 @@ def test_rows_added_to_a_finished_search_run_only_their_own_jobs(tmp_path, tiny_
     assert record["config"]["autocast"] == "bfloat16" and record["config"]["group_by_length"] is True
 
 
+def test_an_instruction_task_runs_domix_instruct_under_the_same_protocol(tmp_path, tiny_llama, corpora, task, capsys):
+    """A task of kind instruction: its jobs are domix instruct --task (the causal LM answering with the label word), chosen on
+    dev macro-F1 by runs that never read test, tested at the fresh seeds in both protocols, paired like any other row;
+    a method with no instruct form is refused before anything runs."""
+    instruction = {"topics": {"path": str(task), "domain": "food", "kind": "instruction", "instruct": {"eval_limit": 16}}}
+    common = dict(tasks=instruction, instruct={"epochs": 1, "batch_size": 16, "lr": 5e-3, "max_length": 64, "dtype": "float64"})
+    with pytest.raises(DomixError, match=r"an instruction task \(domix instruct\), which methods \['head'\] do not run"):
+        CompareConfig.from_yaml(write_config(tmp_path / "c.yaml", tiny_llama, corpora, task, **common))
+    cfg = CompareConfig.from_yaml(write_config(tmp_path / "c.yaml", tiny_llama, corpora, task, methods=["lora", "domix"], **common))
+    jobs = plan(cfg)
+    selection = [j for j in jobs if j.info.get("selection")]
+    assert {j.kind for j in selection} == {"instruct"} and all(j.settings["score_test"] is False for j in selection)
+    assert all(type(j.config()).__name__ == "InstructConfig" and j.config().task == str(task) for j in selection)
+
+    results = compare(cfg, in_process=True)
+    out = tmp_path / "out"
+    for path in (out / "search").rglob("result.json"):
+        record = json.loads(path.read_text())
+        assert record["test"] is None and record["test_generate"] is None and record["dev"]["macro_f1"] >= 0
+    assert len(results["runs"]) == 2 * 3 and {r["seed"] for r in results["runs"]} == {2, 3, 4}
+    for run in results["runs"]:
+        assert 0 <= run["test"]["macro_f1"] <= 1 and 0 <= run["test_generate"]["unanswered"] <= 1
+        assert len(run["test_predictions"]["predicted"]) == 16
+    config_file = out / "configs" / "finetune" / "lora" / "topics" / "seed2.yaml"
+    assert yaml.safe_load(config_file.read_text())["task"] == str(task)  # what domix instruct --config reads
+    assert set(results["paired"]["macro_f1"]) == {"lora", "domix"} - {results["paired"]["reference"]}
+    assert "## Paired differences against" in (out / "report.md").read_text()
+
+
 def test_macro_f1_of_resamples_matches_sklearn():
     from sklearn.metrics import f1_score
 

@@ -10,6 +10,8 @@ A comparison is one YAML file::
       # any source finetune --task takes, with its columns and split names where they differ from domix's:
       # sst2: {path: data/sst2_saved, domain: reviews, text_column: sentence, splits: {dev: validation}}
       # a task's own finetune settings, over the comparison's and under a method's: {path: ..., domain: ..., finetune: {epochs: 8}}
+      # a causal LM answering with the label word (domix instruct --task; llm/labelled.py):
+      # chemprot_llm: {path: tasks/chemprot, domain: biomed, kind: instruction, instruct: {eval_limit: 500}}
     methods: [full, lora, domix]
     seeds: [1, 2]
     method_seeds: {full: [1]}   # fewer (or other) seeds for some methods
@@ -17,6 +19,7 @@ A comparison is one YAML file::
     method_orders: {ncl_full: 1}   # fewer orders (the first n) for some order-dependent methods
     pretrain: {steps: 20}       # domix pretrain settings shared by every pre-training run
     finetune: {epochs: 2}       # domix finetune settings shared by every fine-tuning run
+    instruct: {epochs: 3}       # domix instruct settings shared by every instruction task's run
     method_settings: {full: {lr: 2.0e-5}}   # per-method finetune overrides
     pretrain_method_settings: {ncl_full: {lr: 1.0e-4}}   # per pre-training method overrides
     jobs: 2                     # jobs at once (pre-training first, then fine-tuning)
@@ -45,7 +48,9 @@ from typing import Any
 from domix.comparison.search import Search
 from domix.errors import DomixError
 from domix.finetuning.config import FIELDS as FINETUNE_FIELDS
+from domix.llm.config import FIELDS as INSTRUCT_FIELDS
 from domix.methods.registry import COMPARE as METHODS
+from domix.methods.registry import INSTRUCT, STAGE2
 from domix.pretraining.config import FIELDS as PRETRAIN_FIELDS
 from domix.pretraining.config import PretrainConfig
 from domix.settings import check_fields, read_yaml_mapping, renamed
@@ -61,6 +66,20 @@ class ComparedTask:
     domain: str
     data: dict[str, Any] = field(default_factory=dict)  # how to read it: text_column, text_pair_column, label_column, splits
     finetune: dict[str, Any] = field(default_factory=dict)  # its own fine-tuning settings, over the comparison's (e.g. epochs)
+    # classification: its runs are domix finetune (a head on the encoder); instruction: domix instruct --task, the causal
+    # LM answering with the label word (llm/labelled.py), its own settings under instruct: instead of finetune:
+    kind: str = "classification"
+    instruct: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def command(self) -> str:
+        """The command its runs are: finetune or instruct."""
+        return "instruct" if self.kind == "instruction" else "finetune"
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """Its own settings of that command."""
+        return self.instruct if self.kind == "instruction" else self.finetune
 
 
 @dataclass
@@ -76,6 +95,7 @@ class CompareConfig:
     method_orders: dict[str, int] = field(default_factory=dict)  # a method's own number of orders (the first n of ``orders``)
     pretrain: dict[str, Any] = field(default_factory=dict)
     finetune: dict[str, Any] = field(default_factory=dict)
+    instruct: dict[str, Any] = field(default_factory=dict)  # domix instruct settings of every instruction task's run
     method_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
     pretrain_method_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
     jobs: int = 1  # jobs at once (each its own process with cores/jobs threads)
@@ -87,7 +107,7 @@ class CompareConfig:
     def inputs(self) -> list[str]:
         """The paths the comparison reads: its out folder may never be, hold or lie inside one of them."""
         return [p for p in (self.model, *self.domains.values(), *(t.path for t in self.tasks), self.general,
-                            self.finetune.get("general"), *self.stores.values()) if p]
+                            self.finetune.get("general"), self.instruct.get("general"), *self.stores.values()) if p]
 
     @classmethod
     def from_yaml(cls, path: str | Path, out: str | None = None) -> "CompareConfig":
@@ -183,14 +203,21 @@ class CompareConfig:
         if self.search is not None:
             self.search.check(self)
         _known_keys("pretrain", self.pretrain, PRETRAIN_FIELDS - {"model", "domains", "out", "method", "general"})
-        _known_keys("finetune", self.finetune, FINETUNE_FIELDS - {"task", "modules", "domains", "model", "out", "method", "seed", "init_module"})
+        _known_keys("finetune", self.finetune, FINETUNE_FIELDS - RUN_RESERVED - {"init_module"})
+        _known_keys("instruct", self.instruct, INSTRUCT_FIELDS - RUN_RESERVED - {"init_module"} - INSTRUCT_TASK_KEYS)
         for task in self.tasks:
-            _known_keys(f"tasks.{task.name}.finetune", task.finetune,
-                        FINETUNE_FIELDS - {"task", "modules", "domains", "model", "out", "method", "seed", "init_module", *TASK_DATA_KEYS})
+            _known_keys(f"tasks.{task.name}.{task.command}", task.settings, (FINETUNE_FIELDS - {*TASK_DATA_KEYS} if task.command == "finetune"
+                                                                             else INSTRUCT_FIELDS - INSTRUCT_TASK_KEYS) - RUN_RESERVED - {"init_module"})
+            if task.kind == "instruction":
+                unable = [m for m in self.methods if not STAGE2[METHODS[m].finetune].instruct]
+                if unable:
+                    raise DomixError(f"task {task.name!r} is an instruction task (domix instruct), which methods {unable} do not "
+                                     f"run; drop them or the task (domix instruct offers {', '.join(INSTRUCT)})")
         for method, settings in self.method_settings.items():
             if method not in METHODS:
                 raise DomixError(f"method_settings names unknown method {method!r}; choose from {list(METHODS)}")
-            _known_keys(f"method_settings.{method}", settings, FINETUNE_FIELDS - {"task", "modules", "domains", "model", "out", "method", "seed"})
+            # a method's settings apply to the runs of the command each names (finetune's, instruct's, or both)
+            _known_keys(f"method_settings.{method}", settings, (FINETUNE_FIELDS | INSTRUCT_FIELDS) - RUN_RESERVED)
         for method, settings in self.pretrain_method_settings.items():
             if method not in pretrain_methods:
                 raise DomixError(f"pretrain_method_settings names {method!r}, which is not a pre-training method; choose from {sorted(pretrain_methods)}")
@@ -199,19 +226,30 @@ class CompareConfig:
 
 
 TASK_DATA_KEYS = ("text_column", "text_pair_column", "label_column", "splits")
+TASK_KINDS = ("classification", "instruction")
+RUN_RESERVED = {"task", "modules", "domains", "model", "out", "method", "seed"}  # what the comparison sets in every run
+INSTRUCT_TASK_KEYS = {"train", "dev"}  # an instruction task's data is its folder (--task), never files of its own
 
 
 def _task(name: str, spec: Any, config_path: Path) -> ComparedTask:
     if not isinstance(spec, dict) or "path" not in spec or "domain" not in spec:
         raise DomixError(f"task {name!r} in {config_path} needs a mapping with 'path' (the task folder) and 'domain'")
-    unknown = sorted(set(spec) - {"path", "domain", "finetune", *TASK_DATA_KEYS})
+    kind = spec.get("kind", "classification")
+    if kind not in TASK_KINDS:
+        raise DomixError(f"task {name!r} in {config_path} has kind {kind!r}; use {' or '.join(TASK_KINDS)}")
+    settings_key = "instruct" if kind == "instruction" else "finetune"
+    data_keys = () if kind == "instruction" else TASK_DATA_KEYS  # an instruction task reads its folder's own columns
+    unknown = sorted(set(spec) - {"path", "domain", "kind", settings_key, *data_keys})
     if unknown:
-        raise DomixError(f"task {name!r} in {config_path} has unknown keys {unknown}; known: path, domain, finetune, "
-                         f"{', '.join(TASK_DATA_KEYS)}")
-    own = spec.get("finetune") or {}
+        raise DomixError(f"task {name!r} in {config_path} has unknown keys {unknown}; a {kind} task knows: path, domain, kind, "
+                         f"{', '.join([settings_key, *data_keys])}")
+    own = spec.get(settings_key) or {}
     if not isinstance(own, dict):
-        raise DomixError(f"task {name!r} in {config_path}: 'finetune' must be a mapping of settings (e.g. {{epochs: 8}}), not {own!r}")
-    return ComparedTask(str(name), str(spec["path"]), str(spec["domain"]), {k: spec[k] for k in TASK_DATA_KEYS if k in spec}, own)
+        raise DomixError(f"task {name!r} in {config_path}: {settings_key!r} must be a mapping of settings (e.g. {{epochs: 8}}), "
+                         f"not {own!r}")
+    task = ComparedTask(str(name), str(spec["path"]), str(spec["domain"]), {k: spec[k] for k in data_keys if k in spec}, kind=kind)
+    setattr(task, settings_key, own)
+    return task
 
 
 def _known_keys(where: str, settings: dict, allowed: set[str]) -> None:

@@ -45,7 +45,10 @@ from domix.comparison.config import METHODS, CompareConfig, ComparedTask
 from domix.comparison.progress import Board
 from domix.comparison.search import choose, point_label
 from domix.errors import DomixError
+from domix.finetuning.config import FIELDS as FINETUNE_FIELDS
 from domix.finetuning.config import FinetuneConfig
+from domix.llm.config import FIELDS as INSTRUCT_FIELDS
+from domix.llm.config import InstructConfig
 from domix.methods.registry import STAGE1, STAGE2
 from domix.pretraining.config import PretrainConfig
 from domix.engine.progress import PROGRESS_FILE_ENV
@@ -57,7 +60,10 @@ from domix.system import THREADS_ENV, cores_given
 TIMES_FILE = "job_times.json"  # wall seconds of each job's command, as the comparison measured it
 # what some records add: DoMIX's bridge usage, MixDA's and MoDE's gate weights, retention, the majority-class scores
 # and each test example's prediction (paired statistics), where the phases of a run's time went
-OPTIONAL_RECORD_KEYS = ("bridge_usage", "gate_weights", "retention", "majority", "test_predictions", "time_s")
+OPTIONAL_RECORD_KEYS = ("bridge_usage", "gate_weights", "retention", "majority", "test_predictions", "time_s", "test_generate")
+CONFIGS = {"pretrain": PretrainConfig, "finetune": FinetuneConfig, "instruct": InstructConfig}  # a job's kind: its command's settings
+TASK_COMMANDS = ("finetune", "instruct")  # the jobs that train on a task
+CONFIG_FIELDS = {"finetune": FINETUNE_FIELDS, "instruct": INSTRUCT_FIELDS}
 
 
 @dataclass
@@ -77,7 +83,7 @@ class Job:
         return bool(self.info.get("given"))
 
     def config(self):
-        cls = PretrainConfig if self.kind == "pretrain" else FinetuneConfig
+        cls = CONFIGS[self.kind]
         return cls(**with_recipe(cls, self.settings))  # as the job's command builds it from its YAML
 
     def finished(self) -> bool:
@@ -169,15 +175,18 @@ def choices_of(cfg: CompareConfig, jobs: list[Job]) -> dict[tuple[str, str], dic
 
 def _finetune_job(cfg: CompareConfig, name: str, task: ComparedTask, seed: int, order: list[str] | None, source: Job | None,
                   point: dict | None = None, selection: bool = False) -> Job:
-    """A fine-tuning job: a test run (``selection`` False; with a search, of the chosen ``point``) or a selection run
-    of ``point``, which never reads the test split."""
+    """A task's job (domix finetune, or instruct for an instruction task): a test run (``selection`` False; with a
+    search, of the chosen ``point``) or a selection run of ``point``, which never reads the test split."""
     method = METHODS[name]
     label = point_label(point) if point is not None else None
     where = f"search/{name}/{task.name}/{label}" if selection else f"finetune/{name}/{task.name}"
     folder = f"{where}/seed{seed}" + (f"-{slug(order)}" if order else "")
-    # the comparison's settings, then the task's own, then the method's, then the searched point (the most particular wins)
-    settings = {"save_model": False, **({"recipe": method.recipe} if method.recipe else {}), **cfg.finetune, **task.finetune,
-                **cfg.method_settings.get(name, {}), **(point or {}), **task.data, "task": task.path,
+    # the comparison's settings, then the task's own, then the method's, then the searched point (the most particular wins);
+    # a method's settings reach the runs of the commands that have them
+    fields = CONFIG_FIELDS[task.command]
+    own = {k: v for k, v in cfg.method_settings.get(name, {}).items() if k in fields}
+    settings = {"save_model": False, **({"recipe": method.recipe} if method.recipe else {}), **getattr(cfg, task.command),
+                **task.settings, **own, **(point or {}), **task.data, "task": task.path,
                 "out": str(Path(cfg.out) / folder), "method": method.finetune, "seed": seed}
     if selection:
         settings["score_test"] = False
@@ -201,7 +210,7 @@ def _finetune_job(cfg: CompareConfig, name: str, task: ComparedTask, seed: int, 
         info.update(point=label, settings_point=point)
     if selection:
         info["selection"] = True
-    return Job("finetune", folder, settings, info)
+    return Job(task.command, folder, settings, info)
 
 
 def compare(cfg: CompareConfig, overwrite: bool = False, dry_run: bool = False, command: str | None = None,
@@ -269,7 +278,7 @@ def compare(cfg: CompareConfig, overwrite: bool = False, dry_run: bool = False, 
     choices = None
     with board:
         run_all([j for j in pending if j.kind == "pretrain"])
-        run_all([j for j in pending if j.kind == "finetune"])
+        run_all([j for j in pending if j.kind in TASK_COMMANDS])
         if selection:
             choices = choices_of(cfg, jobs)
             tests = plan_tests(cfg, jobs, choices)
@@ -375,9 +384,10 @@ def run_job(job: Job, out: Path, overwrite: bool, in_process: bool, threads: int
     started = time.perf_counter()
     if in_process:
         from domix.finetuning.run import finetune
+        from domix.llm.train import instruct
         from domix.pretraining.run import pretrain
 
-        (pretrain if job.kind == "pretrain" else finetune)(job.config(), overwrite=overwrite)
+        {"pretrain": pretrain, "finetune": finetune, "instruct": instruct}[job.kind](job.config(), overwrite=overwrite)
         return round(time.perf_counter() - started, 2)
     log = out / "logs" / f"{job.name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -422,7 +432,7 @@ def collect(cfg: CompareConfig, jobs: list[Job], times: dict[str, float], comman
 
     runs, pretraining = [], []
     for job in jobs:
-        if job.kind == "finetune" and not job.info.get("selection"):
+        if job.kind in TASK_COMMANDS and not job.info.get("selection"):
             record = atomic.read_json(job.out / RESULT_FILE)
             info = {k: v for k, v in job.info.items() if k != "settings_point"}
             runs.append({**info, **{k: record[k] for k in ("test", "dev", "trainable_percent", "peak_memory_mb", "wall_time_s",

@@ -47,7 +47,8 @@ class Search:
 
     def check(self, cfg) -> None:
         """Refuse a search that is not equal for every method, or whose seeds are not kept apart from the test seeds."""
-        from domix.finetuning.config import FIELDS
+        from domix.finetuning.config import FIELDS as FINETUNE_FIELDS
+        from domix.llm.config import FIELDS as INSTRUCT_FIELDS
 
         seeds = self.seeds
         if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
@@ -61,7 +62,9 @@ class Search:
         for method in self.methods:
             if method not in cfg.methods:
                 raise DomixError(f"search.methods names {method!r}, which is not among the comparison's methods {cfg.methods}")
-        allowed = FIELDS - RESERVED
+        # a point applies to every task: the settings every task's command has (finetune's, instruct's, or both)
+        fields = {"finetune": FINETUNE_FIELDS, "instruct": INSTRUCT_FIELDS}
+        allowed = set.intersection(*(set(fields[t.command]) for t in cfg.tasks)) - RESERVED
         self.space = _coerced(self.space, "search.space")
         self.methods = {m: _coerced(grid, f"search.methods.{m}") for m, grid in self.methods.items()}
         budgets = {}
@@ -71,8 +74,8 @@ class Search:
                 bad = sorted(set(point) - allowed)
                 if bad:
                     where = f"search.methods.{method}" if method in self.methods else "search.space"
-                    raise DomixError(f"{where} sets {bad}, which a search may not vary; it may vary finetune settings such as lr, "
-                                     "epochs, weight_decay or the bridge's p_lr")
+                    raise DomixError(f"{where} sets {bad}, which a search may not vary; it may vary the runs' settings such as "
+                                     "lr, epochs, weight_decay or the bridge's p_lr")
             budgets[method] = len(points)
         if len(set(budgets.values())) > 1:
             counts = ", ".join(f"{m} {n}" for m, n in budgets.items())

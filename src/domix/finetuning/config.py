@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from functools import partial
 
 from domix.errors import DomixError
-from domix.methods.registry import own_settings, recipe_of, stage2
+from domix.methods.registry import check_init_module, own_settings, recipe_of, stage2
 from domix.settings import (FRACTION, POSITIVE, MethodChoice, RunSettings, TrainingSettings, at_least, comma_list, one_of,
                             run_settings, setting, setting_names)
 
@@ -137,12 +137,7 @@ class FinetuneConfig(RunSettings, MethodChoice, TrainingSettings, RunOptions, Ta
         self.check_method_options()
         if not spec.modules_required and not (self.modules or self.model):
             raise DomixError(f"method {self.method} needs a base model; pass --model (or --modules to take theirs)")
-        if self.init_module is not None:
-            if not spec.init_module:
-                raise DomixError(f"--init-module starts a LoRA or DoRA from a module; it does not apply to method {self.method}"
-                                 + (" (its A stays at a random init by definition)" if spec.lora_rank else ""))
-            if not self.modules:
-                raise DomixError("--init-module names a module of a store; pass --modules STORE too")
+        check_init_module(self.method, self.init_module, self.modules)
         return self
 
 

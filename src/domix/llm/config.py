@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from functools import partial
 
 from domix.errors import DomixError
-from domix.methods.registry import INSTRUCT, own_settings, recipe_of, stage2
+from domix.methods.registry import INSTRUCT, check_init_module, own_settings, recipe_of, stage2
 from domix.settings import (FRACTION, OPEN_FRACTION, POSITIVE, MethodChoice, RunSettings, TrainingSettings, at_least, comma_list, one_of,
                             run_settings, setting, setting_names)
 
@@ -35,6 +35,7 @@ class InstructConfig(RunSettings, MethodChoice, TrainingSettings):
     dev_fraction: float = setting(0.05, "share of --train held out when no --dev is given")
     modules: str | None = setting(None, "module store to compose (the --out folder of domix pretrain)")
     domains: list[str] | None = setting(None, "comma-separated modules of --modules, in order (default: all)", comma_list)
+    init_module: str | None = setting(None, "lora/dora: start from this module of --modules (its rank, alpha and weights)")
     adapters: list[str] | None = setting(None, "a PEFT LoRA adapter folder to compose (adapter_config.json + "
                                                "adapter_model.safetensors); repeat", flag="--adapter", repeat=True, metavar="PATH")
     model: str | None = setting(None, "base causal LM (default: the one the modules name)")
@@ -96,6 +97,7 @@ class InstructConfig(RunSettings, MethodChoice, TrainingSettings):
             raise DomixError(f"method {self.method} needs a base model; pass --model")
         if self.domains and not self.modules:
             raise DomixError("--domains picks modules of a store; pass --modules STORE too")
+        check_init_module(self.method, self.init_module, self.modules)
         self.check_method_options()
         return self
 

@@ -133,6 +133,7 @@ def instruct(cfg: InstructConfig, overwrite: bool = False, on_step: StepHook | N
         "base_model": {"name": model_reference(run["base_name"]), "fingerprint": run["fingerprint"]},
         "head": [],  # the LM head stays the base's
         "template": cfg.template,
+        "init_module": cfg.init_module,
         "dtype": run["dtype"],
         "max_length": cfg.max_length,
         "layers": None,  # the method's record says which layers it adapted, and what else it adds

@@ -176,6 +176,18 @@ def stage2(name: str, choices: tuple[str, ...] | None = None) -> Stage2:
     return STAGE2[name]
 
 
+def check_init_module(method: str, init_module: str | None, modules: str | None) -> None:
+    """--init-module (finetune and instruct): a LoRA or DoRA started from one module of --modules."""
+    if init_module is None:
+        return
+    spec = STAGE2[method]
+    if not spec.init_module:
+        raise DomixError(f"--init-module starts a LoRA or DoRA from a module; it does not apply to method {method}"
+                         + (" (its A stays at a random init by definition)" if spec.lora_rank else ""))
+    if not modules:
+        raise DomixError("--init-module names a module of a store; pass --modules STORE too")
+
+
 def task_method(name: str):
     """A fresh :class:`~domix.methods.base.TaskMethod` of stage-2 method ``name`` (it keeps per-run state)."""
     method = stage2(name).composer()
