@@ -8,8 +8,8 @@ import statistics
 import pytest
 
 from domix.comparison.report import write_report
-from domix.comparison.summary import (bridge_usage, compact_labels, format_table, gate_weights, input_usage_rows, retention_rows,
-                                   summarise)
+from domix.comparison.summary import (bridge_usage, compact_labels, format_table, gate_weights, generated_rows, input_usage_rows,
+                                   retention_rows, summarise)
 from domix.errors import DomixError
 
 TASKS = ["t1", "t2"]
@@ -232,6 +232,17 @@ def test_gate_weights_average_runs_in_the_domains_order_and_retention_rows(tmp_p
     assert "plots/gates_mode_t1.png" in written
     markdown = written["report.md"].read_text()
     assert "## Retention" in markdown and "| mode | 2.0000 | 2.1500 | +0.1500 | +7.50% | 2 |" in markdown
+
+
+def test_generated_answers_are_tabled_per_instruction_task_by_hand():
+    results = make_results()
+    assert generated_rows(results) == ([], [])  # no run answered by generation: no table
+    answers = {1: {"accuracy": 0.5, "macro_f1": 0.25, "unanswered": 0.1}, 2: {"accuracy": 0.7, "macro_f1": 0.35, "unanswered": 0.3}}
+    results["runs"] = [r for r in results["runs"] if not (r["method"] == "lora" and r["task"] == "t2")]
+    results["runs"] += [run("lora", "t2", seed, None, test_generate=answers[seed]) for seed in (1, 2)]
+    header, body = generated_rows(results)
+    assert header == ["method", "t2", "runs"]  # only the task some run answered by generation
+    assert body == [["lora", "60.0 / 30.0 / 20.0", "2"]]  # the means over the two runs, in %
 
 
 def test_compact_layer_labels():

@@ -125,3 +125,21 @@ def test_labelled_task_flags_are_checked(tiny_llama, task, tmp_path, capsys, fla
         message = "--task-instruction, --eval-limit and --no-score-test apply to a labelled task; pass --task FOLDER"
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and not (tmp_path / "o").exists()
+
+
+def test_instruct_starts_a_lora_from_one_module_of_a_store(tiny_llama, llama_store, task, tmp_path):
+    """--init-module, as finetune has it (compare's lora_module row on an instruction task): the module's rank, its
+    trained pairs as the start; a method without a LoRA start refuses it in one line."""
+    from safetensors.torch import load_file
+
+    record = instruct(run_config(tiny_llama, task, tmp_path / "run", epochs=1, lora_rank=None, modules=str(llama_store),
+                                 init_module="food", model=None, save_model=True))
+    assert record["init_module"] == "food" and record["lora_rank"] == 4  # the food module's rank (bio's is 2)
+    start = load_file(str(llama_store / "food" / "adapter_model.safetensors"))
+    trained = load_file(str(tmp_path / "run" / "model" / "adapter_model.safetensors"))
+    started = {k.split("base_model.model.")[-1].split(".lora_A")[0] for k in start if ".lora_A." in k}
+    adapted = {k.split("base_model.model.")[-1].split(".lora_A")[0] for k in trained if ".lora_A." in k}
+    assert started and adapted == started  # the module's layers, at its rank
+    assert all(v.shape[0] == 4 for k, v in trained.items() if ".lora_A." in k)
+    assert main(["instruct", "--task", str(task), "--method", "domix", "--modules", str(llama_store), "--init-module", "food",
+                 "--out", str(tmp_path / "x")]) == 2

@@ -16,8 +16,8 @@ from typing import Any
 
 from domix import atomic
 from domix.comparison.plots import all_plots
-from domix.comparison.summary import (INPUT_USAGE_TEXT, RETENTION_HEADER, RETENTION_TEXT, input_usage_rows, retention_rows,
-                                   runs_of, summarise, table_cells, tasks_of)
+from domix.comparison.summary import (GENERATED_TEXT, INPUT_USAGE_TEXT, RETENTION_HEADER, RETENTION_TEXT, generated_rows,
+                                   input_usage_rows, retention_rows, runs_of, summarise, table_cells, tasks_of)
 
 HOW_TO_READ = (
     "Scores are test-set percentages: mean ± std, the std being the sample std (ddof=1; 0 for a single "
@@ -54,6 +54,9 @@ def _blocks(results: dict, rows: list[dict], tasks: list[str], images: dict[str,
         return [*blocks, ("p", "No finished runs yet.")]
     blocks += [("table", *table_cells(rows, tasks)), ("h2", "How to read"), ("p", HOW_TO_READ)]
     blocks += paired_blocks(results, tasks) + search_blocks(results)
+    header, generated = generated_rows(results)
+    if generated:
+        blocks += [("h2", "Generated answers"), ("table", header, generated), ("p", GENERATED_TEXT)]
     retained = retention_rows(results)
     if retained:
         blocks += [("h2", "Retention"), ("table", RETENTION_HEADER, retained), ("p", RETENTION_TEXT)]

@@ -290,6 +290,31 @@ def retention_rows(results: dict) -> list[list[str]]:
     return out
 
 
+def generated_rows(results: dict) -> tuple[list[str], list[list[str]]]:
+    """Per method, on each instruction task: the generated answers' accuracy, macro-F1 and share with no label (test %,
+    means over runs); nothing where no run answered by generation."""
+    runs = [r for r in runs_of(results) if r.get("test_generate")]
+    tasks = [t for t in tasks_of(results, runs) if any(r["task"] == t for r in runs)]
+    if not tasks:
+        return [], []
+    body = []
+    for method, own in group_by_method(runs).items():
+        cells = []
+        for task in tasks:
+            scored = [r["test_generate"] for r in own if r["task"] == task]
+            cells.append("-" if not scored else " / ".join(f"{100 * mean_of(g[k] for g in scored):.1f}"
+                                                          for k in ("accuracy", "macro_f1", "unanswered")))
+        body.append([method, *cells, str(len(own))])
+    return ["method", *tasks, "runs"], body
+
+
+GENERATED_TEXT = (
+    "Instruction tasks, answered by greedy generation: accuracy / macro-F1 / the share of answers that are no label (test %, "
+    "means over runs). The tables above score the same models by the label words' log-likelihood, where every example "
+    "gets an answer; an answer generated that is no label counts as wrong here."
+)
+
+
 RETENTION_HEADER = ["method", "general LM loss, base", "after fine-tuning", "change", "change %", "runs"]
 RETENTION_TEXT = (
     "Retention: the language-model loss on the general corpus of each fine-tuned model's backbone under the base "
