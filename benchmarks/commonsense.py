@@ -562,6 +562,58 @@ def majority(samples: dict, benchmarks: list[str]) -> dict[str, float]:
     return {**shares, "average": sum(shares.values()) / len(shares)}
 
 
+APART = "boolq"  # these files hold BoolQ's question without its passage: a row's score is the share of one answer it gives
+SIGNIFICANCE = 0.05
+
+
+def prior_floor(samples: dict, benchmarks: list[str]) -> dict[str, dict]:
+    """Per benchmark, what answering the training prior scores: the answer most frequent among the training sample's
+    records of that set, given to every test question (its accuracy); a benchmark with no training records has no
+    prior, so chance (1 / its number of answers) stands in. Unlike ``majority`` it never reads the test labels."""
+    mixture, at, by_set = samples["mixture.json"], 0, {}
+    for name, (taken, _) in mixture["from"].items():  # the mixture's records come set by set, in this order
+        by_set[name] = mixture["records"][at : at + taken]
+        at += taken
+    out = {}
+    for bench in benchmarks:
+        tests = samples[f"test-{bench}.json"]["records"]
+        answers = [r["answer"] for r in by_set.get(bench, [])]
+        if answers:
+            prior = max(sorted(set(answers)), key=answers.count)
+            out[bench] = {"answer": prior, "accuracy": sum(r["answer"] == prior for r in tests) / len(tests), "from": "training prior"}
+        else:
+            choices = len({r["answer"] for r in tests})
+            out[bench] = {"answer": None, "accuracy": 1 / choices, "from": f"chance (no training records; {choices} answers)"}
+    return out
+
+
+def signal(details: dict[str, dict], benchmarks: list[str], protocols: list[str], floor: dict[str, dict]) -> dict:
+    """Per row, protocol and metric, over the benchmarks but BoolQ: the mean accuracy, the training-prior floor, and the
+    shuffle test (comparison.stats.shuffle_test: the row's answers permuted within each benchmark); the reading is
+    "no signal" where the answers score no better than their distribution alone (p >= 0.05), else how it stands to
+    the floor. BoolQ apart: its accuracy and the share of questions the row answered with each keyword."""
+    from domix.comparison.stats import shuffle_test
+
+    kept = [b for b in benchmarks if b != APART]
+    out: dict = {}
+    for row, own in details.items():
+        for protocol in protocols:
+            for metric in (m for m in METRICS[protocol] if m != "unanswered"):
+                key = "prediction_norm" if metric == "acc_norm" else "prediction"
+                groups = [([d[key] for d in own[f"{b}/{protocol}"]], [d["label"] for d in own[f"{b}/{protocol}"]]) for b in kept]
+                test = shuffle_test(groups)
+                floor_mean = sum(floor[b]["accuracy"] for b in kept) / len(kept)
+                reading = ("no signal" if test["p"] >= SIGNIFICANCE else
+                           "above its answer distribution, " + ("above" if test["observed"] > floor_mean else "not above") + " the floor")
+                entry = {**test, "floor": floor_mean, "reading": reading}
+                if APART in benchmarks:
+                    answers = [d[key] for d in own[f"{APART}/{protocol}"]]
+                    entry[APART] = {"accuracy": sum(a == d["label"] for a, d in zip(answers, own[f"{APART}/{protocol}"])) / len(answers),
+                                    "answers": {str(a): answers.count(a) / len(answers) for a in sorted(set(answers), key=str)}}
+                out.setdefault(row, {}).setdefault(protocol, {})[metric] = entry
+    return out
+
+
 def _finished(job: Job | EvalJob) -> bool:
     """A training finished, or an evaluation finished after the training it scores."""
     after = getattr(job, "after", None)
@@ -631,6 +683,8 @@ def collect(cfg: CommonsenseConfig, jobs: list, samples: dict, times: dict, comm
                             "rows": paired({r: d for r, d in details.items() if r == WITHOUT_ADAPTERS or (r in ROWS and ROWS[r][1])},
                                            WITHOUT_ADAPTERS, cfg.benchmarks, cfg.protocols)},
         "majority": majority(samples, cfg.benchmarks),
+        "prior_floor": (floor := prior_floor(samples, cfg.benchmarks)),
+        "signal": signal(details, cfg.benchmarks, cfg.protocols, floor),
         "samples": {name: {"records": len(s["records"]), "from": s["from"]} for name, s in samples.items()},
         "protocols": {p: PROTOCOL_NOTES[p] for p in cfg.protocols},
     }
@@ -667,6 +721,48 @@ def tables(results: dict) -> str:
     return "\n\n".join(parts)
 
 
+def what_it_shows(results: dict) -> list[str]:
+    """The reading of the scores: each row against what its answers' distribution alone scores, BoolQ apart."""
+    shown = results.get("signal") or {}
+    if not shown:
+        return []
+    kept = [b for b in results["settings"]["benchmarks"] if b != APART]
+    floor = results["prior_floor"]
+    lines = ["", "## What it shows", "",
+             f"Over {', '.join(kept)} (BoolQ apart, below). **Floor**: the training prior, each benchmark's answer most frequent "
+             "in the training sample given to every question (" + "; ".join(f"{b}: {f['from']}" + (f" '{f['answer']}'" if f['answer'] else "")
+                                                                   for b, f in floor.items() if b in kept)
+             + "), averaged. **Shuffled**: the row's own answers permuted among each benchmark's questions "
+             f"({RESAMPLES:,} permutations): what its answer distribution scores without knowing which question gets which. "
+             f"**p**: the share of shuffles scoring at least the row's accuracy; at p >= {SIGNIFICANCE} the row shows **no "
+             "signal**: nothing it answers depends on the question beyond how often it gives each answer. One seed per row: "
+             "differences between rows carry no estimate of seed noise.", "",
+             "| row | protocol: metric | accuracy | floor | shuffled (95% range) | p | reading |", "|---|---|---|---|---|---|---|"]
+    for row, by_protocol in shown.items():
+        for protocol, by_metric in by_protocol.items():
+            for metric, e in by_metric.items():
+                lo, hi = e["shuffled_range"]
+                lines.append(f"| {row} | {protocol}: {metric} | {100 * e['observed']:.1f} | {100 * e['floor']:.1f} | "
+                             f"{100 * e['shuffled']:.1f} ({100 * lo:.1f}-{100 * hi:.1f}) | {e['p']:.3f} | {e['reading']} |")
+    quiet = sorted({row for row, by_protocol in shown.items() for by_metric in by_protocol.values() for e in by_metric.values()
+                    if e["reading"] == "no signal"})
+    if quiet:
+        lines += ["", f"No signal in at least one protocol: {', '.join(quiet)}."]
+    first = next(iter(shown.values()))
+    if any(APART in e for by_metric in first.values() for e in by_metric.values()):
+        lines += ["", "**BoolQ apart.** These files give BoolQ's question without the passage it asks about, so no row can "
+                      "read the answer: its accuracy follows from how often it gives each answer (a row that always says the "
+                      "answer most questions have scores that share). Per row: accuracy, and the share of its answers by answer "
+                      "index (None: no answer keyword).", "",
+                  "| row | protocol: metric | accuracy | answers given |", "|---|---|---|---|"]
+        for row, by_protocol in shown.items():
+            for protocol, by_metric in by_protocol.items():
+                for metric, e in by_metric.items():
+                    given = ", ".join(f"{a}: {100 * share:.0f}%" for a, share in e[APART]["answers"].items())
+                    lines.append(f"| {row} | {protocol}: {metric} | {100 * e[APART]['accuracy']:.1f} | {given} |")
+    return lines
+
+
 def report(results: dict) -> str:
     s = results["settings"]
     samples = results["samples"]
@@ -695,6 +791,7 @@ def report(results: dict) -> str:
         + (f". generate: num_beams {gen['num_beams']}, max_new_tokens {gen['max_new_tokens']}, template {template}" if gen else "") + ".",
     ]
     lines += ["", "## Scores", "", tables(results)]
+    lines += what_it_shows(results)
     for pairs, title in [(results["paired"], f"Against {results['paired']['reference']}, question by question"),
                          (results.get("paired_adapters", {"rows": {}}),
                           f"What the adapters add: the rows that compose them against {WITHOUT_ADAPTERS} (their trainable shape "
@@ -788,6 +885,24 @@ def keep_records(cfg: CommonsenseConfig, folder: Path, command: str | None = Non
     return copied
 
 
+def rewrite_report(cfg: CommonsenseConfig, folder: Path) -> None:
+    """results.json and report.md of ``folder`` (records of a run of ``cfg``, as ``keep_records`` copies them) written
+    again from its records; the samples are drawn again (they are deterministic in the settings), the command and the
+    out folder stay the run's own."""
+    if not (folder / "results.json").is_file():
+        raise DomixError(f"{folder} holds no results.json; give a folder --records wrote")
+    before = atomic.read_json(folder / "results.json")["settings"]
+    cfg = dataclasses.replace(cfg, out=str(folder))
+    times = atomic.read_json(folder / TIMES_FILE) if (folder / TIMES_FILE).is_file() else {}
+    results = collect(cfg, plan(cfg), draw_samples(cfg), times, before.get("command"))
+    run_out = before.get("out", cfg.out)  # the folders the run wrote, as its results name them
+    results["settings"]["out"] = run_out
+    for entry in (*results["adapters"].values(), *results["stores"].values()):
+        entry["folder"] = str(Path(run_out) / Path(entry["folder"]).relative_to(folder))
+    atomic.write_json(folder / "results.json", results)
+    atomic.write_text(folder / "report.md", report(results))
+
+
 def main(argv: list[str] | None = None, in_process: bool = False) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", nargs="?", default=str(ROOT / "configs" / "commonsense.yaml"),
@@ -798,6 +913,9 @@ def main(argv: list[str] | None = None, in_process: bool = False) -> int:
                         help="run nothing: write the results and report of what has finished, and copy the run's records "
                              "(no checkpoints, no rows' weights; the adapters the bridged rows compose) into DIR, to commit "
                              "or to carry; `cp -r DIR/. OUT/` and the same command go on from there on another machine")
+    parser.add_argument("--report-only", metavar="DIR",
+                        help="run nothing: write DIR's results.json and report.md again from the records in DIR (a folder "
+                             "--records wrote, e.g. benchmarks/results/commonsense), after a change to the report")
     parser.add_argument("--overwrite", action="store_true",
                         help="train or score again what finished with other settings (and what depends on it)")
     args = parser.parse_args(argv)
@@ -808,6 +926,10 @@ def main(argv: list[str] | None = None, in_process: bool = False) -> int:
             from domix.system import configure_threads
 
             configure_threads()
+        if args.report_only:
+            rewrite_report(cfg, Path(args.report_only))
+            print(f"commonsense: wrote {Path(args.report_only) / 'results.json'} and report.md")
+            return
         if args.records:  # the results name the command that runs the comparison, not this one
             rerun = f"python benchmarks/commonsense.py {args.config}" + (f" --out {args.out}" if args.out else "")
             copied = keep_records(cfg, Path(args.records), rerun)

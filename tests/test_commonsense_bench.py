@@ -171,6 +171,15 @@ def test_the_comparison_runs_reports_every_row_and_a_rerun_reruns_nothing(tiny_l
     assert not any("checkpoint" in k or k.endswith(".progress.json") or "/model/" in k or k.endswith("mode_experts.safetensors")
                    for k in kept)
     assert json.loads((records / "results.json").read_text())["rows"] == rows
+    # the reading: every row's signal over the benchmarks but BoolQ, and BoolQ apart; --report-only writes it again from records
+    written = json.loads((records / "results.json").read_text())
+    assert set(written["signal"]) == set(rows) and set(written["prior_floor"]) == set(BENCHES)
+    assert all("boolq" in e for e in written["signal"]["lora"]["generate"].values())
+    assert "## What it shows" in (records / "report.md").read_text() and "**BoolQ apart.**" in (records / "report.md").read_text()
+    (records / "report.md").write_text("stale")
+    assert bench.main([str(config), "--report-only", str(records)]) == 0
+    again_written = json.loads((records / "results.json").read_text())
+    assert again_written == written and "## What it shows" in (records / "report.md").read_text()  # the run's out and folders kept
     shutil.move(out, tmp_path / "lost")
     shutil.copytree(records, out)
     again = _cli(str(config))
@@ -237,3 +246,20 @@ def test_paired_differences_against_the_formula():
     half = 1.96 * var ** 0.5
     assert p["ci95"][0] == pytest.approx(p["difference"] - half, abs=0.008)
     assert p["ci95"][1] == pytest.approx(p["difference"] + half, abs=0.008)
+
+
+def test_the_prior_floor_reads_the_training_sample_and_a_constant_answer_shows_no_signal():
+    samples = {"mixture.json": {"from": {"arc_e": [3, 10], "obqa": [2, 5]},
+                                "records": [{"answer": "answer2"}, {"answer": "answer2"}, {"answer": "answer1"},
+                                            {"answer": "answer4"}, {"answer": "answer4"}]},
+               "test-arc_e.json": {"records": [{"answer": "answer2"}, {"answer": "answer1"}, {"answer": "answer2"}, {"answer": "answer3"}]},
+               "test-obqa.json": {"records": [{"answer": "answer1"}, {"answer": "answer4"}]},
+               "test-piqa.json": {"records": [{"answer": "solution1"}, {"answer": "solution2"}, {"answer": "solution1"}]}}
+    floor = bench.prior_floor(samples, ["arc_e", "obqa", "piqa"])
+    assert floor["arc_e"] == {"answer": "answer2", "accuracy": 0.5, "from": "training prior"}  # 2 of its 4 test answers
+    assert floor["obqa"]["answer"] == "answer4" and floor["obqa"]["accuracy"] == 0.5
+    assert floor["piqa"]["accuracy"] == 0.5 and floor["piqa"]["answer"] is None  # no training records: chance, 1/2
+    # a row that always answers the first choice: whatever question gets it, the same score: no signal
+    constant = {f"{b}/generate": [{"label": label, "prediction": 0} for label in (0, 1, 0, 2)] for b in ("arc_e", "obqa")}
+    shown = bench.signal({"row": constant}, ["arc_e", "obqa"], ["generate"], floor)["row"]["generate"]["acc"]
+    assert shown["observed"] == 0.5 and shown["p"] == 1.0 and shown["reading"] == "no signal" and shown["floor"] == 0.5

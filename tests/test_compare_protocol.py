@@ -232,3 +232,20 @@ def test_the_reference_is_chosen_on_dev_among_rows_without_domain_pretraining():
     results = {"methods": ["lora", "lora_fa", "domix"], "runs": runs}
     assert reference_row(results, None)["method"] == "lora_fa"  # dev decides, never test; domix has pre-training
     assert reference_row(results, "lora")["method"] == "lora"
+
+
+def test_the_shuffle_test_keeps_each_benchmarks_answers_and_knows_a_prior_from_knowledge():
+    from domix.comparison.stats import shuffle_test
+
+    # two questions, answers swapped under half the permutations: shuffled mean 0.5, p about 0.5 for a right row
+    two = shuffle_test([([0, 1], [0, 1])], permutations=4000)
+    assert two["observed"] == 1.0 and two["shuffled"] == pytest.approx(0.5, abs=0.03) and two["p"] == pytest.approx(0.5, abs=0.03)
+    # the same answer everywhere scores the same whatever the shuffle: no signal (p = 1); no answer is never right
+    prior = shuffle_test([([1] * 30, [1] * 20 + [0] * 10), ([None] * 10, [0] * 10)])
+    assert prior["observed"] == pytest.approx((20 / 30 + 0) / 2) and prior["shuffled"] == pytest.approx(prior["observed"])
+    assert prior["p"] == 1.0
+    # knowledge: 60 questions answered right, 3 answers evenly spread: shuffled accuracy about 1/3 (exactly 1/3 in expectation)
+    gold = [i % 3 for i in range(60)]
+    known = shuffle_test([(gold, gold)])
+    assert known["observed"] == 1.0 and known["shuffled"] == pytest.approx(1 / 3, abs=0.01) and known["p"] < 0.001
+    assert known["shuffled_range"][0] < 1 / 3 < known["shuffled_range"][1]

@@ -139,3 +139,27 @@ def paired_table(runs: list[dict], reference: dict, tasks: list[str], methods: l
         out[metric] = {m: p for m in methods if m != reference["method"]
                        for p in [paired(runs, m, reference["method"], tasks, metric)] if p is not None}
     return out
+
+
+def shuffle_test(groups: list[tuple[list, list]], permutations: int = RESAMPLES, seed: int = SEED) -> dict:
+    """Does a row know more than its answer distribution? ``groups``: (predicted, gold) per benchmark (an answer of None is
+    no answer, never right). Each group's predictions are permuted among its questions (the same answers, each given to
+    another question), the mean of the groups' accuracies recomputed: what the row's answer distribution alone scores.
+    Returns the observed mean accuracy, the shuffled mean and 95% range, and the one-sided p of the observed score
+    under shuffling ((1 + shuffles at least as high) / (1 + permutations)).
+
+    scipy.stats.permutation_test shuffles one sample's labels; this keeps each group's answer counts and averages groups.
+    """
+    rng = np.random.default_rng(seed)
+    observed, shuffled = [], np.zeros(permutations)
+    for predicted, gold in groups:
+        p = np.array([-1 if x is None else int(x) for x in predicted])
+        g = np.asarray(gold, dtype=int)
+        observed.append(float((p == g).mean()))
+        order = np.argsort(rng.random((permutations, len(p))), axis=1)  # one permutation of the questions per row
+        shuffled += (p[order] == g).mean(axis=1)
+    shuffled /= len(groups)
+    mean = float(np.mean(observed))
+    return {"observed": mean, "shuffled": float(shuffled.mean()),
+            "shuffled_range": [float(np.percentile(shuffled, 2.5)), float(np.percentile(shuffled, 97.5))],
+            "p": float((1 + (shuffled >= mean - 1e-12).sum()) / (1 + permutations))}
