@@ -11,7 +11,7 @@ import torch
 from domix.cli import main
 from domix.llm.config import InstructConfig
 from domix.llm.data import Example, encode_example, prompt_text
-from domix.llm.labelled import fitted, response_loglikelihoods, score_loglikelihood, scores, split_examples
+from domix.llm.labelled import fitted, score_loglikelihood, scores, shared_prompt_scores, split_examples
 from domix.llm.train import instruct
 from domix.tasks import read_task
 
@@ -64,7 +64,7 @@ def test_a_text_pair_follows_the_text_and_a_long_input_is_cut_so_every_label_fit
         ids, labels = encode_example(Example(cut.instruction, cut.input, label), tokenizer, "alpaca", 96)
         assert len(ids) <= 96 and labels[-1] == tokenizer.eos_token_id
     rows = [encode_example(Example(cut.instruction, cut.input, label), tokenizer, "alpaca", 96) for label in pairs.labels]
-    assert response_loglikelihoods(model, rows, tokenizer.pad_token_id, 2, "cpu") == pytest.approx(
+    assert shared_prompt_scores(model, rows, tokenizer.pad_token_id, "cpu") == pytest.approx(
         [hand_loglikelihood(model, tokenizer, cut, label) for label in pairs.labels], abs=1e-6)
 
 
@@ -143,3 +143,40 @@ def test_instruct_starts_a_lora_from_one_module_of_a_store(tiny_llama, llama_sto
     assert all(v.shape[0] == 4 for k, v in trained.items() if ".lora_A." in k)
     assert main(["instruct", "--task", str(task), "--method", "domix", "--modules", str(llama_store), "--init-module", "food",
                  "--out", str(tmp_path / "x")]) == 2
+
+
+@pytest.mark.parametrize("method", ["domix", "mode"])
+def test_the_shared_prompt_cache_scores_as_whole_sequences_through_composed_models(tiny_llama, llama_store, corpora, task, tmp_path,
+                                                                                   method):
+    """The prompt's key/value cache serves every label: through the bridge's layers and through MoDE's expert blocks (whose
+    experts keep caches of their own) each label scores as the whole sequence run without a cache, by hand."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(tiny_llama).eval(), AutoTokenizer.from_pretrained(tiny_llama)
+    if method == "domix":
+        from domix.methods.bridge import BridgeConfig, compose
+        from domix.store import load_store
+
+        compose(model, load_store(llama_store), BridgeConfig())
+        bridged = [m for m in model.modules() if hasattr(m, "bridge") and hasattr(m, "lora_B")]
+        assert bridged
+        with torch.no_grad():  # a trained-looking bridge and B, so the modules' path weighs in every layer
+            for layer in bridged:
+                layer.bridge.add_(0.3 * torch.randn_like(layer.bridge))
+                layer.lora_B.normal_(0, 0.2)
+    else:
+        from domix.methods.mode import stage1_model
+        from domix.pretraining.config import PretrainConfig
+        from domix.pretraining.run import pretrain
+
+        store = tmp_path / "mode"
+        pretrain(PretrainConfig(model=str(tiny_llama), domains={"food": str(corpora["food"])}, out=str(store), method="mode",
+                                mode_block_size=1, steps=3, batch_size=8, seq_len=32, lr=1e-2, heldout_max_blocks=2))
+        context = stage1_model(model, store / "food")
+        context.__enter__()
+    labelled = read_task(task)
+    examples = split_examples(labelled.splits["test"], labelled.labels)[:3]
+    got = score_loglikelihood(model, tokenizer, examples, labelled.labels, "alpaca", 128, batch_size=4, device="cpu")
+    for i, example in enumerate(examples):
+        for j, label in enumerate(labelled.labels):
+            assert float(got[i, j]) == pytest.approx(hand_loglikelihood(model, tokenizer, example, label), abs=1e-6)

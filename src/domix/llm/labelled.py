@@ -24,7 +24,7 @@ from torch import nn
 
 from domix.batches import IGNORE_INDEX
 from domix.errors import DomixError
-from domix.llm.data import Example, collate, encode_example, prompt_text
+from domix.llm.data import Example, encode_example, prompt_text
 from domix.metrics import classification_scores
 from domix.tasks import Split, Task, read_task, subsample
 
@@ -90,44 +90,54 @@ def training_rows(examples: list[Example], labels: list[str], tokenizer, templat
     return [encode_example(fitted(e, labels, tokenizer, template, max_length), tokenizer, template, max_length) for e in examples]
 
 
-@torch.no_grad()
-def response_loglikelihoods(model: nn.Module, rows: list[tuple[list[int], list[int]]], pad_id: int, batch_size: int,
-                            device) -> list[float]:
-    """Each row's summed log-probability of its labelled (response) tokens given what precedes them."""
+def score_loglikelihood(model: nn.Module, tokenizer, examples: list[Example], labels: list[str], template: str, max_length: int,
+                        batch_size: int, device) -> torch.Tensor:
+    """(examples, labels) summed log-probabilities of each label's response given each example's prompt.
+
+    The prompt runs once per example and its keys and values serve every label (``shared_prompt_scores``): with K labels
+    a prompt of p tokens and responses of r, p + K·r tokens instead of K·(p + r). The responses are split off the
+    tokenized whole example, so they are the tokens training predicts."""
     was_training = model.training
     model.eval()
     try:
-        return _response_loglikelihoods(model, rows, pad_id, batch_size, device)
+        out = torch.empty(len(examples), len(labels), dtype=torch.float64)
+        for i, example in enumerate(examples):
+            fit = fitted(example, labels, tokenizer, template, max_length)
+            rows = [encode_example(Example(fit.instruction, fit.input, label), tokenizer, template, max_length) for label in labels]
+            out[i] = torch.tensor(shared_prompt_scores(model, rows, tokenizer.pad_token_id, device))
+        return out
     finally:
         model.train(was_training)
 
 
-def _response_loglikelihoods(model: nn.Module, rows: list[tuple[list[int], list[int]]], pad_id: int, batch_size: int,
-                             device) -> list[float]:
-    order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]))  # like lengths together: less padding
-    out: list[float] = [0.0] * len(rows)
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
-        batch = collate([rows[i] for i in chunk], pad_id)
-        logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
-        logprobs = torch.log_softmax(logits[:, :-1].double(), dim=-1).cpu()  # position t predicts token t + 1
-        targets = batch["labels"][:, 1:]
-        picked = logprobs.gather(2, targets.clamp(min=0)[..., None])[..., 0]
-        sums = (picked * (targets != IGNORE_INDEX)).sum(1)
-        for i, value in zip(chunk, sums.tolist()):
-            out[i] = value
+@torch.no_grad()
+def shared_prompt_scores(model: nn.Module, rows: list[tuple[list[int], list[int]]], pad_id: int, device) -> list[float]:
+    """The summed log-probability of each row's response (its labelled tokens) given its prompt, for rows that share one
+    prompt: the prompt runs once with a key/value cache, the cache is repeated for the rows, and the responses (right-
+    padded) run on it; the prompt's last logits score each response's first token."""
+    start = min(labels.index(next(t for t in labels if t != IGNORE_INDEX)) for _, labels in rows)
+    prompt = rows[0][0][:start]
+    if any(ids[:start] != prompt for ids, _ in rows):
+        raise ValueError("shared_prompt_scores needs rows that share their prompt")
+    first = model(input_ids=torch.tensor([prompt], device=device), use_cache=True)
+    cache, head = first.cache, torch.log_softmax(first.logits[0, -1].double(), dim=-1).cpu()
+    cache.batch_repeat_interleave(len(rows))
+    responses = [ids[start:] for ids, _ in rows]
+    width = max(len(r) for r in responses)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), start + width), dtype=torch.long)
+    mask[:, :start] = 1
+    for k, response in enumerate(responses):
+        ids[k, : len(response)] = torch.tensor(response)
+        mask[k, start : start + len(response)] = 1
+    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), cache=cache, use_cache=True).logits
+    logprobs = torch.log_softmax(logits.double(), dim=-1).cpu()  # position j predicts response token j + 1
+    out = []
+    for k, response in enumerate(responses):
+        total = float(head[response[0]])
+        total += sum(float(logprobs[k, j, token]) for j, token in enumerate(response[1:]))
+        out.append(total)
     return out
-
-
-def score_loglikelihood(model: nn.Module, tokenizer, examples: list[Example], labels: list[str], template: str, max_length: int,
-                        batch_size: int, device) -> torch.Tensor:
-    """(examples, labels) summed log-probabilities of each label's response given each example's prompt."""
-    rows = []
-    for example in examples:
-        fit = fitted(example, labels, tokenizer, template, max_length)
-        rows += [encode_example(Example(fit.instruction, fit.input, label), tokenizer, template, max_length) for label in labels]
-    scores = response_loglikelihoods(model, rows, tokenizer.pad_token_id, batch_size, device)
-    return torch.tensor(scores, dtype=torch.float64).view(len(examples), len(labels))
 
 
 def generated_labels(model: nn.Module, tokenizer, examples: list[Example], labels: list[str], template: str, max_length: int,
