@@ -8,6 +8,8 @@ folder in its own processes:
 
   dap       pretrain_throughput.py: fused vs sequential vs concurrent DAP (and NCL, fused with checkpointing)
   instruct  instruct_memory.py: DoMIX instruct vs PEFT LoRA and DoRA, peak memory and step time
+  instruct_pad  the same for DoMIX and DoRA with every batch padded to a multiple of 64 tokens (--pad-multiple): does
+            the first pass at each new length stop costing DoMIX several steady steps once lengths share shapes?
   finetune  finetune_memory.py: DoMIX fine-tuning vs LoRA of the same total rank, memory and step time
   rate      step_rate.py: DAP, fine-tuning and instruct steps against the GPU's bf16 matrix-multiply rate
 
@@ -37,13 +39,17 @@ CORPORA = {name: HERE.parent / "data" / "demo" / f"{name}.txt" for name in ("res
 TASK = HERE.parent / "data" / "demo" / "tasks" / "restaurant" / "train.jsonl"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "generation_config.json")
 
-# per section: (script arguments at full size, at dry-run size, timeout in seconds at full size: 470 in all,
-# plus about 20 for the module store, inside 8 minutes)
+# per section: (script arguments at full size, at dry-run size, timeout in seconds at full size: 550 in all,
+# plus about 20 for the module store; the sections took 347 s on the H200 before instruct_pad, which adds about 70)
 SIZES = {
     "dap": (["--steps", "6", "--batch-size", "8", "--seq-len", "512", "--repeats", "2"],
             ["--steps", "2", "--batch-size", "2", "--seq-len", "32", "--repeats", "1"], 230),
     "instruct": (["--batch-size", "16", "--max-length", "512", "--steps", "5", "--repeats", "1"],
                  ["--batch-size", "2", "--max-length", "160", "--steps", "1", "--repeats", "1"], 130),
+    "instruct_pad": (["--batch-size", "16", "--max-length", "512", "--steps", "5", "--repeats", "1", "--pad-multiple", "64",
+                      "--methods", "domix", "dora"],
+                     ["--batch-size", "2", "--max-length", "160", "--steps", "1", "--repeats", "1", "--pad-multiple", "64",
+                      "--methods", "domix", "dora"], 80),
     "finetune": (["--batch-size", "32", "--seq-len", "512", "--steps", "5"], ["--batch-size", "2", "--seq-len", "32", "--steps", "1"], 50),
     "rate": (["--batch-size", "16", "--seq-len", "512", "--steps", "5"], ["--batch-size", "2", "--seq-len", "32", "--steps", "1"], 60),
 }
@@ -96,6 +102,7 @@ def section(name: str, model: Path, root: Path, store: Path, device: str, dtype:
     script, extra = {
         "dap": ("pretrain_throughput.py", domains),
         "instruct": ("instruct_memory.py", [*domains[:4], "--task", str(TASK)]),  # two adapters
+        "instruct_pad": ("instruct_memory.py", [*domains[:4], "--task", str(TASK)]),
         "finetune": ("finetune_memory.py", ["--modules", str(store)]),
         "rate": ("step_rate.py", ["--store", str(store)]),
     }[name]

@@ -89,7 +89,7 @@ def _time_steps(args, run: dict) -> dict:
     # two passes over the same batches: the first meets each sequence length for the first time (on a
     # GPU a new shape costs kernel selection and loading, up to seconds a step, once), the second is the
     # steady state a long run spends its time in; both are reported
-    batches = [collate(run["train"][i * args.batch_size:(i + 1) * args.batch_size], pad_id) for i in range(args.steps)]
+    batches = [collate(run["train"][i * args.batch_size:(i + 1) * args.batch_size], pad_id, args.pad_multiple) for i in range(args.steps)]
     passes = []
     for _ in range(2):
         times = []
@@ -119,6 +119,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--methods", nargs="+", default=["domix", "lora", "dora"])
     parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--pad-multiple", type=int, default=1,
+                        help="pad each batch to a multiple of this many tokens, as domix instruct --pad-multiple (fewer shapes)")
     parser.add_argument("--dtype", default="auto", help="auto: bfloat16 on a GPU that has it, float32 otherwise")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--task", default=str(TASK), help="aspect-sentiment rows (text, text_pair, label) made into instructions")

@@ -175,6 +175,17 @@ def test_module_knowledge_reads_mixda_and_mode_stores_as_they_trained(run, metho
         run("module_knowledge", store, "--tasks", "x=y")
 
 
+def test_instruct_shapes_counts_the_shapes_a_run_meets_and_what_padding_costs(run, tiny_llama, task, tmp_path):
+    out = run("instruct_shapes", "--task", task, "--model", tiny_llama, "--batch-size", 8, "--epochs", 2, "--max-length", 64,
+              "--multiples", 1, 4, 64, "--json", tmp_path / "s.json")
+    table = json.loads((tmp_path / "s.json").read_text())["table"]
+    assert [r["multiple"] for r in table] == [1, 4, 64] and all(r["steps"] == 2 * 12 for r in table)  # 96 examples / 8
+    assert table[0]["extra_over_longest"] == 0 and table[0]["shapes"] >= table[1]["shapes"] >= table[2]["shapes"] == 1
+    assert all(r["first_meetings"] == r["shapes"] and r["computed"] >= r["tokens"] for r in table)
+    assert table[2]["computed"] == 64 * 8 * 24  # every batch padded to 64 tokens
+    assert re.search(r"^\s+64\s+1\s+1\s+[\d.]+%\s+[\d.]+%$", out, re.M)
+
+
 def test_bridge_recipe_trains_tabulates_and_reads_a_comparisons_runs(run, store, task, tmp_path):
     """bridge_recipe.py: a reference (lora) and a candidate (p10x) fine-tuned on a task under --data, the table of dev
     scores and the JSON; then --read-only --reuse reads the lora run from a comparison's folder instead."""

@@ -498,3 +498,21 @@ def test_instruct_records_retention_on_general_text_as_transformers_computes_it(
     assert kept["lm_loss_after"] == pytest.approx(hf_loss(tuned.double()), abs=1e-5)
     assert kept["change"] == pytest.approx(kept["lm_loss_after"] - kept["lm_loss_base"], abs=1e-6) and kept["change"] != 0
     assert instruct(cfg(data, tmp_path / "plain", model=str(tiny_llama), method="lora", epochs=1))["retention"] is None
+
+
+def test_padding_to_a_multiple_changes_no_loss(tiny_llama, data, tmp_path):
+    """--pad-multiple: batches as wide as a multiple of N tokens, their padding masked: the loss of every batch is the
+    unpadded one's."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from domix.lm_loss import lm_losses
+
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(tiny_llama).eval(), AutoTokenizer.from_pretrained(tiny_llama)
+    rows, _ = encode_examples(read_examples(data["train"])[:6], tokenizer, "alpaca", 128)
+    plain, padded = collate(rows, tokenizer.pad_token_id), collate(rows, tokenizer.pad_token_id, 32)
+    assert padded["input_ids"].shape[1] % 32 == 0 and padded["input_ids"].shape[1] >= plain["input_ids"].shape[1]
+    with torch.no_grad():
+        losses = [float(lm_losses(model, b["input_ids"], b["labels"], "clm", attention_mask=b["attention_mask"])[0]) for b in (plain, padded)]
+    assert losses[0] == pytest.approx(losses[1], abs=1e-5)
+    record = instruct(cfg(data, tmp_path / "run", method="lora", model=str(tiny_llama), epochs=1, pad_multiple=64, save_model=False))
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["config"]["pad_multiple"] == 64 and record["steps"] > 0

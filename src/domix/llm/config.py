@@ -54,6 +54,8 @@ class InstructConfig(RunSettings, MethodChoice, TrainingSettings):
     epochs: int = setting(2, "passes over the training set")
     batch_size: int = setting(8, "examples per step")
     max_length: int = setting(256, "tokens per example, prompt and response")
+    pad_multiple: int = setting(1, "pad each batch to a multiple of this many tokens: a few batch shapes instead of one per "
+                                   "length (a GPU's first pass at a new shape is slow; benchmarks/instruct_shapes.py counts them)")
     train_limit: int | None = setting(None, "use a seeded sample of this many training examples")
     eval_limit: int | None = setting(None, "--task: a seeded sample of this many dev and test examples each")
     score_test: bool = setting(True, "--task: score the test split; --no-score-test leaves it unread (a selection run: "
@@ -76,7 +78,8 @@ class InstructConfig(RunSettings, MethodChoice, TrainingSettings):
     # each field's own range, checked when the settings are built (settings.check_ranges)
     RANGES = {"template": one_of(*TEMPLATES), "lr": POSITIVE, "warmup_ratio": FRACTION,
               "epochs": at_least(1), "batch_size": at_least(1), "max_length": at_least(2),
-              "dev_fraction": OPEN_FRACTION, "lora_rank": at_least(1), "warmup_steps": at_least(0), "train_limit": at_least(2), "eval_limit": at_least(1),
+              "dev_fraction": OPEN_FRACTION, "lora_rank": at_least(1), "warmup_steps": at_least(0), "train_limit": at_least(2),
+              "eval_limit": at_least(1), "pad_multiple": at_least(1),
               "checkpoint_every": at_least(1), "dtype": one_of(*DTYPE_CHOICES), "general_blocks": at_least(1)}
 
     def validate(self) -> "InstructConfig":

@@ -140,9 +140,10 @@ def encode_examples(examples: list[Example], tokenizer, template: str, max_lengt
     return kept, len(encoded) - len(kept)
 
 
-def collate(rows: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded ids, attention mask, and labels (-100 on padding)."""
-    width = max(len(ids) for ids, _ in rows)
+def collate(rows: list[tuple[list[int], list[int]]], pad_id: int, multiple: int = 1) -> dict[str, torch.Tensor]:
+    """Right-padded ids, attention mask, and labels (-100 on padding), as wide as the longest row rounded up to a
+    ``multiple`` of tokens (a GPU pays a first pass at every new shape: a multiple makes a few shapes of many lengths)."""
+    width = -(-max(len(ids) for ids, _ in rows) // multiple) * multiple
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)

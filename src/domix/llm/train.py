@@ -36,9 +36,9 @@ from domix.system import peak_memory_mb, reset_peak_memory, resolve_device
 Rows = list[tuple[list[int], list[int]]]
 
 
-def dev_loss(model: nn.Module, rows: Rows, pad_id: int, batch_size: int, device) -> float:
+def dev_loss(model: nn.Module, rows: Rows, pad_id: int, batch_size: int, device, multiple: int = 1) -> float:
     """Mean loss per response token over ``rows`` (engine.loop.mean_loss over their collated batches)."""
-    return mean_loss(model, (collate(rows[start : start + batch_size], pad_id) for start in range(0, len(rows), batch_size)),
+    return mean_loss(model, (collate(rows[start : start + batch_size], pad_id, multiple) for start in range(0, len(rows), batch_size)),
                      "clm", device)
 
 
@@ -222,14 +222,14 @@ def _train(model, groups, train_rows: Rows, dev_rows: Rows, cfg: InstructConfig,
         mine = my_rows(rows, dp)
         if not mine:
             return no_rows(device), 0
-        batch = collate(mine, pad_id)
+        batch = collate(mine, pad_id, cfg.pad_multiple)
         # its rows' summed loss over the whole batch's response tokens: summed over processes, the batch's mean
         loss = lm_losses(model, batch["input_ids"].to(device), batch["labels"], "clm", denominators=[max(_predicted(rows), 1)],
                          attention_mask=batch["attention_mask"].to(device))[0]
         return loss, int(batch["attention_mask"].sum())
 
     def score_dev(epoch: int) -> DevScore:
-        value = dev_loss(model, dev_rows, pad_id, cfg.batch_size, device)
+        value = dev_loss(model, dev_rows, pad_id, cfg.batch_size, device, cfg.pad_multiple)
         if labelled is None:
             return DevScore(value, {"epoch": epoch, "loss": value}, f"dev loss {value:.4f}", {"loss": value})
         loglik = score_loglikelihood(model, tokenizer, labelled.examples["dev"], labelled.labels, cfg.template, cfg.max_length,
@@ -240,7 +240,7 @@ def _train(model, groups, train_rows: Rows, dev_rows: Rows, cfg: InstructConfig,
                         {"loss": value, "accuracy": s["accuracy"], "macro_f1": s["macro_f1"]})
 
     def before() -> dict:
-        return {"dev_loss_before": dev_loss(model, dev_rows, pad_id, cfg.batch_size, device)}
+        return {"dev_loss_before": dev_loss(model, dev_rows, pad_id, cfg.batch_size, device, cfg.pad_multiple)}
 
     return train_epochs(model, groups, cfg, "instruct", len(train_rows), step_loss, score_dev, ckpt_dir, on_step, dp,
                         higher_is_better=labelled is not None, warmup_steps=cfg.warmup_steps, before=before)
