@@ -8,6 +8,7 @@ from domix.errors import DomixError
 from domix.settings import check, setting
 
 P_INITS = ("average", "scaled_identity", "identity")  # or a number c for c·I
+P_BLOCKS = ("full", "diagonal")  # which entries of P act and train
 
 
 def parse_p_init(value: str | float) -> str | float:
@@ -68,6 +69,11 @@ class BridgeConfig:
     b_lr: str | float | None = setting(None, "learning rate of B_cat: a number, Nx, or matched (--lr / c; default: --lr). With both "
                                              "matched a step moves the output as at P = I, so B learns as a plain LoRA-FA's does, whatever c")
 
+    # "full": every entry of P trains, so each module's subspace may write through every module's B (the published
+    # bridge); "diagonal": P block-diagonal over the modules, each module's columns feeding only its own B block
+    p_blocks: str = setting("full", "which entries of the bridge train: full (every one, as published) or diagonal (each "
+                                    "module's own block; the cross-module blocks stay zero)")
+
     def learning_rates(self, lr: float, total_rank: int, n_modules: int) -> tuple[float, float]:
         """P's and B_cat's learning rates in a run at ``lr``."""
         c = self.initial_scale(total_rank, n_modules)
@@ -107,6 +113,7 @@ class BridgeSettings(BridgeConfig):
         self.p_lr, self.b_lr = parse_lr(self.p_lr, "--p-lr"), parse_lr(self.b_lr, "--b-lr")
         check([
             (self.p_weight_decay >= 0, "--p-weight-decay must be zero or positive"),
+            (self.p_blocks in P_BLOCKS, f"--p-blocks must be {' or '.join(P_BLOCKS)}, not {self.p_blocks!r}"),
             (self.new_rank is None or self.new_rank >= 1, "--new-rank must be at least 1"),
         ])
 

@@ -80,17 +80,33 @@ class BridgedLinear(nn.Module):
         self.register_buffer("scales", scales.detach().to(dtype).clone())
         self.lora_B = nn.Parameter(B.detach().to(dtype).clone())
         self.bridge = nn.Parameter(torch.eye(rank, dtype=dtype) * p_scale)
+        self.register_buffer("p_mask", None)  # keep_blocks: P's entries that act (None: all of them)
 
     @property
     def rank(self) -> int:
         return self.lora_A.shape[0]
 
+    def keep_blocks(self, ranks: list[int]) -> None:
+        """Make P block-diagonal over modules of these ranks (in A_cat's order): a module's columns then feed only its
+        own B block, so no module's subspace writes through another's (the cross-module blocks stay zero, untrained)."""
+        if sum(ranks) != self.rank:
+            raise ValueError(f"blocks of ranks {ranks} do not add up to the bridge's rank {self.rank}")
+        mask = torch.block_diag(*(torch.ones(r, r) for r in ranks)).to(self.bridge)
+        self.p_mask = mask
+        with torch.no_grad():
+            self.bridge.mul_(mask)
+
+    @property
+    def P(self) -> torch.Tensor:
+        """The bridge as it acts: the trained matrix, its cross-module blocks masked out where keep_blocks said so."""
+        return self.bridge if self.p_mask is None else self.bridge * self.p_mask
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled() and self.base_layer.weight.requires_grad:
             # a trainable base weight (a task model loaded to train further): plain autograd, which keeps x
-            path = ((x.to(self.lora_A.dtype) @ self.lora_A.t() @ self.bridge.t()) * self.scales) @ self.lora_B.t()
+            path = ((x.to(self.lora_A.dtype) @ self.lora_A.t() @ self.P.t()) * self.scales) @ self.lora_B.t()
             return self.base_layer(x) + path.to(x.dtype)
-        args = (x, self.base_layer.weight, self.base_layer.bias, self.lora_A, self.bridge, self.lora_B, self.scales)
+        args = (x, self.base_layer.weight, self.base_layer.bias, self.lora_A, self.P, self.lora_B, self.scales)
         device = x.device.type
         if torch.is_autocast_enabled(device):
             # Under autocast (--autocast) every product of the layer runs in the autocast dtype, as torch.amp.custom_fwd's
@@ -102,7 +118,7 @@ class BridgedLinear(nn.Module):
 
     def delta_weight(self) -> torch.Tensor:
         """The layer's whole update, B_cat diag(s) P A_cat, shaped like W."""
-        return (self.lora_B * self.scales) @ self.bridge @ self.lora_A
+        return (self.lora_B * self.scales) @ self.P @ self.lora_A
 
     def extra_repr(self) -> str:
         return f"rank={self.rank}"

@@ -38,7 +38,8 @@ class Bridge(TaskMethod):
             print(f"domix: a fresh block of rank {cfg.method_options.new_rank} (A random and frozen, B zero) goes first in the bridge, "
                   f"before {', '.join(m.name for m in modules[1:])}")
         own = cfg.method_options  # the bridge's settings (BridgeSettings)
-        bridge = BridgeConfig(p_init=self.p_init(cfg), p_lr=own.p_lr, p_weight_decay=own.p_weight_decay, b_lr=own.b_lr)
+        bridge = BridgeConfig(p_init=self.p_init(cfg), p_lr=own.p_lr, p_weight_decay=own.p_weight_decay, b_lr=own.b_lr,
+                              p_blocks=own.p_blocks)
         compose(model, modules, bridge)
         # the update as it starts (the modules' B, P's init), for the usage on a classification task's inputs (record);
         # a causal LM (domix instruct, no new head) has no test inputs to read it on: no copy of every B
@@ -61,7 +62,8 @@ class Bridge(TaskMethod):
         return model, [{"params": [m.bridge for m in layers], "lr": p_lr, "weight_decay": cfg.method_options.p_weight_decay}] + groups
 
     def bridge_record(self, cfg) -> dict | None:
-        return {"p_init": cfg.method_options.p_init, "p_lr": cfg.method_options.p_lr, "p_weight_decay": cfg.method_options.p_weight_decay, "b_lr": cfg.method_options.b_lr, "trained": self.bridge_trains,
+        return {"p_init": cfg.method_options.p_init, "p_lr": cfg.method_options.p_lr, "p_weight_decay": cfg.method_options.p_weight_decay,
+                "b_lr": cfg.method_options.b_lr, "p_blocks": cfg.method_options.p_blocks, "trained": self.bridge_trains,
                 "new_rank": cfg.method_options.new_rank, "learning_rates": {"p": self.rates["p"] if self.bridge_trains else None, "b": self.rates["b"]}}
 
     def record(self, model: nn.Module, pieces: list, cfg, probe: Probe | None = None) -> dict:

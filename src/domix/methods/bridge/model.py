@@ -17,7 +17,8 @@ BRIDGE_PARTS = ("lora_A", "lora_B", "bridge", "scales")  # what a saved task mod
 
 def bridge_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     """Every bridged layer's A_cat, B_cat, P and s, keyed ``{layer}.{part}``: what a task model saves."""
-    return {f"{name}.{part}": getattr(layer, part).detach().cpu().contiguous()
+    # P as it acts (a block-diagonal bridge's masked entries are zero in it), so a reloaded layer needs no mask
+    return {f"{name}.{part}": (layer.P if part == "bridge" else getattr(layer, part)).detach().cpu().contiguous()
             for name, layer in bridged_layers(model).items() for part in BRIDGE_PARTS}
 
 
@@ -63,6 +64,8 @@ def compose(model: nn.Module, modules: list[DomainModule], config: BridgeConfig 
         scales = torch.cat([torch.full((m.lora_A[layer].shape[0],), m.scaling) for m in owners])
         bridged = BridgedLinear(base, A, B, scales, config.initial_scale(A.shape[0], len(owners)), dtype=dtype)
         bridged.blocks = [(m.name, m.lora_A[layer].shape[0]) for m in owners]  # which columns are whose
+        if config.p_blocks == "diagonal":
+            bridged.keep_blocks([rank for _, rank in bridged.blocks])
         set_submodule(model, where, bridged.to(base.weight.device))
         placed.append(where)
     return placed
@@ -104,7 +107,7 @@ def bridge_usage(model: nn.Module) -> dict:
     domains = list(dict.fromkeys(name for m in layers.values() for name, _ in m.blocks))
     norms = []
     for m in layers.values():
-        left = ((m.lora_B * m.scales) @ m.bridge).double()  # (d_out, Σr)
+        left = ((m.lora_B * m.scales) @ m.P).double()  # (d_out, Σr)
         A = m.lora_A.double()
         row, start = [0.0] * len(domains), 0
         for name, rank in m.blocks:
@@ -120,7 +123,7 @@ USAGE_EXAMPLES = 128  # task examples the input-weighted usage reads: enough for
 
 def update_maps(model: nn.Module) -> dict[str, torch.Tensor]:
     """Every bridged layer's M = B_cat diag(s) P (d_out x Σr), keyed by layer: its update is M A_cat x."""
-    return {name: ((m.lora_B * m.scales) @ m.bridge).detach().double().clone() for name, m in bridged_layers(model).items()}
+    return {name: ((m.lora_B * m.scales) @ m.P).detach().double().clone() for name, m in bridged_layers(model).items()}
 
 
 @torch.no_grad()
