@@ -738,28 +738,24 @@ def what_it_shows(results: dict) -> list[str]:
              "signal**: nothing it answers depends on the question beyond how often it gives each answer. One seed per row: "
              "differences between rows carry no estimate of seed noise.", "",
              "| row | protocol: metric | accuracy | floor | shuffled (95% range) | p | reading |", "|---|---|---|---|---|---|---|"]
-    for row, by_protocol in shown.items():
-        for protocol, by_metric in by_protocol.items():
-            for metric, e in by_metric.items():
-                lo, hi = e["shuffled_range"]
-                lines.append(f"| {row} | {protocol}: {metric} | {100 * e['observed']:.1f} | {100 * e['floor']:.1f} | "
-                             f"{100 * e['shuffled']:.1f} ({100 * lo:.1f}-{100 * hi:.1f}) | {e['p']:.3f} | {e['reading']} |")
-    quiet = sorted({row for row, by_protocol in shown.items() for by_metric in by_protocol.values() for e in by_metric.values()
-                    if e["reading"] == "no signal"})
+    entries = [(row, protocol, metric, e) for row, by_protocol in shown.items() for protocol, by_metric in by_protocol.items()
+               for metric, e in by_metric.items()]
+    for row, protocol, metric, e in entries:
+        lo, hi = e["shuffled_range"]
+        lines.append(f"| {row} | {protocol}: {metric} | {100 * e['observed']:.1f} | {100 * e['floor']:.1f} | "
+                     f"{100 * e['shuffled']:.1f} ({100 * lo:.1f}-{100 * hi:.1f}) | {e['p']:.3f} | {e['reading']} |")
+    quiet = sorted({row for row, _, _, e in entries if e["reading"] == "no signal"})
     if quiet:
         lines += ["", f"No signal in at least one protocol: {', '.join(quiet)}."]
-    first = next(iter(shown.values()))
-    if any(APART in e for by_metric in first.values() for e in by_metric.values()):
+    if any(APART in e for _, _, _, e in entries):
         lines += ["", "**BoolQ apart.** These files give BoolQ's question without the passage it asks about, so no row can "
                       "read the answer: its accuracy follows from how often it gives each answer (a row that always says the "
                       "answer most questions have scores that share). Per row: accuracy, and the share of its answers by answer "
                       "index (None: no answer keyword).", "",
                   "| row | protocol: metric | accuracy | answers given |", "|---|---|---|---|"]
-        for row, by_protocol in shown.items():
-            for protocol, by_metric in by_protocol.items():
-                for metric, e in by_metric.items():
-                    given = ", ".join(f"{a}: {100 * share:.0f}%" for a, share in e[APART]["answers"].items())
-                    lines.append(f"| {row} | {protocol}: {metric} | {100 * e[APART]['accuracy']:.1f} | {given} |")
+        for row, protocol, metric, e in entries:
+            given = ", ".join(f"{a}: {100 * share:.0f}%" for a, share in e[APART]["answers"].items())
+            lines.append(f"| {row} | {protocol}: {metric} | {100 * e[APART]['accuracy']:.1f} | {given} |")
     return lines
 
 
