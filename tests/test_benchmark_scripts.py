@@ -186,6 +186,24 @@ def test_instruct_shapes_counts_the_shapes_a_run_meets_and_what_padding_costs(ru
     assert re.search(r"^\s+64\s+1\s+1\s+[\d.]+%\s+[\d.]+%$", out, re.M)
 
 
+@pytest.mark.skipif(not (Path(__file__).resolve().parents[2] / "shared" / "data" / "commonsense" / "obqa").is_dir(),
+                    reason="../shared/data/commonsense is not here")
+def test_cloze_go_trains_on_the_correct_options_and_decides_on_acc_norm(run, tiny_llama, tmp_path):
+    common = ["--model", tiny_llama, "--out", tmp_path / "go", "--train-limit", 24, "--test-limit", 8, "--epochs", 1,
+              "--batch-size", 8, "--max-length", 96, "--lr", 1e-3]
+    out = run("cloze_go", *common, "--json", tmp_path / "d.json")
+    rows = [json.loads(line) for line in (tmp_path / "go" / "obqa-cloze.jsonl").read_text().splitlines()]
+    assert rows[0]["prompt"].startswith("Question: ") and rows[0]["prompt"].endswith("\nAnswer:") and rows[0]["response"].startswith(" ")
+    decision = json.loads((tmp_path / "d.json").read_text())
+    base, lora = decision["scores"]["base"], decision["scores"]["lora"]
+    assert base["n"] == lora["n"] == 8 and decision["gain_points"] == pytest.approx(100 * (lora["acc_norm"] - base["acc_norm"]), abs=0.01)
+    assert decision["go"] == (decision["gain_points"] >= 6) and decision["training"]["steps"] > 0
+    assert "go/no-go at +6 points: " in out
+    trained = (tmp_path / "go" / "lora" / "result.json").stat().st_mtime_ns
+    run("cloze_go", *common)  # every step's output is there: nothing trains or scores again
+    assert (tmp_path / "go" / "lora" / "result.json").stat().st_mtime_ns == trained
+
+
 def test_bridge_recipe_trains_tabulates_and_reads_a_comparisons_runs(run, store, task, tmp_path):
     """bridge_recipe.py: a reference (lora) and a candidate (p10x) fine-tuned on a task under --data, the table of dev
     scores and the JSON; then --read-only --reuse reads the lora run from a comparison's folder instead."""

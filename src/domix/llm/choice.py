@@ -258,6 +258,12 @@ def instruction_rows(questions: list[Question]) -> list[dict]:
     return [{"instruction": q.instruction, "input": "", "output": f"the correct answer is {q.keywords[q.label]}"} for q in questions]
 
 
+def cloze_rows(questions: list[Question]) -> list[dict]:
+    """The questions as cloze training rows: the log-likelihood protocol's context as the prompt, the correct choice's
+    continuation as the response (train with ``--template plain``: what the model learns is what that protocol scores)."""
+    return [{"prompt": q.contexts[q.label], "response": q.continuations[q.label]} for q in questions]
+
+
 # ---------------------------------------------------------------- log-likelihood protocol
 
 def _encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
