@@ -7,16 +7,19 @@ import pytest
 
 from domix.cli import main
 from domix.comparison.config import METHODS, CompareConfig, domain_orders
+from domix.methods.registry import CLASSIFIER
 from domix.comparison.run import compare, plan
 from domix.errors import DomixError
 
 from conftest import write_compare_config
 
+CLASSIFIER_ROWS = [m for m, row in METHODS.items() if row.finetune in CLASSIFIER]  # every row a classification task runs
+
 
 def write_config(path, tiny_llama, corpora, task, **kw):
     """Every method, two domain orders, a learning rate of full fine-tuning's own, MixDA's retention text."""
     return write_compare_config(path, tiny_llama, corpora, task, **{
-        "methods": list(METHODS), "orders": 2,
+        "methods": CLASSIFIER_ROWS, "orders": 2,
         "method_settings": {"full": {"lr": 1e-3}, "ncl_full": {"lr": 1e-3}},
         "pretrain_method_settings": {"ncl_full": {"lr": 1e-3}},
         "general": str(corpora["bio"]),  # MixDA's retention text (any text will do for the plumbing)
@@ -174,7 +177,7 @@ def test_compare_runs_every_method_and_resumes(tmp_path, tiny_llama, corpora, ta
     config = write_config(tmp_path / "c.yaml", tiny_llama, corpora, task)
     results = compare(CompareConfig.from_yaml(config), in_process=True)
     out = tmp_path / "out"
-    assert {r["method"] for r in results["runs"]} == set(METHODS) and len(results["runs"]) == 15 + 2 * 2
+    assert {r["method"] for r in results["runs"]} == set(CLASSIFIER_ROWS) and len(results["runs"]) == 15 + 2 * 2
     saved = json.loads((out / "results.json").read_text())
     assert saved["runs"] == results["runs"]
     domix = [r for r in results["runs"] if r["method"] == "domix"]

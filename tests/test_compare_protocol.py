@@ -150,9 +150,13 @@ def test_an_instruction_task_runs_domix_instruct_under_the_same_protocol(tmp_pat
     common = dict(tasks=instruction, instruct={"epochs": 1, "batch_size": 16, "lr": 5e-3, "max_length": 64, "dtype": "float64"})
     with pytest.raises(DomixError, match=r"an instruction task \(domix instruct\), which methods \['head'\] do not run"):
         CompareConfig.from_yaml(write_config(tmp_path / "c.yaml", tiny_llama, corpora, task, **common))
-    cfg = CompareConfig.from_yaml(write_config(tmp_path / "c.yaml", tiny_llama, corpora, task, methods=["lora", "domix"], **common))
+    cfg = CompareConfig.from_yaml(write_config(tmp_path / "c.yaml", tiny_llama, corpora, task, methods=["base", "lora", "domix"],
+                                               **common))
     jobs = plan(cfg)
     selection = [j for j in jobs if j.info.get("selection")]
+    # base trains nothing: one point, nothing to tune, outside the equal budget of the others (2 each)
+    assert sorted(j.name for j in selection if j.info["method"] == "base") == ["search/base/topics/default/seed1"]
+    assert len(selection) == 1 + 2 + 2 and cfg.search.budget(cfg.methods) == 2
     assert {j.kind for j in selection} == {"instruct"} and all(j.settings["score_test"] is False for j in selection)
     assert all(type(j.config()).__name__ == "InstructConfig" and j.config().task == str(task) for j in selection)
 
@@ -161,13 +165,15 @@ def test_an_instruction_task_runs_domix_instruct_under_the_same_protocol(tmp_pat
     for path in (out / "search").rglob("result.json"):
         record = json.loads(path.read_text())
         assert record["test"] is None and record["test_generate"] is None and record["dev"]["macro_f1"] >= 0
-    assert len(results["runs"]) == 2 * 3 and {r["seed"] for r in results["runs"]} == {2, 3, 4}
+    assert len(results["runs"]) == 3 * 3 and {r["seed"] for r in results["runs"]} == {2, 3, 4}
+    base = [r["test"]["macro_f1"] for r in results["runs"] if r["method"] == "base"]
+    assert len(set(base)) == 1  # the model as it is, whatever the seed
     for run in results["runs"]:
         assert 0 <= run["test"]["macro_f1"] <= 1 and 0 <= run["test_generate"]["unanswered"] <= 1
         assert len(run["test_predictions"]["predicted"]) == 16
     config_file = out / "configs" / "finetune" / "lora" / "topics" / "seed2.yaml"
     assert yaml.safe_load(config_file.read_text())["task"] == str(task)  # what domix instruct --config reads
-    assert set(results["paired"]["macro_f1"]) == {"lora", "domix"} - {results["paired"]["reference"]}
+    assert set(results["paired"]["macro_f1"]) == {"base", "lora", "domix"} - {results["paired"]["reference"]}
     report = (out / "report.md").read_text()
     assert "## Paired differences against" in report and "## Generated answers" in report
 

@@ -180,3 +180,22 @@ def test_the_shared_prompt_cache_scores_as_whole_sequences_through_composed_mode
     for i, example in enumerate(examples):
         for j, label in enumerate(labelled.labels):
             assert float(got[i, j]) == pytest.approx(hand_loglikelihood(model, tokenizer, example, label), abs=1e-6)
+
+
+def test_the_base_row_scores_the_model_as_it_is(tiny_llama, task, tmp_path):
+    """--method base: nothing trains; dev is scored once (epoch 0) and test as for any run, the model untouched: its test
+    answers are the untrained model's, by hand."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    record = instruct(run_config(tiny_llama, task, tmp_path / "run", method="base", lora_rank=None))
+    assert record["steps"] == 0 and record["trainable_parameters"] == 0 and record["best_epoch"] == 1
+    assert len(record["dev_history"]) == 1 and record["dev_history"][0]["epoch"] == 0
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(tiny_llama).eval(), AutoTokenizer.from_pretrained(tiny_llama)
+    from domix.llm.labelled import read_labelled
+
+    labelled = read_labelled(str(task), None, None, 24, 0, True)
+    by_hand = score_loglikelihood(model, tokenizer, labelled.examples["test"], labelled.labels, "alpaca", 64, 16, "cpu").argmax(1)
+    assert record["test_predictions"]["predicted"] == by_hand.tolist()
+    with pytest.raises(SystemExit) as refused:  # a classifier has no base row: the flag's choices leave it out
+        main(["finetune", "--method", "base", "--task", str(task), "--model", str(tiny_llama), "--out", str(tmp_path / "f")])
+    assert refused.value.code == 2

@@ -18,7 +18,7 @@ from domix.finetuning.config import EvaluateSettings, FinetuneConfig
 from domix.llm.config import InstructConfig
 from domix.llm.cli import COMMANDS as LLM_COMMANDS
 from domix.llm.cli import add_parsers as add_llm_parsers
-from domix.methods.registry import INSTRUCT, PIECE_DESCRIPTIONS, STAGE1, STAGE2, method_help, recipe_help
+from domix.methods.registry import CLASSIFIER, INSTRUCT, PIECE_DESCRIPTIONS, STAGE1, STAGE2, method_help, recipe_help
 from domix.pretraining.config import PretrainConfig
 from domix.settings import add_setting_flags, flag_values, from_flags
 from domix.version import __version__
@@ -117,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="train one LoRA domain module per corpus (domain-adaptive pre-training)",
                     description="Train one LoRA module per domain corpus on a frozen base model (--method domix), or a stage-1 "
                                 "baseline: ncl_lora, joint_lora and ncl_full train one model for all domains, in one process.")
-    add_run_command(sub, "finetune", FinetuneConfig, STAGE2,
+    add_run_command(sub, "finetune", FinetuneConfig, {m: STAGE2[m] for m in CLASSIFIER},
                     help="fine-tune an end task on composed domain modules (DoMIX) or a baseline",
                     description="Fine-tune a sequence classifier: the domain modules concatenated with a trainable bridge "
                                 "(DoMIX), or a baseline (fixed bridge, PEFT LoRA/DoRA, full fine-tuning).")

@@ -50,7 +50,7 @@ from domix.errors import DomixError
 from domix.finetuning.config import FIELDS as FINETUNE_FIELDS
 from domix.llm.config import FIELDS as INSTRUCT_FIELDS
 from domix.methods.registry import COMPARE as METHODS
-from domix.methods.registry import INSTRUCT, STAGE2
+from domix.methods.registry import CLASSIFIER, INSTRUCT
 from domix.pretraining.config import FIELDS as PRETRAIN_FIELDS
 from domix.pretraining.config import PretrainConfig
 from domix.settings import check_fields, read_yaml_mapping, renamed
@@ -88,7 +88,7 @@ class CompareConfig:
     domains: dict[str, str]
     tasks: list[ComparedTask]
     out: str = "runs/compare"
-    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    methods: list[str] = field(default_factory=lambda: [m for m, row in METHODS.items() if row.finetune in CLASSIFIER])  # all a classifier runs
     seeds: list[int] = field(default_factory=lambda: [1, 2])
     method_seeds: dict[str, list[int]] = field(default_factory=dict)  # a method's own seeds instead of ``seeds``
     orders: list[list[str]] = field(default_factory=list)  # filled from an int by from_yaml
@@ -208,11 +208,12 @@ class CompareConfig:
         for task in self.tasks:
             _known_keys(f"tasks.{task.name}.{task.command}", task.settings, (FINETUNE_FIELDS - {*TASK_DATA_KEYS} if task.command == "finetune"
                                                                              else INSTRUCT_FIELDS - INSTRUCT_TASK_KEYS) - RUN_RESERVED - {"init_module"})
-            if task.kind == "instruction":
-                unable = [m for m in self.methods if not STAGE2[METHODS[m].finetune].instruct]
-                if unable:
-                    raise DomixError(f"task {task.name!r} is an instruction task (domix instruct), which methods {unable} do not "
-                                     f"run; drop them or the task (domix instruct offers {', '.join(INSTRUCT)})")
+            offered = INSTRUCT if task.kind == "instruction" else CLASSIFIER
+            unable = [m for m in self.methods if METHODS[m].finetune not in offered]
+            if unable:
+                what = "an instruction task (domix instruct)" if task.kind == "instruction" else "a classification task (domix finetune)"
+                raise DomixError(f"task {task.name!r} is {what}, which methods {unable} do not run; drop them or the task "
+                                 f"(domix {task.command} offers {', '.join(offered)})")
         for method, settings in self.method_settings.items():
             if method not in METHODS:
                 raise DomixError(f"method_settings names unknown method {method!r}; choose from {list(METHODS)}")

@@ -42,7 +42,9 @@ class Search:
 
     def points(self, method: str) -> list[dict[str, Any]]:
         """The method's configurations, in the declared order: its own grid, else ``space`` (an empty grid is one
-        point, the comparison's settings as they are)."""
+        point, the comparison's settings as they are). A row that trains nothing (base) has one: nothing to tune."""
+        if not trains(method):
+            return [{}]
         return expand(self.methods.get(method, self.space), f"search.methods.{method}" if method in self.methods else "search.space")
 
     def check(self, cfg) -> None:
@@ -68,7 +70,7 @@ class Search:
         self.space = _coerced(self.space, "search.space")
         self.methods = {m: _coerced(grid, f"search.methods.{m}") for m, grid in self.methods.items()}
         budgets = {}
-        for method in cfg.methods:
+        for method in filter(trains, cfg.methods):  # a row that trains nothing has nothing to tune: no budget to match
             points = self.points(method)
             for point in points:
                 bad = sorted(set(point) - allowed)
@@ -86,13 +88,21 @@ class Search:
         if shared:
             raise DomixError(f"seed(s) {shared} are both selection seeds (search.seeds) and test seeds (seeds); test figures come "
                              "from fresh seeds: give seeds that search.seeds does not have")
-        few = [m for m in cfg.methods if len(cfg.method_seeds.get(m, cfg.seeds)) < MIN_TEST_SEEDS]
+        few = [m for m in cfg.methods if trains(m) and len(cfg.method_seeds.get(m, cfg.seeds)) < MIN_TEST_SEEDS]
         if few:
             raise DomixError(f"with a search, every method's chosen configuration trains at {MIN_TEST_SEEDS} or more fresh seeds; "
                              f"{few} have fewer: give seeds (and method_seeds) at least {MIN_TEST_SEEDS} seeds each")
 
     def budget(self, methods: list[str]) -> int:
-        return len(self.points(methods[0])) if methods else 0
+        tuned = [m for m in methods if trains(m)]
+        return len(self.points(tuned[0])) if tuned else 0
+
+
+def trains(method: str) -> bool:
+    """Whether a comparison row trains anything (base does not: its one run is the model as it is, at any seed)."""
+    from domix.methods.registry import COMPARE, STAGE2
+
+    return STAGE2[COMPARE[method].finetune].trains
 
 
 def expand(grid: Any, where: str) -> list[dict[str, Any]]:

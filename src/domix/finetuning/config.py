@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from functools import partial
 
 from domix.errors import DomixError
-from domix.methods.registry import check_init_module, own_settings, recipe_of, stage2
+from domix.methods.registry import CLASSIFIER, check_init_module, own_settings, recipe_of, stage2
 from domix.settings import (FRACTION, POSITIVE, MethodChoice, RunSettings, TrainingSettings, at_least, comma_list, one_of,
                             run_settings, setting, setting_names)
 
@@ -130,7 +130,7 @@ class FinetuneConfig(RunSettings, MethodChoice, TrainingSettings, RunOptions, Ta
             raise DomixError(f"--mix-task {self.task} is the run's own --task; mix in other tasks")
         if self.mix_tasks and self.task is None:
             raise DomixError("--mix-task needs the run's own task as a folder (--task), not --train/--dev/--test files")
-        spec = stage2(self.method)
+        spec = stage2(self.method, CLASSIFIER)
         if spec.modules_required and not self.modules:
             raise DomixError(f"method {self.method} needs the {spec.pieces} of domix pretrain --method {spec.store}; "
                              "pass --modules STORE (its --out folder)")

@@ -211,12 +211,40 @@ def format_labelled(record: dict) -> str:
             f"(majority label: macro-F1 {record['majority']['test']['macro_f1']:.4f})")
 
 
+def _dev_scorer(model, dev_rows: Rows, cfg: InstructConfig, tokenizer, device, labelled: LabelledTask | None):
+    """``score(epoch)``: the dev loss (per response token), and for a ``labelled`` task the label words' accuracy and
+    macro-F1, which then decides (engine.selection.DevScore)."""
+    pad_id = tokenizer.pad_token_id
+
+    def score(epoch: int) -> DevScore:
+        value = dev_loss(model, dev_rows, pad_id, cfg.batch_size, device, cfg.pad_multiple)
+        if labelled is None:
+            return DevScore(value, {"epoch": epoch, "loss": value}, f"dev loss {value:.4f}", {"loss": value})
+        loglik = score_loglikelihood(model, tokenizer, labelled.examples["dev"], labelled.labels, cfg.template, cfg.max_length,
+                                     cfg.batch_size, device)
+        s = classification_scores(loglik.argmax(1), labelled.gold["dev"], len(labelled.labels))
+        return DevScore(s["macro_f1"], {"epoch": epoch, "loss": value, **s},
+                        f"dev loss {value:.4f}, accuracy {s['accuracy']:.4f}, macro-F1 {s['macro_f1']:.4f}",
+                        {"loss": value, "accuracy": s["accuracy"], "macro_f1": s["macro_f1"]})
+
+    return score
+
+
 def _train(model, groups, train_rows: Rows, dev_rows: Rows, cfg: InstructConfig, tokenizer, device, ckpt_dir: Path,
            on_step: StepHook | None, dp: DataParallel | None = None, labelled: LabelledTask | None = None) -> TrainResult:
     """Epochs over shuffled batches of the examples, the dev loss after every epoch picking the kept weights
     (engine.selection; ``extra`` adds dev_loss_before, the base's); for a ``labelled`` task the dev macro-F1 by the
-    label words' log-likelihood picks them, as a classifier's does."""
+    label words' log-likelihood picks them, as a classifier's does. A method that trains nothing (base) is scored
+    once, as epoch 0, and kept as it is."""
     pad_id = tokenizer.pad_token_id
+    score_dev = _dev_scorer(model, dev_rows, cfg, tokenizer, device, labelled)
+    if not any(group["params"] for group in groups):
+        started = time.perf_counter()
+        score = score_dev(0)
+        print(f"domix: nothing trains ({cfg.method}): {score.said}")
+        return TrainResult(extra={"history": [score.entry], "best_epoch": 1, "dev_loss_before": score.entry["loss"],
+                                  "dev_seconds": time.perf_counter() - started})
+
     def step_loss(step: int) -> tuple[torch.Tensor, int]:
         rows = [train_rows[i] for i in batch_rows(len(train_rows), cfg.batch_size, cfg.seed, step).tolist()]
         mine = my_rows(rows, dp)
@@ -227,17 +255,6 @@ def _train(model, groups, train_rows: Rows, dev_rows: Rows, cfg: InstructConfig,
         loss = lm_losses(model, batch["input_ids"].to(device), batch["labels"], "clm", denominators=[max(_predicted(rows), 1)],
                          attention_mask=batch["attention_mask"].to(device))[0]
         return loss, int(batch["attention_mask"].sum())
-
-    def score_dev(epoch: int) -> DevScore:
-        value = dev_loss(model, dev_rows, pad_id, cfg.batch_size, device, cfg.pad_multiple)
-        if labelled is None:
-            return DevScore(value, {"epoch": epoch, "loss": value}, f"dev loss {value:.4f}", {"loss": value})
-        loglik = score_loglikelihood(model, tokenizer, labelled.examples["dev"], labelled.labels, cfg.template, cfg.max_length,
-                                     cfg.batch_size, device)
-        s = classification_scores(loglik.argmax(1), labelled.gold["dev"], len(labelled.labels))
-        return DevScore(s["macro_f1"], {"epoch": epoch, "loss": value, **s},
-                        f"dev loss {value:.4f}, accuracy {s['accuracy']:.4f}, macro-F1 {s['macro_f1']:.4f}",
-                        {"loss": value, "accuracy": s["accuracy"], "macro_f1": s["macro_f1"]})
 
     def before() -> dict:
         return {"dev_loss_before": dev_loss(model, dev_rows, pad_id, cfg.batch_size, device, cfg.pad_multiple)}

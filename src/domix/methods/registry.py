@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from domix.errors import DomixError
-from domix.methods import baselines, bridge, full, head, mixda, mode, peft
+from domix.methods import baselines, bridge, full, head, mixda, mode, peft, untrained
 from domix.methods.baselines.config import OUTPUTS, WHOLE_MODELS
 from domix.methods.bridge.config import BridgeSettings
 from domix.methods.mixda.config import KIND as MIXDA_KIND
@@ -62,6 +62,8 @@ class Stage2:
     lora_rank: bool = False  # a fresh adapter of --lora-rank (default: the modules' total rank)
     init_module: bool = False  # may start from one module of --modules (--init-module)
     instruct: bool = False  # offered by domix instruct (causal LMs) too
+    classifier: bool = True  # offered by domix finetune (a sequence classifier)
+    trains: bool = True  # False: nothing trains (base), so a search has nothing to tune for it
     recipes: Recipes = field(default_factory=dict)
     settings: dict[str, type] = field(default_factory=dict)  # command -> the method's own settings class
 
@@ -121,6 +123,8 @@ STAGE2: dict[str, Stage2] = {
     "dora": Stage2(peft.dora, "a PEFT DoRA", store="domix", lora_rank=True, init_module=True, instruct=True),
     "full": Stage2(full.full, "every weight trains", instruct=True),
     "head": Stage2(head.head, "only the classification head"),
+    "base": Stage2(untrained.untrained, "the causal LM as it is, nothing trained (an instruction task's zero-shot floor)",
+                   instruct=True, classifier=False, trains=False),
     "mixda": Stage2(mixda.mixda, "a gate over the domain adapters of domix pretrain --method mixda",
                     store="mixda", pieces="domain adapters", modules_required=True,
                     recipes={"paper": {"finetune": {"lr": 1e-4, "weight_decay": 0.01}}}),  # its stage-2 AdamW
@@ -141,6 +145,7 @@ COMPARE: dict[str, Row] = {
     "joint_lora": Row("lora", pretrain="joint_lora", init="output"),
     "lora_fa": Row("lora_fa"),  # DoMIX's trainable shape (A frozen) without domain modules
     "head": Row("head"),  # only the classification head: what the frozen base's features give
+    "base": Row("base"),  # an instruction task's model untrained: what the base answers zero-shot
     # the bridge lays the modules out by name (methods/bridge/method.py): any domain order gives the same run, bit for bit
     "cat": Row("cat", pretrain="domix"),
     "domix_fixed": Row("domix_fixed", pretrain="domix"),
@@ -155,6 +160,7 @@ COMPARE: dict[str, Row] = {
 PIECE_DESCRIPTIONS = {MIXDA_KIND: describe_adapters, MODE_KIND: describe_experts}
 
 INSTRUCT = tuple(name for name, entry in STAGE2.items() if entry.instruct)
+CLASSIFIER = tuple(name for name, entry in STAGE2.items() if entry.classifier)
 
 
 def own_settings(command: str) -> dict[str, type]:
