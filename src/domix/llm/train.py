@@ -1,8 +1,10 @@
 """An instruction fine-tuning run of a causal LM (``domix instruct``).
 
 Loss on the response tokens only; dev loss (per response token) after every epoch, the best epoch
-kept. As in the other runs every step is a pure function of (seed, step, state), checkpoints are
-atomic, and rerunning the same command resumes to the same model.
+kept. A labelled task (``--task``, llm/labelled.py) is scored by its label words instead: dev macro-F1
+keeps the epoch, and the test split is scored by log-likelihood and by generation. As in the other runs
+every step is a pure function of (seed, step, state), checkpoints are atomic, and rerunning the same
+command resumes to the same model.
 """
 
 from __future__ import annotations
