@@ -88,7 +88,8 @@ class CompareConfig:
     domains: dict[str, str]
     tasks: list[ComparedTask]
     out: str = "runs/compare"
-    methods: list[str] = field(default_factory=lambda: [m for m, row in METHODS.items() if row.finetune in CLASSIFIER])  # all a classifier runs
+    # default: every row a classification task runs
+    methods: list[str] = field(default_factory=lambda: [m for m, row in METHODS.items() if row.finetune in CLASSIFIER])
     seeds: list[int] = field(default_factory=lambda: [1, 2])
     method_seeds: dict[str, list[int]] = field(default_factory=dict)  # a method's own seeds instead of ``seeds``
     orders: list[list[str]] = field(default_factory=list)  # filled from an int by from_yaml
@@ -206,8 +207,8 @@ class CompareConfig:
         _known_keys("finetune", self.finetune, FINETUNE_FIELDS - RUN_RESERVED - {"init_module"})
         _known_keys("instruct", self.instruct, INSTRUCT_FIELDS - RUN_RESERVED - {"init_module"} - INSTRUCT_TASK_KEYS)
         for task in self.tasks:
-            _known_keys(f"tasks.{task.name}.{task.command}", task.settings, (FINETUNE_FIELDS - {*TASK_DATA_KEYS} if task.command == "finetune"
-                                                                             else INSTRUCT_FIELDS - INSTRUCT_TASK_KEYS) - RUN_RESERVED - {"init_module"})
+            own = FINETUNE_FIELDS - set(TASK_DATA_KEYS) if task.command == "finetune" else INSTRUCT_FIELDS - INSTRUCT_TASK_KEYS
+            _known_keys(f"tasks.{task.name}.{task.command}", task.settings, own - RUN_RESERVED - {"init_module"})
             offered = INSTRUCT if task.kind == "instruction" else CLASSIFIER
             unable = [m for m in self.methods if METHODS[m].finetune not in offered]
             if unable:
