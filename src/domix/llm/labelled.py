@@ -119,7 +119,7 @@ def shared_prompt_scores(model: nn.Module, rows: list[tuple[list[int], list[int]
     prompt = rows[0][0][:start]
     if any(ids[:start] != prompt for ids, _ in rows):
         raise ValueError("shared_prompt_scores needs rows that share their prompt")
-    first = model(input_ids=torch.tensor([prompt], device=device), use_cache=True)
+    first = model(input_ids=torch.tensor([prompt], device=device), use_cache=True, logits_to_keep=1)  # the last position's alone
     cache, head = first.cache, torch.log_softmax(first.logits[0, -1].double(), dim=-1).cpu()
     cache.batch_repeat_interleave(len(rows))
     responses = [ids[start:] for ids, _ in rows]
