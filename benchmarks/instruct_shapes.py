@@ -63,16 +63,18 @@ def main() -> None:
 
     from domix.llm.config import InstructConfig
     from domix.llm.data import encode_examples
-    from domix.llm.labelled import read_labelled, training_rows
+    from domix.llm.labelled import read_labelled
     from domix.llm.train import train_dev_examples
 
     tokenizer = AutoTokenizer.from_pretrained(args.model)
-    if args.task:
+    if args.task:  # as domix instruct --task prepares it: every input cut to fit with the longest label
         labelled = read_labelled(args.task, None, args.train_limit, None, 0, score_test=False)
-        rows = training_rows(labelled.examples["train"], labelled.labels, tokenizer, args.template, args.max_length)
+        labelled.fit(tokenizer, args.template, args.max_length)
+        examples = labelled.examples["train"]
     else:
         cfg = InstructConfig(train=args.train, out="unused", model=args.model, method="lora", train_limit=args.train_limit)
-        rows, _ = encode_examples(train_dev_examples(cfg)[0], tokenizer, args.template, args.max_length, "train")
+        examples = train_dev_examples(cfg)[0]
+    rows, _ = encode_examples(examples, tokenizer, args.template, args.max_length, "train")
     lengths = [len(ids) for ids, _ in rows]
     steps = args.epochs * math.ceil(len(lengths) / args.batch_size)
     table = [replay(lengths, args.batch_size, args.seed, steps, m) for m in args.multiples]

@@ -39,7 +39,7 @@ def test_label_loglikelihoods_equal_a_hand_computation_whatever_the_padding(llam
     model, tokenizer = llama
     labelled = read_task(task)
     examples = split_examples(labelled.splits["test"], labelled.labels)[:5]
-    got = score_loglikelihood(model, tokenizer, examples, labelled.labels, "alpaca", 128, batch_size=4, device="cpu")
+    got = score_loglikelihood(model, tokenizer, examples, labelled.labels, "alpaca", 128, device="cpu")
     assert got.shape == (5, 3)
     for i, example in enumerate(examples):
         for j, label in enumerate(labelled.labels):
@@ -176,7 +176,7 @@ def test_the_shared_prompt_cache_scores_as_whole_sequences_through_composed_mode
         context.__enter__()
     labelled = read_task(task)
     examples = split_examples(labelled.splits["test"], labelled.labels)[:3]
-    got = score_loglikelihood(model, tokenizer, examples, labelled.labels, "alpaca", 128, batch_size=4, device="cpu")
+    got = score_loglikelihood(model, tokenizer, examples, labelled.labels, "alpaca", 128, device="cpu")
     for i, example in enumerate(examples):
         for j, label in enumerate(labelled.labels):
             assert float(got[i, j]) == pytest.approx(hand_loglikelihood(model, tokenizer, example, label), abs=1e-6)
@@ -194,7 +194,8 @@ def test_the_base_row_scores_the_model_as_it_is(tiny_llama, task, tmp_path):
     from domix.llm.labelled import read_labelled
 
     labelled = read_labelled(str(task), None, None, 24, 0, True)
-    by_hand = score_loglikelihood(model, tokenizer, labelled.examples["test"], labelled.labels, "alpaca", 64, 16, "cpu").argmax(1)
+    labelled.fit(tokenizer, "alpaca", 64)  # as the run prepares its examples
+    by_hand = score_loglikelihood(model, tokenizer, labelled.examples["test"], labelled.labels, "alpaca", 64, "cpu").argmax(1)
     assert record["test_predictions"]["predicted"] == by_hand.tolist()
     with pytest.raises(SystemExit) as refused:  # a classifier has no base row: the flag's choices leave it out
         main(["finetune", "--method", "base", "--task", str(task), "--model", str(tiny_llama), "--out", str(tmp_path / "f")])

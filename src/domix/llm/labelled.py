@@ -29,7 +29,6 @@ from domix.metrics import classification_scores
 from domix.tasks import Split, Task, read_task, subsample
 
 DEFAULT_INSTRUCTION = "Classify the input. Answer with exactly one of these labels: {labels}."
-PROTOCOLS = ("loglikelihood", "generate")
 
 
 @dataclass
@@ -43,6 +42,12 @@ class LabelledTask:
     @property
     def labels(self) -> list[str]:
         return self.task.labels
+
+    def fit(self, tokenizer, template: str, max_length: int) -> None:
+        """Cut every example's input so that its prompt and the longest label fit ``max_length`` tokens (:func:`fitted`),
+        once: training, dev and test scoring then encode the examples as they are."""
+        self.examples = {split: [fitted(e, self.labels, tokenizer, template, max_length) for e in examples]
+                         for split, examples in self.examples.items()}
 
 
 def read_labelled(path: str, instruction: str | None, train_limit: int | None, eval_limit: int | None, sample_seed: int,
@@ -85,14 +90,10 @@ def fitted(example: Example, labels: list[str], tokenizer, template: str, max_le
     raise DomixError(f"an input could not be cut to fit --max-length {max_length}; raise --max-length")
 
 
-def training_rows(examples: list[Example], labels: list[str], tokenizer, template: str, max_length: int) -> list[tuple[list[int], list[int]]]:
-    """Encoded training (or dev-loss) rows: each example, cut to fit, with its own label as the response."""
-    return [encode_example(fitted(e, labels, tokenizer, template, max_length), tokenizer, template, max_length) for e in examples]
-
-
 def score_loglikelihood(model: nn.Module, tokenizer, examples: list[Example], labels: list[str], template: str, max_length: int,
-                        batch_size: int, device) -> torch.Tensor:
-    """(examples, labels) summed log-probabilities of each label's response given each example's prompt.
+                        device) -> torch.Tensor:
+    """(examples, labels) summed log-probabilities of each label's response given each example's prompt; the examples fit
+    ``max_length`` with every label (:meth:`LabelledTask.fit`), so no response is cut.
 
     The prompt runs once per example and its keys and values serve every label (``shared_prompt_scores``): with K labels
     a prompt of p tokens and responses of r, p + K·r tokens instead of K·(p + r). The responses are split off the
@@ -102,8 +103,8 @@ def score_loglikelihood(model: nn.Module, tokenizer, examples: list[Example], la
     try:
         out = torch.empty(len(examples), len(labels), dtype=torch.float64)
         for i, example in enumerate(examples):
-            fit = fitted(example, labels, tokenizer, template, max_length)
-            rows = [encode_example(Example(fit.instruction, fit.input, label), tokenizer, template, max_length) for label in labels]
+            rows = [encode_example(Example(example.instruction, example.input, label), tokenizer, template, max_length)
+                    for label in labels]
             out[i] = torch.tensor(shared_prompt_scores(model, rows, tokenizer.pad_token_id, device))
         return out
     finally:
@@ -140,14 +141,14 @@ def shared_prompt_scores(model: nn.Module, rows: list[tuple[list[int], list[int]
     return out
 
 
-def generated_labels(model: nn.Module, tokenizer, examples: list[Example], labels: list[str], template: str, max_length: int,
+def generated_labels(model: nn.Module, tokenizer, examples: list[Example], labels: list[str], template: str,
                      batch_size: int, device) -> tuple[list[int | None], list[str]]:
-    """Each example's greedy answer: the index of the label it equals once trimmed (None: no label), and the text."""
+    """Each example's greedy answer (the examples fitted, :meth:`LabelledTask.fit`): the index of the label it equals
+    once trimmed (None: no label), and the text."""
     from domix.llm.choice import generate
 
     longest = max(len(tokenizer(label, add_special_tokens=False)["input_ids"]) for label in labels)
-    prompts = [prompt_text(e.instruction, e.input, template, tokenizer)
-               for e in (fitted(e, labels, tokenizer, template, max_length) for e in examples)]
+    prompts = [prompt_text(e.instruction, e.input, template, tokenizer) for e in examples]
     was_training = model.training
     try:
         texts = generate(model, tokenizer, prompts, max_new_tokens=longest + 2, batch_size=batch_size, device=device,

@@ -26,7 +26,7 @@ from domix.errors import DomixError
 from domix.lm_loss import lm_losses
 from domix.llm.config import InstructConfig
 from domix.llm.data import Example, collate, encode_examples, read_examples
-from domix.llm.labelled import LabelledTask, generated_labels, read_labelled, score_loglikelihood, training_rows
+from domix.llm.labelled import LabelledTask, generated_labels, read_labelled, score_loglikelihood
 from domix.llm.labelled import scores as label_scores
 from domix.llm.model import CAUSAL_KIND, build, load_causal, resolve_dtype, save_task_model
 from domix.methods.registry import task_method
@@ -91,12 +91,11 @@ def prepare(cfg: InstructConfig) -> dict:
     model, groups = build(model, modules, cfg, method)
     model.to(device)
     method.place(model, cfg)  # a method's own placement after the move (MoDE's --mode-device-map)
-    if labelled:  # every example kept, its input cut to fit: each label is scored whole
-        train_rows, dropped = training_rows(train_examples, labelled.labels, tokenizer, cfg.template, cfg.max_length), 0
-        dev_rows, dev_dropped = training_rows(dev_examples, labelled.labels, tokenizer, cfg.template, cfg.max_length), 0
-    else:
-        train_rows, dropped = encode_examples(train_examples, tokenizer, cfg.template, cfg.max_length, "train")
-        dev_rows, dev_dropped = encode_examples(dev_examples, tokenizer, cfg.template, cfg.max_length, "dev")
+    if labelled:  # every example kept, its input cut to fit: each label is scored whole (so none is dropped below)
+        labelled.fit(tokenizer, cfg.template, cfg.max_length)
+        train_examples, dev_examples = labelled.examples["train"], labelled.examples["dev"]
+    train_rows, dropped = encode_examples(train_examples, tokenizer, cfg.template, cfg.max_length, "train")
+    dev_rows, dev_dropped = encode_examples(dev_examples, tokenizer, cfg.template, cfg.max_length, "dev")
     return {"model": model, "tokenizer": tokenizer, "groups": groups, "modules": modules, "method": method,
             "base_name": base_name, "fingerprint": fingerprint, "device": device, "dtype": dtype,
             "total_params": total_params, "train": train_rows, "dev": dev_rows, "dropped": {"train": dropped, "dev": dev_dropped},
@@ -189,11 +188,9 @@ def _labelled_record(model: nn.Module, tokenizer, labelled: LabelledTask, state:
     if not cfg.score_test:
         return out
     gold = labelled.gold["test"]
-    loglik = score_loglikelihood(model, tokenizer, labelled.examples["test"], labels, cfg.template, cfg.max_length,
-                                 cfg.batch_size, device)
+    loglik = score_loglikelihood(model, tokenizer, labelled.examples["test"], labels, cfg.template, cfg.max_length, device)
     predicted = loglik.argmax(1)
-    answers, texts = generated_labels(model, tokenizer, labelled.examples["test"], labels, cfg.template, cfg.max_length,
-                                      cfg.batch_size, device)
+    answers, texts = generated_labels(model, tokenizer, labelled.examples["test"], labels, cfg.template, cfg.batch_size, device)
     out.update(test=classification_scores(predicted, gold, len(labels)),
                test_predictions={"predicted": predicted.tolist(), "gold": gold.tolist()},
                test_generate=label_scores(answers, gold, len(labels)),
@@ -223,7 +220,7 @@ def _dev_scorer(model, dev_rows: Rows, cfg: InstructConfig, tokenizer, device, l
         if labelled is None:
             return DevScore(value, {"epoch": epoch, "loss": value}, f"dev loss {value:.4f}", {"loss": value})
         loglik = score_loglikelihood(model, tokenizer, labelled.examples["dev"], labelled.labels, cfg.template, cfg.max_length,
-                                     cfg.batch_size, device)
+                                     device)
         s = classification_scores(loglik.argmax(1), labelled.gold["dev"], len(labelled.labels))
         return DevScore(s["macro_f1"], {"epoch": epoch, "loss": value, **s},
                         f"dev loss {value:.4f}, accuracy {s['accuracy']:.4f}, macro-F1 {s['macro_f1']:.4f}",
