@@ -81,6 +81,11 @@ class ComparedTask:
         """Its own settings of that command."""
         return self.instruct if self.kind == "instruction" else self.finetune
 
+    @property
+    def fields(self) -> set[str]:
+        """The settings that command has."""
+        return INSTRUCT_FIELDS if self.kind == "instruction" else FINETUNE_FIELDS
+
 
 @dataclass
 class CompareConfig:
@@ -207,8 +212,8 @@ class CompareConfig:
         _known_keys("finetune", self.finetune, FINETUNE_FIELDS - RUN_RESERVED - {"init_module"})
         _known_keys("instruct", self.instruct, INSTRUCT_FIELDS - RUN_RESERVED - {"init_module"} - INSTRUCT_TASK_KEYS)
         for task in self.tasks:
-            own = FINETUNE_FIELDS - set(TASK_DATA_KEYS) if task.command == "finetune" else INSTRUCT_FIELDS - INSTRUCT_TASK_KEYS
-            _known_keys(f"tasks.{task.name}.{task.command}", task.settings, own - RUN_RESERVED - {"init_module"})
+            data = set(TASK_DATA_KEYS) if task.command == "finetune" else INSTRUCT_TASK_KEYS  # the task's, given elsewhere
+            _known_keys(f"tasks.{task.name}.{task.command}", task.settings, task.fields - data - RUN_RESERVED - {"init_module"})
             offered = INSTRUCT if task.kind == "instruction" else CLASSIFIER
             unable = [m for m in self.methods if METHODS[m].finetune not in offered]
             if unable:

@@ -45,9 +45,7 @@ from domix.comparison.config import METHODS, CompareConfig, ComparedTask
 from domix.comparison.progress import Board
 from domix.comparison.search import choose, point_label
 from domix.errors import DomixError
-from domix.finetuning.config import FIELDS as FINETUNE_FIELDS
 from domix.finetuning.config import FinetuneConfig
-from domix.llm.config import FIELDS as INSTRUCT_FIELDS
 from domix.llm.config import InstructConfig
 from domix.methods.registry import STAGE1, STAGE2
 from domix.pretraining.config import PretrainConfig
@@ -63,7 +61,6 @@ TIMES_FILE = "job_times.json"  # wall seconds of each job's command, as the comp
 OPTIONAL_RECORD_KEYS = ("bridge_usage", "gate_weights", "retention", "majority", "test_predictions", "time_s", "test_generate")
 CONFIGS = {"pretrain": PretrainConfig, "finetune": FinetuneConfig, "instruct": InstructConfig}  # a job's kind: its command's settings
 TASK_COMMANDS = ("finetune", "instruct")  # the jobs that train on a task
-CONFIG_FIELDS = {"finetune": FINETUNE_FIELDS, "instruct": INSTRUCT_FIELDS}
 
 
 @dataclass
@@ -183,8 +180,7 @@ def _finetune_job(cfg: CompareConfig, name: str, task: ComparedTask, seed: int, 
     folder = f"{where}/seed{seed}" + (f"-{slug(order)}" if order else "")
     # the comparison's settings, then the task's own, then the method's, then the searched point (the most particular wins);
     # a method's settings reach the runs of the commands that have them
-    fields = CONFIG_FIELDS[task.command]
-    own = {k: v for k, v in cfg.method_settings.get(name, {}).items() if k in fields}
+    own = {k: v for k, v in cfg.method_settings.get(name, {}).items() if k in task.fields}
     settings = {"save_model": False, **({"recipe": method.recipe} if method.recipe else {}), **getattr(cfg, task.command),
                 **task.settings, **own, **(point or {}), **task.data, "task": task.path,
                 "out": str(Path(cfg.out) / folder), "method": method.finetune, "seed": seed}

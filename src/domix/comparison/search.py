@@ -49,9 +49,6 @@ class Search:
 
     def check(self, cfg) -> None:
         """Refuse a search that is not equal for every method, or whose seeds are not kept apart from the test seeds."""
-        from domix.finetuning.config import FIELDS as FINETUNE_FIELDS
-        from domix.llm.config import FIELDS as INSTRUCT_FIELDS
-
         seeds = self.seeds
         if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
             raise DomixError(f"search.seeds must be a non-empty list of whole numbers (the selection seeds), not {seeds!r}")
@@ -65,8 +62,7 @@ class Search:
             if method not in cfg.methods:
                 raise DomixError(f"search.methods names {method!r}, which is not among the comparison's methods {cfg.methods}")
         # a point applies to every task: the settings every task's command has (finetune's, instruct's, or both)
-        fields = {"finetune": FINETUNE_FIELDS, "instruct": INSTRUCT_FIELDS}
-        allowed = set.intersection(*(set(fields[t.command]) for t in cfg.tasks)) - RESERVED
+        allowed = set.intersection(*(set(t.fields) for t in cfg.tasks)) - RESERVED
         self.space = _coerced(self.space, "search.space")
         self.methods = {m: _coerced(grid, f"search.methods.{m}") for m, grid in self.methods.items()}
         budgets = {}
