@@ -125,9 +125,10 @@ def training_cost(store: Path, domains: list[str]) -> dict:
                       "corpus_tokens": m["corpus"].get("tokens"), "train_time_s": m.get("train_time_s"),
                       "wall_time_s": m.get("wall_time_s"), "peak_memory_mb": m.get("peak_memory_mb")}
                   for n, m in manifests.items()}
-    fused = all(m["training"].get("fused_with") for m in manifests.values())
-    walls = [c["wall_time_s"] for c in per_domain.values()]
-    return {"domains": per_domain, "fused": fused, "wall_time_s": round(max(walls) if fused else sum(walls), 1),
+    from domix.store import store_wall_time
+
+    fused = any(m["training"].get("fused_with") for m in manifests.values())
+    return {"domains": per_domain, "fused": fused, "wall_time_s": store_wall_time(list(manifests.values())),
             "tokens_seen": sum(c["tokens_seen"] for c in per_domain.values()),
             "peak_memory_mb": max(c["peak_memory_mb"] for c in per_domain.values())}
 

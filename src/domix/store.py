@@ -213,6 +213,16 @@ def describe_store(path: str | Path, describers: dict[str, Callable[[dict], str]
     return lines
 
 
+def store_wall_time(manifests: list[dict]) -> float | None:
+    """A store's pre-training wall time from its pieces' manifests (None if one lacks it): fused domains start together,
+    so the run took as long as its last domain; domains trained one after another add up."""
+    walls = [m.get("wall_time_s") for m in manifests]
+    if not walls or None in walls:
+        return None
+    fused = any((m.get("training") or {}).get("fused_with") for m in manifests)
+    return round(max(walls) if fused else sum(walls), 2)
+
+
 def check_base(pieces: list, fingerprint: str, what: str = "domain module") -> None:
     """Refuse pieces trained on a base other than the one with ``fingerprint``.
 

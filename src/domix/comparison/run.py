@@ -53,6 +53,7 @@ from domix.engine.progress import PROGRESS_FILE_ENV
 from domix.engine.runfolder import RESULT_FILE, RUN_FILE, changed_settings, refuse_other_kind, refuse_own_inputs
 from domix.settings import with_recipe
 from domix.sources import looks_like_dataset_name
+from domix.store import store_wall_time
 from domix.system import THREADS_ENV, cores_given
 
 TIMES_FILE = "job_times.json"  # wall seconds of each job's command, as the comparison measured it
@@ -402,17 +403,6 @@ def run_job(job: Job, out: Path, overwrite: bool, in_process: bool, threads: int
     return round(time.perf_counter() - started, 2)
 
 
-def _store_wall_time(manifests: list[dict]) -> float | None:
-    """A store's pre-training wall time from its modules' own records, for a store whose job time is not in
-    job_times.json (made before that file kept it, or copied in): fused domains start together, so the run
-    took as long as its last domain; domains trained one after another add up."""
-    walls = [m.get("wall_time_s") for m in manifests]
-    if not walls or None in walls:
-        return None
-    fused = any((m.get("training") or {}).get("fused_with") for m in manifests)
-    return round(max(walls) if fused else sum(walls), 2)
-
-
 def _total_time(jobs: list[Job], times: dict[str, float]) -> float | None:
     """The jobs' summed wall time as the comparison measured it (job_times.json); None if one is missing."""
     found = [times.get(j.name) for j in jobs]
@@ -440,7 +430,7 @@ def collect(cfg: CompareConfig, jobs: list[Job], times: dict[str, float], comman
                 "name": job.name, **job.info,
                 "peak_memory_mb": max((m.get("peak_memory_mb", 0) for m in manifests), default=None),
                 "train_time_s": round(sum(m.get("train_time_s", 0) for m in manifests), 2),
-                "wall_time_s": times.get(job.name, _store_wall_time(manifests)),
+                "wall_time_s": times.get(job.name, store_wall_time(manifests)),
                 "heldout": {m.get("name", "?"): m.get("heldout") for m in manifests},
             })
     settings = dataclasses.asdict(cfg)
