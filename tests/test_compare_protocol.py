@@ -255,3 +255,77 @@ def test_the_shuffle_test_keeps_each_benchmarks_answers_and_knows_a_prior_from_k
     known = shuffle_test([(gold, gold)])
     assert known["observed"] == 1.0 and known["shuffled"] == pytest.approx(1 / 3, abs=0.01) and known["p"] < 0.001
     assert known["shuffled_range"][0] < 1 / 3 < known["shuffled_range"][1]
+
+
+ADAPTED = {"topics": {"path": None, "domain": "food", "kind": "instruction", "instruct": {"eval_limit": 16}}}
+
+
+def _adapted_config(tmp_path, tiny_llama, corpora, task, **kw):
+    tasks = {"topics": {**ADAPTED["topics"], "path": str(task)}}
+    settings = dict(methods=["lora", "domix", "lora_equal_data"], seeds=[2], search=None, tasks=tasks,
+                    instruct={"epochs": 1, "batch_size": 16, "lr": 5e-3, "max_length": 64, "dtype": "float64", "train_limit": 32},
+                    task_adapters={"train_limit": 24, "lora_rank": 4})
+    settings.update(kw)
+    return write_config(tmp_path / "c.yaml", tiny_llama, corpora, task, **settings)
+
+
+def test_task_adapters_train_on_records_no_row_sees_and_the_equal_data_row_sees_both(tmp_path, tiny_llama, corpora, task):
+    """task_adapters: each instruction task's own LoRA trains first on records that follow the rows' in one seeded order
+    (drawn here by hand from torch.randperm, as the rows' sample is), the composing rows take it as an adapter, the
+    fresh LoRA rows its rank on top of the modules', and the equal-data row the records of both."""
+    import torch
+
+    from domix.llm.labelled import read_labelled
+    from domix.tasks import read_task
+
+    jobs = {j.name: j for j in plan(CompareConfig.from_yaml(_adapted_config(tmp_path, tiny_llama, corpora, task)))}
+    adapter = jobs["adapters/topics"]
+    assert adapter.role == "adapter" and adapter.kind == "instruct"
+    wanted = {"method": "lora", "train_limit": 24, "train_skip": 32, "lora_rank": 4, "score_test": False, "save_model": True}
+    assert {k: adapter.settings[k] for k in wanted} == wanted
+    rows = {j.info["method"]: j for j in jobs.values() if j.role == "test"}
+    assert rows["domix"].settings["adapters"] == [str(adapter.out / "model")] and "adapters" not in rows["lora"].settings
+    assert rows["lora"].settings["lora_rank"] == 2 * 2 + 4  # the two modules' rank 2 and the adapter's 4: domix's total
+    assert rows["lora_equal_data"].settings["train_limit"] == 32 + 24 and "train_skip" not in rows["lora_equal_data"].settings
+
+    texts = read_task(str(task)).splits["train"].texts
+    order = torch.randperm(len(texts), generator=torch.Generator().manual_seed(0)).tolist()  # sample_seed 0
+
+    def drawn(job):
+        c = job.config()
+        lt = read_labelled(c.task, None, c.train_limit, c.eval_limit, c.sample_seed, False, c.train_skip)
+        return sorted(e.input for e in lt.examples["train"])
+
+    assert drawn(rows["lora"]) == sorted(texts[i] for i in order[:32])
+    assert drawn(adapter) == sorted(texts[i] for i in order[32:56])
+    assert drawn(rows["lora_equal_data"]) == sorted(texts[i] for i in order[:56])
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"task_adapters": None}, r"\['lora_equal_data'\] train on the records of each task's own adapter"),
+    ({"task_adapters": {"lora_rank": 4}}, "task_adapters needs train_limit"),
+    ({"instruct": {"epochs": 1}}, r"task 'topics': with task_adapters the rows train on a sample"),
+    ({"method_settings": {"lora": {"train_limit": 40}}}, r"method_settings of \['lora'\] set train_limit"),
+    ({"task_adapters": {"train_limit": 24, "train_skip": 3}}, r"task_adapters settings have unknown or reserved keys \['train_skip'\]"),
+    ({"search": {"seeds": [1], "space": {"train_limit": [16, 32]}}, "seeds": [2, 3, 4]}, r"sets \['train_limit'\], which a search may not vary"),
+])
+def test_task_adapters_that_would_mix_records_are_refused(tmp_path, tiny_llama, corpora, task, kw, message):
+    with pytest.raises(DomixError, match=message):
+        CompareConfig.from_yaml(_adapted_config(tmp_path, tiny_llama, corpora, task, **kw))
+
+
+def test_the_composing_row_trains_the_bridge_over_the_store_and_the_task_adapter(tmp_path, tiny_llama, corpora, task):
+    """In a run: the adapter trains without reading test, then domix composes the two domain modules and the adapter (named
+    after its task), and results.json lists the adapter with its cost."""
+    cfg = CompareConfig.from_yaml(_adapted_config(tmp_path, tiny_llama, corpora, task, methods=["domix", "lora_equal_data"]))
+    results = compare(cfg, in_process=True)
+    adapter_record = json.loads((tmp_path / "out" / "adapters" / "topics_task" / "result.json").read_text())
+    assert adapter_record["test"] is None and adapter_record["examples"]["train"] == 24
+    domix = next(r for r in results["runs"] if r["method"] == "domix")
+    record = json.loads((tmp_path / "out" / "finetune" / "domix" / "topics" / "seed2" / "result.json").read_text())
+    assert sorted(m["name"] for m in record["modules"]) == ["bio", "food", "topics_task"]
+    assert record["examples"]["train"] == 32 and domix["test"] is not None
+    equal = json.loads((tmp_path / "out" / "finetune" / "lora_equal_data" / "topics" / "seed2" / "result.json").read_text())
+    assert equal["examples"]["train"] == 56
+    [listed] = results["task_adapters"]
+    assert listed["task"] == "topics" and listed["records"] == 24 and listed["used_by"] == ["domix", "lora_equal_data"]

@@ -179,6 +179,26 @@ def test_adapters_of_one_name_are_told_apart_by_path_in_any_order(tiny_llama, tm
     assert names[0] == names[1] == {"a": "adapter", "b": "adapter#2"}  # so the bridge's layout by name is one layout
 
 
+def test_train_skip_draws_records_apart_from_a_sample_of_the_same_seed(data, tmp_path):
+    """--train-skip N leaves out the first N of the seeded order (torch.randperm of --sample-seed + 1, as --train-limit
+    draws): skip 0 and skip 20 of 20 records each are disjoint, and skip 0 of 40 is their union."""
+    from domix.llm.data import read_examples
+    from domix.llm.train import train_dev_examples
+
+    every = read_examples(str(data["train"]), "train")
+    order = torch.randperm(len(every), generator=torch.Generator().manual_seed(3 + 1)).tolist()
+
+    def drawn(**kw):
+        return sorted(e.input for e in train_dev_examples(cfg(data, tmp_path, sample_seed=3, **kw))[0])
+
+    assert drawn(train_limit=20) == sorted(every[i].input for i in order[:20])
+    assert drawn(train_limit=20, train_skip=20) == sorted(every[i].input for i in order[20:40])
+    assert drawn(train_limit=40) == sorted(drawn(train_limit=20) + drawn(train_limit=20, train_skip=20))
+    assert drawn(train_skip=60) == sorted(every[i].input for i in order[60:])
+    with pytest.raises(DomixError, match="--train-skip 64 leaves none of the 64 training examples"):
+        drawn(train_skip=64)
+
+
 def test_gradient_checkpointing_gives_the_same_run(llama_store, data, tmp_path):
     seen = []
     plain = instruct(cfg(data, tmp_path / "plain", modules=str(llama_store), dtype="float64", epochs=1))

@@ -168,6 +168,14 @@ def load_store(path: str | Path, domains: list[str] | None = None) -> list[Domai
     return [load_module(folder) for folder in domain_folders(path, domains)]
 
 
+def _adapter_name(folder: Path) -> str:
+    """What the bridge calls an adapter: its folder's name, or where the folder is a domix run's model (instruct's
+    OUT/model), the run's: ``--adapter runs/chemprot/model`` composes as "chemprot", not "model"."""
+    from domix.engine.runfolder import MODEL_DIR, RUN_FILE
+
+    return folder.parent.name if folder.name == MODEL_DIR and (folder.parent / RUN_FILE).is_file() else folder.name
+
+
 def gather_modules(modules: str | None, domains: list[str] | None = None, adapters: list[str] | None = None) -> list[DomainModule]:
     """The LoRA modules to compose: a store's (or the named ones), then each adapter folder, in order."""
     found = load_store(modules, domains) if modules else []
@@ -176,7 +184,7 @@ def gather_modules(modules: str | None, domains: list[str] | None = None, adapte
         if folder in folders[:i]:
             raise DomixError(f"--adapter {adapters[i]} is given twice; give each adapter once")
     for path in adapters or []:
-        found.append(load_module(path))
+        found.append(load_module(path, _adapter_name(Path(path))))
     # two folders may share a name (a/adapter, b/adapter): keep the bridge's blocks apart, numbered by path so that
     # the names (the bridge's layout) do not depend on the order the folders were given in
     by_name: dict[str, list[DomainModule]] = {}

@@ -184,12 +184,25 @@ def pad_batch(rows: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": mask}
 
 
-def subsample(task: Task, split: str, limit: int | None, seed: int) -> None:
-    """Keep a seeded sample of ``limit`` examples of the task's ``split`` (in their order), in place."""
+def seeded_sample(n: int, limit: int | None, seed: int, skip: int = 0) -> list[int]:
+    """Indices (in order) of a seeded sample of ``limit`` of ``n`` examples (None: all of them) after leaving out the first
+    ``skip`` of the seeded order: samples of one seed that skip 0 and take k, and skip k, are disjoint, and skip 0 taking
+    2k is their union (how a comparison draws records for adapters apart from its rows' and an equal-data row)."""
+    if skip == 0 and (limit is None or limit >= n):
+        return list(range(n))
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[skip:]
+    return order[:limit].sort().values.tolist() if limit is not None else order.sort().values.tolist()
+
+
+def subsample(task: Task, split: str, limit: int | None, seed: int, skip: int = 0) -> None:
+    """Keep a seeded sample of ``limit`` examples of the task's ``split`` (in their order), in place; ``skip``: after the
+    first ``skip`` of the seeded order (:func:`seeded_sample`)."""
     s = task.splits[split]
-    if limit is None or limit >= len(s.texts):
+    if skip > 0 and skip >= len(s.texts):
+        raise DomixError(f"--train-skip {skip} leaves none of the {len(s.texts)} {split} examples; skip fewer")
+    keep = seeded_sample(len(s.texts), limit, seed, skip)
+    if len(keep) == len(s.texts):
         return
-    keep = torch.randperm(len(s.texts), generator=torch.Generator().manual_seed(seed))[:limit].sort().values.tolist()
     s.texts = [s.texts[i] for i in keep]
     s.labels = [s.labels[i] for i in keep]
     if s.pairs is not None:

@@ -33,6 +33,11 @@ A comparison is one YAML file::
       space: {lr: [3.0e-4, 1.0e-3, 3.0e-3]}        # every method's grid (the product of the lists) ...
       methods: {domix: {lr: [1.0e-3, 3.0e-3], p_lr: [10x, null]}}   # ... or its own, of no more and no fewer points
     reference: lora   # the row every other is compared with, pair by pair (default: the best on dev without pre-training)
+    # instruction tasks: a LoRA adapter per task (domix instruct --method lora), trained first on train_limit records of
+    # the task that none of the rows train on (the seeded order's next ones: train_skip), which the rows that compose a
+    # store's modules (domix, cat) compose too, as the DoMIX LLM setting composes adapters trained on other data; the
+    # row lora_equal_data trains on those records and its own (the equal-data baseline)
+    task_adapters: {train_limit: 320, lora_rank: 8}
     # a fine-tuning run given general text also scores retention (LM loss on it before and after):
     # finetune: {general: corpora/general.txt} for every method, or method_settings: {mode: {general: ...}}
 """
@@ -93,8 +98,9 @@ class CompareConfig:
     domains: dict[str, str]
     tasks: list[ComparedTask]
     out: str = "runs/compare"
-    # default: every row a classification task runs
-    methods: list[str] = field(default_factory=lambda: [m for m, row in METHODS.items() if row.finetune in CLASSIFIER])
+    # default: every row a classification task runs (not the equal-data row: it needs task_adapters)
+    methods: list[str] = field(default_factory=lambda: [m for m, row in METHODS.items()
+                                                        if row.finetune in CLASSIFIER and not row.adapter_records])
     seeds: list[int] = field(default_factory=lambda: [1, 2])
     method_seeds: dict[str, list[int]] = field(default_factory=dict)  # a method's own seeds instead of ``seeds``
     orders: list[list[str]] = field(default_factory=list)  # filled from an int by from_yaml
@@ -109,6 +115,7 @@ class CompareConfig:
     stores: dict[str, str] = field(default_factory=dict)  # pre-training method -> a finished run's folder to use instead
     search: Search | None = None  # equal tuning on dev before the test runs (comparison/search.py)
     reference: str | None = None  # the row the paired differences are taken against (None: chosen on dev)
+    task_adapters: dict[str, Any] | None = None  # domix instruct settings of each instruction task's own adapter (train_limit)
 
     def inputs(self) -> list[str]:
         """The paths the comparison reads: its out folder may never be, hold or lie inside one of them."""
@@ -166,6 +173,45 @@ class CompareConfig:
         return dataclasses.replace(self, methods=chosen, tasks=[by_name[n] for n in pick("tasks", tasks, list(by_name))],
                                    method_seeds=own, method_orders={m: n for m, n in self.method_orders.items() if m in chosen})
 
+    def rows_train_limit(self, task: ComparedTask) -> int | None:
+        """The training records each row of ``task`` draws (its train_limit; None: all of them)."""
+        return {**getattr(self, task.command), **task.settings}.get("train_limit")
+
+    def adapter_tasks(self) -> list[ComparedTask]:
+        """The tasks with an adapter of their own to train first (task_adapters): the instruction tasks."""
+        return [t for t in self.tasks if t.kind == "instruction"] if self.task_adapters is not None else []
+
+    def _check_task_adapters(self) -> None:
+        """task_adapters and the rows that need them: records apart from every row's, for instruction tasks only."""
+        needs = [m for m in self.methods if METHODS[m].adapter_records]
+        if self.task_adapters is None:
+            if needs:
+                raise DomixError(f"{needs} train on the records of each task's own adapter as well as their own, which only a "
+                                 "comparison with task_adapters: {train_limit: N} has; add it, or drop those rows")
+            return
+        if not isinstance(self.task_adapters, dict):
+            raise DomixError(f"task_adapters must be a mapping of domix instruct settings (e.g. {{train_limit: 320, lora_rank: 8}}), "
+                             f"not {self.task_adapters!r}")
+        _known_keys("task_adapters", self.task_adapters,
+                    INSTRUCT_FIELDS - (RUN_RESERVED - {"seed"}) - {"init_module", "score_test", "save_model"} - INSTRUCT_TASK_KEYS)
+        if not isinstance(self.task_adapters.get("train_limit"), int):
+            raise DomixError("task_adapters needs train_limit: the number of each task's records its adapter trains on (none of "
+                             "them a row's)")
+        if not self.adapter_tasks():
+            raise DomixError("task_adapters trains an adapter per instruction task, and the comparison has none (kind: instruction); "
+                             "drop task_adapters or add such a task")
+        if needs and any(t.kind != "instruction" for t in self.tasks):
+            raise DomixError(f"{needs} train on the records of an instruction task's adapter, which a classification task does not "
+                             "have; compare those rows on instruction tasks only")
+        for task in self.adapter_tasks():
+            if self.rows_train_limit(task) is None:
+                raise DomixError(f"task {task.name!r}: with task_adapters the rows train on a sample (instruct: {{train_limit: N}}), "
+                                 "so that the adapter's records can be apart from theirs; set train_limit")
+        varied = sorted(m for m, own in self.method_settings.items() if "train_limit" in own)
+        if varied:
+            raise DomixError(f"method_settings of {varied} set train_limit; with task_adapters every row draws the same records "
+                             "(the equal-data row adds the adapter's): set it under instruct: or the task's")
+
     def validate(self) -> "CompareConfig":
         check_fields(self)
         for key in ("methods", "seeds", "domains", "tasks"):
@@ -211,6 +257,7 @@ class CompareConfig:
         _known_keys("pretrain", self.pretrain, PRETRAIN_FIELDS - {"model", "domains", "out", "method", "general"})
         _known_keys("finetune", self.finetune, FINETUNE_FIELDS - RUN_RESERVED - {"init_module"})
         _known_keys("instruct", self.instruct, INSTRUCT_FIELDS - RUN_RESERVED - {"init_module"} - INSTRUCT_TASK_KEYS)
+        self._check_task_adapters()
         for task in self.tasks:
             data = set(TASK_DATA_KEYS) if task.command == "finetune" else INSTRUCT_TASK_KEYS  # the task's, given elsewhere
             _known_keys(f"tasks.{task.name}.{task.command}", task.settings, task.fields - data - RUN_RESERVED - {"init_module"})
@@ -234,7 +281,7 @@ class CompareConfig:
 
 TASK_DATA_KEYS = ("text_column", "text_pair_column", "label_column", "splits")
 TASK_KINDS = ("classification", "instruction")
-RUN_RESERVED = {"task", "modules", "domains", "model", "out", "method", "seed"}  # what the comparison sets in every run
+RUN_RESERVED = {"task", "modules", "domains", "model", "out", "method", "seed", "adapters", "train_skip"}  # what the comparison sets
 INSTRUCT_TASK_KEYS = {"train", "dev"}  # an instruction task's data is its folder (--task), never files of its own
 
 

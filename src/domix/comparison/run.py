@@ -8,6 +8,7 @@ each peak memory is its own) with its output in ``OUT/logs/<job>.log``:
     OUT/pretrain/ncl_lora-<order>      one LoRA through the domains in that order
     OUT/pretrain/ncl_full-<order>      the full model through the domains in that order
     OUT/pretrain/joint_lora            one LoRA on all corpora mixed
+    OUT/adapters/<task>_task           with task_adapters: an instruction task's own LoRA adapter (domix instruct)
     OUT/finetune/<method>/<task>/seed<s>[-<order>]
     OUT/search/<method>/<task>/<configuration>/seed<s>[-<order>]   with a search: the selection runs (no test)
 
@@ -50,7 +51,7 @@ from domix.llm.config import InstructConfig
 from domix.methods.registry import STAGE1, STAGE2
 from domix.pretraining.config import PretrainConfig
 from domix.engine.progress import PROGRESS_FILE_ENV
-from domix.engine.runfolder import RESULT_FILE, RUN_FILE, changed_settings, refuse_other_kind, refuse_own_inputs
+from domix.engine.runfolder import MODEL_DIR, RESULT_FILE, RUN_FILE, changed_settings, refuse_other_kind, refuse_own_inputs
 from domix.settings import with_recipe
 from domix.sources import looks_like_dataset_name
 from domix.store import store_wall_time
@@ -61,19 +62,26 @@ TIMES_FILE = "job_times.json"  # wall seconds of each job's command, as the comp
 # and each test example's prediction (paired statistics), where the phases of a run's time went
 OPTIONAL_RECORD_KEYS = ("bridge_usage", "gate_weights", "retention", "majority", "test_predictions", "time_s", "test_generate")
 CONFIGS = {"pretrain": PretrainConfig, "finetune": FinetuneConfig, "instruct": InstructConfig}  # a job's kind: its command's settings
-TASK_COMMANDS = ("finetune", "instruct")  # the jobs that train on a task
 
 
 @dataclass
 class Job:
-    kind: str  # pretrain or finetune
+    kind: str  # pretrain, finetune or instruct: its command
     name: str  # also its path under OUT/configs and OUT/logs
-    settings: dict  # the command's settings (PretrainConfig or FinetuneConfig fields)
+    settings: dict  # the command's settings (PretrainConfig, FinetuneConfig or InstructConfig fields)
     info: dict  # method, task, seed, order: how the results table files it
 
     @property
     def out(self) -> Path:
         return Path(self.settings["out"])
+
+    @property
+    def role(self) -> str:
+        """What it is to the comparison: pretrain and adapter (run first: the rows start from them), selection (a
+        search's dev-only run) or test (a row's run that the results report)."""
+        if self.kind == "pretrain":
+            return "pretrain"
+        return "adapter" if "adapter" in self.info else "selection" if self.info.get("selection") else "test"
 
     @property
     def given(self) -> bool:
@@ -120,6 +128,9 @@ def plan(cfg: CompareConfig) -> list[Job]:
             pretrain_jobs[key] = Job("pretrain", name, settings, info)
         return pretrain_jobs[key]
 
+    # an instruction task's own adapter, for the rows that compose it or train on its records
+    composing = [n for n in cfg.methods if METHODS[n].task_adapter or METHODS[n].adapter_records]
+    adapters = {t.name: _adapter_job(cfg, t, composing) for t in cfg.adapter_tasks()} if composing else {}
     jobs = []
     for name, method in zip(cfg.methods, methods):
         orders = cfg.orders[:cfg.method_orders.get(name, len(cfg.orders))] if method.ordered else [None]
@@ -129,17 +140,35 @@ def plan(cfg: CompareConfig) -> list[Job]:
                 if method.pretrain is not None:
                     # a sequential pre-training depends on the order; the domix modules do not
                     source = pretrain_job(method.pretrain, order if STAGE1[method.pretrain].ordered else None)
+                adapter = adapters.get(task.name)
                 if cfg.search is None:
-                    jobs += [_finetune_job(cfg, name, task, seed, order, source) for seed in cfg.method_seeds.get(name, cfg.seeds)]
+                    jobs += [_finetune_job(cfg, name, task, seed, order, source, adapter=adapter)
+                             for seed in cfg.method_seeds.get(name, cfg.seeds)]
                 else:
-                    jobs += [_finetune_job(cfg, name, task, seed, order, source, point, selection=True)
+                    jobs += [_finetune_job(cfg, name, task, seed, order, source, point, selection=True, adapter=adapter)
                              for point in cfg.search.points(name) for seed in cfg.search.seeds]
-    return list(pretrain_jobs.values()) + jobs
+    return list(pretrain_jobs.values()) + list(adapters.values()) + jobs
+
+
+def _adapter_job(cfg: CompareConfig, task: ComparedTask, used_by: list[str]) -> Job:
+    """``task``'s own LoRA adapter (domix instruct --method lora): ``task_adapters.train_limit`` records that follow the
+    rows' in the seeded order (train_skip), so that no row trains on them, except the equal-data row, which trains on
+    both; at the store's rank unless task_adapters says otherwise. Its dev score picks its epoch; it never reads test."""
+    settings = {**cfg.instruct, **task.instruct, "lora_rank": _module_rank(cfg), "seed": 0, **cfg.task_adapters,
+                "task": task.path, "model": cfg.model, "out": str(Path(cfg.out) / "adapters" / f"{task.name}_task"), "method": "lora",
+                "train_skip": cfg.rows_train_limit(task), "score_test": False, "save_model": True}
+    return Job("instruct", f"adapters/{task.name}", settings, {"adapter": task.name, "task": task.name, "used_by": used_by})
+
+
+def _module_rank(cfg: CompareConfig) -> int:
+    """The rank of each module the comparison pre-trains."""
+    return cfg.pretrain.get("lora_rank", PretrainConfig.lora_rank)
 
 
 def plan_tests(cfg: CompareConfig, jobs: list[Job], choices: dict[tuple[str, str], dict]) -> list[Job]:
     """The test runs of a search: each method's chosen configuration per task (``choices``) at the comparison's seeds."""
-    sources = {(j.info["method"], j.info["order"]): j for j in jobs if j.kind == "pretrain"}
+    sources = {(j.info["method"], j.info["order"]): j for j in jobs if j.role == "pretrain"}
+    adapters = {j.info["task"]: j for j in jobs if j.role == "adapter"}
     tests = []
     for name in cfg.methods:
         method = METHODS[name]
@@ -150,7 +179,8 @@ def plan_tests(cfg: CompareConfig, jobs: list[Job], choices: dict[tuple[str, str
                 source = None
                 if method.pretrain is not None:
                     source = sources[(method.pretrain, order_label(order) if STAGE1[method.pretrain].ordered else None)]
-                tests += [_finetune_job(cfg, name, task, seed, order, source, point) for seed in cfg.method_seeds.get(name, cfg.seeds)]
+                tests += [_finetune_job(cfg, name, task, seed, order, source, point, adapter=adapters.get(task.name))
+                          for seed in cfg.method_seeds.get(name, cfg.seeds)]
     return tests
 
 
@@ -159,7 +189,7 @@ def choices_of(cfg: CompareConfig, jobs: list[Job]) -> dict[tuple[str, str], dic
     orders); the selection runs must have finished."""
     runs: dict[tuple[str, str], dict[str, dict]] = {}
     for job in jobs:
-        if not job.info.get("selection"):
+        if job.role != "selection":
             continue
         record = atomic.read_json(job.out / RESULT_FILE)
         candidates = runs.setdefault((job.info["method"], job.info["task"]), {})
@@ -172,9 +202,10 @@ def choices_of(cfg: CompareConfig, jobs: list[Job]) -> dict[tuple[str, str], dic
 
 
 def _finetune_job(cfg: CompareConfig, name: str, task: ComparedTask, seed: int, order: list[str] | None, source: Job | None,
-                  point: dict | None = None, selection: bool = False) -> Job:
+                  point: dict | None = None, selection: bool = False, adapter: Job | None = None) -> Job:
     """A task's job (domix finetune, or instruct for an instruction task): a test run (``selection`` False; with a
-    search, of the chosen ``point``) or a selection run of ``point``, which never reads the test split."""
+    search, of the chosen ``point``) or a selection run of ``point``, which never reads the test split. ``adapter``:
+    the task's own adapter job (task_adapters), which rows compose or train on the records of, as the registry says."""
     method = METHODS[name]
     label = point_label(point) if point is not None else None
     where = f"search/{name}/{task.name}/{label}" if selection else f"finetune/{name}/{task.name}"
@@ -187,11 +218,12 @@ def _finetune_job(cfg: CompareConfig, name: str, task: ComparedTask, seed: int, 
                 "out": str(Path(cfg.out) / folder), "method": method.finetune, "seed": seed}
     if selection:
         settings["score_test"] = False
+    adapter_rank = adapter.settings["lora_rank"] if adapter is not None else 0
     if source is None:
         settings["model"] = cfg.model
-        if STAGE2[method.finetune].lora_rank:  # the same total rank as the composed modules, or one module's
-            rank = cfg.pretrain.get("lora_rank", PretrainConfig.lora_rank)
-            settings.setdefault("lora_rank", rank if method.one_module_rank else rank * len(cfg.domains))
+        if STAGE2[method.finetune].lora_rank:  # the same total rank as the composed modules (and adapter), or one module's
+            rank = _module_rank(cfg)
+            settings.setdefault("lora_rank", rank if method.one_module_rank else rank * len(cfg.domains) + adapter_rank)
     elif STAGE1[method.pretrain].gives_model:
         settings["model"] = str(source.out / STAGE1[method.pretrain].output)
     else:
@@ -202,6 +234,10 @@ def _finetune_job(cfg: CompareConfig, name: str, task: ComparedTask, seed: int, 
             settings["init_module"] = STAGE1[method.pretrain].output
         else:
             settings["domains"] = order
+    if adapter is not None and method.task_adapter:
+        settings["adapters"] = [str(adapter.out / MODEL_DIR)]
+    if adapter is not None and method.adapter_records:  # the rows' records and the adapter's: the first ones of one seeded order
+        settings["train_limit"] = cfg.rows_train_limit(task) + adapter.settings["train_limit"]
     info = {"method": name, "task": task.name, "seed": seed, "order": order_label(order)}
     if point is not None:
         info.update(point=label, settings_point=point)
@@ -226,7 +262,7 @@ def compare(cfg: CompareConfig, overwrite: bool = False, dry_run: bool = False, 
         if job.given and not job.finished():
             raise DomixError(f"stores.{job.info['method']} is {job.out}, which holds no finished domix pretrain run; "
                              "name the --out folder of a finished one, or drop it from stores to pre-train here")
-    selection = [j for j in jobs if j.info.get("selection")]
+    selection = [j for j in jobs if j.role == "selection"]
     tests = plan_tests(cfg, jobs, choices_of(cfg, jobs)) if selection and all(j.finished() for j in selection) else []
     if dry_run:
         for job in jobs + tests:
@@ -270,12 +306,12 @@ def compare(cfg: CompareConfig, overwrite: bool = False, dry_run: bool = False, 
             with ThreadPoolExecutor(cfg.jobs) as pool:
                 list(pool.map(run, batch))  # list(): re-raises a failed job's error
 
-    # the pre-training runs are independent of each other; fine-tuning needs them all finished; a search's
-    # test runs need its selection runs finished (the choice)
+    # the pre-training runs (and task adapters) are independent of each other; fine-tuning needs them all finished; a
+    # search's test runs need its selection runs finished (the choice)
     choices = None
     with board:
-        run_all([j for j in pending if j.kind == "pretrain"])
-        run_all([j for j in pending if j.kind in TASK_COMMANDS])
+        run_all([j for j in pending if j.role in ("pretrain", "adapter")])
+        run_all([j for j in pending if j.role in ("selection", "test")])
         if selection:
             choices = choices_of(cfg, jobs)
             tests = plan_tests(cfg, jobs, choices)
@@ -416,9 +452,14 @@ def collect(cfg: CompareConfig, jobs: list[Job], times: dict[str, float], comman
     paired differences of every row from the reference row."""
     from domix.comparison.stats import paired_table, reference_row
 
-    runs, pretraining = [], []
+    runs, pretraining, adapters = [], [], []
     for job in jobs:
-        if job.kind in TASK_COMMANDS and not job.info.get("selection"):
+        if job.role == "adapter":
+            record = atomic.read_json(job.out / RESULT_FILE)
+            adapters.append({"name": job.name, **job.info, "records": job.settings["train_limit"],
+                             "lora_rank": job.settings["lora_rank"], "dev": record["dev"], "wall_time_s": times.get(job.name),
+                             **{k: record[k] for k in ("trainable_percent", "peak_memory_mb", "train_time_s")}})
+        elif job.role == "test":
             record = atomic.read_json(job.out / RESULT_FILE)
             info = {k: v for k, v in job.info.items() if k != "settings_point"}
             runs.append({**info, **{k: record[k] for k in ("test", "dev", "trainable_percent", "peak_memory_mb", "wall_time_s",
@@ -439,8 +480,10 @@ def collect(cfg: CompareConfig, jobs: list[Job], times: dict[str, float], comman
 
     results = {"settings": settings, "base_model": provenance(cfg.model), "methods": cfg.methods,
                "tasks": [t.name for t in cfg.tasks], "domains": list(cfg.domains), "runs": runs, "pretraining": pretraining}
+    if adapters:
+        results["task_adapters"] = adapters
     if choices is not None:
-        selection = [j for j in jobs if j.info.get("selection")]
+        selection = [j for j in jobs if j.role == "selection"]
         results["search"] = {"seeds": cfg.search.seeds, "metric": cfg.search.metric, "budget": cfg.search.budget(cfg.methods),
                              "runs": len(selection), "wall_time_s": _total_time(selection, times),
                              "choices": [{"method": m, "task": t, **choice} for (m, t), choice in choices.items()]}

@@ -20,8 +20,10 @@ from domix.errors import DomixError
 
 METRICS = ("macro_f1", "accuracy", "micro_f1")
 MIN_TEST_SEEDS = 3  # test figures come from at least this many fresh seeds
-# what a grid may not set: where a job runs and reads, what it is, its seed (the search's own), and whether it scores test
-RESERVED = {"task", "modules", "domains", "model", "out", "method", "seed", "init_module", "score_test", "save_model"}
+# what a grid may not set: where a job runs and reads, what it is, its seed (the search's own), whether it scores test, and
+# the records it trains on (the same for every point: the data is part of the budget)
+RESERVED = {"task", "modules", "domains", "model", "out", "method", "seed", "init_module", "score_test", "save_model",
+            "adapters", "train_limit", "train_skip"}
 
 
 @dataclass

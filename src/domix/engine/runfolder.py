@@ -13,6 +13,7 @@ from domix.errors import DomixError
 from domix.settings import renamed
 
 RUN_FILE = "run.json"  # a run's status and settings: running or finished (every command)
+MODEL_DIR = "model"  # where a task run (finetune, instruct) writes its model, inside its out folder
 RESULT_FILE = "result.json"  # a finished task run's record: scores, trainable share, memory, time (finetune, instruct)
 
 
@@ -222,7 +223,7 @@ class RunFolder:
         if not ranks.is_main:  # the main process writes what every process trained alike
             return
         if save is not None:
-            save(self.out / "model")
+            save(self.out / MODEL_DIR)
         atomic.write_json(self.out / RESULT_FILE, record)
         shutil.rmtree(self.out / "checkpoint", ignore_errors=True)
         self.finish(**summary)

@@ -57,6 +57,8 @@ class InstructConfig(RunSettings, MethodChoice, TrainingSettings):
     pad_multiple: int = setting(1, "pad each batch to a multiple of this many tokens: a few batch shapes instead of one per "
                                    "length (a GPU's first pass at a new shape is slow; benchmarks/instruct_shapes.py counts them)")
     train_limit: int | None = setting(None, "use a seeded sample of this many training examples")
+    train_skip: int = setting(0, "leave out the first N training examples of the seeded order before --train-limit takes "
+                                 "its sample: runs of one --sample-seed that skip 0 and N train on disjoint records")
     eval_limit: int | None = setting(None, "--task: a seeded sample of this many dev and test examples each")
     score_test: bool = setting(True, "--task: score the test split; --no-score-test leaves it unread (a selection run: "
                                      "choices made on dev never see test)")
@@ -79,7 +81,7 @@ class InstructConfig(RunSettings, MethodChoice, TrainingSettings):
     RANGES = {"template": one_of(*TEMPLATES), "lr": POSITIVE, "warmup_ratio": FRACTION,
               "epochs": at_least(1), "batch_size": at_least(1), "max_length": at_least(2),
               "dev_fraction": OPEN_FRACTION, "lora_rank": at_least(1), "warmup_steps": at_least(0), "train_limit": at_least(2),
-              "eval_limit": at_least(1), "pad_multiple": at_least(1),
+              "train_skip": at_least(0), "eval_limit": at_least(1), "pad_multiple": at_least(1),
               "checkpoint_every": at_least(1), "dtype": one_of(*DTYPE_CHOICES), "general_blocks": at_least(1)}
 
     def validate(self) -> "InstructConfig":

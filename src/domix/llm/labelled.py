@@ -51,11 +51,12 @@ class LabelledTask:
 
 
 def read_labelled(path: str, instruction: str | None, train_limit: int | None, eval_limit: int | None, sample_seed: int,
-                  score_test: bool) -> LabelledTask:
-    """The task at ``path``: seeded samples of ``train_limit`` training and ``eval_limit`` dev and test examples (as
-    ``domix finetune`` draws them), as instructions; without ``score_test`` the test split is not read at all."""
+                  score_test: bool, train_skip: int = 0) -> LabelledTask:
+    """The task at ``path``: seeded samples of ``train_limit`` training examples (after the first ``train_skip`` of the
+    seeded order) and ``eval_limit`` dev and test examples (as ``domix finetune`` draws them), as instructions; without
+    ``score_test`` the test split is not read at all."""
     task = read_task(path, without_test=not score_test)
-    subsample(task, "train", train_limit, sample_seed)
+    subsample(task, "train", train_limit, sample_seed, train_skip)
     for split in list(task.splits)[1:]:
         subsample(task, split, eval_limit, sample_seed)
     return LabelledTask(task, {name: split_examples(s, task.labels, instruction) for name, s in task.splits.items()},

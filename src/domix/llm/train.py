@@ -34,6 +34,7 @@ from domix.metrics import classification_scores, downsample_curve, majority_scor
 from domix.retention import retention
 from domix.store import base_of
 from domix.system import peak_memory_mb, reset_peak_memory, resolve_device
+from domix.tasks import seeded_sample
 
 Rows = list[tuple[list[int], list[int]]]
 
@@ -44,13 +45,9 @@ def dev_loss(model: nn.Module, rows: Rows, pad_id: int, batch_size: int, device,
                      "clm", device)
 
 
-def _seeded_sample(n: int, k: int, seed: int) -> list[int]:
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:k].sort().values.tolist()
-
-
 def train_dev_examples(cfg: InstructConfig) -> tuple[list[Example], list[Example]]:
     """The run's training and dev examples: ``cfg.dev``, else a seeded ``dev_fraction`` of ``cfg.train``; a seeded
-    ``train_limit`` sample of the training examples."""
+    ``train_limit`` sample of the training examples (after the first ``train_skip`` of the seeded order)."""
     train = read_examples(cfg.train, "train")
     if cfg.dev:
         dev = read_examples(cfg.dev, "dev")
@@ -58,11 +55,12 @@ def train_dev_examples(cfg: InstructConfig) -> tuple[list[Example], list[Example
         if len(train) < 2:
             raise DomixError(f"{cfg.train} holds one example, too few to hold a dev slice out; give more or pass --dev FILE")
         n_dev = min(len(train) - 1, max(1, round(cfg.dev_fraction * len(train))))
-        held = set(_seeded_sample(len(train), n_dev, cfg.sample_seed))
+        held = set(seeded_sample(len(train), n_dev, cfg.sample_seed))
         dev = [e for i, e in enumerate(train) if i in held]
         train = [e for i, e in enumerate(train) if i not in held]
-    if cfg.train_limit is not None and cfg.train_limit < len(train):
-        train = [train[i] for i in _seeded_sample(len(train), cfg.train_limit, cfg.sample_seed + 1)]
+    if cfg.train_skip and cfg.train_skip >= len(train):
+        raise DomixError(f"--train-skip {cfg.train_skip} leaves none of the {len(train)} training examples; skip fewer")
+    train = [train[i] for i in seeded_sample(len(train), cfg.train_limit, cfg.sample_seed + 1, cfg.train_skip)]
     return train, dev
 
 
@@ -73,7 +71,8 @@ def prepare(cfg: InstructConfig) -> dict:
     """
     started = time.perf_counter()
     cfg.validate()
-    labelled = (read_labelled(cfg.task, cfg.task_instruction, cfg.train_limit, cfg.eval_limit, cfg.sample_seed, cfg.score_test)
+    labelled = (read_labelled(cfg.task, cfg.task_instruction, cfg.train_limit, cfg.eval_limit, cfg.sample_seed, cfg.score_test,
+                              cfg.train_skip)
                 if cfg.task else None)
     train_examples, dev_examples = (labelled.examples["train"], labelled.examples["dev"]) if labelled else train_dev_examples(cfg)
     if cfg.general:  # fail before training, not after

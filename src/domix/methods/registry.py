@@ -78,6 +78,10 @@ class Row:
     ordered: bool = False  # its result may depend on the domain order, so it runs once per order
     one_module_rank: bool = False  # a fresh adapter of one module's rank, not the modules' total rank
     recipe: str | None = None  # the method's recipe under the comparison's settings (which still win over it)
+    # instruction tasks of a comparison with task_adapters: the row composes the task's own adapter with the store's
+    # modules (task_adapter), or trains on that adapter's records as well as its own (adapter_records: equal data)
+    task_adapter: bool = False
+    adapter_records: bool = False
 
 
 # the published DoMIX code. Classification: AdamW 3e-5, batch 16, weight decay 0.01, P = I/Σr in its own group
@@ -147,10 +151,11 @@ COMPARE: dict[str, Row] = {
     "head": Row("head"),  # only the classification head: what the frozen base's features give
     "base": Row("base"),  # an instruction task's model untrained: what the base answers zero-shot
     # the bridge lays the modules out by name (methods/bridge/method.py): any domain order gives the same run, bit for bit
-    "cat": Row("cat", pretrain="domix"),
-    "domix_fixed": Row("domix_fixed", pretrain="domix"),
-    "domix": Row("domix", pretrain="domix"),
-    "domix_paper": Row("domix", pretrain="domix", recipe="paper"),  # the published bridge, the comparison's budget
+    "cat": Row("cat", pretrain="domix", task_adapter=True),
+    "domix_fixed": Row("domix_fixed", pretrain="domix", task_adapter=True),
+    "domix": Row("domix", pretrain="domix", task_adapter=True),
+    "domix_paper": Row("domix", pretrain="domix", recipe="paper", task_adapter=True),  # the published bridge, the comparison's budget
+    "lora_equal_data": Row("lora", adapter_records=True),  # LoRA on the task adapter's records and the rows': the same data as domix's
     # the domain order only decides which of the gate's seeded output rows faces which domain
     "mixda": Row("mixda", pretrain="mixda"),
     "mode": Row("mode", pretrain="mode"),
