@@ -27,7 +27,7 @@ def test_a_comparison_config_plans_jobs_that_validate(path, monkeypatch):
     monkeypatch.chdir(ROOT)  # the configs name paths from the repository's root, as their commands are run
     cfg = CompareConfig.from_yaml(path)
     jobs = plan(cfg)
-    assert any(j.kind == "finetune" for j in jobs)
+    assert any(j.role in ("selection", "test") for j in jobs)  # a row trains on a task (finetune, or instruct)
     for job in jobs:
         job.config().validate()
 
