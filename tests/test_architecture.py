@@ -48,7 +48,7 @@ def test_method_names_are_compared_only_inside_the_methods():
 
 # The layers of src/domix, bottom to top: a module imports its own layer's modules or lower ones, never higher.
 LAYERS = [
-    ("errors", "lazy", "version", "console", "system", "atomic", "settings"),  # foundations: no torch, no domix above them
+    ("errors", "lazy", "version", "console", "system", "atomic", "settings", "layout"),  # foundations: no torch, no domix above them
     ("sources", "tokens", "tasks", "corpus", "batches", "metrics", "base_model", "store", "lm_loss", "model_card"),  # data, models
     ("engine", "retention"),  # the training loop, run folders, what every recipe measures
     ("methods",),  # each method's layers, models and trainers; the registry

@@ -13,7 +13,8 @@ from domix.errors import DomixError
 
 from conftest import write_compare_config
 
-CLASSIFIER_ROWS = [m for m, row in METHODS.items() if row.finetune in CLASSIFIER]  # every row a classification task runs
+# every row a classification task runs (not the equal-data row: it needs an instruction task's adapter)
+CLASSIFIER_ROWS = [m for m, row in METHODS.items() if row.finetune in CLASSIFIER and not row.adapter_records]
 
 
 def write_config(path, tiny_llama, corpora, task, **kw):
@@ -33,7 +34,7 @@ def test_plan_shares_pretraining_and_runs_ordered_methods_once_per_order(tmp_pat
     assert pretrain == ["pretrain/domix", "pretrain/joint_lora", "pretrain/mixda", "pretrain/mode", "pretrain/ncl_full-bio-food",
                         "pretrain/ncl_full-food-bio", "pretrain/ncl_lora-bio-food", "pretrain/ncl_lora-food-bio"]
     finetune = [j for j in jobs if j.kind == "finetune"]
-    assert len(finetune) == 15 * 2 + 2 * 2 * 2  # order-free methods x seeds + ordered methods (ncl_*) x orders x seeds
+    assert len(finetune) == 16 * 2 + 2 * 2 * 2  # order-free methods x seeds + ordered methods (ncl_*) x orders x seeds
     by_name = {j.name: j.settings for j in finetune}
     assert by_name["finetune/domix/topics/seed1"]["domains"] is None  # the whole store: the bridge lays it out by name
     assert by_name["finetune/lora_module/topics/seed2"]["init_module"] == "food"  # the task's own domain
@@ -42,6 +43,8 @@ def test_plan_shares_pretraining_and_runs_ordered_methods_once_per_order(tmp_pat
     assert "init_module" not in by_name["finetune/lora_module_rank/topics/seed1"]
     paper = next(j for j in finetune if j.name == "finetune/domix_paper/topics/seed1").config()
     assert (paper.method_options.p_init, paper.method_options.p_lr, paper.method_options.b_lr, paper.lr) == ("scaled_identity", None, None, 5e-3)  # the published bridge, the comparison's lr
+    diagonal = next(j for j in finetune if j.name == "finetune/domix_diagonal/topics/seed1").config()
+    assert diagonal.method_options.p_blocks == "diagonal" and diagonal.method == "domix"  # the row's own setting
     assert by_name["finetune/ncl_full/topics/seed1-bio-food"]["model"].endswith("pretrain/ncl_full-bio-food/ncl-full")
     assert by_name["finetune/full/topics/seed1"]["lr"] == 1e-3 and by_name["finetune/domix/topics/seed1"]["lr"] == 5e-3
     assert all(j.settings["seed"] in (1, 2) for j in finetune)
@@ -177,7 +180,7 @@ def test_compare_runs_every_method_and_resumes(tmp_path, tiny_llama, corpora, ta
     config = write_config(tmp_path / "c.yaml", tiny_llama, corpora, task)
     results = compare(CompareConfig.from_yaml(config), in_process=True)
     out = tmp_path / "out"
-    assert {r["method"] for r in results["runs"]} == set(CLASSIFIER_ROWS) and len(results["runs"]) == 15 + 2 * 2
+    assert {r["method"] for r in results["runs"]} == set(CLASSIFIER_ROWS) and len(results["runs"]) == 16 + 2 * 2
     saved = json.loads((out / "results.json").read_text())
     assert saved["runs"] == results["runs"]
     domix = [r for r in results["runs"] if r["method"] == "domix"]
@@ -187,7 +190,8 @@ def test_compare_runs_every_method_and_resumes(tmp_path, tiny_llama, corpora, ta
     full = next(r for r in results["runs"] if r["method"] == "full")
     assert full["trainable_percent"] == 100.0 and full["bridge_usage"] is None
     pretraining = {p["name"]: p for p in results["pretraining"]}
-    assert pretraining["pretrain/domix"]["used_by"] == ["lora_module", "dora_module", "cat", "domix_fixed", "domix", "domix_paper"]
+    assert pretraining["pretrain/domix"]["used_by"] == ["lora_module", "dora_module", "cat", "domix_fixed", "domix", "domix_paper",
+                                                        "domix_diagonal"]
     assert all(p["peak_memory_mb"] > 0 and p["wall_time_s"] > 0 for p in results["pretraining"])
     for name in ("report.md", "report.html"):
         assert (out / name).is_file()
@@ -195,7 +199,7 @@ def test_compare_runs_every_method_and_resumes(tmp_path, tiny_llama, corpora, ta
 
     times = (out / "job_times.json").read_text()
     again = compare(CompareConfig.from_yaml(config), in_process=True)  # everything finished: nothing reruns
-    assert "27 jobs, 27 already finished" in capsys.readouterr().out
+    assert "28 jobs, 28 already finished" in capsys.readouterr().out
     assert (out / "job_times.json").read_text() == times and again["runs"] == results["runs"]
 
     # a run made before a setting existed ran with its default: still reused
@@ -211,7 +215,7 @@ def test_compare_runs_every_method_and_resumes(tmp_path, tiny_llama, corpora, ta
     paper["config"]["recipe"] = None
     paper_file.write_text(json.dumps(paper))
     compare(CompareConfig.from_yaml(config), in_process=True)
-    assert "27 already finished" in capsys.readouterr().out
+    assert "28 already finished" in capsys.readouterr().out
     paper["config"]["p_weight_decay"] = 0.0  # a value, though, is compared
     paper_file.write_text(json.dumps(paper))
     compare(CompareConfig.from_yaml(config), dry_run=True)

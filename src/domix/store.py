@@ -18,6 +18,7 @@ from torch import nn
 
 from domix import atomic
 from domix.errors import DomixError
+from domix.layout import MODEL_DIR, RUN_FILE
 from domix.version import __version__
 
 MANIFEST_NAME = "domix_manifest.json"
@@ -171,8 +172,6 @@ def load_store(path: str | Path, domains: list[str] | None = None) -> list[Domai
 def _adapter_name(folder: Path) -> str:
     """What the bridge calls an adapter: its folder's name, or where the folder is a domix run's model (instruct's
     OUT/model), the run's: ``--adapter runs/chemprot/model`` composes as "chemprot", not "model"."""
-    from domix.engine.runfolder import MODEL_DIR, RUN_FILE
-
     return folder.parent.name if folder.name == MODEL_DIR and (folder.parent / RUN_FILE).is_file() else folder.name
 
 

@@ -210,9 +210,9 @@ def _finetune_job(cfg: CompareConfig, name: str, task: ComparedTask, seed: int, 
     label = point_label(point) if point is not None else None
     where = f"search/{name}/{task.name}/{label}" if selection else f"finetune/{name}/{task.name}"
     folder = f"{where}/seed{seed}" + (f"-{slug(order)}" if order else "")
-    # the comparison's settings, then the task's own, then the method's, then the searched point (the most particular wins);
-    # a method's settings reach the runs of the commands that have them
-    own = {k: v for k, v in cfg.method_settings.get(name, {}).items() if k in task.fields}
+    # the comparison's settings, then the task's own, then the row's own and its method_settings, then the searched point
+    # (the most particular wins); a row's settings reach the runs of the commands that have them
+    own = {k: v for k, v in {**method.settings, **cfg.method_settings.get(name, {})}.items() if k in task.fields}
     settings = {"save_model": False, **({"recipe": method.recipe} if method.recipe else {}), **getattr(cfg, task.command),
                 **task.settings, **own, **(point or {}), **task.data, "task": task.path,
                 "out": str(Path(cfg.out) / folder), "method": method.finetune, "seed": seed}

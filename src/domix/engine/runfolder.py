@@ -10,11 +10,8 @@ from typing import Any, Callable
 
 from domix import atomic
 from domix.errors import DomixError
+from domix.layout import MODEL_DIR, RESULT_FILE, RUN_FILE  # noqa: F401  (importers of the run folder's names read them here too)
 from domix.settings import renamed
-
-RUN_FILE = "run.json"  # a run's status and settings: running or finished (every command)
-MODEL_DIR = "model"  # where a task run (finetune, instruct) writes its model, inside its out folder
-RESULT_FILE = "result.json"  # a finished task run's record: scores, trainable share, memory, time (finetune, instruct)
 
 
 def check_corpora_unchanged(recorded: dict[str, str | None], fingerprints: dict[str, str]) -> None:

@@ -78,6 +78,7 @@ class Row:
     ordered: bool = False  # its result may depend on the domain order, so it runs once per order
     one_module_rank: bool = False  # a fresh adapter of one module's rank, not the modules' total rank
     recipe: str | None = None  # the method's recipe under the comparison's settings (which still win over it)
+    settings: dict = field(default_factory=dict)  # the row's own settings of the method, over the comparison's
     # instruction tasks of a comparison with task_adapters: the row composes the task's own adapter with the store's
     # modules (task_adapter), or trains on that adapter's records as well as its own (adapter_records: equal data)
     task_adapter: bool = False
@@ -155,6 +156,8 @@ COMPARE: dict[str, Row] = {
     "domix_fixed": Row("domix_fixed", pretrain="domix", task_adapter=True),
     "domix": Row("domix", pretrain="domix", task_adapter=True),
     "domix_paper": Row("domix", pretrain="domix", recipe="paper", task_adapter=True),  # the published bridge, the comparison's budget
+    # the bridge without its cross-module blocks: each module's B reads only its own A (retention against accuracy)
+    "domix_diagonal": Row("domix", pretrain="domix", task_adapter=True, settings={"p_blocks": "diagonal"}),
     "lora_equal_data": Row("lora", adapter_records=True),  # LoRA on the task adapter's records and the rows': the same data as domix's
     # the domain order only decides which of the gate's seeded output rows faces which domain
     "mixda": Row("mixda", pretrain="mixda"),

@@ -103,12 +103,12 @@ def bridge_usage(model: nn.Module) -> dict:
     layer's weight update that reads domain j's subspace. Returns
     ``{"domains": [...], "layers": [...], "norms": [[one per domain] per layer]}``.
     """
-    layers = bridged_layers(model)
+    layers, maps = bridged_layers(model), update_maps(model)
     domains = list(dict.fromkeys(name for m in layers.values() for name, _ in m.blocks))
     norms = []
-    for m in layers.values():
-        left = ((m.lora_B * m.scales) @ m.P).double()  # (d_out, Σr)
-        A = m.lora_A.double()
+    for layer, m in layers.items():
+        left = maps[layer]  # (d_out, Σr)
+        A = m.lora_A.detach().double()
         row, start = [0.0] * len(domains), 0
         for name, rank in m.blocks:
             M, A_j = left[:, start : start + rank], A[start : start + rank]
