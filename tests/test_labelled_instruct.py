@@ -115,14 +115,16 @@ def test_a_selection_run_never_reads_the_test_split(tiny_llama, task, tmp_path, 
 @pytest.mark.parametrize("flags, message", [
     (["--train", "x.jsonl"], "--task reads the task folder's train and dev splits; drop --train and --dev"),
     (["--eval-limit", "5"], None),
+    (["--no-score-test"], None),
 ])
 def test_labelled_task_flags_are_checked(tiny_llama, task, tmp_path, capsys, flags, message):
     base = ["instruct", "--model", str(tiny_llama), "--method", "lora", "--out", str(tmp_path / "o")]
     if message:
         assert main(base + ["--task", str(task)] + flags) == 2
-    else:  # --eval-limit without a task
+    else:  # without a task
         assert main(base + ["--train", str(task / "train.jsonl")] + flags) == 2
-        message = "--task-instruction, --eval-limit and --no-score-test apply to a labelled task; pass --task FOLDER"
+        message = ("--task-instruction and --eval-limit apply to a labelled task; pass --task FOLDER" if "--eval-limit" in flags else
+                   "--no-score-test leaves a test unread, and this run has none; pass --task FOLDER or --choice-test NAME=FILE")
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and not (tmp_path / "o").exists()
 

@@ -343,6 +343,34 @@ def test_bad_choice_files_are_refused(tmp_path):
         read_questions(write_jsonl(tmp_path / "arc.jsonl", [{"question": "q", "choices": {"text": ["a"], "label": ["A"]}, "answerKey": "E"}]))
 
 
+def test_instruct_scores_choice_test_files_as_eval_choice_scores_the_saved_model(tiny_llama, data, tmp_path, capsys):
+    """--choice-test: the trained model scored at the end in both protocols, the numbers eval-choice gives the saved model
+    (so the kept epoch is what is scored), each question's answer kept; a selection run reads no file; a bad file fails
+    before any training."""
+    rows = [{"goal": "food pasta", "sol1": "pizza", "sol2": "gene cell", "label": i % 2} for i in range(6)]
+    piqa = write_jsonl(tmp_path / "piqa.jsonl", rows)
+    settings = dict(model=str(tiny_llama), method="lora", epochs=2, lora_rank=2, dtype="float64")
+    record = instruct(cfg(data, tmp_path / "run", choice_tests={"mini": str(piqa)}, **settings))
+    report = evaluate_choice(str(tmp_path / "run" / "model"), {"mini": str(piqa)}, device="cpu", max_new_tokens=32)
+    assert record["choice_test"]["results"] == report["results"] and record["choice_test"]["template"] == "plain"
+    details = json.loads((tmp_path / "run" / "choice_details.json").read_text())
+    kept = record["choice_predictions"]
+    assert kept["mini/generate"]["predicted"] == [d["prediction"] for d in details["mini/generate"]]
+    assert kept["mini/loglikelihood"]["gold"] == [r["label"] for r in rows]
+    value = {(r["protocol"], r["metric"]): r["value"] for r in report["results"]}
+    norm = kept["mini/loglikelihood"]
+    assert value[("loglikelihood", "acc_norm")] == sum(p == g for p, g in zip(norm["predicted_norm"], norm["gold"])) / 6
+    assert "loglikelihood" in capsys.readouterr().out  # the table, as eval-choice prints it
+
+    selection = instruct(cfg(data, tmp_path / "sel", choice_tests={"mini": str(tmp_path / "absent.jsonl")}, score_test=False,
+                             **settings))
+    assert "choice_test" not in selection and not (tmp_path / "sel" / "choice_details.json").exists()
+    odd = write_jsonl(tmp_path / "odd.jsonl", [{"q": 1}])
+    with pytest.raises(DomixError, match="cannot tell the task format"):
+        instruct(cfg(data, tmp_path / "bad", choice_tests={"odd": str(odd)}, **settings))
+    assert not (tmp_path / "bad" / "run.json").exists()
+
+
 def test_extractor_takes_the_first_answer_keyword_as_llm_adapters_does():
     assert extract_answer(" the correct answer is solution2", ["solution1", "solution2"]) == 1
     assert extract_answer("The correct answer is answer3.\n\n### Instruction: answer1", [f"answer{i}" for i in range(1, 6)]) == 2

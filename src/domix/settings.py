@@ -259,6 +259,16 @@ def comma_list(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
+def named_path(text: str) -> tuple[str, str]:
+    """A NAME=PATH flag's value as (name, path)."""
+    import argparse
+
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"expected NAME=PATH, got {text!r}")
+    return name, path
+
+
 def unique_names(pairs: list[tuple[str, str]], flag: str) -> dict[str, str]:
     """NAME=PATH flags as a mapping, refusing a name given twice (a dict would keep the last silently)."""
     named: dict[str, str] = {}

@@ -396,6 +396,29 @@ PROTOCOL_NOTES = {
 }
 
 
+def score_choice(model: nn.Module, tokenizer, read: dict[str, tuple[str, list[Question]]], protocols: tuple[str, ...], template: str,
+                 device, batch_size: int = ChoiceSettings.batch_size, max_length: int = ChoiceSettings.max_length,
+                 max_new_tokens: int = ChoiceSettings.max_new_tokens, num_beams: int = 1) -> tuple[dict, dict[str, list[dict]]]:
+    """Every task of ``read`` (name -> its format and questions, :func:`read_questions`) in every protocol: the report
+    (``{"template", "generation", "protocols", "results": [{"task", "format", "protocol", "metric", "value", "n"}]}``) and
+    each question's scores or output, keyed "task/protocol"."""
+    results, per_question = [], {}
+    for name, (fmt, questions) in read.items():
+        for protocol in protocols:
+            if protocol == "loglikelihood":
+                scores = score_loglikelihood(model, tokenizer, questions, batch_size, max_length, device)
+                metrics = ("acc", "acc_norm")
+            else:
+                scores = score_generate(model, tokenizer, questions, template, max_new_tokens, batch_size, device, num_beams)
+                metrics = ("acc", "unanswered")
+            per_question[f"{name}/{protocol}"] = scores["details"]
+            results += [{"task": name, "format": fmt, "protocol": protocol, "metric": m, "value": scores[m], "n": scores["n"]} for m in metrics]
+    report = {"template": template if "generate" in protocols else None,
+              "generation": {"num_beams": num_beams, "max_new_tokens": max_new_tokens, "do_sample": False} if "generate" in protocols else None,
+              "protocols": {p: PROTOCOL_NOTES[p] for p in protocols}, "results": results}
+    return report, per_question
+
+
 def evaluate_choice(source: str, tasks: dict[str, str], protocols: tuple[str, ...] = PROTOCOLS, out: str | None = None,
                     limit: int | None = None, batch_size: int = ChoiceSettings.batch_size, max_length: int = ChoiceSettings.max_length,
                     max_new_tokens: int = ChoiceSettings.max_new_tokens,
@@ -424,20 +447,9 @@ def evaluate_choice(source: str, tasks: dict[str, str], protocols: tuple[str, ..
     dev = resolve_device(device)
     model, tokenizer, trained_template = load_for_eval(source, dev, dtype, base)
     template = template or trained_template or "alpaca"
-    results, per_question = [], {}
-    for name, (fmt, questions) in read.items():
-        for protocol in protocols:
-            if protocol == "loglikelihood":
-                scores = score_loglikelihood(model, tokenizer, questions, batch_size, max_length, dev)
-                metrics = ("acc", "acc_norm")
-            else:
-                scores = score_generate(model, tokenizer, questions, template, max_new_tokens, batch_size, dev, num_beams)
-                metrics = ("acc", "unanswered")
-            per_question[f"{name}/{protocol}"] = scores["details"]
-            results += [{"task": name, "format": fmt, "protocol": protocol, "metric": m, "value": scores[m], "n": scores["n"]} for m in metrics]
-    report = {"model": str(source), "template": template if "generate" in protocols else None,
-              "generation": {"num_beams": num_beams, "max_new_tokens": max_new_tokens, "do_sample": False} if "generate" in protocols else None,
-              "protocols": {p: PROTOCOL_NOTES[p] for p in protocols}, "results": results}
+    report, per_question = score_choice(model, tokenizer, read, protocols, template, dev, batch_size, max_length, max_new_tokens,
+                                        num_beams)
+    report = {"model": str(source), **report}
     if out:
         atomic.write_json(Path(out), report)
     if details:

@@ -5,14 +5,7 @@ from __future__ import annotations
 import argparse
 
 from domix.llm.config import DTYPE_CHOICES, FORMATS, PROTOCOLS, TEMPLATES, ChoiceSettings, GenerateSettings
-from domix.settings import add_setting_flags, from_flags
-
-
-def _named_file(text: str) -> tuple[str, str]:
-    name, sep, path = text.partition("=")
-    if not sep or not name or not path:
-        raise argparse.ArgumentTypeError(f"expected NAME=FILE, got {text!r}")
-    return name, path
+from domix.settings import add_setting_flags, from_flags, named_path
 
 
 LOAD_CHOICES = {"template": {"choices": TEMPLATES}, "dtype": {"choices": DTYPE_CHOICES}}
@@ -24,7 +17,7 @@ def add_parsers(sub) -> None:
                                    "jsonl files (BoolQ, PIQA, SIQA, HellaSwag, WinoGrande, ARC, OBQA public formats, or "
                                    "context/choices/label) or LLM-Adapters' JSON list files. Every number says which protocol produced it.")
     p.add_argument("model", help="a domix instruct model/ folder, an exported folder, or a causal LM name or folder")
-    p.add_argument("--task", dest="tasks", action="append", type=_named_file, metavar="NAME=FILE", required=True,
+    p.add_argument("--task", dest="tasks", action="append", type=named_path, metavar="NAME=FILE", required=True,
                    help=f"a task and its jsonl or JSON list file (format read off its fields: {', '.join(FORMATS)}); repeat")
     add_setting_flags(p, ChoiceSettings, extra={"protocol": {"choices": PROTOCOLS + ("both",)}, **LOAD_CHOICES})
 

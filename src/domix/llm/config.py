@@ -7,8 +7,8 @@ from functools import partial
 
 from domix.errors import DomixError
 from domix.methods.registry import INSTRUCT, check_init_module, own_settings, recipe_of, stage2
-from domix.settings import (FRACTION, OPEN_FRACTION, POSITIVE, MethodChoice, RunSettings, TrainingSettings, at_least, comma_list, one_of,
-                            run_settings, setting, setting_names)
+from domix.settings import (FRACTION, OPEN_FRACTION, POSITIVE, MethodChoice, RunSettings, TrainingSettings, at_least, comma_list,
+                            named_path, one_of, run_settings, setting, setting_names, unique_names)
 
 DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]  # the paper's LLM setting
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16", "float64")
@@ -60,8 +60,13 @@ class InstructConfig(RunSettings, MethodChoice, TrainingSettings):
     train_skip: int = setting(0, "leave out the first N training examples of the seeded order before --train-limit takes "
                                  "its sample: runs of one --sample-seed that skip 0 and N train on disjoint records")
     eval_limit: int | None = setting(None, "--task: a seeded sample of this many dev and test examples each")
-    score_test: bool = setting(True, "--task: score the test split; --no-score-test leaves it unread (a selection run: "
-                                     "choices made on dev never see test)")
+    choice_tests: dict[str, str] = setting(
+        factory=dict, flag="--choice-test", repeat=True, flag_type=named_path, metavar="NAME=FILE",
+        collect=lambda pairs: unique_names(pairs, "--choice-test"),
+        help="a multiple-choice test file (as domix eval-choice --task reads) to score the trained model on at the end, in both "
+             "protocols (log-likelihood and generate, greedy, 32 new tokens); repeat")
+    score_test: bool = setting(True, "score the test split (--task) and the --choice-test files; --no-score-test leaves them "
+                                     "unread (a selection run: choices made on dev never see test)")
     seed: int = setting(42, "batch order, dropout, LoRA init")
     sample_seed: int = setting(0, "seed of the dev hold-out and the --train-limit sample")
     checkpoint_every: int = setting(200, "steps between checkpoints (also at every epoch's end)")
@@ -71,7 +76,7 @@ class InstructConfig(RunSettings, MethodChoice, TrainingSettings):
     COMMAND = "instruct"  # whose recipes apply
     OWN_SETTINGS = own_settings(COMMAND)
     recipe_values = staticmethod(partial(recipe_of, COMMAND))
-    PATHS = ("train", "task", "dev", "modules", "adapters", "model", "out", "general")
+    PATHS = ("train", "task", "dev", "modules", "adapters", "model", "out", "general", "choice_tests")
     # a recipe's name is not compared, its values are: the same values under another name make the same run
     RESUME_FREE = ("checkpoint_every", "device", "gradient_checkpointing", "out", "save_model", "recipe")
     LORA_RANK = 16  # a fresh LoRA's rank without --lora-rank or modules to take it from
@@ -92,8 +97,10 @@ class InstructConfig(RunSettings, MethodChoice, TrainingSettings):
                              "or --task FOLDER (a labelled task, read as instructions)")
         if self.task and (self.train or self.dev):
             raise DomixError("--task reads the task folder's train and dev splits; drop --train and --dev (or --task)")
-        if not self.task and (self.task_instruction or self.eval_limit is not None or not self.score_test):
-            raise DomixError("--task-instruction, --eval-limit and --no-score-test apply to a labelled task; pass --task FOLDER")
+        if not self.task and (self.task_instruction or self.eval_limit is not None):
+            raise DomixError("--task-instruction and --eval-limit apply to a labelled task; pass --task FOLDER")
+        if not self.task and not self.choice_tests and not self.score_test:
+            raise DomixError("--no-score-test leaves a test unread, and this run has none; pass --task FOLDER or --choice-test NAME=FILE")
         spec = stage2(self.method, INSTRUCT)
         if spec.modules_required and not (self.modules or self.adapters):
             raise DomixError(f"method {self.method} composes the {spec.pieces} of domix pretrain --method {spec.store}; pass --modules "

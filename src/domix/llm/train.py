@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from domix import atomic
 from domix.base_model import model_reference, weights_fingerprint
 from domix.batches import IGNORE_INDEX
 from domix.corpus import read_corpus
@@ -24,7 +25,8 @@ from domix.engine.runfolder import RunFolder
 from domix.engine.selection import DevScore, train_epochs
 from domix.errors import DomixError
 from domix.lm_loss import lm_losses
-from domix.llm.config import InstructConfig
+from domix.llm.choice import format_results, read_questions, score_choice
+from domix.llm.config import PROTOCOLS, InstructConfig
 from domix.llm.data import Example, collate, encode_examples, read_examples
 from domix.llm.labelled import LabelledTask, generated_labels, read_labelled, score_loglikelihood
 from domix.llm.labelled import scores as label_scores
@@ -77,6 +79,8 @@ def prepare(cfg: InstructConfig) -> dict:
     train_examples, dev_examples = (labelled.examples["train"], labelled.examples["dev"]) if labelled else train_dev_examples(cfg)
     if cfg.general:  # fail before training, not after
         read_corpus("general", cfg.general)
+    # the multiple-choice test files, read before training (a bad file fails now); unread by a selection run
+    choice = {name: read_questions(path) for name, path in cfg.choice_tests.items()} if cfg.score_test else {}
     method = task_method(cfg.method)
     modules = method.pieces(cfg)  # LoRA modules and adapters, or a method's own (MoDE's experts)
     base_name = cfg.model or base_of(modules)
@@ -98,6 +102,7 @@ def prepare(cfg: InstructConfig) -> dict:
     return {"model": model, "tokenizer": tokenizer, "groups": groups, "modules": modules, "method": method,
             "base_name": base_name, "fingerprint": fingerprint, "device": device, "dtype": dtype,
             "total_params": total_params, "train": train_rows, "dev": dev_rows, "dropped": {"train": dropped, "dev": dev_dropped},
+            "choice": choice,
             "labelled": labelled, "setup_s": time.perf_counter() - started}
 
 
@@ -126,6 +131,7 @@ def instruct(cfg: InstructConfig, overwrite: bool = False, on_step: StepHook | N
     state = progress.extra
     test_started = time.perf_counter()
     scored = _labelled_record(model, tokenizer, labelled, state, cfg, device) if labelled else {}
+    choice, choice_details = _choice_record(model, tokenizer, run["choice"], cfg, device)
     test_s = time.perf_counter() - test_started
     record = {
         "kind": CAUSAL_KIND,
@@ -155,6 +161,7 @@ def instruct(cfg: InstructConfig, overwrite: bool = False, on_step: StepHook | N
         "peak_memory_mb": peak_memory_mb(device),
         "saved_model": cfg.save_model,
         **scored,
+        **choice,
     }
     # the run's cost is that of training (and, for a labelled task, of scoring): retention loads a second copy of the base
     retention_started = time.perf_counter()
@@ -165,6 +172,8 @@ def instruct(cfg: InstructConfig, overwrite: bool = False, on_step: StepHook | N
                         "dev": round(state.get("dev_seconds", 0.0), 2), "test": round(test_s, 2),
                         "retention": round(time.perf_counter() - retention_started, 2) if cfg.general else 0.0}
     save = (lambda where: save_task_model(model, tokenizer, record, where)) if cfg.save_model else None
+    if choice_details and ranks.is_main:  # each question's scores and output, beside the record (the record keeps predictions)
+        atomic.write_json(folder.out / CHOICE_DETAILS_FILE, choice_details)
     folder.finish_task(record, save, ranks, dev_loss=record["dev_loss"], best_epoch=record["best_epoch"],
                        **({"test": record["test"]} if labelled else {}))
     if not ranks.is_main:
@@ -174,7 +183,27 @@ def instruct(cfg: InstructConfig, overwrite: bool = False, on_step: StepHook | N
           f"peak memory {record['peak_memory_mb']:.0f} MB, {record['wall_time_s']:.0f} s")
     if labelled:
         print(format_labelled(record))
+    if choice:
+        print(format_results(record["choice_test"]))
     return record
+
+
+CHOICE_DETAILS_FILE = "choice_details.json"  # each --choice-test question's scores and generated output, keyed task/protocol
+
+
+def _choice_record(model: nn.Module, tokenizer, read: dict, cfg: InstructConfig, device) -> tuple[dict, dict]:
+    """The --choice-test files scored in both protocols (llm.choice.score_choice, as domix eval-choice scores them): the
+    record's ``choice_test`` (the report) and ``choice_predictions`` ("task/protocol" -> each question's predicted and gold
+    index, log-likelihood's length-normalised too: what paired statistics resample), and the details; empty without files."""
+    if not read:
+        return {}, {}
+    report, details = score_choice(model, tokenizer, read, PROTOCOLS, cfg.template, device)
+    predictions = {}
+    for key, rows in details.items():
+        predictions[key] = {"predicted": [d["prediction"] for d in rows], "gold": [d["label"] for d in rows]}
+        if key.endswith("/loglikelihood"):
+            predictions[key]["predicted_norm"] = [d["prediction_norm"] for d in rows]
+    return {"choice_test": report, "choice_predictions": predictions}, details
 
 
 def _labelled_record(model: nn.Module, tokenizer, labelled: LabelledTask, state: dict, cfg: InstructConfig, device) -> dict:

@@ -8,16 +8,7 @@ from functools import partial
 from domix.errors import DomixError
 from domix.methods.registry import own_settings, recipe_of, stage1
 from domix.settings import (FRACTION, OPEN_FRACTION, POSITIVE, MethodChoice, RunSettings, TrainingSettings, at_least, one_of,
-                            run_settings, setting, setting_names, unique_names)
-
-
-def _domain(text: str) -> tuple[str, str]:
-    import argparse
-
-    name, sep, path = text.partition("=")
-    if not sep or not name or not path:
-        raise argparse.ArgumentTypeError(f"expected NAME=PATH, got {text!r}")
-    return name, path
+                            named_path, run_settings, setting, setting_names, unique_names)
 
 
 def _targets(text: str) -> list[str] | str:
@@ -35,7 +26,7 @@ class PretrainConfig(RunSettings, MethodChoice, TrainingSettings):
 
     model: str = setting("", "base model: a local folder, a .gguf file, or a Hugging Face name")
     domains: dict[str, str] = setting(
-        factory=dict, flag="--domain", repeat=True, flag_type=_domain, metavar="NAME=PATH",
+        factory=dict, flag="--domain", repeat=True, flag_type=named_path, metavar="NAME=PATH",
         collect=lambda pairs: unique_names(pairs, "--domain"),
         help="a domain and its corpus: .txt (a passage a line), .jsonl, .csv, .tsv or .parquet with a text column, a folder of "
              "them, a save_to_disk folder, or a dataset name (NAME or NAME:CONFIG); repeat per domain")
