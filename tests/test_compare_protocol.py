@@ -329,3 +329,52 @@ def test_the_composing_row_trains_the_bridge_over_the_store_and_the_task_adapter
     assert equal["examples"]["train"] == 56
     [listed] = results["task_adapters"]
     assert listed["task"] == "topics" and listed["records"] == 24 and listed["used_by"] == ["domix", "lora_equal_data"]
+
+
+def _choice_task(tmp_path):
+    """An instruction file (the response names the topic of the instruction's words) and two multiple-choice files."""
+    import random
+
+    from conftest import WORDS
+
+    rng, topics = random.Random(0), {"pizza": WORDS[:8], "gene": WORDS[10:16]}
+    rows = [{"instruction": " ".join(rng.choice(topics[t]) for _ in range(4)), "output": t} for t in list(topics) * 24]
+    train = tmp_path / "mixture.jsonl"
+    train.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    files = {}
+    for name, n in (("mini_a", 6), ("mini_b", 4)):
+        files[name] = tmp_path / f"{name}.jsonl"
+        files[name].write_text("".join(json.dumps({"goal": " ".join(rng.choice(WORDS[:8]) for _ in range(3)), "sol1": "pizza",
+                                                   "sol2": "gene", "label": i % 2}) + "\n" for i in range(n)))
+    return train, {k: str(v) for k, v in files.items()}
+
+
+def test_an_instruction_file_task_reports_each_choice_file_as_a_task(tmp_path, tiny_llama, corpora, task):
+    """A task trained on an instruction file (domix instruct --train) and scored on multiple-choice files: each file a
+    task of the results, its scores those the run's choice test recorded (log-likelihood and generated), paired against
+    the named reference question by question; without choice files, a reference, or with a search, it is refused."""
+    train, files = _choice_task(tmp_path)
+    spec = {"mix": {"path": str(train), "domain": "food", "kind": "instruction", "instruct": {"choice_tests": files}}}
+    common = dict(tasks=spec, search=None, seeds=[2, 3], methods=["base", "lora"],
+                  instruct={"epochs": 1, "batch_size": 8, "lr": 5e-3, "max_length": 48, "dtype": "float64"})
+    for kw, message in (({"reference": "lora", "tasks": {"mix": {**spec["mix"], "instruct": {}}}}, r"score nothing on test"),
+                        ({}, "no macro-F1 to choose the reference row on; name it"),
+                        ({"reference": "lora", "search": SEARCH, "seeds": [2, 3, 4]}, "drop search or those tasks")):
+        with pytest.raises(DomixError, match=message):
+            CompareConfig.from_yaml(write_config(tmp_path / "c.yaml", tiny_llama, corpora, task, **{**common, **kw}))
+    cfg = CompareConfig.from_yaml(write_config(tmp_path / "c.yaml", tiny_llama, corpora, task, reference="lora", **common))
+    job = next(j for j in plan(cfg) if j.info["method"] == "lora")
+    assert job.config().train == str(train) and job.config().task is None and job.config().choice_tests == files
+
+    results = compare(cfg, in_process=True)
+    assert results["tasks"] == ["mini_a", "mini_b"] and len(results["runs"]) == 2 * 2 * 2
+    for run in results["runs"]:
+        record = json.loads((tmp_path / "out" / "finetune" / run["method"] / "mix" / f"seed{run['seed']}" / "result.json").read_text())
+        value = {(r["protocol"], r["metric"]): r["value"] for r in record["choice_test"]["results"] if r["task"] == run["task"]}
+        assert run["test"]["accuracy"] == pytest.approx(value[("loglikelihood", "acc")])  # counted by score_loglikelihood itself
+        assert run["test"]["accuracy_norm"] == pytest.approx(value[("loglikelihood", "acc_norm")])
+        assert run["test_generate"]["accuracy"] == pytest.approx(value[("generate", "acc")])
+        assert run["test_generate"]["unanswered"] == pytest.approx(value[("generate", "unanswered")])
+        assert len(run["test_predictions"]["gold"]) == {"mini_a": 6, "mini_b": 4}[run["task"]]
+    assert set(results["paired"]["accuracy"]["base"]["tasks"]) == {"mini_a", "mini_b"}
+    assert "## Generated answers" in (tmp_path / "out" / "report.md").read_text()

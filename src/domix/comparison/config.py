@@ -12,6 +12,9 @@ A comparison is one YAML file::
       # a task's own finetune settings, over the comparison's and under a method's: {path: ..., domain: ..., finetune: {epochs: 8}}
       # a causal LM answering with the label word (domix instruct --task; llm/labelled.py):
       # chemprot_llm: {path: tasks/chemprot, domain: biomed, kind: instruction, instruct: {eval_limit: 500}}
+      # or trained on an instruction file (domix instruct --train) and scored on multiple-choice files, each a row of
+      # the results (a name given once in the comparison); such a comparison names its reference (no dev macro-F1):
+      # mix: {path: data/mixture.json, domain: food, kind: instruction, instruct: {choice_tests: {piqa: piqa.json}}}
     methods: [full, lora, domix]
     seeds: [1, 2]
     method_seeds: {full: [1]}   # fewer (or other) seeds for some methods
@@ -75,6 +78,17 @@ class ComparedTask:
     # LM answering with the label word (llm/labelled.py), its own settings under instruct: instead of finetune:
     kind: str = "classification"
     instruct: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def data_key(self) -> str:
+        """The command's setting its path is: a task folder (--task), or an instruction file (instruct --train)."""
+        return "train" if self.kind == "instruction" and Path(self.path).is_file() else "task"
+
+    @property
+    def results(self) -> list[str]:
+        """The tasks its test runs report: itself (a task folder's test split), then each multiple-choice file it is scored
+        on (choice_tests)."""
+        return ([self.name] if self.data_key == "task" else []) + list(self.settings.get("choice_tests") or {})
 
     @property
     def command(self) -> str:
@@ -173,6 +187,10 @@ class CompareConfig:
         return dataclasses.replace(self, methods=chosen, tasks=[by_name[n] for n in pick("tasks", tasks, list(by_name))],
                                    method_seeds=own, method_orders={m: n for m, n in self.method_orders.items() if m in chosen})
 
+    def result_tasks(self) -> list[str]:
+        """The tasks the results report, in order: each task, or the multiple-choice files it is scored on."""
+        return [name for t in self.tasks for name in t.results]
+
     def rows_train_limit(self, task: ComparedTask) -> int | None:
         """The training records each row of ``task`` draws (its train_limit; None: all of them)."""
         return {**getattr(self, task.command), **task.settings}.get("train_limit")
@@ -180,6 +198,27 @@ class CompareConfig:
     def adapter_tasks(self) -> list[ComparedTask]:
         """The tasks with an adapter of their own to train first (task_adapters): the instruction tasks."""
         return [t for t in self.tasks if t.kind == "instruction"] if self.task_adapters is not None else []
+
+    def _check_instruction_files(self) -> None:
+        """Tasks trained on an instruction file: what they report is unique, a search and the reference are chosen without
+        the dev macro-F1 they do not have."""
+        files = [t for t in self.tasks if t.data_key == "train"]
+        if not files:
+            return
+        unscored = [t.name for t in files if not t.results]
+        if unscored:
+            raise DomixError(f"tasks {unscored} train on an instruction file and score nothing on test; give each "
+                             "instruct: {choice_tests: {NAME: FILE}} (multiple-choice files, as domix eval-choice --task reads)")
+        names = self.result_tasks()
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise DomixError(f"the comparison reports {twice} twice (a task's name or its choice_tests'); give each its own name")
+        if self.search is not None:
+            raise DomixError(f"tasks {[t.name for t in files]} train on an instruction file, whose dev split gives a loss and no "
+                             "macro-F1 to choose on; drop search or those tasks")
+        if self.reference is None:
+            raise DomixError(f"tasks {[t.name for t in files]} train on an instruction file, whose dev split has no macro-F1 to "
+                             "choose the reference row on; name it (reference: dora, say)")
 
     def _check_task_adapters(self) -> None:
         """task_adapters and the rows that need them: records apart from every row's, for instruction tasks only."""
@@ -254,6 +293,7 @@ class CompareConfig:
                                  f"{folder!r} is not a folder")
         if self.search is not None:
             self.search.check(self)
+        self._check_instruction_files()
         _known_keys("pretrain", self.pretrain, PRETRAIN_FIELDS - {"model", "domains", "out", "method", "general"})
         _known_keys("finetune", self.finetune, FINETUNE_FIELDS - RUN_RESERVED - {"init_module"})
         _known_keys("instruct", self.instruct, INSTRUCT_FIELDS - RUN_RESERVED - {"init_module"} - INSTRUCT_TASK_KEYS)

@@ -155,7 +155,7 @@ def _adapter_job(cfg: CompareConfig, task: ComparedTask, used_by: list[str]) -> 
     rows' in the seeded order (train_skip), so that no row trains on them, except the equal-data row, which trains on
     both; at the store's rank unless task_adapters says otherwise. Its dev score picks its epoch; it never reads test."""
     settings = {**cfg.instruct, **task.instruct, "lora_rank": _module_rank(cfg), "seed": 0, **cfg.task_adapters,
-                "task": task.path, "model": cfg.model, "out": str(Path(cfg.out) / "adapters" / f"{task.name}_task"), "method": "lora",
+                task.data_key: task.path, "model": cfg.model, "out": str(Path(cfg.out) / "adapters" / f"{task.name}_task"), "method": "lora",
                 "train_skip": cfg.rows_train_limit(task), "score_test": False, "save_model": True}
     return Job("instruct", f"adapters/{task.name}", settings, {"adapter": task.name, "task": task.name, "used_by": used_by})
 
@@ -214,7 +214,7 @@ def _finetune_job(cfg: CompareConfig, name: str, task: ComparedTask, seed: int, 
     # (the most particular wins); a row's settings reach the runs of the commands that have them
     own = {k: v for k, v in {**method.settings, **cfg.method_settings.get(name, {})}.items() if k in task.fields}
     settings = {"save_model": False, **({"recipe": method.recipe} if method.recipe else {}), **getattr(cfg, task.command),
-                **task.settings, **own, **(point or {}), **task.data, "task": task.path,
+                **task.settings, **own, **(point or {}), **task.data, task.data_key: task.path,
                 "out": str(Path(cfg.out) / folder), "method": method.finetune, "seed": seed}
     if selection:
         settings["score_test"] = False
@@ -327,7 +327,7 @@ def compare(cfg: CompareConfig, overwrite: bool = False, dry_run: bool = False, 
     from domix.comparison.report import write_report
     from domix.comparison.summary import format_table, summarise
 
-    print(format_table(summarise(results), [t.name for t in cfg.tasks]))
+    print(format_table(summarise(results), cfg.result_tasks()))
     if not write:
         print("domix: a part of the comparison: results.json and the report are left as they are (the full run writes them)")
         return results
@@ -439,6 +439,31 @@ def run_job(job: Job, out: Path, overwrite: bool, in_process: bool, threads: int
     return round(time.perf_counter() - started, 2)
 
 
+def choice_runs(run: dict, record: dict) -> list[dict]:
+    """A run's result per multiple-choice file it was scored on (instruct --choice-test), as a labelled task's: ``test``
+    by log-likelihood (accuracy, macro-F1 over the answer indices; ``accuracy_norm``: the length-normalised choice),
+    ``test_generate`` by the answer extracted from generation (no answer: wrong), each question's answer kept."""
+    import torch
+
+    from domix.llm.labelled import scores
+    from domix.metrics import classification_scores
+
+    out = []
+    for name in dict.fromkeys(r["task"] for r in (record.get("choice_test") or {}).get("results", [])):
+        loglik, generated = (record["choice_predictions"].get(f"{name}/{p}") for p in ("loglikelihood", "generate"))
+        gold = torch.tensor((loglik or generated)["gold"])
+        labels = 1 + max([*gold.tolist(), *(p for kept in (loglik, generated) if kept for p in kept["predicted"] if p is not None)])
+        entry = {**run, "task": name, "majority": None, "test": None, "test_predictions": None, "test_generate": None}
+        if loglik:
+            entry["test"] = {**classification_scores(torch.tensor(loglik["predicted"]), gold, labels),
+                             "accuracy_norm": float((torch.tensor(loglik["predicted_norm"]) == gold).double().mean())}
+            entry["test_predictions"] = {"predicted": loglik["predicted"], "gold": loglik["gold"]}
+        if generated:
+            entry["test_generate"] = scores(generated["predicted"], gold, labels)
+        out.append(entry)
+    return out
+
+
 def _total_time(jobs: list[Job], times: dict[str, float]) -> float | None:
     """The jobs' summed wall time as the comparison measured it (job_times.json); None if one is missing."""
     found = [times.get(j.name) for j in jobs]
@@ -462,9 +487,10 @@ def collect(cfg: CompareConfig, jobs: list[Job], times: dict[str, float], comman
         elif job.role == "test":
             record = atomic.read_json(job.out / RESULT_FILE)
             info = {k: v for k, v in job.info.items() if k != "settings_point"}
-            runs.append({**info, **{k: record[k] for k in ("test", "dev", "trainable_percent", "peak_memory_mb", "wall_time_s",
-                                                           "train_time_s", "loss_curve")},
-                         **{k: record.get(k) for k in OPTIONAL_RECORD_KEYS}})
+            run = {**info, **{k: record.get(k) for k in ("test", "dev", "trainable_percent", "peak_memory_mb", "wall_time_s",
+                                                         "train_time_s", "loss_curve")},
+                   **{k: record.get(k) for k in OPTIONAL_RECORD_KEYS}}
+            runs += ([run] if record.get("test") is not None else []) + choice_runs(run, record)
         elif job.kind == "pretrain":
             manifests = [atomic.read_json(p) for p in sorted(job.out.glob("*/domix_*.json"))]
             pretraining.append({
@@ -479,7 +505,7 @@ def collect(cfg: CompareConfig, jobs: list[Job], times: dict[str, float], comman
     from domix.base_model import provenance
 
     results = {"settings": settings, "base_model": provenance(cfg.model), "methods": cfg.methods,
-               "tasks": [t.name for t in cfg.tasks], "domains": list(cfg.domains), "runs": runs, "pretraining": pretraining}
+               "tasks": cfg.result_tasks(), "domains": list(cfg.domains), "runs": runs, "pretraining": pretraining}
     if adapters:
         results["task_adapters"] = adapters
     if choices is not None:
@@ -489,5 +515,5 @@ def collect(cfg: CompareConfig, jobs: list[Job], times: dict[str, float], comman
                              "choices": [{"method": m, "task": t, **choice} for (m, t), choice in choices.items()]}
     reference = reference_row(results, cfg.reference)
     if reference is not None:
-        results["paired"] = paired_table(runs, reference, [t.name for t in cfg.tasks], cfg.methods)
+        results["paired"] = paired_table(runs, reference, cfg.result_tasks(), cfg.methods)
     return results
