@@ -155,8 +155,8 @@ def _adapter_job(cfg: CompareConfig, task: ComparedTask, used_by: list[str]) -> 
     rows' in the seeded order (train_skip), so that no row trains on them, except the equal-data row, which trains on
     both; at the store's rank unless task_adapters says otherwise. Its dev score picks its epoch; it never reads test."""
     settings = {**cfg.instruct, **task.instruct, "lora_rank": _module_rank(cfg), "seed": 0, **cfg.task_adapters,
-                task.data_key: task.path, "model": cfg.model, "out": str(Path(cfg.out) / "adapters" / f"{task.name}_task"), "method": "lora",
-                "train_skip": cfg.rows_train_limit(task), "score_test": False, "save_model": True}
+                task.data_key: task.path, "model": cfg.model, "out": str(Path(cfg.out) / "adapters" / f"{task.name}_task"),
+                "method": "lora", "train_skip": cfg.rows_train_limit(task), "score_test": False, "save_model": True}
     return Job("instruct", f"adapters/{task.name}", settings, {"adapter": task.name, "task": task.name, "used_by": used_by})
 
 
