@@ -199,6 +199,24 @@ def test_train_skip_draws_records_apart_from_a_sample_of_the_same_seed(data, tmp
         drawn(train_skip=64)
 
 
+def test_several_train_files_train_together_and_one_stays_a_path(data, tmp_path):
+    import argparse
+
+    from domix.llm.train import train_dev_examples
+    from domix.settings import add_setting_flags, build_config, flag_values
+
+    other = instruction_data(tmp_path / "other.jsonl", 10, 5)
+    both = train_dev_examples(cfg(data, tmp_path, train=[str(data["train"]), str(other)]))[0]
+    assert [e.input for e in both] == [e.input for e in read_examples(str(data["train"]))] + [e.input for e in read_examples(str(other))]
+    parser = argparse.ArgumentParser()
+    add_setting_flags(parser, InstructConfig)
+    common = ["--method", "lora", "--model", "m", "--out", "o"]
+    one = build_config(InstructConfig, None, flag_values(parser.parse_args(common + ["--train", "a.jsonl"]), InstructConfig))
+    two = build_config(InstructConfig, None, flag_values(parser.parse_args(common + ["--train", "a.jsonl", "--train", "b.jsonl"]),
+                                                         InstructConfig))
+    assert one.train == "a.jsonl" and two.train == ["a.jsonl", "b.jsonl"]  # one file is recorded as it always was
+
+
 def test_gradient_checkpointing_gives_the_same_run(llama_store, data, tmp_path):
     seen = []
     plain = instruct(cfg(data, tmp_path / "plain", modules=str(llama_store), dtype="float64", epochs=1))

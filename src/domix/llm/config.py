@@ -25,7 +25,9 @@ class InstructConfig(RunSettings, MethodChoice, TrainingSettings):
     """The settings of domix instruct. A method's own settings (the bridge's p_init, new_rank) are an object of its
     class in the registry, ``method_options``, given flat: the same YAML keys and flags."""
 
-    train: str | None = setting(None, "jsonl (or a JSON list) of prompt/response or instruction/input/output rows")
+    train: str | list[str] | None = setting(
+        None, "jsonl (or a JSON list) of prompt/response or instruction/input/output rows; repeat to train on several files "
+              "together", repeat=True, collect=lambda paths: paths[0] if len(paths) == 1 else paths, metavar="FILE")
     task: str | None = setting(None, "instead of --train: a labelled task folder (train, dev, test files, as domix finetune "
                                      "reads), its examples as instructions that list the labels, the answer the label word; "
                                      "dev and test scored by the label words (llm/labelled.py)")

@@ -48,9 +48,10 @@ def dev_loss(model: nn.Module, rows: Rows, pad_id: int, batch_size: int, device,
 
 
 def train_dev_examples(cfg: InstructConfig) -> tuple[list[Example], list[Example]]:
-    """The run's training and dev examples: ``cfg.dev``, else a seeded ``dev_fraction`` of ``cfg.train``; a seeded
-    ``train_limit`` sample of the training examples (after the first ``train_skip`` of the seeded order)."""
-    train = read_examples(cfg.train, "train")
+    """The run's training and dev examples (``cfg.train``: a file, or several read one after another): ``cfg.dev``, else
+    a seeded ``dev_fraction`` of the training examples; a seeded ``train_limit`` sample of the training examples (after
+    the first ``train_skip`` of the seeded order)."""
+    train = [e for path in ([cfg.train] if isinstance(cfg.train, str) else cfg.train) for e in read_examples(path, "train")]
     if cfg.dev:
         dev = read_examples(cfg.dev, "dev")
     else:  # hold out a seeded slice of train
