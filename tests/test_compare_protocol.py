@@ -378,3 +378,39 @@ def test_an_instruction_file_task_reports_each_choice_file_as_a_task(tmp_path, t
         assert len(run["test_predictions"]["gold"]) == {"mini_a": 6, "mini_b": 4}[run["task"]]
     assert set(results["paired"]["accuracy"]["base"]["tasks"]) == {"mini_a", "mini_b"}
     assert "## Generated answers" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_adapters_from_files_compose_and_the_equal_data_row_trains_on_every_file(tmp_path, tiny_llama, corpora, task):
+    """An instruction file's task names the files its adapters train on (the DoMIX LLM setting: adapters trained earlier on
+    other data): an adapter each, named after it, composed by domix beside the store's modules; the fresh LoRA rows get
+    the total rank; lora_equal_data trains on the task's file and every adapter's."""
+    train, files = _choice_task(tmp_path)
+    sources = {}
+    for name, n in (("a", 16), ("b", 12)):
+        sources[name] = tmp_path / f"adapter-{name}.jsonl"
+        sources[name].write_text("".join(json.dumps({"instruction": f"say {name} {i}", "output": name}) + "\n" for i in range(n)))
+    spec = {"mix": {"path": str(train), "domain": "food", "kind": "instruction", "instruct": {"choice_tests": files},
+                    "adapters": {k: str(v) for k, v in sources.items()}}}
+    common = dict(tasks=spec, search=None, seeds=[2], methods=["lora", "domix", "lora_equal_data"], reference="lora",
+                  task_adapters={"lora_rank": 2, "epochs": 1},
+                  instruct={"epochs": 1, "batch_size": 8, "lr": 5e-3, "max_length": 48, "dtype": "float64"})
+    for kw, message in (({"task_adapters": None}, r"name their adapters' files; add task_adapters"),
+                        ({"task_adapters": {"train_limit": 8}}, "no train_limit may apply"),
+                        ({"tasks": {"topics": {"path": str(task), "domain": "food", "kind": "instruction",
+                                               "adapters": {"a": str(sources["a"])}}}},
+                         "adapters: files are for a task trained on an instruction file")):
+        with pytest.raises(DomixError, match=message):
+            CompareConfig.from_yaml(write_config(tmp_path / "c.yaml", tiny_llama, corpora, task, **{**common, **kw}))
+    cfg = CompareConfig.from_yaml(write_config(tmp_path / "c.yaml", tiny_llama, corpora, task, **common))
+    jobs = {j.name: j for j in plan(cfg)}
+    assert [jobs[f"adapters/mix/{n}"].settings["train"] for n in ("a", "b")] == [str(sources["a"]), str(sources["b"])]
+    rows = {j.info["method"]: j for j in jobs.values() if j.role == "test"}
+    assert rows["lora"].settings["lora_rank"] == 2 * 2 + 2 + 2
+    assert rows["lora_equal_data"].config().train == [str(train), str(sources["a"]), str(sources["b"])]
+
+    compare(cfg, in_process=True)
+    out = tmp_path / "out" / "finetune"
+    domix = json.loads((out / "domix" / "mix" / "seed2" / "result.json").read_text())
+    assert sorted(m["name"] for m in domix["modules"]) == ["a", "b", "bio", "food"]
+    equal = json.loads((out / "lora_equal_data" / "mix" / "seed2" / "result.json").read_text())
+    assert equal["examples"]["train"] + equal["examples"]["dev"] == 48 + 16 + 12

@@ -39,7 +39,8 @@ A comparison is one YAML file::
     # instruction tasks: a LoRA adapter per task (domix instruct --method lora), trained first on train_limit records of
     # the task that none of the rows train on (the seeded order's next ones: train_skip), which the rows that compose a
     # store's modules (domix, cat) compose too, as the DoMIX LLM setting composes adapters trained on other data; the
-    # row lora_equal_data trains on those records and its own (the equal-data baseline)
+    # row lora_equal_data trains on those records and its own (the equal-data baseline); a task trained on an instruction
+    # file names the files its adapters train on instead (adapters: {NAME: FILE}, one adapter each, whole files)
     task_adapters: {train_limit: 320, lora_rank: 8}
     # a fine-tuning run given general text also scores retention (LM loss on it before and after):
     # finetune: {general: corpora/general.txt} for every method, or method_settings: {mode: {general: ...}}
@@ -78,6 +79,8 @@ class ComparedTask:
     # LM answering with the label word (llm/labelled.py), its own settings under instruct: instead of finetune:
     kind: str = "classification"
     instruct: dict[str, Any] = field(default_factory=dict)
+    # an instruction file's task: the files its adapters train on, one adapter each (name -> file), with task_adapters
+    adapters: dict[str, str] = field(default_factory=dict)
 
     @property
     def data_key(self) -> str:
@@ -133,7 +136,8 @@ class CompareConfig:
 
     def inputs(self) -> list[str]:
         """The paths the comparison reads: its out folder may never be, hold or lie inside one of them."""
-        return [p for p in (self.model, *self.domains.values(), *(t.path for t in self.tasks), self.general,
+        return [p for p in (self.model, *self.domains.values(), *(t.path for t in self.tasks),
+                            *(f for t in self.tasks for f in t.adapters.values()), self.general,
                             self.finetune.get("general"), self.instruct.get("general"), *self.stores.values()) if p]
 
     @classmethod
@@ -223,6 +227,12 @@ class CompareConfig:
     def _check_task_adapters(self) -> None:
         """task_adapters and the rows that need them: records apart from every row's, for instruction tasks only."""
         needs = [m for m in self.methods if METHODS[m].adapter_records]
+        named = [t.name for t in self.tasks if t.adapters]
+        if any(t.data_key != "train" for t in self.tasks if t.adapters):
+            raise DomixError(f"tasks {named}: adapters: files are for a task trained on an instruction file; a task folder's "
+                             "adapter trains on its own records (task_adapters: {train_limit: N})")
+        if named and self.task_adapters is None:
+            raise DomixError(f"tasks {named} name their adapters' files; add task_adapters: (their settings, {{}} for the defaults)")
         if self.task_adapters is None:
             if needs:
                 raise DomixError(f"{needs} train on the records of each task's own adapter as well as their own, which only a "
@@ -233,15 +243,23 @@ class CompareConfig:
                              f"not {self.task_adapters!r}")
         _known_keys("task_adapters", self.task_adapters,
                     INSTRUCT_FIELDS - (RUN_RESERVED - {"seed"}) - {"init_module", "score_test", "save_model"} - INSTRUCT_TASK_KEYS)
-        if not isinstance(self.task_adapters.get("train_limit"), int):
-            raise DomixError("task_adapters needs train_limit: the number of each task's records its adapter trains on (none of "
-                             "them a row's)")
         if not self.adapter_tasks():
             raise DomixError("task_adapters trains an adapter per instruction task, and the comparison has none (kind: instruction); "
                              "drop task_adapters or add such a task")
         if needs and any(t.kind != "instruction" for t in self.tasks):
             raise DomixError(f"{needs} train on the records of an instruction task's adapter, which a classification task does not "
                              "have; compare those rows on instruction tasks only")
+        from_files = [t.name for t in self.adapter_tasks() if t.adapters]
+        if from_files:  # whole files: a row's and an adapter's records are the files' (the equal-data row trains on them all)
+            limited = [t.name for t in self.adapter_tasks() if self.rows_train_limit(t) is not None]
+            if limited or "train_limit" in self.task_adapters or len(from_files) < len(self.adapter_tasks()):
+                raise DomixError(f"tasks {from_files} train adapters on files of their own, whole (the files are the samples), so "
+                                 "no train_limit may apply (in instruct:, a task's or task_adapters) and every instruction task "
+                                 "names its adapters' files; drop train_limit, or the adapters: files")
+            return
+        if not isinstance(self.task_adapters.get("train_limit"), int):
+            raise DomixError("task_adapters needs train_limit: the number of each task's records its adapter trains on (none of "
+                             "them a row's)")
         for task in self.adapter_tasks():
             if self.rows_train_limit(task) is None:
                 raise DomixError(f"task {task.name!r}: with task_adapters the rows train on a sample (instruct: {{train_limit: N}}), "
@@ -256,7 +274,8 @@ class CompareConfig:
         for key in ("methods", "seeds", "domains", "tasks"):
             if not getattr(self, key):
                 raise DomixError(f"the comparison's {key} is an empty list; give at least one (a comparison of nothing runs nothing)")
-        for name, path in [*self.domains.items(), *((t.name, t.path) for t in self.tasks)]:
+        for name, path in [*self.domains.items(), *((t.name, t.path) for t in self.tasks),
+                           *((f"{t.name}.adapters.{a}", f) for t in self.tasks for a, f in t.adapters.items())]:
             if not Path(path).exists() and not looks_like_dataset_name(path):
                 raise DomixError(f"{name!r} reads {path}, which does not exist; fix the path in the comparison config "
                                  "(relative paths are read from where domix compare runs)")
@@ -332,16 +351,21 @@ def _task(name: str, spec: Any, config_path: Path) -> ComparedTask:
     if kind not in TASK_KINDS:
         raise DomixError(f"task {name!r} in {config_path} has kind {kind!r}; use {' or '.join(TASK_KINDS)}")
     settings_key = "instruct" if kind == "instruction" else "finetune"
-    data_keys = () if kind == "instruction" else TASK_DATA_KEYS  # an instruction task reads its folder's own columns
+    # an instruction task reads its folder's own columns; it may name the files its adapters train on
+    data_keys = ("adapters",) if kind == "instruction" else TASK_DATA_KEYS
     unknown = sorted(set(spec) - {"path", "domain", "kind", settings_key, *data_keys})
     if unknown:
         raise DomixError(f"task {name!r} in {config_path} has unknown keys {unknown}; a {kind} task knows: path, domain, kind, "
                          f"{', '.join([settings_key, *data_keys])}")
+    adapters = spec.get("adapters") or {}
+    if not isinstance(adapters, dict) or not all(isinstance(v, str) for v in adapters.values()):
+        raise DomixError(f"task {name!r} in {config_path}: adapters must be a mapping of name: instruction file, not {adapters!r}")
     own = spec.get(settings_key) or {}
     if not isinstance(own, dict):
         raise DomixError(f"task {name!r} in {config_path}: {settings_key!r} must be a mapping of settings (e.g. {{epochs: 8}}), "
                          f"not {own!r}")
-    task = ComparedTask(str(name), str(spec["path"]), str(spec["domain"]), {k: spec[k] for k in data_keys if k in spec}, kind=kind)
+    task = ComparedTask(str(name), str(spec["path"]), str(spec["domain"]), {k: spec[k] for k in TASK_DATA_KEYS if k in spec},
+                        kind=kind, adapters={str(k): v for k, v in adapters.items()})
     setattr(task, settings_key, own)
     return task
 

@@ -8,7 +8,8 @@ each peak memory is its own) with its output in ``OUT/logs/<job>.log``:
     OUT/pretrain/ncl_lora-<order>      one LoRA through the domains in that order
     OUT/pretrain/ncl_full-<order>      the full model through the domains in that order
     OUT/pretrain/joint_lora            one LoRA on all corpora mixed
-    OUT/adapters/<task>_task           with task_adapters: an instruction task's own LoRA adapter (domix instruct)
+    OUT/adapters/<task>_task           with task_adapters: an instruction task's own LoRA adapter (domix instruct), or
+    OUT/adapters/<task>/<name>         one per instruction file the task's adapters: name
     OUT/finetune/<method>/<task>/seed<s>[-<order>]
     OUT/search/<method>/<task>/<configuration>/seed<s>[-<order>]   with a search: the selection runs (no test)
 
@@ -128,9 +129,9 @@ def plan(cfg: CompareConfig) -> list[Job]:
             pretrain_jobs[key] = Job("pretrain", name, settings, info)
         return pretrain_jobs[key]
 
-    # an instruction task's own adapter, for the rows that compose it or train on its records
+    # an instruction task's own adapters, for the rows that compose them or train on their records
     composing = [n for n in cfg.methods if METHODS[n].task_adapter or METHODS[n].adapter_records]
-    adapters = {t.name: _adapter_job(cfg, t, composing) for t in cfg.adapter_tasks()} if composing else {}
+    adapters = {t.name: _adapter_jobs(cfg, t, composing) for t in cfg.adapter_tasks()} if composing else {}
     jobs = []
     for name, method in zip(cfg.methods, methods):
         orders = cfg.orders[:cfg.method_orders.get(name, len(cfg.orders))] if method.ordered else [None]
@@ -140,24 +141,30 @@ def plan(cfg: CompareConfig) -> list[Job]:
                 if method.pretrain is not None:
                     # a sequential pre-training depends on the order; the domix modules do not
                     source = pretrain_job(method.pretrain, order if STAGE1[method.pretrain].ordered else None)
-                adapter = adapters.get(task.name)
+                own = adapters.get(task.name, [])
                 if cfg.search is None:
-                    jobs += [_finetune_job(cfg, name, task, seed, order, source, adapter=adapter)
+                    jobs += [_finetune_job(cfg, name, task, seed, order, source, adapters=own)
                              for seed in cfg.method_seeds.get(name, cfg.seeds)]
                 else:
-                    jobs += [_finetune_job(cfg, name, task, seed, order, source, point, selection=True, adapter=adapter)
+                    jobs += [_finetune_job(cfg, name, task, seed, order, source, point, selection=True, adapters=own)
                              for point in cfg.search.points(name) for seed in cfg.search.seeds]
-    return list(pretrain_jobs.values()) + list(adapters.values()) + jobs
+    return list(pretrain_jobs.values()) + [a for own in adapters.values() for a in own] + jobs
 
 
-def _adapter_job(cfg: CompareConfig, task: ComparedTask, used_by: list[str]) -> Job:
-    """``task``'s own LoRA adapter (domix instruct --method lora): ``task_adapters.train_limit`` records that follow the
-    rows' in the seeded order (train_skip), so that no row trains on them, except the equal-data row, which trains on
-    both; at the store's rank unless task_adapters says otherwise. Its dev score picks its epoch; it never reads test."""
-    settings = {**cfg.instruct, **task.instruct, "lora_rank": _module_rank(cfg), "seed": 0, **cfg.task_adapters,
-                task.data_key: task.path, "model": cfg.model, "out": str(Path(cfg.out) / "adapters" / f"{task.name}_task"),
-                "method": "lora", "train_skip": cfg.rows_train_limit(task), "score_test": False, "save_model": True}
-    return Job("instruct", f"adapters/{task.name}", settings, {"adapter": task.name, "task": task.name, "used_by": used_by})
+def _adapter_jobs(cfg: CompareConfig, task: ComparedTask, used_by: list[str]) -> list[Job]:
+    """``task``'s own LoRA adapters (domix instruct --method lora), at the store's rank unless task_adapters says otherwise:
+    one per file of the task's ``adapters`` (each trained on its whole file), else one on ``task_adapters.train_limit``
+    records that follow the rows' in the seeded order (train_skip), so that no row trains on them, except the equal-data
+    row, which trains on both. Its dev score picks its epoch; it never reads test."""
+    common = {**cfg.instruct, **task.instruct, "lora_rank": _module_rank(cfg), "seed": 0, **cfg.task_adapters,
+              "model": cfg.model, "method": "lora", "score_test": False, "save_model": True}
+    out = Path(cfg.out) / "adapters"
+    if task.adapters:
+        return [Job("instruct", f"adapters/{task.name}/{name}", {**common, "train": path, "train_limit": None,
+                                                                 "out": str(out / task.name / name)},
+                    {"adapter": name, "task": task.name, "used_by": used_by}) for name, path in task.adapters.items()]
+    settings = {**common, task.data_key: task.path, "train_skip": cfg.rows_train_limit(task), "out": str(out / f"{task.name}_task")}
+    return [Job("instruct", f"adapters/{task.name}", settings, {"adapter": task.name, "task": task.name, "used_by": used_by})]
 
 
 def _module_rank(cfg: CompareConfig) -> int:
@@ -168,7 +175,10 @@ def _module_rank(cfg: CompareConfig) -> int:
 def plan_tests(cfg: CompareConfig, jobs: list[Job], choices: dict[tuple[str, str], dict]) -> list[Job]:
     """The test runs of a search: each method's chosen configuration per task (``choices``) at the comparison's seeds."""
     sources = {(j.info["method"], j.info["order"]): j for j in jobs if j.role == "pretrain"}
-    adapters = {j.info["task"]: j for j in jobs if j.role == "adapter"}
+    adapters: dict[str, list[Job]] = {}
+    for job in jobs:
+        if job.role == "adapter":
+            adapters.setdefault(job.info["task"], []).append(job)
     tests = []
     for name in cfg.methods:
         method = METHODS[name]
@@ -179,7 +189,7 @@ def plan_tests(cfg: CompareConfig, jobs: list[Job], choices: dict[tuple[str, str
                 source = None
                 if method.pretrain is not None:
                     source = sources[(method.pretrain, order_label(order) if STAGE1[method.pretrain].ordered else None)]
-                tests += [_finetune_job(cfg, name, task, seed, order, source, point, adapter=adapters.get(task.name))
+                tests += [_finetune_job(cfg, name, task, seed, order, source, point, adapters=adapters.get(task.name, []))
                           for seed in cfg.method_seeds.get(name, cfg.seeds)]
     return tests
 
@@ -202,10 +212,10 @@ def choices_of(cfg: CompareConfig, jobs: list[Job]) -> dict[tuple[str, str], dic
 
 
 def _finetune_job(cfg: CompareConfig, name: str, task: ComparedTask, seed: int, order: list[str] | None, source: Job | None,
-                  point: dict | None = None, selection: bool = False, adapter: Job | None = None) -> Job:
+                  point: dict | None = None, selection: bool = False, adapters: list[Job] = ()) -> Job:
     """A task's job (domix finetune, or instruct for an instruction task): a test run (``selection`` False; with a
-    search, of the chosen ``point``) or a selection run of ``point``, which never reads the test split. ``adapter``:
-    the task's own adapter job (task_adapters), which rows compose or train on the records of, as the registry says."""
+    search, of the chosen ``point``) or a selection run of ``point``, which never reads the test split. ``adapters``:
+    the task's own adapter jobs (task_adapters), which rows compose or train on the records of, as the registry says."""
     method = METHODS[name]
     label = point_label(point) if point is not None else None
     where = f"search/{name}/{task.name}/{label}" if selection else f"finetune/{name}/{task.name}"
@@ -218,7 +228,7 @@ def _finetune_job(cfg: CompareConfig, name: str, task: ComparedTask, seed: int, 
                 "out": str(Path(cfg.out) / folder), "method": method.finetune, "seed": seed}
     if selection:
         settings["score_test"] = False
-    adapter_rank = adapter.settings["lora_rank"] if adapter is not None else 0
+    adapter_rank = sum(a.settings["lora_rank"] for a in adapters)
     if source is None:
         settings["model"] = cfg.model
         if STAGE2[method.finetune].lora_rank:  # the same total rank as the composed modules (and adapter), or one module's
@@ -234,10 +244,13 @@ def _finetune_job(cfg: CompareConfig, name: str, task: ComparedTask, seed: int, 
             settings["init_module"] = STAGE1[method.pretrain].output
         else:
             settings["domains"] = order
-    if adapter is not None and method.task_adapter:
-        settings["adapters"] = [str(adapter.out / MODEL_DIR)]
-    if adapter is not None and method.adapter_records:  # the rows' records and the adapter's: the first ones of one seeded order
-        settings["train_limit"] = cfg.rows_train_limit(task) + adapter.settings["train_limit"]
+    if adapters and method.task_adapter:
+        settings["adapters"] = [str(a.out / MODEL_DIR) for a in adapters]
+    if adapters and method.adapter_records:  # the rows' records and the adapters': the task's file and theirs, or the first
+        if task.adapters:                    # records of one seeded order
+            settings["train"] = [task.path, *task.adapters.values()]
+        else:
+            settings["train_limit"] = cfg.rows_train_limit(task) + adapters[0].settings["train_limit"]
     info = {"method": name, "task": task.name, "seed": seed, "order": order_label(order)}
     if point is not None:
         info.update(point=label, settings_point=point)
@@ -481,8 +494,9 @@ def collect(cfg: CompareConfig, jobs: list[Job], times: dict[str, float], comman
     for job in jobs:
         if job.role == "adapter":
             record = atomic.read_json(job.out / RESULT_FILE)
-            adapters.append({"name": job.name, **job.info, "records": job.settings["train_limit"],
-                             "lora_rank": job.settings["lora_rank"], "dev": record["dev"], "wall_time_s": times.get(job.name),
+            adapters.append({"name": job.name, **job.info, "records": record["examples"]["train"],
+                             "lora_rank": job.settings["lora_rank"], "dev": record.get("dev"), "dev_loss": record["dev_loss"],
+                             "wall_time_s": times.get(job.name),
                              **{k: record[k] for k in ("trainable_percent", "peak_memory_mb", "train_time_s")}})
         elif job.role == "test":
             record = atomic.read_json(job.out / RESULT_FILE)
