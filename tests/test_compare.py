@@ -13,8 +13,8 @@ from domix.errors import DomixError
 
 from conftest import write_compare_config
 
-# every row a classification task runs (not the equal-data row: it needs an instruction task's adapter)
-CLASSIFIER_ROWS = [m for m, row in METHODS.items() if row.finetune in CLASSIFIER and not row.adapter_records]
+# every row a classification task runs (not those that need an instruction task's adapters)
+CLASSIFIER_ROWS = [m for m, row in METHODS.items() if row.finetune in CLASSIFIER and not row.needs_adapters]
 
 
 def write_config(path, tiny_llama, corpora, task, **kw):

@@ -302,7 +302,7 @@ def test_task_adapters_train_on_records_no_row_sees_and_the_equal_data_row_sees_
 
 
 @pytest.mark.parametrize("kw, message", [
-    ({"task_adapters": None}, r"\['lora_equal_data'\] train on the records of each task's own adapter"),
+    ({"task_adapters": None}, r"\['lora_equal_data'\] compose each task's own adapters or train on their records"),
     ({"task_adapters": {"lora_rank": 4}}, "task_adapters needs train_limit"),
     ({"instruct": {"epochs": 1}}, r"task 'topics': with task_adapters the rows train on a sample"),
     ({"method_settings": {"lora": {"train_limit": 40}}}, r"method_settings of \['lora'\] set train_limit"),

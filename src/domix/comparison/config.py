@@ -72,7 +72,7 @@ class ComparedTask:
 
     name: str
     path: str
-    domain: str
+    domain: str | None  # the domain it belongs to: its module is where lora_module and dora_module start (None: no such row)
     data: dict[str, Any] = field(default_factory=dict)  # how to read it: text_column, text_pair_column, label_column, splits
     finetune: dict[str, Any] = field(default_factory=dict)  # its own fine-tuning settings, over the comparison's (e.g. epochs)
     # classification: its runs are domix finetune (a head on the encoder); instruction: domix instruct --task, the causal
@@ -115,9 +115,9 @@ class CompareConfig:
     domains: dict[str, str]
     tasks: list[ComparedTask]
     out: str = "runs/compare"
-    # default: every row a classification task runs (not the equal-data row: it needs task_adapters)
+    # default: every row a classification task runs (not those that need task_adapters)
     methods: list[str] = field(default_factory=lambda: [m for m, row in METHODS.items()
-                                                        if row.finetune in CLASSIFIER and not row.adapter_records])
+                                                        if row.finetune in CLASSIFIER and not row.needs_adapters])
     seeds: list[int] = field(default_factory=lambda: [1, 2])
     method_seeds: dict[str, list[int]] = field(default_factory=dict)  # a method's own seeds instead of ``seeds``
     orders: list[list[str]] = field(default_factory=list)  # filled from an int by from_yaml
@@ -226,7 +226,7 @@ class CompareConfig:
 
     def _check_task_adapters(self) -> None:
         """task_adapters and the rows that need them: records apart from every row's, for instruction tasks only."""
-        needs = [m for m in self.methods if METHODS[m].adapter_records]
+        needs = [m for m in self.methods if METHODS[m].needs_adapters]
         named = [t.name for t in self.tasks if t.adapters]
         if any(t.data_key != "train" for t in self.tasks if t.adapters):
             raise DomixError(f"tasks {named}: adapters: files are for a task trained on an instruction file; a task folder's "
@@ -235,8 +235,8 @@ class CompareConfig:
             raise DomixError(f"tasks {named} name their adapters' files; add task_adapters: (their settings, {{}} for the defaults)")
         if self.task_adapters is None:
             if needs:
-                raise DomixError(f"{needs} train on the records of each task's own adapter as well as their own, which only a "
-                                 "comparison with task_adapters: {train_limit: N} has; add it, or drop those rows")
+                raise DomixError(f"{needs} compose each task's own adapters or train on their records, which only a comparison "
+                                 "with task_adapters: {train_limit: N} has; add it, or drop those rows")
             return
         if not isinstance(self.task_adapters, dict):
             raise DomixError(f"task_adapters must be a mapping of domix instruct settings (e.g. {{train_limit: 320, lora_rank: 8}}), "
@@ -247,8 +247,8 @@ class CompareConfig:
             raise DomixError("task_adapters trains an adapter per instruction task, and the comparison has none (kind: instruction); "
                              "drop task_adapters or add such a task")
         if needs and any(t.kind != "instruction" for t in self.tasks):
-            raise DomixError(f"{needs} train on the records of an instruction task's adapter, which a classification task does not "
-                             "have; compare those rows on instruction tasks only")
+            raise DomixError(f"{needs} compose an instruction task's adapters or train on their records, which a classification "
+                             "task does not have; compare those rows on instruction tasks only")
         from_files = [t.name for t in self.adapter_tasks() if t.adapters]
         if from_files:  # whole files: a row's and an adapter's records are the files' (the equal-data row trains on them all)
             limited = [t.name for t in self.adapter_tasks() if self.rows_train_limit(t) is not None]
@@ -283,8 +283,12 @@ class CompareConfig:
         if unknown:
             raise DomixError(f"unknown method(s) {unknown} in the comparison; choose from {list(METHODS)}")
         for task in self.tasks:
-            if task.domain not in self.domains:
+            if task.domain is not None and task.domain not in self.domains:
                 raise DomixError(f"task {task.name!r} belongs to domain {task.domain!r}, which is not among the domains {list(self.domains)}")
+            from_domain = [m for m in self.methods if METHODS[m].init == "task_domain"]
+            if task.domain is None and from_domain:
+                raise DomixError(f"task {task.name!r} names no domain, and {from_domain} start from the task's own domain module; "
+                                 "give it domain: (one of the domains)")
         for method, seeds in self.method_seeds.items():
             if method not in self.methods:
                 raise DomixError(f"method_seeds names {method!r}, which is not among the comparison's methods {self.methods}")
@@ -345,8 +349,9 @@ INSTRUCT_TASK_KEYS = {"train", "dev"}  # an instruction task's data is its folde
 
 
 def _task(name: str, spec: Any, config_path: Path) -> ComparedTask:
-    if not isinstance(spec, dict) or "path" not in spec or "domain" not in spec:
-        raise DomixError(f"task {name!r} in {config_path} needs a mapping with 'path' (the task folder) and 'domain'")
+    if not isinstance(spec, dict) or "path" not in spec:
+        raise DomixError(f"task {name!r} in {config_path} needs a mapping with 'path' (the task folder) and, for the rows "
+                         "that start from the task's own domain module, 'domain'")
     kind = spec.get("kind", "classification")
     if kind not in TASK_KINDS:
         raise DomixError(f"task {name!r} in {config_path} has kind {kind!r}; use {' or '.join(TASK_KINDS)}")
@@ -364,7 +369,8 @@ def _task(name: str, spec: Any, config_path: Path) -> ComparedTask:
     if not isinstance(own, dict):
         raise DomixError(f"task {name!r} in {config_path}: {settings_key!r} must be a mapping of settings (e.g. {{epochs: 8}}), "
                          f"not {own!r}")
-    task = ComparedTask(str(name), str(spec["path"]), str(spec["domain"]), {k: spec[k] for k in TASK_DATA_KEYS if k in spec},
+    domain = None if spec.get("domain") is None else str(spec["domain"])
+    task = ComparedTask(str(name), str(spec["path"]), domain, {k: spec[k] for k in TASK_DATA_KEYS if k in spec},
                         kind=kind, adapters={str(k): v for k, v in adapters.items()})
     setattr(task, settings_key, own)
     return task

@@ -84,6 +84,11 @@ class Row:
     task_adapter: bool = False
     adapter_records: bool = False
 
+    @property
+    def needs_adapters(self) -> bool:
+        """Whether the row runs only where the comparison trains task adapters (its data or its only pieces)."""
+        return self.adapter_records or (self.task_adapter and self.pretrain is None)
+
 
 # the published DoMIX code. Classification: AdamW 3e-5, batch 16, weight decay 0.01, P = I/Σr in its own group
 # (lr and weight decay falling back to the others'), B at the run's lr. LLM (its README and finetune_sepLR.py):
@@ -158,7 +163,10 @@ COMPARE: dict[str, Row] = {
     "domix_paper": Row("domix", pretrain="domix", recipe="paper", task_adapter=True),  # the published bridge, the comparison's budget
     # the bridge without its cross-module blocks: each module's B reads only its own A (retention against accuracy)
     "domix_diagonal": Row("domix", pretrain="domix", task_adapter=True, settings={"p_blocks": "diagonal"}),
-    "lora_equal_data": Row("lora", adapter_records=True),  # LoRA on the task adapter's records and the rows': the same data as domix's
+    "lora_equal_data": Row("lora", adapter_records=True),
+    # the DoMIX LLM setting as published: the task's adapters (trained earlier on other data) and no domain store
+    "domix_adapters": Row("domix", task_adapter=True),
+    "cat_adapters": Row("cat", task_adapter=True),  # LoRA on the task adapter's records and the rows': the same data as domix's
     # the domain order only decides which of the gate's seeded output rows faces which domain
     "mixda": Row("mixda", pretrain="mixda"),
     "mode": Row("mode", pretrain="mode"),
