@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import random
 import shutil
 import subprocess
 import sys
@@ -58,6 +57,8 @@ from domix.llm.config import PROTOCOLS, InstructConfig
 from domix.settings import check, coerce, read_yaml_mapping, with_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import commonsense_data  # noqa: E402  (the samples, one copy: benchmarks/commonsense_data.py)
 DATA = ROOT.parent / "shared" / "data" / "commonsense"
 # row -> (domix instruct --method, composes the adapters, its own settings, the domix pretrain --method whose store it
 # composes: trained on the adapters' samples as domains); "base" is the model untrained
@@ -187,85 +188,16 @@ def _instruct_keys(where: str, settings: Any) -> None:
 # ---------------------------------------------------------------- step 1: the samples
 
 
-def _read(path: Path) -> list[dict]:
-    try:
-        records = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise DomixError(f"{path} cannot be read as JSON ({str(err).splitlines()[0]})") from None
-    if not isinstance(records, list) or not records:
-        raise DomixError(f"{path} must hold a JSON list of records, as LLM-Adapters distributes them")
-    return records
-
-
-def _shares(total: int, sizes: dict[str, int]) -> dict[str, int]:
-    """``total`` split over the sets in proportion to ``sizes`` (largest remainder, so the parts add up)."""
-    whole = sum(sizes.values())
-    exact = {name: total * size / whole for name, size in sizes.items()}
-    parts = {name: int(value) for name, value in exact.items()}
-    for name in sorted(exact, key=lambda n: parts[n] - exact[n])[: total - sum(parts.values())]:
-        parts[name] += 1
-    return parts
-
-
 def draw_samples(cfg: CommonsenseConfig) -> dict[str, dict]:
-    """Every sample as {file name: {"records": [...], "from": {set: [taken, of]}}}; deterministic in the settings."""
-    data = Path(cfg.data)
-    sets = list(dict.fromkeys([*cfg.train_sets, *(s for v in cfg.adapters.values() for s in v)]))
-    train = {name: _read(data / name / "train.json") for name in sets}
-    order = {}  # one seeded permutation per training set: the mixture takes its front, the adapters what follows
-    for name, records in train.items():
-        order[name] = list(range(len(records)))
-        random.Random(f"{cfg.seed}:train:{name}").shuffle(order[name])
-    used = dict.fromkeys(sets, 0)
-
-    def take(name: str, k: int, what: str) -> list[int]:
-        if used[name] + k > len(train[name]):
-            raise DomixError(f"{name}/train.json holds {len(train[name])} records, too few for {what} ({k} more after "
-                             f"{used[name]} taken); lower train_sample or adapter_sample")
-        picked = sorted(order[name][used[name] : used[name] + k])
-        used[name] += k
-        return picked
-
-    def sample(names: list[str], total: int, what: str) -> dict:
-        if total > sum(len(train[n]) for n in names):
-            raise DomixError(f"{what} of {total} records is more than {', '.join(names)} hold ({sum(len(train[n]) for n in names)})")
-        parts = _shares(total, {n: len(train[n]) for n in names})
-        records, counts = [], {}
-        for name in names:
-            records += [train[name][i] for i in take(name, parts[name], what)]
-            counts[name] = [parts[name], len(train[name])]
-        return {"records": records, "from": counts}
-
-    samples = {"mixture.json": sample(cfg.train_sets, cfg.train_sample, "the mixture sample")}
-    for adapter, names in cfg.adapters.items():
-        samples[f"adapter-{adapter}.json"] = sample(names, cfg.adapter_sample, f"adapter {adapter}'s sample")
-        # the same records as a domain's text for a stage-1 store: instruction, input and output, a record a line
-        samples[f"domain-{adapter}.txt"] = {"records": [" ".join(" ".join(str(r.get(k) or "") for k in ("instruction", "input", "output"))
-                                                                 .split()) for r in samples[f"adapter-{adapter}.json"]["records"]],
-                                            "from": samples[f"adapter-{adapter}.json"]["from"]}
-    for bench in cfg.benchmarks:
-        records = _read(data / bench / "test.json")
-        k = min(cfg.test_sample, len(records))
-        picked = sorted(random.Random(f"{cfg.seed}:test:{bench}").sample(range(len(records)), k))
-        samples[f"test-{bench}.json"] = {"records": [records[i] for i in picked], "from": {bench: [k, len(records)]}}
-    return samples
+    """Every sample as {file name: {"records": [...], "from": {set: [taken, of]}}}; deterministic in the settings
+    (commonsense_data.draw_samples, which the shipped samples of data/commonsense/ come from)."""
+    return commonsense_data.draw_samples(Path(cfg.data), cfg.train_sets, cfg.adapters, cfg.benchmarks, cfg.train_sample,
+                                         cfg.adapter_sample, cfg.test_sample, cfg.seed)
 
 
 def write_samples(cfg: CommonsenseConfig, samples: dict[str, dict]) -> int:
     """Write the samples not on disk yet (returns how many); refuse one that differs from what is there."""
-    folder = Path(cfg.out) / "data"
-    written = 0
-    for name, sample in samples.items():
-        path = folder / name
-        text = ("\n".join(sample["records"]) if name.endswith(".txt") else json.dumps(sample["records"], indent=2, ensure_ascii=False)) + "\n"
-        if path.is_file():
-            if path.read_text() != text:
-                raise DomixError(f"{path} holds another sample than these settings draw (train_sample, adapter_sample, "
-                                 f"test_sample, seed, data or the sets changed); use another out, or delete {Path(cfg.out)} to start over")
-            continue
-        atomic.write_text(path, text)
-        written += 1
-    return written
+    return len(commonsense_data.write_samples(Path(cfg.out) / "data", samples))
 
 
 # ---------------------------------------------------------------- steps 2-4: the jobs
