@@ -52,3 +52,45 @@ def test_the_script_draws_the_shipped_files_and_refuses_to_change_one(tmp_path, 
     (tmp_path / "test-obqa.json").write_text("[]\n")
     assert script.main(["--out", str(tmp_path)]) == 2
     assert "holds another sample than these settings draw" in capsys.readouterr().err
+
+
+def test_the_reading_knows_a_constant_answer_from_knowledge_and_takes_the_floor_from_the_training_prior(tmp_path):
+    """On hand-made samples and runs: the floor is the mixture's most frequent answer per set (chance without training
+    records), a row answering one index always shows no signal, a row answering right is above it, BoolQ stays apart."""
+    spec = importlib.util.spec_from_file_location("commonsense_reading", ROOT / "benchmarks" / "commonsense_reading.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+
+    def records(answers):
+        return [{"instruction": f"q{i}", "input": "", "output": f"the correct answer is {a}", "answer": a} for i, a in enumerate(answers)]
+
+    tests = {"boolq": ["true"] * 12 + ["false"] * 18, "obqa": ["answer1", "answer2", "answer3"] * 10,
+             "piqa": ["solution1", "solution2"] * 15}
+    mixture = records(["false", "false", "true"]) + records(["answer2"] * 3 + ["answer1"])
+    (tmp_path / "mixture.json").write_text(json.dumps(mixture))
+    (tmp_path / "samples.json").write_text(json.dumps({"from": {"mixture.json": {"boolq": [3, 9], "obqa": [4, 9]}}}))
+    for bench, answers in tests.items():
+        (tmp_path / f"test-{bench}.json").write_text(json.dumps(records(answers)))
+    gold = {b: [int(a[-1]) - 1 if a[-1].isdigit() else int(a == "true") for a in answers] for b, answers in tests.items()}
+    runs = []
+    for seed in (1, 2):
+        for bench, g in gold.items():
+            for row, predicted in (("constant", [0] * len(g)), ("oracle", g)):
+                kept = {"predicted": predicted, "predicted_norm": predicted, "gold": g}
+                runs.append({"method": row, "task": bench, "seed": seed, "test_predictions": kept, "generate_predictions": kept})
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "results.json").write_text(json.dumps({"tasks": list(tests), "methods": ["constant", "oracle"], "runs": runs}))
+    assert script.main([str(out), "--data", str(tmp_path)]) == 0
+    floor = script.prior_floor(tmp_path, list(tests))
+    assert floor["obqa"] == {"answer": "answer2", "accuracy": 10 / 30, "from": "training prior"}
+    assert floor["piqa"]["accuracy"] == 1 / 2 and floor["piqa"]["answer"] is None  # no training records: chance
+    assert floor["boolq"]["answer"] == "false" and floor["boolq"]["accuracy"] == 18 / 30
+    text = (out / "reading.md").read_text()
+    rows = {line.split(" | ")[0].strip("| ") + " " + line.split(" | ")[1]: line for line in text.splitlines()
+            if line.startswith("| ") and line.count(" | ") == 7}  # the main table's rows
+    assert rows["constant loglikelihood: acc"].endswith("| no signal |") and "| 2 |" in rows["constant loglikelihood: acc"]
+    assert "| 41.7 |" in rows["constant loglikelihood: acc"]  # obqa 10/30 and piqa 15/30 right by index 0, averaged
+    assert rows["oracle generate: acc"].endswith("above its answer distribution, above the floor |")
+    assert "| 100.0 | 41.7 |" in rows["oracle generate: acc"]  # the floor: obqa's prior 10/30 and piqa's chance 1/2
+    assert "| constant | loglikelihood: acc | 60.0 | 0: 100% |" in text  # BoolQ apart: always "false", 18 of 30

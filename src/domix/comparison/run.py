@@ -455,7 +455,8 @@ def run_job(job: Job, out: Path, overwrite: bool, in_process: bool, threads: int
 def choice_runs(run: dict, record: dict) -> list[dict]:
     """A run's result per multiple-choice file it was scored on (instruct --choice-test), as a labelled task's: ``test``
     by log-likelihood (accuracy, macro-F1 over the answer indices; ``accuracy_norm``: the length-normalised choice),
-    ``test_generate`` by the answer extracted from generation (no answer: wrong), each question's answer kept."""
+    ``test_generate`` by the answer extracted from generation (no answer: wrong), each question's answers kept
+    (``test_predictions``, its ``predicted_norm`` too; ``generate_predictions``)."""
     import torch
 
     from domix.llm.labelled import scores
@@ -470,9 +471,11 @@ def choice_runs(run: dict, record: dict) -> list[dict]:
         if loglik:
             entry["test"] = {**classification_scores(torch.tensor(loglik["predicted"]), gold, labels),
                              "accuracy_norm": float((torch.tensor(loglik["predicted_norm"]) == gold).double().mean())}
-            entry["test_predictions"] = {"predicted": loglik["predicted"], "gold": loglik["gold"]}
+            entry["test_predictions"] = {"predicted": loglik["predicted"], "gold": loglik["gold"],
+                                         "predicted_norm": loglik["predicted_norm"]}
         if generated:
             entry["test_generate"] = scores(generated["predicted"], gold, labels)
+            entry["generate_predictions"] = {"predicted": generated["predicted"], "gold": generated["gold"]}
         out.append(entry)
     return out
 
