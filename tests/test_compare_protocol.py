@@ -377,7 +377,13 @@ def test_an_instruction_file_task_reports_each_choice_file_as_a_task(tmp_path, t
         assert run["test_generate"]["unanswered"] == pytest.approx(value[("generate", "unanswered")])
         assert len(run["test_predictions"]["gold"]) == {"mini_a": 6, "mini_b": 4}[run["task"]]
     assert set(results["paired"]["accuracy"]["base"]["tasks"]) == {"mini_a", "mini_b"}
-    assert "## Generated answers" in (tmp_path / "out" / "report.md").read_text()
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "## Generated answers" in report and "## Cost against lora" in report
+    # the cost table: lora against itself, base with no step; the step time read off the records by hand
+    records = [json.loads(p.read_text()) for p in (tmp_path / "out" / "finetune" / "lora" / "mix").glob("seed*/result.json")]
+    step = sum(r["train_time_s"] / r["steps"] for r in records) / len(records)
+    assert f"| lora | {records[0]['trainable_percent']:.2f} | {max(r['peak_memory_mb'] for r in records):.0f} | 1.00x | {step:.2f} | 1.00x |" in report
+    assert [line for line in report.splitlines() if line.startswith("| base |") and line.endswith("| - | - |")]
 
 
 def test_adapters_from_files_compose_and_the_equal_data_row_trains_on_every_file(tmp_path, tiny_llama, corpora, task):

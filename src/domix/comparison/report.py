@@ -16,8 +16,9 @@ from typing import Any
 
 from domix import atomic
 from domix.comparison.plots import all_plots
-from domix.comparison.summary import (GENERATED_TEXT, INPUT_USAGE_TEXT, RETENTION_HEADER, RETENTION_TEXT, generated_rows,
-                                   input_usage_rows, retention_rows, runs_of, summarise, table_cells, tasks_of)
+from domix.comparison.summary import (COST_HEADER, COST_TEXT, GENERATED_TEXT, INPUT_USAGE_TEXT, RETENTION_HEADER, RETENTION_TEXT,
+                                   cost_rows, generated_rows, input_usage_rows, retention_rows, runs_of, summarise, table_cells,
+                                   tasks_of)
 
 HOW_TO_READ = (
     "Scores are test-set percentages: mean ± std, the std being the sample std (ddof=1; 0 for a single "
@@ -54,6 +55,10 @@ def _blocks(results: dict, rows: list[dict], tasks: list[str], images: dict[str,
         return [*blocks, ("p", "No finished runs yet.")]
     blocks += [("table", *table_cells(rows, tasks)), ("h2", "How to read"), ("p", HOW_TO_READ)]
     blocks += paired_blocks(results, tasks) + search_blocks(results)
+    reference = (results.get("paired") or {}).get("reference")
+    costs = cost_rows(results, reference) if reference else []
+    if costs:
+        blocks += [("h2", f"Cost against {reference}"), ("table", COST_HEADER, costs), ("p", COST_TEXT)]
     header, generated = generated_rows(results)
     if generated:
         blocks += [("h2", "Generated answers"), ("table", header, generated), ("p", GENERATED_TEXT)]

@@ -505,7 +505,7 @@ def collect(cfg: CompareConfig, jobs: list[Job], times: dict[str, float], comman
             record = atomic.read_json(job.out / RESULT_FILE)
             info = {k: v for k, v in job.info.items() if k != "settings_point"}
             run = {**info, **{k: record.get(k) for k in ("test", "dev", "trainable_percent", "peak_memory_mb", "wall_time_s",
-                                                         "train_time_s", "loss_curve")},
+                                                         "train_time_s", "steps", "loss_curve")},
                    **{k: record.get(k) for k in OPTIONAL_RECORD_KEYS}}
             runs += ([run] if record.get("test") is not None else []) + choice_runs(run, record)
         elif job.kind == "pretrain":

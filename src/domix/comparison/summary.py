@@ -315,6 +315,33 @@ GENERATED_TEXT = (
 )
 
 
+COST_HEADER = ["method", "trainable %", "peak MB", "x reference", "s / step", "x reference"]
+COST_TEXT = (
+    "What each row's fine-tuning costs against the reference row's, measured in the same comparison: the highest peak "
+    "memory of its runs, and its training time per optimizer step (the runs' training time over their steps, mean over "
+    "runs; dev and test scoring, loading and retention are not counted). A row that trains nothing has no step."
+)
+
+
+def cost_rows(results: dict, reference: str) -> list[list[str]]:
+    """Per method: trainable share, peak memory and time per training step, each as a ratio to ``reference``'s."""
+    by_method = group_by_method(runs_of(results))
+    measured = {}
+    for method, runs in by_method.items():
+        steps = [r["train_time_s"] / r["steps"] for r in runs if r.get("steps") and r.get("train_time_s") is not None]
+        measured[method] = (mean_of(r.get("trainable_percent") for r in runs), _max(r.get("peak_memory_mb") for r in runs),
+                            mean_of(steps) if steps else None)
+    ref = measured.get(reference)
+    if ref is None:
+        return []
+
+    def ratio(value: float | None, to: float | None) -> str:
+        return "-" if value is None or not to else f"{value / to:.2f}x"
+
+    return [[method, _num(share, 2), _num(peak, 0), ratio(peak, ref[1]), _num(step, 2), ratio(step, ref[2])]
+            for method, (share, peak, step) in measured.items()]
+
+
 RETENTION_HEADER = ["method", "general LM loss, base", "after fine-tuning", "change", "change %", "runs"]
 RETENTION_TEXT = (
     "Retention: the language-model loss on the general corpus of each fine-tuned model's backbone under the base "
