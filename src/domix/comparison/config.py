@@ -204,8 +204,12 @@ class CompareConfig:
         return [t for t in self.tasks if t.kind == "instruction"] if self.task_adapters is not None else []
 
     def _check_instruction_files(self) -> None:
-        """Tasks trained on an instruction file: what they report is unique, a search and the reference are chosen without
-        the dev macro-F1 they do not have."""
+        """What the tasks report is named once; tasks trained on an instruction file score their choice files, and take no
+        search and a named reference (no dev macro-F1 to choose on)."""
+        names = self.result_tasks()
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise DomixError(f"the comparison reports {twice} twice (a task's name or its choice_tests'); give each its own name")
         files = [t for t in self.tasks if t.data_key == "train"]
         if not files:
             return
@@ -213,10 +217,6 @@ class CompareConfig:
         if unscored:
             raise DomixError(f"tasks {unscored} train on an instruction file and score nothing on test; give each "
                              "instruct: {choice_tests: {NAME: FILE}} (multiple-choice files, as domix eval-choice --task reads)")
-        names = self.result_tasks()
-        twice = sorted({n for n in names if names.count(n) > 1})
-        if twice:
-            raise DomixError(f"the comparison reports {twice} twice (a task's name or its choice_tests'); give each its own name")
         if self.search is not None:
             raise DomixError(f"tasks {[t.name for t in files]} train on an instruction file, whose dev split gives a loss and no "
                              "macro-F1 to choose on; drop search or those tasks")
