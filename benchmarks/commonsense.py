@@ -59,6 +59,7 @@ from domix.settings import check, coerce, read_yaml_mapping, with_recipe
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import commonsense_data  # noqa: E402  (the samples, one copy: benchmarks/commonsense_data.py)
+import commonsense_reading  # noqa: E402  (the training-prior floor, one copy)
 DATA = ROOT.parent / "shared" / "data" / "commonsense"
 # row -> (domix instruct --method, composes the adapters, its own settings, the domix pretrain --method whose store it
 # composes: trained on the adapters' samples as domains); "base" is the model untrained
@@ -506,17 +507,7 @@ def prior_floor(samples: dict, benchmarks: list[str]) -> dict[str, dict]:
     for name, (taken, _) in mixture["from"].items():  # the mixture's records come set by set, in this order
         by_set[name] = mixture["records"][at : at + taken]
         at += taken
-    out = {}
-    for bench in benchmarks:
-        tests = samples[f"test-{bench}.json"]["records"]
-        answers = [r["answer"] for r in by_set.get(bench, [])]
-        if answers:
-            prior = max(sorted(set(answers)), key=answers.count)
-            out[bench] = {"answer": prior, "accuracy": sum(r["answer"] == prior for r in tests) / len(tests), "from": "training prior"}
-        else:
-            choices = len({r["answer"] for r in tests})
-            out[bench] = {"answer": None, "accuracy": 1 / choices, "from": f"chance (no training records; {choices} answers)"}
-    return out
+    return commonsense_reading.floor_of(by_set, {bench: samples[f"test-{bench}.json"]["records"] for bench in benchmarks})
 
 
 def signal(details: dict[str, dict], benchmarks: list[str], protocols: list[str], floor: dict[str, dict]) -> dict:

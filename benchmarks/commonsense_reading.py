@@ -50,15 +50,20 @@ def prior_floor(data: Path, benchmarks: list[str]) -> dict[str, dict]:
     for name, (taken, _) in _json(data / "samples.json")["from"]["mixture.json"].items():  # the records come set by set
         by_set[name] = mixture[at : at + taken]
         at += taken
+    return floor_of(by_set, {bench: _json(data / f"test-{bench}.json") for bench in benchmarks})
+
+
+def floor_of(by_set: dict[str, list[dict]], tests: dict[str, list[dict]]) -> dict[str, dict]:
+    """Per benchmark of ``tests``: the answer most frequent among the training records of its set (``by_set``) and its
+    accuracy on the test records, or chance (1 / its number of answers) where it has no training records."""
     out = {}
-    for bench in benchmarks:
-        tests = _json(data / f"test-{bench}.json")
+    for bench, records in tests.items():
         answers = [r["answer"] for r in by_set.get(bench, [])]
         if answers:
             prior = max(sorted(set(answers)), key=answers.count)
-            out[bench] = {"answer": prior, "accuracy": sum(r["answer"] == prior for r in tests) / len(tests), "from": "training prior"}
+            out[bench] = {"answer": prior, "accuracy": sum(r["answer"] == prior for r in records) / len(records), "from": "training prior"}
         else:
-            choices = len({r["answer"] for r in tests})
+            choices = len({r["answer"] for r in records})
             out[bench] = {"answer": None, "accuracy": 1 / choices, "from": f"chance (no training records; {choices} answers)"}
     return out
 
