@@ -368,9 +368,10 @@ def test_instruct_scores_choice_test_files_as_eval_choice_scores_the_saved_model
     rows = [{"goal": "food pasta", "sol1": "pizza", "sol2": "gene cell", "label": i % 2} for i in range(6)]
     piqa = write_jsonl(tmp_path / "piqa.jsonl", rows)
     settings = dict(model=str(tiny_llama), method="lora", epochs=2, lora_rank=2, dtype="float64")
-    record = instruct(cfg(data, tmp_path / "run", choice_tests={"mini": str(piqa)}, **settings))
-    report = evaluate_choice(str(tmp_path / "run" / "model"), {"mini": str(piqa)}, device="cpu", max_new_tokens=32)
+    record = instruct(cfg(data, tmp_path / "run", choice_tests={"mini": str(piqa)}, choice_beams=2, **settings))
+    report = evaluate_choice(str(tmp_path / "run" / "model"), {"mini": str(piqa)}, device="cpu", max_new_tokens=32, num_beams=2)
     assert record["choice_test"]["results"] == report["results"] and record["choice_test"]["template"] == "plain"
+    assert record["choice_test"]["generation"]["num_beams"] == 2
     details = json.loads((tmp_path / "run" / "choice_details.json").read_text())
     kept = record["choice_predictions"]
     assert kept["mini/generate"]["predicted"] == [d["prediction"] for d in details["mini/generate"]]

@@ -167,6 +167,7 @@ RANGES = {
                      "epochs": (1, True, None), "batch_size": (1, True, None), "max_length": (2, True, None), "dev_fraction": (0, False, 1),
                      "lora_rank": (1, True, None), "warmup_steps": (0, True, None), "train_limit": (2, True, None), "eval_limit": (1, True, None),
                      "pad_multiple": (1, True, None), "train_skip": (0, True, None),
+                     "choice_beams": (1, True, None),
                      "checkpoint_every": (1, True, None), "general_blocks": (1, True, None)},
 }
 VALID = {FinetuneConfig: {"task": "t", "model": "m", "out": "o", "method": "lora"},

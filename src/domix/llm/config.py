@@ -66,7 +66,9 @@ class InstructConfig(RunSettings, MethodChoice, TrainingSettings):
         factory=dict, flag="--choice-test", repeat=True, flag_type=named_path, metavar="NAME=FILE",
         collect=lambda pairs: unique_names(pairs, "--choice-test"),
         help="a multiple-choice test file (as domix eval-choice --task reads) to score the trained model on at the end, in both "
-             "protocols (log-likelihood and generate, greedy, 32 new tokens); repeat")
+             "protocols (log-likelihood, and generate: 32 new tokens, --choice-beams), --batch-size questions at once; repeat")
+    choice_beams: int = setting(1, "--choice-test: beams of the generate protocol (1: greedy; the published LLM-Adapters and "
+                                   "DoMIX evaluations use 4)")
     score_test: bool = setting(True, "score the test split (--task) and the --choice-test files; --no-score-test leaves them "
                                      "unread (a selection run: choices made on dev never see test)")
     seed: int = setting(42, "batch order, dropout, LoRA init")
@@ -88,7 +90,7 @@ class InstructConfig(RunSettings, MethodChoice, TrainingSettings):
     RANGES = {"template": one_of(*TEMPLATES), "lr": POSITIVE, "warmup_ratio": FRACTION,
               "epochs": at_least(1), "batch_size": at_least(1), "max_length": at_least(2),
               "dev_fraction": OPEN_FRACTION, "lora_rank": at_least(1), "warmup_steps": at_least(0), "train_limit": at_least(2),
-              "train_skip": at_least(0), "eval_limit": at_least(1), "pad_multiple": at_least(1),
+              "train_skip": at_least(0), "eval_limit": at_least(1), "choice_beams": at_least(1), "pad_multiple": at_least(1),
               "checkpoint_every": at_least(1), "dtype": one_of(*DTYPE_CHOICES), "general_blocks": at_least(1)}
 
     def validate(self) -> "InstructConfig":

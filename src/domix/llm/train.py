@@ -198,7 +198,8 @@ def _choice_record(model: nn.Module, tokenizer, read: dict, cfg: InstructConfig,
     index, log-likelihood's length-normalised too: what paired statistics resample), and the details; empty without files."""
     if not read:
         return {}, {}
-    report, details = score_choice(model, tokenizer, read, PROTOCOLS, cfg.template, device)
+    report, details = score_choice(model, tokenizer, read, PROTOCOLS, cfg.template, device, batch_size=cfg.batch_size,
+                                   num_beams=cfg.choice_beams)
     predictions = {}
     for key, rows in details.items():
         predictions[key] = {"predicted": [d["prediction"] for d in rows], "gold": [d["label"] for d in rows]}
