@@ -2,6 +2,8 @@
 
     python benchmarks/commonsense_data.py                 # writes data/commonsense/ (refuses to change a file there)
     python benchmarks/commonsense_data.py --check         # exit 1 unless data/commonsense/ is what these settings draw
+    python benchmarks/commonsense_data.py --train-sample 10000 --adapter-sample 900 --test-sample 3270 \
+        --out runs/commonsense-8b/data                    # the published scale's samples (configs/compare-commonsense-8b.yaml)
 
 The comparison (configs/compare-commonsense.yaml) reads these files as they are, so a fresh clone runs it without the
 data pack. What is drawn (deterministic in the settings; each set shuffled once, by its own seeded permutation):
@@ -135,10 +137,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default=str(DATA), help="the data pack's commonsense folder (NAME/train.json, NAME/test.json)")
     parser.add_argument("--out", default=str(OUT), help="where the samples go")
     parser.add_argument("--check", action="store_true", help="write nothing; exit 1 unless --out holds what is drawn")
+    for size in ("train_sample", "adapter_sample", "test_sample"):
+        parser.add_argument("--" + size.replace("_", "-"), type=int, default=SETTINGS[size], help=f"(default {SETTINGS[size]})")
     args = parser.parse_args(argv)
+    settings = {**SETTINGS, **{k: getattr(args, k) for k in ("train_sample", "adapter_sample", "test_sample")}}
     try:
-        samples = draw_samples(Path(args.data), **SETTINGS)
-        changed = write_samples(Path(args.out), samples, SETTINGS, check=args.check)
+        if min(settings[k] for k in ("train_sample", "adapter_sample", "test_sample")) < 1:
+            raise DomixError("--train-sample, --adapter-sample and --test-sample must be at least 1")
+        samples = draw_samples(Path(args.data), **settings)
+        changed = write_samples(Path(args.out), samples, settings, check=args.check)
     except DomixError as err:
         print(f"commonsense_data: {err}", file=sys.stderr)
         return 2

@@ -22,9 +22,26 @@ def test_every_shipped_config_is_tested_here():
     assert CONFIGS and all(c.name.startswith(known) for c in CONFIGS), [c.name for c in CONFIGS]
 
 
+# configs that read samples their header's command writes first (benchmarks/commonsense_data.py's arguments): not shipped
+GENERATED = {"compare-commonsense-8b.yaml": ["--train-sample", "10000", "--adapter-sample", "900", "--test-sample", "3270",
+                                            "--out", "runs/commonsense-8b/data"]}
+
+
 @pytest.mark.parametrize("path", [c for c in CONFIGS if c.name.startswith("compare-")], ids=lambda p: p.name)
-def test_a_comparison_config_plans_jobs_that_validate(path, monkeypatch):
+def test_a_comparison_config_plans_jobs_that_validate(path, monkeypatch, tmp_path):
     monkeypatch.chdir(ROOT)  # the configs name paths from the repository's root, as their commands are run
+    if path.name in GENERATED:  # its samples drawn as its header says, in a root of their own
+        if not (DATA / "commonsense").is_dir():
+            pytest.skip("../shared/data/commonsense is not here")
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        try:
+            from commonsense_data import main
+        finally:
+            sys.path.remove(str(ROOT / "benchmarks"))
+        monkeypatch.chdir(tmp_path)
+        assert main(GENERATED[path.name]) == 0
+        header = " ".join(path.read_text().split("\nmodel:")[0].replace("\\\n#", " ").split())  # its lines joined
+        assert " ".join(GENERATED[path.name]) in header  # the command the header gives
     cfg = CompareConfig.from_yaml(path)
     jobs = plan(cfg)
     assert any(j.role in ("selection", "test") for j in jobs)  # a row trains on a task (finetune, or instruct)
