@@ -314,3 +314,23 @@ def test_large_corpus_pretrains_under_the_cap_twice(run, tiny_llama, corpora, tm
         assert row["wall_s"] > 0 and row["peak_rss_mb"] > 0 and row["last_line"].startswith("big ")
         assert re.search(rf"^{re.escape(name)}\s+0\s+[\d.]+\s+\d+$", out, re.M)
     assert f"wrote {tmp_path / 'c.json'}" in out
+
+
+def test_protocol_cost_counts_each_phase_from_the_records_and_projects_the_rest(run, tiny_llama, corpora, task, tmp_path):
+    from conftest import write_compare_config
+
+    from domix.comparison.config import CompareConfig
+    from domix.comparison.run import plan
+
+    config = write_compare_config(tmp_path / "c.yaml", tiny_llama, corpora, task, methods=["head", "lora"], seeds=[2, 3, 4],
+                                  search={"seeds": [1], "space": {"lr": [1e-3, 3e-3]}})
+    selection = [j.name for j in plan(CompareConfig.from_yaml(config)) if j.role == "selection"]
+    times = {name: 360.0 * (i + 1) for i, name in enumerate(selection)}  # 0.1, 0.2, 0.3, 0.4 h
+    times["finetune/head/topics/seed2"] = 720.0  # one test run of the six: 0.2 h
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "job_times.json").write_text(json.dumps(times))
+    printed = run("protocol_cost", config, "--budget", "2")
+    rows = {" ".join(line.split()[:2]): line.split() for line in printed.splitlines()}
+    assert rows["selection topics"][2:] == ["4", "of", "4", "1.00", "1.00"]
+    assert rows["test topics"][2:] == ["1", "of", "6", "0.20", "1.20"]  # the other five at the finished one's 0.2 h
+    assert rows["all so"][2:] == ["far", "1.20", "2.20"] and "projected over it" in printed

@@ -1,0 +1,112 @@
+"""What a comparison under the fair protocol cost on this machine, from its own records, against a wall-time budget.
+
+    python benchmarks/protocol_cost.py configs/compare-dap-fair.yaml \\
+        --speed benchmarks/results/finetune_speed/restaurant-lora.json --budget 12
+
+Reads the comparison's plan (its config: every job it has, the test runs counted from its seeds) and OUT/job_times.json
+(each finished job's wall time as ``domix compare`` measured it): per task, the selection runs and the test runs, how
+many have finished and their hours, and where some remain, the hours they project to at the mean of those finished;
+the pre-training it ran (a given store costs nothing here); the total against ``--budget`` hours. With
+``--speed`` (a benchmarks/finetune_speed.py result: float32 with random batches against bfloat16 autocast with
+length-grouped batches, side by side), what the same jobs would have cost before that speed work: the fine-tuning
+hours times the measured ratio of the two variants' median wall times (an estimate: one task, one method, measured).
+Times measured while other work shared the CPU run long; the records cannot tell which did.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+PHASES = {"pretrain": "pre-training", "adapter": "adapters", "selection": "selection", "test": "test"}
+
+
+def costs(config: Path) -> tuple[Path, dict]:
+    """The out folder, and per (phase, task): jobs planned, jobs finished and their hours."""
+    from domix.comparison.config import CompareConfig
+    from domix.comparison.run import TIMES_FILE, plan
+
+    cfg = CompareConfig.from_yaml(config)
+    out = Path(cfg.out)
+    times = json.loads((out / TIMES_FILE).read_text()) if (out / TIMES_FILE).is_file() else {}
+    table: dict = defaultdict(lambda: {"planned": 0, "finished": 0, "hours": 0.0})
+    for job in plan(cfg):
+        if job.given:
+            continue
+        entry = table[(PHASES[job.role], job.info.get("task", "-") if job.role == "selection" else "-")]
+        entry["planned"] += 1
+        if job.name in times:
+            entry["finished"] += 1
+            entry["hours"] += times[job.name] / 3600
+    for task in cfg.tasks:  # the test runs: each method's chosen configuration at its seeds (or every run without a search)
+        if cfg.search is None:
+            continue
+        entry = table[("test", task.name)]
+        entry["planned"] = sum(len(cfg.method_seeds.get(m, cfg.seeds)) for m in cfg.methods)
+        for name, seconds in times.items():
+            if name.startswith(("finetune/",)) and name.split("/")[2] == task.name and name.split("/")[1] in cfg.methods:
+                entry["finished"] += 1
+                entry["hours"] += seconds / 3600
+    return out, dict(table)
+
+
+def speed_ratio(path: Path) -> float:
+    """float32 with random batches over bfloat16 with grouped batches: the ratio of their median wall times."""
+    variants = json.loads(path.read_text())["variants"]
+    return variants["fp32"]["wall_s"] / variants["bf16+grouped"]["wall_s"]
+
+
+def _projected(e: dict) -> float | None:
+    """The hours the phase will have taken: its finished jobs' plus the rest at their mean (None: none finished)."""
+    return e["hours"] * e["planned"] / e["finished"] if e["finished"] else None
+
+
+def report(config: Path, budget: float, speed: Path | None) -> str:
+    _, table = costs(config)
+    lines = [f"{'phase':13} {'task':11} {'finished':>12} {'hours':>7} {'projected':>10}", "-" * 57]
+    order = list(PHASES.values())
+    for (phase, task), e in sorted(table.items(), key=lambda kv: (order.index(kv[0][0]), kv[0][1])):
+        projected = _projected(e)
+        lines.append(f"{phase:13} {task:11} {e['finished']:>5} of {e['planned']:<4} {e['hours']:7.2f} "
+                     f"{'-' if projected is None else f'{projected:.2f}':>10}")
+    total = sum(e["hours"] for e in table.values())
+    done = all(e["finished"] == e["planned"] for e in table.values())
+    projections = [_projected(e) for e in table.values()]
+    lines += ["-" * 57, f"{'all':25} {'finished' if done else 'so far':>12} {total:7.2f} "
+              + (f"{sum(projections):10.2f}" if None not in projections else f"{'-':>10}"),
+              f"budget {budget:g} h: " + (f"{'within' if total <= budget else 'over'} it by {abs(budget - total):.2f} h" if done else
+                                          "jobs remain" + (f"; projected {'within' if sum(projections) <= budget else 'over'} it"
+                                                           if None not in projections else
+                                                           "; a phase with no finished job has no projection yet"))]
+    if speed is not None:
+        ratio = speed_ratio(speed)
+        tuning = sum(e["hours"] for (phase, _), e in table.items() if phase in ("selection", "test"))
+        lines.append(f"before the speed work (float32, random batches; x{ratio:.2f}, {speed.name}): the fine-tuning's "
+                     f"{tuning:.2f} h would be about {tuning * ratio:.2f} h")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("config", help="the comparison's config (its out folder holds the records)")
+    parser.add_argument("--budget", type=float, default=12.0, help="hours of wall time the protocol may take (default 12)")
+    parser.add_argument("--speed", help="a benchmarks/finetune_speed.py result (JSON) for the before-and-after estimate")
+    args = parser.parse_args(argv)
+    from domix.errors import DomixError
+
+    try:
+        print(report(Path(args.config), args.budget, Path(args.speed) if args.speed else None))
+    except DomixError as err:
+        print(f"protocol_cost: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
