@@ -9,8 +9,9 @@ Any per-domain store: DoMIX's LoRA modules, MixDA's adapters, MoDE's experts (``
    ``domix pretrain`` set aside, rebuilt from the store's own settings), with the base model as the first row.
    A module that learned its domain lowers its own corpus's loss most; the diagonal equals the store's own
    "after" figures, measured while it trained.
-2. What training cost, from the domains' manifests: steps, tokens, training and wall time, peak memory; the
-   store's wall time (a fused run's domains train together: its longest; otherwise their sum).
+2. What training cost, from the domains' manifests: steps, tokens, training and wall time, peak memory, and the
+   weights each domain adds on disk (its safetensors files, MB); the store's wall time (a fused run's domains train
+   together: its longest; otherwise their sum).
 3. LoRA stores: how far training moved each module: ||A - A0|| / ||A0|| per layer, A0 the domain's initial draw
    made again by PEFT from the domain's seed (``domix pretrain`` seeds each domain from the run seed and its
    name), and ||B|| (B starts at zero); medians over layers.
@@ -121,16 +122,19 @@ def loss_table(store: Path, cfg, base, tokenizer, objective: str, domain_model) 
 def training_cost(store: Path, domains: list[str]) -> dict:
     """Part 2: what each domain's training cost, from its manifest, and the store's wall time."""
     manifests = {n: json.loads((store / n / "domix_manifest.json").read_text()) for n in domains}
+    # what the store's weights add to a checkout: each domain's safetensors files on disk
     per_domain = {n: {"steps": m["training"].get("steps"), "tokens_seen": m["training"].get("tokens_seen"),
                       "corpus_tokens": m["corpus"].get("tokens"), "train_time_s": m.get("train_time_s"),
-                      "wall_time_s": m.get("wall_time_s"), "peak_memory_mb": m.get("peak_memory_mb")}
+                      "wall_time_s": m.get("wall_time_s"), "peak_memory_mb": m.get("peak_memory_mb"),
+                      "weights_mb": sum(f.stat().st_size for f in (store / n).glob("*.safetensors")) / 2**20}
                   for n, m in manifests.items()}
     from domix.store import store_wall_time
 
     fused = any(m["training"].get("fused_with") for m in manifests.values())
     return {"domains": per_domain, "fused": fused, "wall_time_s": store_wall_time(list(manifests.values())),
             "tokens_seen": sum(c["tokens_seen"] for c in per_domain.values()),
-            "peak_memory_mb": max(c["peak_memory_mb"] for c in per_domain.values())}
+            "peak_memory_mb": max(c["peak_memory_mb"] for c in per_domain.values()),
+            "weights_mb": sum(c["weights_mb"] for c in per_domain.values())}
 
 
 def movement(store: Path, cfg, base) -> dict:
@@ -204,10 +208,12 @@ def print_loss_table(table: dict, domains: list[str]) -> None:
 
 def print_cost(cost: dict) -> None:
     print(f"\nwhat training cost ({'fused: the domains trained together' if cost['fused'] else 'one domain after another'})")
-    print(f"{'':12}{'steps':>8}{'tokens':>11}{'train s':>10}{'wall s':>10}{'peak MB':>10}")
+    print(f"{'':12}{'steps':>8}{'tokens':>11}{'train s':>10}{'wall s':>10}{'peak MB':>10}{'weights MB':>12}")
     for name, c in cost["domains"].items():
-        print(f"{name:12}{c['steps']:>8}{c['tokens_seen']:>11,}{c['train_time_s']:>10.0f}{c['wall_time_s']:>10.0f}{c['peak_memory_mb']:>10.0f}")
-    print(f"{'store':12}{'':>8}{cost['tokens_seen']:>11,}{'':>10}{cost['wall_time_s']:>10.0f}{cost['peak_memory_mb']:>10.0f}")
+        print(f"{name:12}{c['steps']:>8}{c['tokens_seen']:>11,}{c['train_time_s']:>10.0f}{c['wall_time_s']:>10.0f}{c['peak_memory_mb']:>10.0f}"
+              f"{c['weights_mb']:>12.1f}")
+    print(f"{'store':12}{'':>8}{cost['tokens_seen']:>11,}{'':>10}{cost['wall_time_s']:>10.0f}{cost['peak_memory_mb']:>10.0f}"
+          f"{cost['weights_mb']:>12.1f}")
 
 
 def print_movement(movement: dict) -> None:

@@ -168,9 +168,11 @@ def test_module_knowledge_reads_mixda_and_mode_stores_as_they_trained(run, metho
         assert figures["loss"][name][name] != pytest.approx(manifest["heldout"]["loss_before"], abs=1e-4)  # it trained
         cost = figures["cost"]["domains"][name]
         assert cost["steps"] == 4 and cost["tokens_seen"] == 4 * 8 * 32 and cost["peak_memory_mb"] > 0
+        on_disk = sum(f.stat().st_size for f in (tmp_path / "store" / name).rglob("*.safetensors")) / 2**20
+        assert cost["weights_mb"] == pytest.approx(on_disk) and on_disk > 0  # what the store adds to a checkout
     assert figures["cost"]["fused"] == (method == "mixda") and figures["cost"]["tokens_seen"] == 2 * 4 * 8 * 32
     assert "movement" not in figures and "how far training moved" not in out
-    assert re.search(r"^store\s+[\d,]+\s+\d+\s+\d+$", out, re.M)
+    assert re.search(r"^store\s+[\d,]+\s+\d+\s+\d+\s+\d+\.\d$", out, re.M)  # tokens, wall s, peak MB, weights MB
     with pytest.raises(SystemExit, match="LoRA modules"):
         run("module_knowledge", store, "--tasks", "x=y")
 
