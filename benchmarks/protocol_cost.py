@@ -6,7 +6,7 @@
 Reads the comparison's plan (its config: every job it has, the test runs counted from its seeds) and OUT/job_times.json
 (each finished job's wall time as ``domix compare`` measured it): per task, the selection runs and the test runs, how
 many have finished and their hours, and where some remain, the hours they project to at the mean of those finished;
-the pre-training it ran (a given store costs nothing here); the total against ``--budget`` hours. With
+the pre-training it ran; the total against ``--budget`` hours; a given store's own training time, apart. With
 ``--speed`` (a benchmarks/finetune_speed.py result: float32 with random batches against bfloat16 autocast with
 length-grouped batches, side by side), what the same jobs would have cost before that speed work: the fine-tuning
 hours times the measured ratio of the two variants' median wall times (an estimate: one task, one method, measured).
@@ -27,8 +27,8 @@ sys.path.insert(0, str(ROOT / "src"))
 PHASES = {"pretrain": "pre-training", "adapter": "adapters", "selection": "selection", "test": "test"}
 
 
-def costs(config: Path) -> tuple[Path, dict]:
-    """The out folder, and per (phase, task): jobs planned, jobs finished and their hours."""
+def costs(config: Path) -> tuple[dict, dict]:
+    """Per (phase, task): jobs planned, jobs finished and their hours; and each given store's own training hours."""
     from domix.comparison.config import CompareConfig
     from domix.comparison.run import TIMES_FILE, plan
 
@@ -36,8 +36,13 @@ def costs(config: Path) -> tuple[Path, dict]:
     out = Path(cfg.out)
     times = json.loads((out / TIMES_FILE).read_text()) if (out / TIMES_FILE).is_file() else {}
     table: dict = defaultdict(lambda: {"planned": 0, "finished": 0, "hours": 0.0})
+    given = {}
     for job in plan(cfg):
-        if job.given:
+        if job.given:  # trained before, by another run: its wall time from its manifests, apart
+            from domix.store import store_wall_time
+
+            manifests = [json.loads(m.read_text()) for m in sorted(job.out.glob("*/domix_manifest.json"))]
+            given[job.info["method"]] = (str(job.out), (store_wall_time(manifests) or 0.0) / 3600)
             continue
         entry = table[(PHASES[job.role], job.info.get("task", "-") if job.role == "selection" else "-")]
         entry["planned"] += 1
@@ -53,7 +58,7 @@ def costs(config: Path) -> tuple[Path, dict]:
             if name.startswith(("finetune/",)) and name.split("/")[2] == task.name and name.split("/")[1] in cfg.methods:
                 entry["finished"] += 1
                 entry["hours"] += seconds / 3600
-    return out, dict(table)
+    return given, dict(table)
 
 
 def speed_ratio(path: Path) -> float:
@@ -68,7 +73,7 @@ def _projected(e: dict) -> float | None:
 
 
 def report(config: Path, budget: float, speed: Path | None) -> str:
-    _, table = costs(config)
+    given, table = costs(config)
     lines = [f"{'phase':13} {'task':11} {'finished':>12} {'hours':>7} {'projected':>10}", "-" * 57]
     order = list(PHASES.values())
     for (phase, task), e in sorted(table.items(), key=lambda kv: (order.index(kv[0][0]), kv[0][1])):
@@ -84,6 +89,8 @@ def report(config: Path, budget: float, speed: Path | None) -> str:
                                           "jobs remain" + (f"; projected {'within' if sum(projections) <= budget else 'over'} it"
                                                            if None not in projections else
                                                            "; a phase with no finished job has no projection yet"))]
+    for method, (folder, hours) in given.items():
+        lines.append(f"given store {method} ({folder}): trained before, in {hours:.2f} h by its manifests; not counted above")
     if speed is not None:
         ratio = speed_ratio(speed)
         tuning = sum(e["hours"] for (phase, _), e in table.items() if phase in ("selection", "test"))
