@@ -9,7 +9,7 @@ import pytest
 
 from domix.comparison.report import write_report
 from domix.comparison.summary import (bridge_usage, compact_labels, format_table, gate_weights, generated_rows, input_usage_rows,
-                                   retention_rows, summarise)
+                                   retention_rows, signal_rows, summarise)
 from domix.errors import DomixError
 
 TASKS = ["t1", "t2"]
@@ -243,6 +243,22 @@ def test_generated_answers_are_tabled_per_instruction_task_by_hand():
     header, body = generated_rows(results)
     assert header == ["method", "t2", "runs"]  # only the task some run answered by generation
     assert body == [["lora", "60.0 / 30.0 / 20.0", "2"]]  # the means over the two runs, in %
+
+
+def test_a_row_answering_one_label_shows_no_signal_and_one_answering_right_does():
+    """The shuffle test on hand-made answers: a constant answer scores the same however shuffled (p = 1); answers equal to
+    the gold score 100 where their shuffles, with these balanced labels, average near a third."""
+    gold = [0, 1, 2] * 10
+    results = {"methods": ["constant", "oracle"], "tasks": ["t"], "runs": []}
+    for seed in (1, 2):
+        for method, predicted in (("constant", [0] * 30), ("oracle", gold)):
+            results["runs"].append({"method": method, "task": "t", "seed": seed, "test": {"accuracy": 0.0, "macro_f1": 0.0},
+                                    "test_predictions": {"predicted": predicted, "gold": gold}})
+    rows = {r[0]: r for r in signal_rows(results)}
+    assert rows["constant"][1:] == ["33.3", "33.3 (33.3-33.3)", "1.000", "no signal", "2"]
+    assert rows["oracle"][1] == "100.0" and rows["oracle"][4] == "above its answer distribution"
+    assert float(rows["oracle"][3]) < 0.001 and abs(float(rows["oracle"][2].split()[0]) - 100 / 3) < 3
+    assert signal_rows(make_results()) == []  # runs without their answers: no table
 
 
 def test_compact_layer_labels():

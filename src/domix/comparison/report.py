@@ -17,8 +17,8 @@ from typing import Any
 from domix import atomic
 from domix.comparison.plots import all_plots
 from domix.comparison.summary import (COST_HEADER, COST_TEXT, GENERATED_TEXT, INPUT_USAGE_TEXT, RETENTION_HEADER, RETENTION_TEXT,
-                                   cost_rows, generated_rows, input_usage_rows, retention_rows, runs_of, summarise, table_cells,
-                                   tasks_of)
+                                   SIGNAL_HEADER, SIGNAL_TEXT, SIGNIFICANCE, cost_rows, generated_rows, input_usage_rows,
+                                   retention_rows, runs_of, signal_rows, summarise, table_cells, tasks_of)
 
 HOW_TO_READ = (
     "Scores are test-set percentages: mean ± std, the std being the sample std (ddof=1; 0 for a single "
@@ -59,6 +59,12 @@ def _blocks(results: dict, rows: list[dict], tasks: list[str], images: dict[str,
     costs = cost_rows(results, reference) if reference else []
     if costs:
         blocks += [("h2", f"Cost against {reference}"), ("table", COST_HEADER, costs), ("p", COST_TEXT)]
+    shown = signal_rows(results)
+    if shown:
+        from domix.comparison.stats import RESAMPLES
+
+        blocks += [("h2", "Beyond the answer distribution"), ("table", SIGNAL_HEADER, shown),
+                   ("p", SIGNAL_TEXT.format(permutations=RESAMPLES, level=SIGNIFICANCE))]
     header, generated = generated_rows(results)
     if generated:
         blocks += [("h2", "Generated answers"), ("table", header, generated), ("p", GENERATED_TEXT)]

@@ -290,6 +290,34 @@ def retention_rows(results: dict) -> list[list[str]]:
     return out
 
 
+SIGNAL_HEADER = ["method", "test accuracy", "its answers shuffled (95% range)", "p", "reading", "runs"]
+SIGNAL_TEXT = (
+    "Does a row know more than how often it gives each answer? Each run's test answers (by log-likelihood for an instruction "
+    "task) permuted among that run's questions, {permutations:,} times: what the row's answer distribution alone scores, "
+    "averaged over its runs and tasks like its accuracy. p: the share of shuffles scoring at least the row's accuracy; at "
+    "p >= {level} the row shows no signal: nothing it answers depends on the question beyond its answers' frequencies."
+)
+SIGNIFICANCE = 0.05
+
+
+def signal_rows(results: dict) -> list[list[str]]:
+    """Per method whose runs kept their test answers: the shuffle test (comparison.stats.shuffle_test) over its runs, each
+    run's answers a group, and the reading."""
+    from domix.comparison.stats import shuffle_test
+
+    out = []
+    for method, runs in group_by_method(runs_of(results)).items():
+        groups = [(r["test_predictions"]["predicted"], r["test_predictions"]["gold"]) for r in runs if r.get("test_predictions")]
+        if not groups:
+            continue
+        test = shuffle_test(groups)
+        low, high = test["shuffled_range"]
+        reading = "no signal" if test["p"] >= SIGNIFICANCE else "above its answer distribution"
+        out.append([method, f"{100 * test['observed']:.1f}", f"{100 * test['shuffled']:.1f} ({100 * low:.1f}-{100 * high:.1f})",
+                    f"{test['p']:.3f}", reading, str(len(groups))])
+    return out
+
+
 def generated_rows(results: dict) -> tuple[list[str], list[list[str]]]:
     """Per method, on each instruction task: the generated answers' accuracy, macro-F1 and share with no label (test %,
     means over runs); nothing where no run answered by generation."""
