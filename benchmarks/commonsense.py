@@ -496,7 +496,7 @@ def majority(samples: dict, benchmarks: list[str]) -> dict[str, float]:
 
 
 APART = "boolq"  # these files hold BoolQ's question without its passage: a row's score is the share of one answer it gives
-SIGNIFICANCE = 0.05
+SIGNIFICANCE = commonsense_reading.SIGNIFICANCE
 
 
 def prior_floor(samples: dict, benchmarks: list[str]) -> dict[str, dict]:

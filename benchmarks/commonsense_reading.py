@@ -29,10 +29,10 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from domix import atomic  # noqa: E402
 from domix.comparison.stats import RESAMPLES, shuffle_test  # noqa: E402
+from domix.comparison.summary import SIGNIFICANCE  # noqa: E402  (the reports' one threshold of "no signal")
 from domix.errors import DomixError  # noqa: E402
 
 APART = "boolq"  # BoolQ's question without its passage: a row's score is the share of one answer it gives
-SIGNIFICANCE = 0.05
 # what a row answered, per protocol and metric: the run's key and the answers' key in it
 ANSWERS = {"loglikelihood: acc": ("test_predictions", "predicted"), "loglikelihood: acc_norm": ("test_predictions", "predicted_norm"),
            "generate: acc": ("generate_predictions", "predicted")}

@@ -184,10 +184,12 @@ def pad_batch(rows: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": mask}
 
 
-def seeded_sample(n: int, limit: int | None, seed: int, skip: int = 0) -> list[int]:
+def seeded_sample(n: int, limit: int | None, seed: int, skip: int = 0, what: str = "examples") -> list[int]:
     """Indices (in order) of a seeded sample of ``limit`` of ``n`` examples (None: all of them) after leaving out the first
     ``skip`` of the seeded order: samples of one seed that skip 0 and take k, and skip k, are disjoint, and skip 0 taking
     2k is their union (how a comparison draws records for adapters apart from its rows' and an equal-data row)."""
+    if skip and skip >= n:
+        raise DomixError(f"--train-skip {skip} leaves none of the {n} {what}; skip fewer")
     if skip == 0 and (limit is None or limit >= n):
         return list(range(n))
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[skip:]
@@ -198,9 +200,7 @@ def subsample(task: Task, split: str, limit: int | None, seed: int, skip: int = 
     """Keep a seeded sample of ``limit`` examples of the task's ``split`` (in their order), in place; ``skip``: after the
     first ``skip`` of the seeded order (:func:`seeded_sample`)."""
     s = task.splits[split]
-    if skip > 0 and skip >= len(s.texts):
-        raise DomixError(f"--train-skip {skip} leaves none of the {len(s.texts)} {split} examples; skip fewer")
-    keep = seeded_sample(len(s.texts), limit, seed, skip)
+    keep = seeded_sample(len(s.texts), limit, seed, skip, f"{split} examples")
     if len(keep) == len(s.texts):
         return
     s.texts = [s.texts[i] for i in keep]

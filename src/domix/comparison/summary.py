@@ -358,7 +358,7 @@ def cost_rows(results: dict, reference: str) -> list[list[str]]:
     for method, runs in by_method.items():
         steps = [r["train_time_s"] / r["steps"] for r in runs if r.get("steps") and r.get("train_time_s") is not None]
         measured[method] = (mean_of(r.get("trainable_percent") for r in runs), _max(r.get("peak_memory_mb") for r in runs),
-                            mean_of(steps) if steps else None)
+                            mean_of(steps))
     ref = measured.get(reference)
     if ref is None:
         return []

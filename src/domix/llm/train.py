@@ -61,9 +61,7 @@ def train_dev_examples(cfg: InstructConfig) -> tuple[list[Example], list[Example
         held = set(seeded_sample(len(train), n_dev, cfg.sample_seed))
         dev = [e for i, e in enumerate(train) if i in held]
         train = [e for i, e in enumerate(train) if i not in held]
-    if cfg.train_skip and cfg.train_skip >= len(train):
-        raise DomixError(f"--train-skip {cfg.train_skip} leaves none of the {len(train)} training examples; skip fewer")
-    train = [train[i] for i in seeded_sample(len(train), cfg.train_limit, cfg.sample_seed + 1, cfg.train_skip)]
+    train = [train[i] for i in seeded_sample(len(train), cfg.train_limit, cfg.sample_seed + 1, cfg.train_skip, "training examples")]
     return train, dev
 
 

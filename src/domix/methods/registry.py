@@ -163,10 +163,10 @@ COMPARE: dict[str, Row] = {
     "domix_paper": Row("domix", pretrain="domix", recipe="paper", task_adapter=True),  # the published bridge, the comparison's budget
     # the bridge without its cross-module blocks: each module's B reads only its own A (retention against accuracy)
     "domix_diagonal": Row("domix", pretrain="domix", task_adapter=True, settings={"p_blocks": "diagonal"}),
-    "lora_equal_data": Row("lora", adapter_records=True),
+    "lora_equal_data": Row("lora", adapter_records=True),  # LoRA on the task adapters' records and the rows': domix's data
     # the DoMIX LLM setting as published: the task's adapters (trained earlier on other data) and no domain store
     "domix_adapters": Row("domix", task_adapter=True),
-    "cat_adapters": Row("cat", task_adapter=True),  # LoRA on the task adapter's records and the rows': the same data as domix's
+    "cat_adapters": Row("cat", task_adapter=True),
     # the domain order only decides which of the gate's seeded output rows faces which domain
     "mixda": Row("mixda", pretrain="mixda"),
     "mode": Row("mode", pretrain="mode"),
