@@ -44,18 +44,18 @@ def costs(config: Path) -> tuple[dict, dict]:
             manifests = [json.loads(m.read_text()) for m in sorted(job.out.glob("*/domix_manifest.json"))]
             given[job.info["method"]] = (str(job.out), (store_wall_time(manifests) or 0.0) / 3600)
             continue
-        entry = table[(PHASES[job.role], job.info.get("task", "-") if job.role == "selection" else "-")]
+        entry = table[(PHASES[job.role], job.info["task"] if job.role in ("selection", "test") else "-")]
         entry["planned"] += 1
         if job.name in times:
             entry["finished"] += 1
             entry["hours"] += times[job.name] / 3600
-    for task in cfg.tasks:  # the test runs: each method's chosen configuration at its seeds (or every run without a search)
-        if cfg.search is None:
-            continue
+    # with a search the test runs are planned once it has chosen: each method's choice per task at its seeds
+    for task in cfg.tasks if cfg.search is not None else []:
         entry = table[("test", task.name)]
         entry["planned"] = sum(len(cfg.method_seeds.get(m, cfg.seeds)) for m in cfg.methods)
         for name, seconds in times.items():
-            if name.startswith(("finetune/",)) and name.split("/")[2] == task.name and name.split("/")[1] in cfg.methods:
+            kind, method, task_name = (name.split("/") + ["", ""])[:3]
+            if kind == "finetune" and task_name == task.name and method in cfg.methods:
                 entry["finished"] += 1
                 entry["hours"] += seconds / 3600
     return given, dict(table)

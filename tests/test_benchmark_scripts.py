@@ -336,3 +336,8 @@ def test_protocol_cost_counts_each_phase_from_the_records_and_projects_the_rest(
     assert rows["selection topics"][2:] == ["4", "of", "4", "1.00", "1.00"]
     assert rows["test topics"][2:] == ["1", "of", "6", "0.20", "1.20"]  # the other five at the finished one's 0.2 h
     assert rows["all so"][2:] == ["far", "1.20", "2.20"] and "projected over it" in printed
+    # without a search every test run is planned from the start, filed under its task all the same
+    plain = write_compare_config(tmp_path / "p.yaml", tiny_llama, corpora, task, methods=["head", "lora"], seeds=[2, 3, 4])
+    printed = run("protocol_cost", plain)
+    rows = {" ".join(line.split()[:2]): line.split() for line in printed.splitlines()}
+    assert rows["test topics"][2:] == ["1", "of", "6", "0.20", "1.20"] and "selection topics" not in rows
