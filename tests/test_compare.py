@@ -93,6 +93,25 @@ def test_job_times_keep_what_a_comparison_beside_this_one_wrote(tmp_path, tiny_l
     assert times["finetune/other/topics/seed1"] == 12.5 and times["finetune/head/topics/seed1"] > 0
 
 
+def test_a_resumed_jobs_time_adds_the_attempts_that_stopped_before_it(tmp_path, tiny_llama, corpora, task):
+    # an attempt stopped by a restart of the machine ran from its start (its attempt file) to its log's last write;
+    # the job's recorded time is that plus the attempt that finished, and the attempt file goes once it has finished
+    import os
+    import time
+
+    config = write_config(tmp_path / "c.yaml", tiny_llama, corpora, task, methods=["head"])
+    out, name = tmp_path / "out", "finetune/head/topics/seed1"
+    attempt, log = out / "logs" / f"{name}.attempt.json", out / "logs" / f"{name}.log"
+    log.parent.mkdir(parents=True)
+    now = time.time()
+    attempt.write_text(json.dumps({"earlier_s": 100.0, "started": now - 1000}))  # one attempt before that one: 100 s
+    log.write_text("$ python -m domix finetune ...\n")
+    os.utime(log, (now - 400, now - 400))  # the stopped attempt's last line, 600 s after its start
+    compare(CompareConfig.from_yaml(config), in_process=True)
+    times = json.loads((out / "job_times.json").read_text())
+    assert 700 < times[name] < 700 + 120 and not attempt.exists()
+
+
 def test_a_store_without_a_job_time_takes_its_wall_time_from_its_modules(tmp_path, tiny_llama, corpora, task):
     # a store made before job_times.json kept pre-training times: the report's DAP time came out 0.0
     config = write_config(tmp_path / "c.yaml", tiny_llama, corpora, task, methods=["domix"])

@@ -58,7 +58,7 @@ from domix.sources import looks_like_dataset_name
 from domix.store import store_wall_time
 from domix.system import THREADS_ENV, cores_given
 
-TIMES_FILE = "job_times.json"  # wall seconds of each job's command, as the comparison measured it
+TIMES_FILE = "job_times.json"  # wall seconds of each job's command over all its attempts, as the comparison measured it
 # what some records add: DoMIX's bridge usage, MixDA's and MoDE's gate weights, retention, the majority-class scores
 # and each test example's prediction (paired statistics), where the phases of a run's time went
 OPTIONAL_RECORD_KEYS = ("bridge_usage", "gate_weights", "retention", "majority", "test_predictions", "time_s", "test_generate")
@@ -422,11 +422,31 @@ def progress_file(out: Path, job: Job) -> Path:
     return out / "logs" / f"{job.name}.progress.json"
 
 
+def attempt_file(out: Path, job: Job) -> Path:
+    """Where a job's attempts so far are kept while it has not finished (what its wall time adds up)."""
+    return out / "logs" / f"{job.name}.attempt.json"
+
+
+def earlier_attempts(attempt: Path, signs_of_life: list[Path]) -> float:
+    """The seconds that earlier, unfinished attempts at a job ran (stopped by a restart of the machine, Ctrl-C or a
+    failure): each from its start, written in ``attempt`` when it began, to the last write of its log or progress
+    file (``signs_of_life``), so a resumed job's time is its attempts' sum, not its last attempt's; 0 without one."""
+    if not attempt.is_file():
+        return 0.0
+    record = atomic.read_json(attempt)
+    last = max((p.stat().st_mtime for p in signs_of_life if p.is_file()), default=record["started"])
+    return record["earlier_s"] + max(0.0, last - record["started"])
+
+
 def run_job(job: Job, out: Path, overwrite: bool, in_process: bool, threads: int | None = None) -> float:
     """Run ``job`` as its command would (``domix pretrain`` or ``finetune --config OUT/configs/NAME.yaml``): in a process
-    of its own, its output in OUT/logs/NAME.log, or ``in_process``; returns its wall time in seconds."""
+    of its own, its output in OUT/logs/NAME.log, or ``in_process``; returns its wall time in seconds, the time of
+    earlier attempts that stopped before the end included (:func:`earlier_attempts`)."""
     config_file = out / "configs" / f"{job.name}.yaml"
     atomic.write_text(config_file, yaml.safe_dump(job.settings, sort_keys=False))
+    log, status, attempt = out / "logs" / f"{job.name}.log", progress_file(out, job), attempt_file(out, job)
+    earlier = earlier_attempts(attempt, [log, status])
+    atomic.write_json(attempt, {"earlier_s": earlier, "started": time.time()})
     started = time.perf_counter()
     if in_process:
         from domix.finetuning.run import finetune
@@ -434,14 +454,13 @@ def run_job(job: Job, out: Path, overwrite: bool, in_process: bool, threads: int
         from domix.pretraining.run import pretrain
 
         {"pretrain": pretrain, "finetune": finetune, "instruct": instruct}[job.kind](job.config(), overwrite=overwrite)
-        return round(time.perf_counter() - started, 2)
-    log = out / "logs" / f"{job.name}.log"
+        attempt.unlink()
+        return round(earlier + time.perf_counter() - started, 2)
     log.parent.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "domix", job.kind, "--config", str(config_file)] + (["--overwrite"] if overwrite else [])
     with open(log, "a") as sink:
         sink.write("$ " + " ".join(["python", *command[1:]]) + "\n")  # the log names no path of this machine
         sink.flush()
-        status = progress_file(out, job)
         status.unlink(missing_ok=True)  # an earlier attempt's
         env = {**os.environ, PROGRESS_FILE_ENV: str(status), **({"OMP_NUM_THREADS": str(threads), THREADS_ENV: str(threads)} if threads else {})}
         code = subprocess.run(command, stdout=sink, stderr=subprocess.STDOUT, env=env).returncode
@@ -449,7 +468,8 @@ def run_job(job: Job, out: Path, overwrite: bool, in_process: bool, threads: int
         tail = "".join(log.read_text().splitlines(keepends=True)[-5:])
         raise DomixError(f"job {job.name} failed (exit {code}); its log is {log}:\n{tail}\n"
                          "fix the cause and rerun the same command to go on from there")
-    return round(time.perf_counter() - started, 2)
+    attempt.unlink()
+    return round(earlier + time.perf_counter() - started, 2)
 
 
 def choice_runs(run: dict, record: dict) -> list[dict]:
