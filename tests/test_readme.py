@@ -38,3 +38,25 @@ def test_domix_is_stated_against_the_reference_and_lora_module_with_the_numbers_
     assert f"{100 * pooled['mean']:+.1f} macro-F1 points (95% interval {100 * pooled['low']:+.1f} to {100 * pooled['high']:+.1f}; " \
            f"{pooled['positive']} of {pooled['pairs']} pairs above)" in lines[0]
     assert lines[1].startswith("- domix against lora_module, pooled over the tasks: ")
+
+
+def test_each_systems_place_is_its_rank_by_mean_test_macro_f1_and_its_paired_difference_from_the_reference():
+    """Three rows over two tasks and three seeds, their scores made by hand: mixda's mean and its paired difference from
+    lora (the named reference) are the hand-computed ones, domix ranks first, and mode, which has no row, says so."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        import readme_results
+    finally:
+        sys.path.remove(str(ROOT / "tools"))
+    score = {"lora": 0.50, "domix": 0.56, "mixda": 0.47}  # seed s on task t adds 0.01·s (+0.02 on t2)
+    runs = [{"method": m, "task": t, "seed": s, "order": None, "test": {"macro_f1": base + 0.01 * s + (0.02 if t == "t2" else 0),
+                                                                          "accuracy": 0.0}}
+            for m, base in score.items() for t in ("t1", "t2") for s in (1, 2, 3)]
+    results = {"settings": {"reference": "lora"}, "methods": ["lora", "domix", "mixda"], "tasks": ["t1", "t2"], "runs": runs}
+    lines = readme_results.places(results, "benchmarks/results/x", "a comparison")
+    assert lines[0].startswith("Measured place of each system in a comparison (`benchmarks/results/x`; ")
+    assert "paired against lora" in lines[0]
+    # mixda: t1 0.47 + 0.02 (the seeds' mean), t2 0.51, mean 0.50, 3 points below lora at every pair; domix 0.59
+    assert lines[2] == "- `domix`: 59.0, 1 of 3 rows; +6.0 [+6.0, +6.0] 6/6 against lora, above (seeds only)."
+    assert lines[4].startswith("- `mode`: no row in this comparison yet.")
+    assert lines[3].startswith("- `mixda`: 50.0, 3 of 3 rows; -3.0 [-3.0, -3.0] 0/6 against lora, below")
