@@ -1,6 +1,7 @@
 """Where a fine-tuning job's time goes, and what mixed precision and length-grouped batches save, side by side.
 
-Runs ``domix finetune`` once per variant and seed (each its own process, one after another, so the timings
+Runs ``domix finetune`` (or with ``--command instruct``, ``domix instruct --task``: a labelled task as instructions) once
+per variant and seed (each its own process, one after another, so the timings
 share the machine's state), with everything but the variant's settings alike, and prints per run the phases
 of the wall time (setup, training steps, dev scoring, test), the median step, peak memory and the kept
 epoch's dev scores; then per variant the medians and the mean dev macro-F1 with its paired difference from the
@@ -8,6 +9,9 @@ first variant (the same seeds). The test split is not read (``--no-score-test``)
 
     python benchmarks/finetune_speed.py --task ../shared/data/tasks/restaurant --method lora --model .cache/smollm2-135m \\
         --seeds 1 2 --set lora_rank=24 train_limit=320 eval_limit=300 epochs=4 lr=1e-3 --json benchmarks/results/finetune_speed.json
+    python benchmarks/finetune_speed.py --command instruct --task ../shared/data/tasks/acl_arc --method dora \
+        --model .cache/smollm2-135m --seeds 11 --set lora_rank=40 train_limit=320 epochs=3 lr=2e-4 batch_size=16 \
+        --json benchmarks/results/finetune_speed/instruct-acl_arc-dora.json
 """
 
 from __future__ import annotations
@@ -40,8 +44,8 @@ def parse_set(items: list[str]) -> dict:
     return out
 
 
-def run(settings: dict, folder: Path, threads: int | None) -> dict:
-    """One ``domix finetune`` run in its own process; its result.json."""
+def run(settings: dict, folder: Path, threads: int | None, command: str = "finetune") -> dict:
+    """One ``domix finetune`` (or ``command``) run in its own process; its result.json."""
     folder.mkdir(parents=True, exist_ok=True)
     config = folder / "config.yaml"
     config.write_text(yaml.safe_dump({**settings, "out": str(folder / "run")}, sort_keys=False))
@@ -50,10 +54,10 @@ def run(settings: dict, folder: Path, threads: int | None) -> dict:
         import os
 
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "DOMIX_THREADS": str(threads)}
-    done = subprocess.run([sys.executable, "-m", "domix", "finetune", "--config", str(config), "--overwrite"],
+    done = subprocess.run([sys.executable, "-m", "domix", command, "--config", str(config), "--overwrite"],
                           capture_output=True, text=True, env=env)
     if done.returncode != 0:
-        raise SystemExit(f"domix finetune failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+        raise SystemExit(f"domix {command} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
     return json.loads((folder / "run" / "result.json").read_text())
 
 
@@ -75,13 +79,15 @@ def table(rows: list[list[str]]) -> str:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tables", help="run nothing: print the tables of a results JSON this script wrote")
+    parser.add_argument("--command", choices=["finetune", "instruct"], default="finetune",
+                        help="the run: a classifier (finetune) or a causal LM on the task as instructions (instruct)")
     parser.add_argument("--task")
     parser.add_argument("--method", default="lora")
     parser.add_argument("--model")
     parser.add_argument("--modules")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    parser.add_argument("--set", nargs="*", default=[], help="other finetune settings as KEY=VALUE")
+    parser.add_argument("--set", nargs="*", default=[], help="other settings of the command as KEY=VALUE")
     parser.add_argument("--threads", type=int, help="threads of each run (default: torch's)")
     parser.add_argument("--json", help="write the runs and the summary here")
     args = parser.parse_args(argv)
@@ -98,7 +104,7 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:  # seeds outside, variants inside: a drift of the machine's speed hits every variant alike
             for variant in args.variants:
-                record = run({**base, **VARIANTS[variant], "seed": seed}, Path(tmp) / f"{variant}-{seed}", args.threads)
+                record = run({**base, **VARIANTS[variant], "seed": seed}, Path(tmp) / f"{variant}-{seed}", args.threads, args.command)
                 runs.append({"variant": variant, "seed": seed, **summary(record)})
                 print(f"{variant} seed {seed}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                                                              for k, v in runs[-1].items() if k not in ("variant", "seed")), flush=True)

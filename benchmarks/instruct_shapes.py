@@ -11,6 +11,7 @@ padding it adds (tokens computed beyond the longest example of each batch, as a 
     python benchmarks/instruct_shapes.py --train runs/commonsense/data/mixture.json --batch-size 16 --epochs 3 \\
         --json benchmarks/results/instruct_shapes.json
     python benchmarks/instruct_shapes.py --task ../shared/data/tasks/chemprot --train-limit 320 --epochs 4
+    python benchmarks/instruct_shapes.py --task ../shared/data/tasks/chemprot --train-limit 320 --epochs 4 --group-by-length
 """
 
 from __future__ import annotations
@@ -21,14 +22,15 @@ import math
 from pathlib import Path
 
 
-def replay(lengths: list[int], batch_size: int, seed: int, steps: int, multiple: int) -> dict:
-    """The shapes and padding of ``steps`` batches drawn as domix instruct draws them (engine.loop.batch_rows)."""
-    from domix.engine.loop import batch_rows
+def replay(lengths: list[int], batch_size: int, seed: int, steps: int, multiple: int, grouped: bool = False) -> dict:
+    """The shapes and padding of ``steps`` batches drawn as domix instruct draws them (engine.loop.batch_rows, or with
+    ``grouped`` its --group-by-length batches, engine.loop.grouped_batch_rows)."""
+    from domix.engine.loop import batch_rows, grouped_batch_rows
 
     seen, first_meetings, longest_total, padded_total = set(), 0, 0, 0
     real = 0
     for step in range(steps):
-        rows = batch_rows(len(lengths), batch_size, seed, step).tolist()
+        rows = (grouped_batch_rows(lengths, batch_size, seed, step) if grouped else batch_rows(len(lengths), batch_size, seed, step)).tolist()
         own = [lengths[i] for i in rows]
         width = max(own)
         padded = -(-width // multiple) * multiple
@@ -56,6 +58,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=42, help="the run's seed (domix instruct's default)")
     parser.add_argument("--template", default="alpaca")
     parser.add_argument("--multiples", type=int, nargs="+", default=[1, 8, 32, 64])
+    parser.add_argument("--group-by-length", action="store_true", help="the batches of domix instruct --group-by-length")
     parser.add_argument("--json", help="write the table here")
     args = parser.parse_args()
 
@@ -77,8 +80,9 @@ def main() -> None:
     rows, _ = encode_examples(examples, tokenizer, args.template, args.max_length, "train")
     lengths = [len(ids) for ids, _ in rows]
     steps = args.epochs * math.ceil(len(lengths) / args.batch_size)
-    table = [replay(lengths, args.batch_size, args.seed, steps, m) for m in args.multiples]
-    print(f"{len(lengths)} training examples ({min(lengths)}-{max(lengths)} tokens), batch {args.batch_size}, {steps} steps")
+    table = [replay(lengths, args.batch_size, args.seed, steps, m, args.group_by_length) for m in args.multiples]
+    print(f"{len(lengths)} training examples ({min(lengths)}-{max(lengths)} tokens), batch {args.batch_size}, {steps} steps"
+          + (", length-grouped batches" if args.group_by_length else ""))
     print(f"{'multiple':>8} {'shapes':>7} {'new-shape steps':>16} {'extra tokens vs longest':>24} {'padding share':>14}")
     for r in table:
         print(f"{r['multiple']:>8} {r['shapes']:>7} {r['first_meetings']:>16} {100 * r['extra_over_longest']:>23.1f}% "

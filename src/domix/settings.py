@@ -421,6 +421,22 @@ class TrainingSettings:
     RANGES = {"weight_decay": NON_NEGATIVE, "max_grad_norm": POSITIVE}
 
 
+AUTOCAST = ("bfloat16", "float16")  # --autocast's choices
+
+
+@dataclass(kw_only=True)
+class SpeedOptions:
+    """How a fine-tuning run (domix finetune, domix instruct) computes its passes and draws its batches: settings that buy
+    time at the price of rounding (autocast) or of another batch order (grouping), not of another recipe."""
+
+    autocast: str | None = setting(None, "mixed precision of the forward passes: bfloat16 or float16 (matrix products in that "
+                                         "dtype, weights and optimizer in --dtype; default: none)")
+    group_by_length: bool = setting(False, "batches of examples of similar length (shuffled, a fresh draw every epoch): far fewer "
+                                           "padding tokens computed (no: batches drawn at random)")
+
+    RANGES = {"autocast": one_of(*AUTOCAST)}
+
+
 def check_ranges(obj: Any) -> None:
     """Each field named in the ``RANGES`` of the class and its bases (field -> (test, what it must be)) passes its test,
     or one DomixError naming the flag, what it must be and the value given; an unset (None) field passes."""

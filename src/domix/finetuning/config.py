@@ -7,11 +7,8 @@ from functools import partial
 
 from domix.errors import DomixError
 from domix.methods.registry import CLASSIFIER, check_init_module, own_settings, recipe_of, stage2
-from domix.settings import (FRACTION, POSITIVE, MethodChoice, RunSettings, TrainingSettings, at_least, comma_list, one_of,
-                            run_settings, setting, setting_names)
-
-AUTOCAST = ("bfloat16", "float16")  # --autocast's choices
-
+from domix.settings import (FRACTION, POSITIVE, MethodChoice, RunSettings, SpeedOptions, TrainingSettings, at_least, comma_list,
+                            one_of, run_settings, setting, setting_names)
 
 def parse_splits(text: str) -> dict[str, str]:
     """``dev=validation,test=test`` as a mapping, refusing other shapes."""
@@ -22,13 +19,9 @@ def parse_splits(text: str) -> dict[str, str]:
 
 
 @dataclass(kw_only=True)
-class RunOptions:
+class RunOptions(SpeedOptions):
     """How a fine-tuning run computes and what it scores (flags generated from these fields)."""
 
-    autocast: str | None = setting(None, "mixed precision of the forward passes: bfloat16 or float16 (matrix products in that "
-                                         "dtype, weights and optimizer in --dtype; default: none)")
-    group_by_length: bool = setting(False, "batches of examples of similar length (shuffled, a fresh draw every epoch): far fewer "
-                                           "padding tokens computed (no: batches drawn at random)")
     score_test: bool = setting(True, "score the test split at the end; --no-score-test is a selection run: the "
                                      "test split is neither read nor scored, so no decision made on the run can see it")
 
@@ -110,7 +103,7 @@ class FinetuneConfig(RunSettings, MethodChoice, TrainingSettings, RunOptions, Ta
     RANGES = {"lr": POSITIVE, "warmup_ratio": FRACTION,
               "epochs": at_least(1), "batch_size": at_least(1), "max_length": at_least(2), "lora_rank": at_least(1),
               "checkpoint_every": at_least(1), "select_metric": one_of("accuracy", "macro_f1", "micro_f1"),
-              "dtype": one_of("float32", "bfloat16", "float16", "float64"), "autocast": one_of(*AUTOCAST),
+              "dtype": one_of("float32", "bfloat16", "float16", "float64"),
               "train_limit": at_least(2), "eval_limit": at_least(1), "general_blocks": at_least(1)}
     COMMAND = "finetune"  # whose recipes apply
     OWN_SETTINGS = own_settings(COMMAND)

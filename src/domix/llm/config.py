@@ -7,8 +7,8 @@ from functools import partial
 
 from domix.errors import DomixError
 from domix.methods.registry import INSTRUCT, check_init_module, own_settings, recipe_of, stage2
-from domix.settings import (FRACTION, OPEN_FRACTION, POSITIVE, MethodChoice, RunSettings, TrainingSettings, at_least, comma_list,
-                            named_path, one_of, run_settings, setting, setting_names, unique_names)
+from domix.settings import (FRACTION, OPEN_FRACTION, POSITIVE, MethodChoice, RunSettings, SpeedOptions, TrainingSettings, at_least,
+                            comma_list, named_path, one_of, run_settings, setting, setting_names, unique_names)
 
 DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]  # the paper's LLM setting
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16", "float64")
@@ -21,7 +21,7 @@ FORMATS = ("boolq", "piqa", "siqa", "hellaswag", "winogrande", "arc", "openbookq
 
 @run_settings
 @dataclass(kw_only=True)
-class InstructConfig(RunSettings, MethodChoice, TrainingSettings):
+class InstructConfig(RunSettings, MethodChoice, TrainingSettings, SpeedOptions):
     """The settings of domix instruct. A method's own settings (the bridge's p_init, new_rank) are an object of its
     class in the registry, ``method_options``, given flat: the same YAML keys and flags."""
 

@@ -20,7 +20,8 @@ from domix.base_model import model_reference, weights_fingerprint
 from domix.batches import IGNORE_INDEX
 from domix.corpus import read_corpus
 from domix.engine.distributed import DataParallel, process_group
-from domix.engine.loop import StepHook, TrainResult, batch_rows, mean_loss, my_rows, no_rows
+from domix.engine.loop import StepHook, TrainResult, batch_rows, grouped_batch_rows, mean_loss, my_rows, no_rows
+from domix.engine.predict import length_batches
 from domix.engine.runfolder import RunFolder
 from domix.engine.selection import DevScore, train_epochs
 from domix.errors import DomixError
@@ -35,16 +36,18 @@ from domix.methods.registry import STAGE2, task_method
 from domix.metrics import classification_scores, downsample_curve, majority_scores
 from domix.retention import retention
 from domix.store import base_of
-from domix.system import peak_memory_mb, reset_peak_memory, resolve_device
+from domix.system import autocast, peak_memory_mb, reset_peak_memory, resolve_device
 from domix.tasks import seeded_sample
 
 Rows = list[tuple[list[int], list[int]]]
 
 
-def dev_loss(model: nn.Module, rows: Rows, pad_id: int, batch_size: int, device, multiple: int = 1) -> float:
-    """Mean loss per response token over ``rows`` (engine.loop.mean_loss over their collated batches)."""
-    return mean_loss(model, (collate(rows[start : start + batch_size], pad_id, multiple) for start in range(0, len(rows), batch_size)),
-                     "clm", device)
+def dev_loss(model: nn.Module, rows: Rows, pad_id: int, batch_size: int, device, multiple: int = 1, mixed: str | None = None) -> float:
+    """Mean loss per response token over ``rows`` (engine.loop.mean_loss over their collated batches, each of rows of
+    similar length: a sum over tokens, whatever the batches, with less padding computed); ``mixed``: the autocast dtype."""
+    batches = length_batches([len(ids) for ids, _ in rows], batch_size)
+    with autocast(mixed, device):
+        return mean_loss(model, (collate([rows[i] for i in b], pad_id, multiple) for b in batches), "clm", device)
 
 
 def train_dev_examples(cfg: InstructConfig) -> tuple[list[Example], list[Example]]:
@@ -129,8 +132,9 @@ def instruct(cfg: InstructConfig, overwrite: bool = False, on_step: StepHook | N
                       on_step, ranks.everyone(), labelled)
     state = progress.extra
     test_started = time.perf_counter()
-    scored = _labelled_record(model, tokenizer, labelled, state, cfg, device) if labelled else {}
-    choice, choice_details = _choice_record(model, tokenizer, run["choice"], cfg, device)
+    with autocast(cfg.autocast, device):  # scored as dev was (retention, below, stays in the weights' dtype: a fixed yardstick)
+        scored = _labelled_record(model, tokenizer, labelled, state, cfg, device) if labelled else {}
+        choice, choice_details = _choice_record(model, tokenizer, run["choice"], cfg, device)
     test_s = time.perf_counter() - test_started
     record = {
         "kind": CAUSAL_KIND,
@@ -244,11 +248,12 @@ def _dev_scorer(model, dev_rows: Rows, cfg: InstructConfig, tokenizer, device, l
     pad_id = tokenizer.pad_token_id
 
     def score(epoch: int) -> DevScore:
-        value = dev_loss(model, dev_rows, pad_id, cfg.batch_size, device, cfg.pad_multiple)
+        value = dev_loss(model, dev_rows, pad_id, cfg.batch_size, device, cfg.pad_multiple, cfg.autocast)
         if labelled is None:
             return DevScore(value, {"epoch": epoch, "loss": value}, f"dev loss {value:.4f}", {"loss": value})
-        loglik = score_loglikelihood(model, tokenizer, labelled.examples["dev"], labelled.labels, cfg.template, cfg.max_length,
-                                     device)
+        with autocast(cfg.autocast, device):
+            loglik = score_loglikelihood(model, tokenizer, labelled.examples["dev"], labelled.labels, cfg.template,
+                                         cfg.max_length, device)
         s = classification_scores(loglik.argmax(1), labelled.gold["dev"], len(labelled.labels))
         return DevScore(s["macro_f1"], {"epoch": epoch, "loss": value, **s},
                         f"dev loss {value:.4f}, accuracy {s['accuracy']:.4f}, macro-F1 {s['macro_f1']:.4f}",
@@ -272,19 +277,27 @@ def _train(model, groups, train_rows: Rows, dev_rows: Rows, cfg: InstructConfig,
         return TrainResult(extra={"history": [score.entry], "best_epoch": 1, "dev_loss_before": score.entry["loss"],
                                   "dev_seconds": time.perf_counter() - started})
 
+    lengths = [len(ids) for ids, _ in train_rows]
+
     def step_loss(step: int) -> tuple[torch.Tensor, int]:
-        rows = [train_rows[i] for i in batch_rows(len(train_rows), cfg.batch_size, cfg.seed, step).tolist()]
+        if cfg.group_by_length:
+            idx = grouped_batch_rows(lengths, cfg.batch_size, cfg.seed, step).tolist()
+        else:
+            idx = batch_rows(len(train_rows), cfg.batch_size, cfg.seed, step).tolist()
+        rows = [train_rows[i] for i in idx]
         mine = my_rows(rows, dp)
         if not mine:
             return no_rows(device), 0
         batch = collate(mine, pad_id, cfg.pad_multiple)
-        # its rows' summed loss over the whole batch's response tokens: summed over processes, the batch's mean
-        loss = lm_losses(model, batch["input_ids"].to(device), batch["labels"], "clm", denominators=[max(_predicted(rows), 1)],
-                         attention_mask=batch["attention_mask"].to(device))[0]
+        # its rows' summed loss over the whole batch's response tokens: summed over processes, the batch's mean (the
+        # cross-entropy in float32 under autocast too: lm_loss computes it so)
+        with autocast(cfg.autocast, device):
+            loss = lm_losses(model, batch["input_ids"].to(device), batch["labels"], "clm",
+                             denominators=[max(_predicted(rows), 1)], attention_mask=batch["attention_mask"].to(device))[0]
         return loss, int(batch["attention_mask"].sum())
 
     def before() -> dict:
-        return {"dev_loss_before": dev_loss(model, dev_rows, pad_id, cfg.batch_size, device, cfg.pad_multiple)}
+        return {"dev_loss_before": dev_loss(model, dev_rows, pad_id, cfg.batch_size, device, cfg.pad_multiple, cfg.autocast)}
 
     return train_epochs(model, groups, cfg, "instruct", len(train_rows), step_loss, score_dev, ckpt_dir, on_step, dp,
                         higher_is_better=labelled is not None, warmup_steps=cfg.warmup_steps, before=before)
