@@ -4,6 +4,7 @@ import json
 import re
 
 import pytest
+import torch
 
 from domix.cli import main
 from domix.comparison.config import METHODS, CompareConfig, domain_orders
@@ -91,6 +92,34 @@ def test_job_times_keep_what_a_comparison_beside_this_one_wrote(tmp_path, tiny_l
     compare(CompareConfig.from_yaml(config), in_process=True)
     times = json.loads((tmp_path / "out" / "job_times.json").read_text())
     assert times["finetune/other/topics/seed1"] == 12.5 and times["finetune/head/topics/seed1"] > 0
+
+
+def test_a_store_whose_weights_were_not_kept_trains_again_only_when_a_job_yet_to_run_starts_from_it(
+        tmp_path, tiny_llama, corpora, task, capsys):
+    # a store committed without its weights (MoDE's expert copies are too large for git): with every job finished the
+    # comparison reads its records and trains nothing; a new seed starts from the store, so the store trains again first
+    from safetensors.torch import load_file
+
+    config = write_config(tmp_path / "c.yaml", tiny_llama, corpora, task, methods=["domix"], seeds=[1])
+    compare(CompareConfig.from_yaml(config), in_process=True)
+    store = tmp_path / "out" / "pretrain" / "domix"
+    weights = sorted(store.glob("*/*.safetensors"))
+    kept = {w: load_file(w) for w in weights}
+    assert len(weights) == len(corpora)
+    for w in weights:
+        w.unlink()
+    capsys.readouterr()
+    compare(CompareConfig.from_yaml(config), in_process=True)
+    assert "trains again" not in capsys.readouterr().out and not any(store.glob("*/*.safetensors"))
+
+    more = write_config(tmp_path / "c.yaml", tiny_llama, corpora, task, methods=["domix"], seeds=[1, 2])
+    assert main(["compare", str(more), "--dry-run"]) == 0
+    assert "finished, without its weights: trains again" in capsys.readouterr().out
+    results = compare(CompareConfig.from_yaml(more), in_process=True)
+    assert "holds a finished pretrain/domix but not its weights" in capsys.readouterr().out
+    assert sorted(store.glob("*/*.safetensors")) == weights and {r["seed"] for r in results["runs"]} == {1, 2}
+    for w in weights:  # the same run again: the same weights as the first time
+        assert all(torch.equal(load_file(w)[k], v) for k, v in kept[w].items())
 
 
 def test_a_resumed_jobs_time_adds_the_attempts_that_stopped_before_it(tmp_path, tiny_llama, corpora, task):

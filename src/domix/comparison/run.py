@@ -277,6 +277,7 @@ def compare(cfg: CompareConfig, overwrite: bool = False, dry_run: bool = False, 
                              "name the --out folder of a finished one, or drop it from stores to pre-train here")
     selection = [j for j in jobs if j.role == "selection"]
     tests = plan_tests(cfg, jobs, choices_of(cfg, jobs)) if selection and all(j.finished() for j in selection) else []
+    retrain = stores_to_retrain(jobs, tests, overwrite)
     if dry_run:
         for job in jobs + tests:
             if job.given:
@@ -284,14 +285,19 @@ def compare(cfg: CompareConfig, overwrite: bool = False, dry_run: bool = False, 
                 continue
             differing = _changed_settings(job)
             state = ("to run" if differing is None else
-                     f"finished with other {', '.join(differing)} (--overwrite reruns it)" if differing else "finished")
+                     f"finished with other {', '.join(differing)} (--overwrite reruns it)" if differing else
+                     "finished, without its weights: trains again" if job in retrain else
+                     "finished")
             print(f"{state:9} domix {job.kind} --config {out / 'configs' / (job.name + '.yaml')}")
         if selection and not tests:
             print(f"then the test runs: each method's configuration chosen on dev per task at seeds {cfg.seeds}, planned once the "
                   f"{len(selection)} selection runs have finished")
         return None
     times = atomic.read_json(out / TIMES_FILE) if (out / TIMES_FILE).is_file() else {}
-    pending = [j for j in jobs if not j.given and not reusable(j, overwrite)]
+    for job in retrain:
+        print(f"domix: {job.out} holds a finished {job.name} but not its weights (a store kept out of git, say), and jobs "
+              "not yet run start from it: it trains again")
+    pending = [j for j in jobs if not j.given and (not reusable(j, overwrite) or j in retrain)]
     print(f"domix: comparison of {len(cfg.methods)} methods on {len(cfg.tasks)} tasks: {len(jobs)} jobs, "
           f"{len(jobs) - len(pending)} already finished" + (f"; {cfg.jobs} at a time" if cfg.jobs > 1 else "")
           + (f"; {len(selection)} of them selection runs (dev only), then "
@@ -304,7 +310,7 @@ def compare(cfg: CompareConfig, overwrite: bool = False, dry_run: bool = False, 
             number = next(numbers)
         board.start(number, job.name, progress_file(out, job))
         try:
-            seconds = run_job(job, out, overwrite, in_process, threads=_threads(cfg.jobs))
+            seconds = run_job(job, out, overwrite or job in retrain, in_process, threads=_threads(cfg.jobs))
         except BaseException:
             board.end(job.name, ok=False)
             raise
@@ -373,6 +379,24 @@ def record_time(out: Path, name: str, seconds: float) -> dict[str, float]:
         times[name] = seconds
         atomic.write_json(path, times)
     return times
+
+
+def weights_missing(folder: Path) -> bool:
+    """A pre-training's folder whose domains (each folder with a domix manifest) hold no weights file: its records were
+    kept (committed) and its weights not, as for MoDE's expert copies, too large for a repository."""
+    return any(not any(m.parent.glob("*.safetensors")) for m in folder.glob("**/domix_manifest.json"))
+
+
+def stores_to_retrain(jobs: list[Job], tests: list[Job], overwrite: bool) -> list[Job]:
+    """The finished pre-trainings (not given ones) without their weights that a job yet to run starts from: a fine-tuning
+    job of ``jobs`` or of the planned ``tests`` not finished, or, while a search has not chosen (``tests`` still empty),
+    any of its selection runs' (their test runs will start from the same store)."""
+    stores = [j for j in jobs if j.role == "pretrain" and not j.given and j.finished() and weights_missing(j.out)]
+    if not stores:
+        return []
+    later = [j for j in jobs + tests if j.role != "pretrain" and (not reusable(j, overwrite) or (j.role == "selection" and not tests))]
+    used = {str(Path(p).resolve()) for j in later for p in (j.settings.get("modules"), j.settings.get("model")) if p}
+    return [s for s in stores if any(u == str(s.out.resolve()) or u.startswith(str(s.out.resolve()) + os.sep) for u in used)]
 
 
 def _check(jobs: list[Job]) -> None:
