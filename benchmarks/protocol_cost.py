@@ -6,7 +6,8 @@
 Reads the comparison's plan (its config: every job it has, the test runs counted from its seeds) and OUT/job_times.json
 (each finished job's wall time as ``domix compare`` measured it): per task, the selection runs and the test runs, how
 many have finished and their hours, and where some remain, the hours they project to at the mean of those finished;
-the pre-training it ran; the total against ``--budget`` hours; a given store's own training time, apart. With
+the pre-training it ran; the total against ``--budget`` hours; "by medians", each method's jobs at its median job time
+there (what an idle machine would take: jobs run beside other work run long); a given store's own training time, apart. With
 ``--speed`` (a benchmarks/finetune_speed.py result: float32 with random batches against bfloat16 autocast with
 length-grouped batches, side by side), what the same jobs would have cost before that speed work: the fine-tuning
 hours times the measured ratio of the two variants' median wall times (an estimate: one task, one method, measured).
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -35,7 +37,7 @@ def costs(config: Path) -> tuple[dict, dict]:
     cfg = CompareConfig.from_yaml(config)
     out = Path(cfg.out)
     times = json.loads((out / TIMES_FILE).read_text()) if (out / TIMES_FILE).is_file() else {}
-    table: dict = defaultdict(lambda: {"planned": 0, "finished": 0, "hours": 0.0})
+    table: dict = defaultdict(lambda: {"planned": 0, "finished": 0, "hours": 0.0, "methods": defaultdict(lambda: {"planned": 0, "times": []})})
     given = {}
     for job in plan(cfg):
         if job.given:  # trained before, by another run: its wall time from its manifests, apart
@@ -46,18 +48,24 @@ def costs(config: Path) -> tuple[dict, dict]:
             continue
         entry = table[(PHASES[job.role], job.info["task"] if job.role in ("selection", "test") else "-")]
         entry["planned"] += 1
+        mine = entry["methods"][job.info.get("method", job.name)]
+        mine["planned"] += 1
         if job.name in times:
             entry["finished"] += 1
             entry["hours"] += times[job.name] / 3600
+            mine["times"].append(times[job.name] / 3600)
     # with a search the test runs are planned once it has chosen: each method's choice per task at its seeds
     for task in cfg.tasks if cfg.search is not None else []:
         entry = table[("test", task.name)]
         entry["planned"] = sum(len(cfg.method_seeds.get(m, cfg.seeds)) for m in cfg.methods)
+        for m in cfg.methods:
+            entry["methods"][m]["planned"] = len(cfg.method_seeds.get(m, cfg.seeds))
         for name, seconds in times.items():
             kind, method, task_name = (name.split("/") + ["", ""])[:3]
             if kind == "finetune" and task_name == task.name and method in cfg.methods:
                 entry["finished"] += 1
                 entry["hours"] += seconds / 3600
+                entry["methods"][method]["times"].append(seconds / 3600)
     return given, dict(table)
 
 
@@ -72,23 +80,36 @@ def _projected(e: dict) -> float | None:
     return e["hours"] * e["planned"] / e["finished"] if e["finished"] else None
 
 
+def _by_medians(e: dict) -> float | None:
+    """The hours of the phase with each method's jobs at that method's median job here (None: a method has no finished
+    job): what a machine doing nothing else would take, since a job run beside other work runs long and the median
+    leaves such jobs out while they are fewer than half of a method's."""
+    methods = e["methods"].values()
+    if any(not m["times"] for m in methods if m["planned"]):
+        return None
+    return sum(m["planned"] * statistics.median(m["times"]) for m in methods if m["planned"])
+
+
 def report(config: Path, budget: float, speed: Path | None) -> str:
     given, table = costs(config)
-    lines = [f"{'phase':13} {'task':11} {'finished':>12} {'hours':>7} {'projected':>10}", "-" * 57]
+    lines = [f"{'phase':13} {'task':11} {'finished':>12} {'hours':>7} {'projected':>10} {'by medians':>11}", "-" * 69]
     order = list(PHASES.values())
     for (phase, task), e in sorted(table.items(), key=lambda kv: (order.index(kv[0][0]), kv[0][1])):
-        projected = _projected(e)
+        projected, medians = _projected(e), _by_medians(e)
         lines.append(f"{phase:13} {task:11} {e['finished']:>5} of {e['planned']:<4} {e['hours']:7.2f} "
-                     f"{'-' if projected is None else f'{projected:.2f}':>10}")
+                     f"{'-' if projected is None else f'{projected:.2f}':>10} {'-' if medians is None else f'{medians:.2f}':>11}")
     total = sum(e["hours"] for e in table.values())
     done = all(e["finished"] == e["planned"] for e in table.values())
-    projections = [_projected(e) for e in table.values()]
-    lines += ["-" * 57, f"{'all':25} {'finished' if done else 'so far':>12} {total:7.2f} "
-              + (f"{sum(projections):10.2f}" if None not in projections else f"{'-':>10}"),
+    projections, medians = [_projected(e) for e in table.values()], [_by_medians(e) for e in table.values()]
+    lines += ["-" * 69, f"{'all':25} {'finished' if done else 'so far':>12} {total:7.2f} "
+              + (f"{sum(projections):10.2f}" if None not in projections else f"{'-':>10}")
+              + (f" {sum(medians):11.2f}" if None not in medians else f" {'-':>11}"),
               f"budget {budget:g} h: " + (f"{'within' if total <= budget else 'over'} it by {abs(budget - total):.2f} h" if done else
                                           "jobs remain" + (f"; projected {'within' if sum(projections) <= budget else 'over'} it"
                                                            if None not in projections else
                                                            "; a phase with no finished job has no projection yet"))]
+    lines.append("by medians: each method's jobs at its median job time in that phase and task, what a machine doing "
+                 "nothing else would take (jobs run beside other work run long)")
     for method, (folder, hours) in given.items():
         lines.append(f"given store {method} ({folder}): trained before, in {hours:.2f} h by its manifests; not counted above")
     if speed is not None:

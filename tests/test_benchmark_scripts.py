@@ -333,11 +333,17 @@ def test_protocol_cost_counts_each_phase_from_the_records_and_projects_the_rest(
     (tmp_path / "out" / "job_times.json").write_text(json.dumps(times))
     printed = run("protocol_cost", config, "--budget", "2")
     rows = {" ".join(line.split()[:2]): line.split() for line in printed.splitlines()}
-    assert rows["selection topics"][2:] == ["4", "of", "4", "1.00", "1.00"]
-    assert rows["test topics"][2:] == ["1", "of", "6", "0.20", "1.20"]  # the other five at the finished one's 0.2 h
-    assert rows["all so"][2:] == ["far", "1.20", "2.20"] and "projected over it" in printed
+    # by medians: head's two at 0.15 h, lora's at 0.35 h; the test runs have none of lora's finished, so no such figure
+    assert rows["selection topics"][2:] == ["4", "of", "4", "1.00", "1.00", "1.00"]
+    assert rows["test topics"][2:] == ["1", "of", "6", "0.20", "1.20", "-"]  # the other five at the finished one's 0.2 h
+    assert rows["all so"][2:] == ["far", "1.20", "2.20", "-"] and "projected over it" in printed
+    times.update({"finetune/lora/topics/seed2": 3600.0, "finetune/lora/topics/seed3": 720.0, "finetune/lora/topics/seed4": 1080.0})
+    (tmp_path / "out" / "job_times.json").write_text(json.dumps(times))
+    rows = {" ".join(line.split()[:2]): line.split() for line in run("protocol_cost", config).splitlines()}
+    # head's three test runs at its one finished 0.2 h, lora's at the median of 1.0, 0.2 and 0.3 h: 0.6 + 0.9
+    assert rows["test topics"][2:] == ["4", "of", "6", "1.70", "2.55", "1.50"] and rows["all so"][-1] == "2.50"
     # without a search every test run is planned from the start, filed under its task all the same
     plain = write_compare_config(tmp_path / "p.yaml", tiny_llama, corpora, task, methods=["head", "lora"], seeds=[2, 3, 4])
     printed = run("protocol_cost", plain)
     rows = {" ".join(line.split()[:2]): line.split() for line in printed.splitlines()}
-    assert rows["test topics"][2:] == ["1", "of", "6", "0.20", "1.20"] and "selection topics" not in rows
+    assert rows["test topics"][2:] == ["4", "of", "6", "1.70", "2.55", "1.50"] and "selection topics" not in rows
