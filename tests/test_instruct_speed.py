@@ -99,3 +99,21 @@ def test_the_speed_benchmark_runs_instruct_variants_side_by_side(tmp_path, tiny_
                       "--variants", "fp32", "bf16+grouped", "--set", "epochs=1", "max_length=48", "template=plain"])
     assert [r["variant"] for r in out["runs"]] == ["fp32", "bf16+grouped"] and out["settings"]["score_test"] is False
     assert all(r["train_s"] > 0 and r["dev_s"] > 0 and 0 <= r["dev_macro_f1"] <= 1 for r in out["runs"])
+
+
+def test_a_labelled_tasks_dev_loss_read_off_the_label_scores_is_transformers_loss_on_the_dev_rows(tmp_path, tiny_llama, task):
+    """The dev loss of a labelled task comes from the label-word scores (no second pass): on a model the run leaves as it
+    is, every epoch's is transformers' own mean loss over the dev rows' response tokens, and equals the loss before."""
+    from transformers import AutoModelForCausalLM
+
+    from domix.llm.data import collate
+
+    cfg = settings(tmp_path, tiny_llama, task, epochs=2)
+    record = instruct(cfg)
+    run = prepare(cfg)
+    whole = collate(run["dev"], run["tokenizer"].pad_token_id)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
+    with torch.no_grad():
+        reference = model(input_ids=whole["input_ids"], attention_mask=whole["attention_mask"], labels=whole["labels"]).loss.item()
+    assert [h["loss"] for h in record["dev_history"]] == pytest.approx([reference] * 2, abs=1e-5)
+    assert record["dev_loss_before"] == pytest.approx(reference, abs=1e-5)

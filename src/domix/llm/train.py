@@ -244,17 +244,21 @@ def format_labelled(record: dict) -> str:
 
 def _dev_scorer(model, dev_rows: Rows, cfg: InstructConfig, tokenizer, device, labelled: LabelledTask | None):
     """``score(epoch)``: the dev loss (per response token), and for a ``labelled`` task the label words' accuracy and
-    macro-F1, which then decides (engine.selection.DevScore)."""
+    macro-F1, which then decides (engine.selection.DevScore); a labelled task's dev loss is read off the label scores
+    (the gold label's log-likelihood is the loss of the response its dev row predicts), not computed by a second pass."""
     pad_id = tokenizer.pad_token_id
 
     def score(epoch: int) -> DevScore:
-        value = dev_loss(model, dev_rows, pad_id, cfg.batch_size, device, cfg.pad_multiple, cfg.autocast)
         if labelled is None:
+            value = dev_loss(model, dev_rows, pad_id, cfg.batch_size, device, cfg.pad_multiple, cfg.autocast)
             return DevScore(value, {"epoch": epoch, "loss": value}, f"dev loss {value:.4f}", {"loss": value})
         with autocast(cfg.autocast, device):
             loglik = score_loglikelihood(model, tokenizer, labelled.examples["dev"], labelled.labels, cfg.template,
                                          cfg.max_length, device)
-        s = classification_scores(loglik.argmax(1), labelled.gold["dev"], len(labelled.labels))
+        # the dev loss from the same pass: each example's gold label scores the response tokens its row predicts
+        gold = labelled.gold["dev"]
+        value = float(-loglik[torch.arange(len(gold)), gold].sum()) / max(_predicted(dev_rows), 1)
+        s = classification_scores(loglik.argmax(1), gold, len(labelled.labels))
         return DevScore(s["macro_f1"], {"epoch": epoch, "loss": value, **s},
                         f"dev loss {value:.4f}, accuracy {s['accuracy']:.4f}, macro-F1 {s['macro_f1']:.4f}",
                         {"loss": value, "accuracy": s["accuracy"], "macro_f1": s["macro_f1"]})
