@@ -347,3 +347,32 @@ def test_protocol_cost_counts_each_phase_from_the_records_and_projects_the_rest(
     printed = run("protocol_cost", plain)
     rows = {" ".join(line.split()[:2]): line.split() for line in printed.splitlines()}
     assert rows["test topics"][2:] == ["4", "of", "6", "1.70", "2.55", "1.50"] and "selection topics" not in rows
+
+
+def test_default_choice_averages_each_configurations_dev_over_the_tasks_from_the_selection_records(run, tiny_llama, corpora,
+                                                                                                 task, tmp_path):
+    import statistics
+
+    from conftest import write_compare_config
+
+    from domix.comparison.config import CompareConfig
+    from domix.comparison.run import compare
+
+    tasks = {"topics": {"path": str(task), "domain": "food"}, "again": {"path": str(task), "domain": "bio"}}
+    config = write_compare_config(tmp_path / "c.yaml", tiny_llama, corpora, task, methods=["head", "lora"], tasks=tasks,
+                                  seeds=[3, 4, 5], search={"seeds": [1, 2], "space": {"lr": [1e-3, 2e-2]}})
+    compare(CompareConfig.from_yaml(config), in_process=True)
+    plain = write_compare_config(tmp_path / "d.yaml", tiny_llama, corpora, task, methods=["head", "lora"])  # lr 5e-3
+    printed = run("default_choice", tmp_path / "out", "--defaults", plain, "--json", tmp_path / "d.json")
+    table = json.loads((tmp_path / "d.json").read_text())
+    for method in ("head", "lora"):
+        by_hand = {}
+        for lr, label in ((1e-3, "lr=0.001"), (2e-2, "lr=0.02")):
+            per_task = [statistics.fmean(json.loads((tmp_path / "out" / "search" / method / t / label / f"seed{s}" / "result.json")
+                                                    .read_text())["dev"]["macro_f1"] for s in (1, 2)) for t in ("again", "topics")]
+            by_hand[label] = statistics.fmean(per_task)
+        rows = {r["label"]: r for r in table[method]["configurations"]}
+        assert {k: rows[k]["mean"] for k in by_hand} == pytest.approx(by_hand, abs=1e-12)
+        assert table[method]["across_tasks"] == max(by_hand, key=lambda k: (by_hand[k], k == "lr=0.001"))
+        assert table[method]["default"] == {"lr": 5e-3} and table[method]["default_is_choice"] is False
+    assert "not the choice across tasks" in printed and "<- across tasks" in printed
