@@ -376,3 +376,28 @@ def test_default_choice_averages_each_configurations_dev_over_the_tasks_from_the
         assert table[method]["across_tasks"] == max(by_hand, key=lambda k: (by_hand[k], k == "lr=0.001"))
         assert table[method]["default"] == {"lr": 5e-3} and table[method]["default_is_choice"] is False
     assert "not the choice across tasks" in printed and "<- across tasks" in printed
+
+
+def test_systems_reading_states_each_system_against_the_reference_and_lora_module_with_the_papers_claims(run, tmp_path):
+    """Scores made by hand: mixda 2 points below lora at every pair, domix 1 above and 3 above lora_module; mode has
+    no row. The table carries those paired means, the costs, and the published claims quoted from the YAML file."""
+    shift = {"lora": 0.0, "lora_module": -0.02, "domix": 0.01, "mixda": -0.02}
+    runs = [{"method": m, "task": t, "seed": s, "order": None,
+             "test": {"accuracy": 0.5, "macro_f1": 0.40 + d + 0.01 * s + (0.1 if t == "t2" else 0)},
+             "trainable_percent": 2.0 if m == "mixda" else 1.0, "peak_memory_mb": 900.0, "wall_time_s": 60.0, "train_time_s": 50.0}
+            for m, d in shift.items() for t in ("t1", "t2") for s in (1, 2, 3)]
+    results = {"settings": {"reference": "lora"}, "methods": list(shift), "tasks": ["t1", "t2"], "domains": ["a", "b"],
+               "runs": runs, "pretraining": [{"name": "pretrain/mixda", "method": "mixda", "order": None, "used_by": ["mixda"],
+                                              "peak_memory_mb": 3000.0, "wall_time_s": 7200.0, "train_time_s": 7000.0}]}
+    (tmp_path / "cmp").mkdir()
+    (tmp_path / "cmp" / "results.json").write_text(json.dumps(results))
+    (tmp_path / "pub.yaml").write_text("mixda:\n  claims:\n    - {claim: 'Avg +3.3 over fine-tuning', where: 'Sec 5.1'}\n"
+                                       "mode:\n  claims:\n    - {claim: 'x', where: 'y', unverified: true}\n")
+    printed = run("systems_reading", tmp_path / "cmp", "--published", tmp_path / "pub.yaml")
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in printed.splitlines()
+            if line.startswith("| ") and not line.startswith("| system")}
+    assert rows["domix"][1].startswith("+1.0 [+1.0, +1.0] 6/6, above") and rows["domix"][2].startswith("+3.0 [+3.0, +3.0] 6/6")
+    assert rows["mixda"][1].startswith("-2.0 [-2.0, -2.0] 0/6, below") and rows["mixda"][2].startswith("+0.0")
+    assert rows["mixda"][3:] == ["2.00", "900", "60", "2.00", "3000"] and rows["domix"][6] == "-"
+    assert "Not in this comparison: mode." in printed
+    assert "- mixda: Avg +3.3 over fine-tuning (Sec 5.1)." in printed and "- mode: x (y) (not confirmed from the paper itself)." in printed
