@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> dict:
         if method in defaults:
             given = {k: defaults[method].get(k) for k in entry["point"]}
             same = all(given[k] == v for k, v in entry["point"].items())
-            print(f"  without a search ({args.defaults}): {given}: "
+            print(f"  without a search (--defaults' settings): {given}: "
                   + ("the same as the choice across tasks" if same else f"not the choice across tasks ({entry['point']}); "
                      f"it leads the next by {100 * entry['margin']:.1f} points of mean dev {metric}"))
             entry["default"], entry["default_is_choice"] = given, same

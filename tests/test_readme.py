@@ -60,3 +60,43 @@ def test_each_systems_place_is_its_rank_by_mean_test_macro_f1_and_its_paired_dif
     assert lines[2] == "- `domix`: 59.0, 1 of 3 rows; +6.0 [+6.0, +6.0] 6/6 against lora, above (seeds only)."
     assert lines[4].startswith("- `mode`: no row in this comparison yet.")
     assert lines[3].startswith("- `mixda`: 50.0, 3 of 3 rows; -3.0 [-3.0, -3.0] 0/6 against lora, below")
+
+
+def test_the_fair_reading_quotes_the_choices_the_cost_and_the_defaults_of_a_finished_search(tmp_path, tiny_llama, corpora, task,
+                                                                                           monkeypatch):
+    """docs/results.md's generated reading on a finished comparison with a search (a tiny one, in a stand-in project root):
+    its table, each row's choice with every candidate's dev mean as results.json holds them, protocol_cost's table and
+    default_choice's, each as those scripts print them."""
+    import json
+
+    import yaml
+
+    from conftest import write_compare_config
+
+    from domix.comparison.config import CompareConfig
+    from domix.comparison.run import compare
+
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        import readme_results
+    finally:
+        sys.path.remove(str(ROOT / "tools"))
+    root = tmp_path / "root"
+    (root / "configs").mkdir(parents=True)
+    fair = write_compare_config(root / "configs" / "compare-dap-fair.yaml", tiny_llama, corpora, task, methods=["head", "lora"],
+                                seeds=[3, 4, 5], search={"seeds": [1, 2], "space": {"lr": [1e-3, 2e-2]}})
+    settings = yaml.safe_load(fair.read_text())
+    fair.write_text(yaml.safe_dump({**settings, "out": str(root / "benchmarks" / "results" / "compare-dap-fair")}))
+    write_compare_config(root / "configs" / "compare-scierc-defaults.yaml", tiny_llama, corpora, task, methods=["head", "lora"])
+    compare(CompareConfig.from_yaml(fair), in_process=True)
+    monkeypatch.setattr(readme_results, "ROOT", root)
+    text = readme_results.generate_reading()
+    results = json.loads((root / "benchmarks" / "results" / "compare-dap-fair" / "results.json").read_text())
+    for choice in results["search"]["choices"]:
+        cells = [f"**{100 * c['mean']:.1f}**" if c["label"] == choice["chosen"] else f"{100 * c['mean']:.1f}"
+                 for c in choice["candidates"]]
+        assert f"| {choice['method']} | {choice['task']} | " + " | ".join(cells) + f" | {choice['chosen']} |" in text
+    assert "| head | topics | " in text and "| lora |" in text
+    assert "selection     topics" in text and "by medians" in text  # protocol_cost's table
+    assert "<- across tasks" in text and "without a search (--defaults' settings): {'lr': 0.005}" in text  # default_choice's
+    assert text.startswith(readme_results.READING_START) and text.endswith(readme_results.READING_END)
