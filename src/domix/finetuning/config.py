@@ -10,6 +10,7 @@ from domix.methods.registry import CLASSIFIER, check_init_module, own_settings, 
 from domix.settings import (FRACTION, POSITIVE, MethodChoice, RunSettings, SpeedOptions, TrainingSettings, at_least, comma_list,
                             one_of, run_settings, setting, setting_names)
 
+
 def parse_splits(text: str) -> dict[str, str]:
     """``dev=validation,test=test`` as a mapping, refusing other shapes."""
     pairs = [part.partition("=") for part in str(text).split(",") if part.strip()]
