@@ -7,7 +7,8 @@ Reads the comparison's plan (its config: every job it has, the test runs counted
 (each finished job's wall time as ``domix compare`` measured it): per task, the selection runs and the test runs, how
 many have finished and their hours, and where some remain, the hours they project to at the mean of those finished;
 the pre-training it ran; the total against ``--budget`` hours; "by medians", each method's jobs at its median job time
-there (what an idle machine would take: jobs run beside other work run long); a given store's own training time, apart. With
+there (what an idle machine would take: jobs run beside other work run long), and what smaller searches would cost by
+those medians (fewer selection seeds or configurations); a given store's own training time, apart. With
 ``--speed`` (a benchmarks/finetune_speed.py result: float32 with random batches against bfloat16 autocast with
 length-grouped batches, side by side), what the same jobs would have cost before that speed work: the fine-tuning
 hours times the measured ratio of the two variants' median wall times (an estimate: one task, one method, measured).
@@ -90,6 +91,29 @@ def _by_medians(e: dict) -> float | None:
     return sum(m["planned"] * statistics.median(m["times"]) for m in methods if m["planned"])
 
 
+def scenarios(config: Path, table: dict, budget: float) -> list[str]:
+    """By medians, what a smaller search would cost: fewer selection seeds or fewer configurations per row and task (each
+    selection job at the same median time, the test runs as they are); nothing while a phase has no such figure."""
+    from domix.comparison.config import CompareConfig
+
+    cfg = CompareConfig.from_yaml(config)
+    if cfg.search is None:
+        return []
+    medians = {key: _by_medians(e) for key, e in table.items()}
+    if None in medians.values():
+        return ["smaller searches: by medians once every row has a finished job in every phase and task"]
+    selection = sum(h for (phase, _), h in medians.items() if phase == "selection")
+    rest = sum(h for (phase, _), h in medians.items() if phase != "selection")
+    seeds, points = len(cfg.search.seeds), cfg.search.budget(cfg.methods)
+    lines = [f"smaller searches, by medians ({seeds} selection seeds x {points} configurations now; the test runs as they are):"]
+    for s in range(seeds, 0, -1):
+        for k in range(points, 0, -1):
+            hours = rest + selection * s * k / (seeds * points)
+            lines.append(f"  {s} selection seed(s) x {k} configuration(s): {hours:.2f} h"
+                         f" ({'within' if hours <= budget else 'over'} {budget:g} h)")
+    return lines
+
+
 def report(config: Path, budget: float, speed: Path | None) -> str:
     given, table = costs(config)
     lines = [f"{'phase':13} {'task':11} {'finished':>12} {'hours':>7} {'projected':>10} {'by medians':>11}", "-" * 69]
@@ -110,6 +134,7 @@ def report(config: Path, budget: float, speed: Path | None) -> str:
                                                            "; a phase with no finished job has no projection yet"))]
     lines.append("by medians: each method's jobs at its median job time in that phase and task, what a machine doing "
                  "nothing else would take (jobs run beside other work run long)")
+    lines += scenarios(config, table, budget)
     for method, (folder, hours) in given.items():
         lines.append(f"given store {method} ({folder}): trained before, in {hours:.2f} h by its manifests; not counted above")
     if speed is not None:

@@ -341,7 +341,12 @@ def test_protocol_cost_counts_each_phase_from_the_records_and_projects_the_rest(
     (tmp_path / "out" / "job_times.json").write_text(json.dumps(times))
     rows = {" ".join(line.split()[:2]): line.split() for line in run("protocol_cost", config).splitlines()}
     # head's three test runs at its one finished 0.2 h, lora's at the median of 1.0, 0.2 and 0.3 h: 0.6 + 0.9
+    printed = run("protocol_cost", config, "--budget", "2")
+    rows = {" ".join(line.split()[:2]): line.split() for line in printed.splitlines()}
     assert rows["test topics"][2:] == ["4", "of", "6", "1.70", "2.55", "1.50"] and rows["all so"][-1] == "2.50"
+    # smaller searches: the selection's 1.00 h by medians scaled by (seeds x points) / (1 x 2), the test's 1.50 h kept
+    assert "  1 selection seed(s) x 2 configuration(s): 2.50 h (over 2 h)" in printed
+    assert "  1 selection seed(s) x 1 configuration(s): 2.00 h (within 2 h)" in printed
     # without a search every test run is planned from the start, filed under its task all the same
     plain = write_compare_config(tmp_path / "p.yaml", tiny_llama, corpora, task, methods=["head", "lora"], seeds=[2, 3, 4])
     printed = run("protocol_cost", plain)
