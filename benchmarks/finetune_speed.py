@@ -9,8 +9,8 @@ first variant (the same seeds). The test split is not read (``--no-score-test``)
 
     python benchmarks/finetune_speed.py --task ../shared/data/tasks/restaurant --method lora --model .cache/smollm2-135m \\
         --seeds 1 2 --set lora_rank=24 train_limit=320 eval_limit=300 epochs=4 lr=1e-3 --json benchmarks/results/finetune_speed.json
-    python benchmarks/finetune_speed.py --command instruct --task ../shared/data/tasks/acl_arc --method dora \
-        --model .cache/smollm2-135m --seeds 11 --set lora_rank=40 train_limit=320 epochs=3 lr=2e-4 batch_size=16 \
+    python benchmarks/finetune_speed.py --command instruct --task ../shared/data/tasks/acl_arc --method dora \\
+        --model .cache/smollm2-135m --seeds 11 --set lora_rank=40 train_limit=320 epochs=3 lr=2e-4 batch_size=16 \\
         --json benchmarks/results/finetune_speed/instruct-acl_arc-dora.json
 """
 

@@ -23,14 +23,14 @@ from pathlib import Path
 
 
 def replay(lengths: list[int], batch_size: int, seed: int, steps: int, multiple: int, grouped: bool = False) -> dict:
-    """The shapes and padding of ``steps`` batches drawn as domix instruct draws them (engine.loop.batch_rows, or with
-    ``grouped`` its --group-by-length batches, engine.loop.grouped_batch_rows)."""
-    from domix.engine.loop import batch_rows, grouped_batch_rows
+    """The shapes and padding of ``steps`` batches drawn as domix instruct draws them (engine.loop.step_batch; ``grouped``:
+    its --group-by-length batches)."""
+    from domix.engine.loop import step_batch
 
     seen, first_meetings, longest_total, padded_total = set(), 0, 0, 0
     real = 0
     for step in range(steps):
-        rows = (grouped_batch_rows(lengths, batch_size, seed, step) if grouped else batch_rows(len(lengths), batch_size, seed, step)).tolist()
+        rows = step_batch(lengths, batch_size, seed, step, grouped)
         own = [lengths[i] for i in rows]
         width = max(own)
         padded = -(-width // multiple) * multiple

@@ -58,9 +58,9 @@ def costs(config: Path) -> tuple[dict, dict]:
     # with a search the test runs are planned once it has chosen: each method's choice per task at its seeds
     for task in cfg.tasks if cfg.search is not None else []:
         entry = table[("test", task.name)]
-        entry["planned"] = sum(len(cfg.method_seeds.get(m, cfg.seeds)) for m in cfg.methods)
         for m in cfg.methods:
             entry["methods"][m]["planned"] = len(cfg.method_seeds.get(m, cfg.seeds))
+        entry["planned"] = sum(m["planned"] for m in entry["methods"].values())
         for name, seconds in times.items():
             kind, method, task_name = (name.split("/") + ["", ""])[:3]
             if kind == "finetune" and task_name == task.name and method in cfg.methods:

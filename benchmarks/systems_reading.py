@@ -28,12 +28,11 @@ PUBLISHED = ROOT / "benchmarks" / "published_gains.yaml"
 def measured(results: dict) -> list[dict]:
     """One entry per system that ran: its paired differences (against the reference and against CHEAPEST) and costs."""
     from domix.comparison.report import format_difference, verdict
-    from domix.comparison.stats import paired, reference_row
+    from domix.comparison.stats import paired, paired_of
     from domix.comparison.summary import summarise
 
     runs, tasks = results["runs"], results["tasks"]
-    chosen = reference_row(results, (results.get("settings") or {}).get("reference"))
-    reference = (results.get("paired") or {}).get("reference") or (chosen["method"] if chosen else None)
+    reference = paired_of(results).get("reference")
     rows = {row["method"]: row for row in summarise(results)}
     out = []
     for system in SYSTEMS:

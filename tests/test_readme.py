@@ -93,7 +93,7 @@ def test_the_fair_reading_quotes_the_choices_the_cost_and_the_defaults_of_a_fini
     text = readme_results.generate_reading()
     results = json.loads((root / "benchmarks" / "results" / "compare-dap-fair" / "results.json").read_text())
     for choice in results["search"]["choices"]:
-        cells = [f"**{100 * c['mean']:.1f}**" if c["label"] == choice["chosen"] else f"{100 * c['mean']:.1f}"
+        cells = [f"{c['label']}: " + (f"**{100 * c['mean']:.1f}**" if c["label"] == choice["chosen"] else f"{100 * c['mean']:.1f}")
                  for c in choice["candidates"]]
         assert f"| {choice['method']} | {choice['task']} | " + " | ".join(cells) + f" | {choice['chosen']} |" in text
     assert "| head | topics | " in text and "| lora |" in text

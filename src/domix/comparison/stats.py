@@ -131,6 +131,15 @@ def reference_row(results: dict, named: str | None) -> dict | None:
             "dev": {m: dev(m) for m in candidates}}
 
 
+def paired_of(results: dict) -> dict:
+    """A comparison's paired table: the one its results.json holds, else (results written before it did) computed from
+    its runs against its reference row; {} without a reference."""
+    if results.get("paired"):
+        return results["paired"]
+    reference = reference_row(results, (results.get("settings") or {}).get("reference"))
+    return paired_table(results["runs"], reference, results["tasks"], results["methods"]) if reference else {}
+
+
 def paired_table(runs: list[dict], reference: dict, tasks: list[str], methods: list[str]) -> dict:
     """Every other row against the reference, per metric: {"reference", "why", "level", "resamples", metric: {row: paired}}."""
     out = {**reference, "reference": reference["method"], "level": LEVEL, "resamples": RESAMPLES}

@@ -267,6 +267,14 @@ def grouped_batch_rows(lengths: list[int], batch_size: int, seed: int, step: int
     return torch.tensor(batches[shuffle[i]])
 
 
+def step_batch(lengths: list[int], batch_size: int, seed: int, step: int, grouped: bool) -> list[int]:
+    """Indices of ``step``'s batch of examples of these ``lengths``: :func:`grouped_batch_rows` with --group-by-length,
+    else :func:`batch_rows` (what domix finetune and domix instruct draw)."""
+    if grouped:
+        return grouped_batch_rows(lengths, batch_size, seed, step).tolist()
+    return batch_rows(len(lengths), batch_size, seed, step).tolist()
+
+
 @torch.no_grad()
 def mean_loss(model: nn.Module, batches: Iterable[dict], objective: str, device) -> float:
     """Mean loss per predicted token over ``batches`` (input_ids, labels and, where rows are padded, attention_mask):

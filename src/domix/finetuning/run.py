@@ -15,7 +15,7 @@ from domix import atomic
 from domix.base_model import model_reference, weights_fingerprint
 from domix.corpus import read_corpus
 from domix.engine.distributed import DataParallel, process_group
-from domix.engine.loop import StepHook, TrainResult, batch_rows, grouped_batch_rows, my_rows, no_rows, share
+from domix.engine.loop import StepHook, TrainResult, my_rows, no_rows, share, step_batch
 from domix.engine.predict import predict
 from domix.engine.runfolder import RESULT_FILE, RunFolder
 from domix.engine.selection import DevScore, train_epochs
@@ -155,10 +155,7 @@ def _train(model, groups, mixture: Mixture, rows: dict[str, list], cfg: Finetune
     lengths = [len(r) for r in train_rows]
 
     def step_loss(step: int) -> tuple[torch.Tensor, int]:
-        if cfg.group_by_length:
-            idx = grouped_batch_rows(lengths, cfg.batch_size, cfg.seed, step).tolist()
-        else:
-            idx = batch_rows(len(train_rows), cfg.batch_size, cfg.seed, step).tolist()
+        idx = step_batch(lengths, cfg.batch_size, cfg.seed, step, cfg.group_by_length)
         mine = my_rows(idx, dp)
         if not mine:
             return no_rows(device), 0

@@ -20,7 +20,7 @@ from domix.base_model import model_reference, weights_fingerprint
 from domix.batches import IGNORE_INDEX
 from domix.corpus import read_corpus
 from domix.engine.distributed import DataParallel, process_group
-from domix.engine.loop import StepHook, TrainResult, batch_rows, grouped_batch_rows, mean_loss, my_rows, no_rows
+from domix.engine.loop import StepHook, TrainResult, mean_loss, my_rows, no_rows, step_batch
 from domix.engine.predict import length_batches
 from domix.engine.runfolder import RunFolder
 from domix.engine.selection import DevScore, train_epochs
@@ -284,11 +284,7 @@ def _train(model, groups, train_rows: Rows, dev_rows: Rows, cfg: InstructConfig,
     lengths = [len(ids) for ids, _ in train_rows]
 
     def step_loss(step: int) -> tuple[torch.Tensor, int]:
-        if cfg.group_by_length:
-            idx = grouped_batch_rows(lengths, cfg.batch_size, cfg.seed, step).tolist()
-        else:
-            idx = batch_rows(len(train_rows), cfg.batch_size, cfg.seed, step).tolist()
-        rows = [train_rows[i] for i in idx]
+        rows = [train_rows[i] for i in step_batch(lengths, cfg.batch_size, cfg.seed, step, cfg.group_by_length)]
         mine = my_rows(rows, dp)
         if not mine:
             return no_rows(device), 0
